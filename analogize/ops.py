@@ -1,0 +1,207 @@
+"""The analog op set: every op's name, attributes, defaults, valid ranges, formula and doc, declared once.
+
+A formula is a plain function ``formula(F, x, **attributes)`` written against a small namespace ``F`` of
+primitives (``F.abs``, ``F.erf``, ``F.where``, ``F.normal_like`` ...) plus Python arithmetic on its values.
+Each backend supplies its own ``F``:
+
+- :mod:`analogize.onnx_functions` traces the formula into an ONNX ``FunctionProto`` (the portable body
+  every converted model carries);
+- :mod:`analogize.torch_ops` runs it on torch tensors, so autograd yields the analytic derivatives of the
+  activations, and wraps ops marked ``straight_through`` with an identity gradient.
+
+The conventions follow ``shared/reference/analog-semantics.md``; where that reference leaves a choice open
+(the derivative of ReLU at 0), this module fixes it: ``R'(0) = alpha`` for every interpolation, because
+``R`` is written as ``where(x > 0, x, alpha * x)``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+DOMAIN = "ai.analogize"
+DOMAIN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Attribute:
+    name: str
+    doc: str
+    default: Optional[float] = None  # None and not required: absent unless given
+    minimum: float = -math.inf
+    maximum: float = math.inf
+    minimum_inclusive: bool = True
+    required: bool = False
+
+    def check(self, op_name: str, value) -> float:
+        from .errors import AnalogizeError
+
+        low_ok = value >= self.minimum if self.minimum_inclusive else value > self.minimum
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not low_ok or value > self.maximum:
+            bracket = "[" if self.minimum_inclusive else "("
+            raise AnalogizeError(
+                f"{op_name}.{self.name} must be a finite number in {bracket}{self.minimum}, {self.maximum}], "
+                f"got {value!r}")
+        return float(value)
+
+
+@dataclass(frozen=True)
+class OpSpec:
+    name: str
+    doc: str
+    formula: Callable
+    attributes: tuple[Attribute, ...] = ()
+    #: training-time gradient is the identity (reduce-precision: the true gradient is zero almost everywhere)
+    straight_through: bool = False
+    #: draws random numbers; results differ per run unless a seed is given
+    random: bool = False
+    equation: str = ""
+
+    def attribute(self, name: str) -> Attribute:
+        for attr in self.attributes:
+            if attr.name == name:
+                return attr
+        raise KeyError(f"{self.name} has no attribute {name!r}")
+
+    def resolve(self, **given) -> dict:
+        """Validated attribute values with defaults filled in; optional ones left out when not given."""
+        unknown = set(given) - {a.name for a in self.attributes}
+        if unknown:
+            from .errors import AnalogizeError
+
+            raise AnalogizeError(f"{self.name} has no attribute(s) {', '.join(sorted(unknown))}")
+        values = {}
+        for attr in self.attributes:
+            value = given.get(attr.name, attr.default)
+            if value is None and attr.required:
+                from .errors import AnalogizeError
+
+                raise AnalogizeError(f"{self.name} needs attribute {attr.name!r}: {attr.doc}")
+            if value is not None:
+                values[attr.name] = attr.check(self.name, value)
+        return values
+
+
+SEED = Attribute("seed", "integer-valued seed of the random stream (a float, like RandomNormalLike's); "
+                         "absent: fresh noise on every run", None)
+PRECISION = Attribute("precision", "quantisation steps per unit p (levels on [-1, 1]: 2p + 1)", None, 1.0,
+                      required=True)
+FACTOR = Attribute("factor", "interpolation factor i: 0 is (leaky) ReLU, 1 is the smooth activation", 1.0, 0.0, 1.0)
+SCALE = Attribute("scale", "input scale s of the smooth activation, f(x) = x * gate(s * x)", 1.0, 0.0,
+                  minimum_inclusive=False)
+ALPHA = Attribute("alpha", "negative slope of the rectifier R(x) = max(alpha * x, x)", 0.0, 0.0, 1.0)
+TEMPERATURE = Attribute("temperature", "temperature T of z * gate(z / T)", 1.0, 0.0, minimum_inclusive=False)
+
+
+def reduce_precision(F, x, precision, divide):
+    return F.sign(x) * F.ceil(F.abs(x * precision) - divide) / precision
+
+
+def stochastic_reduce_precision(F, x, precision, seed=None):
+    scaled = F.abs(x * precision)
+    lower = F.floor(scaled)
+    rounded = F.where(F.uniform_like(x, seed) < scaled - lower, lower + 1.0, lower)
+    return F.sign(x) * rounded / precision
+
+
+def analog_noise(F, x, std, seed=None):
+    return x + F.normal_like(x, std, seed)
+
+
+def _rectifier(F, x, alpha):
+    return F.where(x > 0.0, x, x * alpha)
+
+
+def _interpolate(F, x, smooth, factor, alpha):
+    rectified = _rectifier(F, x, alpha)
+    return rectified + (smooth - rectified) * factor
+
+
+def _gelu(F, x, scale):
+    return x * (F.erf(x * (scale / math.sqrt(2.0))) + 1.0) * 0.5
+
+
+def relu_gelu_interpolation(F, x, factor, scale, alpha):
+    return _interpolate(F, x, _gelu(F, x, scale), factor, alpha)
+
+
+def relu_silu_interpolation(F, x, factor, scale, alpha):
+    return _interpolate(F, x, x * F.sigmoid(x * scale), factor, alpha)
+
+
+def reglu_geglu_interpolation(F, x, factor, scale, alpha):
+    value, gate = F.split_last_half(x)
+    return value * relu_gelu_interpolation(F, gate, factor, scale, alpha)
+
+
+# Gates a(u) of the smooth-ReLU family z * a(z / T) (seed 002, "critical initialisation" paper).
+SMOOTH_GATES: dict[str, tuple[Callable, str]] = {
+    "Swish": (lambda F, u: F.sigmoid(u), "1 / (1 + exp(-u))"),
+    "Gelu": (lambda F, u: (F.erf(u * (1.0 / math.sqrt(2.0))) + 1.0) * 0.5, "Phi(u)"),
+    "Gumbel": (lambda F, u: F.exp(-F.exp(-u)), "exp(-exp(-u))"),
+    "Algebraic": (lambda F, u: (u / F.sqrt(u * u + 1.0) + 1.0) * 0.5, "(u / sqrt(u^2 + 1) + 1) / 2"),
+    "Guderman": (lambda F, u: F.atan(F.tanh(u)) * (2.0 / math.pi) + 0.5, "1/2 + (2/pi) atan(tanh(u))"),
+    "Mish": (lambda F, u: F.tanh(F.softplus(u)), "tanh(softplus(u))"),
+}
+
+
+def _smooth_formula(gate):
+    def smooth(F, x, temperature):
+        return x * gate(F, x / temperature)
+
+    return smooth
+
+
+def _declare() -> dict[str, OpSpec]:
+    interp_attrs = (FACTOR, SCALE, ALPHA)
+    specs = [
+        OpSpec("ReducePrecision", "Round to the grid of step 1/p; exact halves go toward zero when divide = 0.5.",
+               reduce_precision,
+               (PRECISION, Attribute("divide", "rounding threshold d: round up when frac(|x p|) > d", 0.5, 0.0, 1.0)),
+               straight_through=True, equation="sign(x) * ceil(|x p| - d) / p"),
+        OpSpec("StochasticReducePrecision",
+               "Unbiased stochastic rounding to the grid of step 1/p: up with probability frac(|x p|).",
+               stochastic_reduce_precision, (PRECISION, SEED), straight_through=True, random=True,
+               equation="sign(x) * (floor(|x p|) + [U < frac(|x p|)]) / p, U ~ Uniform(0, 1)"),
+        OpSpec("AnalogNoise", "Additive Gaussian noise, applied in training and inference alike.", analog_noise,
+               (Attribute("std", "standard deviation of the noise (> 0; leave the op out for none)", None, 0.0,
+                          minimum_inclusive=False, required=True), SEED),
+               random=True, equation="x + N(0, std^2)"),
+        OpSpec("ReluGeluInterpolation", "Linear interpolation between (leaky) ReLU and GELU with scale s.",
+               relu_gelu_interpolation, interp_attrs,
+               equation="R(x) + i (x Phi(s x) - R(x)), R(x) = x if x > 0 else alpha x"),
+        OpSpec("ReluSiluInterpolation", "Linear interpolation between (leaky) ReLU and SiLU with scale s.",
+               relu_silu_interpolation, interp_attrs,
+               equation="R(x) + i (x sigmoid(s x) - R(x)), R(x) = x if x > 0 else alpha x"),
+        OpSpec("ReGluGeGluInterpolation",
+               "Gated unit: split the last axis into halves (a, b); a times the ReLU-GELU interpolation of b.",
+               reglu_geglu_interpolation, interp_attrs, equation="a * I(b), (a, b) = split(x, 2, axis=-1)"),
+    ]
+    for gate_name, (gate, gate_equation) in SMOOTH_GATES.items():
+        specs.append(OpSpec(f"Smooth{gate_name}", f"Smooth-ReLU family member {gate_name}LU with temperature T.",
+                            _smooth_formula(gate), (TEMPERATURE,), equation=f"z * a(z / T), a(u) = {gate_equation}"))
+    return {spec.name: spec for spec in specs}
+
+
+OPS: dict[str, OpSpec] = _declare()
+
+
+def markdown_reference() -> str:
+    """The op-set reference page (``docs/ops.md`` is this text; a test keeps them equal)."""
+    lines = [f"# The `{DOMAIN}` op set (version {DOMAIN_VERSION})", "",
+             "Generated from `analogize/ops.py` by `analogize ops --markdown`; do not edit by hand.", "",
+             "Every op maps one float tensor `X` to one tensor `Y` and ships as an ONNX model-local function, "
+             "so any ONNX runtime can execute it. Clamping uses the standard `Clip`.", ""]
+    for spec in OPS.values():
+        flags = [word for word, on in (("straight-through gradient", spec.straight_through),
+                                        ("random", spec.random)) if on]
+        lines += [f"## {spec.name}", "", spec.doc, "", f"`Y = {spec.equation}`" + (
+            f" ({', '.join(flags)})" if flags else ""), "", "| attribute | default | range | meaning |",
+                  "|---|---|---|---|"]
+        for attr in spec.attributes:
+            default = "required" if attr.required else ("absent" if attr.default is None else f"{attr.default:g}")
+            low = "[" if attr.minimum_inclusive else "("
+            lines.append(f"| `{attr.name}` | {default} | {low}{attr.minimum:g}, {attr.maximum:g}] | {attr.doc} |")
+        lines.append("")
+    return "\n".join(lines)
