@@ -13,6 +13,7 @@ from .errors import AnalogizeError
 #: fixed-point hardware). ``pow2-minus-1``: p = 2**bits - 1 (the paper's EP equation and AnalogVNN).
 BIT_CONVENTIONS = ("pow2", "pow2-minus-1")
 DEFAULT_BIT_CONVENTION = "pow2"
+DEFAULT_EP = 0.5  # the paper's gradient-error analysis setting
 MAX_BITS = 24  # float32 has a 24-bit significand; finer grids are not representable on [-1, 1]
 
 
@@ -45,10 +46,14 @@ def ep_to_std(error_probability: float, precision: float) -> float:
     return 1.0 / (2.0 * math.sqrt(2.0) * precision * _erfinv(1.0 - error_probability))
 
 
+def check_std(std: float) -> float:
+    if isinstance(std, bool) or not (isinstance(std, (int, float)) and math.isfinite(std) and std >= 0.0):
+        raise AnalogizeError(f"noise std must be a finite number >= 0, got {std!r}")
+    return float(std)
+
+
 def std_to_ep(std: float, precision: float) -> float:
     check_precision(precision)
-    if not (isinstance(std, (int, float)) and math.isfinite(std) and std >= 0.0):
-        raise AnalogizeError(f"noise std must be a finite number >= 0, got {std!r}")
-    if std == 0.0:
+    if check_std(std) == 0.0:
         return 0.0
     return 1.0 - math.erf(1.0 / (2.0 * math.sqrt(2.0) * std * precision))

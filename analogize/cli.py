@@ -1,0 +1,132 @@
+"""The ``analogize`` command: a thin layer over the Python API; each flag maps to an option of the same name."""
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from . import noise_model, rewrite
+from .errors import AnalogizeError
+from .ops import OPS, markdown_reference
+
+
+def _csv(choices):
+    def parse(ctx, param, value):
+        items = tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+        bad = [v for v in items if choices and v not in choices]
+        if bad:
+            raise click.BadParameter(f"{', '.join(bad)} not among {', '.join(choices)}")
+        return items
+
+    return parse
+
+
+def main(argv=None) -> int:
+    """Console entry point: user errors become one line on stderr and exit code 2 (``--debug``: traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        cli.main(argv, prog_name="analogize", standalone_mode=False)
+    except click.UsageError as error:
+        command = error.ctx.command_path if error.ctx else "analogize"
+        click.echo(f"analogize: error: {error.format_message()} (see '{command} --help')", err=True)
+        return 2
+    except AnalogizeError as error:
+        if "--debug" in argv:
+            raise
+        click.echo(f"analogize: error: {error}", err=True)
+        return 2
+    except click.exceptions.Exit as done:
+        return done.exit_code
+    except click.Abort:
+        click.echo("analogize: interrupted", err=True)
+        return 130
+    return 0
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+@click.version_option(package_name="analogize")
+def cli(debug):
+    """Prepare ONNX neural networks for noisy, low-precision analog accelerators."""
+
+
+_interp = OPS["ReluGeluInterpolation"]
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--output", type=click.Path(dir_okay=False),
+              help="Output model [default: MODEL with suffix .analog.onnx].")
+@click.option("--overwrite", is_flag=True, help="Allow the output to replace the input model.")
+@click.option("--bits", type=click.IntRange(1, noise_model.MAX_BITS), default=8, show_default=True,
+              help="Bit width B; precision p = 2^B (see --bit-convention).")
+@click.option("--precision", type=click.FloatRange(min=1.0), help="Set p (steps per unit) directly; overrides --bits.")
+@click.option("--bit-convention", type=click.Choice(noise_model.BIT_CONVENTIONS),
+              default=noise_model.DEFAULT_BIT_CONVENTION, show_default=True,
+              help="pow2: p = 2^B (paper eq. 7, power-of-two hardware scales); pow2-minus-1: p = 2^B - 1 (AnalogVNN).")
+@click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True),
+              help=f"Error probability: chance that noise moves a value past half a step [default: {noise_model.DEFAULT_EP}].")
+@click.option("--std", type=click.FloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
+@click.option("--no-noise", is_flag=True, help="Insert no Gaussian noise.")
+@click.option("--no-quantize", is_flag=True, help="Insert no reduce-precision.")
+@click.option("--no-clamp", is_flag=True, help="Insert no clamp to [-1, 1].")
+@click.option("--stochastic-rounding", is_flag=True, help="Use StochasticReducePrecision instead of ReducePrecision.")
+@click.option("--where", callback=_csv(rewrite.PLACEMENTS), default=",".join(rewrite.PLACEMENTS), show_default=True,
+              help="Comma-separated placements of the chains.")
+@click.option("--activation", type=click.Choice(list(rewrite.ACTIVATIONS)), default="keep", show_default=True,
+              help="Replacement for every ReLU.")
+@click.option("--factor", type=float, help=f"Interpolation factor i in [0, 1] [default: {_interp.attribute('factor').default}].")
+@click.option("--scale", type=float, help=f"GELU/SiLU input scale s > 0 [default: {_interp.attribute('scale').default}].")
+@click.option("--alpha", type=float, help="Leaky slope in [0, 1) [default: 0; 0.01 for leaky].")
+@click.option("--temperature", type=float, help="Temperature T > 0 of the smooth-* family [default: 1].")
+@click.option("--exclude", callback=_csv(()), default="", help="Comma-separated node names or op types to keep digital.")
+@click.option("--seed", type=click.IntRange(min=0), help="Base seed: reproducible noise (each node its own stream).")
+@click.option("--inline", is_flag=True, help="Write standard ONNX ops only (no custom domain).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def convert(model, output, overwrite, bits, precision, bit_convention, ep, std, no_noise, no_quantize, no_clamp,
+            stochastic_rounding, where, activation, factor, scale, alpha, temperature, exclude, seed, inline, as_json):
+    """Insert clamp, reduce-precision and noise into MODEL and swap its activations."""
+    from .convert import ConvertOptions, convert_file
+
+    options = ConvertOptions(
+        bits=bits, precision=precision, bit_convention=bit_convention, ep=ep, std=std, noise=not no_noise,
+        quantize=not no_quantize, clamp=not no_clamp, stochastic_rounding=stochastic_rounding, where=where,
+        activation=activation, factor=factor, scale=scale, alpha=alpha, temperature=temperature, exclude=exclude,
+        seed=seed, inline=inline)
+    report = convert_file(model, output, options, overwrite=overwrite)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    settings = report["settings"]
+    counts = {}
+    for site in report["inserted"]:
+        counts[site["site"]] = counts.get(site["site"], 0) + 1
+    click.echo(f"wrote {report['output']}")
+    click.echo(f"  precision p={settings['precision']:g}  noise std={settings['std']:.4g}"
+               + (f" (EP {settings['ep']:.3g})" if settings["ep"] is not None else ""))
+    click.echo(f"  {len(report['layers'])} analog layers; chains: "
+               + (", ".join(f"{n} {k}" for k, n in counts.items()) or "none"))
+    if report["activations"].get("swapped"):
+        click.echo(f"  {len(report['activations']['swapped'])} ReLU -> {report['activations']['to']}")
+    for skipped in report["skipped_layers"]:
+        click.echo(f"  left digital: {skipped['node'] or skipped['op_type']} ({skipped['reason']})")
+    for upgrade in report["opset_upgrades"]:
+        click.echo(f"  opset raised from {upgrade['from']} to {upgrade['to']} for the function bodies")
+
+
+@cli.command()
+@click.option("--markdown", is_flag=True, help="Print the full reference page (docs/ops.md).")
+@click.option("--json", "as_json", is_flag=True, help="Print the op set as JSON.")
+def ops(markdown, as_json):
+    """List the analog op set."""
+    if markdown:
+        click.echo(markdown_reference(), nl=False)
+        return
+    if as_json:
+        click.echo(json.dumps({name: {"equation": spec.equation, "doc": spec.doc, "attributes": {
+            a.name: {"default": a.default, "required": a.required, "min": a.minimum, "max": a.maximum}
+            for a in spec.attributes}} for name, spec in OPS.items()}, indent=2))
+        return
+    for name, spec in OPS.items():
+        click.echo(f"{name:28s} {spec.equation}")

@@ -1,0 +1,129 @@
+"""``convert``: a model in, its analog-hardware simulation out. The CLI's ``analogize convert`` calls this."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import onnx
+
+from . import rewrite
+from .errors import AnalogizeError
+from .model_io import load_model, save_model
+from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision, check_precision, check_std,
+                          ep_to_std, std_to_ep)
+from .ops import OPS
+
+
+@dataclass(frozen=True)
+class ConvertOptions:
+    """Every ``analogize convert`` flag, with the same name and default."""
+
+    bits: int | None = 8
+    precision: float | None = None  # overrides bits
+    bit_convention: str = DEFAULT_BIT_CONVENTION
+    ep: float | None = None  # None: DEFAULT_EP unless std is given
+    std: float | None = None  # overrides ep
+    noise: bool = True
+    quantize: bool = True
+    clamp: bool = True
+    stochastic_rounding: bool = False
+    divide: float = OPS["ReducePrecision"].attribute("divide").default
+    where: tuple[str, ...] = rewrite.PLACEMENTS
+    activation: str = "keep"
+    factor: float | None = None  # None: the op's declared default
+    scale: float | None = None
+    alpha: float | None = None
+    temperature: float | None = None
+    exclude: tuple[str, ...] = ()
+    seed: int | None = None
+    inline: bool = False
+
+    def resolved_precision(self) -> float:
+        if self.precision is not None:
+            return check_precision(self.precision)
+        if self.bits is None:
+            raise AnalogizeError("give --bits or --precision (or --no-quantize with --std for noise alone)")
+        return bits_to_precision(self.bits, self.bit_convention)
+
+    def _noise_precision(self) -> float | None:
+        """The precision the chains use; also needed to turn an EP into a std."""
+        if self.quantize or (self.noise and self.std is None):
+            return self.resolved_precision()
+        return None
+
+    def chain_settings(self) -> rewrite.ChainSettings:
+        if self.ep is not None and self.std is not None:
+            raise AnalogizeError("give either --ep or --std, not both")
+        precision = self._noise_precision()
+        if not self.noise:
+            std = 0.0
+        elif self.std is not None:
+            std = check_std(self.std)
+        else:
+            std = ep_to_std(DEFAULT_EP if self.ep is None else self.ep, precision)
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
+            raise AnalogizeError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        OPS["ReducePrecision"].attribute("divide").check("ReducePrecision", self.divide)
+        return rewrite.ChainSettings(precision=precision if self.quantize else None, std=std, clamp=self.clamp,
+                                     divide=self.divide, stochastic_rounding=self.stochastic_rounding,
+                                     seed=self.seed)
+
+    def summary(self) -> dict:
+        """The settings as recorded in the model's metadata and the report."""
+        settings = self.chain_settings()
+        precision = self._noise_precision()
+        record = asdict(self)
+        record.update(precision=precision, std=settings.std,
+                      ep=std_to_ep(settings.std, precision) if precision else None,
+                      where=list(self.where), exclude=list(self.exclude), clamp_range=list(rewrite.CLAMP_RANGE))
+        return record
+
+
+@dataclass
+class ConversionResult:
+    model: onnx.ModelProto
+    report: dict = field(default_factory=dict)
+
+
+def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **overrides) -> ConversionResult:
+    """Rewrite ``model`` (left untouched) into its analog simulation; ``overrides`` replace option fields."""
+    options = replace(options or ConvertOptions(), **overrides)
+    if rewrite.is_converted(model):
+        raise AnalogizeError("the model is already converted (it contains ai.analogize ops or settings); "
+                             "convert the original model instead")
+    settings = options.chain_settings()
+    working = onnx.ModelProto()
+    working.CopyFrom(model)
+    working, upgrades = rewrite.upgrade_opset(working)
+    chains = rewrite.insert_analog_chains(working, settings, options.where, options.exclude)
+    swaps = rewrite.swap_activations(working, options.activation, {
+        "factor": options.factor, "scale": options.scale, "alpha": options.alpha,
+        "temperature": options.temperature}, options.exclude)
+    if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
+        raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
+                             "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
+    rewrite.attach_functions(working, chains["op_types"] + swaps["op_types"])
+    summary = options.summary()
+    working.metadata_props.add(key=rewrite.METADATA_KEY, value=json.dumps(summary, sort_keys=True))
+    if options.inline:
+        working = rewrite.inline_analog_functions(working)
+    report = {"settings": summary, "opset_upgrades": upgrades, "layers": chains["layers"],
+              "skipped_layers": chains["skipped_layers"], "inserted": chains["sites"],
+              "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
+              "op_types": sorted(set(chains["op_types"] + swaps["op_types"]))}
+    return ConversionResult(working, report)
+
+
+def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,
+                 **overrides) -> dict:
+    """Convert the model file ``source`` and write the result to ``destination`` atomically."""
+    source = Path(source)
+    destination = Path(destination) if destination else source.with_name(f"{source.stem}.analog.onnx")
+    options = replace(options or ConvertOptions(), **overrides)
+    options.chain_settings()  # reject bad flags before reading a possibly large model
+    model, external = load_model(source)
+    result = convert(model, options)
+    save_model(result.model, destination, external_data=external, overwrite_input=None if overwrite else source)
+    result.report.update(input=str(source), output=str(destination))
+    return result.report

@@ -1,0 +1,83 @@
+"""Loading and saving ONNX models with one-line errors and atomic writes."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx import external_data_helper
+
+from .errors import AnalogizeError
+
+_PROTOBUF_LIMIT = 2**31 - 1  # serialised protobuf messages cannot exceed 2 GiB; bigger models need external data
+
+
+def load_model(path) -> tuple[onnx.ModelProto, bool]:
+    """The model at ``path`` with its weights, and whether it stored them as external data."""
+    path = Path(path)
+    if not path.exists():
+        raise AnalogizeError(f"{path}: no such file; check the model path")
+    if path.is_dir():
+        raise AnalogizeError(f"{path} is a directory; give the path of an .onnx file")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError) as error:
+        raise AnalogizeError(f"{path} is not a readable ONNX model (truncated or another format: {error}); "
+                             f"re-export it") from None
+    except OSError as error:
+        raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
+    has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
+    if has_external:
+        try:
+            external_data_helper.load_external_data_for_model(model, str(path.parent))
+        except (OSError, ValueError) as error:
+            raise AnalogizeError(f"{path}: cannot read its external weight data ({error}); keep the data file "
+                                 f"next to the model") from None
+    return model, has_external
+
+
+def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwrite_input=None) -> Path:
+    """Write ``model`` to ``path`` atomically: nothing appears at ``path`` unless the whole write succeeds.
+
+    With ``external_data`` (forced for models over 2 GiB) weights go to ``<path>.data`` beside it.
+    ``overwrite_input`` names the input model, which is never replaced unless it is ``path`` itself and the
+    caller passed it on purpose.
+    """
+    path = Path(path)
+    if overwrite_input is not None and path.resolve() == Path(overwrite_input).resolve():
+        raise AnalogizeError(f"output {path} is the input model; choose another -o path (or pass --overwrite)")
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise AnalogizeError(f"cannot write {path}: directory {directory} does not exist")
+    external_data = external_data or model.ByteSize() > _PROTOBUF_LIMIT
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory))
+    except OSError as error:
+        raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
+    try:
+        staged = staging / path.name
+        if external_data:
+            model = _copy(model)  # writing external data rewrites the tensors in place
+            onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=f"{path.name}.data", size_threshold=1024)
+            if (staging / f"{path.name}.data").exists():
+                os.replace(staging / f"{path.name}.data", directory / f"{path.name}.data")
+        else:
+            onnx.save_model(model, str(staged))
+        os.replace(staged, path)
+    except OSError as error:
+        raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    duplicate = onnx.ModelProto()
+    duplicate.CopyFrom(model)
+    return duplicate

@@ -1,0 +1,404 @@
+"""Graph passes that turn an ONNX model into its analog-hardware simulation.
+
+Each pass takes a ``ModelProto`` and changes it in place, returning a list of report records; passes
+compose in :func:`analogize.convert.convert`. They work on the protobuf directly (no graph library round
+trip), so converting costs little more than loading and saving the model.
+
+Placement follows the paper's fully analog ConvNet (``shared/reference/analog-semantics.md`` section 3):
+a DOA chain Clip -> ReducePrecision -> AnalogNoise before every layer (the network input included) and on
+its weights and biases, an AOD chain AnalogNoise -> Clip -> ReducePrecision after it, then the activation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper, version_converter
+
+from .errors import AnalogizeError
+from .onnx_functions import MIN_OPSET, function_protos
+from .ops import DOMAIN, DOMAIN_VERSION, OPS
+
+PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
+LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+_RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+_SUBGRAPH_OPS = {"If", "Loop", "Scan"}
+CLAMP_RANGE = (-1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """What an inserted chain does; an element is left out when disabled (precision None, std 0, clamp off)."""
+
+    precision: float | None
+    std: float
+    clamp: bool
+    divide: float = 0.5
+    stochastic_rounding: bool = False
+    seed: int | None = None
+
+
+@dataclass
+class Layer:
+    node: onnx.NodeProto
+    data: str  # the activation operand
+    weight: str | None  # constant operand
+    bias: str | None
+    bias_node: onnx.NodeProto | None = None  # an Add that carries the bias of a MatMul
+    bias_slot: int = 2
+
+    @property
+    def output_node(self) -> onnx.NodeProto:
+        return self.bias_node or self.node
+
+
+@dataclass
+class GraphIndex:
+    """Producers, consumers and constant tensors of a graph (its top level; subgraphs stay digital)."""
+
+    graph: onnx.GraphProto
+    producer: dict = field(default_factory=dict)
+    consumers: dict = field(default_factory=dict)
+    constants: set = field(default_factory=set)
+    float_constants: set = field(default_factory=set)
+    names: set = field(default_factory=set)
+
+    @classmethod
+    def build(cls, graph: onnx.GraphProto) -> "GraphIndex":
+        index = cls(graph)
+        for tensor in graph.initializer:
+            index.constants.add(tensor.name)
+            if tensor.data_type == TensorProto.FLOAT:
+                index.float_constants.add(tensor.name)
+        index.names.update(index.constants)
+        index.names.update(v.name for v in graph.input)
+        for position, node in enumerate(graph.node):
+            for slot, name in enumerate(node.input):
+                if name:
+                    index.consumers.setdefault(name, []).append((position, slot))
+            for name in node.output:
+                index.producer[name] = position
+                index.names.add(name)
+            if _is_constant_node(node, index.constants):
+                index.constants.update(o for o in node.output if o)
+                if _float_output(node, index.float_constants):
+                    index.float_constants.update(o for o in node.output if o)
+        return index
+
+    def unique(self, name: str) -> str:
+        candidate, count = name, 1
+        while candidate in self.names:
+            candidate, count = f"{name}_{count}", count + 1
+        self.names.add(candidate)
+        return candidate
+
+
+def _is_constant_node(node: onnx.NodeProto, constants: set) -> bool:
+    if node.domain not in ("", "ai.onnx") or node.op_type in _RANDOM_OPS | _SUBGRAPH_OPS:
+        return False
+    return all(name in constants for name in node.input if name)
+
+
+def _float_output(node: onnx.NodeProto, float_constants: set) -> bool:
+    if node.op_type == "Constant":
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        return value is not None and value.t.data_type == TensorProto.FLOAT or any(
+            a.name in ("value_float", "value_floats") for a in node.attribute)
+    if node.op_type == "ConstantOfShape":
+        value = next((a for a in node.attribute if a.name == "value"), None)
+        return value is None or value.t.data_type == TensorProto.FLOAT
+    if node.op_type == "Cast":
+        return any(a.name == "to" and a.i == TensorProto.FLOAT for a in node.attribute)
+    return any(name in float_constants for name in node.input if name)
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise AnalogizeError("the model imports no default-domain (ai.onnx) opset; it is not a standard ONNX model")
+
+
+def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> tuple[onnx.ModelProto, list]:
+    """Raise the default-domain opset to ``minimum`` with ONNX's version converter; a no-op when already there."""
+    current = default_opset(model)
+    if current >= minimum:
+        return model, []
+    try:
+        upgraded = version_converter.convert_version(model, minimum)
+    except Exception as error:  # the converter raises bare RuntimeErrors/ValueErrors per op adapter
+        raise AnalogizeError(f"the model uses opset {current} and ONNX's version converter could not raise it to "
+                             f"{minimum} ({str(error).splitlines()[0]}); re-export it at opset >= {minimum}") from None
+    return upgraded, [{"pass": "upgrade_opset", "from": current, "to": minimum}]
+
+
+def find_layers(index: GraphIndex, exclude=()) -> tuple[list[Layer], list[dict]]:
+    """Linear layers with a constant float weight operand; the rest are reported with the reason."""
+    layers, skipped = [], []
+    for node in index.graph.node:
+        if node.op_type not in LAYER_OP_TYPES or node.domain not in ("", "ai.onnx"):
+            continue
+        reason, layer = _classify_layer(node, index, exclude)
+        if layer is None:
+            skipped.append({"node": node.name, "op_type": node.op_type, "reason": reason})
+        else:
+            layers.append(layer)
+    return layers, skipped
+
+
+def _classify_layer(node, index: GraphIndex, exclude):
+    if node.name in exclude or node.op_type in exclude:
+        return "excluded by --exclude", None
+    inputs = list(node.input) + [""] * 3
+    if node.op_type in ("Conv", "ConvTranspose"):
+        data, weight, bias = inputs[0], inputs[1], inputs[2] or None
+        if weight not in index.constants:
+            return "weight is not a constant", None
+    else:
+        first, second = inputs[0], inputs[1]
+        if (first in index.constants) == (second in index.constants):
+            return "no single constant operand (activation-by-activation product or constant expression)", None
+        data, weight = (first, second) if second in index.constants else (second, first)
+        bias = inputs[2] or None if node.op_type == "Gemm" else None
+    if weight not in index.float_constants:
+        return "weight is not float32 (only float32 models are supported)", None
+    layer = Layer(node, data, weight, bias if bias in index.constants else None)
+    if node.op_type == "MatMul":
+        _attach_bias_add(layer, index)
+    return "", layer
+
+
+def _attach_bias_add(layer: Layer, index: GraphIndex) -> None:
+    """A MatMul followed by ``Add(constant)`` is one biased layer (exporters split torch Linear this way)."""
+    output = layer.node.output[0]
+    uses = index.consumers.get(output, [])
+    if len(uses) != 1 or any(o.name == output for o in index.graph.output):
+        return
+    position, slot = uses[0]
+    add = index.graph.node[position]
+    other = add.input[1 - slot] if len(add.input) == 2 else ""
+    if add.op_type == "Add" and other in index.float_constants:
+        layer.bias, layer.bias_node, layer.bias_slot = other, add, 1 - slot
+
+
+class _Inserter:
+    """Collects new nodes positioned before or after existing ones, then rebuilds the node list once."""
+
+    def __init__(self, model: onnx.ModelProto, index: GraphIndex, settings: ChainSettings):
+        self.model, self.index, self.settings = model, index, settings
+        self.before: dict[int, list] = {}
+        self.after: dict[int, list] = {}
+        self.noise_count = 0
+        self.op_types: set[str] = set()
+        self._clip_bounds: tuple[str, str] | None = None
+
+    def chain(self, source: str, target: str, order: tuple[str, ...], site: str) -> list[onnx.NodeProto]:
+        nodes, current, elements = [], source, [e for e in order if self._enabled(e)]
+        for k, element in enumerate(elements):
+            output = target if k == len(elements) - 1 else self.index.unique(f"{target}::{element.lower()}")
+            nodes.append(self._element(element, current, output, f"analogize/{site}/{target}/{element}"))
+            current = output
+        return nodes
+
+    def _enabled(self, element: str) -> bool:
+        return {"clamp": self.settings.clamp, "quantize": self.settings.precision is not None,
+                "noise": self.settings.std > 0}[element]
+
+    def _element(self, element: str, source: str, output: str, name: str) -> onnx.NodeProto:
+        settings = self.settings
+        if element == "clamp":
+            return helper.make_node("Clip", [source, *self._clip_inputs()], [output], name=name)
+        if element == "quantize":
+            op_name = "StochasticReducePrecision" if settings.stochastic_rounding else "ReducePrecision"
+            attributes = {"precision": settings.precision}
+            if settings.stochastic_rounding:
+                attributes.update(self._seed())
+            else:
+                attributes["divide"] = settings.divide
+        else:
+            op_name, attributes = "AnalogNoise", {"std": settings.std, **self._seed()}
+        self.op_types.add(op_name)
+        return helper.make_node(op_name, [source], [output], name=name, domain=DOMAIN, **OPS[op_name].resolve(
+            **attributes))
+
+    def _seed(self) -> dict:
+        if self.settings.seed is None:
+            return {}
+        self.noise_count += 1
+        return {"seed": float(self.settings.seed + self.noise_count - 1)}
+
+    def _clip_inputs(self) -> tuple[str, str]:
+        if self._clip_bounds is None:
+            low, high = self.index.unique("analogize/clamp_min"), self.index.unique("analogize/clamp_max")
+            for name, value in ((low, CLAMP_RANGE[0]), (high, CLAMP_RANGE[1])):
+                self.index.graph.initializer.append(numpy_helper.from_array(np.array(value, np.float32), name))
+            self._clip_bounds = (low, high)
+        return self._clip_bounds
+
+    def rebuild(self) -> None:
+        ordered = []
+        for position, node in enumerate(self.index.graph.node):
+            ordered += self.before.get(position, [])
+            ordered.append(node)
+            ordered += self.after.get(position, [])
+        ordered[:0] = self.before.get(-1, [])
+        self.index.graph.ClearField("node")
+        self.index.graph.node.extend(ordered)
+
+
+DOA_ORDER = ("clamp", "quantize", "noise")
+AOD_ORDER = ("noise", "clamp", "quantize")
+
+
+def insert_analog_chains(model: onnx.ModelProto, settings: ChainSettings, where=PLACEMENTS, exclude=()) -> dict:
+    """Insert clamp / reduce-precision / noise chains at the ``where`` placements; report what went where."""
+    unknown = set(where) - set(PLACEMENTS)
+    if unknown:
+        raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
+    index = GraphIndex.build(model.graph)
+    layers, skipped = find_layers(index, set(exclude))
+    inserter = _Inserter(model, index, settings)
+    sites: list[dict] = []
+    layer_positions = {id(layer.node): index.producer[layer.node.output[0]] for layer in layers}
+
+    def rewire(tensor: str, uses: list, order, site: str, layer_name: str | None) -> None:
+        target = index.unique(f"{tensor}::analog")
+        nodes = inserter.chain(tensor, target, order, site)
+        if not nodes:
+            return
+        for position, slot in uses:
+            index.graph.node[position].input[slot] = target
+        inserter.before.setdefault(min(p for p, _ in uses), []).extend(nodes)
+        sites.append({"site": site, "tensor": tensor, "layer": layer_name, "ops": [n.op_type for n in nodes]})
+
+    initializer_names = {t.name for t in index.graph.initializer}
+    graph_inputs = [v for v in index.graph.input if v.name not in initializer_names]
+    chained_inputs = set()
+    if "input" in where:
+        for value in graph_inputs:
+            if value.type.tensor_type.elem_type != TensorProto.FLOAT or value.name not in index.consumers:
+                continue
+            rewire(value.name, index.consumers[value.name], DOA_ORDER, "input", None)
+            chained_inputs.add(value.name)
+
+    if "layer-inputs" in where:
+        layer_uses: dict[str, list] = {}
+        owners: dict[str, list] = {}
+        for layer in layers:
+            if layer.data in chained_inputs:
+                continue
+            slot = list(layer.node.input).index(layer.data)
+            layer_uses.setdefault(layer.data, []).append((layer_positions[id(layer.node)], slot))
+            owners.setdefault(layer.data, []).append(layer.node.name)
+        for tensor, uses in layer_uses.items():
+            rewire(tensor, uses, DOA_ORDER, "layer-input", ",".join(owners[tensor]))
+
+    for kind, placement in (("weight", "weights"), ("bias", "biases")):
+        if placement not in where:
+            continue
+        for layer in layers:
+            tensor = getattr(layer, kind)
+            if tensor is None:
+                continue
+            if kind == "bias" and layer.bias_node is not None:
+                position = index.producer[layer.bias_node.output[0]]
+                uses = [(position, layer.bias_slot)]
+            else:
+                uses = [(layer_positions[id(layer.node)], list(layer.node.input).index(tensor))]
+            rewire(tensor, uses, DOA_ORDER, kind, layer.node.name)
+
+    if "layer-outputs" in where:
+        for layer in layers:
+            producer = layer.output_node
+            tensor = producer.output[0]
+            source = index.unique(f"{tensor}::pre_analog")
+            nodes = inserter.chain(source, tensor, AOD_ORDER, "layer-output")
+            if not nodes:
+                index.names.discard(source)
+                continue
+            producer.output[0] = source
+            inserter.after.setdefault(index.producer[tensor], []).extend(nodes)
+            sites.append({"site": "layer-output", "tensor": tensor, "layer": layer.node.name,
+                          "ops": [n.op_type for n in nodes]})
+
+    inserter.rebuild()
+    return {"layers": [layer.node.name or layer.node.op_type for layer in layers], "skipped_layers": skipped,
+            "sites": sites, "op_types": sorted(inserter.op_types)}
+
+
+@dataclass(frozen=True)
+class ActivationChoice:
+    """How a ReLU is replaced; ``op_type`` None keeps it."""
+
+    op_type: str | None
+    domain: str = DOMAIN
+    fixed: tuple = ()  # attributes the choice pins, as (name, value) pairs
+    settable: tuple[str, ...] = ()  # attributes taken from the user's options
+
+
+ACTIVATIONS: dict[str, ActivationChoice] = {
+    "keep": ActivationChoice(None),
+    "gelu": ActivationChoice("ReluGeluInterpolation", fixed=(("factor", 1.0),), settable=("scale",)),
+    "silu": ActivationChoice("ReluSiluInterpolation", fixed=(("factor", 1.0),), settable=("scale",)),
+    "interp-gelu": ActivationChoice("ReluGeluInterpolation", settable=("factor", "scale", "alpha")),
+    "interp-silu": ActivationChoice("ReluSiluInterpolation", settable=("factor", "scale", "alpha")),
+    "leaky": ActivationChoice("LeakyRelu", domain="", settable=("alpha",)),
+    **{f"smooth-{gate.lower()}": ActivationChoice(f"Smooth{gate}", settable=("temperature",))
+       for gate in ("Swish", "Gelu", "Gumbel", "Algebraic", "Guderman", "Mish")},
+}
+
+
+def swap_activations(model: onnx.ModelProto, activation: str, parameters: dict, exclude=()) -> dict:
+    """Replace every ReLU of the top-level graph (not in ``exclude``) by ``activation``."""
+    if activation not in ACTIVATIONS:
+        raise AnalogizeError(f"unknown activation {activation!r}: choose from {', '.join(ACTIVATIONS)}")
+    choice = ACTIVATIONS[activation]
+    if choice.op_type is None:
+        return {"swapped": [], "op_types": []}
+    attributes = dict(choice.fixed)
+    attributes.update({name: parameters[name] for name in choice.settable if parameters.get(name) is not None})
+    if choice.domain == DOMAIN:
+        attributes = OPS[choice.op_type].resolve(**attributes)
+    elif not 0.0 <= attributes.get("alpha", 0.01) < 1.0:
+        raise AnalogizeError(f"--alpha must be in [0, 1), got {attributes['alpha']}")
+    swapped = []
+    exclude = set(exclude)
+    for node in model.graph.node:
+        if node.op_type != "Relu" or node.domain not in ("", "ai.onnx") or node.name in exclude or "Relu" in exclude:
+            continue
+        node.op_type, node.domain = choice.op_type, choice.domain
+        node.ClearField("attribute")
+        node.attribute.extend(helper.make_attribute(k, float(v)) for k, v in sorted(attributes.items()))
+        swapped.append(node.name or node.output[0])
+    return {"swapped": swapped, "to": choice.op_type, "attributes": attributes,
+            "op_types": [choice.op_type] if swapped and choice.domain == DOMAIN else []}
+
+
+def attach_functions(model: onnx.ModelProto, op_types) -> None:
+    """Declare the analog domain and carry a function body for each op used, at the model's opset."""
+    op_types = sorted(set(op_types))
+    if not op_types:
+        return
+    model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    model.functions.extend(function_protos(op_types, default_opset(model)))
+    # model-local functions with attribute defaults need IR 10; ONNX Runtime 1.31 reads up to IR 11
+    model.ir_version = max(model.ir_version, 10)
+
+
+def inline_analog_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Expand the analog ops into standard ops so that no custom domain remains."""
+    inlined = onnx.inliner.inline_selected_functions(model, [(DOMAIN, f.name) for f in model.functions
+                                                             if f.domain == DOMAIN])
+    kept = [entry for entry in inlined.opset_import if entry.domain != DOMAIN]
+    inlined.ClearField("opset_import")
+    inlined.opset_import.extend(kept)
+    return inlined
+
+
+def is_converted(model: onnx.ModelProto) -> bool:
+    return any(entry.domain == DOMAIN for entry in model.opset_import) or any(
+        p.key == METADATA_KEY for p in model.metadata_props)
+
+
+METADATA_KEY = "analogize.settings"
