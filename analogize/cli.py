@@ -112,7 +112,7 @@ def convert(model, output, overwrite, bits, precision, bit_convention, ep, std, 
     for skipped in report["skipped_layers"]:
         click.echo(f"  left digital: {skipped['node'] or skipped['op_type']} ({skipped['reason']})")
     for upgrade in report["opset_upgrades"]:
-        click.echo(f"  opset raised from {upgrade['from']} to {upgrade['to']} for the function bodies")
+        click.echo(f"  opset moved from {upgrade['from']} to {upgrade['to']} (function bodies need 13-21 with noise)")
 
 
 @cli.command()

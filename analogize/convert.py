@@ -70,14 +70,17 @@ class ConvertOptions:
                                      seed=self.seed)
 
     def summary(self) -> dict:
-        """The settings as recorded in the model's metadata and the report."""
+        """The options exactly as given, and the chain values derived from them (stored in the model)."""
         settings = self.chain_settings()
         precision = self._noise_precision()
-        record = asdict(self)
-        record.update(precision=precision, std=settings.std,
-                      ep=std_to_ep(settings.std, precision) if precision else None,
-                      where=list(self.where), exclude=list(self.exclude), clamp_range=list(rewrite.CLAMP_RANGE))
-        return record
+        return {"options": asdict(self), "precision": precision, "std": settings.std,
+                "ep": std_to_ep(settings.std, precision) if precision else None,
+                "clamp_range": list(rewrite.CLAMP_RANGE)}
+
+    @classmethod
+    def from_dict(cls, options: dict) -> "ConvertOptions":
+        """Rebuild options from ``summary()["options"]`` (JSON turns tuples into lists)."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 
 
 @dataclass
@@ -95,7 +98,8 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **ove
     settings = options.chain_settings()
     working = onnx.ModelProto()
     working.CopyFrom(model)
-    working, upgrades = rewrite.upgrade_opset(working)
+    random_ops = settings.std > 0 or settings.stochastic_rounding
+    working, upgrades = rewrite.fit_opset(working, maximum=rewrite.MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
     chains = rewrite.insert_analog_chains(working, settings, options.where, options.exclude)
     swaps = rewrite.swap_activations(working, options.activation, {
         "factor": options.factor, "scale": options.scale, "alpha": options.alpha,

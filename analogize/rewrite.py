@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper, version_converter
+from onnx import TensorProto, helper, inliner, numpy_helper, version_converter
 
 from .errors import AnalogizeError
 from .onnx_functions import MIN_OPSET, function_protos
@@ -120,17 +120,23 @@ def default_opset(model: onnx.ModelProto) -> int:
     raise AnalogizeError("the model imports no default-domain (ai.onnx) opset; it is not a standard ONNX model")
 
 
-def upgrade_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET) -> tuple[onnx.ModelProto, list]:
-    """Raise the default-domain opset to ``minimum`` with ONNX's version converter; a no-op when already there."""
+# ONNX Runtime 1.31 has no kernels for RandomNormalLike/RandomUniformLike at opset 22 (a type-only revision),
+# and function bodies must use the model's opset, so models with noise are brought down to 21.
+MAX_OPSET_WITH_RANDOM_OPS = 21
+
+
+def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | None = None):
+    """Move the default-domain opset into [minimum, maximum] with ONNX's version converter; no-op when inside."""
     current = default_opset(model)
-    if current >= minimum:
+    target = minimum if current < minimum else maximum if maximum is not None and current > maximum else current
+    if target == current:
         return model, []
     try:
-        upgraded = version_converter.convert_version(model, minimum)
+        converted = version_converter.convert_version(model, target)
     except Exception as error:  # the converter raises bare RuntimeErrors/ValueErrors per op adapter
-        raise AnalogizeError(f"the model uses opset {current} and ONNX's version converter could not raise it to "
-                             f"{minimum} ({str(error).splitlines()[0]}); re-export it at opset >= {minimum}") from None
-    return upgraded, [{"pass": "upgrade_opset", "from": current, "to": minimum}]
+        raise AnalogizeError(f"the model uses opset {current} and ONNX's version converter could not move it to "
+                             f"{target} ({str(error).splitlines()[0]}); re-export it at opset {target}") from None
+    return converted, [{"pass": "fit_opset", "from": current, "to": target}]
 
 
 def find_layers(index: GraphIndex, exclude=()) -> tuple[list[Layer], list[dict]]:
@@ -388,7 +394,7 @@ def attach_functions(model: onnx.ModelProto, op_types) -> None:
 
 def inline_analog_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     """Expand the analog ops into standard ops so that no custom domain remains."""
-    inlined = onnx.inliner.inline_selected_functions(model, [(DOMAIN, f.name) for f in model.functions
+    inlined = inliner.inline_selected_functions(model, [(DOMAIN, f.name) for f in model.functions
                                                              if f.domain == DOMAIN])
     kept = [entry for entry in inlined.opset_import if entry.domain != DOMAIN]
     inlined.ClearField("opset_import")
