@@ -1,0 +1,9 @@
+"""analogize: prepare ONNX neural networks for noisy, low-precision analog accelerators."""
+from .convert import ConversionResult, ConvertOptions, convert, convert_file
+from .errors import AnalogizeError
+from .model_io import load_model, save_model
+from .noise_model import bits_to_precision, ep_to_std, std_to_ep
+from .ops import DOMAIN, OPS
+
+__all__ = ["AnalogizeError", "ConversionResult", "ConvertOptions", "DOMAIN", "OPS", "bits_to_precision",
+           "convert", "convert_file", "ep_to_std", "load_model", "save_model", "std_to_ep"]

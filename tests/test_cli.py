@@ -1,0 +1,127 @@
+"""The analogize command as a user runs it: exit codes, one-line errors, no partial output files."""
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from analogize.cli import main
+from conftest import DEFAULT_MODEL, LIGHT_MODELS, ROOT, run
+
+
+def analogize(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_convert_writes_model_and_json_report(tmp_path, capsys):
+    output = tmp_path / "out.onnx"
+    code, out, err = analogize(capsys, "convert", DEFAULT_MODEL, "-o", output, "--bits", "6", "--ep", "0.3",
+                               "--activation", "interp-gelu", "--factor", "0.5", "--seed", "1", "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["settings"]["precision"] == 64 and report["settings"]["ep"] == pytest.approx(0.3)
+    assert report["output"] == str(output) and len(report["layers"]) == 5
+    assert {s["site"] for s in report["inserted"]} == {"input", "layer-input", "weight", "bias", "layer-output"}
+    assert report["activations"]["to"] == "ReluGeluInterpolation"
+    onnx.checker.check_model(str(output), full_check=True)
+    assert run(output, np.zeros((2, 1, 8, 8), np.float32)).shape == (2, 10)
+
+
+def test_default_output_name_and_human_summary(tmp_path, capsys):
+    source = tmp_path / "digits.onnx"
+    shutil.copy(DEFAULT_MODEL, source)
+    code, out, _ = analogize(capsys, "convert", source)
+    assert code == 0 and (tmp_path / "digits.analog.onnx").exists()
+    assert "5 analog layers" in out and "precision p=256" in out
+
+
+def test_help_shows_every_choice_and_default(capsys):
+    assert main(["convert", "--help"]) == 0
+    text = capsys.readouterr().out
+    for word in ("layer-inputs", "interp-silu", "smooth-mish", "pow2-minus-1", "default: 8", "--inline", "--exclude"):
+        assert word in text
+
+
+def not_onnx(tmp_path):
+    path = tmp_path / "notes.onnx"
+    path.write_text("these are not the weights you are looking for")
+    return path
+
+
+def truncated(tmp_path):
+    path = tmp_path / "truncated.onnx"
+    path.write_bytes(DEFAULT_MODEL.read_bytes()[:3000])
+    return path
+
+
+@pytest.mark.parametrize("make_input,extra,message", [
+    (not_onnx, [], "not a readable ONNX model"),
+    (truncated, [], "not a readable ONNX model"),
+    (lambda d: d / "missing.onnx", [], "no such file"),
+    (lambda d: DEFAULT_MODEL, ["--bits", "0"], "--bits"),
+    (lambda d: DEFAULT_MODEL, ["--ep", "1.5"], "--ep"),
+    (lambda d: DEFAULT_MODEL, ["--ep", "0.2", "--std", "0.1"], "either --ep or --std"),
+    (lambda d: DEFAULT_MODEL, ["--where", "everywhere"], "--where"),
+    (lambda d: DEFAULT_MODEL, ["--activation", "interp-gelu", "--factor", "3"], "factor"),
+    (lambda d: DEFAULT_MODEL, ["--temperature", "0", "--activation", "smooth-gelu"], "temperature"),
+])
+def test_bad_input_gives_one_line_error_and_no_output(tmp_path, capsys, make_input, extra, message):
+    output = tmp_path / "out" / "converted.onnx"
+    output.parent.mkdir()
+    code, out, err = analogize(capsys, "convert", make_input(tmp_path), "-o", output, *extra)
+    assert code == 2
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert list(output.parent.iterdir()) == []
+
+
+def test_already_converted_and_unwritable_output(tmp_path, capsys):
+    converted = tmp_path / "converted.onnx"
+    assert analogize(capsys, "convert", DEFAULT_MODEL, "-o", converted)[0] == 0
+    code, _, err = analogize(capsys, "convert", converted, "-o", tmp_path / "again.onnx")
+    assert code == 2 and "already converted" in err and not (tmp_path / "again.onnx").exists()
+    code, _, err = analogize(capsys, "convert", DEFAULT_MODEL, "-o", tmp_path / "no" / "dir" / "x.onnx")
+    assert code == 2 and "does not exist" in err
+    code, _, err = analogize(capsys, "convert", DEFAULT_MODEL, "-o", "/proc/analogize-test.onnx")
+    assert code == 2 and "cannot write" in err and len(err.strip().splitlines()) == 1
+
+
+def test_input_is_never_overwritten_unless_asked(tmp_path, capsys):
+    source = tmp_path / "model.onnx"
+    shutil.copy(DEFAULT_MODEL, source)
+    before = source.read_bytes()
+    code, _, err = analogize(capsys, "convert", source, "-o", source)
+    assert code == 2 and "is the input model" in err and source.read_bytes() == before
+    assert analogize(capsys, "convert", source, "-o", source, "--overwrite")[0] == 0
+    assert source.read_bytes() != before
+
+
+def test_nothing_to_convert(tmp_path, capsys):
+    code, _, err = analogize(capsys, "convert", LIGHT_MODELS[0], "-o", tmp_path / "x.onnx", "--exclude",
+                             "Conv,Gemm,Relu", "--where", "weights")
+    assert code == 2 and "nothing to convert" in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "analogize", "--debug", "convert", str(not_onnx(tmp_path))],
+                            capture_output=True, text=True)
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_ops_listing(capsys):
+    code, out, _ = analogize(capsys, "ops", "--json")
+    assert code == 0 and json.loads(out)["ReducePrecision"]["attributes"]["divide"]["default"] == 0.5
+
+
+def test_readme_main_command_runs(tmp_path):
+    """The README's main command, minus its install step, run as a user would from the repository root."""
+    readme = (ROOT / "README.md").read_text()
+    command = next(line for line in readme.splitlines() if line.startswith("pip install") and "convert" in line)
+    convert_part = command.split("&&", 1)[1].strip().replace("digits_analog.onnx", str(tmp_path / "d.onnx"))
+    result = subprocess.run(convert_part, shell=True, cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "d.onnx").exists()
