@@ -130,3 +130,58 @@ def ops(markdown, as_json):
         return
     for name, spec in OPS.items():
         click.echo(f"{name:28s} {spec.equation}")
+
+
+@cli.group()
+def zoo():
+    """The paper's architectures (ConvNet, VGG-A, ResNet-18, ViT): list them or export one to ONNX."""
+
+
+@zoo.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def zoo_list(as_json):
+    """List the models and their size options."""
+    import inspect
+
+    from .zoo import MODELS
+
+    entries = {name: {p.name: p.default for p in inspect.signature(f).parameters.values()} for name, f in MODELS.items()}
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    for name, options in entries.items():
+        click.echo(f"{name:10s} " + " ".join(f"{k}={v}" for k, v in options.items()))
+
+
+@zoo.command("export")
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output .onnx path.")
+@click.option("--option", "options", multiple=True, metavar="KEY=VALUE",
+              help="A size option, e.g. --option width=0.5 --option image_size=32 (see 'analogize zoo list').")
+@click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True)
+@click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True)
+@click.option("--image-size", type=click.IntRange(min=1),
+              help="Input height and width [default: the model's image_size option, else 32].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initial weights.")
+def zoo_export(name, output, options, exporter, opset, image_size, seed):
+    """Export zoo model NAME (randomly initialised, eval mode) with a dynamic batch axis."""
+    import ast
+
+    import torch
+
+    from .zoo import create_model, export_onnx
+
+    config = {}
+    for item in options:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise AnalogizeError(f"--option {item!r} is not KEY=VALUE")
+        try:
+            config[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise AnalogizeError(f"--option {key}: {value!r} is not a number, tuple or boolean") from None
+    torch.manual_seed(seed)
+    model = create_model(name, **config)
+    channels, size = config.get("in_channels", 3), image_size or config.get("image_size", 32)
+    export_onnx(model, output, (channels, size, size), exporter=exporter, opset=opset)
+    click.echo(f"wrote {output} ({name}, input {channels}x{size}x{size}, {exporter} exporter, opset {opset})")

@@ -96,10 +96,11 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **ove
         raise AnalogizeError("the model is already converted (it contains ai.analogize ops or settings); "
                              "convert the original model instead")
     settings = options.chain_settings()
-    working = onnx.ModelProto()
-    working.CopyFrom(model)
     random_ops = settings.std > 0 or settings.stochastic_rounding
-    working, upgrades = rewrite.fit_opset(working, maximum=rewrite.MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
+    working, upgrades = rewrite.fit_opset(model, maximum=rewrite.MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
+    if working is model:  # the version converter returns a new model; otherwise copy, the caller's stays intact
+        working = onnx.ModelProto()
+        working.CopyFrom(model)
     chains = rewrite.insert_analog_chains(working, settings, options.where, options.exclude)
     swaps = rewrite.swap_activations(working, options.activation, {
         "factor": options.factor, "scale": options.scale, "alpha": options.alpha,

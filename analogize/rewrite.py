@@ -198,6 +198,7 @@ class _Inserter:
         self.noise_count = 0
         self.op_types: set[str] = set()
         self._clip_bounds: tuple[str, str] | None = None
+        self._templates: dict[str, onnx.NodeProto] = {}
 
     def chain(self, source: str, target: str, order: tuple[str, ...], site: str) -> list[onnx.NodeProto]:
         nodes, current, elements = [], source, [e for e in order if self._enabled(e)]
@@ -212,27 +213,30 @@ class _Inserter:
                 "noise": self.settings.std > 0}[element]
 
     def _element(self, element: str, source: str, output: str, name: str) -> onnx.NodeProto:
+        node = onnx.NodeProto()
+        if element not in self._templates:
+            self._templates[element] = self._template(element)
+        node.CopyFrom(self._templates[element])
+        node.input[0], node.output[0], node.name = source, output, name
+        if node.domain == DOMAIN and OPS[node.op_type].random and self.settings.seed is not None:
+            node.attribute.append(helper.make_attribute("seed", float(self.settings.seed + self.noise_count)))
+            self.noise_count += 1
+        return node
+
+    def _template(self, element: str) -> onnx.NodeProto:
+        """One validated node per element kind; chains copy it (cheaper than building each node anew)."""
         settings = self.settings
         if element == "clamp":
-            return helper.make_node("Clip", [source, *self._clip_inputs()], [output], name=name)
+            return helper.make_node("Clip", ["", *self._clip_inputs()], [""])
         if element == "quantize":
             op_name = "StochasticReducePrecision" if settings.stochastic_rounding else "ReducePrecision"
             attributes = {"precision": settings.precision}
-            if settings.stochastic_rounding:
-                attributes.update(self._seed())
-            else:
+            if not settings.stochastic_rounding:
                 attributes["divide"] = settings.divide
         else:
-            op_name, attributes = "AnalogNoise", {"std": settings.std, **self._seed()}
+            op_name, attributes = "AnalogNoise", {"std": settings.std}
         self.op_types.add(op_name)
-        return helper.make_node(op_name, [source], [output], name=name, domain=DOMAIN, **OPS[op_name].resolve(
-            **attributes))
-
-    def _seed(self) -> dict:
-        if self.settings.seed is None:
-            return {}
-        self.noise_count += 1
-        return {"seed": float(self.settings.seed + self.noise_count - 1)}
+        return helper.make_node(op_name, [""], [""], domain=DOMAIN, **OPS[op_name].resolve(**attributes))
 
     def _clip_inputs(self) -> tuple[str, str]:
         if self._clip_bounds is None:

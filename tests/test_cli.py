@@ -125,3 +125,14 @@ def test_readme_main_command_runs(tmp_path):
     result = subprocess.run(convert_part, shell=True, cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "d.onnx").exists()
+
+
+def test_zoo_export_then_convert(tmp_path, capsys):
+    exported = tmp_path / "vgg.onnx"
+    code, out, err = analogize(capsys, "zoo", "export", "vgg_a", "-o", exported, "--option", "width=0.0625",
+                               "--option", "classifier_width=16", "--option", "pool_size=1")
+    assert code == 0, err
+    assert analogize(capsys, "convert", exported, "-o", tmp_path / "vgg.analog.onnx")[0] == 0
+    assert run(tmp_path / "vgg.analog.onnx", np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
+    code, _, err = analogize(capsys, "zoo", "export", "vgg_a", "-o", tmp_path / "x.onnx", "--option", "depth=3")
+    assert code == 2 and "takes no option" in err and not (tmp_path / "x.onnx").exists()
