@@ -109,6 +109,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **ove
         raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
                              "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
     rewrite.attach_functions(working, chains["op_types"] + swaps["op_types"])
+    rewrite.raise_ir_version(working)
     summary = options.summary()
     working.metadata_props.add(key=rewrite.METADATA_KEY, value=json.dumps(summary, sort_keys=True))
     if options.inline:

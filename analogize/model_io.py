@@ -35,9 +35,9 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
     if has_external:
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
-        except (OSError, ValueError) as error:
-            raise AnalogizeError(f"{path}: cannot read its external weight data ({error}); keep the data file "
-                                 f"next to the model") from None
+        except (OSError, ValueError, onnx.checker.ValidationError) as error:
+            raise AnalogizeError(f"{path}: cannot read its external weight data ({str(error).splitlines()[0]}); "
+                                 f"keep the data file next to the model") from None
     return model, has_external
 
 

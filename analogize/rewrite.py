@@ -73,6 +73,7 @@ class GraphIndex:
                 index.float_constants.add(tensor.name)
         index.names.update(index.constants)
         index.names.update(v.name for v in graph.input)
+        index.names.update(_subgraph_names(graph))
         for position, node in enumerate(graph.node):
             for slot, name in enumerate(node.input):
                 if name:
@@ -92,6 +93,19 @@ class GraphIndex:
             candidate, count = f"{name}_{count}", count + 1
         self.names.add(candidate)
         return candidate
+
+
+def _subgraph_names(graph: onnx.GraphProto) -> set:
+    """Every tensor name defined inside control-flow bodies: new names must not shadow them."""
+    names = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+                names.update(t.name for t in body.initializer)
+                names.update(v.name for v in body.input)
+                names.update(o for n in body.node for o in n.output)
+                names.update(_subgraph_names(body))
+    return names
 
 
 def _is_constant_node(node: onnx.NodeProto, constants: set) -> bool:
@@ -131,6 +145,10 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
     target = minimum if current < minimum else maximum if maximum is not None and current > maximum else current
     if target == current:
         return model, []
+    if model.functions:
+        raise AnalogizeError(f"the model uses opset {current} and carries its own local functions, which ONNX's "
+                             f"version converter drops when moving it to opset {target}; re-export it at opset "
+                             f"{target} (analogize needs {minimum}-{maximum or 'newest'} for this conversion)")
     try:
         converted = version_converter.convert_version(model, target)
     except Exception as error:  # the converter raises bare RuntimeErrors/ValueErrors per op adapter
@@ -392,8 +410,15 @@ def attach_functions(model: onnx.ModelProto, op_types) -> None:
         return
     model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     model.functions.extend(function_protos(op_types, default_opset(model)))
-    # model-local functions with attribute defaults need IR 10; ONNX Runtime 1.31 reads up to IR 11
-    model.ir_version = max(model.ir_version, 10)
+
+
+# Initializers outside graph.input need IR >= 4 and model-local functions IR >= 8; 10 is the lowest IR that
+# ONNX Runtime 1.31 and onnx >= 1.16 agree on for functions with attribute defaults.
+MIN_IR_VERSION = 10
+
+
+def raise_ir_version(model: onnx.ModelProto) -> None:
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
 
 
 def inline_analog_functions(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -136,3 +136,13 @@ def test_zoo_export_then_convert(tmp_path, capsys):
     assert run(tmp_path / "vgg.analog.onnx", np.zeros((2, 3, 32, 32), np.float32)).shape == (2, 10)
     code, _, err = analogize(capsys, "zoo", "export", "vgg_a", "-o", tmp_path / "x.onnx", "--option", "depth=3")
     assert code == 2 and "takes no option" in err and not (tmp_path / "x.onnx").exists()
+
+
+def test_missing_external_data_is_a_clean_error(tmp_path, capsys):
+    model = onnx.load(DEFAULT_MODEL)
+    source = tmp_path / "external.onnx"
+    onnx.save_model(model, str(source), save_as_external_data=True, location="weights.bin", size_threshold=0)
+    (tmp_path / "weights.bin").unlink()
+    code, _, err = analogize(capsys, "convert", source, "-o", tmp_path / "out.onnx")
+    assert code == 2 and "external weight data" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out.onnx").exists()

@@ -264,3 +264,52 @@ def _tmp(name):
     directory = Path(tempfile.gettempdir()) / "analogize-tests"
     directory.mkdir(exist_ok=True)
     return directory / name
+
+
+def test_ir3_model_with_initializers_as_inputs_stays_valid(mlp):
+    weights, biases = mlp
+    model = mlp_model(weights, biases, opset=8)
+    model.ir_version = 3
+    model.graph.input.extend(helper.make_tensor_value_info(t.name, TensorProto.FLOAT, list(t.dims))
+                             for t in model.graph.initializer)
+    for options in (dict(noise=False, quantize=False), {}):
+        converted = convert(model, **options).model
+        onnx.checker.check_model(converted, full_check=True)
+        assert converted.ir_version >= 4
+
+
+def test_model_local_functions_survive_or_are_refused(mlp):
+    weights, biases = mlp
+    model = mlp_model(weights, biases, opset=17)
+    relu = next(n for n in model.graph.node if n.op_type == "Relu")
+    relu.op_type, relu.domain = "MyRelu", "custom"
+    model.opset_import.append(helper.make_opsetid("custom", 1))
+    model.functions.append(helper.make_function("custom", "MyRelu", ["X"], ["Y"], [helper.make_node("Relu", ["X"], ["Y"])],
+                                                [helper.make_opsetid("", 17)]))
+    model.ir_version = 10
+    converted = convert(model, seed=0).model
+    assert {f.name for f in converted.functions} >= {"MyRelu", "AnalogNoise"}
+    assert np.isfinite(run(converted, np.zeros((2, 6), np.float32))).all()
+    model.opset_import[0].version = 23
+    model.functions[0].opset_import[0].version = 23
+    with pytest.raises(AnalogizeError, match="local functions"):
+        convert(model)
+
+
+def test_new_names_do_not_clash_with_subgraph_names(rng):
+    """A name generated for the top level must not shadow one defined inside an If body."""
+    weight = numpy_helper.from_array(rng.normal(0, 0.3, (4, 4)).astype(np.float32), "W")
+    zero = numpy_helper.from_array(np.array(0, np.float32), "zero")
+    body = lambda name, nodes: helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(
+        nodes[-1].output[0], TensorProto.FLOAT, [2, 4])])
+    then_branch = body("then", [helper.make_node("Relu", ["x"], ["y::pre_analog"]),
+                                helper.make_node("Neg", ["y::pre_analog"], ["then_out"])])
+    else_branch = body("else", [helper.make_node("Neg", ["x"], ["else_out"])])
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["y"]), helper.make_node("ReduceSum", ["y"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["out"], then_branch=then_branch, else_branch=else_branch)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [2, 4])], [weight, zero])
+    converted = convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)).model
+    onnx.checker.check_model(converted, full_check=True)
+    assert run(converted, rng.normal(size=(2, 4)).astype(np.float32)).shape == (2, 4)
