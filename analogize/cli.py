@@ -103,8 +103,11 @@ def convert(model, output, overwrite, bits, precision, bit_convention, ep, std, 
     for site in report["inserted"]:
         counts[site["site"]] = counts.get(site["site"], 0) + 1
     click.echo(f"wrote {report['output']}")
-    click.echo(f"  precision p={settings['precision']:g}  noise std={settings['std']:.4g}"
-               + (f" (EP {settings['ep']:.3g})" if settings["ep"] is not None else ""))
+    options = settings["options"]
+    noise = "no noise" if settings["std"] == 0 else f"noise std={settings['std']:.4g}" + (
+        f" (EP {settings['ep']:.3g})" if settings["ep"] is not None else "")
+    precision = f"precision p={settings['precision']:g}" if options["quantize"] else "no reduce-precision"
+    click.echo(f"  {precision}; {noise}; " + ("clamp to [-1, 1]" if options["clamp"] else "no clamp"))
     click.echo(f"  {len(report['layers'])} analog layers; chains: "
                + (", ".join(f"{n} {k}" for k, n in counts.items()) or "none"))
     if report["activations"].get("swapped"):

@@ -146,3 +146,14 @@ def test_missing_external_data_is_a_clean_error(tmp_path, capsys):
     code, _, err = analogize(capsys, "convert", source, "-o", tmp_path / "out.onnx")
     assert code == 2 and "external weight data" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("flags", [
+    ["--no-quantize", "--std", "0.05"], ["--no-noise", "--no-quantize", "--no-clamp", "--activation", "smooth-mish"],
+    ["--precision", "10", "--stochastic-rounding", "--seed", "3"], ["--where", "input", "--activation", "leaky"],
+    ["--bit-convention", "pow2-minus-1", "--bits", "4", "--inline"],
+])
+def test_flag_combinations_convert_and_run(tmp_path, capsys, flags):
+    code, out, err = analogize(capsys, "convert", DEFAULT_MODEL, "-o", tmp_path / "o.onnx", *flags)
+    assert code == 0, err
+    assert out.startswith("wrote ") and run(tmp_path / "o.onnx", np.ones((3, 1, 8, 8), np.float32)).shape == (3, 10)
