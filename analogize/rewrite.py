@@ -184,7 +184,7 @@ def _classify_layer(node, index: GraphIndex, exclude):
         if (first in index.constants) == (second in index.constants):
             return "no single constant operand (activation-by-activation product or constant expression)", None
         data, weight = (first, second) if second in index.constants else (second, first)
-        bias = inputs[2] or None if node.op_type == "Gemm" else None
+        bias = (inputs[2] or None) if node.op_type == "Gemm" else None
     if weight not in index.float_constants:
         return "weight is not float32 (only float32 models are supported)", None
     layer = Layer(node, data, weight, bias if bias in index.constants else None)
@@ -209,8 +209,8 @@ def _attach_bias_add(layer: Layer, index: GraphIndex) -> None:
 class _Inserter:
     """Collects new nodes positioned before or after existing ones, then rebuilds the node list once."""
 
-    def __init__(self, model: onnx.ModelProto, index: GraphIndex, settings: ChainSettings):
-        self.model, self.index, self.settings = model, index, settings
+    def __init__(self, index: GraphIndex, settings: ChainSettings):
+        self.index, self.settings = index, settings
         self.before: dict[int, list] = {}
         self.after: dict[int, list] = {}
         self.noise_count = 0
@@ -270,7 +270,6 @@ class _Inserter:
             ordered += self.before.get(position, [])
             ordered.append(node)
             ordered += self.after.get(position, [])
-        ordered[:0] = self.before.get(-1, [])
         self.index.graph.ClearField("node")
         self.index.graph.node.extend(ordered)
 
@@ -286,7 +285,7 @@ def insert_analog_chains(model: onnx.ModelProto, settings: ChainSettings, where=
         raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
     index = GraphIndex.build(model.graph)
     layers, skipped = find_layers(index, set(exclude))
-    inserter = _Inserter(model, index, settings)
+    inserter = _Inserter(index, settings)
     sites: list[dict] = []
     layer_positions = {id(layer.node): index.producer[layer.node.output[0]] for layer in layers}
 
