@@ -9,7 +9,7 @@ import onnx
 
 from . import rewrite
 from .errors import AnalogizeError
-from .model_io import load_model, save_model
+from .model_io import copy_model, load_model, save_model
 from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision, check_precision, check_std,
                           ep_to_std, std_to_ep)
 from .ops import OPS
@@ -99,8 +99,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **ove
     random_ops = settings.std > 0 or settings.stochastic_rounding
     working, upgrades = rewrite.fit_opset(model, maximum=rewrite.MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
     if working is model:  # the version converter returns a new model; otherwise copy, the caller's stays intact
-        working = onnx.ModelProto()
-        working.CopyFrom(model)
+        working = copy_model(model)
     chains = rewrite.insert_analog_chains(working, settings, options.where, options.exclude)
     swaps = rewrite.swap_activations(working, options.activation, {
         "factor": options.factor, "scale": options.scale, "alpha": options.alpha,

@@ -62,7 +62,7 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
     try:
         staged = staging / path.name
         if external_data:
-            model = _copy(model)  # writing external data rewrites the tensors in place
+            model = copy_model(model)  # writing external data rewrites the tensors in place
             onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
                             location=f"{path.name}.data", size_threshold=1024)
             if (staging / f"{path.name}.data").exists():
@@ -77,7 +77,7 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
     return path
 
 
-def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     duplicate = onnx.ModelProto()
     duplicate.CopyFrom(model)
     return duplicate

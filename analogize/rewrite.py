@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, inliner, numpy_helper, version_converter
 
 from .errors import AnalogizeError
 from .onnx_functions import MIN_OPSET, function_protos
-from .ops import DOMAIN, DOMAIN_VERSION, OPS
+from .ops import ALPHA, DOMAIN, DOMAIN_VERSION, OPS
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
 LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -387,8 +387,8 @@ def swap_activations(model: onnx.ModelProto, activation: str, parameters: dict, 
     attributes.update({name: parameters[name] for name in choice.settable if parameters.get(name) is not None})
     if choice.domain == DOMAIN:
         attributes = OPS[choice.op_type].resolve(**attributes)
-    elif not 0.0 <= attributes.get("alpha", 0.01) < 1.0:
-        raise AnalogizeError(f"--alpha must be in [0, 1), got {attributes['alpha']}")
+    elif "alpha" in attributes:
+        attributes["alpha"] = ALPHA.check(choice.op_type, attributes["alpha"])
     swapped = []
     exclude = set(exclude)
     for node in model.graph.node:

@@ -77,7 +77,6 @@ def glu_interp(x, i=1.0, s=1.0, alpha=0.0):
     return a * gelu_interp(b, i, s, alpha)
 
 
-
 def clamp_then_reduce(x, p):
     """The noise-free DOA/AOD chain: clamp to [-1, 1], then reduce precision."""
     return reduce_precision(clamp(x), p)
