@@ -1,7 +1,6 @@
 """``convert``: a model in, its analog-hardware simulation out. The CLI's ``analogize convert`` calls this."""
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -107,10 +106,11 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **ove
     if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
         raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
                              "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
+    rewrite.seed_random_ops(working, settings.seed)
     rewrite.attach_functions(working, chains["op_types"] + swaps["op_types"])
     rewrite.raise_ir_version(working)
     summary = options.summary()
-    working.metadata_props.add(key=rewrite.METADATA_KEY, value=json.dumps(summary, sort_keys=True))
+    rewrite.store_settings(working, summary)
     if options.inline:
         working = rewrite.inline_analog_functions(working)
     report = {"settings": summary, "opset_upgrades": upgrades, "layers": chains["layers"],

@@ -1,11 +1,101 @@
-"""Datasets as float32 arrays ``(x, y)``: images NCHW in [0, 1], integer labels."""
+"""Datasets read from disk (or scikit-learn's digits) and fitted to a model's input.
+
+``load_dataset(spec)`` decodes a data spec into a :class:`Dataset`: images as float32 in [0, 1] (NCHW when
+the source says so), integer labels or ``None``. ``fit_to_input`` then adapts the images to what the model
+expects (layout, channel count, size, normalisation), inferring each from the model's input where the user
+gives nothing. Specs:
+
+- ``digits``: scikit-learn's 1797 real 8x8 handwritten digits (split reproducibly into train and test);
+- ``npz:PATH``: arrays ``x`` (inputs) and optionally ``y`` (labels);
+- ``cifar10:DIR``: the CIFAR-10 python batches (``DIR`` or ``DIR/cifar-10-batches-py``);
+- ``imagefolder:DIR``: one sub-folder per class (sorted names give the labels) or images alone (no labels).
+"""
 from __future__ import annotations
 
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
+import onnx
 
 from .errors import AnalogizeError
 
 DIGITS_TEST_FRACTION = 0.25
+SPLITS = ("train", "test", "all")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+LAYOUTS = ("auto", "nchw", "nhwc")
+_CHANNEL_COUNTS = (1, 3, 4)
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)  # ITU-R BT.601, what PIL's "L" conversion uses
+
+
+@dataclass
+class Dataset:
+    name: str
+    x: np.ndarray
+    y: np.ndarray | None
+    layout: str  # nchw, nhwc (images) or flat
+    class_names: tuple[str, ...] | None = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """A model's first graph input: name and shape (``None`` for a symbolic dimension)."""
+
+    name: str
+    shape: tuple
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> "InputSpec":
+        initializers = {t.name for t in model.graph.initializer}
+        inputs = [v for v in model.graph.input if v.name not in initializers]
+        if not inputs:
+            raise AnalogizeError("the model has no graph input to feed data to")
+        value = inputs[0]
+        if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+            raise AnalogizeError(f"the model's input {value.name!r} is not float32; only float32 inputs are supported")
+        dims = value.type.tensor_type.shape.dim
+        return cls(value.name, tuple(d.dim_value if d.HasField("dim_value") else None for d in dims))
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How images are adapted to the model; ``None`` fields are inferred from the model's input."""
+
+    layout: str = "auto"
+    size: tuple[int, int] | None = None  # (height, width)
+    channels: int | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+
+def load_dataset(spec: str, split: str = "test", limit: int | None = None, seed: int = 0,
+                 image_size: tuple[int, int] | None = None, channels: int | None = None) -> Dataset:
+    """Decode ``spec``; ``image_size`` and ``channels`` tell the image-folder loader what to decode to."""
+    if split not in SPLITS:
+        raise AnalogizeError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
+    if limit is not None and limit < 1:
+        raise AnalogizeError(f"--limit must be at least 1, got {limit}")
+    kind, _, argument = spec.partition(":")
+    if kind == "digits" and not argument:
+        x, y = digits(split, seed)
+        dataset = Dataset("digits", x, y, "nchw", tuple(str(k) for k in range(10)))
+    elif kind in _LOADERS and argument:
+        path = Path(argument).expanduser()
+        if not path.exists():
+            raise AnalogizeError(f"data path {path} does not exist; check the --data spec {spec!r}")
+        dataset = _LOADERS[kind](path, split, image_size, channels)
+    else:
+        raise AnalogizeError(f"unknown data spec {spec!r}: use digits, npz:PATH, cifar10:DIR or imagefolder:DIR")
+    if dataset.y is not None:
+        _check_labels(dataset)
+    if limit is not None:
+        dataset.x = dataset.x[:limit]
+        dataset.y = None if dataset.y is None else dataset.y[:limit]
+    return dataset
 
 
 def digits(split: str = "test", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -17,8 +107,8 @@ def digits(split: str = "test", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         from sklearn.datasets import load_digits
     except ImportError:
         raise AnalogizeError("the digits dataset needs scikit-learn: pip install scikit-learn") from None
-    if split not in ("train", "test", "all"):
-        raise AnalogizeError(f"unknown split {split!r}: choose train, test or all")
+    if split not in SPLITS:
+        raise AnalogizeError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
     bunch = load_digits()
     x = (bunch.images / 16.0).astype(np.float32)[:, None]
     y = bunch.target.astype(np.int64)
@@ -31,3 +121,232 @@ def digits(split: str = "test", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         test[members[: round(len(members) * DIGITS_TEST_FRACTION)]] = True
     chosen = test if split == "test" else ~test
     return x[chosen], y[chosen]
+
+
+def _load_npz(path: Path, split, image_size, channels) -> Dataset:
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            names = list(arrays.keys())
+            if "x" not in names:
+                raise AnalogizeError(f"{path} holds arrays {', '.join(names) or '(none)'}; expected 'x' (inputs) "
+                                     f"and optionally 'y' (labels)")
+            x, y = arrays["x"], arrays["y"] if "y" in names else None
+    except AnalogizeError:
+        raise
+    except (OSError, ValueError) as error:
+        raise AnalogizeError(f"{path} is not a readable .npz archive ({error}); save it with numpy.savez") from None
+    if x.ndim < 2 or not len(x):
+        raise AnalogizeError(f"{path}: 'x' has shape {x.shape}; expected one sample per row (N, ...)")
+    if y is not None and (y.shape != (len(x),)):
+        raise AnalogizeError(f"{path}: 'y' has shape {y.shape} but 'x' has {len(x)} samples; expected ({len(x)},)")
+    layout = "flat" if x.ndim == 2 else _guess_layout(x.shape)
+    if x.ndim == 3:
+        x = x[:, None]
+    return Dataset(path.name, _to_unit_float(x), None if y is None else y, layout)
+
+
+def _guess_layout(shape) -> str:
+    if len(shape) == 3:
+        return "nchw"
+    if shape[1] in _CHANNEL_COUNTS and shape[3] not in _CHANNEL_COUNTS:
+        return "nchw"
+    if shape[3] in _CHANNEL_COUNTS:
+        return "nhwc"
+    return "nchw"
+
+
+def _to_unit_float(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.uint8:
+        return x.astype(np.float32) / 255.0
+    if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+        raise AnalogizeError(f"inputs of dtype {x.dtype} are not numbers; store images as uint8 or floats")
+    return x.astype(np.float32)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """CIFAR batches are pickles: allow only what they hold (dicts, lists, numpy arrays), never code."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+                ("numpy._core.multiarray", "_reconstruct"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _load_cifar10(path: Path, split, image_size, channels) -> Dataset:
+    directory = path / "cifar-10-batches-py" if (path / "cifar-10-batches-py").is_dir() else path
+    names = {"test": ["test_batch"], "train": [f"data_batch_{k}" for k in range(1, 6)]}
+    names["all"] = names["train"] + names["test"]
+    missing = [n for n in names[split] if not (directory / n).is_file()]
+    if missing:
+        raise AnalogizeError(f"{directory} has no {', '.join(missing)}: point cifar10: at the extracted "
+                             f"CIFAR-10 python batches (cifar-10-batches-py)")
+    xs, ys = [], []
+    for name in names[split]:
+        try:
+            with open(directory / name, "rb") as handle:
+                batch = _BatchUnpickler(handle, encoding="bytes").load()
+            data, labels = batch[b"data"], batch[b"labels"]
+        except (pickle.UnpicklingError, EOFError, KeyError, TypeError, OSError, ValueError) as error:
+            raise AnalogizeError(f"{directory / name} is not a CIFAR-10 python batch ({error})") from None
+        xs.append(np.asarray(data, np.uint8).reshape(-1, 3, 32, 32))
+        ys.append(np.asarray(labels, np.int64))
+    classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+    return Dataset(f"cifar10-{split}", np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys), "nchw",
+                   classes)
+
+
+def _load_image_folder(path: Path, split, image_size, channels) -> Dataset:
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_dir():
+        raise AnalogizeError(f"{path} is not a directory; imagefolder: takes a folder of class sub-folders")
+    class_dirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if class_dirs:
+        files = [(f, label) for label, d in enumerate(class_dirs) for f in sorted(d.iterdir()) if _is_image(f)]
+    else:
+        files = [(f, -1) for f in sorted(path.iterdir()) if _is_image(f)]
+    if not files:
+        raise AnalogizeError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)}) in it or its sub-folders")
+    mode = "L" if channels == 1 else "RGB"
+    images = []
+    for file, _ in files:
+        try:
+            with Image.open(file) as image:
+                image = image.convert(mode)
+                if image_size is not None and image.size != (image_size[1], image_size[0]):
+                    image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
+                array = np.asarray(image, np.uint8)
+        except (UnidentifiedImageError, OSError) as error:
+            raise AnalogizeError(f"cannot read image {file}: {error}") from None
+        if images and array.shape != images[0].shape:
+            raise AnalogizeError(f"{file} is {array.shape[1]}x{array.shape[0]} but {files[0][0]} is "
+                                 f"{images[0].shape[1]}x{images[0].shape[0]}; give --resize HxW")
+        images.append(array)
+    x = np.stack(images).astype(np.float32) / 255.0
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    labels = np.array([label for _, label in files], np.int64) if class_dirs else None
+    return Dataset(path.name, x, labels, "nchw", tuple(d.name for d in class_dirs) if class_dirs else None)
+
+
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+_LOADERS = {"npz": _load_npz, "cifar10": _load_cifar10, "imagefolder": _load_image_folder}
+
+
+def _check_labels(dataset: Dataset) -> None:
+    y = dataset.y
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.issubdtype(y.dtype, np.floating) or not np.all(np.equal(np.mod(y, 1), 0)):
+            raise AnalogizeError(f"{dataset.name}: labels must be whole class indices, got dtype {y.dtype}")
+        dataset.y = y.astype(np.int64)
+    if len(y) and dataset.y.min() < 0:
+        raise AnalogizeError(f"{dataset.name}: labels must be class indices >= 0, found {dataset.y.min()}")
+
+
+def model_layout(spec: InputSpec, requested: str = "auto") -> str:
+    """``nchw``/``nhwc`` for image models (inferred from which axis looks like channels), ``flat`` for rank 2."""
+    if requested not in LAYOUTS:
+        raise AnalogizeError(f"unknown layout {requested!r}: choose from {', '.join(LAYOUTS)}")
+    if len(spec.shape) == 2:
+        return "flat"
+    if len(spec.shape) != 4:
+        raise AnalogizeError(f"the model's input {spec.name!r} has rank {len(spec.shape)}; evaluate feeds images "
+                             f"(rank 4) or feature vectors (rank 2)")
+    if requested != "auto":
+        return requested
+    second, last = spec.shape[1], spec.shape[3]
+    return "nhwc" if last in _CHANNEL_COUNTS and second not in _CHANNEL_COUNTS else "nchw"
+
+
+def decode_hints(model: onnx.ModelProto, preprocessing: Preprocessing) -> tuple[tuple[int, int] | None, int | None]:
+    """The image size and channel count a loader that decodes files should produce for this model."""
+    spec = InputSpec.of(model)
+    layout = model_layout(spec, preprocessing.layout)
+    if layout == "flat":
+        return preprocessing.size, preprocessing.channels
+    channels = spec.shape[1] if layout == "nchw" else spec.shape[3]
+    size = spec.shape[2:4] if layout == "nchw" else spec.shape[1:3]
+    return (preprocessing.size or (tuple(size) if None not in size else None),
+            preprocessing.channels or channels)
+
+
+def fit_to_input(dataset: Dataset, model: onnx.ModelProto, preprocessing: Preprocessing = Preprocessing()) -> np.ndarray:
+    """The dataset's inputs in the layout, channel count, size and normalisation the model's input takes."""
+    spec = InputSpec.of(model)
+    layout = model_layout(spec, preprocessing.layout)
+    x = dataset.x
+    if layout == "flat":
+        features = spec.shape[1]
+        x = x.reshape(len(x), -1)
+        if features is not None and x.shape[1] != features:
+            raise AnalogizeError(f"{dataset.name}: samples have {x.shape[1]} values but the model's input "
+                                 f"{spec.name!r} takes {features}; check the data or the model")
+        return np.ascontiguousarray(_normalise(x, preprocessing, channel_axis=None))
+    if dataset.layout == "flat":
+        wanted = spec.shape[1:]
+        if None in wanted or int(np.prod(wanted)) != x.shape[1]:
+            raise AnalogizeError(f"{dataset.name}: flat samples of {x.shape[1]} values cannot be shaped to the "
+                                 f"model's input {spec.shape}; store x as images (N, C, H, W)")
+        x = x.reshape(len(x), *spec.shape[1:])
+        return np.ascontiguousarray(_normalise(x, preprocessing, channel_axis=1 if layout == "nchw" else 3))
+    if dataset.layout == "nhwc":
+        x = x.transpose(0, 3, 1, 2)
+    channels = preprocessing.channels or (spec.shape[1] if layout == "nchw" else spec.shape[3])
+    x = _adapt_channels(x, channels, dataset.name)
+    size = preprocessing.size or tuple(spec.shape[2:4] if layout == "nchw" else spec.shape[1:3])
+    if None not in size and tuple(x.shape[2:]) != tuple(size):
+        x = _resize(x, size)
+    x = _normalise(x, preprocessing, channel_axis=1)
+    if layout == "nhwc":
+        x = x.transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(x, np.float32)
+
+
+def _adapt_channels(x: np.ndarray, channels: int | None, name: str) -> np.ndarray:
+    have = x.shape[1]
+    if channels is None or channels == have:
+        return x
+    if have == 4 and channels in (1, 3):
+        x, have = x[:, :3], 3
+    if have == 3 and channels == 1:
+        return np.tensordot(x, _LUMA, axes=([1], [0]))[:, None].astype(np.float32)
+    if have == 1 and channels == 3:
+        return np.repeat(x, 3, axis=1)
+    if have == channels:
+        return x
+    raise AnalogizeError(f"{name}: images have {have} channels but the model takes {channels}; "
+                         f"convert the data or pass --channels")
+
+
+def _resize(x: np.ndarray, size) -> np.ndarray:
+    from PIL import Image
+
+    height, width = size
+    out = np.empty((*x.shape[:2], height, width), np.float32)
+    for n in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            plane = Image.fromarray(np.ascontiguousarray(x[n, c], np.float32), mode="F")
+            out[n, c] = np.asarray(plane.resize((width, height), Image.BILINEAR))
+    return out
+
+
+def _normalise(x: np.ndarray, preprocessing: Preprocessing, channel_axis: int | None) -> np.ndarray:
+    mean = np.asarray(preprocessing.mean if preprocessing.mean is not None else (0.0,), np.float32)
+    std = np.asarray(preprocessing.std if preprocessing.std is not None else (1.0,), np.float32)
+    if np.any(std <= 0):
+        raise AnalogizeError(f"normalisation std must be > 0, got {tuple(std.tolist())}")
+    if preprocessing.mean is None and preprocessing.std is None:
+        return x
+    for values, what in ((mean, "mean"), (std, "std")):
+        if values.size not in (1, x.shape[channel_axis] if channel_axis is not None else 1):
+            raise AnalogizeError(f"--input-{what} has {values.size} values; give 1 or one per channel")
+    if channel_axis is not None:
+        shape = [1] * x.ndim
+        shape[channel_axis] = -1
+        mean, std = mean.reshape(shape), std.reshape(shape)
+    return ((x - mean) / std).astype(np.float32)

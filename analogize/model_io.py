@@ -1,6 +1,7 @@
-"""Loading and saving ONNX models with one-line errors and atomic writes."""
+"""Loading and saving ONNX models (and result files) with one-line errors and atomic writes."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -81,3 +82,25 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     duplicate = onnx.ModelProto()
     duplicate.CopyFrom(model)
     return duplicate
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """Yield a temporary path beside ``path``; it becomes ``path`` only if the block completes."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise AnalogizeError(f"cannot write {path}: directory {directory} does not exist")
+    try:
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=directory)
+    except OSError as error:
+        raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    except OSError as error:
+        raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)

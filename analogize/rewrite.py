@@ -10,6 +10,7 @@ its weights and biases, an AOD chain AnalogNoise -> Clip -> ReducePrecision afte
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -213,7 +214,6 @@ class _Inserter:
         self.index, self.settings = index, settings
         self.before: dict[int, list] = {}
         self.after: dict[int, list] = {}
-        self.noise_count = 0
         self.op_types: set[str] = set()
         self._clip_bounds: tuple[str, str] | None = None
         self._templates: dict[str, onnx.NodeProto] = {}
@@ -236,9 +236,6 @@ class _Inserter:
             self._templates[element] = self._template(element)
         node.CopyFrom(self._templates[element])
         node.input[0], node.output[0], node.name = source, output, name
-        if node.domain == DOMAIN and OPS[node.op_type].random and self.settings.seed is not None:
-            node.attribute.append(helper.make_attribute("seed", float(self.settings.seed + self.noise_count)))
-            self.noise_count += 1
         return node
 
     def _template(self, element: str) -> onnx.NodeProto:
@@ -404,11 +401,117 @@ def swap_activations(model: onnx.ModelProto, activation: str, parameters: dict, 
 
 def attach_functions(model: onnx.ModelProto, op_types) -> None:
     """Declare the analog domain and carry a function body for each op used, at the model's opset."""
-    op_types = sorted(set(op_types))
+    present = {f.name for f in model.functions if f.domain == DOMAIN}
+    op_types = sorted(set(op_types) - present)
     if not op_types:
         return
-    model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    if not any(entry.domain == DOMAIN for entry in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
     model.functions.extend(function_protos(op_types, default_opset(model)))
+
+
+def analog_nodes(model: onnx.ModelProto, op_types=None) -> list[onnx.NodeProto]:
+    """The top-level nodes of the analog domain, in graph order (all of them, or those of ``op_types``)."""
+    return [node for node in model.graph.node
+            if node.domain == DOMAIN and (op_types is None or node.op_type in op_types)]
+
+
+def seed_random_ops(model: onnx.ModelProto, seed: int | None) -> int:
+    """Give the n-th random analog node (graph order) the seed ``seed + n``; ``None`` unseeds them all.
+
+    Each node then draws from its own stream: nodes with equal seeds would draw identical noise.
+    """
+    random_nodes = [node for node in analog_nodes(model) if OPS[node.op_type].random]
+    for position, node in enumerate(random_nodes):
+        kept = [a for a in node.attribute if a.name != "seed"]
+        node.ClearField("attribute")
+        node.attribute.extend(kept)
+        if seed is not None:
+            node.attribute.append(helper.make_attribute("seed", float(seed + position)))
+    return len(random_nodes)
+
+
+def set_analog_attributes(model: onnx.ModelProto, op_types, **values) -> int:
+    """Set attribute values (checked against the op set) on every analog node of ``op_types``."""
+    nodes = analog_nodes(model, set(op_types))
+    for node in nodes:
+        spec = OPS[node.op_type]
+        for name, value in values.items():
+            checked = spec.attribute(name).check(node.op_type, value)
+            existing = next((a for a in node.attribute if a.name == name), None)
+            if existing is None:
+                node.attribute.append(helper.make_attribute(name, checked))
+            else:
+                existing.f = checked
+    return len(nodes)
+
+
+CHAIN_ELEMENTS = {"noise": ("AnalogNoise",), "quantize": ("ReducePrecision", "StochasticReducePrecision"),
+                  "clamp": ("Clip",)}
+
+
+def _is_chain_element(node: onnx.NodeProto, elements) -> bool:
+    if node.op_type not in {op for element in elements for op in CHAIN_ELEMENTS[element]}:
+        return False
+    if node.op_type == "Clip":  # only the clamps convert inserted: they read its shared bound initializers
+        return node.domain in ("", "ai.onnx") and len(node.input) == 3 and \
+            node.input[1].startswith("analogize/clamp_min")
+    return node.domain == DOMAIN
+
+
+def remove_analog_chains(model: onnx.ModelProto, elements=tuple(CHAIN_ELEMENTS)) -> int:
+    """Take the inserted chain elements (noise, quantize, clamp) out, wiring their consumers to their inputs.
+
+    Activation swaps stay. Function bodies, bound initializers and the domain import that nothing uses any
+    more are dropped, so removing every element leaves a standard model.
+    """
+    unknown = set(elements) - set(CHAIN_ELEMENTS)
+    if unknown:
+        raise AnalogizeError(f"unknown chain element(s) {', '.join(sorted(unknown))}: "
+                             f"choose from {', '.join(CHAIN_ELEMENTS)}")
+    graph_outputs = {value.name for value in model.graph.output}
+    replacement: dict[str, str] = {}
+    kept = []
+    for node in model.graph.node:
+        if not _is_chain_element(node, elements):
+            kept.append(node)
+            continue
+        source = replacement.get(node.input[0], node.input[0])
+        if node.output[0] in graph_outputs:
+            kept.append(helper.make_node("Identity", [source], [node.output[0]], name=node.name))
+        else:
+            replacement[node.output[0]] = source
+    removed = len(model.graph.node) - len(kept)
+    if not removed:
+        return 0
+    _rename_inputs(model.graph, kept, replacement)
+    model.graph.ClearField("node")
+    model.graph.node.extend(kept)
+    _drop_unused(model)
+    return removed
+
+
+def _rename_inputs(graph: onnx.GraphProto, nodes, replacement: dict) -> None:
+    for node in nodes:
+        for slot, name in enumerate(node.input):
+            if name in replacement:
+                node.input[slot] = replacement[name]
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+                _rename_inputs(body, body.node, replacement)
+
+
+def _drop_unused(model: onnx.ModelProto) -> None:
+    used = {name for node in model.graph.node for name in node.input}
+    unused = [t for t in model.graph.initializer if t.name.startswith("analogize/clamp_") and t.name not in used]
+    for tensor in unused:
+        model.graph.initializer.remove(tensor)
+    in_use = {node.op_type for node in analog_nodes(model)}
+    for function in [f for f in model.functions if f.domain == DOMAIN and f.name not in in_use]:
+        model.functions.remove(function)
+    if not in_use:
+        for entry in [e for e in model.opset_import if e.domain == DOMAIN]:
+            model.opset_import.remove(entry)
 
 
 # Initializers outside graph.input need IR >= 4 and model-local functions IR >= 8; 10 is the lowest IR that
@@ -436,3 +539,13 @@ def is_converted(model: onnx.ModelProto) -> bool:
 
 
 METADATA_KEY = "analogize.settings"
+
+
+def store_settings(model: onnx.ModelProto, summary: dict) -> None:
+    """Record convert's settings in the model's metadata (replacing any earlier record)."""
+    value = json.dumps(summary, sort_keys=True)
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = value
+            return
+    model.metadata_props.add(key=METADATA_KEY, value=value)

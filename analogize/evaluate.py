@@ -1,0 +1,466 @@
+"""``evaluate``: how much accuracy a model keeps on noisy, low-precision analog hardware.
+
+A sweep is a grid of cells (activation variant x bits x EP), each evaluated over ``repeats`` independent
+noise draws on the same data, beside the clean model. What it reuses: the data is decoded and fitted once,
+the clean outputs are computed once, the graph is rewritten once per activation variant (a cell only sets
+attribute values on that rewritten graph), and one session serves all repeats of a cell.
+
+Noise seeds: each cell's base seed is derived from the sweep seed and the cell's coordinates, so a cell gets
+the same numbers whichever process, worker or shard computes it; repeat ``r`` is the ``r``-th pass of the
+cell's session over the data (ONNX Runtime's seeded random ops continue their stream from run to run).
+"""
+from __future__ import annotations
+
+import math
+import multiprocessing
+import os
+import zlib
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+import onnx
+
+from . import rewrite
+from .convert import ConvertOptions, convert
+from .data import Dataset, InputSpec, Preprocessing, fit_to_input
+from .errors import AnalogizeError
+from .model_io import copy_model
+from .noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
+from .progress import progress_bar
+
+RESULT_FORMAT = "analogize.evaluate"
+RESULT_VERSION = 1
+TOP5_MIN_CLASSES = 6  # top-5 accuracy says something only with more than five classes
+# Seeds are float attributes: float32 holds whole numbers exactly up to 2^24; leave room for per-node offsets.
+_SEED_SPACE = 2**24 - 2**16
+_QUANTIZE_OPS = rewrite.CHAIN_ELEMENTS["quantize"]
+_NOISE_OPS = rewrite.CHAIN_ELEMENTS["noise"]
+
+
+@dataclass(frozen=True)
+class ActivationVariant:
+    """``NAME[:VALUE][:KEY=VALUE...]``: an activation choice and its parameters; a bare VALUE sets the
+    choice's first parameter (factor for interp-*, scale for gelu/silu, alpha for leaky, temperature for
+    smooth-*)."""
+
+    label: str
+    activation: str
+    parameters: tuple = ()
+
+    @classmethod
+    def parse(cls, text: str) -> "ActivationVariant":
+        name, _, rest = text.partition(":")
+        if name not in rewrite.ACTIVATIONS:
+            raise AnalogizeError(f"unknown activation {name!r} in {text!r}: choose from "
+                                 f"{', '.join(rewrite.ACTIVATIONS)}")
+        settable = rewrite.ACTIVATIONS[name].settable
+        parameters = {}
+        for item in rest.split(":") if rest else []:
+            key, separator, value = item.partition("=")
+            if not separator:
+                if not settable:
+                    raise AnalogizeError(f"activation {name!r} takes no parameters (in {text!r})")
+                key, value = settable[0], key
+            if key not in settable:
+                raise AnalogizeError(f"activation {name!r} has no parameter {key!r}; it takes "
+                                     f"{', '.join(settable) or 'none'}")
+            try:
+                parameters[key] = float(value)
+            except ValueError:
+                raise AnalogizeError(f"{text!r}: {key}={value!r} is not a number") from None
+        return cls(text, name, tuple(sorted(parameters.items())))
+
+
+@dataclass(frozen=True)
+class Cell:
+    index: int
+    variant: ActivationVariant
+    bits: int | None
+    ep: float | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.variant.label}|bits={self.bits}|ep={self.ep!r}"
+
+    def seed(self, sweep_seed: int) -> int:
+        state = np.random.SeedSequence([sweep_seed, zlib.crc32(self.key.encode())]).generate_state(1)[0]
+        return int(state) % _SEED_SPACE
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The sweep: ``None`` in ``bits``/``ep`` means the converted model's own value (or convert's default)."""
+
+    bits: tuple = (None,)
+    ep: tuple = (None,)
+    activations: tuple = ("keep",)
+    repeats: int = 5
+    seed: int = 0
+
+    def check(self) -> "Grid":
+        for values, what in ((self.bits, "bits"), (self.ep, "ep"), (self.activations, "activation")):
+            if not values:
+                raise AnalogizeError(f"the grid needs at least one {what} value")
+            if len(set(values)) != len(values):
+                raise AnalogizeError(f"--{what} lists a value twice: {', '.join(map(str, values))}")
+        for bits in self.bits:
+            if bits is not None and (isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= MAX_BITS):
+                raise AnalogizeError(f"bits must be whole numbers from 1 to {MAX_BITS}, got {bits!r}")
+        for ep in self.ep:
+            if ep is not None and not (isinstance(ep, (int, float)) and 0.0 <= ep < 1.0):
+                raise AnalogizeError(f"EP values must lie in [0, 1), got {ep!r}")
+        if isinstance(self.repeats, bool) or not isinstance(self.repeats, int) or self.repeats < 1:
+            raise AnalogizeError(f"repeats must be a whole number >= 1, got {self.repeats!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise AnalogizeError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        return self
+
+    def variants(self) -> list[ActivationVariant]:
+        return [ActivationVariant.parse(a) for a in self.activations]
+
+    def cells(self) -> list[Cell]:
+        combos = [(v, b, e) for v in self.variants() for b in self.bits for e in self.ep]
+        return [Cell(k, v, b, e) for k, (v, b, e) in enumerate(combos)]
+
+    def as_dict(self) -> dict:
+        return {"bits": list(self.bits), "ep": list(self.ep), "activation": list(self.activations),
+                "repeats": self.repeats, "seed": self.seed}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` (I counted from 0, as job-array task ids are) into ``(I, N)``."""
+    index, separator, count = text.partition("/")
+    try:
+        index, count = int(index), int(count)
+    except ValueError:
+        index = count = -1
+    if not separator or count < 1 or not 0 <= index < count:
+        raise AnalogizeError(f"--shard {text!r} is not I/N with 0 <= I < N (e.g. 0/4 ... 3/4)")
+    return index, count
+
+
+@dataclass
+class _Workload:
+    """What every evaluation in a sweep shares; sent once to each worker process."""
+
+    input_name: str
+    inputs: np.ndarray
+    labels: np.ndarray | None
+    clean: np.ndarray | None
+    batch_size: int
+    threads: int | None = None
+
+    def outputs(self, model: bytes) -> np.ndarray:
+        from .runtime import create_session
+
+        session = create_session(model, self.threads)
+        return np.concatenate([batch for batch in self._batches(session)])
+
+    def repeats(self, model: bytes, count: int, reference: bytes | None = None, on_repeat=None) -> list[dict]:
+        """Metrics of ``count`` passes; SNR is measured against ``reference`` (the model without its noise)."""
+        from .runtime import create_session
+
+        noise_free = self.outputs(reference) if reference is not None else None
+        session = create_session(model, self.threads)
+        results = []
+        for _ in range(count):
+            tally = _Tally(self, noise_free)
+            start = 0
+            for batch in self._batches(session):
+                tally.add(batch, start)
+                start += len(batch)
+            results.append(tally.metrics())
+            if on_repeat:
+                on_repeat()
+        return results
+
+    def _batches(self, session):
+        output = session.get_outputs()[0].name
+        for start in range(0, len(self.inputs), self.batch_size):
+            chunk = self.inputs[start:start + self.batch_size]
+            result = session.run([output], {self.input_name: chunk})[0]
+            yield np.asarray(result, np.float32).reshape(len(chunk), -1)
+
+
+class _Tally:
+    """Running counts of one pass over the data: accuracy against labels, top-1 agreement with the clean
+    model, and output SNR against ``noise_free`` (the same model without noise) when given."""
+
+    def __init__(self, workload: _Workload, noise_free: np.ndarray | None = None):
+        self.workload, self.noise_free = workload, noise_free
+        self.count = self.correct = self.correct5 = self.agree = 0
+        self.signal = self.error = 0.0
+
+    def add(self, logits: np.ndarray, start: int) -> None:
+        rows = slice(start, start + len(logits))
+        top1 = logits.argmax(axis=1)
+        labels, clean = self.workload.labels, self.workload.clean
+        if labels is not None:
+            self.correct += int(np.sum(top1 == labels[rows]))
+            if logits.shape[1] >= TOP5_MIN_CLASSES:
+                top5 = np.argpartition(-logits, 4, axis=1)[:, :5]
+                self.correct5 += int(np.sum(np.any(top5 == labels[rows, None], axis=1)))
+        if clean is not None:
+            self.agree += int(np.sum(top1 == clean[rows].argmax(axis=1)))
+        if self.noise_free is not None:
+            signal = self.noise_free[rows].astype(np.float64)
+            self.signal += float(np.sum(signal**2))
+            self.error += float(np.sum((logits - signal) ** 2))
+        self.count += len(logits)
+
+    def metrics(self) -> dict:
+        n = self.count
+        result = {}
+        if self.workload.labels is not None:
+            result["accuracy"] = self.correct / n
+            if self.workload.clean.shape[1] >= TOP5_MIN_CLASSES:
+                result["top5"] = self.correct5 / n
+        result["agreement"] = self.agree / n
+        if self.noise_free is not None:
+            result["snr_db"] = 10 * math.log10(self.signal / self.error) if self.error > 0 and self.signal > 0 \
+                else None
+        return result
+
+
+def _summarise(per_repeat: list[dict]) -> dict:
+    """Mean and spread (sample std) of each metric over the repeats, and the values themselves."""
+    summary = {}
+    for metric in per_repeat[0]:
+        values = [r[metric] for r in per_repeat]
+        if any(v is None for v in values):
+            summary[f"{metric}_mean"] = summary[f"{metric}_std"] = None
+        else:
+            summary[f"{metric}_mean"] = float(np.mean(values))
+            summary[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    summary["per_repeat"] = {metric: [r[metric] for r in per_repeat] for metric in per_repeat[0]}
+    return summary
+
+
+class _CellModels:
+    """Builds each cell's model from one rewritten graph per activation variant."""
+
+    def __init__(self, model: onnx.ModelProto, options: ConvertOptions, grid: Grid):
+        self.options, self.grid = options, grid
+        self.converted = rewrite.is_converted(model)
+        if options.precision is not None and grid.bits != (None,):
+            raise AnalogizeError("give --bits or --precision, not both")
+        if self.converted:
+            self.base = model
+            self.current_precision = _first_attribute(model, _QUANTIZE_OPS, "precision")
+        else:
+            noisy = options.noise and any(ep != 0 for ep in grid.ep)
+            if not options.noise and any(ep not in (None, 0) for ep in grid.ep):
+                raise AnalogizeError("--no-noise leaves no noise for --ep to set; drop one of them")
+            self.base, self.upgrades = rewrite.fit_opset(
+                model, maximum=rewrite.MAX_OPSET_WITH_RANDOM_OPS if noisy or options.stochastic_rounding else None)
+        self._skeletons: dict[str, onnx.ModelProto] = {}
+
+    def skeleton(self, variant: ActivationVariant) -> onnx.ModelProto:
+        if variant.label not in self._skeletons:
+            self._skeletons[variant.label] = (self._vary_converted(variant) if self.converted
+                                              else self._convert(variant))
+        return self._skeletons[variant.label]
+
+    def _convert(self, variant: ActivationVariant) -> onnx.ModelProto:
+        return convert(self.base, self.cell_options(variant, None, None, 0)).model
+
+    def cell_options(self, variant: ActivationVariant, bits, ep, seed) -> ConvertOptions:
+        """Convert's options for one cell of a clean model: the user's, with the grid's values put in."""
+        options = replace(self.options, **{"activation": variant.activation, "ep": ep, "std": None, "seed": seed,
+                                           **dict(variant.parameters)})
+        if bits is not None:
+            return replace(options, bits=bits)
+        if options.precision is None and options.bits is None:
+            return replace(options, bits=ConvertOptions.bits)
+        return options
+
+    def _vary_converted(self, variant: ActivationVariant) -> onnx.ModelProto:
+        model = copy_model(self.base)
+        choice = rewrite.ACTIVATIONS[variant.activation]
+        if choice.op_type is None:
+            return model
+        values = {**dict(choice.fixed), **dict(variant.parameters)}
+        if choice.domain == rewrite.DOMAIN and rewrite.analog_nodes(model, {choice.op_type}):
+            rewrite.set_analog_attributes(model, {choice.op_type}, **values)
+            return model
+        swaps = rewrite.swap_activations(model, variant.activation, dict(variant.parameters))
+        if not swaps["swapped"]:
+            raise AnalogizeError(f"activation variant {variant.label!r}: the converted model has no ReLU and no "
+                                 f"{choice.op_type} to vary; evaluate the original model instead")
+        rewrite.attach_functions(model, swaps["op_types"])
+        return model
+
+    def clean(self) -> onnx.ModelProto:
+        """The digital model: the original, or a converted one with its chains taken out."""
+        if not self.converted:
+            return self.base
+        model = copy_model(self.base)
+        rewrite.remove_analog_chains(model)
+        return model
+
+    def digital(self, variant: ActivationVariant) -> onnx.ModelProto:
+        """The variant's activations without noise, reduce-precision or clamp."""
+        model = copy_model(self.skeleton(variant))
+        rewrite.remove_analog_chains(model)
+        return model
+
+    def build(self, cell: Cell) -> tuple[onnx.ModelProto, dict]:
+        """The cell's model (equal to converting with the cell's options) and its resolved settings."""
+        model = copy_model(self.skeleton(cell.variant))
+        seed = cell.seed(self.grid.seed)
+        if self.converted:
+            precision, std = self._converted_precision_and_std(model, cell)
+        else:
+            options = self.cell_options(cell.variant, cell.bits, cell.ep, seed)
+            precision, std = options.resolved_precision(), options.chain_settings().std
+            rewrite.store_settings(model, options.summary())
+        if precision is not None:
+            rewrite.set_analog_attributes(model, _QUANTIZE_OPS, precision=precision)
+        if std:
+            rewrite.set_analog_attributes(model, _NOISE_OPS, std=std)
+        else:
+            rewrite.remove_analog_chains(model, ("noise",))
+        rewrite.seed_random_ops(model, seed)
+        ep = cell.ep if cell.ep is not None else (std_to_ep(std, precision) if std and precision else 0.0)
+        return model, {"bits": cell.bits, "precision": precision, "ep": ep, "std": std, "seed": seed}
+
+    @staticmethod
+    def noise_free(model: onnx.ModelProto, settings: dict) -> bytes | None:
+        """The cell's model without its noise (the SNR reference), or None when it has no noise."""
+        if not settings["std"]:
+            return None
+        reference = copy_model(model)
+        rewrite.remove_analog_chains(reference, ("noise",))
+        return reference.SerializeToString()
+
+    def _converted_precision_and_std(self, model: onnx.ModelProto, cell: Cell) -> tuple[float | None, float]:
+        precision = (bits_to_precision(cell.bits, self.options.bit_convention) if cell.bits is not None
+                     else self.current_precision)
+        if cell.ep is None:
+            return precision, _first_attribute(model, _NOISE_OPS, "std") or 0.0
+        if cell.ep > 0 and not rewrite.analog_nodes(model, _NOISE_OPS):
+            raise AnalogizeError("the converted model has no AnalogNoise to set --ep on; convert it with noise "
+                                 "or evaluate the original model")
+        if cell.ep > 0 and precision is None:
+            raise AnalogizeError("the converted model has no reduce-precision, so an EP has no step size; "
+                                 "give --bits")
+        return precision, ep_to_std(cell.ep, precision) if cell.ep > 0 else 0.0
+
+
+def _first_attribute(model: onnx.ModelProto, op_types, name: str) -> float | None:
+    for node in rewrite.analog_nodes(model, set(op_types)):
+        for attribute in node.attribute:
+            if attribute.name == name:
+                return attribute.f
+    return None
+
+
+_WORKER_WORKLOAD: _Workload | None = None
+
+
+def _start_worker(workload: _Workload) -> None:
+    global _WORKER_WORKLOAD
+    _WORKER_WORKLOAD = workload
+
+
+def _evaluate_in_worker(model: bytes, reference: bytes | None, repeats: int) -> list[dict]:
+    return _WORKER_WORKLOAD.repeats(model, repeats, reference)
+
+
+def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), options: ConvertOptions | None = None,
+             *, preprocessing: Preprocessing = Preprocessing(), batch_size: int = 256, fidelity: bool = False,
+             workers: int = 1, shard: tuple[int, int] | None = None, progress: bool = False) -> dict:
+    """Evaluate the clean model and every grid cell (of ``shard`` ``(i, n)`` when given) on ``dataset``.
+
+    ``options`` are convert's options for a clean model (the grid overrides bits, EP and activation);
+    a converted model keeps its graph and has its precision, noise std and activations varied.
+    ``fidelity`` ignores labels and scores agreement with the clean model and output SNR only.
+    """
+    grid.check()
+    options = options or ConvertOptions()
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise AnalogizeError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise AnalogizeError(f"workers must be a whole number >= 1, got {workers!r}")
+    if not len(dataset):
+        raise AnalogizeError(f"{dataset.name}: the dataset is empty")
+    labels = None if fidelity else dataset.y
+    builder = _CellModels(model, options, grid)
+    inputs = fit_to_input(dataset, model, preprocessing)
+    workload = _Workload(InputSpec.of(model).name, inputs, labels, None, batch_size)
+
+    cells = grid.cells()
+    mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
+    variants = grid.variants()
+    digital_variants = [v for v in variants if v.activation != "keep"]
+    bar = progress_bar(1 + len(digital_variants) + len(mine) * grid.repeats, "evaluate", progress)
+    with bar:
+        clean_outputs = workload.outputs(builder.clean().SerializeToString())
+        bar.update()
+        classes = clean_outputs.shape[1]
+        if labels is not None and len(labels) and labels.max() >= classes:
+            raise AnalogizeError(f"{dataset.name}: labels go up to {labels.max()} but the model has {classes} "
+                                 f"outputs; check that the data matches the model (or use --fidelity)")
+        workload.clean = clean_outputs
+        clean = _summarise([_score_outputs(workload, clean_outputs)])
+        del clean["agreement_mean"], clean["agreement_std"], clean["per_repeat"]["agreement"]
+        baselines = []
+        for variant in digital_variants:
+            outputs = workload.outputs(builder.digital(variant).SerializeToString())
+            baselines.append({"activation": variant.label, **_summarise([_score_outputs(workload, outputs)])})
+            bar.update()
+        records = _run_cells(builder, workload, mine, grid.repeats, workers, bar)
+
+    return {
+        "format": RESULT_FORMAT, "version": RESULT_VERSION,
+        "data": {"name": dataset.name, "samples": len(dataset), "classes": classes, "labels": labels is not None,
+                 "input_shape": list(inputs.shape[1:])},
+        "grid": grid.as_dict(), "options": asdict(options), "converted_input": builder.converted,
+        "fidelity": fidelity or labels is None, "batch_size": batch_size,
+        "clean": clean,
+        "baselines": baselines, "cells": records, "cell_count": len(cells),
+        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
+    }
+
+
+def _score_outputs(workload: _Workload, outputs: np.ndarray) -> dict:
+    tally = _Tally(workload)
+    tally.add(outputs, 0)
+    return tally.metrics()
+
+
+def _run_cells(builder: _CellModels, workload: _Workload, cells: list[Cell], repeats: int, workers: int,
+               bar) -> list[dict]:
+    records: dict[int, dict] = {}
+
+    def record(cell: Cell, settings: dict, per_repeat: list[dict]) -> None:
+        records[cell.index] = {"cell": cell.index, "activation": cell.variant.label, **settings,
+                               "repeats": repeats, **_summarise(per_repeat)}
+
+    def prepared(cell: Cell) -> tuple[bytes, bytes | None, dict]:
+        model, settings = builder.build(cell)
+        return model.SerializeToString(), builder.noise_free(model, settings), settings
+
+    if workers == 1 or len(cells) < 2:
+        for cell in cells:
+            model, reference, settings = prepared(cell)
+            record(cell, settings, workload.repeats(model, repeats, reference, bar.update))
+        return [records[c.index] for c in cells]
+
+    workers = min(workers, len(cells))
+    shared = replace(workload, threads=max(1, (os.cpu_count() or 1) // workers))
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
+        pending, queue = {}, list(cells)
+        while queue or pending:
+            while queue and len(pending) < 2 * workers:  # bounded: each in-flight cell holds a model copy
+                cell = queue.pop(0)
+                model, reference, settings = prepared(cell)
+                pending[pool.submit(_evaluate_in_worker, model, reference, repeats)] = (cell, settings)
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell, settings = pending.pop(future)
+                record(cell, settings, future.result())
+                bar.update(repeats)
+    return [records[c.index] for c in cells]

@@ -1,0 +1,185 @@
+"""Evaluation results: merging shards, and writing them as a terminal table, JSON, CSV and a plot.
+
+A result is the dict :func:`analogize.evaluate.evaluate` returns (schema ``analogize.evaluate`` version 1):
+``clean`` (the unconverted model), ``baselines`` (each swapped activation without noise or quantisation),
+and ``cells``, one record per grid cell with ``bits``, ``precision``, ``ep``, ``std``, ``activation``,
+``repeats``, ``seed`` and ``<metric>_mean`` / ``<metric>_std`` for accuracy, top5, agreement and snr_db.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from .errors import AnalogizeError
+from .evaluate import RESULT_FORMAT, RESULT_VERSION
+from .model_io import atomic_output
+
+METRICS = ("accuracy", "top5", "agreement", "snr_db")
+CSV_COLUMNS = ("kind", "activation", "bits", "precision", "ep", "std", "repeats", "seed",
+               *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")))
+# Everything but the cells and the shard position must agree between shards of one sweep.
+_SWEEP_KEYS = ("format", "version", "data", "grid", "options", "converted_input", "fidelity", "batch_size",
+               "clean", "baselines", "cell_count")
+
+
+def load_result(path) -> dict:
+    path = Path(path)
+    try:
+        result = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AnalogizeError(f"{path}: no such file") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AnalogizeError(f"{path} is not a JSON evaluation result ({error})") from None
+    if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT:
+        raise AnalogizeError(f"{path} is not an 'analogize evaluate' result (no format {RESULT_FORMAT!r})")
+    if result.get("version") != RESULT_VERSION:
+        raise AnalogizeError(f"{path} has result version {result.get('version')}; this analogize reads "
+                             f"version {RESULT_VERSION}")
+    return result
+
+
+def merge_results(parts: list[dict]) -> dict:
+    """Join the shards of one sweep into the result an unsharded run gives; refuse mixed or missing shards."""
+    if not parts:
+        raise AnalogizeError("nothing to merge: give the shard result files")
+    first = parts[0]
+    for number, part in enumerate(parts[1:], start=2):
+        for key in _SWEEP_KEYS:
+            if part.get(key) != first.get(key):
+                raise AnalogizeError(f"result {number} differs from result 1 in {key!r}: these files are not "
+                                     f"shards of the same sweep")
+    counts = {None if p.get("shard") is None else p["shard"]["count"] for p in parts}
+    if None in counts or len(counts) != 1:
+        raise AnalogizeError("merge takes shard results (written with --shard I/N) of one N")
+    count = counts.pop()
+    indices = sorted(p["shard"]["index"] for p in parts)
+    if indices != list(range(count)):
+        missing = sorted(set(range(count)) - set(indices))
+        repeated = sorted({i for i in indices if indices.count(i) > 1})
+        raise AnalogizeError(f"shards of {count}: " + "; ".join(filter(None, [
+            f"missing {', '.join(f'{i}/{count}' for i in missing)}" if missing else "",
+            f"given twice {', '.join(f'{i}/{count}' for i in repeated)}" if repeated else ""])))
+    cells = sorted((c for p in parts for c in p["cells"]), key=lambda c: c["cell"])
+    if [c["cell"] for c in cells] != list(range(first["cell_count"])):
+        raise AnalogizeError("the shards do not hold every cell of the grid exactly once")
+    return {**first, "cells": cells, "shard": None}
+
+
+def write_json(result: dict, path) -> None:
+    text = json.dumps(result, indent=2, allow_nan=False)
+    if str(path) == "-":
+        print(text)
+        return
+    with atomic_output(path) as temporary:
+        temporary.write_text(text + "\n")
+
+
+def csv_rows(result: dict) -> list[dict]:
+    rows = [{"kind": "clean", "activation": "clean", **_metric_columns(result["clean"])}]
+    rows += [{"kind": "baseline", "activation": b["activation"], **_metric_columns(b)} for b in result["baselines"]]
+    for cell in result["cells"]:
+        rows.append({"kind": "cell", **{k: cell.get(k) for k in CSV_COLUMNS if k in cell},
+                     **_metric_columns(cell)})
+    return [{column: row.get(column) for column in CSV_COLUMNS} for row in rows]
+
+
+def _metric_columns(record: dict) -> dict:
+    return {f"{m}_{s}": record[f"{m}_{s}"] for m in METRICS for s in ("mean", "std") if f"{m}_{s}" in record}
+
+
+def write_csv(result: dict, path) -> None:
+    with atomic_output(path) as temporary:
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            writer.writeheader()
+            writer.writerows(csv_rows(result))
+
+
+def _percent(record: dict, metric: str) -> str:
+    mean = record.get(f"{metric}_mean")
+    if mean is None:
+        return "-"
+    spread = record.get(f"{metric}_std") or 0.0
+    return f"{100 * mean:5.1f} ± {100 * spread:3.1f}"
+
+
+def _decibels(record: dict) -> str:
+    if "snr_db_mean" not in record:
+        return "-"
+    mean = record["snr_db_mean"]
+    return "inf" if mean is None else f"{mean:5.1f} ± {record['snr_db_std']:3.1f}"
+
+
+def table(result: dict) -> str:
+    """The terminal table: percentages as mean ± std over the repeats, clean baseline first."""
+    labelled = result["data"]["labels"]
+    top5 = labelled and any("top5_mean" in c for c in [result["clean"], *result["cells"]])
+    data = result["data"]
+    lines = [f"{data['name']}: {data['samples']} samples, {data['classes']} outputs"
+             + ("" if labelled else " (no labels: agreement with the clean model)")]
+    if labelled:
+        lines.append(f"clean model: top-1 {_percent(result['clean'], 'accuracy')} %"
+                     + (f", top-5 {_percent(result['clean'], 'top5')} %" if top5 else ""))
+    for baseline in result["baselines"]:
+        lines.append(f"{baseline['activation']} without noise or quantisation: "
+                     + (f"top-1 {_percent(baseline, 'accuracy')} %, " if labelled else "")
+                     + f"agreement {_percent(baseline, 'agreement')} %")
+    header = ["activation", "bits", "precision", "EP", "noise std"] + (["top-1 %"] if labelled else []) \
+        + (["top-5 %"] if top5 else []) + ["agreement %", "SNR dB", "repeats"]
+    rows = []
+    for cell in result["cells"]:
+        rows.append([cell["activation"], "-" if cell["bits"] is None else str(cell["bits"]),
+                     "-" if cell["precision"] is None else f"{cell['precision']:g}", f"{cell['ep']:.3g}",
+                     f"{cell['std']:.4g}"] + ([_percent(cell, "accuracy")] if labelled else [])
+                    + ([_percent(cell, "top5")] if top5 else [])
+                    + [_percent(cell, "agreement"), _decibels(cell), str(cell["repeats"])])
+    widths = [max(len(header[k]), *(len(r[k]) for r in rows)) if rows else len(header[k]) for k in range(len(header))]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)))
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in rows]
+    if result.get("shard"):
+        lines.append(f"shard {result['shard']['index']}/{result['shard']['count']}: "
+                     f"{len(result['cells'])} of {result['cell_count']} cells")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path) -> None:
+    """Accuracy (or agreement) against EP, one line per bit width, one panel per activation; the clean
+    model dashed, as in the paper's accuracy-vs-EP figures. With one EP value, bits go on the x axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    metric = "accuracy" if result["data"]["labels"] else "agreement"
+    activations = list(dict.fromkeys(c["activation"] for c in result["cells"]))
+    if not activations:
+        raise AnalogizeError("the result has no cells to plot")
+    eps = sorted({c["ep"] for c in result["cells"]})
+    along_ep = len(eps) > 1
+    figure, axes = pyplot.subplots(1, len(activations), figsize=(4.2 * len(activations), 3.6), sharey=True,
+                                   squeeze=False)
+    for axis, activation in zip(axes[0], activations):
+        cells = [c for c in result["cells"] if c["activation"] == activation]
+        groups = sorted({c["bits"] if along_ep else c["ep"] for c in cells}, key=lambda v: (v is None, v))
+        for group in groups:
+            members = sorted((c for c in cells if (c["bits"] if along_ep else c["ep"]) == group),
+                             key=lambda c: c["ep"] if along_ep else (c["bits"] or 0))
+            xs = [c["ep"] if along_ep else c["bits"] for c in members]
+            axis.errorbar(xs, [100 * c[f"{metric}_mean"] for c in members],
+                          yerr=[100 * c[f"{metric}_std"] for c in members], marker="o", capsize=3,
+                          label=(f"{group} bits" if group is not None else "as converted") if along_ep
+                          else f"EP {group:g}")
+        if metric == "accuracy":
+            axis.axhline(100 * result["clean"]["accuracy_mean"], color="grey", linestyle="--", label="clean")
+        axis.set_title(activation)
+        axis.set_xlabel("error probability (EP)" if along_ep else "bits")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    axes[0][0].set_ylabel(f"top-1 {'accuracy' if metric == 'accuracy' else 'agreement with clean'} (%)")
+    figure.suptitle(f"{result['data']['name']}: {result['grid']['repeats']} noise draws per point (mean ± std)",
+                    fontsize=10)
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    pyplot.close(figure)
