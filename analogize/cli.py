@@ -54,6 +54,43 @@ def cli(debug):
 _interp = OPS["ReluGeluInterpolation"]
 
 
+_CHAIN_OPTIONS = [
+    click.option("--precision", type=click.FloatRange(min=1.0),
+                 help="Set p (steps per unit) directly; overrides --bits."),
+    click.option("--bit-convention", type=click.Choice(noise_model.BIT_CONVENTIONS),
+                 default=noise_model.DEFAULT_BIT_CONVENTION, show_default=True,
+                 help="pow2: p = 2^B (paper eq. 7, power-of-two hardware scales); pow2-minus-1: p = 2^B - 1 "
+                      "(AnalogVNN)."),
+    click.option("--no-noise", is_flag=True, help="Insert no Gaussian noise."),
+    click.option("--no-quantize", is_flag=True, help="Insert no reduce-precision."),
+    click.option("--no-clamp", is_flag=True, help="Insert no clamp to [-1, 1]."),
+    click.option("--stochastic-rounding", is_flag=True, help="Use StochasticReducePrecision instead of ReducePrecision."),
+    click.option("--where", callback=_csv(rewrite.PLACEMENTS), default=",".join(rewrite.PLACEMENTS),
+                 show_default=True, help="Comma-separated placements of the chains."),
+    click.option("--scale", type=float,
+                 help=f"GELU/SiLU input scale s > 0 [default: {_interp.attribute('scale').default}]."),
+    click.option("--alpha", type=float, help="Leaky slope in [0, 1) [default: 0; 0.01 for leaky]."),
+    click.option("--temperature", type=float, help="Temperature T > 0 of the smooth-* family [default: 1]."),
+    click.option("--exclude", callback=_csv(()), default="",
+                 help="Comma-separated node names or op types to keep digital."),
+]
+
+
+def _chain_options(function):
+    """The convert flags that shape the inserted chains, shared by every command that converts."""
+    for option in reversed(_CHAIN_OPTIONS):
+        function = option(function)
+    return function
+
+
+def _chain_fields(chain: dict) -> dict:
+    """Chain flags as ConvertOptions fields."""
+    return {"precision": chain["precision"], "bit_convention": chain["bit_convention"],
+            "noise": not chain["no_noise"], "quantize": not chain["no_quantize"], "clamp": not chain["no_clamp"],
+            "stochastic_rounding": chain["stochastic_rounding"], "where": chain["where"], "scale": chain["scale"],
+            "alpha": chain["alpha"], "temperature": chain["temperature"], "exclude": chain["exclude"]}
+
+
 @cli.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--output", type=click.Path(dir_okay=False),
@@ -61,39 +98,22 @@ _interp = OPS["ReluGeluInterpolation"]
 @click.option("--overwrite", is_flag=True, help="Allow the output to replace the input model.")
 @click.option("--bits", type=click.IntRange(1, noise_model.MAX_BITS), default=8, show_default=True,
               help="Bit width B; precision p = 2^B (see --bit-convention).")
-@click.option("--precision", type=click.FloatRange(min=1.0), help="Set p (steps per unit) directly; overrides --bits.")
-@click.option("--bit-convention", type=click.Choice(noise_model.BIT_CONVENTIONS),
-              default=noise_model.DEFAULT_BIT_CONVENTION, show_default=True,
-              help="pow2: p = 2^B (paper eq. 7, power-of-two hardware scales); pow2-minus-1: p = 2^B - 1 (AnalogVNN).")
 @click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True),
               help=f"Error probability: chance that noise moves a value past half a step [default: {noise_model.DEFAULT_EP}].")
 @click.option("--std", type=click.FloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
-@click.option("--no-noise", is_flag=True, help="Insert no Gaussian noise.")
-@click.option("--no-quantize", is_flag=True, help="Insert no reduce-precision.")
-@click.option("--no-clamp", is_flag=True, help="Insert no clamp to [-1, 1].")
-@click.option("--stochastic-rounding", is_flag=True, help="Use StochasticReducePrecision instead of ReducePrecision.")
-@click.option("--where", callback=_csv(rewrite.PLACEMENTS), default=",".join(rewrite.PLACEMENTS), show_default=True,
-              help="Comma-separated placements of the chains.")
 @click.option("--activation", type=click.Choice(list(rewrite.ACTIVATIONS)), default="keep", show_default=True,
               help="Replacement for every ReLU.")
 @click.option("--factor", type=float, help=f"Interpolation factor i in [0, 1] [default: {_interp.attribute('factor').default}].")
-@click.option("--scale", type=float, help=f"GELU/SiLU input scale s > 0 [default: {_interp.attribute('scale').default}].")
-@click.option("--alpha", type=float, help="Leaky slope in [0, 1) [default: 0; 0.01 for leaky].")
-@click.option("--temperature", type=float, help="Temperature T > 0 of the smooth-* family [default: 1].")
-@click.option("--exclude", callback=_csv(()), default="", help="Comma-separated node names or op types to keep digital.")
 @click.option("--seed", type=click.IntRange(min=0), help="Base seed: reproducible noise (each node its own stream).")
 @click.option("--inline", is_flag=True, help="Write standard ONNX ops only (no custom domain).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def convert(model, output, overwrite, bits, precision, bit_convention, ep, std, no_noise, no_quantize, no_clamp,
-            stochastic_rounding, where, activation, factor, scale, alpha, temperature, exclude, seed, inline, as_json):
+@_chain_options
+def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, inline, as_json, **chain):
     """Insert clamp, reduce-precision and noise into MODEL and swap its activations."""
     from .convert import ConvertOptions, convert_file
 
-    options = ConvertOptions(
-        bits=bits, precision=precision, bit_convention=bit_convention, ep=ep, std=std, noise=not no_noise,
-        quantize=not no_quantize, clamp=not no_clamp, stochastic_rounding=stochastic_rounding, where=where,
-        activation=activation, factor=factor, scale=scale, alpha=alpha, temperature=temperature, exclude=exclude,
-        seed=seed, inline=inline)
+    options = ConvertOptions(bits=bits, ep=ep, std=std, activation=activation, factor=factor, seed=seed,
+                             inline=inline, **_chain_fields(chain))
     report = convert_file(model, output, options, overwrite=overwrite)
     if as_json:
         click.echo(json.dumps(report, indent=2))
@@ -188,3 +208,137 @@ def zoo_export(name, output, options, exporter, opset, image_size, seed):
     channels, size = config.get("in_channels", 3), image_size or config.get("image_size", 32)
     export_onnx(model, output, (channels, size, size), exporter=exporter, opset=opset)
     click.echo(f"wrote {output} ({name}, input {channels}x{size}x{size}, {exporter} exporter, opset {opset})")
+
+
+def _numbers(kind, low, high, what):
+    def parse(ctx, param, value):
+        if value is None:
+            return (None,)
+        items = []
+        for text in (v.strip() for v in value.split(",")):
+            try:
+                number = kind(text)
+            except ValueError:
+                raise click.BadParameter(f"{text!r} is not a {what}") from None
+            if not low <= number <= high or (kind is float and number == high):
+                raise click.BadParameter(f"{text} is outside {'[' + str(low) + ', ' + str(high) + (')' if kind is float else ']')}")
+            items.append(number)
+        return tuple(items)
+
+    return parse
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    height, separator, width = value.lower().partition("x")
+    try:
+        size = (int(height), int(width)) if separator else (int(height), int(height))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW (e.g. 32x32)") from None
+    if min(size) < 1:
+        raise click.BadParameter(f"{value!r}: height and width must be >= 1")
+    return size
+
+
+def _floats(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+
+
+def _writable(ctx, param, value):
+    """Fail before a long sweep, not after it, when an output cannot be written."""
+    import os
+
+    if value is None or value == "-":
+        return value
+    directory = os.path.dirname(value) or "."
+    if not os.path.isdir(directory):
+        raise click.BadParameter(f"directory {directory} does not exist")
+    return value
+
+
+def _emit(result: dict, json_path, csv_path, plot_path) -> None:
+    from . import results
+
+    if json_path:
+        results.write_json(result, json_path)
+    if csv_path:
+        results.write_csv(result, csv_path)
+    if plot_path:
+        results.plot(result, plot_path)
+    if json_path != "-":
+        click.echo(results.table(result))
+        for path in filter(None, (json_path, csv_path, plot_path)):
+            click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True,
+              help="digits | npz:PATH (arrays x, y) | cifar10:DIR (python batches) | imagefolder:DIR.")
+@click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
+@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples (a quick look).")
+@click.option("--bits", callback=_numbers(int, 1, noise_model.MAX_BITS, "whole number"),
+              help="Comma-separated bit widths [default: 8, or the converted model's own].")
+@click.option("--ep", callback=_numbers(float, 0.0, 1.0, "number"),
+              help=f"Comma-separated error probabilities in [0, 1) [default: {noise_model.DEFAULT_EP}, "
+                   f"or the converted model's own].")
+@click.option("--activation", "activations", default="keep", show_default=True,
+              help="Comma-separated ReLU replacements, each NAME[:VALUE][:KEY=VALUE], e.g. keep,gelu,interp-gelu:0.5 "
+                   f"(names: {', '.join(rewrite.ACTIVATIONS)}).")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Independent noise draws per cell.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Sweep seed: same seed, same numbers (each cell and node draws its own stream).")
+@click.option("--fidelity", is_flag=True,
+              help="Ignore labels: score top-1 agreement with the clean model and output SNR only.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Processes to spread the cells over (they share the cores).")
+@click.option("--shard", help="Compute only shard I of N (I/N, I from 0) and write a partial result for "
+                              "'analogize merge'.")
+@click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
+              help="The model's input layout (auto: from its input shape).")
+@click.option("--resize", callback=_size, help="Resize images to HxW [default: the model's input size].")
+@click.option("--channels", type=click.IntRange(min=1),
+              help="Channels the model takes (1: grayscale, 3: RGB) [default: from its input].")
+@click.option("--input-mean", callback=_floats, help="Subtract this mean (one value or one per channel).")
+@click.option("--input-std", callback=_floats, help="Then divide by this std (one value or one per channel).")
+@click.option("--json", "json_path", callback=_writable, help="Write the result as JSON ('-': to stdout, no table).")
+@click.option("--csv", "csv_path", callback=_writable, help="Write one CSV row per cell and baseline.")
+@click.option("--plot", "plot_path", callback=_writable, help="Write accuracy against EP as a PNG.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_chain_options
+def evaluate(model, data, split, limit, bits, ep, activations, repeats, seed, fidelity, batch_size, workers, shard,
+             layout, resize, channels, input_mean, input_std, json_path, csv_path, plot_path, quiet, **chain):
+    """Accuracy of MODEL (clean or converted) under analog noise over a grid of bits x EP x activation."""
+    from .convert import ConvertOptions
+    from .data import Preprocessing
+    from .evaluate import Grid, evaluate_file, parse_shard
+
+    grid = Grid(bits=bits, ep=ep, activations=tuple(a.strip() for a in activations.split(",") if a.strip()),
+                repeats=repeats, seed=seed)
+    options = ConvertOptions(**_chain_fields(chain))
+    preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
+    result = evaluate_file(model, data, grid, options, split=split, limit=limit, preprocessing=preprocessing,
+                           batch_size=batch_size, fidelity=fidelity, workers=workers,
+                           shard=parse_shard(shard) if shard else None, progress=not quiet)
+    _emit(result, json_path, csv_path, plot_path)
+
+
+@cli.command()
+@click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("-o", "--output", "json_path", callback=_writable, required=True,
+              help="The merged result (JSON; '-': to stdout).")
+@click.option("--csv", "csv_path", callback=_writable, help="Also write the CSV.")
+@click.option("--plot", "plot_path", callback=_writable, help="Also write the plot.")
+def merge(parts, json_path, csv_path, plot_path):
+    """Merge the shard results of one 'analogize evaluate --shard' sweep into the full result."""
+    from .results import load_result, merge_results
+
+    _emit(merge_results([load_result(p) for p in parts]), json_path, csv_path, plot_path)

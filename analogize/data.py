@@ -275,8 +275,10 @@ def decode_hints(model: onnx.ModelProto, preprocessing: Preprocessing) -> tuple[
             preprocessing.channels or channels)
 
 
-def fit_to_input(dataset: Dataset, model: onnx.ModelProto, preprocessing: Preprocessing = Preprocessing()) -> np.ndarray:
-    """The dataset's inputs in the layout, channel count, size and normalisation the model's input takes."""
+def fit_to_input(dataset: Dataset, model: onnx.ModelProto,
+                 preprocessing: Preprocessing = Preprocessing()) -> tuple[np.ndarray, list[str]]:
+    """The dataset's inputs in the layout, channel count, size and normalisation the model's input takes,
+    and a note of each change made to the data on the way (so results say what the model was fed)."""
     spec = InputSpec.of(model)
     layout = model_layout(spec, preprocessing.layout)
     x = dataset.x
@@ -286,25 +288,34 @@ def fit_to_input(dataset: Dataset, model: onnx.ModelProto, preprocessing: Prepro
         if features is not None and x.shape[1] != features:
             raise AnalogizeError(f"{dataset.name}: samples have {x.shape[1]} values but the model's input "
                                  f"{spec.name!r} takes {features}; check the data or the model")
-        return np.ascontiguousarray(_normalise(x, preprocessing, channel_axis=None))
+        return np.ascontiguousarray(_normalise(x, preprocessing, channel_axis=None)), []
     if dataset.layout == "flat":
         wanted = spec.shape[1:]
         if None in wanted or int(np.prod(wanted)) != x.shape[1]:
             raise AnalogizeError(f"{dataset.name}: flat samples of {x.shape[1]} values cannot be shaped to the "
                                  f"model's input {spec.shape}; store x as images (N, C, H, W)")
         x = x.reshape(len(x), *spec.shape[1:])
-        return np.ascontiguousarray(_normalise(x, preprocessing, channel_axis=1 if layout == "nchw" else 3))
+        return (np.ascontiguousarray(_normalise(x, preprocessing, channel_axis=1 if layout == "nchw" else 3)),
+                [f"flat samples reshaped to {spec.shape[1:]}"])
+    notes = []
     if dataset.layout == "nhwc":
         x = x.transpose(0, 3, 1, 2)
     channels = preprocessing.channels or (spec.shape[1] if layout == "nchw" else spec.shape[3])
-    x = _adapt_channels(x, channels, dataset.name)
+    if channels is not None and channels != x.shape[1]:
+        notes.append(f"{x.shape[1]} -> {channels} channels" + (" (BT.601 luma)" if channels == 1 else ""))
+        x = _adapt_channels(x, channels, dataset.name)
     size = preprocessing.size or tuple(spec.shape[2:4] if layout == "nchw" else spec.shape[1:3])
     if None not in size and tuple(x.shape[2:]) != tuple(size):
+        notes.append(f"resized {x.shape[2]}x{x.shape[3]} -> {size[0]}x{size[1]} (bilinear)")
         x = _resize(x, size)
     x = _normalise(x, preprocessing, channel_axis=1)
+    if preprocessing.mean is not None or preprocessing.std is not None:
+        notes.append(f"normalised with mean {preprocessing.mean or (0.0,)}, std {preprocessing.std or (1.0,)}")
+    if layout != dataset.layout:
+        notes.append(f"{dataset.layout.upper()} -> {layout.upper()}")
     if layout == "nhwc":
         x = x.transpose(0, 2, 3, 1)
-    return np.ascontiguousarray(x, np.float32)
+    return np.ascontiguousarray(x, np.float32), notes
 
 
 def _adapt_channels(x: np.ndarray, channels: int | None, name: str) -> np.ndarray:

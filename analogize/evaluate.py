@@ -16,6 +16,7 @@ import multiprocessing
 import os
 import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, replace
 
 import numpy as np
@@ -387,7 +388,7 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
         raise AnalogizeError(f"{dataset.name}: the dataset is empty")
     labels = None if fidelity else dataset.y
     builder = _CellModels(model, options, grid)
-    inputs = fit_to_input(dataset, model, preprocessing)
+    inputs, adaptations = fit_to_input(dataset, model, preprocessing)
     workload = _Workload(InputSpec.of(model).name, inputs, labels, None, batch_size)
 
     cells = grid.cells()
@@ -415,7 +416,7 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
     return {
         "format": RESULT_FORMAT, "version": RESULT_VERSION,
         "data": {"name": dataset.name, "samples": len(dataset), "classes": classes, "labels": labels is not None,
-                 "input_shape": list(inputs.shape[1:])},
+                 "input_shape": list(inputs.shape[1:]), "adaptations": adaptations},
         "grid": grid.as_dict(), "options": asdict(options), "converted_input": builder.converted,
         "fidelity": fidelity or labels is None, "batch_size": batch_size,
         "clean": clean,
@@ -451,16 +452,41 @@ def _run_cells(builder: _CellModels, workload: _Workload, cells: list[Cell], rep
     workers = min(workers, len(cells))
     shared = replace(workload, threads=max(1, (os.cpu_count() or 1) // workers))
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
-        pending, queue = {}, list(cells)
-        while queue or pending:
-            while queue and len(pending) < 2 * workers:  # bounded: each in-flight cell holds a model copy
-                cell = queue.pop(0)
-                model, reference, settings = prepared(cell)
-                pending[pool.submit(_evaluate_in_worker, model, reference, repeats)] = (cell, settings)
-            done, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in done:
-                cell, settings = pending.pop(future)
-                record(cell, settings, future.result())
-                bar.update(repeats)
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
+            _drain(pool, cells, prepared, record, repeats, workers, bar)
+    except BrokenProcessPool:
+        raise AnalogizeError("a worker process died (out of memory?); run again with fewer --workers") from None
     return [records[c.index] for c in cells]
+
+
+def _drain(pool, cells, prepared, record, repeats: int, workers: int, bar) -> None:
+    """Keep at most two cells per worker in flight: each holds a serialised model."""
+    pending, queue = {}, list(cells)
+    while queue or pending:
+        while queue and len(pending) < 2 * workers:
+            cell = queue.pop(0)
+            model, reference, settings = prepared(cell)
+            pending[pool.submit(_evaluate_in_worker, model, reference, repeats)] = (cell, settings)
+        done, _ = wait(pending, return_when=FIRST_COMPLETED)
+        for future in done:
+            cell, settings = pending.pop(future)
+            record(cell, settings, future.result())
+            bar.update(repeats)
+
+
+def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOptions | None = None, *,
+                  split: str = "test", limit: int | None = None, preprocessing: Preprocessing = Preprocessing(),
+                  **settings) -> dict:
+    """:func:`evaluate` on the model file ``model_path`` and the data spec ``data`` (what the CLI runs)."""
+    from .data import decode_hints, load_dataset
+    from .model_io import load_model
+
+    grid.check()
+    model, _ = load_model(model_path)
+    image_size, channels = decode_hints(model, preprocessing)
+    dataset = load_dataset(data, split=split, limit=limit, image_size=image_size, channels=channels)
+    result = evaluate(model, dataset, grid, options, preprocessing=preprocessing, **settings)
+    result["model"] = str(model_path)
+    result["data"].update(spec=data, split=split, limit=limit)
+    return result

@@ -118,8 +118,11 @@ def table(result: dict) -> str:
     data = result["data"]
     lines = [f"{data['name']}: {data['samples']} samples, {data['classes']} outputs"
              + ("" if labelled else " (no labels: agreement with the clean model)")]
+    if data.get("adaptations"):
+        lines.append(f"data adapted to the model: {'; '.join(data['adaptations'])}")
+    clean_name = "digital model (analog chains removed)" if result["converted_input"] else "clean model"
     if labelled:
-        lines.append(f"clean model: top-1 {_percent(result['clean'], 'accuracy')} %"
+        lines.append(f"{clean_name}: top-1 {_percent(result['clean'], 'accuracy')} %"
                      + (f", top-5 {_percent(result['clean'], 'top5')} %" if top5 else ""))
     for baseline in result["baselines"]:
         lines.append(f"{baseline['activation']} without noise or quantisation: "

@@ -157,3 +157,73 @@ def test_flag_combinations_convert_and_run(tmp_path, capsys, flags):
     code, out, err = analogize(capsys, "convert", DEFAULT_MODEL, "-o", tmp_path / "o.onnx", *flags)
     assert code == 0, err
     assert out.startswith("wrote ") and run(tmp_path / "o.onnx", np.ones((3, 1, 8, 8), np.float32)).shape == (3, 10)
+
+
+EVALUATE = ("evaluate", DEFAULT_MODEL, "--data", "digits", "--bits", "4,6", "--ep", "0.2,0.5", "--repeats", "2",
+            "--activation", "keep,interp-gelu:0.5", "--quiet")
+
+
+def test_evaluate_writes_table_json_csv_and_plot(tmp_path, capsys):
+    paths = {kind: tmp_path / f"result.{kind}" for kind in ("json", "csv", "png")}
+    code, out, err = analogize(capsys, *EVALUATE, "--json", paths["json"], "--csv", paths["csv"],
+                               "--plot", paths["png"])
+    assert code == 0, err
+    assert "clean model: top-1  96.7" in out and "interp-gelu:0.5  6" in out
+    result = json.loads(paths["json"].read_text())
+    assert result["data"]["spec"] == "digits" and result["model"] == str(DEFAULT_MODEL)
+    assert len(result["cells"]) == 8
+    for cell in result["cells"]:
+        assert {"bits", "ep", "activation", "accuracy_mean", "accuracy_std", "repeats"} <= set(cell)
+        assert cell["repeats"] == 2 and len(cell["per_repeat"]["accuracy"]) == 2
+    rows = paths["csv"].read_text().splitlines()
+    assert rows[0].startswith("kind,activation,bits,precision,ep,std") and len(rows) == 1 + 1 + 1 + 8
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_evaluate_json_to_stdout_is_the_only_output(capsys):
+    code, out, _ = analogize(capsys, *EVALUATE[:4], "--ep", "0.5", "--repeats", "1", "--quiet", "--json", "-")
+    assert code == 0
+    assert json.loads(out)["cells"][0]["ep"] == 0.5
+
+
+def test_evaluate_shards_merge_into_the_whole_sweep(tmp_path, capsys):
+    code, _, err = analogize(capsys, *EVALUATE, "--json", tmp_path / "whole.json")
+    assert code == 0, err
+    for k in range(3):
+        code, out, err = analogize(capsys, *EVALUATE, "--shard", f"{k}/3", "--json", tmp_path / f"part{k}.json")
+        assert code == 0 and f"shard {k}/3" in out, err
+    code, out, err = analogize(capsys, "merge", *(tmp_path / f"part{k}.json" for k in range(3)),
+                               "-o", tmp_path / "merged.json", "--csv", tmp_path / "merged.csv")
+    assert code == 0, err
+    whole, merged = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("whole", "merged"))
+    assert merged == whole
+    code, _, err = analogize(capsys, "merge", tmp_path / "part0.json", "-o", tmp_path / "bad.json")
+    assert code == 2 and "missing 1/3, 2/3" in err and not (tmp_path / "bad.json").exists()
+    (tmp_path / "junk.json").write_text("{not json")
+    code, _, err = analogize(capsys, "merge", tmp_path / "junk.json", "-o", tmp_path / "bad.json")
+    assert code == 2 and "not a JSON evaluation result" in err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--data", "mnist"), "unknown data spec"),
+    (("--data", "npz:/no/such/file.npz"), "does not exist"),
+    (("--data", "digits", "--ep", "1.2"), "outside [0.0, 1.0)"),
+    (("--data", "digits", "--bits", "4,x"), "'x' is not a whole number"),
+    (("--data", "digits", "--shard", "2/2"), "I/N"),
+    (("--data", "digits", "--activation", "relu9"), "unknown activation"),
+    (("--data", "digits", "--resize", "8by8"), "HxW"),
+    (("--data", "digits", "--json", "/no/such/dir/out.json"), "does not exist"),
+    (("--data", "digits", "--no-noise", "--ep", "0.3"), "--no-noise"),
+    (("--data", "digits", "--input-mean", "a,b"), "list of numbers"),
+])
+def test_evaluate_bad_input_is_one_line_and_exit_2(capsys, extra, message):
+    code, out, err = analogize(capsys, "evaluate", DEFAULT_MODEL, "--quiet", *extra)
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_evaluate_rejects_a_file_that_is_not_a_model(tmp_path, capsys):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00garbage")
+    code, _, err = analogize(capsys, "evaluate", junk, "--data", "digits")
+    assert code == 2 and "not a readable ONNX model" in err

@@ -1,0 +1,248 @@
+"""``evaluate``: numbers checked against independent torch/numpy evaluations and direct ONNX Runtime runs."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import reference as ref
+from analogize import rewrite
+from analogize.convert import ConvertOptions, convert
+from analogize.data import load_dataset
+from analogize.errors import AnalogizeError
+from analogize.evaluate import ActivationVariant, Cell, Grid, _CellModels, evaluate, parse_shard
+from analogize.results import merge_results
+from conftest import DEFAULT_MODEL, ROOT, session
+
+CONFIG = json.loads((ROOT / "models" / "digits_convnet.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def model():
+    return onnx.load(DEFAULT_MODEL)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_dataset("digits")
+
+
+def torch_digits_model(model):
+    from analogize.zoo import create_model
+
+    network = create_model(CONFIG["model"], **{k: tuple(v) if isinstance(v, list) else v
+                                                 for k, v in CONFIG["config"].items()}).eval()
+    weights = {t.name: torch.from_numpy(onnx.numpy_helper.to_array(t).copy()) for t in model.graph.initializer}
+    network.load_state_dict(weights)
+    return network
+
+
+def reference_forward(network, x, p, std, generator=None):
+    """The paper's fully analog network, from the reference text: a DOA chain (clamp, reduce, noise) on every
+    layer's input, weight and bias; an AOD chain (noise, clamp, reduce) on its output."""
+
+    def noise(t):
+        return t if std == 0 else t + std * torch.randn(t.shape, generator=generator, dtype=t.dtype)
+
+    def doa(t):
+        return noise(torch.from_numpy(ref.clamp_then_reduce(t.detach().numpy(), p)))
+
+    def aod(t):
+        return torch.from_numpy(ref.clamp_then_reduce(noise(t).detach().numpy(), p))
+
+    h = torch.from_numpy(x).double()
+    for module in network:
+        if isinstance(module, torch.nn.Conv2d):
+            h = aod(torch.nn.functional.conv2d(doa(h), doa(module.weight.double()), doa(module.bias.double()),
+                                               padding=module.padding))
+        elif isinstance(module, torch.nn.Linear):
+            h = aod(torch.nn.functional.linear(doa(h), doa(module.weight.double()), doa(module.bias.double())))
+        else:
+            h = module(h)
+    return h.detach().numpy()
+
+
+def test_noise_free_accuracy_matches_a_torch_forward_of_the_reference_semantics(model, digits):
+    result = evaluate(model, digits, Grid(bits=(4, 6), ep=(0.0,), repeats=1))
+    network = torch_digits_model(model)
+    with torch.no_grad():
+        clean = network(torch.from_numpy(digits.x)).numpy()
+    assert result["clean"]["accuracy_mean"] == np.mean(clean.argmax(1) == digits.y)
+    assert result["clean"]["top5_mean"] == np.mean(np.any(np.argsort(-clean, 1)[:, :5] == digits.y[:, None], 1))
+    for cell in result["cells"]:
+        logits = reference_forward(network, digits.x, 2.0 ** cell["bits"], 0.0)
+        # float32 (ONNX Runtime) and float64 (here) may round a value on a step boundary differently
+        assert abs(cell["accuracy_mean"] - np.mean(logits.argmax(1) == digits.y)) <= 2 / len(digits)
+        assert abs(cell["agreement_mean"] - np.mean(logits.argmax(1) == clean.argmax(1))) <= 2 / len(digits)
+    assert result["cells"][0]["accuracy_mean"] < result["clean"]["accuracy_mean"]  # 4 bits costs accuracy
+
+
+def test_noisy_accuracy_matches_torch_noise_within_error_bars(model, digits):
+    repeats, bits, ep = 8, 4, 0.5
+    result = evaluate(model, digits, Grid(bits=(bits,), ep=(ep,), repeats=repeats, seed=3))
+    cell = result["cells"][0]
+    assert cell["std"] == pytest.approx(ref.ep_to_std(ep, 2.0**bits))
+    network = torch_digits_model(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        ours = [np.mean(reference_forward(network, digits.x, 2.0**bits, cell["std"], generator).argmax(1) == digits.y)
+                for _ in range(repeats)]
+    spread = np.hypot(cell["accuracy_std"], np.std(ours, ddof=1)) / np.sqrt(repeats)
+    assert abs(cell["accuracy_mean"] - np.mean(ours)) <= 3 * spread + 0.005
+    assert cell["accuracy_mean"] < result["clean"]["accuracy_mean"] - 0.02  # heavy noise costs accuracy
+
+
+def test_cell_metrics_equal_direct_onnxruntime_runs_of_the_converted_model(model, digits):
+    grid = Grid(bits=(5,), ep=(0.4,), activations=("interp-gelu:0.5",), repeats=3, seed=9)
+    result = evaluate(model, digits, grid, batch_size=100)
+    cell = result["cells"][0]
+    converted = convert(model, bits=5, ep=0.4, activation="interp-gelu", factor=0.5, seed=cell["seed"]).model
+    noisy = session(converted)
+    quiet_model = convert(model, bits=5, noise=False, activation="interp-gelu", factor=0.5).model
+    noise_free = session(quiet_model).run(None, {"input": digits.x})[0]
+    clean = session(model).run(None, {"input": digits.x})[0]
+    for r in range(3):
+        logits = np.concatenate([noisy.run(None, {"input": digits.x[s:s + 100]})[0] for s in range(0, 450, 100)])
+        assert cell["per_repeat"]["accuracy"][r] == np.mean(logits.argmax(1) == digits.y)
+        assert cell["per_repeat"]["agreement"][r] == np.mean(logits.argmax(1) == clean.argmax(1))
+        snr = 10 * np.log10(np.sum(noise_free.astype(np.float64) ** 2) / np.sum((logits - noise_free) ** 2.0))
+        assert cell["per_repeat"]["snr_db"][r] == pytest.approx(snr, rel=1e-6)
+    assert len(set(cell["per_repeat"]["snr_db"])) == 3  # each repeat is a fresh draw
+
+
+def test_cell_model_is_what_convert_writes_for_the_cell_options(model, digits):
+    grid = Grid(bits=(3, 7), ep=(0.0, 0.2), activations=("keep", "smooth-gelu:2.0"), seed=4)
+    options = ConvertOptions(stochastic_rounding=True, where=("input", "weights", "layer-outputs"))
+    builder = _CellModels(model, options, grid)
+    for cell in grid.cells():
+        built, settings = builder.build(cell)
+        expected = convert(model, options, bits=cell.bits, ep=cell.ep, seed=settings["seed"],
+                           activation=cell.variant.activation, **dict(cell.variant.parameters)).model
+        if cell.ep:
+            assert built.SerializeToString() == expected.SerializeToString(), cell.key
+            continue
+        # without noise the chains are the same but their intermediate tensors keep other names
+        assert [(n.op_type, n.attribute) for n in built.graph.node] == \
+            [(n.op_type, n.attribute) for n in expected.graph.node], cell.key
+        np.testing.assert_array_equal(session(built).run(None, {"input": digits.x})[0],
+                                      session(expected).run(None, {"input": digits.x})[0])
+
+
+def test_same_seed_same_numbers_other_seed_other_noise(model, digits):
+    grid = Grid(bits=(4,), ep=(0.5,), repeats=3, seed=1)
+    first, second = evaluate(model, digits, grid), evaluate(model, digits, grid)
+    assert first == second
+    other = evaluate(model, digits, Grid(bits=(4,), ep=(0.5,), repeats=3, seed=2))
+    assert other["cells"][0]["per_repeat"]["snr_db"] != first["cells"][0]["per_repeat"]["snr_db"]
+    # a cell's numbers do not depend on which other cells share the sweep
+    wider = evaluate(model, digits, Grid(bits=(6, 4), ep=(0.1, 0.5), repeats=3, seed=1))
+    assert [c for c in wider["cells"] if (c["bits"], c["ep"]) == (4, 0.5)][0] == {**first["cells"][0], "cell": 3}
+
+
+def test_workers_and_shards_reproduce_the_single_process_sweep(model, digits):
+    grid = Grid(bits=(4, 6), ep=(0.2, 0.5), activations=("keep", "gelu"), repeats=2)
+    whole = evaluate(model, digits, grid)
+    assert evaluate(model, digits, grid, workers=2) == whole
+    parts = [evaluate(model, digits, grid, shard=(k, 3)) for k in (2, 0, 1)]
+    assert sum(len(p["cells"]) for p in parts) == 8
+    assert merge_results(parts) == whole
+    with pytest.raises(AnalogizeError, match="missing 1/3"):
+        merge_results(parts[:2])
+    with pytest.raises(AnalogizeError, match="given twice"):
+        merge_results([parts[0], parts[0], parts[1]])
+    other = evaluate(model, digits, Grid(bits=(4, 6), ep=(0.2, 0.5), repeats=2), shard=(1, 3))
+    with pytest.raises(AnalogizeError, match="not shards of the same sweep"):
+        merge_results([parts[1], other])
+
+
+def test_a_converted_model_has_its_settings_varied(model, digits):
+    converted = convert(model, bits=6, ep=0.3, activation="interp-gelu", factor=0.5, seed=0).model
+    as_is = evaluate(converted, digits, Grid(repeats=2))
+    cell = as_is["cells"][0]
+    assert as_is["converted_input"] and cell["precision"] == 64 and cell["ep"] == pytest.approx(0.3)
+    # the digital baseline of a converted model is its activations without chains
+    swapped_only = evaluate(model, digits, Grid(bits=(6,), ep=(0.0,), activations=("interp-gelu:0.5",), repeats=1))
+    assert as_is["clean"]["accuracy_mean"] == swapped_only["baselines"][0]["accuracy_mean"]
+    # noise off and 4 bits: deterministic, so equal to evaluating the clean model converted that way
+    varied = evaluate(converted, digits, Grid(bits=(4,), ep=(0.0,), activations=("keep", "gelu"), repeats=1))
+    fresh = evaluate(model, digits, Grid(bits=(4,), ep=(0.0,), activations=("interp-gelu:0.5", "gelu"), repeats=1))
+    for ours, theirs in zip(varied["cells"], fresh["cells"]):
+        assert ours["accuracy_mean"] == theirs["accuracy_mean"] and ours["precision"] == 16
+    noiseless = convert(model, bits=6, noise=False, activation="gelu").model
+    with pytest.raises(AnalogizeError, match="no AnalogNoise"):
+        evaluate(noiseless, digits, Grid(ep=(0.3,), repeats=1))
+    with pytest.raises(AnalogizeError, match="no ReLU and no ReluSiluInterpolation"):
+        evaluate(noiseless, digits, Grid(activations=("silu",), repeats=1))
+
+
+def test_label_free_mode_scores_agreement_and_snr_only(model, digits):
+    unlabelled = load_dataset("digits")
+    unlabelled.y = None
+    result = evaluate(model, unlabelled, Grid(bits=(8,), ep=(0.1,), repeats=2))
+    cell = result["cells"][0]
+    assert result["fidelity"] and "accuracy_mean" not in cell and "accuracy_mean" not in result["clean"]
+    assert cell["agreement_mean"] > 0.9 and cell["snr_db_mean"] > 20
+    forced = evaluate(model, digits, Grid(bits=(8,), ep=(0.1,), repeats=2), fidelity=True)
+    assert forced["cells"][0]["agreement_mean"] == cell["agreement_mean"]
+    exact = evaluate(model, digits, Grid(bits=(24,), ep=(0.0,), repeats=1), fidelity=True, options=ConvertOptions(
+        clamp=False))
+    assert exact["cells"][0]["agreement_mean"] == 1.0 and "snr_db_mean" not in exact["cells"][0]
+
+
+def test_activation_variants_parse_their_parameters():
+    assert ActivationVariant.parse("interp-gelu:0.5").parameters == (("factor", 0.5),)
+    assert ActivationVariant.parse("interp-silu:0.3:scale=2").parameters == (("factor", 0.3), ("scale", 2.0))
+    assert ActivationVariant.parse("leaky:0.1").parameters == (("alpha", 0.1),)
+    assert ActivationVariant.parse("smooth-mish:temperature=2").parameters == (("temperature", 2.0),)
+    for bad, message in (("keep:1", "takes no parameters"), ("gelu:factor=2", "no parameter 'factor'"),
+                         ("interp-gelu:x", "not a number"), ("relu6", "unknown activation")):
+        with pytest.raises(AnalogizeError, match=message):
+            ActivationVariant.parse(bad)
+
+
+@pytest.mark.parametrize("grid, message", [
+    (Grid(bits=(0,)), "bits"), (Grid(ep=(1.0,)), r"\[0, 1\)"), (Grid(repeats=0), "repeats"),
+    (Grid(bits=(4, 4)), "twice"), (Grid(seed=-1), "seed"), (Grid(activations=()), "at least one"),
+])
+def test_bad_grids_are_refused(model, digits, grid, message):
+    with pytest.raises(AnalogizeError, match=message):
+        evaluate(model, digits, grid)
+
+
+def test_bad_settings_are_refused(model, digits):
+    with pytest.raises(AnalogizeError, match="--no-noise"):
+        evaluate(model, digits, Grid(ep=(0.3,)), ConvertOptions(noise=False))
+    with pytest.raises(AnalogizeError, match="not both"):
+        evaluate(model, digits, Grid(bits=(4,)), ConvertOptions(precision=10.0))
+    for bad in ("3/3", "1", "a/b", "-1/2"):
+        with pytest.raises(AnalogizeError, match="I/N"):
+            parse_shard(bad)
+    assert parse_shard("2/4") == (2, 4)
+    with pytest.raises(AnalogizeError, match="batch size"):
+        evaluate(model, digits, Grid(repeats=1), batch_size=0)
+    wrong = load_dataset("digits")
+    wrong.y = wrong.y + 5
+    with pytest.raises(AnalogizeError, match="labels go up to 14 but the model has 10 outputs"):
+        evaluate(model, wrong, Grid(repeats=1))
+
+
+def test_chain_removal_restores_the_clean_model_outputs(model, digits, rng):
+    converted = convert(model, bits=4, ep=0.5, activation="keep", seed=0).model
+    rewrite.remove_analog_chains(converted)
+    assert not any(e.domain == rewrite.DOMAIN for e in converted.opset_import) and not converted.functions
+    assert not [t for t in converted.graph.initializer if t.name.startswith("analogize/")]
+    onnx.checker.check_model(converted, full_check=True)
+    x = digits.x[:64]
+    np.testing.assert_array_equal(session(converted).run(None, {"input": x})[0],
+                                  session(model).run(None, {"input": x})[0])
+    with pytest.raises(AnalogizeError, match="unknown chain element"):
+        rewrite.remove_analog_chains(converted, ("noise", "gain"))
+
+
+def test_cell_seeds_fit_float32_exactly():
+    cells = Grid(bits=tuple(range(1, 25)), ep=(0.0, 0.1, 0.3, 0.5, 0.9)).cells()
+    seeds = [c.seed(0) for c in cells]
+    assert len(set(seeds)) == len(seeds)
+    assert all(float(np.float32(s + 10_000)) == s + 10_000 for s in seeds)
+    assert Cell(0, ActivationVariant.parse("keep"), 4, 0.5).seed(0) == cells[3 * 5 + 3].seed(0)
