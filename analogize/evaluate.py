@@ -150,6 +150,7 @@ class _Workload:
     labels: np.ndarray | None
     clean: np.ndarray | None
     batch_size: int
+    pad_batches: bool = False
     threads: int | None = None
 
     def outputs(self, model: bytes) -> np.ndarray:
@@ -177,11 +178,16 @@ class _Workload:
         return results
 
     def _batches(self, session):
+        from .runtime import run_session
+
         output = session.get_outputs()[0].name
         for start in range(0, len(self.inputs), self.batch_size):
             chunk = self.inputs[start:start + self.batch_size]
-            result = session.run([output], {self.input_name: chunk})[0]
-            yield np.asarray(result, np.float32).reshape(len(chunk), -1)
+            if self.pad_batches and len(chunk) < self.batch_size:  # a model built for a fixed batch size
+                chunk = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
+            rows = min(self.batch_size, len(self.inputs) - start)
+            result = run_session(session, [output], {self.input_name: chunk})[0]
+            yield np.asarray(result, np.float32)[:rows].reshape(rows, -1)
 
 
 class _Tally:
@@ -389,7 +395,12 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
     labels = None if fidelity else dataset.y
     builder = _CellModels(model, options, grid)
     inputs, adaptations = fit_to_input(dataset, model, preprocessing)
-    workload = _Workload(InputSpec.of(model).name, inputs, labels, None, batch_size)
+    spec = InputSpec.of(model)
+    fixed_batch = spec.shape[0] if spec.shape else None
+    if fixed_batch:
+        adaptations.append(f"fed in batches of {fixed_batch}, the model's fixed batch size")
+        batch_size = fixed_batch
+    workload = _Workload(spec.name, inputs, labels, None, batch_size, pad_batches=bool(fixed_batch))
 
     cells = grid.cells()
     mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]

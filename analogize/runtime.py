@@ -7,7 +7,7 @@ import onnxruntime as ort
 from .errors import AnalogizeError
 
 
-_ORT_LOAD_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
+_ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
                          ("Fail", "InvalidGraph", "InvalidArgument", "NotImplemented", "RuntimeException"))
 
 
@@ -21,5 +21,14 @@ def create_session(model: onnx.ModelProto | bytes, threads: int | None = None) -
     data = model if isinstance(model, bytes) else model.SerializeToString()
     try:
         return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
-    except _ORT_LOAD_ERRORS as error:
+    except _ORT_ERRORS as error:
         raise AnalogizeError(f"ONNX Runtime cannot load the model: {str(error).splitlines()[0]}") from None
+
+
+def run_session(session: ort.InferenceSession, outputs, feeds: dict) -> list:
+    """``session.run`` with ONNX Runtime's failures (shape mismatches, kernel errors) as one-line errors."""
+    try:
+        return session.run(outputs, feeds)
+    except _ORT_ERRORS as error:
+        message = " ".join(str(error).split())
+        raise AnalogizeError(f"ONNX Runtime failed to run the model: {message}") from None

@@ -246,3 +246,32 @@ def test_cell_seeds_fit_float32_exactly():
     assert len(set(seeds)) == len(seeds)
     assert all(float(np.float32(s + 10_000)) == s + 10_000 for s in seeds)
     assert Cell(0, ActivationVariant.parse("keep"), 4, 0.5).seed(0) == cells[3 * 5 + 3].seed(0)
+
+
+def test_models_with_a_fixed_batch_size_get_padded_batches(rng):
+    from analogize.data import Dataset
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = rng.normal(size=(6, 4)).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "fixed",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+                              [numpy_helper.from_array(weight, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    x = rng.uniform(-1, 1, (10, 6)).astype(np.float32)
+    y = (x @ weight).argmax(1)
+    result = evaluate(model, Dataset("ten", x, y, "flat"), Grid(bits=(12,), ep=(0.0,), repeats=1),
+                      ConvertOptions(clamp=False), batch_size=3)
+    assert result["batch_size"] == 4 and "fed in batches of 4" in result["data"]["adaptations"][-1]
+    assert result["clean"]["accuracy_mean"] == 1.0 and result["cells"][0]["agreement_mean"] == 1.0
+
+
+def test_a_light_model_nobody_here_wrote_is_evaluated(rng):
+    from conftest import LIGHT_DIR
+    from analogize.data import Dataset
+
+    model = onnx.load(LIGHT_DIR / "light_squeezenet.onnx")
+    images = rng.uniform(0, 1, (2, 3, 16, 16)).astype(np.float32)
+    result = evaluate(model, Dataset("noise", images, None, "nchw"), Grid(bits=(6,), ep=(0.3,), repeats=1))
+    assert "resized 16x16 -> 224x224 (bilinear)" in result["data"]["adaptations"]
+    assert result["data"]["classes"] == 1000 and result["cells"][0]["agreement_mean"] == 1.0
