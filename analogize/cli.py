@@ -259,6 +259,17 @@ def _writable(ctx, param, value):
     directory = os.path.dirname(value) or "."
     if not os.path.isdir(directory):
         raise click.BadParameter(f"directory {directory} does not exist")
+    if os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a directory; give a file name")
+    return value
+
+
+def _plot_path(ctx, param, value):
+    from .results import PLOT_FORMATS
+
+    value = _writable(ctx, param, value)
+    if value is not None and value.rpartition(".")[2].lower() not in PLOT_FORMATS:
+        raise click.BadParameter(f"{value}: plots are written as {', '.join('.' + f for f in PLOT_FORMATS)}")
     return value
 
 
@@ -269,8 +280,11 @@ def _emit(result: dict, json_path, csv_path, plot_path) -> None:
         results.write_json(result, json_path)
     if csv_path:
         results.write_csv(result, csv_path)
-    if plot_path:
+    if plot_path and result["cells"]:
         results.plot(result, plot_path)
+    elif plot_path:
+        click.echo(f"no cells in this shard: {plot_path} not written", err=True)
+        plot_path = None
     if json_path != "-":
         click.echo(results.table(result))
         for path in filter(None, (json_path, csv_path, plot_path)):
@@ -281,7 +295,9 @@ def _emit(result: dict, json_path, csv_path, plot_path) -> None:
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True,
               help="digits | npz:PATH (arrays x, y) | cifar10:DIR (python batches) | imagefolder:DIR.")
-@click.option("--split", type=click.Choice(["test", "train", "all"]), default="test", show_default=True)
+@click.option("--split", type=click.Choice(["test", "train", "all"]),
+              help="digits and cifar10 only [default: test].")
+@click.option("--output", "output_name", help="The graph output holding the class scores [default: the first].")
 @click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples (a quick look).")
 @click.option("--bits", callback=_numbers(int, 1, noise_model.MAX_BITS, "whole number"),
               help="Comma-separated bit widths [default: 8, or the converted model's own].")
@@ -311,10 +327,10 @@ def _emit(result: dict, json_path, csv_path, plot_path) -> None:
 @click.option("--input-std", callback=_floats, help="Then divide by this std (one value or one per channel).")
 @click.option("--json", "json_path", callback=_writable, help="Write the result as JSON ('-': to stdout, no table).")
 @click.option("--csv", "csv_path", callback=_writable, help="Write one CSV row per cell and baseline.")
-@click.option("--plot", "plot_path", callback=_writable, help="Write accuracy against EP as a PNG.")
+@click.option("--plot", "plot_path", callback=_plot_path, help="Write accuracy against EP as a PNG (or .pdf, .svg).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @_chain_options
-def evaluate(model, data, split, limit, bits, ep, activations, repeats, seed, fidelity, batch_size, workers, shard,
+def evaluate(model, data, split, output_name, limit, bits, ep, activations, repeats, seed, fidelity, batch_size, workers, shard,
              layout, resize, channels, input_mean, input_std, json_path, csv_path, plot_path, quiet, **chain):
     """Accuracy of MODEL (clean or converted) under analog noise over a grid of bits x EP x activation."""
     from .convert import ConvertOptions
@@ -327,7 +343,7 @@ def evaluate(model, data, split, limit, bits, ep, activations, repeats, seed, fi
     preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
     result = evaluate_file(model, data, grid, options, split=split, limit=limit, preprocessing=preprocessing,
                            batch_size=batch_size, fidelity=fidelity, workers=workers,
-                           shard=parse_shard(shard) if shard else None, progress=not quiet)
+                           shard=parse_shard(shard) if shard else None, output=output_name, progress=not quiet)
     _emit(result, json_path, csv_path, plot_path)
 
 
@@ -336,7 +352,7 @@ def evaluate(model, data, split, limit, bits, ep, activations, repeats, seed, fi
 @click.option("-o", "--output", "json_path", callback=_writable, required=True,
               help="The merged result (JSON; '-': to stdout).")
 @click.option("--csv", "csv_path", callback=_writable, help="Also write the CSV.")
-@click.option("--plot", "plot_path", callback=_writable, help="Also write the plot.")
+@click.option("--plot", "plot_path", callback=_plot_path, help="Also write the plot.")
 def merge(parts, json_path, csv_path, plot_path):
     """Merge the shard results of one 'analogize evaluate --shard' sweep into the full result."""
     from .results import load_result, merge_results

@@ -36,6 +36,7 @@ class Dataset:
     y: np.ndarray | None
     layout: str  # nchw, nhwc (images) or flat
     class_names: tuple[str, ...] | None = None
+    notes: tuple[str, ...] = ()  # what loading did to the values, reported with the results
 
     def __len__(self) -> int:
         return len(self.x)
@@ -54,6 +55,9 @@ class InputSpec:
         inputs = [v for v in model.graph.input if v.name not in initializers]
         if not inputs:
             raise AnalogizeError("the model has no graph input to feed data to")
+        if len(inputs) > 1:
+            raise AnalogizeError(f"the model has {len(inputs)} inputs ({', '.join(v.name for v in inputs)}); "
+                                 f"evaluate feeds models with one input")
         value = inputs[0]
         if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise AnalogizeError(f"the model's input {value.name!r} is not float32; only float32 inputs are supported")
@@ -72,9 +76,20 @@ class Preprocessing:
     std: tuple[float, ...] | None = None
 
 
-def load_dataset(spec: str, split: str = "test", limit: int | None = None, seed: int = 0,
+_SPLIT_SOURCES = ("digits", "cifar10")  # the sources that come with a train/test split
+
+
+def load_dataset(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0,
                  image_size: tuple[int, int] | None = None, channels: int | None = None) -> Dataset:
-    """Decode ``spec``; ``image_size`` and ``channels`` tell the image-folder loader what to decode to."""
+    """Decode ``spec``; ``image_size`` and ``channels`` tell the image-folder loader what to decode to.
+
+    ``split`` (default ``test``) applies to digits and cifar10. ``limit`` keeps that many samples evenly
+    spaced over the dataset, so a quick look still sees every class of a folder sorted by class.
+    """
+    kind = spec.partition(":")[0]
+    if split is not None and kind in _LOADERS and kind not in _SPLIT_SOURCES:
+        raise AnalogizeError(f"{kind} data has no train/test split; drop --split (or split the files yourself)")
+    split = split or "test"
     if split not in SPLITS:
         raise AnalogizeError(f"unknown split {split!r}: choose from {', '.join(SPLITS)}")
     if limit is not None and limit < 1:
@@ -92,9 +107,10 @@ def load_dataset(spec: str, split: str = "test", limit: int | None = None, seed:
         raise AnalogizeError(f"unknown data spec {spec!r}: use digits, npz:PATH, cifar10:DIR or imagefolder:DIR")
     if dataset.y is not None:
         _check_labels(dataset)
-    if limit is not None:
-        dataset.x = dataset.x[:limit]
-        dataset.y = None if dataset.y is None else dataset.y[:limit]
+    if limit is not None and limit < len(dataset):
+        chosen = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(np.int64))
+        dataset.x = dataset.x[chosen]
+        dataset.y = None if dataset.y is None else dataset.y[chosen]
     return dataset
 
 
@@ -135,14 +151,17 @@ def _load_npz(path: Path, split, image_size, channels) -> Dataset:
         raise
     except (OSError, ValueError) as error:
         raise AnalogizeError(f"{path} is not a readable .npz archive ({error}); save it with numpy.savez") from None
-    if x.ndim < 2 or not len(x):
-        raise AnalogizeError(f"{path}: 'x' has shape {x.shape}; expected one sample per row (N, ...)")
+    if not 2 <= x.ndim <= 4 or not len(x):
+        raise AnalogizeError(f"{path}: 'x' has shape {x.shape}; expected (N, C, H, W), (N, H, W, C), (N, H, W) "
+                             f"or (N, features)")
     if y is not None and (y.shape != (len(x),)):
         raise AnalogizeError(f"{path}: 'y' has shape {y.shape} but 'x' has {len(x)} samples; expected ({len(x)},)")
     layout = "flat" if x.ndim == 2 else _guess_layout(x.shape)
     if x.ndim == 3:
         x = x[:, None]
-    return Dataset(path.name, _to_unit_float(x), None if y is None else y, layout)
+    notes = () if x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating) else (
+        f"{x.dtype} inputs used as they are (only uint8 is divided by 255; rescale with --input-std)",)
+    return Dataset(path.name, _to_unit_float(x), None if y is None else y, layout, notes=notes)
 
 
 def _guess_layout(shape) -> str:
@@ -188,11 +207,14 @@ def _load_cifar10(path: Path, split, image_size, channels) -> Dataset:
         try:
             with open(directory / name, "rb") as handle:
                 batch = _BatchUnpickler(handle, encoding="bytes").load()
-            data, labels = batch[b"data"], batch[b"labels"]
+            images = np.asarray(batch[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch[b"labels"], np.int64).reshape(-1)
+            if len(labels) != len(images):
+                raise ValueError(f"{len(images)} images but {len(labels)} labels")
         except (pickle.UnpicklingError, EOFError, KeyError, TypeError, OSError, ValueError) as error:
             raise AnalogizeError(f"{directory / name} is not a CIFAR-10 python batch ({error})") from None
-        xs.append(np.asarray(data, np.uint8).reshape(-1, 3, 32, 32))
-        ys.append(np.asarray(labels, np.int64))
+        xs.append(images)
+        ys.append(labels)
     classes = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
     return Dataset(f"cifar10-{split}", np.concatenate(xs).astype(np.float32) / 255.0, np.concatenate(ys), "nchw",
                    classes)
@@ -282,6 +304,14 @@ def fit_to_input(dataset: Dataset, model: onnx.ModelProto,
     spec = InputSpec.of(model)
     layout = model_layout(spec, preprocessing.layout)
     x = dataset.x
+    if layout == "flat" and (preprocessing.size or preprocessing.channels):
+        raise AnalogizeError("the model takes feature vectors (rank-2 input); --resize and --channels apply to "
+                             "image models only")
+    x, notes = _fit(dataset, x, spec, layout, preprocessing)
+    return x, list(dataset.notes) + notes
+
+
+def _fit(dataset: Dataset, x: np.ndarray, spec: InputSpec, layout: str, preprocessing: Preprocessing):
     if layout == "flat":
         features = spec.shape[1]
         x = x.reshape(len(x), -1)

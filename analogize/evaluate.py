@@ -11,6 +11,7 @@ cell's session over the data (ONNX Runtime's seeded random ops continue their st
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import multiprocessing
 import os
@@ -27,14 +28,15 @@ from .convert import ConvertOptions, convert
 from .data import Dataset, InputSpec, Preprocessing, fit_to_input
 from .errors import AnalogizeError
 from .model_io import copy_model
+from .ops import OPS
 from .noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
 from .progress import progress_bar
 
 RESULT_FORMAT = "analogize.evaluate"
 RESULT_VERSION = 1
 TOP5_MIN_CLASSES = 6  # top-5 accuracy says something only with more than five classes
-# Seeds are float attributes: float32 holds whole numbers exactly up to 2^24; leave room for per-node offsets.
-_SEED_SPACE = 2**24 - 2**16
+# Seeds are float attributes: float32 holds every whole number up to 2^24 exactly.
+_SEED_SPACE = 2**24
 _QUANTIZE_OPS = rewrite.CHAIN_ELEMENTS["quantize"]
 _NOISE_OPS = rewrite.CHAIN_ELEMENTS["noise"]
 
@@ -85,8 +87,13 @@ class Cell:
         return f"{self.variant.label}|bits={self.bits}|ep={self.ep!r}"
 
     def seed(self, sweep_seed: int) -> int:
-        state = np.random.SeedSequence([sweep_seed, zlib.crc32(self.key.encode())]).generate_state(1)[0]
-        return int(state) % _SEED_SPACE
+        """The cell's noise entropy: a function of the sweep seed and the cell alone."""
+        return int(np.random.SeedSequence([sweep_seed, zlib.crc32(self.key.encode())]).generate_state(1)[0])
+
+
+def node_seeds(cell_seed: int, count: int) -> list[int]:
+    """One seed per random node, drawn independently, so no two cells share shifted streams."""
+    return [int(s) % _SEED_SPACE for s in np.random.SeedSequence(cell_seed).generate_state(count)]
 
 
 @dataclass(frozen=True)
@@ -146,6 +153,7 @@ class _Workload:
     """What every evaluation in a sweep shares; sent once to each worker process."""
 
     input_name: str
+    output_name: str
     inputs: np.ndarray
     labels: np.ndarray | None
     clean: np.ndarray | None
@@ -180,14 +188,16 @@ class _Workload:
     def _batches(self, session):
         from .runtime import run_session
 
-        output = session.get_outputs()[0].name
         for start in range(0, len(self.inputs), self.batch_size):
             chunk = self.inputs[start:start + self.batch_size]
             if self.pad_batches and len(chunk) < self.batch_size:  # a model built for a fixed batch size
                 chunk = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
             rows = min(self.batch_size, len(self.inputs) - start)
-            result = run_session(session, [output], {self.input_name: chunk})[0]
-            yield np.asarray(result, np.float32)[:rows].reshape(rows, -1)
+            result = np.asarray(run_session(session, [self.output_name], {self.input_name: chunk})[0], np.float32)
+            if result.ndim < 1 or result.shape[0] != len(chunk):
+                raise AnalogizeError(f"output {self.output_name!r} has shape {list(result.shape)} for a batch of "
+                                     f"{len(chunk)}; evaluate scores outputs shaped (batch, classes, ...)")
+            yield result[:rows].reshape(rows, -1)
 
 
 class _Tally:
@@ -253,8 +263,10 @@ class _CellModels:
         if options.precision is not None and grid.bits != (None,):
             raise AnalogizeError("give --bits or --precision, not both")
         if self.converted:
+            _check_variable(model, options)
             self.base = model
-            self.current_precision = _first_attribute(model, _QUANTIZE_OPS, "precision")
+            self.current_precision = options.precision or _first_attribute(model, _QUANTIZE_OPS, "precision") \
+                or _stored_settings(model).get("precision")
         else:
             noisy = options.noise and any(ep != 0 for ep in grid.ep)
             if not options.noise and any(ep not in (None, 0) for ep in grid.ep):
@@ -291,6 +303,12 @@ class _CellModels:
         if choice.domain == rewrite.DOMAIN and rewrite.analog_nodes(model, {choice.op_type}):
             rewrite.set_analog_attributes(model, {choice.op_type}, **values)
             return model
+        standard = [n for n in model.graph.node if n.op_type == choice.op_type and n.domain in ("", "ai.onnx")]
+        if choice.domain == "" and standard:
+            for node in standard:
+                node.ClearField("attribute")
+                node.attribute.extend(onnx.helper.make_attribute(k, float(v)) for k, v in sorted(values.items()))
+            return model
         swaps = rewrite.swap_activations(model, variant.activation, dict(variant.parameters))
         if not swaps["swapped"]:
             raise AnalogizeError(f"activation variant {variant.label!r}: the converted model has no ReLU and no "
@@ -319,7 +337,7 @@ class _CellModels:
         if self.converted:
             precision, std = self._converted_precision_and_std(model, cell)
         else:
-            options = self.cell_options(cell.variant, cell.bits, cell.ep, seed)
+            options = self.cell_options(cell.variant, cell.bits, cell.ep, None)
             precision, std = options.resolved_precision(), options.chain_settings().std
             rewrite.store_settings(model, options.summary())
         if precision is not None:
@@ -328,17 +346,20 @@ class _CellModels:
             rewrite.set_analog_attributes(model, _NOISE_OPS, std=std)
         else:
             rewrite.remove_analog_chains(model, ("noise",))
-        rewrite.seed_random_ops(model, seed)
+        random_nodes = [n for n in rewrite.analog_nodes(model) if OPS[n.op_type].random]
+        rewrite.seed_random_ops(model, node_seeds(seed, len(random_nodes)))
         ep = cell.ep if cell.ep is not None else (std_to_ep(std, precision) if std and precision else 0.0)
         return model, {"bits": cell.bits, "precision": precision, "ep": ep, "std": std, "seed": seed}
 
     @staticmethod
     def noise_free(model: onnx.ModelProto, settings: dict) -> bytes | None:
-        """The cell's model without its noise (the SNR reference), or None when it has no noise."""
+        """The SNR reference: the cell's model without noise and with deterministic rounding (so it shares no
+        random draw with any repeat), or None when the cell has no noise."""
         if not settings["std"]:
             return None
         reference = copy_model(model)
         rewrite.remove_analog_chains(reference, ("noise",))
+        rewrite.round_deterministically(reference)
         return reference.SerializeToString()
 
     def _converted_precision_and_std(self, model: onnx.ModelProto, cell: Cell) -> tuple[float | None, float]:
@@ -353,6 +374,33 @@ class _CellModels:
             raise AnalogizeError("the converted model has no reduce-precision, so an EP has no step size; "
                                  "give --bits")
         return precision, ep_to_std(cell.ep, precision) if cell.ep > 0 else 0.0
+
+
+def _stored_settings(model: onnx.ModelProto) -> dict:
+    import json
+
+    for entry in model.metadata_props:
+        if entry.key == rewrite.METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+# Flags that shape the chains convert inserts; a converted model's chains are already in place.
+_FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "divide", "scale",
+                       "alpha", "temperature")
+
+
+def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
+    """A converted model has its precision, noise std and activations varied; refuse what cannot be."""
+    if _stored_settings(model).get("options", {}).get("inline"):
+        raise AnalogizeError("the model was converted with --inline, so its analog ops are standard ops that "
+                             "cannot be told apart; evaluate the original model (or one converted without --inline)")
+    defaults = ConvertOptions()
+    fixed = [name for name in _FIXED_IN_CONVERTED if getattr(options, name) != getattr(defaults, name)]
+    if fixed:
+        flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
+        raise AnalogizeError(f"{flags}: a converted model keeps the chains it was converted with; evaluate the "
+                             f"original model to change them (use --ep 0 for no noise)")
 
 
 def _first_attribute(model: onnx.ModelProto, op_types, name: str) -> float | None:
@@ -377,12 +425,14 @@ def _evaluate_in_worker(model: bytes, reference: bytes | None, repeats: int) -> 
 
 def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), options: ConvertOptions | None = None,
              *, preprocessing: Preprocessing = Preprocessing(), batch_size: int = 256, fidelity: bool = False,
-             workers: int = 1, shard: tuple[int, int] | None = None, progress: bool = False) -> dict:
+             workers: int = 1, shard: tuple[int, int] | None = None, output: str | None = None,
+             progress: bool = False) -> dict:
     """Evaluate the clean model and every grid cell (of ``shard`` ``(i, n)`` when given) on ``dataset``.
 
     ``options`` are convert's options for a clean model (the grid overrides bits, EP and activation);
     a converted model keeps its graph and has its precision, noise std and activations varied.
-    ``fidelity`` ignores labels and scores agreement with the clean model and output SNR only.
+    ``fidelity`` ignores labels and scores agreement with the clean model and output SNR only. ``output``
+    names the graph output holding the class scores (default: the first).
     """
     grid.check()
     options = options or ConvertOptions()
@@ -400,7 +450,13 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
     if fixed_batch:
         adaptations.append(f"fed in batches of {fixed_batch}, the model's fixed batch size")
         batch_size = fixed_batch
-    workload = _Workload(spec.name, inputs, labels, None, batch_size, pad_batches=bool(fixed_batch))
+    outputs = [value.name for value in model.graph.output]
+    if output is not None and output not in outputs:
+        raise AnalogizeError(f"the model has no output {output!r}; its outputs are {', '.join(outputs)}")
+    if output is None and len(outputs) > 1:
+        adaptations.append(f"scored output {outputs[0]!r}, the first of {len(outputs)} (choose with --output)")
+    workload = _Workload(spec.name, output or outputs[0], inputs, labels, None, batch_size,
+                         pad_batches=bool(fixed_batch))
 
     cells = grid.cells()
     mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
@@ -426,6 +482,7 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
 
     return {
         "format": RESULT_FORMAT, "version": RESULT_VERSION,
+        "model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(), "output": workload.output_name,
         "data": {"name": dataset.name, "samples": len(dataset), "classes": classes, "labels": labels is not None,
                  "input_shape": list(inputs.shape[1:]), "adaptations": adaptations},
         "grid": grid.as_dict(), "options": asdict(options), "converted_input": builder.converted,
@@ -467,7 +524,9 @@ def _run_cells(builder: _CellModels, workload: _Workload, cells: list[Cell], rep
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
             _drain(pool, cells, prepared, record, repeats, workers, bar)
     except BrokenProcessPool:
-        raise AnalogizeError("a worker process died (out of memory?); run again with fewer --workers") from None
+        raise AnalogizeError("a worker process failed to start or died (out of memory, or a script calling "
+                             "evaluate without an `if __name__ == '__main__':` guard); run with fewer --workers") \
+            from None
     return [records[c.index] for c in cells]
 
 
@@ -487,7 +546,7 @@ def _drain(pool, cells, prepared, record, repeats: int, workers: int, bar) -> No
 
 
 def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOptions | None = None, *,
-                  split: str = "test", limit: int | None = None, preprocessing: Preprocessing = Preprocessing(),
+                  split: str | None = None, limit: int | None = None, preprocessing: Preprocessing = Preprocessing(),
                   **settings) -> dict:
     """:func:`evaluate` on the model file ``model_path`` and the data spec ``data`` (what the CLI runs)."""
     from .data import decode_hints, load_dataset

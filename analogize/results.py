@@ -15,11 +15,12 @@ from .errors import AnalogizeError
 from .evaluate import RESULT_FORMAT, RESULT_VERSION
 from .model_io import atomic_output
 
+PLOT_FORMATS = ("png", "pdf", "svg")
 METRICS = ("accuracy", "top5", "agreement", "snr_db")
 CSV_COLUMNS = ("kind", "activation", "bits", "precision", "ep", "std", "repeats", "seed",
                *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")))
 # Everything but the cells and the shard position must agree between shards of one sweep.
-_SWEEP_KEYS = ("format", "version", "data", "grid", "options", "converted_input", "fidelity", "batch_size",
+_SWEEP_KEYS = ("format", "version", "model_sha256", "output", "data", "grid", "options", "converted_input", "fidelity", "batch_size",
                "clean", "baselines", "cell_count")
 
 
@@ -159,7 +160,7 @@ def plot(result: dict, path) -> None:
     if not activations:
         raise AnalogizeError("the result has no cells to plot")
     eps = sorted({c["ep"] for c in result["cells"]})
-    along_ep = len(eps) > 1
+    along_ep = len(eps) > 1 or any(c["bits"] is None for c in result["cells"])
     figure, axes = pyplot.subplots(1, len(activations), figsize=(4.2 * len(activations), 3.6), sharey=True,
                                    squeeze=False)
     for axis, activation in zip(axes[0], activations):

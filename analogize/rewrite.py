@@ -416,18 +416,25 @@ def analog_nodes(model: onnx.ModelProto, op_types=None) -> list[onnx.NodeProto]:
             if node.domain == DOMAIN and (op_types is None or node.op_type in op_types)]
 
 
-def seed_random_ops(model: onnx.ModelProto, seed: int | None) -> int:
-    """Give the n-th random analog node (graph order) the seed ``seed + n``; ``None`` unseeds them all.
+def seed_random_ops(model: onnx.ModelProto, seed) -> int:
+    """Seed the random analog nodes in graph order: an int gives the n-th node ``seed + n``, a sequence gives
+    one seed per node, ``None`` unseeds them all.
 
     Each node then draws from its own stream: nodes with equal seeds would draw identical noise.
     """
     random_nodes = [node for node in analog_nodes(model) if OPS[node.op_type].random]
-    for position, node in enumerate(random_nodes):
+    if seed is None or isinstance(seed, int):
+        seeds = [None if seed is None else seed + n for n in range(len(random_nodes))]
+    elif len(seed) != len(random_nodes):
+        raise ValueError(f"{len(seed)} seeds for {len(random_nodes)} random nodes")
+    else:
+        seeds = list(seed)
+    for node, node_seed in zip(random_nodes, seeds):
         kept = [a for a in node.attribute if a.name != "seed"]
         node.ClearField("attribute")
         node.attribute.extend(kept)
-        if seed is not None:
-            node.attribute.append(helper.make_attribute("seed", float(seed + position)))
+        if node_seed is not None:
+            node.attribute.append(helper.make_attribute("seed", float(node_seed)))
     return len(random_nodes)
 
 
@@ -443,6 +450,21 @@ def set_analog_attributes(model: onnx.ModelProto, op_types, **values) -> int:
                 node.attribute.append(helper.make_attribute(name, checked))
             else:
                 existing.f = checked
+    return len(nodes)
+
+
+def round_deterministically(model: onnx.ModelProto) -> int:
+    """Turn every StochasticReducePrecision into ReducePrecision at the same precision."""
+    nodes = analog_nodes(model, {"StochasticReducePrecision"})
+    for node in nodes:
+        precision = next(a.f for a in node.attribute if a.name == "precision")
+        node.op_type = "ReducePrecision"
+        node.ClearField("attribute")
+        node.attribute.extend(helper.make_attribute(k, v) for k, v in
+                              OPS["ReducePrecision"].resolve(precision=precision).items())
+    if nodes:
+        attach_functions(model, ["ReducePrecision"])
+        _drop_unused(model)
     return len(nodes)
 
 

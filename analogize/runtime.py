@@ -29,6 +29,6 @@ def run_session(session: ort.InferenceSession, outputs, feeds: dict) -> list:
     """``session.run`` with ONNX Runtime's failures (shape mismatches, kernel errors) as one-line errors."""
     try:
         return session.run(outputs, feeds)
-    except _ORT_ERRORS as error:
+    except (*_ORT_ERRORS, ValueError) as error:
         message = " ".join(str(error).split())
         raise AnalogizeError(f"ONNX Runtime failed to run the model: {message}") from None

@@ -227,3 +227,13 @@ def test_evaluate_rejects_a_file_that_is_not_a_model(tmp_path, capsys):
     junk.write_bytes(b"\x00garbage")
     code, _, err = analogize(capsys, "evaluate", junk, "--data", "digits")
     assert code == 2 and "not a readable ONNX model" in err
+
+
+def test_evaluate_checks_plot_names_first_and_skips_the_plot_of_an_empty_shard(tmp_path, capsys):
+    code, _, err = analogize(capsys, *EVALUATE, "--json", tmp_path / "r.json", "--plot", tmp_path / "r.txt")
+    assert code == 2 and "plots are written as" in err and not (tmp_path / "r.json").exists()
+    code, _, err = analogize(capsys, *EVALUATE, "--json", tmp_path)
+    assert code == 2 and "is a directory" in err
+    code, out, err = analogize(capsys, *EVALUATE, "--shard", "9/10", "--json", tmp_path / "s.json",
+                               "--plot", tmp_path / "s.png")
+    assert code == 0 and "not written" in err and (tmp_path / "s.json").exists() and not (tmp_path / "s.png").exists()

@@ -155,3 +155,31 @@ def test_bad_preprocessing_gets_a_clear_error(tmp_path):
         [helper.make_tensor_value_info("y", TensorProto.INT64, [1])]))
     with pytest.raises(AnalogizeError, match="not float32"):
         fit_to_input(dataset, integer_input)
+
+
+def test_malformed_sources_get_one_line_errors(tmp_path, rng):
+    np.savez(tmp_path / "five.npz", x=np.zeros((2, 1, 1, 8, 8)))
+    with pytest.raises(AnalogizeError, match="expected"):
+        load_dataset(f"npz:{tmp_path / 'five.npz'}")
+    write_cifar(tmp_path, rng)
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as handle:
+        pickle.dump({b"data": np.zeros((2, 300), np.uint8), b"labels": [0, 1]}, handle)
+    with pytest.raises(AnalogizeError, match="not a CIFAR-10 python batch"):
+        load_dataset(f"cifar10:{tmp_path}")
+    with open(tmp_path / "cifar-10-batches-py" / "test_batch", "wb") as handle:
+        pickle.dump({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}, handle)
+    with pytest.raises(AnalogizeError, match="2 images but 1 labels"):
+        load_dataset(f"cifar10:{tmp_path}")
+    with pytest.raises(AnalogizeError, match="no train/test split"):
+        load_dataset(f"npz:{tmp_path / 'five.npz'}", split="train")
+
+
+def test_limit_spreads_over_the_dataset_and_integer_inputs_are_noted(tmp_path):
+    np.savez(tmp_path / "sorted.npz", x=np.arange(100 * 4, dtype=np.int64).reshape(100, 4),
+             y=np.repeat(np.arange(10), 10))
+    dataset = load_dataset(f"npz:{tmp_path / 'sorted.npz'}", limit=10)
+    assert sorted(dataset.y.tolist()) == list(range(10))
+    x, notes = fit_to_input(dataset, input_model(["n", 4]))
+    assert "int64 inputs used as they are" in notes[0] and x.max() > 1
+    with pytest.raises(AnalogizeError, match="image models only"):
+        fit_to_input(dataset, input_model(["n", 4]), Preprocessing(size=(2, 2)))

@@ -11,7 +11,8 @@ from analogize import rewrite
 from analogize.convert import ConvertOptions, convert
 from analogize.data import load_dataset
 from analogize.errors import AnalogizeError
-from analogize.evaluate import ActivationVariant, Cell, Grid, _CellModels, evaluate, parse_shard
+from analogize.evaluate import ActivationVariant, Cell, Grid, _CellModels, evaluate, node_seeds, parse_shard
+from analogize.ops import OPS
 from analogize.results import merge_results
 from conftest import DEFAULT_MODEL, ROOT, session
 
@@ -26,6 +27,13 @@ def model():
 @pytest.fixture(scope="module")
 def digits():
     return load_dataset("digits")
+
+
+def seeded(model, cell_seed):
+    """``model`` with its random nodes seeded as evaluate seeds a cell."""
+    count = sum(1 for n in model.graph.node if n.domain == rewrite.DOMAIN and OPS[n.op_type].random)
+    rewrite.seed_random_ops(model, node_seeds(cell_seed, count))
+    return model
 
 
 def torch_digits_model(model):
@@ -97,7 +105,7 @@ def test_cell_metrics_equal_direct_onnxruntime_runs_of_the_converted_model(model
     grid = Grid(bits=(5,), ep=(0.4,), activations=("interp-gelu:0.5",), repeats=3, seed=9)
     result = evaluate(model, digits, grid, batch_size=100)
     cell = result["cells"][0]
-    converted = convert(model, bits=5, ep=0.4, activation="interp-gelu", factor=0.5, seed=cell["seed"]).model
+    converted = seeded(convert(model, bits=5, ep=0.4, activation="interp-gelu", factor=0.5).model, cell["seed"])
     noisy = session(converted)
     quiet_model = convert(model, bits=5, noise=False, activation="interp-gelu", factor=0.5).model
     noise_free = session(quiet_model).run(None, {"input": digits.x})[0]
@@ -117,8 +125,8 @@ def test_cell_model_is_what_convert_writes_for_the_cell_options(model, digits):
     builder = _CellModels(model, options, grid)
     for cell in grid.cells():
         built, settings = builder.build(cell)
-        expected = convert(model, options, bits=cell.bits, ep=cell.ep, seed=settings["seed"],
-                           activation=cell.variant.activation, **dict(cell.variant.parameters)).model
+        expected = seeded(convert(model, options, bits=cell.bits, ep=cell.ep, activation=cell.variant.activation,
+                                  **dict(cell.variant.parameters)).model, settings["seed"])
         if cell.ep:
             assert built.SerializeToString() == expected.SerializeToString(), cell.key
             continue
@@ -240,12 +248,15 @@ def test_chain_removal_restores_the_clean_model_outputs(model, digits, rng):
         rewrite.remove_analog_chains(converted, ("noise", "gain"))
 
 
-def test_cell_seeds_fit_float32_exactly():
+def test_node_seeds_are_exact_in_float32_and_shared_by_no_two_cells():
     cells = Grid(bits=tuple(range(1, 25)), ep=(0.0, 0.1, 0.3, 0.5, 0.9)).cells()
-    seeds = [c.seed(0) for c in cells]
-    assert len(set(seeds)) == len(seeds)
-    assert all(float(np.float32(s + 10_000)) == s + 10_000 for s in seeds)
+    per_cell = [set(node_seeds(c.seed(0), 50)) for c in cells]
+    seeds = [s for cell in per_cell for s in cell]
+    assert len(set(seeds)) >= len(seeds) - 6  # 6000 draws from 2^24 values: about one coincidence expected
+    assert max(len(a & b) for k, a in enumerate(per_cell) for b in per_cell[k + 1:]) <= 1  # no shared runs
+    assert all(float(np.float32(s)) == s < 2**24 for s in seeds)
     assert Cell(0, ActivationVariant.parse("keep"), 4, 0.5).seed(0) == cells[3 * 5 + 3].seed(0)
+    assert Cell(0, ActivationVariant.parse("keep"), 4, 0.5).seed(1) != cells[3 * 5 + 3].seed(0)
 
 
 def test_models_with_a_fixed_batch_size_get_padded_batches(rng):
@@ -275,3 +286,76 @@ def test_a_light_model_nobody_here_wrote_is_evaluated(rng):
     result = evaluate(model, Dataset("noise", images, None, "nchw"), Grid(bits=(6,), ep=(0.3,), repeats=1))
     assert "resized 16x16 -> 224x224 (bilinear)" in result["data"]["adaptations"]
     assert result["data"]["classes"] == 1000 and result["cells"][0]["agreement_mean"] == 1.0
+
+
+def test_converted_models_refuse_what_cannot_be_varied_and_apply_what_can(model, digits):
+    inlined = convert(model, bits=6, ep=0.3, seed=1, inline=True).model
+    with pytest.raises(AnalogizeError, match="--inline"):
+        evaluate(inlined, digits, Grid(repeats=1))
+    converted = convert(model, bits=6, ep=0.3, seed=1).model
+    for options, flag in ((ConvertOptions(noise=False), "--noise"), (ConvertOptions(clamp=False), "--clamp"),
+                          (ConvertOptions(where=("input",)), "--where")):
+        with pytest.raises(AnalogizeError, match=f"{flag}.*keeps the chains"):
+            evaluate(converted, digits, Grid(repeats=1), options)
+    finer = evaluate(converted, digits, Grid(ep=(0.0,), repeats=1), ConvertOptions(bits=None, precision=1000.0))
+    assert finer["cells"][0]["precision"] == 1000.0
+    unquantized = convert(model, bits=6, ep=0.3, quantize=False, seed=1).model
+    assert evaluate(unquantized, digits, Grid(repeats=1))["cells"][0]["ep"] == pytest.approx(0.3)
+    leaky = convert(model, bits=6, ep=0.3, activation="leaky", alpha=0.05).model
+    varied = _CellModels(leaky, ConvertOptions(), Grid(activations=("leaky:0.2",))).skeleton(
+        ActivationVariant.parse("leaky:0.2"))
+    alphas = [a.f for n in varied.graph.node if n.op_type == "LeakyRelu" for a in n.attribute]
+    assert len(alphas) == 4 and alphas == pytest.approx([0.2] * 4)
+
+
+def test_the_snr_reference_rounds_deterministically(model):
+    grid = Grid(bits=(4,), ep=(0.5,), repeats=1)
+    builder = _CellModels(model, ConvertOptions(stochastic_rounding=True), grid)
+    built, settings = builder.build(grid.cells()[0])
+    assert rewrite.analog_nodes(built, {"StochasticReducePrecision"})
+    reference = onnx.load_from_string(builder.noise_free(built, settings))
+    assert {n.op_type for n in rewrite.analog_nodes(reference)} == {"ReducePrecision"}
+    assert {f.name for f in reference.functions} == {"ReducePrecision"}
+    onnx.checker.check_model(reference, full_check=True)
+
+
+def test_outputs_are_chosen_and_checked(rng):
+    from analogize.data import Dataset
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = rng.normal(size=(6, 3)).astype(np.float32)
+    x = rng.uniform(-1, 1, (9, 6)).astype(np.float32)
+    data = Dataset("nine", x, (x @ weight).argmax(1), "flat")
+
+    def model_with(nodes, outputs, batch="n"):
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 6])],
+                                  [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs],
+                                  [numpy_helper.from_array(weight, "w"),
+                                   numpy_helper.from_array(np.array([-1], np.int64), "flat")])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+    two = model_with([helper.make_node("Relu", ["x"], ["features"]), helper.make_node("MatMul", ["x", "w"], ["y"])],
+                     ["features", "y"])
+    grid = Grid(bits=(12,), ep=(0.0,), repeats=1)
+    first = evaluate(two, data, grid, ConvertOptions(clamp=False))
+    assert "first of 2" in first["data"]["adaptations"][-1] and first["data"]["classes"] == 6
+    chosen = evaluate(two, data, grid, ConvertOptions(clamp=False), output="y")
+    assert chosen["clean"]["accuracy_mean"] == 1.0 and chosen["output"] == "y"
+    with pytest.raises(AnalogizeError, match="no output 'z'"):
+        evaluate(two, data, grid, output="z")
+    unbatched = model_with([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["m", "flat"],
+                                                                                           ["y"])], ["y"], batch=1)
+    with pytest.raises(AnalogizeError, match=r"shape \[3\] for a batch of 1"):
+        evaluate(unbatched, data, grid)
+    two_inputs = model_with([helper.make_node("Add", ["x", "b"], ["y"])], ["y"])
+    two_inputs.graph.input.append(helper.make_tensor_value_info("b", TensorProto.FLOAT, ["n", 6]))
+    with pytest.raises(AnalogizeError, match="2 inputs"):
+        evaluate(two_inputs, data, grid)
+
+
+def test_shards_of_different_models_do_not_merge(model, digits):
+    grid = Grid(bits=(4,), ep=(0.1, 0.3), repeats=1)
+    one = evaluate(convert(model, bits=6, ep=0.3).model, digits, grid, shard=(0, 2))
+    other = evaluate(convert(model, bits=4, ep=0.5).model, digits, grid, shard=(1, 2))
+    with pytest.raises(AnalogizeError, match="model_sha256"):
+        merge_results([one, other])
