@@ -266,12 +266,12 @@ class _CellModels:
             _check_variable(model, options)
             self.base = model
             self.current_precision = options.precision or _first_attribute(model, _QUANTIZE_OPS, "precision") \
-                or _stored_settings(model).get("precision")
+                or rewrite.stored_settings(model).get("precision")
         else:
             noisy = options.noise and any(ep != 0 for ep in grid.ep)
             if not options.noise and any(ep not in (None, 0) for ep in grid.ep):
                 raise AnalogizeError("--no-noise leaves no noise for --ep to set; drop one of them")
-            self.base, self.upgrades = rewrite.fit_opset(
+            self.base, _ = rewrite.fit_opset(
                 model, maximum=rewrite.MAX_OPSET_WITH_RANDOM_OPS if noisy or options.stochastic_rounding else None)
         self._skeletons: dict[str, onnx.ModelProto] = {}
 
@@ -282,7 +282,7 @@ class _CellModels:
         return self._skeletons[variant.label]
 
     def _convert(self, variant: ActivationVariant) -> onnx.ModelProto:
-        return convert(self.base, self.cell_options(variant, None, None, 0)).model
+        return convert(self.base, self.cell_options(variant, None, None, None)).model
 
     def cell_options(self, variant: ActivationVariant, bits, ep, seed) -> ConvertOptions:
         """Convert's options for one cell of a clean model: the user's, with the grid's values put in."""
@@ -376,15 +376,6 @@ class _CellModels:
         return precision, ep_to_std(cell.ep, precision) if cell.ep > 0 else 0.0
 
 
-def _stored_settings(model: onnx.ModelProto) -> dict:
-    import json
-
-    for entry in model.metadata_props:
-        if entry.key == rewrite.METADATA_KEY:
-            return json.loads(entry.value)
-    return {}
-
-
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.
 _FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "divide", "scale",
                        "alpha", "temperature")
@@ -392,7 +383,7 @@ _FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "whe
 
 def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
     """A converted model has its precision, noise std and activations varied; refuse what cannot be."""
-    if _stored_settings(model).get("options", {}).get("inline"):
+    if rewrite.stored_settings(model).get("options", {}).get("inline"):
         raise AnalogizeError("the model was converted with --inline, so its analog ops are standard ops that "
                              "cannot be told apart; evaluate the original model (or one converted without --inline)")
     defaults = ConvertOptions()
@@ -450,12 +441,13 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
     if fixed_batch:
         adaptations.append(f"fed in batches of {fixed_batch}, the model's fixed batch size")
         batch_size = fixed_batch
-    outputs = [value.name for value in model.graph.output]
-    if output is not None and output not in outputs:
-        raise AnalogizeError(f"the model has no output {output!r}; its outputs are {', '.join(outputs)}")
-    if output is None and len(outputs) > 1:
-        adaptations.append(f"scored output {outputs[0]!r}, the first of {len(outputs)} (choose with --output)")
-    workload = _Workload(spec.name, output or outputs[0], inputs, labels, None, batch_size,
+    output_names = [value.name for value in model.graph.output]
+    if output is not None and output not in output_names:
+        raise AnalogizeError(f"the model has no output {output!r}; its outputs are {', '.join(output_names)}")
+    if output is None and len(output_names) > 1:
+        adaptations.append(f"scored output {output_names[0]!r}, the first of {len(output_names)} "
+                           f"(choose with --output)")
+    workload = _Workload(spec.name, output or output_names[0], inputs, labels, None, batch_size,
                          pad_batches=bool(fixed_batch))
 
     cells = grid.cells()

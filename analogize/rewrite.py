@@ -563,6 +563,14 @@ def is_converted(model: onnx.ModelProto) -> bool:
 METADATA_KEY = "analogize.settings"
 
 
+def stored_settings(model: onnx.ModelProto) -> dict:
+    """Convert's settings as recorded in the model ({} when it has none)."""
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
 def store_settings(model: onnx.ModelProto, summary: dict) -> None:
     """Record convert's settings in the model's metadata (replacing any earlier record)."""
     value = json.dumps(summary, sort_keys=True)
