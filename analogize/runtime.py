@@ -1,26 +1,66 @@
-"""ONNX Runtime sessions as the package creates them: CPU provider, chosen thread count, quiet logging."""
+"""ONNX Runtime sessions as the package creates them: CPU provider, chosen thread count, quiet logging, and
+the native kernels registered (with element-wise chains fused) when the library can be built.
+
+Set ``ANALOGIZE_NATIVE=0`` to run the ONNX function bodies instead.
+"""
 from __future__ import annotations
+
+import os
+import sys
 
 import onnx
 import onnxruntime as ort
 
 from .errors import AnalogizeError
 
-
 _ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
-                         ("Fail", "InvalidGraph", "InvalidArgument", "NotImplemented", "RuntimeException"))
+                    ("Fail", "InvalidGraph", "InvalidArgument", "NotImplemented", "RuntimeException"))
+_NATIVE_UNAVAILABLE: list[str] = []  # the reason, once it is known; said once per process
 
 
-def create_session(model: onnx.ModelProto | bytes, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session for ``model``; ``threads`` caps intra-op threads (workers share the cores)."""
+def native_enabled() -> bool:
+    return os.environ.get("ANALOGIZE_NATIVE", "1") != "0"
+
+
+def _native_library():
+    if _NATIVE_UNAVAILABLE:
+        return None
+    from .native import native_library_path
+
+    try:
+        return native_library_path()
+    except AnalogizeError as error:
+        _NATIVE_UNAVAILABLE.append(str(error))
+        print(f"analogize: native kernels unavailable ({error}); using the ONNX function bodies", file=sys.stderr)
+        return None
+
+
+def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
+                   native: bool | None = None) -> ort.InferenceSession:
+    """A CPU session for ``model``; ``threads`` caps intra-op threads (workers share the cores).
+
+    ``native`` (default: unless ``ANALOGIZE_NATIVE=0``) registers the native kernels for models with analog
+    ops and fuses their element-wise chains.
+    """
+    from .ops import DOMAIN
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    data = model if isinstance(model, bytes) else model.SerializeToString()
+    proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model)
+    wanted = native_enabled() if native is None else native
+    library = _native_library() if wanted and any(n.domain == DOMAIN for n in proto.graph.node) else None
+    if library is not None:
+        from .model_io import copy_model
+        from .native import fuse_elementwise_chains
+
+        options.register_custom_ops_library(str(library))
+        proto = copy_model(proto)
+        fuse_elementwise_chains(proto)
     try:
-        return ort.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except _ORT_ERRORS as error:
         raise AnalogizeError(f"ONNX Runtime cannot load the model: {str(error).splitlines()[0]}") from None
 

@@ -1,0 +1,335 @@
+"""Native fused kernels of the analog op set for ONNX Runtime: generated, built, cached and located.
+
+The per-element code of every op is traced from its formula in :mod:`analogize.ops` into C++ (float32
+arithmetic in the formula's own order, so deterministic ops agree with the ONNX function bodies), and
+compiled with the hand-written kernel framework in ``custom_ops/`` (ONNX Runtime's C ABI declared there,
+Philox random streams, threading through ONNX Runtime's pool) into one shared library. It is built on first
+use with g++ and cached under ``$ANALOGIZE_CACHE`` (default ``~/.cache/analogize``), keyed by a hash of its
+sources and flags, so a changed op set rebuilds it.
+
+``native_library_path()`` returns the library; sessions made by :mod:`analogize.runtime` register it, and
+users register it in their own sessions with ``SessionOptions.register_custom_ops_library(path)``. Models
+keep their function bodies, so they still run where the library is absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from .errors import AnalogizeError
+from .ops import DOMAIN, OPS, OpSpec
+
+SOURCE_DIR = Path(__file__).resolve().parent.parent / "custom_ops"
+LIBRARY_NAME = "libanalogize_ops.so"
+CXX_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+             # ONNX Runtime's Mul and Add round separately; a fused multiply-add would change the last bit
+             "-ffp-contract=off", "-fvisibility=hidden")
+FUSED_DOMAIN = "ai.analogize.native"
+RANDOM_NONE, RANDOM_NORMAL, RANDOM_UNIFORM = 0, 1, 2
+
+
+def _float_literal(value: float) -> str:
+    """A float32 C++ literal that rounds exactly as ONNX's float32 Constant does."""
+    import numpy as np
+
+    as_float32 = float(np.float32(value))
+    if math.isinf(as_float32):
+        return "INFINITY" if as_float32 > 0 else "-INFINITY"
+    return f"{as_float32.hex()}f"
+
+
+class _Emitter:
+    def __init__(self):
+        self.lines: list[str] = []
+        self.count = 0
+        self.random = RANDOM_NONE
+        self.gated = False
+
+    def let(self, expression: str) -> "_CppValue":
+        name = f"t{self.count}"
+        self.count += 1
+        self.lines.append(f"    const float {name} = {expression};")
+        return _CppValue(self, name)
+
+    def term(self, item) -> str:
+        if isinstance(item, _CppValue):
+            return item.name
+        return _float_literal(float(item))
+
+
+class _CppValue:
+    def __init__(self, emitter: _Emitter, name: str):
+        self.emitter, self.name = emitter, name
+
+    def _binary(self, symbol, other, reflected=False):
+        left, right = (other, self) if reflected else (self, other)
+        return self.emitter.let(f"{self.emitter.term(left)} {symbol} {self.emitter.term(right)}")
+
+    def __add__(self, other):
+        return self._binary("+", other)
+
+    def __radd__(self, other):
+        return self._binary("+", other, True)
+
+    def __sub__(self, other):
+        return self._binary("-", other)
+
+    def __rsub__(self, other):
+        return self._binary("-", other, True)
+
+    def __mul__(self, other):
+        return self._binary("*", other)
+
+    def __rmul__(self, other):
+        return self._binary("*", other, True)
+
+    def __truediv__(self, other):
+        return self._binary("/", other)
+
+    def __rtruediv__(self, other):
+        return self._binary("/", other, True)
+
+    def __neg__(self):
+        return self.emitter.let(f"-{self.name}")
+
+    def __gt__(self, other):
+        return self.emitter.let(f"({self.name} > {self.emitter.term(other)}) ? 1.0f : 0.0f")
+
+    def __lt__(self, other):
+        return self.emitter.let(f"({self.name} < {self.emitter.term(other)}) ? 1.0f : 0.0f")
+
+
+class _CppPrimitives:
+    """Element-wise C++ for each primitive; ``analogize_*`` helpers live in custom_ops/analogize_math.h."""
+
+    def __init__(self, emitter: _Emitter):
+        self._e = emitter
+
+    def _call(function):
+        return lambda self, x: self._e.let(f"{function}({self._e.term(x)})")
+
+    abs, sign, ceil, floor = _call("std::fabs"), _call("analogize_sign"), _call("std::ceil"), _call("std::floor")
+    erf, exp, sqrt, atan = _call("std::erf"), _call("std::exp"), _call("std::sqrt"), _call("std::atan")
+    sigmoid, tanh, softplus = _call("analogize_sigmoid"), _call("std::tanh"), _call("analogize_softplus")
+    del _call
+
+    def where(self, condition, if_true, if_false):
+        e = self._e
+        return e.let(f"({e.term(condition)} != 0.0f) ? {e.term(if_true)} : {e.term(if_false)}")
+
+    def normal_like(self, x, std, seed):
+        self._e.random = RANDOM_NORMAL
+        return self._e.let(f"random * {self._e.term(std)}")
+
+    def uniform_like(self, x, seed):
+        self._e.random = RANDOM_UNIFORM
+        return self._e.let("random")
+
+    def split_last_half(self, x):
+        self._e.gated = True
+        return _CppValue(self._e, "x"), _CppValue(self._e, "gate")
+
+
+def _kernel_source(index: int, spec: OpSpec) -> tuple[str, int, bool]:
+    emitter = _Emitter()
+    parameters = {a.name: _CppValue(emitter, f"attr[{k}]") for k, a in enumerate(spec.attributes)}
+    result = spec.formula(_CppPrimitives(emitter), _CppValue(emitter, "x"), **parameters)
+    body = "\n".join(emitter.lines)
+    source = (f"// {spec.name}: Y = {spec.equation}\n"
+              f"static inline float op_{index}(float x, float gate, const float* attr, float random) {{\n"
+              f"    (void)gate; (void)attr; (void)random;\n{body}\n    return {emitter.term(result)};\n}}\n")
+    return source, emitter.random, emitter.gated
+
+
+def generated_header() -> str:
+    """C++ for every op: its element function and its row in the table the library registers."""
+    parts = ["// Generated from analogize/ops.py by analogize.native; do not edit.", "#pragma once", ""]
+    rows = []
+    for index, spec in enumerate(OPS.values()):
+        source, random, gated = _kernel_source(index, spec)
+        parts.append(source)
+        attributes = ", ".join(
+            f'{{"{a.name}", {"NAN" if a.default is None else _float_literal(a.default)}, {int(a.required)}}}'
+            for a in spec.attributes)
+        rows.append(f'    {{"{spec.name}", op_{index}, {random}, {int(gated)}, {len(spec.attributes)}, '
+                    f'{{{attributes}}}}},')
+    parts += ["static const OpDescription kOps[] = {", *rows, "};", ""]
+    # One loop per op with its element function inlined, so the compiler can vectorise it.
+    # Attributes are copied to locals first: the compiler cannot prove that ``values`` does not alias them.
+    cases = [f"        case {k}: for (size_t i = 0; i < count; ++i) values[i] = op_{k}(values[i], "
+             f"{'gates[i]' if gated else '0.0f'}, a, random[i]); return;"
+             for k, gated in enumerate(g for _, _, g in map(lambda s: _kernel_source(0, s), OPS.values()))]
+    parts += ["static inline void apply_op(int op, float* __restrict values, const float* __restrict gates,",
+              "                            const float* attr, const float* __restrict random, size_t count) {",
+              "    (void)gates;", "    const float a[4] = {attr[0], attr[1], attr[2], attr[3]};",
+              "    switch (op) {", *cases, "        default: return;", "    }", "}", ""]
+    return "\n".join(parts)
+
+
+def _sources() -> list[Path]:
+    if not SOURCE_DIR.is_dir():
+        raise AnalogizeError(f"the native kernel sources ({SOURCE_DIR}) are missing; install analogize from its "
+                             f"source tree (pip install -e .) to build them")
+    return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cpp", ".h"))
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ANALOGIZE_CACHE") or Path.home() / ".cache" / "analogize")
+
+
+def _compiler() -> str:
+    compiler = shutil.which(os.environ.get("CXX") or "g++") or shutil.which("c++")
+    if not compiler:
+        raise AnalogizeError("no C++ compiler (g++) found to build the native kernels; install g++ "
+                             "(models still run through their function bodies)")
+    return compiler
+
+
+def build(verbose: bool = True) -> Path:
+    """Build the library unless the cache holds one for these sources; return its path."""
+    compiler = _compiler()
+    header = generated_header()
+    digest = hashlib.sha256()
+    for path in _sources():
+        digest.update(path.name.encode() + path.read_bytes())
+    digest.update(header.encode() + " ".join((compiler, *CXX_FLAGS)).encode())
+    target = _cache_dir() / digest.hexdigest()[:16] / LIBRARY_NAME
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if verbose:
+        print(f"analogize: building the native kernels (first use) into {target.parent} ...", file=sys.stderr)
+    with tempfile.TemporaryDirectory(dir=target.parent) as work:
+        (Path(work) / "analogize_generated.h").write_text(header)
+        staged = Path(work) / LIBRARY_NAME
+        command = [compiler, *CXX_FLAGS, f"-I{work}", f"-I{SOURCE_DIR}", str(SOURCE_DIR / "analogize_ops.cpp"),
+                   "-o", str(staged)]
+        finished = subprocess.run(command, capture_output=True, text=True)
+        if finished.returncode != 0:
+            raise AnalogizeError(f"building the native kernels failed ({' '.join(command[:2])} ...): "
+                                 f"{finished.stderr.strip().splitlines()[-1] if finished.stderr.strip() else ''}")
+        os.replace(staged, target)  # atomic: a concurrent build leaves one complete library
+    return target
+
+
+_LIBRARY: Path | None = None
+
+
+def native_library_path() -> Path:
+    """The built native library for ONNX Runtime (building it on first use); AnalogizeError says why not."""
+    global _LIBRARY
+    if _LIBRARY is None or not _LIBRARY.exists():
+        _LIBRARY = build()
+    return _LIBRARY
+
+
+# FusedChain step kinds: the StepKind enum of custom_ops/analogize_ops.cpp.
+STEP_ANALOG, STEP_CLIP, STEP_RELU, STEP_LEAKY_RELU = 0, 1, 2, 3
+MAX_STEP_ATTRIBUTES = 4  # kMaxAttributes in custom_ops/analogize_ops.cpp
+_OP_INDEX = {name: index for index, name in enumerate(OPS)}  # the order of kOps
+
+
+def _gated(spec: OpSpec) -> bool:
+    return _kernel_source(0, spec)[2]
+
+
+_ELEMENTWISE = {name for name, spec in OPS.items() if not _gated(spec)}
+
+
+def _step(node, scalars: dict):
+    """(kind, op index, parameters, seed) of a node FusedChain can take, or None."""
+    attributes = {a.name: a for a in node.attribute}
+    if node.domain == DOMAIN and node.op_type in _ELEMENTWISE and len(node.input) == 1:
+        spec = OPS[node.op_type]
+        values = []
+        for attribute in spec.attributes:
+            if attribute.name in attributes:
+                values.append(attributes[attribute.name].f)
+            elif attribute.required:
+                return None  # left to the op's own kernel, which reports it
+            else:
+                values.append(math.nan if attribute.default is None else attribute.default)
+        seed = attributes["seed"].f if "seed" in attributes else -1.0
+        return STEP_ANALOG, _OP_INDEX[node.op_type], values, seed
+    if node.domain not in ("", "ai.onnx"):
+        return None
+    if node.op_type == "Relu":
+        return STEP_RELU, -1, [], -1.0
+    if node.op_type == "LeakyRelu":
+        return STEP_LEAKY_RELU, -1, [attributes["alpha"].f if "alpha" in attributes else 0.01], -1.0
+    if node.op_type == "Clip" and not attributes:
+        bounds = [(-math.inf, math.inf)[k] if len(node.input) <= k + 1 or not node.input[k + 1]
+                  else scalars.get(node.input[k + 1]) for k in range(2)]
+        if None not in bounds:
+            return STEP_CLIP, -1, bounds, -1.0
+    return None
+
+
+def fuse_elementwise_chains(model) -> int:
+    """Replace each run of two or more element-wise nodes (analog ops, Clip with constant bounds, Relu,
+    LeakyRelu), where each feeds only the next, by one FusedChain node: one pass over memory instead of one
+    per node, with the same numbers (each random step keeps its seed). Only for sessions that load the
+    native library: the node has no function body."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from .rewrite import _subgraph_names
+
+    graph = model.graph
+    scalars = {t.name: float(numpy_helper.to_array(t).reshape(-1)[0]) for t in graph.initializer
+               if t.data_type == TensorProto.FLOAT and int(np.prod(t.dims)) == 1}
+    uses: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            uses[name] = uses.get(name, 0) + 1
+    for name in _subgraph_names(graph) | {v.name for v in graph.output}:
+        uses[name] = uses.get(name, 0) + 2  # never fuse across a graph output or a subgraph's capture
+    consumer = {}
+    for position, node in enumerate(graph.node):
+        for name in node.input:
+            consumer[name] = position
+    steps = [_step(node, scalars) for node in graph.node]
+    taken = [False] * len(graph.node)
+    replacement: dict[int, object] = {}
+    fused = 0
+    for start, node in enumerate(graph.node):
+        if taken[start] or steps[start] is None:
+            continue
+        chain = [start]
+        while True:
+            output = graph.node[chain[-1]].output[0]
+            following = consumer.get(output)
+            if uses.get(output) != 1 or following is None or steps[following] is None or taken[following] \
+                    or graph.node[following].input[0] != output:
+                break
+            chain.append(following)
+        if len(chain) < 2:
+            continue
+        for position in chain:
+            taken[position] = True
+        kinds, ops, parameters, seeds = [], [], [], []
+        for position in chain:
+            kind, op, values, seed = steps[position]
+            kinds.append(kind)
+            ops.append(op)
+            parameters += list(values) + [0.0] * (MAX_STEP_ATTRIBUTES - len(values))
+            seeds.append(seed)
+        first, last = graph.node[chain[0]], graph.node[chain[-1]]
+        replacement[start] = helper.make_node(
+            "FusedChain", [first.input[0]], [last.output[0]], name=f"fused/{first.name or first.output[0]}",
+            domain=FUSED_DOMAIN, kinds=kinds, ops=ops, parameters=parameters, seeds=seeds)
+        fused += 1
+    if not fused:
+        return 0
+    nodes = [replacement.get(position, node) for position, node in enumerate(graph.node)
+             if position in replacement or not taken[position]]
+    graph.ClearField("node")
+    graph.node.extend(nodes)
+    model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
+    return fused

@@ -1,0 +1,125 @@
+"""Native kernels against the ONNX function bodies in ONNX Runtime on CPU, side by side in one run.
+
+1. Latency of a converted model over its clean model (bits 6, EP 0.3, every placement) for the zoo ConvNet
+   (3x32x32, batch 256) and the largest ONNX "light" model (DenseNet-121, its fixed batch of 1): function
+   bodies, native kernels with fused chains, and native kernels with weights and biases left digital (noisy
+   weights are computed every run, so ONNX Runtime cannot pre-pack them for its convolutions; that row
+   shows the cost of this alone). Goal: ConvNet converted / clean <= 1.3.
+2. Throughput of the kernels on a 48 MiB tensor in GB/s (bytes read + written per second) against a plain
+   memory copy (numpy). Goal: within 2x of the copy.
+
+Best of N runs for each (the machine is shared; the minimum is the least disturbed).
+
+    python bench/native_kernels.py [--repeats 5] [--json]
+"""
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from analogize import convert
+from analogize.data import InputSpec
+from analogize.runtime import create_session
+
+LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_densenet121.onnx"
+PLACEMENTS_WITHOUT_WEIGHTS = ("input", "layer-inputs", "layer-outputs")
+
+
+def best(function, repeats):
+    function()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def latency(model, feed, repeats, native):
+    session = create_session(model, native=native)
+    return best(lambda: session.run(None, feed), repeats)
+
+
+def model_rows(name, model, x, repeats):
+    feed = {InputSpec.of(model).name: x}
+    clean = latency(model, feed, repeats, native=False)
+    converted = convert(model, bits=6, ep=0.3, seed=0).model
+    activations_only = convert(model, bits=6, ep=0.3, seed=0, where=PLACEMENTS_WITHOUT_WEIGHTS).model
+    rows = {"function bodies": latency(converted, feed, repeats, native=False),
+            "native, fused": latency(converted, feed, repeats, native=True),
+            "native, fused, weights digital": latency(activations_only, feed, repeats, native=True)}
+    return {"model": name, "clean_ms": 1000 * clean, **{k: v / clean for k, v in rows.items()}}
+
+
+def kernel_model(nodes, initializers=()):
+    graph = helper.make_graph(nodes, "kernel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], list(initializers))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    from analogize.rewrite import attach_functions
+
+    attach_functions(model, {n.op_type for n in nodes if n.domain == "ai.analogize"})
+    return model
+
+
+def throughput_rows(repeats):
+    x = np.random.default_rng(0).uniform(-1.5, 1.5, 12 * 2**20).astype(np.float32)
+    moved = 2 * x.nbytes
+    target = np.empty_like(x)
+    copy = moved / best(lambda: np.copyto(target, x), repeats) / 1e9
+    bounds = [helper.make_tensor("low", TensorProto.FLOAT, [], [-1.0]),
+              helper.make_tensor("high", TensorProto.FLOAT, [], [1.0])]
+    kernels = {
+        "ReducePrecision": kernel_model([helper.make_node("ReducePrecision", ["x"], ["y"], domain="ai.analogize",
+                                                          precision=64.0)]),
+        "AnalogNoise": kernel_model([helper.make_node("AnalogNoise", ["x"], ["y"], domain="ai.analogize",
+                                                      std=0.01, seed=1.0)]),
+        "Clip+ReducePrecision+AnalogNoise (fused)": kernel_model([
+            helper.make_node("Clip", ["x", "low", "high"], ["c"]),
+            helper.make_node("ReducePrecision", ["c"], ["r"], domain="ai.analogize", precision=64.0),
+            helper.make_node("AnalogNoise", ["r"], ["y"], domain="ai.analogize", std=0.01, seed=1.0)], bounds),
+    }
+    rows = {"memory copy": copy}
+    for name, model in kernels.items():
+        session = create_session(model, native=True)
+        rows[name] = moved / best(lambda: session.run(None, {"x": x}), repeats) / 1e9
+    return rows
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    arguments = parser.parse_args()
+    import torch
+
+    from analogize.zoo import create_model, export_onnx
+
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as work:
+        path = Path(work) / "convnet.onnx"
+        export_onnx(create_model("convnet"), path, (3, 32, 32))
+        convnet = onnx.load(path)
+    rng = np.random.default_rng(0)
+    figures = {"latency": [model_rows("zoo ConvNet, batch 256", convnet,
+                                      rng.uniform(0, 1, (256, 3, 32, 32)).astype(np.float32), arguments.repeats),
+                           model_rows("DenseNet-121 (light), batch 1", onnx.load(LIGHT),
+                                      rng.uniform(0, 1, (1, 3, 224, 224)).astype(np.float32), arguments.repeats)],
+               "throughput_gb_s": throughput_rows(arguments.repeats)}
+    if arguments.json:
+        print(json.dumps(figures, indent=2))
+        return
+    for row in figures["latency"]:
+        print(f"{row['model']} (clean {row['clean_ms']:.0f} ms): converted / clean = "
+              + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k not in ("model", "clean_ms")))
+    copy = figures["throughput_gb_s"]["memory copy"]
+    for name, rate in figures["throughput_gb_s"].items():
+        print(f"  {name:42s} {rate:6.1f} GB/s" + ("" if name == "memory copy" else f"  (copy / kernel {copy / rate:.2f})"))
+
+
+if __name__ == "__main__":
+    main()

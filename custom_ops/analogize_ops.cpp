@@ -1,0 +1,391 @@
+// CPU kernels of the ai.analogize op set for ONNX Runtime, plus FusedChain (domain ai.analogize.native):
+// a run of element-wise nodes (analog ops, Clip, Relu, LeakyRelu) computed in one pass over memory.
+//
+// Every kernel is a chain of steps applied tile by tile: a tile of the input is read once, every step
+// transforms it in cache, and it is written once. A single op is a chain of one step. Random steps draw
+// from their own Philox stream (key = the node's seed), indexed by element and run, so a fused chain gives
+// exactly what its nodes give one by one.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "analogize_math.h"
+#include "ort_abi.h"
+#include "philox.h"
+
+namespace {
+
+constexpr int kMaxAttributes = 4;
+
+struct AttributeDescription {
+    const char* name;
+    float fallback;  // NaN: no default
+    int required;
+};
+
+using ElementFunction = float (*)(float x, float gate, const float* attr, float random);
+
+struct OpDescription {
+    const char* name;
+    ElementFunction apply;
+    int random;  // 0 none, 1 standard normal, 2 uniform on [0, 1)
+    int gated;   // splits the last axis into (x, gate) halves
+    int attribute_count;
+    AttributeDescription attributes[kMaxAttributes];
+};
+
+#include "analogize_generated.h"
+
+constexpr size_t kOpCount = sizeof(kOps) / sizeof(kOps[0]);
+constexpr size_t kTile = 256;          // elements kept in cache across the steps; a multiple of 4
+constexpr size_t kChunk = 64 * 1024;   // elements per task handed to ONNX Runtime's thread pool
+constexpr int kRandomNormal = 1;
+
+// Step kinds of FusedChain's "kinds" attribute; analogize/native.py writes the same numbers.
+enum StepKind { kAnalogOp = 0, kClip = 1, kRelu = 2, kLeakyRelu = 3 };
+
+struct Step {
+    int kind = kAnalogOp;
+    const OpDescription* op = nullptr;
+    float attr[kMaxAttributes] = {0, 0, 0, 0};
+    uint64_t key = 0;
+};
+
+struct Kernel {
+    std::string name;
+    std::vector<Step> steps;
+    bool gated = false;
+    std::atomic<uint64_t> runs{0};
+};
+
+const ort::Api* g_api = nullptr;
+
+uint64_t fresh_key() {
+    std::random_device device;
+    return (static_cast<uint64_t>(device()) << 32) | device();
+}
+
+uint64_t key_of(float seed) { return std::isnan(seed) || seed < 0 ? fresh_key() : static_cast<uint64_t>(seed); }
+
+void fill_random(const Step& step, size_t first, size_t count, uint64_t run, float* out) {
+    // Whole Philox blocks covering [first, first + count); tiles start on multiples of 4.
+    const size_t blocks = (first % 4 + count + 3) / 4, base = first / 4, skip = first % 4;
+    uint32_t lanes[4][kTile / 4 + 1];
+    for (size_t b = 0; b < blocks; ++b) {
+        const philox::Block block = philox::generate(base + b, run, step.key);
+        for (int lane = 0; lane < 4; ++lane) lanes[lane][b] = block.v[lane];
+    }
+    float drawn[kTile + 4];
+    if (step.op->random == kRandomNormal) {
+        for (size_t b = 0; b < blocks; ++b) {
+            float four[4];
+            philox::normals(philox::Block{{lanes[0][b], lanes[1][b], lanes[2][b], lanes[3][b]}}, four);
+            for (int lane = 0; lane < 4; ++lane) drawn[4 * b + lane] = four[lane];
+        }
+    } else {
+        for (size_t b = 0; b < blocks; ++b) {
+            for (int lane = 0; lane < 4; ++lane) drawn[4 * b + lane] = philox::unit(lanes[lane][b]);
+        }
+    }
+    std::memcpy(out, drawn + skip, count * sizeof(float));
+}
+
+void apply_step(const Step& step, float* values, const float* gates, size_t first, size_t count, uint64_t run) {
+    switch (step.kind) {
+        case kClip: {
+            const float low = step.attr[0], high = step.attr[1];
+            for (size_t i = 0; i < count; ++i) values[i] = values[i] < low ? low : (values[i] > high ? high : values[i]);
+            return;
+        }
+        case kRelu:
+            for (size_t i = 0; i < count; ++i) values[i] = values[i] > 0.0f ? values[i] : 0.0f;
+            return;
+        case kLeakyRelu: {
+            const float alpha = step.attr[0];
+            for (size_t i = 0; i < count; ++i) values[i] = values[i] >= 0.0f ? values[i] : alpha * values[i];
+            return;
+        }
+        default:
+            break;
+    }
+    float random[kTile];
+    if (step.op->random) {
+        fill_random(step, first, count, run, random);
+    } else {
+        std::fill(random, random + count, 0.0f);
+    }
+    apply_op(static_cast<int>(step.op - kOps), values, gates, step.attr, random, count);
+}
+
+struct Job {
+    const Kernel* kernel;
+    const float* input;
+    float* output;
+    size_t count;  // output elements
+    size_t half;   // gated ops: width of each half of the last axis
+    uint64_t run;
+};
+
+void run_chunk(void* data, size_t chunk) {
+    const Job& job = *static_cast<const Job*>(data);
+    const size_t begin = chunk * kChunk, end = std::min(job.count, begin + kChunk);
+    float values[kTile], gates[kTile];
+    for (size_t first = begin; first < end; first += kTile) {
+        const size_t count = std::min(kTile, end - first);
+        const float* gate_pointer = nullptr;
+        if (job.kernel->gated) {
+            for (size_t i = 0; i < count; ++i) {
+                const size_t row = (first + i) / job.half, column = (first + i) % job.half;
+                values[i] = job.input[row * 2 * job.half + column];
+                gates[i] = job.input[row * 2 * job.half + job.half + column];
+            }
+            gate_pointer = gates;
+        } else {
+            std::memcpy(values, job.input + first, count * sizeof(float));
+        }
+        for (const Step& step : job.kernel->steps) apply_step(step, values, gate_pointer, first, count, job.run);
+        std::memcpy(job.output + first, values, count * sizeof(float));
+    }
+}
+
+#define RETURN_IF_ERROR(expression)              \
+    do {                                         \
+        OrtStatus* status_ = (expression);       \
+        if (status_ != nullptr) return status_;  \
+    } while (0)
+
+OrtStatus* error(const Kernel& kernel, const std::string& message) {
+    return g_api->CreateStatus(kOrtInvalidArgument, (kernel.name + ": " + message).c_str());
+}
+
+OrtStatus* compute(void* state, OrtKernelContext* context) {
+    Kernel& kernel = *static_cast<Kernel*>(state);
+    const OrtValue* input = nullptr;
+    RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, 0, &input));
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    RETURN_IF_ERROR(g_api->GetTensorTypeAndShape(input, &info));
+    int type = 0;
+    size_t rank = 0;
+    OrtStatus* status = g_api->GetTensorElementType(info, &type);
+    if (!status) status = g_api->GetDimensionsCount(info, &rank);
+    std::vector<int64_t> dims(rank);
+    if (!status && rank) status = g_api->GetDimensions(info, dims.data(), rank);
+    g_api->ReleaseTensorTypeAndShapeInfo(info);
+    RETURN_IF_ERROR(status);
+    if (type != kElementFloat) {
+        return error(kernel, "input has ONNX element type " + std::to_string(type) +
+                                 "; the native kernels take float32 (type 1) tensors");
+    }
+    size_t half = 0;
+    if (kernel.gated) {
+        if (rank == 0 || dims.back() % 2 != 0) {
+            return error(kernel, "the last axis must have an even size to split into halves");
+        }
+        dims.back() /= 2;
+        half = static_cast<size_t>(dims.back());
+    }
+    OrtValue* output = nullptr;
+    RETURN_IF_ERROR(g_api->KernelContext_GetOutput(context, 0, dims.data(), rank, &output));
+    size_t count = 1;
+    for (int64_t dim : dims) count *= static_cast<size_t>(dim);
+    if (count == 0) return nullptr;
+    void* source = nullptr;
+    void* target = nullptr;
+    RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(input), &source));
+    RETURN_IF_ERROR(g_api->GetTensorMutableData(output, &target));
+    Job job{&kernel, static_cast<const float*>(source), static_cast<float*>(target), count, half,
+            kernel.runs.fetch_add(1)};
+    const size_t chunks = (count + kChunk - 1) / kChunk;
+    if (chunks == 1) {
+        run_chunk(&job, 0);
+        return nullptr;
+    }
+    return g_api->KernelContext_ParallelFor(context, run_chunk, chunks, 0, &job);
+}
+
+OrtStatus* read_op_attributes(const OpDescription& op, const OrtKernelInfo* info, Step& step) {
+    step.op = &op;
+    float seed = NAN;
+    for (int k = 0; k < op.attribute_count; ++k) {
+        const AttributeDescription& attribute = op.attributes[k];
+        float value = 0.0f;
+        OrtStatus* status = g_api->KernelInfoGetAttribute_float(info, attribute.name, &value);
+        if (status) {
+            g_api->ReleaseStatus(status);
+            if (attribute.required) {
+                return g_api->CreateStatus(kOrtInvalidArgument, (std::string(op.name) + " needs attribute " +
+                                                                 attribute.name).c_str());
+            }
+            value = attribute.fallback;
+        }
+        step.attr[k] = value;
+        if (std::strcmp(attribute.name, "seed") == 0) seed = value;
+    }
+    step.key = key_of(seed);
+    return nullptr;
+}
+
+template <class T>
+OrtStatus* read_array(const OrtKernelInfo* info, const char* name, std::vector<T>& out) {
+    size_t size = 0;
+    OrtStatus* status = nullptr;
+    if constexpr (sizeof(T) == sizeof(float)) {
+        status = g_api->KernelInfoGetAttributeArray_float(info, name, nullptr, &size);
+        if (!status) {
+            out.resize(size);
+            status = g_api->KernelInfoGetAttributeArray_float(info, name, out.data(), &size);
+        }
+    } else {
+        status = g_api->KernelInfoGetAttributeArray_int64(info, name, nullptr, &size);
+        if (!status) {
+            out.resize(size);
+            status = g_api->KernelInfoGetAttributeArray_int64(info, name, out.data(), &size);
+        }
+    }
+    return status;
+}
+
+OrtStatus* read_fused_chain(const OrtKernelInfo* info, Kernel& kernel) {
+    std::vector<int64_t> kinds, ops;
+    std::vector<float> parameters, seeds;
+    RETURN_IF_ERROR(read_array(info, "kinds", kinds));
+    RETURN_IF_ERROR(read_array(info, "ops", ops));
+    RETURN_IF_ERROR(read_array(info, "parameters", parameters));
+    RETURN_IF_ERROR(read_array(info, "seeds", seeds));
+    const size_t steps = kinds.size();
+    if (ops.size() != steps || seeds.size() != steps || parameters.size() != steps * kMaxAttributes) {
+        return error(kernel, "kinds, ops, seeds and parameters (4 per step) must describe the same steps");
+    }
+    for (size_t s = 0; s < steps; ++s) {
+        Step step;
+        step.kind = static_cast<int>(kinds[s]);
+        if (step.kind == kAnalogOp) {
+            if (ops[s] < 0 || static_cast<size_t>(ops[s]) >= kOpCount || kOps[ops[s]].gated) {
+                return error(kernel, "step " + std::to_string(s) + " names no element-wise analog op");
+            }
+            step.op = &kOps[ops[s]];
+            step.key = key_of(seeds[s]);
+        } else if (step.kind != kClip && step.kind != kRelu && step.kind != kLeakyRelu) {
+            return error(kernel, "unknown step kind " + std::to_string(step.kind));
+        }
+        std::copy(parameters.begin() + s * kMaxAttributes, parameters.begin() + (s + 1) * kMaxAttributes, step.attr);
+        kernel.steps.push_back(step);
+    }
+    return nullptr;
+}
+
+// One registered op: the OrtCustomOp ORT reads, and what it describes (nullptr: FusedChain).
+struct Registration {
+    OrtCustomOp op;
+    const OpDescription* description;
+    const char* name;
+};
+
+const Registration& registration(const OrtCustomOp* op) { return *reinterpret_cast<const Registration*>(op); }
+
+OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi*, const OrtKernelInfo* info, void** out) {
+    const Registration& entry = registration(op);
+    auto* kernel = new Kernel();
+    kernel->name = std::string(entry.name);
+    OrtStatus* status = nullptr;
+    if (entry.description) {
+        kernel->gated = entry.description->gated != 0;
+        Step step;
+        status = read_op_attributes(*entry.description, info, step);
+        kernel->steps.push_back(step);
+    } else {
+        status = read_fused_chain(info, *kernel);
+    }
+    if (status) {
+        delete kernel;
+        return status;
+    }
+    *out = kernel;
+    return nullptr;
+}
+
+void* create_kernel_legacy(const OrtCustomOp* op, const OrtApi* api, const OrtKernelInfo* info) {
+    void* kernel = nullptr;
+    OrtStatus* status = create_kernel(op, api, info, &kernel);
+    if (status) g_api->ReleaseStatus(status);
+    return kernel;
+}
+
+void compute_legacy(void* kernel, OrtKernelContext* context) {
+    OrtStatus* status = compute(kernel, context);
+    if (status) g_api->ReleaseStatus(status);
+}
+
+void destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
+const char* op_name(const OrtCustomOp* op) { return registration(op).name; }
+const char* cpu_provider(const OrtCustomOp*) { return nullptr; }
+int any_type(const OrtCustomOp*, size_t) { return 0; }  // checked in compute, with a clear message
+int float_type(const OrtCustomOp*, size_t) { return kElementFloat; }
+size_t one(const OrtCustomOp*) { return 1; }
+int required(const OrtCustomOp*, size_t) { return 0; }
+int default_memory(const OrtCustomOp*, size_t) { return 0; }
+int arity_one(const OrtCustomOp*) { return 1; }
+
+Registration make_registration(const OpDescription* description, const char* name) {
+    Registration entry{};
+    OrtCustomOp& op = entry.op;
+    op.version = ort::kCustomOpVersion;
+    op.CreateKernel = create_kernel_legacy;
+    op.GetName = op_name;
+    op.GetExecutionProviderType = cpu_provider;
+    op.GetInputType = any_type;
+    op.GetInputTypeCount = one;
+    op.GetOutputType = float_type;
+    op.GetOutputTypeCount = one;
+    op.KernelCompute = compute_legacy;
+    op.KernelDestroy = destroy_kernel;
+    op.GetInputCharacteristic = required;
+    op.GetOutputCharacteristic = required;
+    op.GetInputMemoryType = default_memory;
+    op.GetVariadicInputMinArity = arity_one;
+    op.GetVariadicInputHomogeneity = arity_one;
+    op.GetVariadicOutputMinArity = arity_one;
+    op.GetVariadicOutputHomogeneity = arity_one;
+    op.CreateKernelV2 = create_kernel;
+    op.KernelComputeV2 = compute;
+    entry.description = description;
+    entry.name = name;
+    return entry;
+}
+
+// ORT keeps pointers to these for as long as sessions live: they are static.
+std::vector<Registration>& registrations() {
+    static std::vector<Registration> entries = [] {
+        std::vector<Registration> made;
+        for (size_t k = 0; k < kOpCount; ++k) made.push_back(make_registration(&kOps[k], kOps[k].name));
+        made.push_back(make_registration(nullptr, "FusedChain"));
+        return made;
+    }();
+    return entries;
+}
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(OrtSessionOptions* options,
+                                                                                const OrtApiBase* base) {
+    const OrtApi* table = base->GetApi(ort::kApiVersion);
+    if (table == nullptr) {
+        const ort::Api oldest(base->GetApi(1));
+        return oldest.CreateStatus(kOrtFail, "the analogize native kernels need ONNX Runtime 1.17 or newer");
+    }
+    static const ort::Api api(table);
+    g_api = &api;
+    OrtCustomOpDomain* analog = nullptr;
+    OrtCustomOpDomain* fused = nullptr;
+    RETURN_IF_ERROR(api.CreateCustomOpDomain("ai.analogize", &analog));
+    RETURN_IF_ERROR(api.CreateCustomOpDomain("ai.analogize.native", &fused));
+    for (Registration& entry : registrations()) {
+        RETURN_IF_ERROR(api.CustomOpDomain_Add(entry.description ? analog : fused, &entry.op));
+    }
+    RETURN_IF_ERROR(api.AddCustomOpDomain(options, analog));
+    return api.AddCustomOpDomain(options, fused);
+}

@@ -1,0 +1,201 @@
+"""Native kernels against the ONNX function bodies (bit for bit where deterministic), numpy/scipy statistics
+for the noise, and bad input."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper
+from scipy import stats
+
+import reference as ref
+from analogize import convert, native_library_path
+from analogize.native import fuse_elementwise_chains, generated_header
+from analogize.ops import DOMAIN, OPS
+from analogize.rewrite import attach_functions
+from conftest import DEFAULT_MODEL
+
+DETERMINISTIC = {
+    "ReducePrecision": {"precision": 16.0}, "ReluGeluInterpolation": {"factor": 0.5, "scale": 1.5, "alpha": 0.1},
+    "ReluSiluInterpolation": {"factor": 0.7, "scale": 0.8}, "ReGluGeGluInterpolation": {"factor": 0.5},
+    **{f"Smooth{gate}": {"temperature": 0.7} for gate in ("Swish", "Gelu", "Gumbel", "Algebraic", "Guderman", "Mish")},
+}
+
+
+def op_model(op, shape=None, elem_type=TensorProto.FLOAT, opset=17, **attributes):
+    node = helper.make_node(op, ["x"], ["y"], domain=DOMAIN, **attributes)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", elem_type, shape)],
+                              [helper.make_tensor_value_info("y", elem_type, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
+    attach_functions(model, [op])
+    return model
+
+
+def run(model, x, native=True, runs=1):
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if native:
+        options.register_custom_ops_library(str(native_library_path()))
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    results = [session.run(None, {"x": x})[0] for _ in range(runs)]
+    return results[0] if runs == 1 else results
+
+
+@pytest.fixture(scope="module")
+def values():
+    rng = np.random.default_rng(7)
+    x = rng.normal(0, 2, 200_003).astype(np.float32)
+    x[:6] = [0.0, -0.0, 0.5 / 16, -1.5 / 16, 3.0, -3.0]  # zeros and exact rounding ties
+    return x
+
+
+def test_every_op_is_generated_from_the_op_set():
+    header = generated_header()
+    for name, spec in OPS.items():
+        assert f"// {name}: Y = {spec.equation}" in header
+    assert header.count("case ") == len(OPS)
+
+
+def uses_transcendentals(op):
+    """Whether the op's generated code calls erf/exp/tanh/atan (ONNX Runtime's own approximations differ)."""
+    header = generated_header()
+    body = header[header.index(f"// {op}:"):]
+    body = body[:body.index("}")]
+    return any(f in body for f in ("std::erf", "std::exp", "std::tanh", "std::atan", "sigmoid", "softplus"))
+
+
+@pytest.mark.parametrize("op", sorted(DETERMINISTIC))
+def test_deterministic_ops_equal_the_function_bodies(op, values):
+    model = op_model(op, **DETERMINISTIC[op])
+    x = values[:200_000].reshape(2, -1) if op.startswith("ReGlu") else values
+    native, body = run(model, x), run(model, x, native=False)
+    assert native.shape == body.shape
+    if uses_transcendentals(op):
+        # the C library's erf/exp/tanh against ONNX Runtime's vectorised approximations of them
+        np.testing.assert_allclose(native, body, rtol=4e-6, atol=4e-6)
+    else:
+        np.testing.assert_array_equal(native, body)
+
+
+def test_arithmetic_ops_are_the_bit_exact_ones():
+    assert not uses_transcendentals("ReducePrecision") and not uses_transcendentals("SmoothAlgebraic")
+    assert uses_transcendentals("ReluGeluInterpolation")
+
+
+def test_reduce_precision_matches_the_reference_formula(values):
+    native = run(op_model("ReducePrecision", precision=16.0, divide=0.5), values)
+    np.testing.assert_array_equal(native, ref.reduce_precision(values, 16.0).astype(np.float32))
+
+
+def test_noise_has_the_declared_distribution_fresh_per_run_and_reproducible_per_seed():
+    x = np.zeros(400_000, np.float32)
+    first, second = run(op_model("AnalogNoise", std=0.05, seed=3.0), x, runs=2)
+    assert abs(first.mean()) < 0.05 * 5 / np.sqrt(x.size)
+    assert first.std() == pytest.approx(0.05, rel=0.01)
+    assert stats.normaltest(first[:100_000]).pvalue > 1e-3
+    assert stats.kstest(first[:100_000] / 0.05, "norm").pvalue > 1e-3
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.01  # a fresh draw on every run
+    again = run(op_model("AnalogNoise", std=0.05, seed=3.0), x, runs=2)
+    np.testing.assert_array_equal(again[0], first)  # the same seed, the same stream
+    np.testing.assert_array_equal(again[1], second)
+    other = run(op_model("AnalogNoise", std=0.05, seed=4.0), x)
+    assert abs(np.corrcoef(first, other)[0, 1]) < 0.01
+    unseeded = [run(op_model("AnalogNoise", std=0.05), x) for _ in range(2)]
+    assert abs(np.corrcoef(*unseeded)[0, 1]) < 0.01  # unlike ORT's RandomNormalLike: fresh per session
+
+
+def test_noise_of_two_nodes_is_uncorrelated_and_the_fused_chain_gives_the_same_numbers(rng):
+    model = convert(onnx.load(DEFAULT_MODEL), bits=4, ep=0.5, seed=11).model
+    x = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.register_custom_ops_library(str(native_library_path()))
+    fused = onnx.ModelProto()
+    fused.CopyFrom(model)
+    assert fuse_elementwise_chains(fused) >= 10
+    assert not [n for n in fused.graph.node if n.domain == DOMAIN]  # every chain became one node
+    outputs = []
+    for candidate in (model, fused):
+        session = ort.InferenceSession(candidate.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        outputs.append([session.run(None, {"input": x})[0] for _ in range(2)])
+    np.testing.assert_array_equal(outputs[0][0], outputs[1][0])
+    np.testing.assert_array_equal(outputs[0][1], outputs[1][1])
+    pair = op_model("AnalogNoise", std=1.0, seed=1.0)
+    second = helper.make_node("AnalogNoise", ["x"], ["z"], domain=DOMAIN, std=1.0, seed=2.0)
+    pair.graph.node.append(second)
+    pair.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    options_session = ort.InferenceSession(pair.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    y, z = options_session.run(None, {"x": np.zeros(200_000, np.float32)})
+    assert abs(np.corrcoef(y, z)[0, 1]) < 0.01
+
+
+def test_stochastic_rounding_is_unbiased_and_on_the_grid():
+    x = np.full(200_000, 0.3, np.float32)  # 0.3 * 4 = 1.2: 1/4 with probability 0.8, 2/4 with 0.2
+    y = run(op_model("StochasticReducePrecision", precision=4.0, seed=5.0), x)
+    assert set(np.unique(y).tolist()) == {0.25, 0.5}
+    assert y.mean() == pytest.approx(0.3, abs=0.002)
+
+
+@pytest.mark.parametrize("shape", [(), (0,), (3, 0, 2), (1,), (2, 3, 4, 5, 6), (70_000,)])
+def test_any_rank_and_empty_tensors(shape, rng):
+    x = rng.normal(size=shape).astype(np.float32)
+    model = op_model("ReducePrecision", precision=8.0)
+    np.testing.assert_array_equal(run(model, x), run(model, x, native=False))
+    assert run(model, x).shape == shape
+
+
+def test_wrong_dtype_and_odd_gated_axis_are_clear_errors_not_crashes():
+    with pytest.raises(Exception, match=r"tensor\(double\)"):  # refused when the session is made
+        run(op_model("ReducePrecision", elem_type=TensorProto.DOUBLE, precision=8.0), np.zeros(4))
+    declared_float_output = op_model("ReducePrecision", elem_type=TensorProto.DOUBLE, precision=8.0)
+    declared_float_output.graph.output[0].type.tensor_type.elem_type = TensorProto.FLOAT
+    with pytest.raises(Exception, match="the native kernels take float32"):
+        run(declared_float_output, np.zeros(4))
+    with pytest.raises(Exception, match="even size"):
+        run(op_model("ReGluGeGluInterpolation"), np.zeros((2, 3), np.float32))
+    missing = op_model("ReducePrecision")
+    with pytest.raises(Exception, match="needs attribute precision"):
+        run(missing, np.zeros(4, np.float32))
+
+
+def test_models_still_run_without_the_library(rng):
+    model = convert(onnx.load(DEFAULT_MODEL), bits=6, noise=False).model
+    x = rng.uniform(0, 1, (8, 1, 8, 8)).astype(np.float32)
+    plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.register_custom_ops_library(str(native_library_path()))
+    native = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(plain.run(None, {"input": x})[0], native.run(None, {"input": x})[0])
+
+
+def test_a_missing_compiler_is_a_clear_error_and_sessions_fall_back(tmp_path, monkeypatch, capsys, rng):
+    from analogize import native, runtime
+    from analogize.errors import AnalogizeError
+
+    monkeypatch.setenv("ANALOGIZE_CACHE", str(tmp_path))
+    monkeypatch.setenv("CXX", "/no/such/compiler")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(AnalogizeError, match="no C\\+\\+ compiler"):
+        native.build()
+    monkeypatch.setattr(native, "_LIBRARY", None)
+    monkeypatch.setattr(runtime, "_NATIVE_UNAVAILABLE", [])
+    model = convert(onnx.load(DEFAULT_MODEL), bits=6, noise=False).model
+    session = runtime.create_session(model)
+    assert session.run(None, {"input": rng.uniform(0, 1, (2, 1, 8, 8)).astype(np.float32)})[0].shape == (2, 10)
+    runtime.create_session(model)
+    assert capsys.readouterr().err.count("native kernels unavailable") == 1
+
+
+def test_fusion_keeps_graph_outputs_and_unfusable_nodes():
+    model = op_model("ReducePrecision", precision=8.0)
+    model.graph.node.append(helper.make_node("Relu", ["y"], ["z"]))
+    model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+    assert fuse_elementwise_chains(model) == 0  # y is a graph output: it must stay
+    chain = op_model("ReducePrecision", precision=8.0)
+    chain.graph.node[0].output[0] = "r"
+    chain.graph.node.extend([helper.make_node("Clip", ["r", "", "high"], ["c"]),
+                             helper.make_node("LeakyRelu", ["c"], ["y"], alpha=0.2)])
+    chain.graph.initializer.append(helper.make_tensor("high", TensorProto.FLOAT, [], [0.5]))
+    x = np.linspace(-2, 2, 1001, dtype=np.float32)
+    expected = run(chain, x, native=False)
+    assert fuse_elementwise_chains(chain) == 1 and [n.op_type for n in chain.graph.node] == ["FusedChain"]
+    np.testing.assert_array_equal(run(chain, x), expected)
