@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from .errors import AnalogizeError
-from .ops import DOMAIN, OPS, OpSpec
+from .ops import DOMAIN, OPS, OpSpec, TracedArithmetic
 
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "custom_ops"
 LIBRARY_NAME = "libanalogize_ops.so"
@@ -63,46 +63,19 @@ class _Emitter:
         return _float_literal(float(item))
 
 
-class _CppValue:
+class _CppValue(TracedArithmetic):
+    _SYNTAX = {"Add": "{} + {}", "Sub": "{} - {}", "Mul": "{} * {}", "Div": "{} / {}",
+               "Greater": "({} > {}) ? 1.0f : 0.0f", "Less": "({} < {}) ? 1.0f : 0.0f"}
+
     def __init__(self, emitter: _Emitter, name: str):
         self.emitter, self.name = emitter, name
 
-    def _binary(self, symbol, other, reflected=False):
+    def _binary(self, op_type, other, reflected=False):
         left, right = (other, self) if reflected else (self, other)
-        return self.emitter.let(f"{self.emitter.term(left)} {symbol} {self.emitter.term(right)}")
-
-    def __add__(self, other):
-        return self._binary("+", other)
-
-    def __radd__(self, other):
-        return self._binary("+", other, True)
-
-    def __sub__(self, other):
-        return self._binary("-", other)
-
-    def __rsub__(self, other):
-        return self._binary("-", other, True)
-
-    def __mul__(self, other):
-        return self._binary("*", other)
-
-    def __rmul__(self, other):
-        return self._binary("*", other, True)
-
-    def __truediv__(self, other):
-        return self._binary("/", other)
-
-    def __rtruediv__(self, other):
-        return self._binary("/", other, True)
+        return self.emitter.let(self._SYNTAX[op_type].format(self.emitter.term(left), self.emitter.term(right)))
 
     def __neg__(self):
         return self.emitter.let(f"-{self.name}")
-
-    def __gt__(self, other):
-        return self.emitter.let(f"({self.name} > {self.emitter.term(other)}) ? 1.0f : 0.0f")
-
-    def __lt__(self, other):
-        return self.emitter.let(f"({self.name} < {self.emitter.term(other)}) ? 1.0f : 0.0f")
 
 
 class _CppPrimitives:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 from onnx import AttributeProto, helper
 
-from .ops import DOMAIN, OPS, OpSpec
+from .ops import DOMAIN, OPS, OpSpec, TracedArithmetic
 
 MIN_OPSET = 13  # Clip bounds, Split sizes and Unsqueeze axes as inputs; Constant(value_float) from 12
 _INT64_MAX = 2**63 - 1
@@ -50,7 +50,7 @@ class _Builder:
         return self.emit("Constant", [], value_ints=list(values))
 
 
-class _Arithmetic:
+class _Arithmetic(TracedArithmetic):
     """Python operators on traced values emit the matching ONNX ops."""
 
     builder: _Builder
@@ -59,38 +59,8 @@ class _Arithmetic:
         left, right = (other, self) if reflected else (self, other)
         return self.builder.emit(op_type, [left, right])
 
-    def __add__(self, other):
-        return self._binary("Add", other)
-
-    def __radd__(self, other):
-        return self._binary("Add", other, True)
-
-    def __sub__(self, other):
-        return self._binary("Sub", other)
-
-    def __rsub__(self, other):
-        return self._binary("Sub", other, True)
-
-    def __mul__(self, other):
-        return self._binary("Mul", other)
-
-    def __rmul__(self, other):
-        return self._binary("Mul", other, True)
-
-    def __truediv__(self, other):
-        return self._binary("Div", other)
-
-    def __rtruediv__(self, other):
-        return self._binary("Div", other, True)
-
     def __neg__(self):
         return self.builder.emit("Neg", [self])
-
-    def __gt__(self, other):
-        return self._binary("Greater", other)
-
-    def __lt__(self, other):
-        return self._binary("Less", other)
 
 
 class _Value(_Arithmetic):

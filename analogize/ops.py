@@ -83,6 +83,44 @@ class OpSpec:
         return values
 
 
+class TracedArithmetic:
+    """Python operators on a value traced through a formula, as ONNX op names: a backend implements
+    ``_binary(op_type, other, reflected)`` (Add, Sub, Mul, Div, Greater, Less) and ``__neg__``."""
+
+    def _binary(self, op_type: str, other, reflected: bool = False):
+        raise NotImplementedError
+
+    def __add__(self, other):
+        return self._binary("Add", other)
+
+    def __radd__(self, other):
+        return self._binary("Add", other, True)
+
+    def __sub__(self, other):
+        return self._binary("Sub", other)
+
+    def __rsub__(self, other):
+        return self._binary("Sub", other, True)
+
+    def __mul__(self, other):
+        return self._binary("Mul", other)
+
+    def __rmul__(self, other):
+        return self._binary("Mul", other, True)
+
+    def __truediv__(self, other):
+        return self._binary("Div", other)
+
+    def __rtruediv__(self, other):
+        return self._binary("Div", other, True)
+
+    def __gt__(self, other):
+        return self._binary("Greater", other)
+
+    def __lt__(self, other):
+        return self._binary("Less", other)
+
+
 SEED = Attribute("seed", "integer-valued seed of the random stream (a float, like RandomNormalLike's); "
                          "absent: fresh noise on every run", None)
 PRECISION = Attribute("precision", "quantisation steps per unit p (levels on [-1, 1]: 2p + 1)", None, 1.0,

@@ -10,22 +10,13 @@ model already at opset 13, which isolates the rewrite itself.
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import onnx
 from onnx import version_converter
 
 from analogize import convert_file
-
-
-def best_time(function, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from timing import best_time
 
 
 def main():
@@ -47,7 +38,7 @@ def main():
             convert_file(source, work / "converted.onnx", activation="interp-gelu", factor=0.5)
 
         load_save(), convert()  # warm caches and imports
-        baseline, converted = best_time(load_save, args.repeats), best_time(convert, args.repeats)
+        baseline, converted = best_time(load_save, args.repeats, warm_up=False), best_time(convert, args.repeats, warm_up=False)
         rows.append({"model": label, "load_save_s": baseline, "convert_s": converted, "ratio": converted / baseline})
     if args.json:
         print(json.dumps({"goal_ratio": 3.0, "rows": rows}, indent=2))

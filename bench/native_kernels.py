@@ -15,7 +15,6 @@ Best of N runs for each (the machine is shared; the minimum is the least disturb
 import argparse
 import json
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,24 +24,15 @@ from onnx import TensorProto, helper
 from analogize import convert
 from analogize.data import InputSpec
 from analogize.runtime import create_session
+from timing import best_time
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_densenet121.onnx"
 PLACEMENTS_WITHOUT_WEIGHTS = ("input", "layer-inputs", "layer-outputs")
 
 
-def best(function, repeats):
-    function()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def latency(model, feed, repeats, native):
     session = create_session(model, native=native)
-    return best(lambda: session.run(None, feed), repeats)
+    return best_time(lambda: session.run(None, feed), repeats)
 
 
 def model_rows(name, model, x, repeats):
@@ -70,7 +60,7 @@ def throughput_rows(repeats):
     x = np.random.default_rng(0).uniform(-1.5, 1.5, 12 * 2**20).astype(np.float32)
     moved = 2 * x.nbytes
     target = np.empty_like(x)
-    copy = moved / best(lambda: np.copyto(target, x), repeats) / 1e9
+    copy = moved / best_time(lambda: np.copyto(target, x), repeats) / 1e9
     bounds = [helper.make_tensor("low", TensorProto.FLOAT, [], [-1.0]),
               helper.make_tensor("high", TensorProto.FLOAT, [], [1.0])]
     kernels = {
@@ -86,7 +76,7 @@ def throughput_rows(repeats):
     rows = {"memory copy": copy}
     for name, model in kernels.items():
         session = create_session(model, native=True)
-        rows[name] = moved / best(lambda: session.run(None, {"x": x}), repeats) / 1e9
+        rows[name] = moved / best_time(lambda: session.run(None, {"x": x}), repeats) / 1e9
     return rows
 
 
