@@ -123,21 +123,22 @@ def _kernel_source(index: int, spec: OpSpec) -> tuple[str, int, bool]:
 def generated_header() -> str:
     """C++ for every op: its element function and its row in the table the library registers."""
     parts = ["// Generated from analogize/ops.py by analogize.native; do not edit.", "#pragma once", ""]
-    rows = []
+    rows, gated_ops = [], []
     for index, spec in enumerate(OPS.values()):
         source, random, gated = _kernel_source(index, spec)
         parts.append(source)
+        gated_ops.append(gated)
         attributes = ", ".join(
             f'{{"{a.name}", {"NAN" if a.default is None else _float_literal(a.default)}, {int(a.required)}}}'
             for a in spec.attributes)
-        rows.append(f'    {{"{spec.name}", op_{index}, {random}, {int(gated)}, {len(spec.attributes)}, '
+        rows.append(f'    {{"{spec.name}", {random}, {int(gated)}, {len(spec.attributes)}, '
                     f'{{{attributes}}}}},')
     parts += ["static const OpDescription kOps[] = {", *rows, "};", ""]
     # One loop per op with its element function inlined, so the compiler can vectorise it.
     # Attributes are copied to locals first: the compiler cannot prove that ``values`` does not alias them.
     cases = [f"        case {k}: for (size_t i = 0; i < count; ++i) values[i] = op_{k}(values[i], "
              f"{'gates[i]' if gated else '0.0f'}, a, random[i]); return;"
-             for k, gated in enumerate(g for _, _, g in map(lambda s: _kernel_source(0, s), OPS.values()))]
+             for k, gated in enumerate(gated_ops)]
     parts += ["static inline void apply_op(int op, float* __restrict values, const float* __restrict gates,",
               "                            const float* attr, const float* __restrict random, size_t count) {",
               "    (void)gates;", "    const float a[4] = {attr[0], attr[1], attr[2], attr[3]};",

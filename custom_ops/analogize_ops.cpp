@@ -27,11 +27,8 @@ struct AttributeDescription {
     int required;
 };
 
-using ElementFunction = float (*)(float x, float gate, const float* attr, float random);
-
 struct OpDescription {
     const char* name;
-    ElementFunction apply;
     int random;  // 0 none, 1 standard normal, 2 uniform on [0, 1)
     int gated;   // splits the last axis into (x, gate) halves
     int attribute_count;
