@@ -87,9 +87,10 @@ class _CppPrimitives:
     def _call(function):
         return lambda self, x: self._e.let(f"{function}({self._e.term(x)})")
 
-    abs, sign, ceil, floor = _call("std::fabs"), _call("analogize_sign"), _call("std::ceil"), _call("std::floor")
-    erf, exp, sqrt, atan = _call("std::erf"), _call("std::exp"), _call("std::sqrt"), _call("std::atan")
-    sigmoid, tanh, softplus = _call("analogize_sigmoid"), _call("std::tanh"), _call("analogize_softplus")
+    # C's float functions: the same names on the host (libm) and in CUDA device code
+    abs, sign, ceil, floor = _call("fabsf"), _call("analogize_sign"), _call("ceilf"), _call("floorf")
+    erf, exp, sqrt, atan = _call("erff"), _call("expf"), _call("sqrtf"), _call("atanf")
+    sigmoid, tanh, softplus = _call("analogize_sigmoid"), _call("tanhf"), _call("analogize_softplus")
     del _call
 
     def where(self, condition, if_true, if_false):
@@ -115,7 +116,7 @@ def _kernel_source(index: int, spec: OpSpec) -> tuple[str, int, bool]:
     result = spec.formula(_CppPrimitives(emitter), _CppValue(emitter, "x"), **parameters)
     body = "\n".join(emitter.lines)
     source = (f"// {spec.name}: Y = {spec.equation}\n"
-              f"static inline float op_{index}(float x, float gate, const float* attr, float random) {{\n"
+              f"ANALOGIZE_HD float op_{index}(float x, float gate, const float* attr, float random) {{\n"
               f"    (void)gate; (void)attr; (void)random;\n{body}\n    return {emitter.term(result)};\n}}\n")
     return source, emitter.random, emitter.gated
 
@@ -133,7 +134,12 @@ def generated_header() -> str:
             for a in spec.attributes)
         rows.append(f'    {{"{spec.name}", {random}, {int(gated)}, {len(spec.attributes)}, '
                     f'{{{attributes}}}}},')
-    parts += ["static const OpDescription kOps[] = {", *rows, "};", ""]
+    elements = [f"        case {k}: return op_{k}(x, gate, attr, random);" for k in range(len(gated_ops))]
+    parts += ["// One element of any op: the CUDA kernels' dispatch.",
+              "ANALOGIZE_HD float apply_op_element(int op, float x, float gate, const float* attr, float random) {",
+              "    switch (op) {", *elements, "        default: return x;", "    }", "}", ""]
+    parts += ["#ifndef ANALOGIZE_DEVICE_ONLY  // the CPU side: the registration table and vectorisable loops",
+              "static const OpDescription kOps[] = {", *rows, "};", ""]
     # One loop per op with its element function inlined, so the compiler can vectorise it.
     # Attributes are copied to locals first: the compiler cannot prove that ``values`` does not alias them.
     cases = [f"        case {k}: for (size_t i = 0; i < count; ++i) values[i] = op_{k}(values[i], "
@@ -142,7 +148,7 @@ def generated_header() -> str:
     parts += ["static inline void apply_op(int op, float* __restrict values, const float* __restrict gates,",
               "                            const float* attr, const float* __restrict random, size_t count) {",
               "    (void)gates;", "    const float a[4] = {attr[0], attr[1], attr[2], attr[3]};",
-              "    switch (op) {", *cases, "        default: return;", "    }", "}", ""]
+              "    switch (op) {", *cases, "        default: return;", "    }", "}", "#endif", ""]
     return "\n".join(parts)
 
 
@@ -150,7 +156,7 @@ def _sources() -> list[Path]:
     if not SOURCE_DIR.is_dir():
         raise AnalogizeError(f"the native kernel sources ({SOURCE_DIR}) are missing; install analogize from its "
                              f"source tree (pip install -e .) to build them")
-    return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cpp", ".h"))
+    return sorted(p for p in SOURCE_DIR.iterdir() if p.suffix in (".cpp", ".cu", ".h"))
 
 
 def _cache_dir() -> Path:
@@ -165,42 +171,75 @@ def _compiler() -> str:
     return compiler
 
 
-def build(verbose: bool = True) -> Path:
-    """Build the library unless the cache holds one for these sources; return its path."""
+NVCC_FLAGS = ("-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden",
+              # the CPU kernels round every + and * separately; so must the GPU, for the same numbers
+              "--fmad=false",
+              "-gencode", "arch=compute_80,code=sm_80", "-gencode", "arch=compute_90,code=sm_90",
+              "-gencode", "arch=compute_90,code=compute_90")
+CUDA_LIBRARY_NAME = "libanalogize_ops_cuda.so"
+
+
+def _nvcc() -> str:
+    nvcc = shutil.which("nvcc") or shutil.which(str(Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin/nvcc"))
+    if not nvcc:
+        raise AnalogizeError("no CUDA compiler (nvcc) found to build the CUDA kernels; the CPU kernels need none")
+    return nvcc
+
+
+def _run(command: list[str]) -> None:
+    finished = subprocess.run(command, capture_output=True, text=True)
+    if finished.returncode != 0:
+        lines = finished.stderr.strip().splitlines()
+        first_error = next((line for line in lines if "error" in line), lines[-1] if lines else "no message")
+        raise AnalogizeError(f"building the native kernels failed ({Path(command[0]).name}): {first_error}")
+
+
+def build(verbose: bool = True, cuda: bool = False) -> Path:
+    """Build the library (with CUDA kernels too when ``cuda``) unless the cache holds one for these sources."""
     compiler = _compiler()
+    nvcc = _nvcc() if cuda else None
     header = generated_header()
     digest = hashlib.sha256()
     for path in _sources():
         digest.update(path.name.encode() + path.read_bytes())
-    digest.update(header.encode() + " ".join((compiler, *CXX_FLAGS)).encode())
-    target = _cache_dir() / digest.hexdigest()[:16] / LIBRARY_NAME
+    digest.update(header.encode() + " ".join((compiler, *CXX_FLAGS, *((nvcc, *NVCC_FLAGS) if cuda else ()))).encode())
+    target = _cache_dir() / digest.hexdigest()[:16] / (CUDA_LIBRARY_NAME if cuda else LIBRARY_NAME)
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     if verbose:
-        print(f"analogize: building the native kernels (first use) into {target.parent} ...", file=sys.stderr)
+        print(f"analogize: building the native {'CPU and CUDA' if cuda else 'CPU'} kernels (first use) into "
+              f"{target.parent} ...", file=sys.stderr)
     with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        (Path(work) / "analogize_generated.h").write_text(header)
-        staged = Path(work) / LIBRARY_NAME
-        command = [compiler, *CXX_FLAGS, f"-I{work}", f"-I{SOURCE_DIR}", str(SOURCE_DIR / "analogize_ops.cpp"),
-                   "-o", str(staged)]
-        finished = subprocess.run(command, capture_output=True, text=True)
-        if finished.returncode != 0:
-            raise AnalogizeError(f"building the native kernels failed ({' '.join(command[:2])} ...): "
-                                 f"{finished.stderr.strip().splitlines()[-1] if finished.stderr.strip() else ''}")
+        work = Path(work)
+        (work / "analogize_generated.h").write_text(header)
+        includes = [f"-I{work}", f"-I{SOURCE_DIR}"]
+        staged = work / target.name
+        if not cuda:
+            _run([compiler, *CXX_FLAGS, *includes, str(SOURCE_DIR / "analogize_ops.cpp"), "-o", str(staged)])
+        else:
+            cpu_flags = [f for f in CXX_FLAGS if f != "-shared"]
+            _run([compiler, *cpu_flags, "-DANALOGIZE_WITH_CUDA", *includes, "-c",
+                  str(SOURCE_DIR / "analogize_ops.cpp"), "-o", str(work / "cpu.o")])
+            _run([nvcc, *NVCC_FLAGS, *includes, "-c", str(SOURCE_DIR / "analogize_cuda.cu"), "-o", str(work / "cuda.o")])
+            # the CUDA runtime linked statically: the library loads (and its CPU kernels run) without a GPU
+            _run([nvcc, "-shared", "-cudart", "static", str(work / "cpu.o"), str(work / "cuda.o"), "-o", str(staged)])
         os.replace(staged, target)  # atomic: a concurrent build leaves one complete library
     return target
 
 
-_LIBRARY: Path | None = None
+_LIBRARIES: dict[bool, Path] = {}
 
 
-def native_library_path() -> Path:
-    """The built native library for ONNX Runtime (building it on first use); AnalogizeError says why not."""
-    global _LIBRARY
-    if _LIBRARY is None or not _LIBRARY.exists():
-        _LIBRARY = build()
-    return _LIBRARY
+def native_library_path(cuda: bool = False) -> Path:
+    """The built native library for ONNX Runtime (building it on first use); AnalogizeError says why not.
+
+    ``cuda`` asks for the library that also registers CUDA kernels (under the same op names, so it serves
+    CPU sessions too); it needs nvcc to build and a GPU to run them.
+    """
+    if cuda not in _LIBRARIES or not _LIBRARIES[cuda].exists():
+        _LIBRARIES[cuda] = build(cuda=cuda)
+    return _LIBRARIES[cuda]
 
 
 # FusedChain step kinds: the StepKind enum of custom_ops/analogize_ops.cpp.

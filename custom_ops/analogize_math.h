@@ -1,7 +1,13 @@
-// Primitives of analogize/ops.py formulas that C++ lacks, with ONNX's definitions.
+// Primitives of analogize/ops.py formulas that C lacks, with ONNX's definitions; host and CUDA device.
 #pragma once
-#include <cmath>
+#include <math.h>
 
-static inline float analogize_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
-static inline float analogize_sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-static inline float analogize_softplus(float x) { return std::fmax(x, 0.0f) + std::log1p(std::exp(-std::fabs(x))); }
+#ifdef __CUDACC__
+#define ANALOGIZE_HD __host__ __device__ inline
+#else
+#define ANALOGIZE_HD inline
+#endif
+
+ANALOGIZE_HD float analogize_sign(float x) { return x > 0.0f ? 1.0f : (x < 0.0f ? -1.0f : x); }
+ANALOGIZE_HD float analogize_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+ANALOGIZE_HD float analogize_softplus(float x) { return fmaxf(x, 0.0f) + log1pf(expf(-fabsf(x))); }

@@ -14,12 +14,11 @@
 #include <vector>
 
 #include "analogize_math.h"
+#include "chain.h"
 #include "ort_abi.h"
 #include "philox.h"
 
 namespace {
-
-constexpr int kMaxAttributes = 4;
 
 struct AttributeDescription {
     const char* name;
@@ -42,20 +41,13 @@ constexpr size_t kTile = 256;          // elements kept in cache across the step
 constexpr size_t kChunk = 64 * 1024;   // elements per task handed to ONNX Runtime's thread pool
 constexpr int kRandomNormal = 1;
 
-// Step kinds of FusedChain's "kinds" attribute; analogize/native.py writes the same numbers.
-enum StepKind { kAnalogOp = 0, kClip = 1, kRelu = 2, kLeakyRelu = 3 };
-
-struct Step {
-    int kind = kAnalogOp;
-    const OpDescription* op = nullptr;
-    float attr[kMaxAttributes] = {0, 0, 0, 0};
-    uint64_t key = 0;
-};
+using Step = ChainStep;
 
 struct Kernel {
     std::string name;
     std::vector<Step> steps;
     bool gated = false;
+    bool cuda = false;
     std::atomic<uint64_t> runs{0};
 };
 
@@ -77,7 +69,7 @@ void fill_random(const Step& step, size_t first, size_t count, uint64_t run, flo
         for (int lane = 0; lane < 4; ++lane) lanes[lane][b] = block.v[lane];
     }
     float drawn[kTile + 4];
-    if (step.op->random == kRandomNormal) {
+    if (step.random == kRandomNormal) {
         for (size_t b = 0; b < blocks; ++b) {
             float four[4];
             philox::normals(philox::Block{{lanes[0][b], lanes[1][b], lanes[2][b], lanes[3][b]}}, four);
@@ -110,12 +102,12 @@ void apply_step(const Step& step, float* values, const float* gates, size_t firs
             break;
     }
     float random[kTile];
-    if (step.op->random) {
+    if (step.random) {
         fill_random(step, first, count, run, random);
     } else {
         std::fill(random, random + count, 0.0f);
     }
-    apply_op(static_cast<int>(step.op - kOps), values, gates, step.attr, random, count);
+    apply_op(step.op, values, gates, step.attr, random, count);
 }
 
 struct Job {
@@ -159,6 +151,27 @@ OrtStatus* error(const Kernel& kernel, const std::string& message) {
     return g_api->CreateStatus(kOrtInvalidArgument, (kernel.name + ": " + message).c_str());
 }
 
+#ifdef ANALOGIZE_WITH_CUDA
+const char* const kProviders[] = {nullptr, "CUDAExecutionProvider"};
+
+OrtStatus* compute_on_gpu(const Kernel& kernel, OrtKernelContext* context, const float* input, float* output,
+                          size_t count, size_t half, uint64_t run) {
+    if (kernel.steps.size() > static_cast<size_t>(kMaxDeviceSteps)) {
+        return error(kernel, "more than " + std::to_string(kMaxDeviceSteps) + " steps in one chain on the GPU");
+    }
+    DeviceChain chain{};
+    chain.count = static_cast<int>(kernel.steps.size());
+    chain.gated = kernel.gated;
+    std::copy(kernel.steps.begin(), kernel.steps.end(), chain.steps);
+    void* stream = nullptr;
+    RETURN_IF_ERROR(g_api->KernelContext_GetGPUComputeStream(context, &stream));
+    const char* failure = launch_chain(chain, input, output, count, half, run, stream);
+    return failure ? error(kernel, std::string("CUDA launch failed: ") + failure) : nullptr;
+}
+#else
+const char* const kProviders[] = {nullptr};
+#endif
+
 OrtStatus* compute(void* state, OrtKernelContext* context) {
     Kernel& kernel = *static_cast<Kernel*>(state);
     const OrtValue* input = nullptr;
@@ -194,8 +207,14 @@ OrtStatus* compute(void* state, OrtKernelContext* context) {
     void* target = nullptr;
     RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(input), &source));
     RETURN_IF_ERROR(g_api->GetTensorMutableData(output, &target));
-    Job job{&kernel, static_cast<const float*>(source), static_cast<float*>(target), count, half,
-            kernel.runs.fetch_add(1)};
+    const uint64_t run = kernel.runs.fetch_add(1);
+#ifdef ANALOGIZE_WITH_CUDA
+    if (kernel.cuda) {
+        return compute_on_gpu(kernel, context, static_cast<const float*>(source), static_cast<float*>(target), count,
+                              half, run);
+    }
+#endif
+    Job job{&kernel, static_cast<const float*>(source), static_cast<float*>(target), count, half, run};
     const size_t chunks = (count + kChunk - 1) / kChunk;
     if (chunks == 1) {
         run_chunk(&job, 0);
@@ -204,8 +223,15 @@ OrtStatus* compute(void* state, OrtKernelContext* context) {
     return g_api->KernelContext_ParallelFor(context, run_chunk, chunks, 0, &job);
 }
 
+Step make_step(int kind, int op) {
+    Step step{};
+    step.kind = kind;
+    step.op = op;
+    step.random = kind == kAnalogOp ? kOps[op].random : 0;
+    return step;
+}
+
 OrtStatus* read_op_attributes(const OpDescription& op, const OrtKernelInfo* info, Step& step) {
-    step.op = &op;
     float seed = NAN;
     for (int k = 0; k < op.attribute_count; ++k) {
         const AttributeDescription& attribute = op.attributes[k];
@@ -258,17 +284,15 @@ OrtStatus* read_fused_chain(const OrtKernelInfo* info, Kernel& kernel) {
         return error(kernel, "kinds, ops, seeds and parameters (4 per step) must describe the same steps");
     }
     for (size_t s = 0; s < steps; ++s) {
-        Step step;
-        step.kind = static_cast<int>(kinds[s]);
-        if (step.kind == kAnalogOp) {
-            if (ops[s] < 0 || static_cast<size_t>(ops[s]) >= kOpCount || kOps[ops[s]].gated) {
-                return error(kernel, "step " + std::to_string(s) + " names no element-wise analog op");
-            }
-            step.op = &kOps[ops[s]];
-            step.key = key_of(seeds[s]);
-        } else if (step.kind != kClip && step.kind != kRelu && step.kind != kLeakyRelu) {
-            return error(kernel, "unknown step kind " + std::to_string(step.kind));
+        const int kind = static_cast<int>(kinds[s]);
+        if (kind == kAnalogOp && (ops[s] < 0 || static_cast<size_t>(ops[s]) >= kOpCount || kOps[ops[s]].gated)) {
+            return error(kernel, "step " + std::to_string(s) + " names no element-wise analog op");
         }
+        if (kind != kAnalogOp && kind != kClip && kind != kRelu && kind != kLeakyRelu) {
+            return error(kernel, "unknown step kind " + std::to_string(kind));
+        }
+        Step step = make_step(kind, kind == kAnalogOp ? static_cast<int>(ops[s]) : -1);
+        if (kind == kAnalogOp) step.key = key_of(seeds[s]);
         std::copy(parameters.begin() + s * kMaxAttributes, parameters.begin() + (s + 1) * kMaxAttributes, step.attr);
         kernel.steps.push_back(step);
     }
@@ -280,6 +304,7 @@ struct Registration {
     OrtCustomOp op;
     const OpDescription* description;
     const char* name;
+    const char* provider;  // nullptr: CPU
 };
 
 const Registration& registration(const OrtCustomOp* op) { return *reinterpret_cast<const Registration*>(op); }
@@ -288,10 +313,11 @@ OrtStatus* create_kernel(const OrtCustomOp* op, const OrtApi*, const OrtKernelIn
     const Registration& entry = registration(op);
     auto* kernel = new Kernel();
     kernel->name = std::string(entry.name);
+    kernel->cuda = entry.provider != nullptr;
     OrtStatus* status = nullptr;
     if (entry.description) {
         kernel->gated = entry.description->gated != 0;
-        Step step;
+        Step step = make_step(kAnalogOp, static_cast<int>(entry.description - kOps));
         status = read_op_attributes(*entry.description, info, step);
         kernel->steps.push_back(step);
     } else {
@@ -319,7 +345,7 @@ void compute_legacy(void* kernel, OrtKernelContext* context) {
 
 void destroy_kernel(void* kernel) { delete static_cast<Kernel*>(kernel); }
 const char* op_name(const OrtCustomOp* op) { return registration(op).name; }
-const char* cpu_provider(const OrtCustomOp*) { return nullptr; }
+const char* provider(const OrtCustomOp* op) { return registration(op).provider; }
 int any_type(const OrtCustomOp*, size_t) { return 0; }  // checked in compute, with a clear message
 int float_type(const OrtCustomOp*, size_t) { return kElementFloat; }
 size_t one(const OrtCustomOp*) { return 1; }
@@ -327,13 +353,13 @@ int required(const OrtCustomOp*, size_t) { return 0; }
 int default_memory(const OrtCustomOp*, size_t) { return 0; }
 int arity_one(const OrtCustomOp*) { return 1; }
 
-Registration make_registration(const OpDescription* description, const char* name) {
+Registration make_registration(const OpDescription* description, const char* name, const char* provider_name) {
     Registration entry{};
     OrtCustomOp& op = entry.op;
     op.version = ort::kCustomOpVersion;
     op.CreateKernel = create_kernel_legacy;
     op.GetName = op_name;
-    op.GetExecutionProviderType = cpu_provider;
+    op.GetExecutionProviderType = provider;
     op.GetInputType = any_type;
     op.GetInputTypeCount = one;
     op.GetOutputType = float_type;
@@ -351,6 +377,7 @@ Registration make_registration(const OpDescription* description, const char* nam
     op.KernelComputeV2 = compute;
     entry.description = description;
     entry.name = name;
+    entry.provider = provider_name;
     return entry;
 }
 
@@ -358,8 +385,13 @@ Registration make_registration(const OpDescription* description, const char* nam
 std::vector<Registration>& registrations() {
     static std::vector<Registration> entries = [] {
         std::vector<Registration> made;
-        for (size_t k = 0; k < kOpCount; ++k) made.push_back(make_registration(&kOps[k], kOps[k].name));
-        made.push_back(make_registration(nullptr, "FusedChain"));
+        // CPU and CUDA kernels under the same names: a CUDA-only op would break CPU-only sessions.
+        for (const char* provider_name : kProviders) {
+            for (size_t k = 0; k < kOpCount; ++k) {
+                made.push_back(make_registration(&kOps[k], kOps[k].name, provider_name));
+            }
+            made.push_back(make_registration(nullptr, "FusedChain", provider_name));
+        }
         return made;
     }();
     return entries;

@@ -113,6 +113,9 @@ public:
         return call<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*, size_t*)>(163)(info, name, out,
                                                                                                size);
     }
+    OrtStatus* KernelContext_GetGPUComputeStream(const OrtKernelContext* context, void** out) const {
+        return call<OrtStatus* (*)(const OrtKernelContext*, void**)>(193)(context, out);
+    }
     OrtStatus* KernelContext_ParallelFor(const OrtKernelContext* context, void (*fn)(void*, size_t), size_t total,
                                          size_t batches, void* data) const {
         return call<OrtStatus* (*)(const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t, void*)>(274)(

@@ -7,11 +7,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifdef __CUDACC__
-#define ANALOGIZE_HD __host__ __device__ inline
-#else
-#define ANALOGIZE_HD inline
-#endif
+#include "analogize_math.h"
 
 namespace philox {
 

@@ -1,0 +1,30 @@
+// A kernel's chain of element-wise steps, shared by the CPU kernels and the CUDA launcher.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+
+constexpr int kMaxAttributes = 4;
+
+// Step kinds of FusedChain's "kinds" attribute; analogize/native.py writes the same numbers.
+enum StepKind { kAnalogOp = 0, kClip = 1, kRelu = 2, kLeakyRelu = 3 };
+
+struct ChainStep {
+    int kind;
+    int op;      // index into kOps for kAnalogOp
+    int random;  // 0 none, 1 standard normal, 2 uniform on [0, 1)
+    float attr[kMaxAttributes];
+    uint64_t key;  // Philox key of a random step
+};
+
+// Steps travel to the GPU by value as a kernel argument, so their number is bounded there.
+constexpr int kMaxDeviceSteps = 32;
+
+struct DeviceChain {
+    int count;
+    int gated;
+    ChainStep steps[kMaxDeviceSteps];
+};
+
+// Runs the chain on the GPU on `stream` (a cudaStream_t); returns nullptr or the CUDA error text.
+const char* launch_chain(const DeviceChain& chain, const float* input, float* output, size_t count, size_t half,
+                         uint64_t run, void* stream);
