@@ -31,6 +31,7 @@ from .model_io import copy_model
 from .ops import OPS
 from .noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
 from .progress import progress_bar
+from .runtime import kernels_in_use
 
 RESULT_FORMAT = "analogize.evaluate"
 RESULT_VERSION = 1
@@ -475,6 +476,7 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
     return {
         "format": RESULT_FORMAT, "version": RESULT_VERSION,
         "model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(), "output": workload.output_name,
+        "kernels": kernels_in_use(),
         "data": {"name": dataset.name, "samples": len(dataset), "classes": classes, "labels": labels is not None,
                  "input_shape": list(inputs.shape[1:]), "adaptations": adaptations},
         "grid": grid.as_dict(), "options": asdict(options), "converted_input": builder.converted,

@@ -20,8 +20,8 @@ METRICS = ("accuracy", "top5", "agreement", "snr_db")
 CSV_COLUMNS = ("kind", "activation", "bits", "precision", "ep", "std", "repeats", "seed",
                *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")))
 # Everything but the cells and the shard position must agree between shards of one sweep.
-_SWEEP_KEYS = ("format", "version", "model_sha256", "output", "data", "grid", "options", "converted_input", "fidelity", "batch_size",
-               "clean", "baselines", "cell_count")
+_SWEEP_KEYS = ("format", "version", "model_sha256", "output", "kernels", "data", "grid", "options",
+               "converted_input", "fidelity", "batch_size", "clean", "baselines", "cell_count")
 
 
 def load_result(path) -> dict:

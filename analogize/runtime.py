@@ -35,6 +35,11 @@ def _native_library():
         return None
 
 
+def kernels_in_use() -> str:
+    """Which implementation of the analog ops sessions run: their noise streams differ, so results say it."""
+    return "native" if native_enabled() and _native_library() is not None else "function-bodies"
+
+
 def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
                    native: bool | None = None) -> ort.InferenceSession:
     """A CPU session for ``model``; ``threads`` caps intra-op threads (workers share the cores).

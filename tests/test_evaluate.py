@@ -360,3 +360,13 @@ def test_shards_of_different_models_do_not_merge(model, digits):
     other = evaluate(convert(model, bits=4, ep=0.5).model, digits, grid, shard=(1, 2))
     with pytest.raises(AnalogizeError, match="model_sha256"):
         merge_results([one, other])
+
+
+def test_shards_computed_with_other_kernels_do_not_merge(model, digits, monkeypatch):
+    grid = Grid(bits=(4,), ep=(0.1, 0.3), repeats=1)
+    native = evaluate(model, digits, grid, shard=(0, 2))
+    monkeypatch.setenv("ANALOGIZE_NATIVE", "0")
+    bodies = evaluate(model, digits, grid, shard=(1, 2))
+    assert (native["kernels"], bodies["kernels"]) == ("native", "function-bodies")
+    with pytest.raises(AnalogizeError, match="'kernels'"):
+        merge_results([native, bodies])
