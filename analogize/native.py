@@ -3,7 +3,7 @@
 The per-element code of every op is traced from its formula in :mod:`analogize.ops` into C++ (float32
 arithmetic in the formula's own order, so deterministic ops agree with the ONNX function bodies), and
 compiled with the hand-written kernel framework in ``custom_ops/`` (ONNX Runtime's C ABI declared there,
-Philox random streams, threading through ONNX Runtime's pool) into one shared library. It is built on first
+counter-based random streams, threading through ONNX Runtime's pool) into one shared library. It is built on first
 use with g++ and cached under ``$ANALOGIZE_CACHE`` (default ``~/.cache/analogize``), keyed by a hash of its
 sources and flags, so a changed op set rebuilds it.
 

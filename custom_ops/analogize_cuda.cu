@@ -1,12 +1,12 @@
-// CUDA kernels of the ai.analogize op set: the same generated element code and the same Philox streams as
-// the CPU kernels (element i of a step at run r: block i / 4, lane i % 4), one thread per Philox block.
+// CUDA kernels of the ai.analogize op set: the same generated element code and the same random streams as
+// the CPU kernels (element i of a step at run r: block i / 4, lane i % 4), one thread per random block.
 #include <cuda_runtime.h>
 
 #include <algorithm>
 
 #include "analogize_math.h"
 #include "chain.h"
-#include "philox.h"
+#include "counter_rng.h"
 
 #define ANALOGIZE_DEVICE_ONLY  // element functions only: the registration table is the CPU side's
 #include "analogize_generated.h"
@@ -34,11 +34,11 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
             const ChainStep& step = chain.steps[s];
             float random[4] = {0, 0, 0, 0};
             if (step.kind == kAnalogOp && step.random) {
-                const philox::Block bits = philox::generate(block, run, step.key);
+                const counter_rng::Block bits = counter_rng::generate(block, counter_rng::stream(step.key, run));
                 if (step.random == 1) {
-                    philox::normals(bits, random);
+                    counter_rng::normals(bits, random);
                 } else {
-                    for (int lane = 0; lane < 4; ++lane) random[lane] = philox::unit(bits.v[lane]);
+                    for (int lane = 0; lane < 4; ++lane) random[lane] = counter_rng::unit(bits.v[lane]);
                 }
             }
             for (int lane = 0; lane < 4; ++lane) {

@@ -3,7 +3,7 @@
 //
 // Every kernel is a chain of steps applied tile by tile: a tile of the input is read once, every step
 // transforms it in cache, and it is written once. A single op is a chain of one step. Random steps draw
-// from their own Philox stream (key = the node's seed), indexed by element and run, so a fused chain gives
+// from their own counter-based stream (key = the node's seed), indexed by element and run, so a fused chain gives
 // exactly what its nodes give one by one.
 #include <algorithm>
 #include <atomic>
@@ -16,7 +16,7 @@
 #include "analogize_math.h"
 #include "chain.h"
 #include "ort_abi.h"
-#include "philox.h"
+#include "counter_rng.h"
 
 namespace {
 
@@ -61,23 +61,24 @@ uint64_t fresh_key() {
 uint64_t key_of(float seed) { return std::isnan(seed) || seed < 0 ? fresh_key() : static_cast<uint64_t>(seed); }
 
 void fill_random(const Step& step, size_t first, size_t count, uint64_t run, float* out) {
-    // Whole Philox blocks covering [first, first + count); tiles start on multiples of 4.
+    // Whole random blocks covering [first, first + count); tiles start on multiples of 4.
     const size_t blocks = (first % 4 + count + 3) / 4, base = first / 4, skip = first % 4;
     uint32_t lanes[4][kTile / 4 + 1];
+    const uint64_t start = counter_rng::stream(step.key, run);
     for (size_t b = 0; b < blocks; ++b) {
-        const philox::Block block = philox::generate(base + b, run, step.key);
+        const counter_rng::Block block = counter_rng::generate(base + b, start);
         for (int lane = 0; lane < 4; ++lane) lanes[lane][b] = block.v[lane];
     }
     float drawn[kTile + 4];
     if (step.random == kRandomNormal) {
         for (size_t b = 0; b < blocks; ++b) {
             float four[4];
-            philox::normals(philox::Block{{lanes[0][b], lanes[1][b], lanes[2][b], lanes[3][b]}}, four);
+            counter_rng::normals(counter_rng::Block{{lanes[0][b], lanes[1][b], lanes[2][b], lanes[3][b]}}, four);
             for (int lane = 0; lane < 4; ++lane) drawn[4 * b + lane] = four[lane];
         }
     } else {
         for (size_t b = 0; b < blocks; ++b) {
-            for (int lane = 0; lane < 4; ++lane) drawn[4 * b + lane] = philox::unit(lanes[lane][b]);
+            for (int lane = 0; lane < 4; ++lane) drawn[4 * b + lane] = counter_rng::unit(lanes[lane][b]);
         }
     }
     std::memcpy(out, drawn + skip, count * sizeof(float));

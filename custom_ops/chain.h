@@ -13,7 +13,7 @@ struct ChainStep {
     int op;      // index into kOps for kAnalogOp
     int random;  // 0 none, 1 standard normal, 2 uniform on [0, 1)
     float attr[kMaxAttributes];
-    uint64_t key;  // Philox key of a random step
+    uint64_t key;  // random stream key of a random step (from the node seed)
 };
 
 // Steps travel to the GPU by value as a kernel argument, so their number is bounded there.
