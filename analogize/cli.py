@@ -155,6 +155,20 @@ def ops(markdown, as_json):
         click.echo(f"{name:28s} {spec.equation}")
 
 
+@cli.command()
+@click.option("--cuda", is_flag=True, help="The library with CUDA kernels too (needs nvcc to build).")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def native(cuda, as_json):
+    """Build (on first use) and print the path of the native kernel library for ONNX Runtime."""
+    from .native import native_library_path
+
+    path = native_library_path(cuda=cuda)
+    if as_json:
+        click.echo(json.dumps({"library": str(path), "cuda": cuda}))
+        return
+    click.echo(str(path))
+
+
 @cli.group()
 def zoo():
     """The paper's architectures (ConvNet, VGG-A, ResNet-18, ViT): list them or export one to ONNX."""

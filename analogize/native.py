@@ -8,7 +8,7 @@ use with g++ and cached under ``$ANALOGIZE_CACHE`` (default ``~/.cache/analogize
 sources and flags, so a changed op set rebuilds it.
 
 ``native_library_path()`` returns the library; sessions made by :mod:`analogize.runtime` register it, and
-users register it in their own sessions with ``SessionOptions.register_custom_ops_library(path)``. Models
+users register it in their own sessions with ``SessionOptions.register_custom_ops_library(path)`` (``analogize native`` prints the path). Models
 keep their function bodies, so they still run where the library is absent.
 """
 from __future__ import annotations

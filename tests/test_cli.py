@@ -237,3 +237,12 @@ def test_evaluate_checks_plot_names_first_and_skips_the_plot_of_an_empty_shard(t
     code, out, err = analogize(capsys, *EVALUATE, "--shard", "9/10", "--json", tmp_path / "s.json",
                                "--plot", tmp_path / "s.png")
     assert code == 0 and "not written" in err and (tmp_path / "s.json").exists() and not (tmp_path / "s.png").exists()
+
+
+def test_native_prints_the_library_path(capsys):
+    from analogize import native_library_path
+
+    code, out, err = analogize(capsys, "native")
+    assert code == 0 and out.strip() == str(native_library_path())
+    code, out, _ = analogize(capsys, "native", "--json")
+    assert json.loads(out) == {"library": str(native_library_path()), "cuda": False}
