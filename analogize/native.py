@@ -16,11 +16,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+import platform
 import shutil
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+
+import onnx
 
 from .errors import AnalogizeError
 from .ops import DOMAIN, OPS, OpSpec, TracedArithmetic
@@ -28,8 +31,9 @@ from .ops import DOMAIN, OPS, OpSpec, TracedArithmetic
 SOURCE_DIR = Path(__file__).resolve().parent.parent / "custom_ops"
 LIBRARY_NAME = "libanalogize_ops.so"
 CXX_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-march=native", "-fno-math-errno", "-fno-trapping-math",
-             # ONNX Runtime's Mul and Add round separately; a fused multiply-add would change the last bit
-             "-ffp-contract=off", "-fvisibility=hidden")
+             # ONNX Runtime's Mul and Add round separately; a fused multiply-add would change the last bit (and
+             # GCC 12's straight-line vectoriser emits vfmaddsub even under -ffp-contract=off)
+             "-ffp-contract=off", "-fno-tree-slp-vectorize", "-fvisibility=hidden")
 FUSED_DOMAIN = "ai.analogize.native"
 RANDOM_NONE, RANDOM_NORMAL, RANDOM_UNIFORM = 0, 1, 2
 
@@ -164,11 +168,22 @@ def _cache_dir() -> Path:
 
 
 def _compiler() -> str:
-    compiler = shutil.which(os.environ.get("CXX") or "g++") or shutil.which("c++")
+    wanted = os.environ.get("CXX")
+    compiler = shutil.which(wanted) if wanted else shutil.which("g++") or shutil.which("c++")
     if not compiler:
-        raise AnalogizeError("no C++ compiler (g++) found to build the native kernels; install g++ "
-                             "(models still run through their function bodies)")
+        raise AnalogizeError(f"no C++ compiler ({wanted or 'g++'}) found to build the native kernels; install g++ "
+                             f"or set CXX (models still run through their function bodies)")
     return compiler
+
+
+def _host_isa() -> str:
+    """What -march=native compiles for: a cache shared between machines must not hand one another's code."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return f"{platform.machine()} {flags}"
 
 
 NVCC_FLAGS = ("-O3", "-std=c++17", "-Xcompiler", "-fPIC,-fvisibility=hidden",
@@ -203,9 +218,19 @@ def build(verbose: bool = True, cuda: bool = False) -> Path:
     for path in _sources():
         digest.update(path.name.encode() + path.read_bytes())
     digest.update(header.encode() + " ".join((compiler, *CXX_FLAGS, *((nvcc, *NVCC_FLAGS) if cuda else ()))).encode())
+    digest.update(_host_isa().encode())
     target = _cache_dir() / digest.hexdigest()[:16] / (CUDA_LIBRARY_NAME if cuda else LIBRARY_NAME)
     if target.exists():
         return target
+    try:
+        return _compile(target, header, compiler, nvcc, verbose)
+    except OSError as error:
+        raise AnalogizeError(f"cannot build the native kernels in {target.parent} ({error.strerror or error}); "
+                             f"set ANALOGIZE_CACHE to a writable directory") from None
+
+
+def _compile(target: Path, header: str, compiler: str, nvcc: str | None, verbose: bool) -> Path:
+    cuda = nvcc is not None
     target.parent.mkdir(parents=True, exist_ok=True)
     if verbose:
         print(f"analogize: building the native {'CPU and CUDA' if cuda else 'CPU'} kernels (first use) into "
@@ -244,7 +269,8 @@ def native_library_path(cuda: bool = False) -> Path:
 
 # FusedChain step kinds: the StepKind enum of custom_ops/analogize_ops.cpp.
 STEP_ANALOG, STEP_CLIP, STEP_RELU, STEP_LEAKY_RELU = 0, 1, 2, 3
-MAX_STEP_ATTRIBUTES = 4  # kMaxAttributes in custom_ops/analogize_ops.cpp
+MAX_STEP_ATTRIBUTES = 4  # kMaxAttributes in custom_ops/chain.h
+MAX_CHAIN_STEPS = 32  # kMaxDeviceSteps in custom_ops/chain.h: what one GPU launch takes
 _OP_INDEX = {name: index for index, name in enumerate(OPS)}  # the order of kOps
 
 
@@ -258,6 +284,8 @@ _ELEMENTWISE = {name for name, spec in OPS.items() if not _gated(spec)}
 def _step(node, scalars: dict):
     """(kind, op index, parameters, seed) of a node FusedChain can take, or None."""
     attributes = {a.name: a for a in node.attribute}
+    if any(a.type != onnx.AttributeProto.FLOAT for a in node.attribute):
+        return None  # an INT seed or precision is invalid: the op's own kernel refuses it
     if node.domain == DOMAIN and node.op_type in _ELEMENTWISE and len(node.input) == 1:
         spec = OPS[node.op_type]
         values = []
@@ -284,6 +312,18 @@ def _step(node, scalars: dict):
     return None
 
 
+def _names_read_in_subgraphs(graph) -> set:
+    """Every name a node inside a control-flow body reads (values captured from outer graphs among them)."""
+    names = set()
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
+                names.update(name for inner in body.node for name in inner.input)
+                names.update(value.name for value in body.output)
+                names.update(_names_read_in_subgraphs(body))
+    return names
+
+
 def fuse_elementwise_chains(model) -> int:
     """Replace each run of two or more element-wise nodes (analog ops, Clip with constant bounds, Relu,
     LeakyRelu), where each feeds only the next, by one FusedChain node: one pass over memory instead of one
@@ -292,17 +332,16 @@ def fuse_elementwise_chains(model) -> int:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
-    from .rewrite import _subgraph_names
-
     graph = model.graph
+    graph_inputs = {v.name for v in graph.input}  # an initializer that is also an input can be overridden
     scalars = {t.name: float(numpy_helper.to_array(t).reshape(-1)[0]) for t in graph.initializer
-               if t.data_type == TensorProto.FLOAT and int(np.prod(t.dims)) == 1}
+               if t.data_type == TensorProto.FLOAT and int(np.prod(t.dims)) == 1 and t.name not in graph_inputs}
     uses: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             uses[name] = uses.get(name, 0) + 1
-    for name in _subgraph_names(graph) | {v.name for v in graph.output}:
-        uses[name] = uses.get(name, 0) + 2  # never fuse across a graph output or a subgraph's capture
+    for name in _names_read_in_subgraphs(graph) | {v.name for v in graph.output}:
+        uses[name] = uses.get(name, 0) + 2  # never fuse away a graph output or a value a subgraph reads
     consumer = {}
     for position, node in enumerate(graph.node):
         for name in node.input:
@@ -315,14 +354,15 @@ def fuse_elementwise_chains(model) -> int:
         if taken[start] or steps[start] is None:
             continue
         chain = [start]
-        while True:
+        while len(chain) < MAX_CHAIN_STEPS:
             output = graph.node[chain[-1]].output[0]
             following = consumer.get(output)
             if uses.get(output) != 1 or following is None or steps[following] is None or taken[following] \
                     or graph.node[following].input[0] != output:
                 break
             chain.append(following)
-        if len(chain) < 2:
+        # Analog ops take float32 only, so a chain with one of them is all float32, as FusedChain requires.
+        if len(chain) < 2 or all(steps[p][0] != STEP_ANALOG for p in chain):
             continue
         for position in chain:
             taken[position] = True

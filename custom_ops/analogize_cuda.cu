@@ -44,9 +44,9 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
             for (int lane = 0; lane < 4; ++lane) {
                 float x = values[lane];
                 switch (step.kind) {
-                    case kClip: x = x < step.attr[0] ? step.attr[0] : (x > step.attr[1] ? step.attr[1] : x); break;
-                    case kRelu: x = x > 0.0f ? x : 0.0f; break;
-                    case kLeakyRelu: x = x >= 0.0f ? x : step.attr[0] * x; break;
+                    case kClip: x = clip(x, step.attr[0], step.attr[1]); break;
+                    case kRelu: x = relu(x); break;
+                    case kLeakyRelu: x = leaky_relu(x, step.attr[0]); break;
                     default: x = apply_op_element(step.op, x, gates[lane], step.attr, random[lane]); break;
                 }
                 values[lane] = x;

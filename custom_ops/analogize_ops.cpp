@@ -86,19 +86,15 @@ void fill_random(const Step& step, size_t first, size_t count, uint64_t run, flo
 
 void apply_step(const Step& step, float* values, const float* gates, size_t first, size_t count, uint64_t run) {
     switch (step.kind) {
-        case kClip: {
-            const float low = step.attr[0], high = step.attr[1];
-            for (size_t i = 0; i < count; ++i) values[i] = values[i] < low ? low : (values[i] > high ? high : values[i]);
+        case kClip:
+            for (size_t i = 0; i < count; ++i) values[i] = clip(values[i], step.attr[0], step.attr[1]);
             return;
-        }
         case kRelu:
-            for (size_t i = 0; i < count; ++i) values[i] = values[i] > 0.0f ? values[i] : 0.0f;
+            for (size_t i = 0; i < count; ++i) values[i] = relu(values[i]);
             return;
-        case kLeakyRelu: {
-            const float alpha = step.attr[0];
-            for (size_t i = 0; i < count; ++i) values[i] = values[i] >= 0.0f ? values[i] : alpha * values[i];
+        case kLeakyRelu:
+            for (size_t i = 0; i < count; ++i) values[i] = leaky_relu(values[i], step.attr[0]);
             return;
-        }
         default:
             break;
     }
@@ -240,6 +236,13 @@ OrtStatus* read_op_attributes(const OpDescription& op, const OrtKernelInfo* info
         OrtStatus* status = g_api->KernelInfoGetAttribute_float(info, attribute.name, &value);
         if (status) {
             g_api->ReleaseStatus(status);
+            int64_t integer = 0;
+            OrtStatus* as_integer = g_api->KernelInfoGetAttribute_int64(info, attribute.name, &integer);
+            if (!as_integer) {
+                return g_api->CreateStatus(kOrtInvalidArgument, (std::string(op.name) + " attribute " + attribute.name +
+                                                                 " must be a float, not an integer").c_str());
+            }
+            g_api->ReleaseStatus(as_integer);
             if (attribute.required) {
                 return g_api->CreateStatus(kOrtInvalidArgument, (std::string(op.name) + " needs attribute " +
                                                                  attribute.name).c_str());

@@ -3,6 +3,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "analogize_math.h"
+
 constexpr int kMaxAttributes = 4;
 
 // Step kinds of FusedChain's "kinds" attribute; analogize/native.py writes the same numbers.
@@ -15,6 +17,15 @@ struct ChainStep {
     float attr[kMaxAttributes];
     uint64_t key;  // random stream key of a random step (from the node seed)
 };
+
+// The standard ops a chain may hold, with ONNX's semantics: NaN passes through, -0 stays -0, and Clip with
+// min > max gives max, as min(max(x, low), high) does.
+ANALOGIZE_HD float clip(float x, float low, float high) {
+    const float raised = x < low ? low : x;
+    return raised > high ? high : raised;
+}
+ANALOGIZE_HD float relu(float x) { return x < 0.0f ? 0.0f : x; }
+ANALOGIZE_HD float leaky_relu(float x, float alpha) { return x < 0.0f ? alpha * x : x; }
 
 // Steps travel to the GPU by value as a kernel argument, so their number is bounded there.
 constexpr int kMaxDeviceSteps = 32;

@@ -220,3 +220,126 @@ def test_the_cuda_library_builds_and_its_cpu_kernels_equal_the_cpu_library(rng):
         session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         outputs.append(session.run(None, {"input": x})[0])
     np.testing.assert_array_equal(*outputs)
+
+
+def _mix(z):
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+def reference_normals(seed: int, run: int, count: int) -> np.ndarray:
+    """The kernels' noise written again in numpy from the algorithm in custom_ops/counter_rng.h: SplitMix64
+    hashes of counters, then Box-Muller in float32 with the same polynomials, operation by operation."""
+    f32 = np.float32
+    with np.errstate(over="ignore"):
+        start = _mix(_mix(np.uint64(seed)) ^ (np.uint64(run) * np.uint64(0xD1B54A32D192ED03)))
+        blocks = np.arange((count + 3) // 4, dtype=np.uint64)
+        gamma = np.uint64(0x9E3779B97F4A7C15)
+        first = _mix(start + np.uint64(2) * blocks * gamma)
+        second = _mix(start + (np.uint64(2) * blocks + np.uint64(1)) * gamma)
+    words = [(w & np.uint64(0xFFFFFFFF)).astype(np.uint32) for w in (first, first >> np.uint64(32),
+                                                                      second, second >> np.uint64(32))]
+    out = np.empty((len(blocks), 4), np.float32)
+    for pair in range(2):
+        u = ((words[2 * pair] >> np.uint32(8)) + np.uint32(1)).astype(f32) * f32(2.0**-24)
+        bits = u.view(np.uint32)
+        exponent = ((bits >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int32) - 127
+        mantissa = ((bits & np.uint32(0x007FFFFF)) | np.uint32(0x3F800000)).view(f32)
+        high = mantissa > f32(1.41421356)
+        mantissa = np.where(high, mantissa * f32(0.5), mantissa)
+        exponent = exponent + high
+        t = (mantissa - f32(1)) / (mantissa + f32(1))
+        t2 = t * t
+        series = t * (f32(2) + t2 * (f32(0.666666667) + t2 * (f32(0.4) + t2 * (f32(0.285714286) + t2 * f32(0.222222222)))))
+        log_u = exponent.astype(f32) * f32(0.693147181) + series
+        radius = np.sqrt(f32(-2) * log_u)
+        quarter = (words[2 * pair + 1] >> np.uint32(8)).astype(f32) * f32(2.0**-24) * f32(4)
+        k = quarter.astype(np.int32)
+        phi = (quarter - k.astype(f32) - f32(0.5)) * f32(1.57079633)
+        p2 = phi * phi
+        one = f32(1)
+        s = phi * (one - p2 * (one / f32(6) - p2 * (one / f32(120) - p2 * (one / f32(5040) - p2 * (one / f32(362880))))))
+        c = one - p2 * (f32(0.5) - p2 * (one / f32(24) - p2 * (one / f32(720) - p2 * (one / f32(40320) - p2 * (
+            one / f32(3628800))))))
+        h = f32(0.707106781)
+        cos_a = np.where((k == 0) | (k == 3), h, -h)
+        sin_a = np.where(k < 2, h, -h)
+        out[:, 2 * pair] = radius * (cos_a * c - sin_a * s)
+        out[:, 2 * pair + 1] = radius * (sin_a * c + cos_a * s)
+    return out.reshape(-1)[:count]
+
+
+@pytest.mark.parametrize("count", [1, 7, 1001, 65_537, 300_001])
+def test_noise_equals_an_ieee_reference_of_the_generator_bit_for_bit(count):
+    """What the CUDA kernels must also produce: the same integers and IEEE-rounded float operations."""
+    x = np.zeros(count, np.float32)
+    runs = run(op_model("AnalogNoise", std=1.0, seed=12.0), x, runs=2)
+    for index, drawn in enumerate(runs):
+        np.testing.assert_array_equal(drawn, reference_normals(12, index, count) * np.float32(1.0) + x)
+
+
+def test_fusion_leaves_values_read_by_subgraphs_other_dtypes_and_overridable_bounds_alone(rng):
+    from analogize.runtime import create_session
+
+    def branch(name, source):
+        return helper.make_graph([helper.make_node("Identity", [source], [f"{name}_out"])], name, [],
+                                 [helper.make_tensor_value_info(f"{name}_out", TensorProto.FLOAT, None)])
+
+    model = op_model("ReducePrecision", precision=2.0)
+    model.graph.node[0].output[0] = "r"
+    model.graph.node.extend([helper.make_node("Relu", ["r"], ["c"]),
+                             helper.make_node("If", ["condition"], ["y"], then_branch=branch("then", "r"),
+                                              else_branch=branch("else", "c"))])
+    model.graph.input.append(helper.make_tensor_value_info("condition", TensorProto.BOOL, []))
+    x = np.array([-1, -0.4, 0, 0.3, 1], np.float32)
+    feed = {"x": x, "condition": np.array(True)}
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    np.testing.assert_array_equal(create_session(model).run(None, feed)[0], expected[0])
+
+    doubles = op_model("ReducePrecision", precision=2.0)
+    doubles.graph.input.append(helper.make_tensor_value_info("d", TensorProto.DOUBLE, None))
+    doubles.graph.node.extend([helper.make_node("Relu", ["d"], ["d1"]),
+                               helper.make_node("LeakyRelu", ["d1"], ["d2"])])
+    doubles.graph.output.append(helper.make_tensor_value_info("d2", TensorProto.DOUBLE, None))
+    d = np.array([-1.0, 2.0])
+    assert create_session(doubles).run(["d2"], {"x": x, "d": d})[0].tolist() == [-0.0, 2.0]
+
+    bounded = op_model("ReducePrecision", precision=64.0)
+    bounded.graph.node[0].output[0] = "r"
+    bounded.graph.node.append(helper.make_node("Clip", ["r", "", "high"], ["y"]))
+    bounded.graph.initializer.append(helper.make_tensor("high", TensorProto.FLOAT, [], [0.5]))
+    bounded.graph.input.append(helper.make_tensor_value_info("high", TensorProto.FLOAT, []))
+    feed = {"x": np.array([0.2, 0.4, 0.9], np.float32), "high": np.array(0.3, np.float32)}
+    np.testing.assert_array_equal(create_session(bounded).run(None, feed)[0], np.float32([0.203125, 0.3, 0.3]))
+
+
+def test_fused_standard_steps_keep_onnx_semantics_for_nan_negative_zero_and_crossed_bounds():
+    chain = op_model("ReducePrecision", precision=1e6)
+    chain.graph.node[0].output[0] = "r"
+    chain.graph.node.extend([helper.make_node("Relu", ["r"], ["a"]), helper.make_node("LeakyRelu", ["a"], ["b"]),
+                             helper.make_node("Clip", ["b", "low", "high"], ["y"])])
+    chain.graph.initializer.extend([helper.make_tensor("low", TensorProto.FLOAT, [], [0.5]),
+                                    helper.make_tensor("high", TensorProto.FLOAT, [], [-0.5])])
+    x = np.array([np.nan, -0.0, -3.0, 0.25, 4.0], np.float32)
+    expected = run(chain, x, native=False)
+    assert fuse_elementwise_chains(chain) == 1
+    np.testing.assert_array_equal(run(chain, x), expected)
+
+
+def test_integer_attributes_are_refused_like_the_function_bodies_do():
+    model = op_model("AnalogNoise", std=0.1)
+    model.graph.node[0].attribute.append(helper.make_attribute("seed", 3))
+    with pytest.raises(Exception, match="must be a float, not an integer"):
+        run(model, np.zeros(4, np.float32))
+
+
+def test_an_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
+    from analogize import native
+    from analogize.errors import AnalogizeError
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("ANALOGIZE_CACHE", str(blocker / "cache"))
+    with pytest.raises(AnalogizeError, match="set ANALOGIZE_CACHE"):
+        native.build(verbose=False)
