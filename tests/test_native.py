@@ -251,7 +251,7 @@ def reference_normals(seed: int, run: int, count: int) -> np.ndarray:
         exponent = exponent + high
         t = (mantissa - f32(1)) / (mantissa + f32(1))
         t2 = t * t
-        series = t * (f32(2) + t2 * (f32(0.666666667) + t2 * (f32(0.4) + t2 * (f32(0.285714286) + t2 * f32(0.222222222)))))
+        series = t * (f32(2) + t2 * (f32(0.666666667) + t2 * (f32(0.4) + t2 * f32(0.285714286))))
         log_u = exponent.astype(f32) * f32(0.693147181) + series
         radius = np.sqrt(f32(-2) * log_u)
         quarter = (words[2 * pair + 1] >> np.uint32(8)).astype(f32) * f32(2.0**-24) * f32(4)
@@ -259,9 +259,8 @@ def reference_normals(seed: int, run: int, count: int) -> np.ndarray:
         phi = (quarter - k.astype(f32) - f32(0.5)) * f32(1.57079633)
         p2 = phi * phi
         one = f32(1)
-        s = phi * (one - p2 * (one / f32(6) - p2 * (one / f32(120) - p2 * (one / f32(5040) - p2 * (one / f32(362880))))))
-        c = one - p2 * (f32(0.5) - p2 * (one / f32(24) - p2 * (one / f32(720) - p2 * (one / f32(40320) - p2 * (
-            one / f32(3628800))))))
+        s = phi * (one - p2 * (one / f32(6) - p2 * (one / f32(120) - p2 * (one / f32(5040)))))
+        c = one - p2 * (f32(0.5) - p2 * (one / f32(24) - p2 * (one / f32(720) - p2 * (one / f32(40320)))))
         h = f32(0.707106781)
         cos_a = np.where((k == 0) | (k == 3), h, -h)
         sin_a = np.where(k < 2, h, -h)
