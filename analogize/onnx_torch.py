@@ -1,0 +1,424 @@
+"""A converted (or clean) ONNX model as a trainable torch module: a compact interpreter of the graph.
+
+Float initializers become parameters (BatchNormalization statistics and Clip bounds stay buffers), so
+weight chains (clamp, reduce-precision, noise on the weights) run on every forward pass with their
+training-time gradients: straight-through reduce-precision, identity through noise, masked clamp. Analog
+ops run through :mod:`analogize.torch_ops` from the same formulas as their ONNX function bodies. Ops
+follow ONNX's semantics at opset 13 or newer (older models are raised to 13 first).
+
+Existing converters were not used: onnx2torch imports torchvision, which has no CPU build here.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx
+import torch
+import torch.nn.functional as tf
+from onnx import helper, numpy_helper
+from torch import nn
+
+from . import rewrite
+from .errors import AnalogizeError
+from .ops import DOMAIN, OPS
+from .torch_ops import apply_op
+
+_DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
+           onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
+           onnx.TensorProto.BOOL: torch.bool, onnx.TensorProto.INT8: torch.int8, onnx.TensorProto.UINT8: torch.uint8,
+           onnx.TensorProto.FLOAT16: torch.float16}
+HANDLERS: dict = {}
+
+
+def handles(*op_types):
+    def register(function):
+        for op_type in op_types:
+            HANDLERS[op_type] = function
+        return function
+
+    return register
+
+
+class _Node:
+    """What the interpreter needs of a node, decoded once."""
+
+    def __init__(self, node: onnx.NodeProto):
+        self.op_type, self.domain, self.name = node.op_type, node.domain, node.name or node.output[0]
+        self.inputs, self.outputs = list(node.input), list(node.output)
+        self.attributes = {}
+        for attribute in node.attribute:
+            value = helper.get_attribute_value(attribute)
+            if isinstance(value, onnx.TensorProto):
+                value = torch.from_numpy(numpy_helper.to_array(value).copy())
+            elif isinstance(value, bytes):
+                value = value.decode()
+            self.attributes[attribute.name] = value
+
+    def get(self, name, default=None):
+        return self.attributes.get(name, default)
+
+
+def _tensor(value, like=None):
+    return value if isinstance(value, torch.Tensor) else torch.as_tensor(value, device=like.device if like is not None
+                                                                        else None)
+
+
+def _ints(tensor) -> list[int]:
+    return [int(v) for v in _tensor(tensor).reshape(-1).tolist()]
+
+
+def _padding(x, pads, spatial, value=0.0):
+    """ONNX pads (all begins, then all ends) as symmetric torch padding, padding explicitly when uneven."""
+    begins, ends = pads[:spatial], pads[spatial:]
+    if begins == ends:
+        return x, begins
+    flat = []
+    for begin, end in zip(reversed(begins), reversed(ends)):
+        flat += [begin, end]
+    return tf.pad(x, flat, value=value), [0] * spatial
+
+
+def _auto_pads(node, x, kernel, strides, dilations):
+    mode = node.get("auto_pad", "NOTSET")
+    spatial = x.dim() - 2
+    if mode in ("NOTSET", ""):
+        return list(node.get("pads", [0] * 2 * spatial))
+    if mode == "VALID":
+        return [0] * 2 * spatial
+    pads_begin, pads_end = [], []
+    for size, k, s, d in zip(x.shape[2:], kernel, strides, dilations):
+        total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+        small, large = total // 2, total - total // 2
+        pads_begin.append(large if mode == "SAME_LOWER" else small)
+        pads_end.append(small if mode == "SAME_LOWER" else large)
+    return pads_begin + pads_end
+
+
+@handles("Conv")
+def _conv(node, x, w, b=None):
+    spatial = x.dim() - 2
+    strides = list(node.get("strides", [1] * spatial))
+    dilations = list(node.get("dilations", [1] * spatial))
+    x, padding = _padding(x, _auto_pads(node, x, w.shape[2:], strides, dilations), spatial)
+    function = (tf.conv1d, tf.conv2d, tf.conv3d)[spatial - 1]
+    return function(x, w, b, stride=strides, padding=padding, dilation=dilations, groups=node.get("group", 1))
+
+
+@handles("ConvTranspose")
+def _conv_transpose(node, x, w, b=None):
+    spatial = x.dim() - 2
+    pads = list(node.get("pads", [0] * 2 * spatial))
+    if pads[:spatial] != pads[spatial:] or node.get("output_shape") or node.get("auto_pad", "NOTSET") != "NOTSET":
+        raise AnalogizeError(f"{node.name}: ConvTranspose with uneven pads, output_shape or auto_pad is not "
+                             f"supported")
+    function = (tf.conv_transpose1d, tf.conv_transpose2d, tf.conv_transpose3d)[spatial - 1]
+    return function(x, w, b, stride=list(node.get("strides", [1] * spatial)), padding=pads[:spatial],
+                    output_padding=list(node.get("output_padding", [0] * spatial)), groups=node.get("group", 1),
+                    dilation=list(node.get("dilations", [1] * spatial)))
+
+
+@handles("Gemm")
+def _gemm(node, a, b, c=None):
+    a = a.transpose(-1, -2) if node.get("transA", 0) else a
+    b = b.transpose(-1, -2) if node.get("transB", 0) else b
+    result = node.get("alpha", 1.0) * (a @ b)
+    return result if c is None else result + node.get("beta", 1.0) * c
+
+
+@handles("MaxPool", "AveragePool")
+def _pool(node, x):
+    spatial = x.dim() - 2
+    kernel = list(node.get("kernel_shape"))
+    strides = list(node.get("strides", [1] * spatial))
+    dilations = list(node.get("dilations", [1] * spatial))
+    pads = _auto_pads(node, x, kernel, strides, dilations)
+    if node.op_type == "MaxPool":
+        x, padding = _padding(x, pads, spatial, value=-math.inf)
+        function = (tf.max_pool1d, tf.max_pool2d, tf.max_pool3d)[spatial - 1]
+        return function(x, kernel, strides, padding, dilations, ceil_mode=bool(node.get("ceil_mode", 0)))
+    include_pad = bool(node.get("count_include_pad", 0))
+    function = (tf.avg_pool1d, tf.avg_pool2d, tf.avg_pool3d)[spatial - 1]
+    ceil_mode = bool(node.get("ceil_mode", 0))
+    if pads[:spatial] == pads[spatial:]:
+        return function(x, kernel, strides, pads[:spatial], ceil_mode=ceil_mode, count_include_pad=include_pad)
+    padded, _ = _padding(x, pads, spatial)
+    total = function(padded, kernel, strides, 0, ceil_mode=ceil_mode, count_include_pad=True)
+    if include_pad:
+        return total
+    # uneven pads left out of the count: divide by the share of each window that is real input
+    inside, _ = _padding(torch.ones_like(x[:1, :1]), pads, spatial)
+    return total / function(inside, kernel, strides, 0, ceil_mode=ceil_mode, count_include_pad=True)
+
+
+@handles("GlobalAveragePool")
+def _global_average(node, x):
+    return x.mean(dim=tuple(range(2, x.dim())), keepdim=True)
+
+
+@handles("BatchNormalization")
+def _batch_norm(node, x, scale, bias, mean, var):
+    return tf.batch_norm(x, mean, var, scale, bias, training=False, eps=node.get("epsilon", 1e-5))
+
+
+@handles("LayerNormalization")
+def _layer_norm(node, x, scale, bias=None):
+    axis = node.get("axis", -1) % x.dim()
+    return tf.layer_norm(x, x.shape[axis:], scale, bias, eps=node.get("epsilon", 1e-5))
+
+
+@handles("LRN")
+def _lrn(node, x):
+    return tf.local_response_norm(x, node.get("size"), node.get("alpha", 1e-4), node.get("beta", 0.75),
+                                  node.get("bias", 1.0))
+
+
+@handles("Softmax")
+def _softmax(node, x):
+    return tf.softmax(x, dim=node.get("axis", -1))
+
+
+@handles("Relu")
+def _relu(node, x):
+    return tf.relu(x)
+
+
+@handles("LeakyRelu")
+def _leaky_relu(node, x):
+    return tf.leaky_relu(x, node.get("alpha", 0.01))
+
+
+@handles("Clip")
+def _clip(node, x, low=None, high=None):
+    return torch.clamp(x, low, high)
+
+
+_ELEMENTWISE = {"Add": torch.add, "Sub": torch.sub, "Mul": torch.mul, "Pow": torch.pow, "Equal": torch.eq,
+                "Greater": torch.gt, "Less": torch.lt, "MatMul": torch.matmul, "Erf": torch.erf, "Exp": torch.exp,
+                "Sqrt": torch.sqrt, "Tanh": torch.tanh, "Sigmoid": torch.sigmoid, "Neg": torch.neg,
+                "Abs": torch.abs, "Sign": torch.sign, "Ceil": torch.ceil, "Floor": torch.floor, "Log": torch.log,
+                "Not": torch.logical_not, "And": torch.logical_and}
+for _op_type, _function in _ELEMENTWISE.items():
+    HANDLERS[_op_type] = (lambda function: lambda node, *args: function(*args))(_function)
+
+
+@handles("Div")
+def _div(node, a, b):
+    integer = not a.is_floating_point() and not b.is_floating_point()
+    return torch.div(a, b, rounding_mode="trunc") if integer else a / b
+
+
+@handles("Where")
+def _where(node, condition, a, b):
+    return torch.where(condition, a, b)
+
+
+@handles("Sum")
+def _sum(node, *values):
+    total = values[0]
+    for value in values[1:]:
+        total = total + value
+    return total
+
+
+@handles("Identity", "Dropout")
+def _identity(node, x, *ignored):
+    return x
+
+
+@handles("Flatten")
+def _flatten(node, x):
+    axis = node.get("axis", 1) % max(x.dim(), 1)
+    return x.reshape(int(np.prod(x.shape[:axis])), -1)
+
+
+@handles("Reshape")
+def _reshape(node, x, shape):
+    shape = _ints(shape)
+    if not node.get("allowzero", 0):
+        shape = [x.shape[k] if s == 0 else s for k, s in enumerate(shape)]
+    return x.reshape(shape)
+
+
+@handles("Transpose")
+def _transpose(node, x):
+    return x.permute(node.get("perm", list(reversed(range(x.dim())))))
+
+
+@handles("Concat")
+def _concat(node, *values):
+    return torch.cat(values, dim=node.get("axis"))
+
+
+@handles("Split")
+def _split(node, x, split=None):
+    axis = node.get("axis", 0)
+    if split is not None:
+        return torch.split(x, _ints(split), dim=axis)
+    parts = node.get("num_outputs", len(node.outputs))
+    return torch.split(x, math.ceil(x.shape[axis] / parts), dim=axis)
+
+
+@handles("Slice")
+def _slice(node, x, starts, ends, axes=None, steps=None):
+    starts, ends = _ints(starts), _ints(ends)
+    axes = _ints(axes) if axes is not None else list(range(len(starts)))
+    steps = _ints(steps) if steps is not None else [1] * len(starts)
+    index = [slice(None)] * x.dim()
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        if step < 0:
+            raise AnalogizeError(f"{node.name}: Slice with negative steps is not supported")
+        size = x.shape[axis]
+        start = max(0, min(size, start + size if start < 0 else start))
+        end = max(0, min(size, end + size if end < 0 else end))
+        index[axis] = slice(start, end, step)
+    return x[tuple(index)]
+
+
+@handles("Unsqueeze")
+def _unsqueeze(node, x, axes=None):
+    axes = sorted(a % (x.dim() + len(_ints(axes))) for a in _ints(axes)) if axes is not None else \
+        sorted(node.get("axes"))
+    for axis in axes:
+        x = x.unsqueeze(axis)
+    return x
+
+
+@handles("Squeeze")
+def _squeeze(node, x, axes=None):
+    axes = _ints(axes) if axes is not None else node.get("axes")
+    return x.squeeze() if axes is None else x.squeeze(tuple(a % x.dim() for a in axes))
+
+
+@handles("Gather")
+def _gather(node, x, indices):
+    axis = node.get("axis", 0) % x.dim()
+    indices = torch.where(indices < 0, indices + x.shape[axis], indices)
+    return torch.index_select(x, axis, indices.reshape(-1)).reshape(
+        x.shape[:axis] + indices.shape + x.shape[axis + 1:])
+
+
+@handles("GatherND")
+def _gather_nd(node, x, indices):
+    if node.get("batch_dims", 0):
+        raise AnalogizeError(f"{node.name}: GatherND with batch_dims is not supported")
+    depth = indices.shape[-1]
+    flat = indices.reshape(-1, depth)
+    gathered = x[tuple(flat[:, k] for k in range(depth))]
+    return gathered.reshape(indices.shape[:-1] + x.shape[depth:])
+
+
+@handles("Shape")
+def _shape(node, x):
+    shape = torch.tensor(x.shape, dtype=torch.int64)
+    return shape[node.get("start", 0):node.get("end", None)]
+
+
+@handles("ConstantOfShape")
+def _constant_of_shape(node, shape):
+    value = node.get("value", torch.zeros(1))
+    return torch.full(_ints(shape), value.reshape(-1)[0].item(), dtype=value.dtype)
+
+
+@handles("Constant")
+def _constant(node):
+    for key in ("value", "value_float", "value_floats", "value_int", "value_ints"):
+        if key in node.attributes:
+            value = node.attributes[key]
+            if key.startswith("value_int"):
+                return torch.tensor(value, dtype=torch.int64)
+            return value if isinstance(value, torch.Tensor) else torch.tensor(value, dtype=torch.float32)
+    raise AnalogizeError(f"{node.name}: Constant of this kind is not supported")
+
+
+@handles("Cast")
+def _cast(node, x):
+    return x.to(_DTYPES[node.get("to")])
+
+
+@handles("Expand")
+def _expand(node, x, shape):
+    return x.expand(torch.broadcast_shapes(x.shape, tuple(_ints(shape))))
+
+
+@handles("ReduceMean")
+def _reduce_mean(node, x, axes=None):
+    axes = _ints(axes) if axes is not None else node.get("axes")
+    keep = bool(node.get("keepdims", 1))
+    if axes is None or axes == []:
+        return x.mean(dim=tuple(range(x.dim())), keepdim=keep) if not node.get("noop_with_empty_axes", 0) else x
+    return x.mean(dim=tuple(axes), keepdim=keep)
+
+
+def _analog(node, x):
+    attributes = {k: v for k, v in node.attributes.items() if k != "seed"}
+    return apply_op(node.op_type, x, **attributes)
+
+
+def _supported(node: _Node) -> bool:
+    if node.domain == DOMAIN:
+        return node.op_type in OPS
+    return node.domain in ("", "ai.onnx") and node.op_type in HANDLERS
+
+
+class OnnxModule(nn.Module):
+    """Runs an ONNX graph in torch. ``parameters()`` are its float initializers (the weights)."""
+
+    def __init__(self, model: onnx.ModelProto):
+        super().__init__()
+        if rewrite.default_opset(model) < rewrite.MIN_OPSET:
+            model, _ = rewrite.fit_opset(model)
+        graph = model.graph
+        self.nodes = [_Node(node) for node in graph.node]
+        unsupported = sorted({(n.op_type, n.name) for n in self.nodes if not _supported(n)})
+        if unsupported:
+            op_type, name = unsupported[0]
+            raise AnalogizeError(f"unsupported op {op_type} (node {name!r})"
+                                 + (f" and {len(unsupported) - 1} more" if len(unsupported) > 1 else "")
+                                 + "; analogize's torch interpreter covers the zoo and ONNX light models' ops")
+        statistics = {n.inputs[k] for n in self.nodes if n.op_type == "BatchNormalization" for k in (3, 4)}
+        statistics |= {name for n in self.nodes if n.op_type == "Clip" for name in n.inputs[1:]}
+        self._keys: dict[str, str] = {}
+        self.weights = nn.ParameterDict()
+        for tensor in graph.initializer:
+            value = torch.from_numpy(numpy_helper.to_array(tensor).copy())
+            key = f"t{len(self._keys)}"
+            self._keys[tensor.name] = key
+            if value.is_floating_point() and tensor.name not in statistics:
+                self.weights[key] = nn.Parameter(value)
+            else:
+                self.register_buffer(key, value)
+        initializers = {t.name for t in graph.initializer}
+        self.input_names = [v.name for v in graph.input if v.name not in initializers]
+        self.output_names = [v.name for v in graph.output]
+        self.names = {key: name for name, key in self._keys.items()}
+
+    def tensor(self, name: str) -> torch.Tensor:
+        key = self._keys[name]
+        return self.weights[key] if key in self.weights else getattr(self, key)
+
+    def forward(self, *inputs):
+        if len(inputs) != len(self.input_names):
+            raise AnalogizeError(f"the model takes {len(self.input_names)} inputs, got {len(inputs)}")
+        values = dict(zip(self.input_names, inputs))
+        for node in self.nodes:
+            arguments = [None if not name else values[name] if name in values else self.tensor(name)
+                         for name in node.inputs]
+            while arguments and arguments[-1] is None:
+                arguments.pop()
+            handler = _analog if node.domain == DOMAIN else HANDLERS[node.op_type]
+            result = handler(node, *arguments)
+            results = result if isinstance(result, (tuple, list)) else (result,)
+            for name, value in zip(node.outputs, results):
+                if name:
+                    values[name] = value
+        outputs = [values[name] for name in self.output_names]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def state_as_initializers(self) -> dict[str, np.ndarray]:
+        """The current weights by their ONNX initializer names (what a tuned model writes back)."""
+        return {self.names[key]: value.detach().cpu().numpy() for key, value in self.weights.items()}
+
+
+def to_torch(model: onnx.ModelProto) -> OnnxModule:
+    return OnnxModule(model)
