@@ -415,3 +415,62 @@ def rebuild(exported, spec_path, output):
     from .export import rebuild_file
 
     click.echo(f"wrote {rebuild_file(exported, spec_path, output)}")
+
+
+@cli.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, help="Training data spec (as for evaluate); digits and cifar10 use their "
+                                            "train split and validate on test.")
+@click.option("--eval-data", help="Validation data spec [default: the test split, or a held-out fifth].")
+@click.option("--limit", type=click.IntRange(min=1), help="Use at most N samples of each set.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The tuned model.")
+@click.option("--bits", type=click.IntRange(1, noise_model.MAX_BITS), default=8, show_default=True,
+              help="For a clean MODEL: bit width to convert with.")
+@click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True), help="For a clean MODEL: error probability.")
+@click.option("--activation", type=click.Choice(list(rewrite.ACTIVATIONS)), default="keep", show_default=True)
+@click.option("--factor", type=float, help="Interpolation factor of interp-* activations.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=1e-3, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.0, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--patience", type=click.IntRange(min=1), help="Stop after N epochs without a better noisy accuracy.")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Noise draws of the before/after evaluations.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save a checkpoint here every epoch.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --checkpoint-dir.")
+@click.option("--json", "json_path", callback=_writable, help="Write the report as JSON ('-': to stdout).")
+@click.option("--plot", "plot_path", callback=_plot_path, help="Write the training curves.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@_chain_options
+def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor, epochs, lr, batch_size,
+             weight_decay, optimizer, schedule, patience, repeats, seed, device, checkpoint_dir, resume, json_path,
+             plot_path, quiet, **chain):
+    """Fine-tune MODEL (clean or converted) under analog noise and write the tuned model."""
+    from .convert import ConvertOptions
+    from .data import Preprocessing, decode_hints
+    from .finetune import FinetuneOptions, finetune_file
+
+    options = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
+                              optimizer=optimizer, schedule=schedule, seed=seed, patience=patience, repeats=repeats,
+                              device=device)
+    convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, seed=seed,
+                                     **_chain_fields(chain))
+    report = finetune_file(model, output, data, options, convert_options, eval_data=eval_data, limit=limit,
+                           checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet, plot=plot_path)
+    if json_path:
+        from .finetune import write_report
+
+        if json_path == "-":
+            click.echo(json.dumps(report, indent=2))
+            return
+        write_report(report, json_path)
+    before, after = report["before"], report["after"]
+    click.echo(f"noisy accuracy {100 * before['noisy_mean']:.1f} ± {100 * before['noisy_std']:.1f} % -> "
+               f"{100 * after['noisy_mean']:.1f} ± {100 * after['noisy_std']:.1f} % ({after['repeats']} draws); "
+               f"digital (chains removed) {100 * before['digital']:.1f} % -> {100 * after['digital']:.1f} %")
+    click.echo(f"wrote {report['output']} after {report['epochs_run']} epochs"
+               + (" (stopped early)" if report["stopped_early"] else ""))

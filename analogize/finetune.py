@@ -1,0 +1,291 @@
+"""``finetune``: retrain a converted model under the same noise it will meet, and write the tuned ONNX.
+
+The converted graph runs as a torch module (:mod:`analogize.onnx_torch`): the weights are its parameters,
+and every forward pass draws fresh noise and applies the reference training rules. Accuracy before and after
+is measured in ONNX Runtime on the written models (noisy over repeated draws, and noise-free), so the report's
+numbers are the tuned file's own. Every epoch is checkpointed; ``resume`` continues from the last one.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from . import rewrite
+from .convert import ConvertOptions, convert
+from .data import Dataset, InputSpec, Preprocessing, fit_to_input
+from .errors import AnalogizeError
+from .model_io import copy_model
+from .progress import progress_bar
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("cosine", "constant")
+CHECKPOINT_NAME = "finetune-checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class FinetuneOptions:
+    """Every ``analogize finetune`` training flag, with the same name and default."""
+
+    epochs: int = 10
+    lr: float = 1e-3
+    batch_size: int = 64
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    schedule: str = "cosine"
+    seed: int = 0
+    patience: int | None = None  # epochs without a better noisy accuracy before stopping early
+    repeats: int = 5  # noise draws of the before/after evaluations
+    device: str = "cpu"
+
+    def check(self) -> "FinetuneOptions":
+        if self.optimizer not in OPTIMIZERS:
+            raise AnalogizeError(f"unknown optimizer {self.optimizer!r}: choose from {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise AnalogizeError(f"unknown schedule {self.schedule!r}: choose from {', '.join(SCHEDULES)}")
+        for name in ("epochs", "batch_size", "repeats"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise AnalogizeError(f"{name.replace('_', '-')} must be a whole number >= 1, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0 and math.isfinite(self.lr)):
+            raise AnalogizeError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0):
+            raise AnalogizeError(f"weight-decay must be >= 0, got {self.weight_decay!r}")
+        if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
+            raise AnalogizeError(f"patience must be a whole number >= 1, got {self.patience!r}")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise AnalogizeError(f"device {self.device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        return self
+
+
+def _labels(dataset: Dataset, classes: int) -> np.ndarray:
+    if dataset.y is None:
+        raise AnalogizeError(f"{dataset.name} has no labels; fine-tuning needs labelled data")
+    if len(dataset.y) and dataset.y.max() >= classes:
+        raise AnalogizeError(f"{dataset.name}: labels go up to {dataset.y.max()} but the model has {classes} "
+                             f"outputs; check that the data matches the model")
+    return dataset.y
+
+
+def with_weights(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:
+    """``model`` with its float initializers replaced by ``weights`` (initializer name -> array)."""
+    tuned = copy_model(model)
+    for tensor in tuned.graph.initializer:
+        if tensor.name in weights:
+            tensor.CopyFrom(numpy_helper.from_array(weights[tensor.name].astype(np.float32), tensor.name))
+    return tuned
+
+
+def _accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, repeats: int, seed: int) -> dict:
+    """Noisy top-1 accuracy (mean and std over ``repeats`` draws) in ONNX Runtime, and the digital one (the
+    analog chains taken out, the activations as converted)."""
+    from .data import model_layout
+    from .evaluate import Grid, evaluate
+
+    layout = model_layout(InputSpec.of(model))  # x is already fitted to the model's input
+    result = evaluate(model, Dataset("validation", x, y, layout), Grid(repeats=repeats, seed=seed))
+    cell = result["cells"][0]
+    return {"noisy_mean": cell["accuracy_mean"], "noisy_std": cell["accuracy_std"],
+            "digital": result["clean"]["accuracy_mean"], "repeats": repeats}
+
+
+def finetune(model: onnx.ModelProto, train: Dataset, validation: Dataset, options: FinetuneOptions = FinetuneOptions(),
+             convert_options: ConvertOptions | None = None, *, preprocessing: Preprocessing = Preprocessing(),
+             checkpoint_dir=None, resume: bool = False, progress: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """Fine-tune ``model`` (clean: converted with ``convert_options`` first) under noise; return the tuned
+    converted model and the report."""
+    from .onnx_torch import to_torch
+
+    options.check()
+    converted = model if rewrite.is_converted(model) else convert(model, convert_options or ConvertOptions()).model
+    x_train, _ = fit_to_input(train, converted, preprocessing)
+    x_valid, _ = fit_to_input(validation, converted, preprocessing)
+    torch.manual_seed(options.seed)
+    module = to_torch(converted).to(options.device)
+    with torch.no_grad():
+        classes = int(np.prod(module(torch.from_numpy(x_train[:1]).to(options.device)).shape[1:]))
+    y_train, y_valid = _labels(train, classes), _labels(validation, classes)
+
+    parameters = list(module.parameters())
+    if options.optimizer == "adam":
+        optimizer = torch.optim.Adam(parameters, lr=options.lr, weight_decay=options.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(parameters, lr=options.lr, momentum=0.9, weight_decay=options.weight_decay)
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, options.epochs) if options.schedule == "cosine"
+                else torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0))
+    history, start, best = [], 0, (-1.0, None)
+    checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+    if checkpoint is not None and not resume:
+        try:
+            checkpoint.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise AnalogizeError(f"cannot make the checkpoint directory {checkpoint.parent}: "
+                                 f"{error.strerror or error}") from None
+    if resume:
+        if checkpoint is None or not checkpoint.exists():
+            raise AnalogizeError(f"nothing to resume: no checkpoint at {checkpoint or '(no --checkpoint-dir given)'}")
+        state = torch.load(checkpoint, weights_only=False)
+        changeable = ("epochs", "patience", "repeats")
+        if {k: v for k, v in state["options"].items() if k not in changeable} != \
+                {k: v for k, v in asdict(options).items() if k not in changeable}:
+            raise AnalogizeError("the checkpoint was made with other training options; resume with the same flags "
+                                 "(only --epochs, --patience and --repeats may change)")
+        module.load_state_dict(state["module"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        history, start, best = state["history"], state["epoch"], (state["best_accuracy"], state["best_weights"])
+        torch.set_rng_state(state["rng"])
+
+    before = _accuracy(converted, x_valid, y_valid, options.repeats, options.seed)
+    stale = 0
+    bar = progress_bar(options.epochs - start, "finetune", progress)
+    with bar:
+        for epoch in range(start, options.epochs):
+            # one generator per epoch: a resumed run shuffles as an uninterrupted one does
+            shuffle = torch.Generator().manual_seed(options.seed * 100_003 + epoch)
+            order = torch.randperm(len(x_train), generator=shuffle).numpy()
+            module.train()
+            losses = []
+            for first in range(0, len(order), options.batch_size):
+                batch = order[first:first + options.batch_size]
+                inputs = torch.from_numpy(x_train[batch]).to(options.device)
+                targets = torch.from_numpy(y_train[batch]).to(options.device)
+                loss = torch.nn.functional.cross_entropy(module(inputs).reshape(len(batch), -1), targets)
+                if not torch.isfinite(loss):
+                    kept = (f"the last good weights are in {checkpoint}" if checkpoint is not None and
+                            checkpoint.exists() else "no checkpoint was written yet")
+                    raise AnalogizeError(f"the loss became {loss.item()} in epoch {epoch + 1}; check the data for "
+                                         f"NaN or infinite values, or lower --lr ({kept})")
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                losses.append(loss.item())
+            schedule.step()
+            accuracy = _torch_accuracy(module, x_valid, y_valid, options)
+            history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "noisy_accuracy": accuracy,
+                            "lr": optimizer.param_groups[0]["lr"]})
+            if accuracy > best[0]:
+                best, stale = (accuracy, {k: v.clone() for k, v in module.state_dict().items()}), 0
+            else:
+                stale += 1
+            if checkpoint is not None:
+                _save_checkpoint(checkpoint, module, optimizer, schedule, history, epoch + 1, best, options)
+            bar.update()
+            if options.patience is not None and stale >= options.patience:
+                break
+
+    module.load_state_dict(best[1])
+    tuned = with_weights(converted, module.state_as_initializers())
+    after = _accuracy(tuned, x_valid, y_valid, options.repeats, options.seed)
+    report = {"accuracy_before": before["noisy_mean"], "accuracy_after": after["noisy_mean"],
+              "before": before, "after": after, "history": history, "epochs_run": len(history),
+              "stopped_early": len(history) < options.epochs and options.patience is not None,
+              "options": asdict(options), "settings": rewrite.stored_settings(converted),
+              "samples": {"train": len(x_train), "validation": len(x_valid)}}
+    return tuned, report
+
+
+def _torch_accuracy(module, x, y, options: FinetuneOptions) -> float:
+    """Noisy validation accuracy of one draw, in torch (quick; the report's final numbers come from ORT)."""
+    module.eval()
+    correct = 0
+    with torch.no_grad():
+        for first in range(0, len(x), 256):
+            logits = module(torch.from_numpy(x[first:first + 256]).to(options.device))
+            correct += int((logits.reshape(len(logits), -1).argmax(1).cpu().numpy() == y[first:first + 256]).sum())
+    return correct / len(x)
+
+
+def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options) -> None:
+    from .model_io import atomic_output
+
+    with atomic_output(path) as temporary:
+        torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                    "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
+                    "best_accuracy": best[0], "best_weights": best[1], "options": asdict(options),
+                    "rng": torch.get_rng_state()}, temporary)
+
+
+def write_report(report: dict, path) -> None:
+    from .model_io import atomic_output
+
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def split_data(spec: str, limit: int | None = None, validation_spec: str | None = None, seed: int = 0,
+               image_size=None, channels=None) -> tuple[Dataset, Dataset]:
+    """Training and validation sets: the source's own train/test split (digits, cifar10), ``validation_spec``,
+    or else a fixed, seeded fifth of the data held out."""
+    from .data import _SPLIT_SOURCES, load_dataset
+
+    hints = {"image_size": image_size, "channels": channels}
+    if validation_spec:
+        return (load_dataset(spec, limit=limit, **hints), load_dataset(validation_spec, limit=limit, **hints))
+    if spec.partition(":")[0] in _SPLIT_SOURCES:
+        return (load_dataset(spec, split="train", limit=limit, **hints),
+                load_dataset(spec, split="test", limit=limit, **hints))
+    data = load_dataset(spec, limit=limit, **hints)
+    order = np.random.default_rng(seed).permutation(len(data))
+    held = max(1, len(data) // 5)
+    if len(data) < 2:
+        raise AnalogizeError(f"{data.name} has {len(data)} sample(s): too few to hold out validation data")
+
+    def subset(indices, name):
+        return Dataset(name, data.x[indices], None if data.y is None else data.y[indices], data.layout,
+                       data.class_names, data.notes)
+
+    return subset(order[held:], f"{data.name} (train)"), subset(order[:held], f"{data.name} (validation)")
+
+
+def finetune_file(source, destination, data: str, options: FinetuneOptions = FinetuneOptions(),
+                  convert_options: ConvertOptions | None = None, *, eval_data: str | None = None,
+                  limit: int | None = None, checkpoint_dir=None, resume: bool = False, progress: bool = False,
+                  plot=None) -> dict:
+    """:func:`finetune` from a model file to a tuned model file (the CLI's ``analogize finetune``)."""
+    from .data import decode_hints
+    from .model_io import load_model, save_model
+
+    options.check()
+    model, external = load_model(source)
+    size, channels = decode_hints(model, Preprocessing())
+    train, validation = split_data(data, limit, eval_data, options.seed, size, channels)
+    tuned, report = finetune(model, train, validation, options, convert_options, checkpoint_dir=checkpoint_dir,
+                             resume=resume, progress=progress)
+    save_model(tuned, destination, external_data=external, overwrite_input=source)
+    report.update(input=str(source), output=str(destination), data=data, eval_data=eval_data)
+    if plot:
+        plot_curves(report, plot)
+    return report
+
+
+def plot_curves(report: dict, path) -> None:
+    """Training loss and noisy validation accuracy per epoch, with the before/after ORT accuracies."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    from .model_io import atomic_output
+
+    epochs = [h["epoch"] for h in report["history"]]
+    figure, (loss_axis, accuracy_axis) = pyplot.subplots(1, 2, figsize=(8.4, 3.4))
+    loss_axis.plot(epochs, [h["train_loss"] for h in report["history"]], marker="o")
+    loss_axis.set(xlabel="epoch", ylabel="training loss (under noise)")
+    accuracy_axis.plot(epochs, [100 * h["noisy_accuracy"] for h in report["history"]], marker="o",
+                       label="noisy, one draw (torch)")
+    for key, style in (("before", ":"), ("after", "--")):
+        accuracy_axis.axhline(100 * report[key]["noisy_mean"], linestyle=style, color="grey",
+                              label=f"{key}: {report[key]['repeats']} draws (ONNX Runtime)")
+    accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy (%)")
+    accuracy_axis.legend(fontsize=8)
+    figure.tight_layout()
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120, format=str(path).rpartition(".")[2] or "png")
+    pyplot.close(figure)
