@@ -461,6 +461,8 @@ def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor
                                      **_chain_fields(chain))
     report = finetune_file(model, output, data, options, convert_options, eval_data=eval_data, limit=limit,
                            checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet, plot=plot_path)
+    if "rank" in report:  # not process 0 of a torchrun job
+        return
     if json_path:
         from .finetune import write_report
 

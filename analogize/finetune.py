@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -95,18 +96,66 @@ def _accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, repeats: int
             "digital": result["clean"]["accuracy_mean"], "repeats": repeats}
 
 
+class _Distributed:
+    """Data-parallel training across the processes torchrun starts (WORLD_SIZE > 1), or a single process."""
+
+    def __init__(self, device: str):
+        self.size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.started_here = False
+        if self.size > 1 and not torch.distributed.is_initialized():
+            torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+            self.started_here = True
+
+    @property
+    def leader(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, module):
+        if self.size == 1:
+            return module
+        return torch.nn.parallel.DistributedDataParallel(module)
+
+    def mean(self, value: float) -> float:
+        """The average over the processes, so that every process takes the same decisions."""
+        if self.size == 1:
+            return value
+        tensor = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(tensor)
+        return float(tensor.item()) / self.size
+
+    def close(self) -> None:
+        if self.started_here:
+            torch.distributed.destroy_process_group()
+
+
 def finetune(model: onnx.ModelProto, train: Dataset, validation: Dataset, options: FinetuneOptions = FinetuneOptions(),
              convert_options: ConvertOptions | None = None, *, preprocessing: Preprocessing = Preprocessing(),
              checkpoint_dir=None, resume: bool = False, progress: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Fine-tune ``model`` (clean: converted with ``convert_options`` first) under noise; return the tuned
-    converted model and the report."""
+    converted model and the report.
+
+    Started by ``torchrun`` (WORLD_SIZE > 1), the processes split each epoch's batches between them and
+    average gradients (DistributedDataParallel; gloo on CPU, NCCL on GPUs); ``batch_size`` is per process.
+    Only process 0 evaluates in ONNX Runtime and writes checkpoints.
+    """
+    options.check()
+    distributed = _Distributed(options.device)
+    try:
+        return _finetune(model, train, validation, options, convert_options, preprocessing, checkpoint_dir, resume,
+                         progress, distributed)
+    finally:
+        distributed.close()
+
+
+def _finetune(model, train, validation, options, convert_options, preprocessing, checkpoint_dir, resume, progress,
+              distributed: _Distributed):
     from .onnx_torch import to_torch
 
-    options.check()
     converted = model if rewrite.is_converted(model) else convert(model, convert_options or ConvertOptions()).model
     x_train, _ = fit_to_input(train, converted, preprocessing)
     x_valid, _ = fit_to_input(validation, converted, preprocessing)
-    torch.manual_seed(options.seed)
+    torch.manual_seed(options.seed + distributed.rank)  # each process draws its own noise
     module = to_torch(converted).to(options.device)
     with torch.no_grad():
         classes = int(np.prod(module(torch.from_numpy(x_train[:1]).to(options.device)).shape[1:]))
@@ -142,9 +191,10 @@ def finetune(model: onnx.ModelProto, train: Dataset, validation: Dataset, option
         history, start, best = state["history"], state["epoch"], (state["best_accuracy"], state["best_weights"])
         torch.set_rng_state(state["rng"])
 
-    before = _accuracy(converted, x_valid, y_valid, options.repeats, options.seed)
+    before = _accuracy(converted, x_valid, y_valid, options.repeats, options.seed) if distributed.leader else None
+    trained = distributed.wrap(module)
     stale = 0
-    bar = progress_bar(options.epochs - start, "finetune", progress)
+    bar = progress_bar(options.epochs - start, "finetune", progress and distributed.leader)
     with bar:
         for epoch in range(start, options.epochs):
             # one generator per epoch: a resumed run shuffles as an uninterrupted one does
@@ -152,12 +202,16 @@ def finetune(model: onnx.ModelProto, train: Dataset, validation: Dataset, option
             order = torch.randperm(len(x_train), generator=shuffle).numpy()
             module.train()
             losses = []
-            for first in range(0, len(order), options.batch_size):
+            # each round gives every process its own batch of the shared shuffle
+            for round_start in range(0, len(order), options.batch_size * distributed.size):
+                first = round_start + distributed.rank * options.batch_size
                 batch = order[first:first + options.batch_size]
+                if not len(batch):  # a short last round: repeat one, so every process joins the gradient sum
+                    batch = order[round_start:round_start + options.batch_size]
                 inputs = torch.from_numpy(x_train[batch]).to(options.device)
                 targets = torch.from_numpy(y_train[batch]).to(options.device)
-                loss = torch.nn.functional.cross_entropy(module(inputs).reshape(len(batch), -1), targets)
-                if not torch.isfinite(loss):
+                loss = torch.nn.functional.cross_entropy(trained(inputs).reshape(len(batch), -1), targets)
+                if not math.isfinite(distributed.mean(loss.item())):
                     kept = (f"the last good weights are in {checkpoint}" if checkpoint is not None and
                             checkpoint.exists() else "no checkpoint was written yet")
                     raise AnalogizeError(f"the loss became {loss.item()} in epoch {epoch + 1}; check the data for "
@@ -167,14 +221,14 @@ def finetune(model: onnx.ModelProto, train: Dataset, validation: Dataset, option
                 optimizer.step()
                 losses.append(loss.item())
             schedule.step()
-            accuracy = _torch_accuracy(module, x_valid, y_valid, options)
+            accuracy = distributed.mean(_torch_accuracy(module, x_valid, y_valid, options))
             history.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "noisy_accuracy": accuracy,
                             "lr": optimizer.param_groups[0]["lr"]})
             if accuracy > best[0]:
                 best, stale = (accuracy, {k: v.clone() for k, v in module.state_dict().items()}), 0
             else:
                 stale += 1
-            if checkpoint is not None:
+            if checkpoint is not None and distributed.leader:
                 _save_checkpoint(checkpoint, module, optimizer, schedule, history, epoch + 1, best, options)
             bar.update()
             if options.patience is not None and stale >= options.patience:
@@ -182,8 +236,11 @@ def finetune(model: onnx.ModelProto, train: Dataset, validation: Dataset, option
 
     module.load_state_dict(best[1])
     tuned = with_weights(converted, module.state_as_initializers())
+    if not distributed.leader:
+        return tuned, {"rank": distributed.rank}
     after = _accuracy(tuned, x_valid, y_valid, options.repeats, options.seed)
     report = {"accuracy_before": before["noisy_mean"], "accuracy_after": after["noisy_mean"],
+              "processes": distributed.size,
               "before": before, "after": after, "history": history, "epochs_run": len(history),
               "stopped_early": len(history) < options.epochs and options.patience is not None,
               "options": asdict(options), "settings": rewrite.stored_settings(converted),
@@ -258,6 +315,8 @@ def finetune_file(source, destination, data: str, options: FinetuneOptions = Fin
     train, validation = split_data(data, limit, eval_data, options.seed, size, channels)
     tuned, report = finetune(model, train, validation, options, convert_options, checkpoint_dir=checkpoint_dir,
                              resume=resume, progress=progress)
+    if "rank" in report:  # a follower process of a torchrun job: process 0 writes
+        return report
     save_model(tuned, destination, external_data=external, overwrite_input=source)
     report.update(input=str(source), output=str(destination), data=data, eval_data=eval_data)
     if plot:

@@ -116,3 +116,24 @@ def test_cli_writes_tuned_model_report_and_curves(tmp_path, capsys):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = analogize(capsys, "finetune", DEFAULT_MODEL, "--data", "npz:/no/such.npz", "-o", output)
     assert code == 2 and "does not exist" in err
+
+
+def test_torchrun_trains_data_parallel_on_two_cpu_processes(tmp_path):
+    """PyTorch's own launcher, the gloo backend, two processes: they share the work, process 0 writes."""
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:  # a free port for the rendezvous
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
+               "-m", "analogize", "finetune", str(DEFAULT_MODEL), "--data", "digits", "--bits", "4", "--ep", "0.8",
+               "--epochs", "2", "--limit", "300", "--repeats", "2", "-o", str(tmp_path / "tuned.onnx"),
+               "--json", str(tmp_path / "report.json"), "--checkpoint-dir", str(tmp_path / "checkpoints"), "-q"]
+    finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["processes"] == 2 and len(report["history"]) == 2
+    assert finished.stdout.count("wrote ") == 1  # one writer
+    onnx.checker.check_model(onnx.load(tmp_path / "tuned.onnx"))
