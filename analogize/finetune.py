@@ -111,9 +111,17 @@ class _Distributed:
     def leader(self) -> bool:
         return self.rank == 0
 
-    def wrap(self, module):
+    def device(self, device: str) -> str:
+        """``cuda`` means each process's own GPU (LOCAL_RANK) under torchrun."""
+        if device == "cuda" and self.size > 1:
+            return f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+        return device
+
+    def wrap(self, module, device: str):
         if self.size == 1:
             return module
+        if device.startswith("cuda"):
+            return torch.nn.parallel.DistributedDataParallel(module, device_ids=[torch.device(device).index or 0])
         return torch.nn.parallel.DistributedDataParallel(module)
 
     def mean(self, value: float) -> float:
@@ -141,6 +149,7 @@ def finetune(model: onnx.ModelProto, train: Dataset, validation: Dataset, option
     """
     options.check()
     distributed = _Distributed(options.device)
+    options = replace(options, device=distributed.device(options.device))
     try:
         return _finetune(model, train, validation, options, convert_options, preprocessing, checkpoint_dir, resume,
                          progress, distributed)
@@ -192,7 +201,7 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
         torch.set_rng_state(state["rng"])
 
     before = _accuracy(converted, x_valid, y_valid, options.repeats, options.seed) if distributed.leader else None
-    trained = distributed.wrap(module)
+    trained = distributed.wrap(module, options.device)
     stale = 0
     bar = progress_bar(options.epochs - start, "finetune", progress and distributed.leader)
     with bar:
