@@ -22,7 +22,7 @@ from torch import nn
 from . import rewrite
 from .errors import AnalogizeError
 from .ops import DOMAIN, OPS
-from .torch_ops import apply_op
+from .torch_ops import run_op
 
 _DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
            onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
@@ -351,8 +351,7 @@ def _reduce_mean(node, x, axes=None):
 
 
 def _analog(node, x):
-    attributes = {k: v for k, v in node.attributes.items() if k != "seed"}
-    return apply_op(node.op_type, x, **attributes)
+    return run_op(OPS[node.op_type], x, None, node.analog_values)
 
 
 def _supported(node: _Node) -> bool:
@@ -370,6 +369,10 @@ class OnnxModule(nn.Module):
             model, _ = rewrite.fit_opset(model)
         graph = model.graph
         self.nodes = [_Node(node) for node in graph.node]
+        for node in self.nodes:
+            if node.domain == DOMAIN and node.op_type in OPS:  # validated once; torch's RNG replaces the seed
+                node.analog_values = OPS[node.op_type].resolve(
+                    **{k: v for k, v in node.attributes.items() if k != "seed"})
         unsupported = sorted({(n.op_type, n.name) for n in self.nodes if not _supported(n)})
         if unsupported:
             op_type, name = unsupported[0]

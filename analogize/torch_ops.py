@@ -51,7 +51,11 @@ class _StraightThrough(torch.autograd.Function):
 def apply_op(spec: OpSpec | str, x: torch.Tensor, generator: torch.Generator | None = None, **attributes):
     """Apply one op of the set to ``x``; ``attributes`` are validated and defaulted from its declaration."""
     spec = OPS[spec] if isinstance(spec, str) else spec
-    values = spec.resolve(**attributes)
+    return run_op(spec, x, generator, spec.resolve(**attributes))
+
+
+def run_op(spec: OpSpec, x: torch.Tensor, generator: torch.Generator | None, values: dict):
+    """:func:`apply_op` with ``values`` already resolved (validating once, not on every training step)."""
     if spec.random and generator is None and "seed" in values:
         generator = torch.Generator(device=x.device).manual_seed(int(values["seed"]))
     primitives = _TorchPrimitives(generator)
@@ -77,7 +81,7 @@ class AnalogOp(torch.nn.Module):
         if self.spec.random and "seed" in self.attributes and (
                 self._generator is None or self._generator.device != x.device):
             self._generator = torch.Generator(device=x.device).manual_seed(int(self.attributes["seed"]))
-        return apply_op(self.spec, x, self._generator, **self.attributes)
+        return run_op(self.spec, x, self._generator, self.attributes)
 
     def extra_repr(self) -> str:
         return f"{self.spec.name}, " + ", ".join(f"{k}={v:g}" for k, v in self.attributes.items())
