@@ -451,7 +451,6 @@ def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor
              plot_path, quiet, **chain):
     """Fine-tune MODEL (clean or converted) under analog noise and write the tuned model."""
     from .convert import ConvertOptions
-    from .data import Preprocessing, decode_hints
     from .finetune import FinetuneOptions, finetune_file
 
     options = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,

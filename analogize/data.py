@@ -76,7 +76,7 @@ class Preprocessing:
     std: tuple[float, ...] | None = None
 
 
-_SPLIT_SOURCES = ("digits", "cifar10")  # the sources that come with a train/test split
+SPLIT_SOURCES = ("digits", "cifar10")  # the sources that come with a train/test split
 
 
 def load_dataset(spec: str, split: str | None = None, limit: int | None = None, seed: int = 0,
@@ -87,7 +87,7 @@ def load_dataset(spec: str, split: str | None = None, limit: int | None = None, 
     spaced over the dataset, so a quick look still sees every class of a folder sorted by class.
     """
     kind = spec.partition(":")[0]
-    if split is not None and kind in _LOADERS and kind not in _SPLIT_SOURCES:
+    if split is not None and kind in _LOADERS and kind not in SPLIT_SOURCES:
         raise AnalogizeError(f"{kind} data has no train/test split; drop --split (or split the files yourself)")
     split = split or "test"
     if split not in SPLITS:
@@ -295,6 +295,13 @@ def decode_hints(model: onnx.ModelProto, preprocessing: Preprocessing) -> tuple[
     size = spec.shape[2:4] if layout == "nchw" else spec.shape[1:3]
     return (preprocessing.size or (tuple(size) if None not in size else None),
             preprocessing.channels or channels)
+
+
+def load_for_model(spec: str, model: onnx.ModelProto, preprocessing: Preprocessing = Preprocessing(),
+                   split: str | None = None, limit: int | None = None) -> Dataset:
+    """:func:`load_dataset`, decoding image files at the size and channel count ``model`` takes."""
+    image_size, channels = decode_hints(model, preprocessing)
+    return load_dataset(spec, split=split, limit=limit, image_size=image_size, channels=channels)
 
 
 def fit_to_input(dataset: Dataset, model: onnx.ModelProto,

@@ -396,11 +396,8 @@ def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
 
 
 def _first_attribute(model: onnx.ModelProto, op_types, name: str) -> float | None:
-    for node in rewrite.analog_nodes(model, set(op_types)):
-        for attribute in node.attribute:
-            if attribute.name == name:
-                return attribute.f
-    return None
+    return next((rewrite.node_attributes(node)[name] for node in rewrite.analog_nodes(model, set(op_types))
+                 if name in rewrite.node_attributes(node)), None)
 
 
 _WORKER_WORKLOAD: _Workload | None = None
@@ -543,13 +540,12 @@ def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOp
                   split: str | None = None, limit: int | None = None, preprocessing: Preprocessing = Preprocessing(),
                   **settings) -> dict:
     """:func:`evaluate` on the model file ``model_path`` and the data spec ``data`` (what the CLI runs)."""
-    from .data import decode_hints, load_dataset
+    from .data import load_for_model
     from .model_io import load_model
 
     grid.check()
     model, _ = load_model(model_path)
-    image_size, channels = decode_hints(model, preprocessing)
-    dataset = load_dataset(data, split=split, limit=limit, image_size=image_size, channels=channels)
+    dataset = load_for_model(data, model, preprocessing, split=split, limit=limit)
     result = evaluate(model, dataset, grid, options, preprocessing=preprocessing, **settings)
     result["model"] = str(model_path)
     result["data"].update(spec=data, split=split, limit=limit)

@@ -30,8 +30,8 @@ from . import rewrite
 from .convert import ConvertOptions, convert
 from .errors import AnalogizeError
 from .model_io import copy_model
-from .noise_model import BIT_CONVENTIONS, std_to_ep
-from .ops import DOMAIN, OPS
+from .noise_model import BIT_CONVENTIONS, precision_to_bits, std_to_ep
+from .ops import DOMAIN
 
 FORMATS = ("qdq", "plain")
 SPEC_FORMAT, SPEC_VERSION = "analogize.spec", 1
@@ -41,24 +41,11 @@ _QUANTIZE_OPS = rewrite.CHAIN_ELEMENTS["quantize"]
 _ELEMENT_OF_OP = {op: element for element, ops in rewrite.CHAIN_ELEMENTS.items() for op in ops}
 
 
-def _attributes(node: onnx.NodeProto) -> dict:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
-
-
 def integer_bits(precision: float) -> int | None:
     """Width of the signed (narrow-range) integers that hold the 2p + 1 levels of precision p, if p is whole."""
     if precision != int(precision):
         return None
     return int(math.ceil(math.log2(precision + 1))) + 1
-
-
-def _convention_bits(precision: float, convention: str) -> int | None:
-    for bits in range(1, 25):
-        from .noise_model import bits_to_precision
-
-        if bits_to_precision(bits, convention) == precision:
-            return bits
-    return None
 
 
 def analog_spec(model: onnx.ModelProto) -> dict:
@@ -72,7 +59,7 @@ def analog_spec(model: onnx.ModelProto) -> dict:
     convention = settings.get("options", {}).get("bit_convention", BIT_CONVENTIONS[0])
     chains: dict[tuple, dict] = {}
     for node in model.graph.node:
-        if not rewrite._is_chain_element(node, tuple(rewrite.CHAIN_ELEMENTS)) or not node.name.startswith("analogize/"):
+        if not rewrite.is_chain_element(node, tuple(rewrite.CHAIN_ELEMENTS)) or not node.name.startswith("analogize/"):
             continue
         _, site, *target, element = node.name.split("/")
         key = (site, "/".join(target))
@@ -86,12 +73,12 @@ def analog_spec(model: onnx.ModelProto) -> dict:
                  "clamp": None, "precision": None, "bits": None, "integer_bits": None, "rounding": None,
                  "std": 0.0, "ep": None, "seed": None}
         for node in chain["elements"]:
-            values = _attributes(node)
+            values = rewrite.node_attributes(node)
             if node.op_type == "Clip":
                 entry["clamp"] = list(rewrite.CLAMP_RANGE)
             elif node.op_type in _QUANTIZE_OPS:
                 precision = values["precision"]
-                entry.update(precision=precision, bits=_convention_bits(precision, convention),
+                entry.update(precision=precision, bits=precision_to_bits(precision, convention),
                              integer_bits=integer_bits(precision),
                              rounding="stochastic" if node.op_type == "StochasticReducePrecision"
                              else ("half-toward-zero" if values.get("divide", 0.5) == 0.5
@@ -107,7 +94,7 @@ def analog_spec(model: onnx.ModelProto) -> dict:
             entry["ep"] = std_to_ep(entry["std"], settings["precision"])
         tensors.append(entry)
     activations = [{"node": node.name or node.output[0], "op_type": node.op_type,
-                    "attributes": {k: v for k, v in _attributes(node).items()}}
+                    "attributes": {k: v for k, v in rewrite.node_attributes(node).items()}}
                    for node in model.graph.node
                    if node.domain == DOMAIN and node.op_type not in _ELEMENT_OF_OP
                    or node.op_type == "LeakyRelu" and settings.get("options", {}).get("activation") == "leaky"]
@@ -132,9 +119,9 @@ def to_plain(model: onnx.ModelProto, keep_noise: bool = False) -> onnx.ModelProt
 def to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
     working = _deterministic(model)
     quantizers = rewrite.analog_nodes(working, _QUANTIZE_OPS)
-    widest = max((_attributes(n)["precision"] for n in quantizers), default=0)
+    widest = max((rewrite.node_attributes(n)["precision"] for n in quantizers), default=0)
     for node in quantizers:
-        values = _attributes(node)
+        values = rewrite.node_attributes(node)
         if values.get("divide", 0.5) != 0.5:
             raise AnalogizeError(f"{node.name}: reduce-precision with divide={values['divide']:g} has no "
                                  f"QuantizeLinear equivalent (it rounds at 0.5); export --format plain")
@@ -153,10 +140,10 @@ def _mark_quantizers(model: onnx.ModelProto) -> dict[str, float]:
     """Replace each reduce-precision by an Identity marking where its QDQ pair goes; output -> precision."""
     marks = {}
     for node in rewrite.analog_nodes(model, _QUANTIZE_OPS):
-        marks[node.output[0]] = _attributes(node)["precision"]
+        marks[node.output[0]] = rewrite.node_attributes(node)["precision"]
         node.op_type, node.domain = "Identity", ""
         node.ClearField("attribute")
-    rewrite._drop_unused(model)
+    rewrite.drop_unused(model)
     return marks
 
 
@@ -220,7 +207,7 @@ def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
             kept.append(node)
     graph.ClearField("node")
     graph.node.extend(kept)
-    rewrite._rename_inputs(graph, graph.node, replacement)
+    rewrite.rename_inputs(graph, graph.node, replacement)
     for value in graph.output:
         if value.name in replacement:
             graph.node.append(helper.make_node("Identity", [replacement[value.name]], [value.name]))
@@ -255,7 +242,7 @@ def export_file(source, destination, format: str = "qdq", spec=None, keep_noise:
     import json
     from pathlib import Path
 
-    from .data import decode_hints, fit_to_input, load_dataset, Preprocessing
+    from .data import fit_to_input, load_for_model
     from .model_io import atomic_output, load_model, save_model
 
     source, destination = Path(source), Path(destination)
@@ -265,8 +252,7 @@ def export_file(source, destination, format: str = "qdq", spec=None, keep_noise:
     report = {"input": str(source), "output": str(destination), "spec": str(spec_path), "format": format,
               "tensors": len(analog["tensors"]), "activations": len(analog["activations"])}
     if verify_data:
-        size, channels = decode_hints(model, Preprocessing())
-        dataset = load_dataset(verify_data, limit=limit, image_size=size, channels=channels)
+        dataset = load_for_model(verify_data, model, limit=limit)
         inputs, _ = fit_to_input(dataset, model)
         report["verification"] = analog["verification"] = compare_outputs(model, exported, inputs)
     save_model(exported, destination, external_data=external, overwrite_input=None if overwrite else source)

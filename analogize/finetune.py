@@ -289,12 +289,12 @@ def split_data(spec: str, limit: int | None = None, validation_spec: str | None 
                image_size=None, channels=None) -> tuple[Dataset, Dataset]:
     """Training and validation sets: the source's own train/test split (digits, cifar10), ``validation_spec``,
     or else a fixed, seeded fifth of the data held out."""
-    from .data import _SPLIT_SOURCES, load_dataset
+    from .data import SPLIT_SOURCES, load_dataset
 
     hints = {"image_size": image_size, "channels": channels}
     if validation_spec:
         return (load_dataset(spec, limit=limit, **hints), load_dataset(validation_spec, limit=limit, **hints))
-    if spec.partition(":")[0] in _SPLIT_SOURCES:
+    if spec.partition(":")[0] in SPLIT_SOURCES:
         return (load_dataset(spec, split="train", limit=limit, **hints),
                 load_dataset(spec, split="test", limit=limit, **hints))
     data = load_dataset(spec, limit=limit, **hints)

@@ -26,6 +26,11 @@ def bits_to_precision(bits: int, convention: str = DEFAULT_BIT_CONVENTION) -> fl
     return precision if convention == "pow2" else precision - 1.0
 
 
+def precision_to_bits(precision: float, convention: str = DEFAULT_BIT_CONVENTION) -> int | None:
+    """The bit width whose precision under ``convention`` is ``precision``, or None if there is none."""
+    return next((bits for bits in range(1, MAX_BITS + 1) if bits_to_precision(bits, convention) == precision), None)
+
+
 def check_precision(precision: float) -> float:
     if not (isinstance(precision, (int, float)) and math.isfinite(precision) and precision >= 1):
         raise AnalogizeError(f"precision must be a finite number >= 1 (steps per unit), got {precision!r}")

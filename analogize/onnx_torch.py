@@ -59,13 +59,8 @@ class _Node:
         return self.attributes.get(name, default)
 
 
-def _tensor(value, like=None):
-    return value if isinstance(value, torch.Tensor) else torch.as_tensor(value, device=like.device if like is not None
-                                                                        else None)
-
-
 def _ints(tensor) -> list[int]:
-    return [int(v) for v in _tensor(tensor).reshape(-1).tolist()]
+    return [int(v) for v in torch.as_tensor(tensor).reshape(-1).tolist()]
 
 
 def _padding(x, pads, spatial, value=0.0):

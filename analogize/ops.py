@@ -16,7 +16,7 @@ The conventions follow ``shared/reference/analog-semantics.md``; where that refe
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 DOMAIN = "ai.analogize"

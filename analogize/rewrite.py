@@ -410,6 +410,11 @@ def attach_functions(model: onnx.ModelProto, op_types) -> None:
     model.functions.extend(function_protos(op_types, default_opset(model)))
 
 
+def node_attributes(node: onnx.NodeProto) -> dict:
+    """A node's attributes as Python values."""
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def analog_nodes(model: onnx.ModelProto, op_types=None) -> list[onnx.NodeProto]:
     """The top-level nodes of the analog domain, in graph order (all of them, or those of ``op_types``)."""
     return [node for node in model.graph.node
@@ -464,7 +469,7 @@ def round_deterministically(model: onnx.ModelProto) -> int:
                               OPS["ReducePrecision"].resolve(precision=precision).items())
     if nodes:
         attach_functions(model, ["ReducePrecision"])
-        _drop_unused(model)
+        drop_unused(model)
     return len(nodes)
 
 
@@ -472,7 +477,7 @@ CHAIN_ELEMENTS = {"noise": ("AnalogNoise",), "quantize": ("ReducePrecision", "St
                   "clamp": ("Clip",)}
 
 
-def _is_chain_element(node: onnx.NodeProto, elements) -> bool:
+def is_chain_element(node: onnx.NodeProto, elements) -> bool:
     if node.op_type not in {op for element in elements for op in CHAIN_ELEMENTS[element]}:
         return False
     if node.op_type == "Clip":  # only the clamps convert inserted: they read its shared bound initializers
@@ -495,7 +500,7 @@ def remove_analog_chains(model: onnx.ModelProto, elements=tuple(CHAIN_ELEMENTS))
     replacement: dict[str, str] = {}
     kept = []
     for node in model.graph.node:
-        if not _is_chain_element(node, elements):
+        if not is_chain_element(node, elements):
             kept.append(node)
             continue
         source = replacement.get(node.input[0], node.input[0])
@@ -506,24 +511,24 @@ def remove_analog_chains(model: onnx.ModelProto, elements=tuple(CHAIN_ELEMENTS))
     removed = len(model.graph.node) - len(kept)
     if not removed:
         return 0
-    _rename_inputs(model.graph, kept, replacement)
+    rename_inputs(model.graph, kept, replacement)
     model.graph.ClearField("node")
     model.graph.node.extend(kept)
-    _drop_unused(model)
+    drop_unused(model)
     return removed
 
 
-def _rename_inputs(graph: onnx.GraphProto, nodes, replacement: dict) -> None:
+def rename_inputs(graph: onnx.GraphProto, nodes, replacement: dict) -> None:
     for node in nodes:
         for slot, name in enumerate(node.input):
             if name in replacement:
                 node.input[slot] = replacement[name]
         for attribute in node.attribute:
             for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-                _rename_inputs(body, body.node, replacement)
+                rename_inputs(body, body.node, replacement)
 
 
-def _drop_unused(model: onnx.ModelProto) -> None:
+def drop_unused(model: onnx.ModelProto) -> None:
     used = {name for node in model.graph.node for name in node.input}
     unused = [t for t in model.graph.initializer if t.name.startswith("analogize/clamp_") and t.name not in used]
     for tensor in unused:

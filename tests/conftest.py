@@ -1,5 +1,4 @@
 import glob
-import os
 from pathlib import Path
 
 import numpy as np

@@ -8,7 +8,7 @@ import torch
 from onnx import TensorProto, helper
 
 from analogize import convert
-from analogize.data import Dataset, load_dataset
+from analogize.data import Dataset
 from analogize.errors import AnalogizeError
 from analogize.evaluate import Grid, evaluate
 from analogize.finetune import FinetuneOptions, finetune, split_data
