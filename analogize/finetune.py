@@ -335,15 +335,10 @@ def finetune_file(source, destination, data: str, options: FinetuneOptions = Fin
 
 def plot_curves(report: dict, path) -> None:
     """Training loss and noisy validation accuracy per epoch, with the before/after ORT accuracies."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot
-
-    from .model_io import atomic_output
+    from .results import pyplot, save_figure
 
     epochs = [h["epoch"] for h in report["history"]]
-    figure, (loss_axis, accuracy_axis) = pyplot.subplots(1, 2, figsize=(8.4, 3.4))
+    figure, (loss_axis, accuracy_axis) = pyplot().subplots(1, 2, figsize=(8.4, 3.4))
     loss_axis.plot(epochs, [h["train_loss"] for h in report["history"]], marker="o")
     loss_axis.set(xlabel="epoch", ylabel="training loss (under noise)")
     accuracy_axis.plot(epochs, [100 * h["noisy_accuracy"] for h in report["history"]], marker="o",
@@ -354,6 +349,4 @@ def plot_curves(report: dict, path) -> None:
     accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy (%)")
     accuracy_axis.legend(fontsize=8)
     figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, dpi=120, format=str(path).rpartition(".")[2] or "png")
-    pyplot.close(figure)
+    save_figure(figure, path)

@@ -147,21 +147,33 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(result: dict, path) -> None:
-    """Accuracy (or agreement) against EP, one line per bit width, one panel per activation; the clean
-    model dashed, as in the paper's accuracy-vs-EP figures. With one EP value, bits go on the x axis."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display is needed or used)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot
+    from matplotlib import pyplot as module
 
+    return module
+
+
+def save_figure(figure, path) -> None:
+    """Write ``figure`` atomically, in the format its suffix names (PNG by default), and release it."""
+    with atomic_output(path) as temporary:
+        figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    pyplot().close(figure)
+
+
+def plot(result: dict, path) -> None:
+    """Accuracy (or agreement) against EP, one line per bit width, one panel per activation; the clean
+    model dashed, as in the paper's accuracy-vs-EP figures. With one EP value, bits go on the x axis."""
     metric = "accuracy" if result["data"]["labels"] else "agreement"
     activations = list(dict.fromkeys(c["activation"] for c in result["cells"]))
     if not activations:
         raise AnalogizeError("the result has no cells to plot")
     eps = sorted({c["ep"] for c in result["cells"]})
     along_ep = len(eps) > 1 or any(c["bits"] is None for c in result["cells"])
-    figure, axes = pyplot.subplots(1, len(activations), figsize=(4.2 * len(activations), 3.6), sharey=True,
+    figure, axes = pyplot().subplots(1, len(activations), figsize=(4.2 * len(activations), 3.6), sharey=True,
                                    squeeze=False)
     for axis, activation in zip(axes[0], activations):
         cells = [c for c in result["cells"] if c["activation"] == activation]
@@ -184,6 +196,4 @@ def plot(result: dict, path) -> None:
     figure.suptitle(f"{result['data']['name']}: {result['grid']['repeats']} noise draws per point (mean ± std)",
                     fontsize=10)
     figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
-    pyplot.close(figure)
+    save_figure(figure, path)

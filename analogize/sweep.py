@@ -1,0 +1,254 @@
+"""``sweep``: train a zoo model from scratch over a grid of activations x depths x bits x EP x seeds.
+
+This is how the paper's figures are made: accuracy against the ReLU-GELU/SiLU interpolation factor per EP
+(Fig. 3e-f), against the LeakyReLU slope (Table II), and against depth (Fig. 6). Every cell is one
+:func:`analogize.train.train` run, written to its own file in the sweep directory as soon as it finishes, so
+a sweep resumes where it stopped and shards (``--shard I/N`` in N jobs sharing the directory) need no merge
+step: whatever runs last with the whole grid finds every cell done and writes the summary.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from .convert import ConvertOptions
+from .errors import AnalogizeError
+from .finetune import FinetuneOptions, split_data
+from .model_io import atomic_output
+from .progress import progress_bar
+from .train import TrainSetup, train
+
+SCHEMA = {"name": "analogize.sweep", "version": 1}
+DEPTH_KINDS = ("linear", "conv")
+SETTINGS_FILE = "sweep-settings.json"
+
+
+@dataclass(frozen=True)
+class SweepGrid:
+    """The axes of a sweep. ``activations`` are analysis settings (``relu``, ``interp-gelu:0.5``,
+    ``leaky:0.1``, ``gelu`` ...); a depth is the number of hidden linear layers (``linear``, each ``width``
+    wide) or of convolution stages before one linear layer (``conv``); ``None`` keeps the base model's."""
+
+    activations: tuple[str, ...] = ("relu", "gelu")
+    depths: tuple[int | None, ...] = (None,)
+    depth_kind: str = "linear"
+    width: int = 64
+    bits: tuple[int, ...] = (4,)
+    eps: tuple[float, ...] = (0.5,)
+    seeds: int = 3
+
+    def check(self) -> "SweepGrid":
+        from .analysis import Activation
+
+        for text in self.activations:
+            Activation(text)
+        if self.depth_kind not in DEPTH_KINDS:
+            raise AnalogizeError(f"unknown depth kind {self.depth_kind!r}: choose from {', '.join(DEPTH_KINDS)}")
+        if any(d is not None and (not isinstance(d, int) or d < 0) for d in self.depths):
+            raise AnalogizeError(f"depths must be whole numbers >= 0, got {self.depths}")
+        if self.seeds < 1 or self.width < 1 or not self.activations or not self.bits or not self.eps:
+            raise AnalogizeError("a sweep needs activations, bits and EPs, seeds >= 1 and width >= 1")
+        return self
+
+    def cells(self) -> list[dict]:
+        return [{"activation": a, "depth": d, "bits": b, "ep": e, "seed": s} for a in self.activations
+                for d in self.depths for b in self.bits for e in self.eps for s in range(self.seeds)]
+
+
+def interpolation_activations(smooth: str, factors) -> tuple[str, ...]:
+    """``interp-SMOOTH:i`` for each factor: i = 0 (ReLU) and i = 1 (SMOOTH) run through the same op as the
+    factors between, so they share one curve."""
+    return tuple(f"interp-{smooth}:{float(f)!r}" for f in factors)
+
+
+def convert_options_for(activation: str, bits: int, ep: float, base: ConvertOptions) -> ConvertOptions:
+    """``base`` with the cell's activation (an analysis setting), bits and EP."""
+    from .evaluate import ActivationVariant
+
+    if activation == "relu":
+        return replace(base, bits=bits, ep=ep, activation="keep")
+    variant = ActivationVariant.parse(activation)
+    return replace(base, bits=bits, ep=ep, activation=variant.activation, **dict(variant.parameters))
+
+
+def _setup_for(base: TrainSetup, depth: int | None, grid: SweepGrid) -> TrainSetup:
+    if depth is None:
+        return base
+    if grid.depth_kind == "linear":
+        return replace(base, config={**base.config, "stages": 0, "hidden": (grid.width,) * depth})
+    return replace(base, config={**base.config, "stages": depth, "hidden": ()})
+
+
+def _fingerprint(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _cell_path(directory: Path, cell: dict) -> Path:
+    key = json.dumps(cell, sort_keys=True)
+    return directory / "cells" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def sweep(directory, data: str, grid: SweepGrid, setup: TrainSetup = TrainSetup(),
+          options: FinetuneOptions = FinetuneOptions(), convert_options: ConvertOptions = ConvertOptions(), *,
+          eval_data: str | None = None, limit: int | None = None, shard: tuple[int, int] = (0, 1),
+          progress: bool = False) -> dict:
+    """Run the cells of ``grid`` that this shard owns and have no result in ``directory`` yet; return the
+    summary of every cell done so far (``complete`` says whether the grid is)."""
+    grid.check()
+    setup.check()
+    options.check()
+    directory = Path(directory)
+    settings = {"schema": SCHEMA, "data": data, "eval_data": eval_data, "limit": limit, "grid": asdict(grid),
+                "setup": asdict(setup), "options": asdict(options),
+                "convert_options": {k: v for k, v in asdict(convert_options).items() if k not in ("bits", "ep")}}
+    _claim(directory, settings)
+    train_data, validation = split_data(data, limit, eval_data, options.seed)
+    cells = grid.cells()
+    index, count = shard
+    mine = [c for position, c in enumerate(cells) if position % count == index and not _cell_path(directory, c).exists()]
+    bar = progress_bar(len(mine), "sweep", progress)
+    with bar:
+        for cell in mine:
+            started = time.perf_counter()
+            cell_options = replace(options, seed=options.seed + cell["seed"])
+            _, report = train(_setup_for(setup, cell["depth"], grid), train_data, validation, cell_options,
+                              replace(convert_options_for(cell["activation"], cell["bits"], cell["ep"],
+                                                          convert_options), seed=cell_options.seed))
+            record = {"cell": cell, "accuracy": report["after"]["noisy_mean"],
+                      "accuracy_draw_std": report["after"]["noisy_std"], "digital": report["after"]["digital"],
+                      "accuracy_untrained": report["before"]["noisy_mean"], "epochs_run": report["epochs_run"],
+                      "final_train_loss": report["history"][-1]["train_loss"], "built": report["built"],
+                      "seconds": time.perf_counter() - started}
+            with atomic_output(_cell_path(directory, cell)) as temporary:
+                temporary.write_text(json.dumps(record, indent=1, default=float) + "\n")
+            bar.update()
+    return summarise(directory)
+
+
+def _claim(directory: Path, settings: dict) -> None:
+    """Make ``directory`` this sweep's, or check that it already is (the same settings)."""
+    marker = directory / SETTINGS_FILE
+    try:
+        (directory / "cells").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AnalogizeError(f"cannot make the sweep directory {directory}: {error.strerror or error}") from None
+    settings = json.loads(json.dumps(settings, default=list))
+    if marker.exists():
+        stored = json.loads(marker.read_text())
+        if _fingerprint(stored) != _fingerprint(settings):
+            changed = sorted(k for k in settings if stored.get(k) != settings.get(k))
+            raise AnalogizeError(f"{directory} holds a sweep with other settings ({', '.join(changed)} differ); "
+                                 f"use another directory, or the same flags to resume it")
+        return
+    with atomic_output(marker) as temporary:
+        temporary.write_text(json.dumps(settings, indent=1) + "\n")
+
+
+def summarise(directory) -> dict:
+    """Every finished cell of the sweep in ``directory``, and per grid point (all but the seed) the mean and
+    sample std of the accuracy over seeds."""
+    directory = Path(directory)
+    marker = directory / SETTINGS_FILE
+    if not marker.exists():
+        raise AnalogizeError(f"{directory} holds no sweep (no {SETTINGS_FILE}); run 'analogize sweep' into it first")
+    settings = json.loads(marker.read_text())
+    grid = SweepGrid(**{**settings["grid"], **{k: tuple(v) for k, v in settings["grid"].items()
+                                                 if isinstance(v, list)}})
+    records = []
+    for cell in grid.cells():
+        path = _cell_path(directory, cell)
+        if path.exists():
+            records.append(json.loads(path.read_text()))
+    points = {}
+    for record in records:
+        cell = record["cell"]
+        points.setdefault(tuple(cell[k] for k in ("activation", "depth", "bits", "ep")), []).append(record)
+    summary = []
+    for (activation, depth, bits, ep), members in points.items():
+        accuracies = np.array([m["accuracy"] for m in members])
+        digital = np.array([m["digital"] for m in members])
+        summary.append({"activation": activation, **_activation_coordinates(activation), "depth": depth,
+                        "bits": bits, "ep": ep, "seeds": len(members),
+                        "accuracy_mean": float(accuracies.mean()),
+                        "accuracy_std": float(accuracies.std(ddof=1)) if len(members) > 1 else 0.0,
+                        "accuracies": accuracies.tolist(), "digital_mean": float(digital.mean())})
+    return {"schema": SCHEMA, "settings": settings, "cells_done": len(records), "cell_count": len(grid.cells()),
+            "complete": len(records) == len(grid.cells()), "points": summary, "cells": records}
+
+
+def _activation_coordinates(activation: str) -> dict:
+    """Where an activation sits on the paper's axes: family, interpolation factor, leaky slope."""
+    from .analysis import Activation
+
+    resolved = Activation(activation)
+    if activation == "relu" or activation.startswith("leaky"):
+        return {"family": "leaky", "factor": 0.0, "alpha": resolved.attributes["alpha"]}
+    if resolved.op_name in ("ReluGeluInterpolation", "ReluSiluInterpolation"):
+        smooth = "gelu" if resolved.op_name == "ReluGeluInterpolation" else "silu"
+        return {"family": f"interp-{smooth}", "factor": resolved.attributes["factor"],
+                "alpha": resolved.attributes["alpha"]}
+    return {"family": activation.partition(":")[0], "factor": None, "alpha": None}
+
+
+def table(result: dict) -> str:
+    lines = [f"{result['cells_done']} of {result['cell_count']} cells done"
+             + ("" if result["complete"] else " (incomplete: run again to finish, or wait for the other shards)")]
+    header = ["activation", "depth", "bits", "EP", "accuracy (mean ± std over seeds)", "digital", "seeds"]
+    rows = [[p["activation"], "-" if p["depth"] is None else str(p["depth"]), str(p["bits"]), f"{p['ep']:g}",
+             f"{100 * p['accuracy_mean']:.1f} ± {100 * p['accuracy_std']:.1f} %", f"{100 * p['digital_mean']:.1f} %",
+             str(p["seeds"])] for p in result["points"]]
+    widths = [max(len(header[k]), *(len(r[k]) for r in rows)) if rows else len(header[k]) for k in range(len(header))]
+    lines.append("  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(result: dict, path) -> None:
+    with atomic_output(path) as temporary:
+        temporary.write_text(json.dumps(result, indent=1) + "\n")
+
+
+def plot(result: dict, path) -> None:
+    """The paper's figure types from the points: accuracy against the interpolation factor (one line per
+    EP), against the leaky slope, and against depth (one line per activation), each panel one setting of
+    the remaining axes; a row per axis that varies in the sweep."""
+    from .results import pyplot, save_figure
+
+    points = result["points"]
+    views = []
+    interpolated = [p for p in points if p["family"].startswith("interp-") or p["activation"] == "relu"]
+    if len({p["factor"] for p in interpolated}) > 1:
+        views.append(("factor", "interpolation factor i", interpolated, ("bits", "depth"),
+                      lambda p: f"{p['family'] if p['family'] != 'leaky' else 'relu'} EP {p['ep']:g}"))
+    leaky = [p for p in points if p["family"] == "leaky"]
+    if len({p["alpha"] for p in leaky}) > 1:
+        views.append(("alpha", "LeakyReLU slope alpha", leaky, ("bits", "depth"), lambda p: f"EP {p['ep']:g}"))
+    if len({p["depth"] for p in points}) > 1:
+        views.append(("depth", f"depth ({result['settings']['grid']['depth_kind']} layers)", points, ("bits", "ep"),
+                      lambda p: p["activation"]))
+    if not views:
+        raise AnalogizeError("nothing varies along the factor, slope or depth axes: no figure to draw")
+    panels = [sorted({tuple(p[k] for k in by) for p in members}, key=str) for _, _, members, by, _ in views]
+    columns = max(len(p) for p in panels)
+    figure, axes = pyplot().subplots(len(views), columns, figsize=(4.4 * columns, 3.6 * len(views)), squeeze=False)
+    for row, ((axis_key, axis_label, members, by, line_of), keys) in enumerate(zip(views, panels)):
+        for column, panel in enumerate(keys):
+            axis = axes[row][column]
+            inside = [p for p in members if tuple(p[k] for k in by) == panel]
+            for line in dict.fromkeys(line_of(p) for p in sorted(inside, key=lambda p: str(line_of(p)))):
+                mine = sorted((p for p in inside if line_of(p) == line), key=lambda p: p[axis_key])
+                axis.errorbar([p[axis_key] for p in mine], [100 * p["accuracy_mean"] for p in mine],
+                              yerr=[100 * p["accuracy_std"] for p in mine], marker="o", capsize=3, label=line)
+            axis.set(xlabel=axis_label, ylabel="noisy test accuracy (%)",
+                     title=", ".join(f"{k} {'-' if v is None else v}" for k, v in zip(by, panel)))
+            axis.grid(alpha=0.3)
+            axis.legend(fontsize=7)
+        for column in range(len(keys), columns):
+            axes[row][column].set_visible(False)
+    figure.tight_layout()
+    save_figure(figure, path)
