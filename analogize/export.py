@@ -6,16 +6,23 @@ Formats:
 - ``qdq``: noise removed; each reduce-precision becomes QuantizeLinear -> DequantizeLinear with scale 1/p and
   zero point 0 (int8 when p <= 127, else int16, which needs opset 21); clamps stay ``Clip``; activations
   are decomposed into standard ops. The form ONNX Runtime, OpenVINO and TensorRT read.
+- ``qonnx``: as ``qdq``, but each reduce-precision becomes one QONNX ``Quant`` node (scale 1/p, zero point 0,
+  signed narrow-range integers of the spec's ``integer_bits``, rounding HALF_DOWN). The form the ``qonnx``
+  package reads.
 - ``plain``: the analog op set inlined into standard ops, noise removed (or kept with ``keep_noise``).
 
 The spec (schema ``analogize.spec`` version 1) lists every analog tensor: where it sits (input, layer input,
 weight, bias, layer output), its clamp range, precision, bits, integer width, rounding, noise std and EP;
-the activations that were swapped in; and convert's settings. ``rebuild`` turns a ``qdq`` export and its
-spec back into the analog simulation.
+the activations that were swapped in; and convert's settings. ``rebuild`` turns a ``qdq`` or ``qonnx`` export
+and its spec back into the analog simulation.
 
 Rounding: reduce-precision sends exact halves toward zero, QuantizeLinear to even. They differ only on
 inputs that land exactly halfway between two levels; ``compare_outputs`` measures how often that changes
-a model's outputs on real data.
+a model's outputs on real data. QONNX's HALF_DOWN, sign(v) * ceil(|v| - 0.5) with v = x / scale, is
+reduce-precision's own rounding, so a ``qonnx`` export agrees with the simulation on ties too.
+
+Both quantizing formats clip to their integer range, which holds the 2p + 1 levels of [-1, 1]; so every
+reduce-precision must follow a clamp (models converted with ``--no-clamp`` are refused).
 """
 from __future__ import annotations
 
@@ -24,7 +31,7 @@ from dataclasses import replace
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from . import rewrite
 from .convert import ConvertOptions, convert
@@ -33,10 +40,14 @@ from .model_io import copy_model
 from .noise_model import BIT_CONVENTIONS, precision_to_bits, std_to_ep
 from .ops import DOMAIN
 
-FORMATS = ("qdq", "plain")
+FORMATS = ("qdq", "qonnx", "plain")
 SPEC_FORMAT, SPEC_VERSION = "analogize.spec", 1
 EXPORT_KEY = "analogize.export"
 QDQ_INT16_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16 from opset 21
+QDQ_MAX_PRECISION = 32767  # int16 levels
+QONNX_DOMAIN, QONNX_OPSET = "qonnx.custom_op.general", 1
+# Quant carries its integers in float32 tensors, whose whole numbers are exact up to 2^24
+QONNX_MAX_PRECISION = 2.0**24
 _QUANTIZE_OPS = rewrite.CHAIN_ELEMENTS["quantize"]
 _ELEMENT_OF_OP = {op: element for element, ops in rewrite.CHAIN_ELEMENTS.items() for op in ops}
 
@@ -117,27 +128,45 @@ def to_plain(model: onnx.ModelProto, keep_noise: bool = False) -> onnx.ModelProt
 
 
 def to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
-    working = _deterministic(model)
-    quantizers = rewrite.analog_nodes(working, _QUANTIZE_OPS)
-    widest = max((rewrite.node_attributes(n)["precision"] for n in quantizers), default=0)
-    for node in quantizers:
-        values = rewrite.node_attributes(node)
-        if values.get("divide", 0.5) != 0.5:
-            raise AnalogizeError(f"{node.name}: reduce-precision with divide={values['divide']:g} has no "
-                                 f"QuantizeLinear equivalent (it rounds at 0.5); export --format plain")
-        if values["precision"] != int(values["precision"]) or values["precision"] > 32767:
-            raise AnalogizeError(f"{node.name}: precision {values['precision']:g} does not fit int16 levels; "
-                                 f"QDQ takes whole precisions up to 32767 (export --format plain)")
-    marks = _mark_quantizers(working)
-    working = rewrite.inline_analog_functions(working)
-    if widest > 127 and rewrite.default_opset(working) < QDQ_INT16_OPSET:
+    working, marks = _marked_quantizers(model, "QDQ", QDQ_MAX_PRECISION)
+    if max(marks.values(), default=0) > 127 and rewrite.default_opset(working) < QDQ_INT16_OPSET:
         working, _ = rewrite.fit_opset(working, minimum=QDQ_INT16_OPSET)
-    _insert_qdq(working, marks)
+    _replace_marks(working, marks, _qdq_pair)
     return working
 
 
+def to_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    working, marks = _marked_quantizers(model, "QONNX Quant", QONNX_MAX_PRECISION)
+    _replace_marks(working, marks, _quant_node)
+    working.opset_import.append(helper.make_opsetid(QONNX_DOMAIN, QONNX_OPSET))
+    return working
+
+
+def _marked_quantizers(model: onnx.ModelProto, target: str, max_precision: float):
+    """The deterministic, inlined graph with an Identity where each reduce-precision was, and a map from
+    each Identity's output to its precision, once every reduce-precision is known to have an exact
+    ``target`` equivalent."""
+    working = _deterministic(model)
+    producers = {output: node for node in working.graph.node for output in node.output}
+    for node in rewrite.analog_nodes(working, _QUANTIZE_OPS):
+        values = rewrite.node_attributes(node)
+        if values.get("divide", 0.5) != 0.5:
+            raise AnalogizeError(f"{node.name}: reduce-precision with divide={values['divide']:g} has no "
+                                 f"{target} equivalent (it rounds at 0.5); export --format plain")
+        if values["precision"] != int(values["precision"]) or values["precision"] > max_precision:
+            raise AnalogizeError(f"{node.name}: precision {values['precision']:g} has no {target} equivalent, "
+                                 f"which takes whole precisions up to {max_precision:.0f} (export --format plain)")
+        source = producers.get(node.input[0])
+        if source is None or not rewrite.is_chain_element(source, ("clamp",)):
+            raise AnalogizeError(f"{node.name}: reduce-precision without a clamp before it is unbounded, but "
+                                 f"{target} clips to its integer range; convert with clamps or export "
+                                 f"--format plain")
+    marks = _mark_quantizers(working)
+    return rewrite.inline_analog_functions(working), marks
+
+
 def _mark_quantizers(model: onnx.ModelProto) -> dict[str, float]:
-    """Replace each reduce-precision by an Identity marking where its QDQ pair goes; output -> precision."""
+    """Replace each reduce-precision by an Identity marking where its quantizer goes; output -> precision."""
     marks = {}
     for node in rewrite.analog_nodes(model, _QUANTIZE_OPS):
         marks[node.output[0]] = rewrite.node_attributes(node)["precision"]
@@ -147,7 +176,8 @@ def _mark_quantizers(model: onnx.ModelProto) -> dict[str, float]:
     return marks
 
 
-def _insert_qdq(model: onnx.ModelProto, marks: dict) -> None:
+def _replace_marks(model: onnx.ModelProto, marks: dict, quantizer) -> None:
+    """Put ``quantizer(index, mark, precision)``'s nodes and initializers in place of each marking Identity."""
     graph = model.graph
     index = rewrite.GraphIndex.build(graph)
     nodes = []
@@ -155,20 +185,32 @@ def _insert_qdq(model: onnx.ModelProto, marks: dict) -> None:
         if node.op_type != "Identity" or node.output[0] not in marks:
             nodes.append(node)
             continue
-        precision = marks[node.output[0]]
-        integer = TensorProto.INT8 if precision <= 127 else TensorProto.INT16
-        scale = index.unique(f"{node.output[0]}::qdq_scale")
-        zero = index.unique(f"{node.output[0]}::qdq_zero_point")
-        graph.initializer.extend([
-            numpy_helper.from_array(np.array(1.0 / precision, np.float32), scale),
-            numpy_helper.from_array(np.array(0, np.int8 if integer == TensorProto.INT8 else np.int16), zero)])
-        quantized = index.unique(f"{node.output[0]}::quantized")
-        nodes.append(helper.make_node("QuantizeLinear", [node.input[0], scale, zero], [quantized],
-                                      name=f"{node.name}/quantize"))
-        nodes.append(helper.make_node("DequantizeLinear", [quantized, scale, zero], [node.output[0]],
-                                      name=f"{node.name}/dequantize"))
+        replacement, initializers = quantizer(index, node, marks[node.output[0]])
+        graph.initializer.extend(initializers)
+        nodes.extend(replacement)
     graph.ClearField("node")
     graph.node.extend(nodes)
+
+
+def _qdq_pair(index: rewrite.GraphIndex, mark: onnx.NodeProto, precision: float):
+    integer = np.int8 if precision <= 127 else np.int16
+    scale = index.unique(f"{mark.output[0]}::qdq_scale")
+    zero = index.unique(f"{mark.output[0]}::qdq_zero_point")
+    quantized = index.unique(f"{mark.output[0]}::quantized")
+    return ([helper.make_node("QuantizeLinear", [mark.input[0], scale, zero], [quantized],
+                              name=f"{mark.name}/quantize"),
+             helper.make_node("DequantizeLinear", [quantized, scale, zero], [mark.output[0]],
+                              name=f"{mark.name}/dequantize")],
+            [numpy_helper.from_array(np.array(1.0 / precision, np.float32), scale),
+             numpy_helper.from_array(np.array(0, integer), zero)])
+
+
+def _quant_node(index: rewrite.GraphIndex, mark: onnx.NodeProto, precision: float):
+    parameters = {"scale": 1.0 / precision, "zero_point": 0.0, "bit_width": integer_bits(precision)}
+    names = {key: index.unique(f"{mark.output[0]}::quant_{key}") for key in parameters}
+    return ([helper.make_node("Quant", [mark.input[0], *names.values()], [mark.output[0]], domain=QONNX_DOMAIN,
+                              name=f"{mark.name}/quant", signed=1, narrow=1, rounding_mode="HALF_DOWN")],
+            [numpy_helper.from_array(np.array(value, np.float32), names[key]) for key, value in parameters.items()])
 
 
 def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False) -> tuple[onnx.ModelProto, dict]:
@@ -178,7 +220,10 @@ def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False
     if keep_noise and format != "plain":
         raise AnalogizeError("--keep-noise applies to --format plain only; hardware formats are deterministic")
     spec = analog_spec(model)
-    exported = to_qdq(model) if format == "qdq" else to_plain(model, keep_noise)
+    if format == "plain":
+        exported = to_plain(model, keep_noise)
+    else:
+        exported = to_qdq(model) if format == "qdq" else to_qonnx(model)
     exported.metadata_props.add(key=EXPORT_KEY, value=format)
     spec["export"] = {"format": format, "noise": "kept" if keep_noise else "removed"}
     onnx.checker.check_model(exported)
@@ -186,23 +231,29 @@ def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False
 
 
 def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
-    """The analog simulation again, from a ``qdq`` export and its spec: QDQ pairs and clamps come out, and
-    convert puts the chains back with the recorded settings (activations stay as exported)."""
+    """The analog simulation again, from a ``qdq`` or ``qonnx`` export and its spec: QDQ pairs or Quant nodes
+    and clamps come out, and convert puts the chains back with the recorded settings (activations stay as
+    exported)."""
     if spec.get("format") != SPEC_FORMAT or spec.get("version") != SPEC_VERSION:
         raise AnalogizeError(f"not an {SPEC_FORMAT} version {SPEC_VERSION} spec")
-    if spec.get("export", {}).get("format") != "qdq":
-        raise AnalogizeError("rebuild takes a qdq export (a plain export's chains are inlined beyond recovery)")
+    if spec.get("export", {}).get("format") not in ("qdq", "qonnx"):
+        raise AnalogizeError("rebuild takes a qdq or qonnx export (a plain export's chains are inlined beyond "
+                             "recovery)")
     model = copy_model(exported)
     graph = model.graph
     replacement: dict[str, str] = {}
-    kept = []
+    kept, removed = [], []
     producers = {o: n for n in graph.node for o in n.output}
     for node in graph.node:
         if node.op_type == "DequantizeLinear" and node.input[0] in producers \
                 and producers[node.input[0]].op_type == "QuantizeLinear":
             replacement[node.output[0]] = producers[node.input[0]].input[0]
+            removed.append(node)
+        elif node.op_type == "Quant" and node.domain == QONNX_DOMAIN:
+            replacement[node.output[0]] = node.input[0]
+            removed.append(node)
         elif node.op_type == "QuantizeLinear":
-            continue
+            removed.append(node)
         else:
             kept.append(node)
     graph.ClearField("node")
@@ -212,9 +263,12 @@ def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
         if value.name in replacement:
             graph.node.append(helper.make_node("Identity", [replacement[value.name]], [value.name]))
     rewrite.remove_analog_chains(model, ("clamp",))
-    unused = {t.name for t in graph.initializer} - {i for n in graph.node for i in n.input}
-    for tensor in [t for t in graph.initializer if t.name in unused and "::qdq_" in t.name]:
+    parameters = {name for node in removed for name in node.input[1:]}
+    unused = parameters - {i for n in graph.node for i in n.input}
+    for tensor in [t for t in graph.initializer if t.name in unused]:
         graph.initializer.remove(tensor)
+    for entry in [e for e in model.opset_import if e.domain == QONNX_DOMAIN]:
+        model.opset_import.remove(entry)
     for entry in [p for p in model.metadata_props if p.key in (EXPORT_KEY, rewrite.METADATA_KEY)]:
         model.metadata_props.remove(entry)
     options = ConvertOptions.from_dict(spec["settings"]["options"])
@@ -222,18 +276,48 @@ def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
 
 
 def compare_outputs(reference: onnx.ModelProto, exported: onnx.ModelProto, inputs: np.ndarray) -> dict:
-    """How far an export's outputs are from the noise-free simulation on real inputs (ties rounding apart)."""
+    """How far an export's outputs are from the noise-free simulation on real inputs (ties rounding apart).
+
+    A ``qonnx`` export runs in the ``qonnx`` package's executor, the tool that reads that form; the others run
+    in ONNX Runtime."""
     from .data import InputSpec
     from .runtime import create_session
 
     name = InputSpec.of(reference).name
     expected = create_session(_deterministic(reference), native=False).run(None, {name: inputs})[0]
-    actual = create_session(exported, native=False).run(None, {name: inputs})[0]
+    if any(entry.domain == QONNX_DOMAIN for entry in exported.opset_import):
+        actual = run_in_qonnx(exported, {name: inputs})[0]
+    else:
+        actual = create_session(exported, native=False).run(None, {name: inputs})[0]
     differs = expected != actual
     return {"samples": int(len(inputs)), "mismatch_rate": float(np.mean(differs)),
             "max_abs_difference": float(np.max(np.abs(expected - actual))) if expected.size else 0.0,
             "top1_agreement": float(np.mean(expected.reshape(len(inputs), -1).argmax(1)
                                             == actual.reshape(len(inputs), -1).argmax(1)))}
+
+
+def run_in_qonnx(model: onnx.ModelProto, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The model's outputs from the ``qonnx`` package's executor, with the inputs' shapes fixed in the graph
+    (it needs every tensor's shape)."""
+    try:
+        from qonnx.core.modelwrapper import ModelWrapper
+        from qonnx.core.onnx_exec import execute_onnx
+        from qonnx.transformation.infer_shapes import InferShapes
+    except ImportError as error:
+        raise AnalogizeError(f"running a qonnx export needs the qonnx package ({error}): pip install toposort "
+                             f"'onnx<1.23' && pip install --no-deps qonnx==1.0.0 (as the test command does)") from None
+    wrapper = ModelWrapper(copy_model(model))
+    for name, value in inputs.items():
+        wrapper.set_tensor_shape(name, list(value.shape))
+    wrapper = wrapper.transform(InferShapes())
+    try:
+        outputs = execute_onnx(wrapper, inputs)
+    except Exception as error:
+        if "Unsupported model IR version" not in str(error):
+            raise
+        raise AnalogizeError(f"qonnx runs each node as a model at onnx {onnx.__version__}'s IR version "
+                             f"{onnx.IR_VERSION}, which this onnxruntime refuses: pip install 'onnx<1.23'") from None
+    return [outputs[value.name] for value in wrapper.graph.output]
 
 
 def export_file(source, destination, format: str = "qdq", spec=None, keep_noise: bool = False,

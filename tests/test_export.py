@@ -1,4 +1,5 @@
-"""Exports checked by their consumers: ONNX Runtime, OpenVINO's compiler, and a rebuild of the simulation."""
+"""Exports checked by their consumers: ONNX Runtime, OpenVINO's compiler, the qonnx package's executor, and a
+rebuild of the simulation."""
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper
 
 import reference as ref
-from analogize import convert
+from analogize import convert, rewrite
 from analogize.data import digits
 from analogize.errors import AnalogizeError
 from analogize.export import analog_spec, compare_outputs, export, rebuild
@@ -26,11 +27,15 @@ def converted():
     return convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3, seed=2, activation="interp-gelu", factor=0.5).model
 
 
-def single_op_model(precision, opset=17):
-    graph = helper.make_graph([helper.make_node("ReducePrecision", ["x"], ["y"], domain="ai.analogize",
+def clamped_quantizer_model(precision, opset=17):
+    bounds = [helper.make_tensor(f"analogize/clamp_{end}", TensorProto.FLOAT, [], [value])
+              for end, value in (("min", -1.0), ("max", 1.0))]
+    graph = helper.make_graph([helper.make_node("Clip", ["x", "analogize/clamp_min", "analogize/clamp_max"], ["c"],
+                                                name="analogize/input/x/clamp"),
+                               helper.make_node("ReducePrecision", ["c"], ["y"], domain="ai.analogize",
                                                 name="analogize/input/x/quantize", precision=precision)],
                               "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])], bounds)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
     from analogize.rewrite import attach_functions, store_settings
 
@@ -52,7 +57,7 @@ def test_qdq_is_standard_onnx_and_agrees_with_the_noise_free_simulation(converte
 
 @pytest.mark.parametrize("precision, integer_type", [(64.0, TensorProto.INT8), (256.0, TensorProto.INT16)])
 def test_qdq_differs_from_reduce_precision_exactly_on_ties(precision, integer_type, rng):
-    model = single_op_model(precision)
+    model = clamped_quantizer_model(precision)
     exported, _ = export(model, "qdq")
     zero_points = [t for t in exported.graph.initializer if "zero_point" in t.name]
     assert [t.data_type for t in zero_points] == [integer_type]
@@ -76,6 +81,65 @@ def test_openvino_compiles_the_qdq_export_with_onnx_runtime_s_results(converted,
     ours = session(exported).run(None, {"input": test_images[0]})[0]
     assert np.mean(theirs.argmax(1) == ours.argmax(1)) >= 0.99
     np.testing.assert_allclose(theirs, ours, atol=2 / 64)
+
+
+def qonnx_execution(model, x, tmp_path):
+    """The model's output as the qonnx package runs it: read from a file, shapes inferred, node by node."""
+    pytest.importorskip("qonnx")
+    from qonnx.core.modelwrapper import ModelWrapper
+    from qonnx.core.onnx_exec import execute_onnx
+    from qonnx.transformation.infer_shapes import InferShapes
+
+    path = tmp_path / "model.qonnx.onnx"
+    onnx.save(model, path)
+    wrapper = ModelWrapper(str(path))
+    name = wrapper.graph.input[0].name
+    wrapper.set_tensor_shape(name, list(x.shape))
+    wrapper = wrapper.transform(InferShapes())
+    return execute_onnx(wrapper, {name: x})[wrapper.graph.output[0].name]
+
+
+def noise_free_simulation(model, x):
+    noise_free = onnx.ModelProto()
+    noise_free.CopyFrom(model)
+    rewrite.remove_analog_chains(noise_free, ("noise",))
+    rewrite.round_deterministically(noise_free)
+    return create_session(noise_free, native=False).run(None, {noise_free.graph.input[0].name: x})[0]
+
+
+@pytest.mark.parametrize("bits", [4, 6])
+def test_qonnx_executor_runs_the_export_bit_for_bit_like_the_noise_free_simulation(bits, test_images, tmp_path):
+    model = convert(onnx.load(DEFAULT_MODEL), bits=bits, ep=0.3, seed=2, activation="interp-gelu", factor=0.5,
+                    stochastic_rounding=True).model
+    exported, spec = export(model, "qonnx")
+    assert spec["export"] == {"format": "qonnx", "noise": "removed"}
+    assert {n.domain for n in exported.graph.node} == {"", "qonnx.custom_op.general"} and not exported.functions
+    quants = [n for n in exported.graph.node if n.op_type == "Quant"]
+    assert len(quants) == sum(1 for t in spec["tensors"] if t["precision"]) == 20
+    parameters = {t.name: onnx.numpy_helper.to_array(t) for t in exported.graph.initializer}
+    for node in quants:
+        assert rewrite.node_attributes(node) == {"signed": 1, "narrow": 1, "rounding_mode": b"HALF_DOWN"}
+        assert [float(parameters[name]) for name in node.input[1:]] == [2.0**-bits, 0.0, bits + 2]
+    assert {t["integer_bits"] for t in spec["tensors"]} == {bits + 2}
+    x = test_images[0]
+    np.testing.assert_array_equal(qonnx_execution(exported, x, tmp_path), noise_free_simulation(model, x))
+
+
+def test_qonnx_agrees_with_reduce_precision_on_ties_where_qdq_does_not(rng, tmp_path):
+    precision = 64.0
+    exported, _ = export(clamped_quantizer_model(precision), "qonnx")
+    x = np.concatenate([rng.uniform(-1.2, 1.2, 20_000), (np.arange(-64, 64) + 0.5) / precision]).astype(np.float32)
+    expected = ref.reduce_precision(np.clip(x, -1, 1), precision).astype(np.float32)
+    np.testing.assert_array_equal(qonnx_execution(exported, x, tmp_path), expected)
+
+
+def test_qonnx_export_of_a_non_power_of_two_precision_is_within_float32_rounding(test_images):
+    pytest.importorskip("qonnx")
+    model = convert(onnx.load(DEFAULT_MODEL), bits=6, bit_convention="pow2-minus-1", noise=False).model
+    exported, spec = export(model, "qonnx")
+    assert {t["integer_bits"] for t in spec["tensors"]} == {7}
+    check = compare_outputs(model, exported, test_images[0])  # Quant rescales by float32(1/63), not by /63
+    assert check["top1_agreement"] == 1.0 and check["max_abs_difference"] <= 2**-23
 
 
 def test_plain_export_is_the_simulation_in_standard_ops(converted, test_images):
@@ -102,11 +166,15 @@ def test_the_spec_describes_every_analog_tensor(converted):
     json.dumps(spec)
 
 
+@pytest.mark.parametrize("format", ["qdq", "qonnx"])
 @pytest.mark.parametrize("native", [False, True])
-def test_rebuild_from_qdq_and_spec_gives_back_the_noisy_simulation(native, test_images):
+def test_rebuild_from_an_export_and_spec_gives_back_the_noisy_simulation(format, native, test_images):
     original = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.5, seed=7).model
-    exported, spec = export(original, "qdq")
+    exported, spec = export(original, format)
     rebuilt = rebuild(exported, json.loads(json.dumps(spec)))
+    assert {n.domain for n in rebuilt.graph.node} <= {"", "ai.analogize"}
+    assert {e.domain for e in rebuilt.opset_import} == {"", "ai.analogize"}
+    assert not [t.name for t in rebuilt.graph.initializer if "::q" in t.name]
     x = test_images[0][:100]
     ours, theirs = create_session(original, native=native), create_session(rebuilt, native=native)
     for _ in range(2):  # fresh noise on every run, the same draws on both
@@ -122,12 +190,26 @@ def test_bad_exports_are_refused(converted):
         export(converted, "tflite")
     with pytest.raises(AnalogizeError, match="--inline"):
         export(convert(onnx.load(DEFAULT_MODEL), bits=6, inline=True).model, "qdq")
+    with pytest.raises(AnalogizeError, match="convert it first"):
+        export(onnx.load(DEFAULT_MODEL), "qonnx")
+    with pytest.raises(AnalogizeError, match="plain only"):
+        export(converted, "qonnx", keep_noise=True)
     with pytest.raises(AnalogizeError, match="up to 32767"):
         export(convert(onnx.load(DEFAULT_MODEL), bits=16, noise=False).model, "qdq")
-    with pytest.raises(AnalogizeError, match="divide"):
-        export(convert(onnx.load(DEFAULT_MODEL), bits=6, divide=0.3, noise=False).model, "qdq")
+    _, wide = export(convert(onnx.load(DEFAULT_MODEL), bits=16, noise=False).model, "qonnx")
+    assert {t["integer_bits"] for t in wide["tensors"]} == {18}  # past QDQ's int16, within Quant's float32
+    with pytest.raises(AnalogizeError, match="QONNX Quant equivalent, which takes whole precisions up to 16777216"):
+        export(convert(onnx.load(DEFAULT_MODEL), precision=2.0**25, noise=False).model, "qonnx")
+    with pytest.raises(AnalogizeError, match="precision 50.5 has no QONNX Quant equivalent"):
+        export(convert(onnx.load(DEFAULT_MODEL), precision=50.5, noise=False).model, "qonnx")
+    for format in ("qdq", "qonnx"):
+        with pytest.raises(AnalogizeError, match="divide"):
+            export(convert(onnx.load(DEFAULT_MODEL), bits=6, divide=0.3, noise=False).model, format)
+        # unclamped layer outputs of the digits model reach 54, far past the int8 levels' 127/64
+        with pytest.raises(AnalogizeError, match="without a clamp before it is unbounded"):
+            export(convert(onnx.load(DEFAULT_MODEL), bits=6, clamp=False).model, format)
     plain, spec = export(converted, "plain")
-    with pytest.raises(AnalogizeError, match="qdq export"):
+    with pytest.raises(AnalogizeError, match="qdq or qonnx export"):
         rebuild(plain, spec)
 
 
@@ -146,3 +228,24 @@ def test_cli_export_writes_model_and_spec_and_refuses_clean_models(tmp_path, cap
     assert code == 0 and (tmp_path / "rebuilt.onnx").exists(), err
     code, _, err = analogize(capsys, "export", DEFAULT_MODEL, "-o", tmp_path / "clean.onnx")
     assert code == 2 and "convert it first" in err and not (tmp_path / "clean.onnx").exists()
+
+
+def test_cli_exports_qonnx_verified_in_qonnx_s_executor_and_rebuilds_from_it(tmp_path, capsys, converted):
+    pytest.importorskip("qonnx")
+    source = tmp_path / "analog.onnx"
+    onnx.save(converted, source)
+    output = tmp_path / "out.qonnx.onnx"
+    code, out, err = analogize(capsys, "export", source, "--format", "qonnx", "-o", output, "--verify-data",
+                               "digits", "--limit", "100")
+    assert code == 0, err
+    assert "0.00 % of outputs differ (max 0)" in out and "top-1 agreement 100.00 %" in out
+    spec = json.loads((tmp_path / "out.qonnx.spec.json").read_text())
+    assert spec["export"]["format"] == "qonnx" and spec["verification"]["mismatch_rate"] == 0.0
+    code, out, err = analogize(capsys, "rebuild", output, "--spec", tmp_path / "out.qonnx.spec.json",
+                               "-o", tmp_path / "rebuilt.onnx")
+    assert code == 0 and (tmp_path / "rebuilt.onnx").exists(), err
+    unclamped = tmp_path / "unclamped.onnx"
+    onnx.save(convert(onnx.load(DEFAULT_MODEL), bits=6, clamp=False).model, unclamped)
+    code, out, err = analogize(capsys, "export", unclamped, "--format", "qonnx", "-o", tmp_path / "u.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "clamp" in err
+    assert not (tmp_path / "u.onnx").exists() and not (tmp_path / "u.spec.json").exists()
