@@ -190,6 +190,22 @@ def zoo_list(as_json):
         click.echo(f"{name:10s} " + " ".join(f"{k}={v}" for k, v in options.items()))
 
 
+def _zoo_config(options) -> dict:
+    """``--option KEY=VALUE`` items as zoo model options (values are Python literals)."""
+    import ast
+
+    config = {}
+    for item in options:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise AnalogizeError(f"--option {item!r} is not KEY=VALUE")
+        try:
+            config[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise AnalogizeError(f"--option {key}: {value!r} is not a number, tuple or boolean") from None
+    return config
+
+
 @zoo.command("export")
 @click.argument("name")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output .onnx path.")
@@ -202,21 +218,11 @@ def zoo_list(as_json):
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initial weights.")
 def zoo_export(name, output, options, exporter, opset, image_size, seed):
     """Export zoo model NAME (randomly initialised, eval mode) with a dynamic batch axis."""
-    import ast
-
     import torch
 
     from .zoo import create_model, export_onnx
 
-    config = {}
-    for item in options:
-        key, separator, value = item.partition("=")
-        if not separator:
-            raise AnalogizeError(f"--option {item!r} is not KEY=VALUE")
-        try:
-            config[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            raise AnalogizeError(f"--option {key}: {value!r} is not a number, tuple or boolean") from None
+    config = _zoo_config(options)
     torch.manual_seed(seed)
     model = create_model(name, **config)
     channels, size = config.get("in_channels", 3), image_size or config.get("image_size", 32)
@@ -376,8 +382,9 @@ def merge(parts, json_path, csv_path, plot_path):
 
 @cli.command("export")
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--format", "format_", type=click.Choice(["qdq", "plain"]), default="qdq", show_default=True,
-              help="qdq: QuantizeLinear/DequantizeLinear for ONNX Runtime, OpenVINO, TensorRT; plain: standard ops.")
+@click.option("--format", "format_", type=click.Choice(["qdq", "qonnx", "plain"]), default="qdq", show_default=True,
+              help="qdq: QuantizeLinear/DequantizeLinear for ONNX Runtime, OpenVINO, TensorRT; qonnx: QONNX Quant "
+                   "nodes for the qonnx tools; plain: standard ops.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The exported model.")
 @click.option("--spec", "spec_path", callback=_writable,
               help="Write the analog settings here [default: OUTPUT with suffix .spec.json].")
@@ -411,7 +418,7 @@ def export_command(model, format_, output, spec_path, keep_noise, verify_data, l
 @click.option("--spec", "spec_path", required=True, type=click.Path(dir_okay=False), help="The export's spec.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The analog simulation.")
 def rebuild(exported, spec_path, output):
-    """Rebuild the analog simulation from a qdq export and its spec."""
+    """Rebuild the analog simulation from a qdq or qonnx export and its spec."""
     from .export import rebuild_file
 
     click.echo(f"wrote {rebuild_file(exported, spec_path, output)}")
@@ -460,13 +467,18 @@ def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor
                                      **_chain_fields(chain))
     report = finetune_file(model, output, data, options, convert_options, eval_data=eval_data, limit=limit,
                            checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet, plot=plot_path)
+    _training_summary(report, json_path)
+
+
+def _training_summary(report: dict, json_path) -> None:
+    """The report of finetune or train: as JSON, and as two lines before/after."""
     if "rank" in report:  # not process 0 of a torchrun job
         return
     if json_path:
         from .finetune import write_report
 
         if json_path == "-":
-            click.echo(json.dumps(report, indent=2))
+            click.echo(json.dumps(report, indent=2, default=float))
             return
         write_report(report, json_path)
     before, after = report["before"], report["after"]
@@ -475,3 +487,283 @@ def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor
                f"digital (chains removed) {100 * before['digital']:.1f} % -> {100 * after['digital']:.1f} %")
     click.echo(f"wrote {report['output']} after {report['epochs_run']} epochs"
                + (" (stopped early)" if report["stopped_early"] else ""))
+
+
+def _activation_list(ctx, param, value):
+    return tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+
+
+def _analysis_output(function):
+    """--json and --plot, shared by the analyze subcommands."""
+    function = click.option("--plot", "plot_path", callback=_plot_path,
+                            help="Write the analysis's figure (PNG, or .pdf, .svg).")(function)
+    return click.option("--json", "json_path", callback=_writable,
+                        help="Write the result as JSON ('-': to stdout, no table).")(function)
+
+
+def _emit_analysis(result: dict, json_path, plot_path) -> None:
+    from . import analysis, results
+
+    if plot_path:
+        analysis.plot(result, plot_path)
+    if json_path:
+        document = analysis.to_json(result)
+        if json_path == "-":
+            click.echo(json.dumps(document, indent=2))
+            return
+        results.write_json(document, json_path)
+    click.echo(analysis.table(result))
+    for path in filter(None, (json_path, plot_path)):
+        click.echo(f"wrote {path}")
+
+
+def _precision_of(bits, precision, bit_convention) -> float:
+    return noise_model.check_precision(precision) if precision is not None else \
+        noise_model.bits_to_precision(bits, bit_convention)
+
+
+def _precision_options(default_bits):
+    def decorate(function):
+        function = click.option("--bit-convention", type=click.Choice(noise_model.BIT_CONVENTIONS),
+                                default=noise_model.DEFAULT_BIT_CONVENTION, show_default=True,
+                                help="pow2: p = 2^bits; pow2-minus-1: p = 2^bits - 1.")(function)
+        function = click.option("--precision", type=click.FloatRange(min=1.0),
+                                help="Steps per unit p directly (overrides --bits).")(function)
+        return click.option("--bits", type=click.IntRange(1, noise_model.MAX_BITS), default=default_bits,
+                            show_default=True)(function)
+
+    return decorate
+
+
+@cli.group()
+def analyze():
+    """The paper's analyses: tables, JSON and figures."""
+
+
+@analyze.command("ep-std")
+@click.option("--bits", "bits_list", callback=_numbers(int, 1, noise_model.MAX_BITS, "whole number"), default="4,6,8",
+              show_default=True, help="Bit widths (comma-separated).")
+@click.option("--ep", "eps", callback=_numbers(float, 0.0, 1.0, "number"), help="EP values to turn into stds.")
+@click.option("--std", "stds", callback=_floats, help="Noise stds to turn into EPs.")
+@_analysis_output
+def analyze_ep_std(bits_list, eps, stds, json_path, plot_path):
+    """Noise std for each EP (and EP for each std), at each bit width, under both bit conventions."""
+    from .analysis import ep_std_table
+
+    eps = tuple(e for e in eps if e is not None)
+    if stds and min(stds) < 0:
+        raise click.BadParameter("noise stds must be >= 0", param_hint="--std")
+    if plot_path:
+        raise click.BadParameter("ep-std is a table; it has no figure", param_hint="--plot")
+    _emit_analysis(ep_std_table(list(bits_list), eps, stds or ()), json_path, None)
+
+
+@analyze.command("gsd")
+@click.option("--activation", "activations", callback=_activation_list, show_default=True,
+              default="relu,leaky:0.1,interp-gelu:0.25,interp-gelu:0.5,interp-gelu:0.75,gelu,silu",
+              help="Activation settings (comma-separated), as for evaluate, plus 'relu'.")
+@click.option("--at", "at", type=float, default=0.0, show_default=True, help="The point x0.")
+@_analysis_output
+def analyze_gsd(activations, at, json_path, plot_path):
+    """Gradient step discontinuity |f'(x0-) - f'(x0+)| of each activation."""
+    from .analysis import step_discontinuity
+
+    _emit_analysis(step_discontinuity(activations, at), json_path, plot_path)
+
+
+@analyze.command("gradient-error")
+@click.option("--factors", callback=_floats, default="0,0.25,0.5,0.75,1", show_default=True,
+              help="Interpolation factors i.")
+@click.option("--smooth", type=click.Choice(["gelu", "silu"]), default="gelu", show_default=True)
+@_precision_options(8)
+@click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True), default=noise_model.DEFAULT_EP,
+              show_default=True)
+@click.option("--points", type=click.IntRange(min=3), default=513, show_default=True, help="Grid points per axis.")
+@click.option("--repeats", type=click.IntRange(min=1), default=10, show_default=True, help="Noise draws.")
+@click.option("--near-zero", type=click.FloatRange(min=0.0, min_open=True),
+              help="Window |product| < W for the near-zero average [default: one step, 1/p].")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@_analysis_output
+def analyze_gradient_error(factors, smooth, bits, precision, bit_convention, ep, points, repeats, near_zero, seed,
+                           json_path, plot_path):
+    """Gradient error of ReLU-to-smooth interpolations behind a noisy analog product (paper figure 4)."""
+    from .analysis import gradient_error_map
+
+    if any(not 0.0 <= f <= 1.0 for f in factors):
+        raise click.BadParameter("interpolation factors must be in [0, 1]", param_hint="--factors")
+    _emit_analysis(gradient_error_map(factors, smooth, _precision_of(bits, precision, bit_convention), ep, points,
+                                      repeats, near_zero, seed), json_path, plot_path)
+
+
+@analyze.command("minibatch-bias")
+@click.option("--activation", "activations", callback=_activation_list, default="relu,gelu", show_default=True)
+@_precision_options(8)
+@click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True), default=noise_model.DEFAULT_EP,
+              show_default=True, help="Noise from EP at the precision...")
+@click.option("--std", type=click.FloatRange(min=0.0, min_open=True), help="...or this noise std.")
+@click.option("--batch-sizes", callback=_numbers(int, 1, 10**7, "whole number"), default="1,10,100,1000,10000",
+              show_default=True)
+@click.option("--repeats", type=click.IntRange(min=2), default=200, show_default=True, help="Batches per size.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True)
+@_analysis_output
+def analyze_minibatch_bias(activations, bits, precision, bit_convention, ep, std, batch_sizes, repeats, seed,
+                           json_path, plot_path):
+    """Mini-batch mean of f'(x + noise) at x = 0- and 0+ against the true derivative (paper eq 12-13)."""
+    from .analysis import minibatch_bias
+
+    if std is None:
+        std = noise_model.ep_to_std(ep, _precision_of(bits, precision, bit_convention))
+    _emit_analysis(minibatch_bias(activations, std, batch_sizes, repeats, seed=seed), json_path, plot_path)
+
+
+@analyze.command("effective-bits")
+@click.option("--scales", callback=_floats, default="0.5,1,1.5,2,2.5,3,3.5,4,4.5,5", show_default=True,
+              help="GELU scales s.")
+@_precision_options(6)
+@_analysis_output
+def analyze_effective_bits(scales, bits, precision, bit_convention, json_path, plot_path):
+    """Effective bit precision of the scaled GELU's derivative near zero (paper figure 2c)."""
+    from .analysis import effective_bits
+
+    if any(s <= 0 for s in scales):
+        raise click.BadParameter("scales must be > 0", param_hint="--scales")
+    _emit_analysis(effective_bits(scales, _precision_of(bits, precision, bit_convention)), json_path, plot_path)
+
+
+@analyze.command("critical-init")
+@click.option("--activation", "activations", callback=_activation_list, show_default=True,
+              default="smooth-swish,smooth-gelu,smooth-gumbel,smooth-algebraic,smooth-guderman,smooth-mish,relu",
+              help="Settings, e.g. smooth-gelu:temperature=0.5, gelu:scale=2, interp-gelu:0.5.")
+@click.option("--k-range", nargs=2, type=click.FloatRange(min=0.0, min_open=True), default=(1e-3, 1e3),
+              show_default=True, help="Where to look for the fixed point K*.")
+@_analysis_output
+def analyze_critical_init(activations, k_range, json_path, plot_path):
+    """Critical initialisation (K*, C_W*, C_b*) of a deep network with each activation (seed 002, Table 1)."""
+    from .analysis import critical_initialisation
+
+    if plot_path:
+        raise click.BadParameter("critical-init is a table; it has no figure", param_hint="--plot")
+    _emit_analysis(critical_initialisation(activations, tuple(k_range)), json_path, None)
+
+
+def _training_options(function):
+    """The training flags shared by train and sweep (FinetuneOptions fields)."""
+    for option in reversed([
+        click.option("--data", required=True, help="Data spec (as for evaluate); digits and cifar10 train on "
+                                                   "their train split and validate on test."),
+        click.option("--eval-data", help="Validation data spec [default: the test split, or a held-out fifth]."),
+        click.option("--limit", type=click.IntRange(min=1), help="Use at most N samples of each set."),
+        click.option("--option", "model_options", multiple=True, metavar="KEY=VALUE",
+                     help="Zoo model option, e.g. --option stages=0 --option hidden=(64,64) [default: sized to "
+                          "the data]."),
+        click.option("--init", type=click.Choice(["default", "critical"]), default="default", show_default=True,
+                     help="critical: weights N(0, C_W*/fan_in), biases N(0, C_b*) for the activation."),
+        click.option("--epochs", type=click.IntRange(min=1), default=15, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=3e-3, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.0, show_default=True),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
+        click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True),
+        click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True,
+                     help="Noise draws of the final evaluation."),
+        click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True),
+        click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0."),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bar."),
+    ]):
+        function = option(function)
+    return function
+
+
+def _finetune_options(training: dict):
+    from .finetune import FinetuneOptions
+
+    return FinetuneOptions(**{k: training[k] for k in ("epochs", "lr", "batch_size", "weight_decay", "optimizer",
+                                                       "schedule", "seed", "repeats", "device")})
+
+
+@cli.command()
+@click.argument("name")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The trained converted model.")
+@click.option("--bits", type=click.IntRange(1, noise_model.MAX_BITS), default=4, show_default=True)
+@click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True), default=noise_model.DEFAULT_EP,
+              show_default=True)
+@click.option("--activation", type=click.Choice(list(rewrite.ACTIVATIONS)), default="keep", show_default=True)
+@click.option("--factor", type=float, help="Interpolation factor of interp-* activations.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save a checkpoint here every epoch.")
+@click.option("--resume", is_flag=True, help="Continue from the checkpoint in --checkpoint-dir.")
+@click.option("--json", "json_path", callback=_writable, help="Write the report as JSON ('-': to stdout).")
+@click.option("--plot", "plot_path", callback=_plot_path, help="Write the training curves.")
+@_training_options
+@_chain_options
+def train(name, output, bits, ep, activation, factor, checkpoint_dir, resume, json_path, plot_path, data, eval_data,
+          limit, model_options, init, quiet, **rest):
+    """Train zoo model NAME from scratch under analog noise (converted with the convert flags)."""
+    from .convert import ConvertOptions
+    from .train import TrainSetup, train_file
+
+    chain = {k: rest.pop(k) for k in list(rest) if k not in _TRAINING_FIELDS}
+    setup = TrainSetup(name, _zoo_config(model_options), init)
+    convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, **_chain_fields(chain))
+    report = train_file(output, setup, data, _finetune_options(rest), convert_options, eval_data=eval_data,
+                        limit=limit, checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet, plot=plot_path)
+    _training_summary(report, json_path)
+
+
+_TRAINING_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "optimizer", "schedule", "seed", "repeats", "device")
+
+
+@cli.command()
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--model", "name", default="convnet", show_default=True, help="Zoo model to train in every cell.")
+@click.option("--activation", "activations", callback=_activation_list,
+              help="Activation settings (comma-separated): relu, leaky:0.1, gelu, interp-silu:0.5 ...")
+@click.option("--factors", callback=_floats, help="Interpolation factors i: adds interp-SMOOTH:i for each.")
+@click.option("--smooth", type=click.Choice(["gelu", "silu"]), default="gelu", show_default=True,
+              help="The smooth end of --factors.")
+@click.option("--alphas", callback=_floats, help="LeakyReLU slopes: adds leaky:alpha for each.")
+@click.option("--depths", callback=_numbers(int, 0, 64, "whole number"),
+              help="Depths (hidden linear layers, or conv stages with --depth-kind conv) [default: the model's].")
+@click.option("--depth-kind", type=click.Choice(["linear", "conv"]), default="linear", show_default=True)
+@click.option("--width", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Width of each hidden linear layer of a --depths sweep.")
+@click.option("--bits", "bits_list", callback=_numbers(int, 1, noise_model.MAX_BITS, "whole number"), default="4",
+              show_default=True)
+@click.option("--ep", "eps", callback=_numbers(float, 0.0, 1.0, "number"), default="0.5", show_default=True)
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Training runs per grid point (seed, seed+1, ...).")
+@click.option("--shard", help="Run only shard I of N (I/N, I from 0); shards share DIRECTORY.")
+@click.option("--json", "json_path", callback=_writable, help="Write the summary as JSON ('-': to stdout).")
+@click.option("--plot", "plot_path", callback=_plot_path,
+              help="Write accuracy against factor / slope / depth, as the paper's figures.")
+@_training_options
+@_chain_options
+def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_kind, width, bits_list, eps, seeds,
+          shard, json_path, plot_path, data, eval_data, limit, model_options, init, quiet, **rest):
+    """Train NAME over a grid of activations x depths x bits x EP x seeds into DIRECTORY (resumable)."""
+    from . import sweep as sweeping
+    from .convert import ConvertOptions
+    from .evaluate import parse_shard
+    from .train import TrainSetup
+
+    chain = {k: rest.pop(k) for k in list(rest) if k not in _TRAINING_FIELDS}
+    every = activations + sweeping.interpolation_activations(smooth, factors or ()) + tuple(
+        f"leaky:{a!r}" for a in alphas or ())
+    if not every:
+        raise click.UsageError("give activations: --activation, --factors and/or --alphas")
+    grid = sweeping.SweepGrid(activations=tuple(dict.fromkeys(every)), depths=depths or (None,),
+                              depth_kind=depth_kind, width=width, bits=bits_list, eps=eps, seeds=seeds)
+    setup = TrainSetup(name, _zoo_config(model_options), init)
+    convert_options = ConvertOptions(**_chain_fields(chain))
+    result = sweeping.sweep(directory, data, grid, setup, _finetune_options(rest), convert_options,
+                            eval_data=eval_data, limit=limit, shard=parse_shard(shard) if shard else (0, 1),
+                            progress=not quiet)
+    if plot_path and result["points"]:
+        sweeping.plot(result, plot_path)
+    if json_path:
+        if json_path == "-":
+            click.echo(json.dumps(result, indent=1))
+            return
+        sweeping.write_json(result, json_path)
+    click.echo(sweeping.table(result))
+    for path in filter(None, (json_path, plot_path if result["points"] else None)):
+        click.echo(f"wrote {path}")
