@@ -26,30 +26,77 @@ from .ops import OPS
 from .torch_ops import apply_op
 
 _RECTIFIER = "ReluGeluInterpolation"  # factor 0 of any interpolation is the (leaky) rectifier itself
+_ONNX_LEAKY_RELU_ALPHA = 0.01  # what convert's ``leaky`` inserts when no alpha is given: ONNX's default
+_SMOOTH_INTERPOLATIONS = {"gelu": "ReluGeluInterpolation", "silu": "ReluSiluInterpolation"}
 
 
 class Activation:
-    """An activation setting as the CLI writes it (``relu``, ``leaky:0.1``, ``interp-gelu:0.5``,
-    ``gelu:scale=2``, ``smooth-swish:temperature=0.5`` ...), as a float64 torch function."""
+    """One activation of the op set with its attributes, as a float64 torch function. ``parse`` reads the
+    settings the CLI takes (``relu``, ``leaky:0.1``, ``interp-gelu:0.5``, ``gelu:scale=2``,
+    ``smooth-swish:temperature=0.5`` ...)."""
 
-    def __init__(self, text: str):
+    def __init__(self, label: str, op_name: str, **attributes):
+        self.label, self.op_name = label, op_name
+        self.attributes = OPS[op_name].resolve(**attributes)
+
+    @classmethod
+    def parse(cls, text: str) -> "Activation":
         from .evaluate import ActivationVariant
         from .rewrite import ACTIVATIONS
 
-        self.label = text
         if text == "relu":
-            self.op_name, self.attributes = _RECTIFIER, {"factor": 0.0, "alpha": 0.0}
-            return
+            return cls(text, _RECTIFIER, factor=0.0, alpha=0.0)
         if text.partition(":")[0] == "keep":
             raise AnalogizeError("'keep' names no activation here: write 'relu' for the plain rectifier")
         variant = ActivationVariant.parse(text)
         choice = ACTIVATIONS[variant.activation]
         values = {**dict(choice.fixed), **dict(variant.parameters)}
         if choice.op_type == "LeakyRelu":
-            self.op_name, self.attributes = _RECTIFIER, {"factor": 0.0, "alpha": values.get("alpha", 0.01)}
-        else:
-            self.op_name, self.attributes = choice.op_type, values
-        self.attributes = OPS[self.op_name].resolve(**self.attributes)
+            return cls(text, _RECTIFIER, factor=0.0, alpha=values.get("alpha", _ONNX_LEAKY_RELU_ALPHA))
+        return cls(text, choice.op_type, **values)
+
+    @classmethod
+    def interpolation(cls, smooth: str, factor: float, **attributes) -> "Activation":
+        """The ReLU-``smooth`` interpolation (gelu or silu) with factor i."""
+        if smooth not in _SMOOTH_INTERPOLATIONS:
+            raise AnalogizeError(f"smooth activation must be gelu or silu, got {smooth!r}")
+        return cls(f"interp-{smooth}:{float(factor):g}", _SMOOTH_INTERPOLATIONS[smooth], factor=float(factor),
+                   **attributes)
+
+    @property
+    def interpolation_factor(self) -> float | None:
+        return self.attributes.get("factor") if self.op_name in _SMOOTH_INTERPOLATIONS.values() else None
+
+    @property
+    def identity(self) -> tuple:
+        """Equal for settings that compute the same function (``gelu`` and ``interp-gelu:1``; ``relu``,
+        ``leaky:0`` and ``interp-silu:0``)."""
+        if self.interpolation_factor == 0.0:
+            return _RECTIFIER, (("alpha", self.attributes["alpha"]),)
+        return self.op_name, tuple(sorted(self.attributes.items()))
+
+    @property
+    def family(self) -> str:
+        """``rectifier`` (i = 0: ReLU and LeakyReLU), ``interp-gelu``/``interp-silu`` (0 < i <= 1), or the
+        setting's own name."""
+        if self.interpolation_factor == 0.0:
+            return "rectifier"
+        for smooth, op_name in _SMOOTH_INTERPOLATIONS.items():
+            if self.op_name == op_name:
+                return f"interp-{smooth}"
+        return self.label.partition(":")[0]
+
+    @property
+    def temperature(self) -> float:
+        """T of ``z * a(z / T)``: every activation of the set has this form (``scale`` is 1/T), so
+        ``s_T(z) = T s_1(z / T)``."""
+        if "temperature" in self.attributes:
+            return self.attributes["temperature"]
+        return 1.0 / self.attributes.get("scale", 1.0)
+
+    def at_unit_temperature(self) -> "Activation":
+        unit = {k: 1.0 for k in ("temperature", "scale") if k in self.attributes}
+        return Activation(self.label, self.op_name, **{**self.attributes, **unit})
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return apply_op(self.op_name, x, **self.attributes)
@@ -70,28 +117,34 @@ class Activation:
 def _activations(texts) -> list[Activation]:
     if not texts:
         raise AnalogizeError("give at least one activation (e.g. relu, interp-gelu:0.5, gelu)")
-    return [Activation(t) for t in texts]
+    return [Activation.parse(t) for t in texts]
 
 
-def ep_std_table(bits: list[int], eps: list[float] = (), stds: list[float] = ()) -> dict:
-    """For each bit width and both conventions: the precision, the noise std of each EP and the EP of each
-    std. The two conventions differ by one step in p, which matters at low bit widths."""
+def ep_std_table(bits=(), eps=(), stds=(), precisions=()) -> dict:
+    """For each bit width under both conventions, and for each precision given directly: the noise std of
+    each EP and the EP of each std. The two conventions differ by one step in p, which matters at low bit
+    widths."""
     if not eps and not stds:
         raise AnalogizeError("give EP values (--ep) or noise stds (--std) to convert")
+    if not bits and not precisions:
+        raise AnalogizeError("give bit widths (--bits) or precisions (--precision)")
+    grids = [(width, convention, noise_model.bits_to_precision(width, convention))
+             for width in bits for convention in noise_model.BIT_CONVENTIONS]
+    grids += [(None, "given", noise_model.check_precision(p)) for p in precisions]
     rows = []
-    for width in bits:
-        for convention in noise_model.BIT_CONVENTIONS:
-            precision = noise_model.bits_to_precision(width, convention)
-            rows += [{"bits": width, "convention": convention, "precision": precision, "ep": ep,
-                      "std": noise_model.ep_to_std(ep, precision), "given": "ep"} for ep in eps]
-            rows += [{"bits": width, "convention": convention, "precision": precision, "std": std,
-                      "ep": noise_model.std_to_ep(std, precision), "given": "std"} for std in stds]
+    for width, convention, precision in grids:
+        rows += [{"bits": width, "convention": convention, "precision": precision, "ep": ep,
+                  "std": noise_model.ep_to_std(ep, precision), "given": "ep"} for ep in eps]
+        rows += [{"bits": width, "convention": convention, "precision": precision, "std": std,
+                  "ep": noise_model.std_to_ep(std, precision), "given": "std"} for std in stds]
     return {"analysis": "ep-std", "formula": "EP = 1 - erf(1 / (2 sqrt(2) std p))", "rows": rows}
 
 
 def step_discontinuity(activations, at: float = 0.0, offset: float = 1e-12) -> dict:
     """``|f'(x0 - h) - f'(x0 + h)|`` with a tiny ``h``: the one-sided limits of the derivative, read off
     the op's formula (for the interpolations the closed form is ``(1 - i)(1 - alpha)``)."""
+    if not math.isfinite(at):
+        raise AnalogizeError(f"the point x0 must be a finite number, got {at}")
     rows = []
     for activation in _activations(activations):
         left, right = activation.gradient(np.array([at - offset, at + offset]))
@@ -116,8 +169,10 @@ def gradient_error_map(factors=(0.0, 0.25, 0.5, 0.75, 1.0), smooth: str = "gelu"
     product through the same again. The error is ``|I'(analog) - I'(exact)|`` for the ReLU-``smooth``
     interpolation with each factor, averaged over ``repeats`` noise draws; the summary averages it over the
     map and over the cells whose exact product is within ``near_zero`` (default: one step, 1/p) of 0."""
-    if smooth not in ("gelu", "silu"):
-        raise AnalogizeError(f"smooth activation must be gelu or silu, got {smooth!r}")
+    factors = sorted({float(f) for f in factors})
+    if not factors or not 0.0 <= factors[0] <= factors[-1] <= 1.0:
+        raise AnalogizeError(f"give interpolation factors in [0, 1], got {factors}")
+    activations = [Activation.interpolation(smooth, factor) for factor in factors]
     if points < 3 or repeats < 1:
         raise AnalogizeError("points must be >= 3 and repeats >= 1")
     std = noise_model.ep_to_std(ep, noise_model.check_precision(precision))
@@ -131,16 +186,16 @@ def gradient_error_map(factors=(0.0, 0.25, 0.5, 0.75, 1.0), smooth: str = "gelu"
         analog.append(_analog_signal(torch.outer(inputs, weights), precision, std, generator).numpy())
     close = np.abs(exact.numpy()) < near_zero
     rows, maps = [], {}
-    for factor in factors:
-        activation = Activation(f"interp-{smooth}:{factor!r}")
+    for factor, activation in zip(factors, activations):
         true_gradient = activation.gradient(exact.numpy())
         error = np.mean([np.abs(activation.gradient(a) - true_gradient) for a in analog], axis=0)
         maps[factor] = error
-        rows.append({"factor": float(factor), "mean_error": float(error.mean()),
-                     "mean_error_near_zero": float(error[close].mean()), "max_error": float(error.max())})
+        rows.append({"factor": factor, "mean_error": float(error.mean()),
+                     "mean_error_near_zero": float(error[close].mean()) if close.any() else None,
+                     "max_error": float(error.max())})
     relu, smoothest = rows[0], rows[-1]
     summary = {}
-    if len(rows) > 1 and smoothest["mean_error_near_zero"] > 0:
+    if len(rows) > 1 and close.any() and smoothest["mean_error_near_zero"] > 0:
         summary = {"near_zero_ratio": relu["mean_error_near_zero"] / smoothest["mean_error_near_zero"],
                    "overall_ratio": relu["mean_error"] / smoothest["mean_error"],
                    "max_ratio": relu["max_error"] / smoothest["max_error"],
@@ -155,14 +210,15 @@ def minibatch_bias(activations, std: float, batch_sizes=(1, 10, 100, 1000, 10000
     """Eq. 12-13: ``E_f'(x, n) = mean_i f'(x + eps_i)`` with ``eps ~ N(0, std^2)``, at ``x = 0-`` and
     ``0+``, for each batch size; its mean and spread over ``repeats`` batches beside the true ``f'(x)``."""
     noise_model.check_std(std)
-    if repeats < 2 or not batch_sizes or min(batch_sizes) < 1:
-        raise AnalogizeError("batch sizes must be >= 1 and repeats >= 2")
+    if repeats < 2 or not batch_sizes or any(int(n) != n or n < 1 for n in batch_sizes):
+        raise AnalogizeError(f"batch sizes must be whole numbers >= 1 and repeats >= 2, got {list(batch_sizes)} "
+                             f"and {repeats}")
     rng = np.random.default_rng(seed)
     rows = []
     for activation in _activations(activations):
         for label, x in (("0-", -side), ("0+", side)):
             true = float(activation.gradient(np.array([x]))[0])
-            for size in batch_sizes:
+            for size in map(int, batch_sizes):
                 estimates = activation.gradient(x + rng.normal(0.0, std, (repeats, size))).mean(axis=1)
                 rows.append({"activation": activation.label, "x": label, "batch_size": int(size),
                              "true_derivative": true, "batch_mean": float(estimates.mean()),
@@ -175,10 +231,10 @@ def effective_bits(scales, precision: float = 64.0) -> dict:
     derivative over the first quantisation step; larger scales make it steeper and need fewer bits."""
     precision = noise_model.check_precision(precision)
     rows = []
-    for scale in scales:
-        gradient = Activation(f"gelu:scale={scale!r}").gradient(np.array([0.0, 1.0 / precision]))
+    for scale in map(float, scales):
+        gradient = Activation.interpolation("gelu", 1.0, scale=scale).gradient(np.array([0.0, 1.0 / precision]))
         rise = float(gradient[1] - gradient[0])
-        rows.append({"scale": float(scale), "derivative_rise": rise, "effective_bits": math.log2(1.0 / rise)})
+        rows.append({"scale": scale, "derivative_rise": rise, "effective_bits": math.log2(1.0 / rise)})
     return {"analysis": "effective-bits", "precision": precision, "rows": rows}
 
 
@@ -212,20 +268,25 @@ def critical_initialisation(activations, k_range: tuple[float, float] = (1e-3, 1
     log grid over ``k_range`` and refined by bisection), ``C_W* = 1 / <s'^2>_K*`` and
     ``C_b* = K* - C_W* <s^2>_K*``. Roots with ``C_b* < 0`` are not realisable and are dropped. Stability
     is read off the sign of the variance update at ``K* (1 -/+ relative_step)``: since the map's slope is 1
-    at ``K*``, its curvature decides, and a fixed point with nonzero curvature attracts from one side only. Piecewise-linear
-    activations (ReLU, leaky) have ``<s s''> = 0`` everywhere: every ``K`` is a fixed point with
-    ``C_b* = 0``, as for He initialisation."""
+    at ``K*``, its curvature decides, and a fixed point with nonzero curvature attracts from one side only.
+    Piecewise-linear activations (ReLU, leaky) have ``<s s''> = 0`` everywhere: every ``K`` is a fixed point
+    with ``C_b* = 0``, as for He initialisation.
+
+    Every activation of the set is ``z a(z / T)``, so the search runs at T = 1 (``k_range`` is read there)
+    and Lemma 3 carries the result to the activation's T: ``K*`` and ``C_b*`` times T^2, ``C_W*`` unchanged.
+    A fixed grid of quadrature nodes could not resolve the gate at very low or high T directly."""
     low, high = k_range
     if not 0 < low < high:
         raise AnalogizeError(f"the K range must satisfy 0 < low < high, got {k_range}")
     grid = np.geomspace(low, high, scan)
     rows = []
-    for activation in _activations(activations):
+    for given in _activations(activations):
+        activation, squared_temperature = given.at_unit_temperature(), given.temperature ** 2
         curvature = _gaussian_moments(activation, grid)[0]
         if np.all(np.abs(curvature) < 1e-12):
             weight_variance = float(1.0 / _gaussian_moments(activation, 1.0)[1, 0])
-            rows.append({"activation": activation.label, "k_star": None, "c_w": weight_variance, "c_b": 0.0,
-                         "stability": "every K is a fixed point"})
+            rows.append({"activation": given.label, "temperature": given.temperature, "k_star": None,
+                         "c_w": weight_variance, "c_b": 0.0, "stability": "every K is a fixed point"})
             continue
         found = []
         for index in np.flatnonzero(np.sign(curvature[:-1]) * np.sign(curvature[1:]) < 0):
@@ -247,10 +308,12 @@ def critical_initialisation(activations, k_range: tuple[float, float] = (1e-3, 1
                                              bias_variance) for s in (-1, 1))
             stability = ("stable" if below > 0 > above else "unstable" if below < 0 < above else
                          f"semi-stable (attracts from {'below' if below > 0 else 'above'})")
-            found.append({"activation": activation.label, "k_star": k_star, "c_w": weight_variance,
-                          "c_b": bias_variance, "stability": stability})
-        rows += found or [{"activation": activation.label, "k_star": None, "c_w": None, "c_b": None,
-                           "stability": f"no critical point with K* in [{low:g}, {high:g}]"}]
+            found.append({"activation": given.label, "temperature": given.temperature,
+                          "k_star": k_star * squared_temperature, "c_w": weight_variance,
+                          "c_b": bias_variance * squared_temperature, "stability": stability})
+        rows += found or [{"activation": given.label, "temperature": given.temperature, "k_star": None,
+                           "c_w": None, "c_b": None,
+                           "stability": f"no critical point with K* / T^2 in [{low:g}, {high:g}]"}]
     return {"analysis": "critical-init", "k_range": list(k_range), "rows": rows}
 
 

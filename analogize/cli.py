@@ -504,14 +504,16 @@ def _analysis_output(function):
 def _emit_analysis(result: dict, json_path, plot_path) -> None:
     from . import analysis, results
 
-    if plot_path:
-        analysis.plot(result, plot_path)
     if json_path:
         document = analysis.to_json(result)
         if json_path == "-":
             click.echo(json.dumps(document, indent=2))
-            return
-        results.write_json(document, json_path)
+        else:
+            results.write_json(document, json_path)
+    if plot_path:
+        analysis.plot(result, plot_path)
+    if json_path == "-":
+        return
     click.echo(analysis.table(result))
     for path in filter(None, (json_path, plot_path)):
         click.echo(f"wrote {path}")
@@ -541,21 +543,23 @@ def analyze():
 
 
 @analyze.command("ep-std")
-@click.option("--bits", "bits_list", callback=_numbers(int, 1, noise_model.MAX_BITS, "whole number"), default="4,6,8",
-              show_default=True, help="Bit widths (comma-separated).")
+@click.option("--bits", "bits_list", callback=_numbers(int, 1, noise_model.MAX_BITS, "whole number"),
+              help="Bit widths (comma-separated) [default: 4,6,8 unless --precision is given].")
+@click.option("--precision", "precisions", callback=_floats, help="Precisions p (steps per unit) directly.")
 @click.option("--ep", "eps", callback=_numbers(float, 0.0, 1.0, "number"), help="EP values to turn into stds.")
 @click.option("--std", "stds", callback=_floats, help="Noise stds to turn into EPs.")
 @_analysis_output
-def analyze_ep_std(bits_list, eps, stds, json_path, plot_path):
-    """Noise std for each EP (and EP for each std), at each bit width, under both bit conventions."""
+def analyze_ep_std(bits_list, precisions, eps, stds, json_path, plot_path):
+    """Noise std for each EP (and EP for each std), at each bit width under both conventions, or precision."""
     from .analysis import ep_std_table
 
     eps = tuple(e for e in eps if e is not None)
+    bits_list = tuple(b for b in bits_list if b is not None) or ((4, 6, 8) if not precisions else ())
     if stds and min(stds) < 0:
         raise click.BadParameter("noise stds must be >= 0", param_hint="--std")
     if plot_path:
         raise click.BadParameter("ep-std is a table; it has no figure", param_hint="--plot")
-    _emit_analysis(ep_std_table(list(bits_list), eps, stds or ()), json_path, None)
+    _emit_analysis(ep_std_table(bits_list, eps, stds or (), precisions or ()), json_path, None)
 
 
 @analyze.command("gsd")
@@ -598,8 +602,8 @@ def analyze_gradient_error(factors, smooth, bits, precision, bit_convention, ep,
 @analyze.command("minibatch-bias")
 @click.option("--activation", "activations", callback=_activation_list, default="relu,gelu", show_default=True)
 @_precision_options(8)
-@click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True), default=noise_model.DEFAULT_EP,
-              show_default=True, help="Noise from EP at the precision...")
+@click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True),
+              help=f"Noise from EP at the precision [default: {noise_model.DEFAULT_EP}]...")
 @click.option("--std", type=click.FloatRange(min=0.0, min_open=True), help="...or this noise std.")
 @click.option("--batch-sizes", callback=_numbers(int, 1, 10**7, "whole number"), default="1,10,100,1000,10000",
               show_default=True)
@@ -611,8 +615,11 @@ def analyze_minibatch_bias(activations, bits, precision, bit_convention, ep, std
     """Mini-batch mean of f'(x + noise) at x = 0- and 0+ against the true derivative (paper eq 12-13)."""
     from .analysis import minibatch_bias
 
+    if std is not None and ep is not None:
+        raise click.UsageError("give either --ep or --std, not both")
     if std is None:
-        std = noise_model.ep_to_std(ep, _precision_of(bits, precision, bit_convention))
+        std = noise_model.ep_to_std(noise_model.DEFAULT_EP if ep is None else ep,
+                                    _precision_of(bits, precision, bit_convention))
     _emit_analysis(minibatch_bias(activations, std, batch_sizes, repeats, seed=seed), json_path, plot_path)
 
 
@@ -683,7 +690,8 @@ def _finetune_options(training: dict):
 
 @cli.command()
 @click.argument("name")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The trained converted model.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, callback=_writable,
+              help="The trained converted model.")
 @click.option("--bits", type=click.IntRange(1, noise_model.MAX_BITS), default=4, show_default=True)
 @click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True), default=noise_model.DEFAULT_EP,
               show_default=True)
@@ -723,7 +731,9 @@ _TRAINING_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "optimizer", "
 @click.option("--alphas", callback=_floats, help="LeakyReLU slopes: adds leaky:alpha for each.")
 @click.option("--depths", callback=_numbers(int, 0, 64, "whole number"),
               help="Depths (hidden linear layers, or conv stages with --depth-kind conv) [default: the model's].")
-@click.option("--depth-kind", type=click.Choice(["linear", "conv"]), default="linear", show_default=True)
+@click.option("--depth-kind", type=click.Choice(["linear", "conv"]), default="linear", show_default=True,
+              help="linear: hidden linear layers; conv: conv stages (two convolutions and a max-pool each) "
+                   "before one linear layer.")
 @click.option("--width", type=click.IntRange(min=1), default=64, show_default=True,
               help="Width of each hidden linear layer of a --depths sweep.")
 @click.option("--bits", "bits_list", callback=_numbers(int, 1, noise_model.MAX_BITS, "whole number"), default="4",
@@ -745,25 +755,41 @@ def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_k
     from .evaluate import parse_shard
     from .train import TrainSetup
 
+    from .results import write_json
+
     chain = {k: rest.pop(k) for k in list(rest) if k not in _TRAINING_FIELDS}
+    given = click.get_current_context().get_parameter_source
+    depths = tuple(d for d in depths if d is not None)
+    for flag, name_ in (("--width", "width"), ("--depth-kind", "depth_kind")):
+        if not depths and given(name_) != click.core.ParameterSource.DEFAULT:
+            raise click.UsageError(f"{flag} shapes the models of a --depths sweep; give --depths too")
+    if not factors and given("smooth") != click.core.ParameterSource.DEFAULT:
+        raise click.UsageError("--smooth names the smooth end of --factors; give --factors too")
+    config = _zoo_config(model_options)
+    if depths and {"stages", "hidden"} & set(config):
+        raise click.UsageError("--depths sets the model's stages and hidden layers; leave them out of --option")
     every = activations + sweeping.interpolation_activations(smooth, factors or ()) + tuple(
         f"leaky:{a!r}" for a in alphas or ())
     if not every:
         raise click.UsageError("give activations: --activation, --factors and/or --alphas")
-    grid = sweeping.SweepGrid(activations=tuple(dict.fromkeys(every)), depths=depths or (None,),
-                              depth_kind=depth_kind, width=width, bits=bits_list, eps=eps, seeds=seeds)
-    setup = TrainSetup(name, _zoo_config(model_options), init)
+    grid = sweeping.SweepGrid(activations=every, depths=depths or (None,), depth_kind=depth_kind, width=width,
+                              bits=bits_list, eps=eps, seeds=seeds).check()
+    if plot_path and not grid.figure_axes():
+        raise click.UsageError("--plot draws accuracy against the factor, slope or depth, but none of them varies "
+                               "in this grid; vary one, or leave out --plot")
+    setup = TrainSetup(name, config, init)
     convert_options = ConvertOptions(**_chain_fields(chain))
     result = sweeping.sweep(directory, data, grid, setup, _finetune_options(rest), convert_options,
                             eval_data=eval_data, limit=limit, shard=parse_shard(shard) if shard else (0, 1),
                             progress=not quiet)
+    if json_path == "-":
+        click.echo(json.dumps(result, indent=1))
+    elif json_path:
+        write_json(result, json_path)
     if plot_path and result["points"]:
         sweeping.plot(result, plot_path)
-    if json_path:
-        if json_path == "-":
-            click.echo(json.dumps(result, indent=1))
-            return
-        sweeping.write_json(result, json_path)
+    if json_path == "-":
+        return
     click.echo(sweeping.table(result))
     for path in filter(None, (json_path, plot_path if result["points"] else None)):
         click.echo(f"wrote {path}")

@@ -137,6 +137,17 @@ class Grid:
                 "repeats": self.repeats, "seed": self.seed}
 
 
+def cell_convert_options(base: ConvertOptions, variant: ActivationVariant, bits, ep, seed) -> ConvertOptions:
+    """Convert's options for one cell of a grid over a clean model: ``base``, with the cell's values put in."""
+    options = replace(base, **{"activation": variant.activation, "ep": ep, "std": None, "seed": seed,
+                               **dict(variant.parameters)})
+    if bits is not None:
+        return replace(options, bits=bits)
+    if options.precision is None and options.bits is None:
+        return replace(options, bits=ConvertOptions.bits)
+    return options
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``I/N`` (I counted from 0, as job-array task ids are) into ``(I, N)``."""
     index, separator, count = text.partition("/")
@@ -283,17 +294,7 @@ class _CellModels:
         return self._skeletons[variant.label]
 
     def _convert(self, variant: ActivationVariant) -> onnx.ModelProto:
-        return convert(self.base, self.cell_options(variant, None, None, None)).model
-
-    def cell_options(self, variant: ActivationVariant, bits, ep, seed) -> ConvertOptions:
-        """Convert's options for one cell of a clean model: the user's, with the grid's values put in."""
-        options = replace(self.options, **{"activation": variant.activation, "ep": ep, "std": None, "seed": seed,
-                                           **dict(variant.parameters)})
-        if bits is not None:
-            return replace(options, bits=bits)
-        if options.precision is None and options.bits is None:
-            return replace(options, bits=ConvertOptions.bits)
-        return options
+        return convert(self.base, cell_convert_options(self.options, variant, None, None, None)).model
 
     def _vary_converted(self, variant: ActivationVariant) -> onnx.ModelProto:
         model = copy_model(self.base)
@@ -338,7 +339,7 @@ class _CellModels:
         if self.converted:
             precision, std = self._converted_precision_and_std(model, cell)
         else:
-            options = self.cell_options(cell.variant, cell.bits, cell.ep, None)
+            options = cell_convert_options(self.options, cell.variant, cell.bits, cell.ep, None)
             precision, std = options.resolved_precision(), options.chain_settings().std
             rewrite.store_settings(model, options.summary())
         if precision is not None:

@@ -194,6 +194,9 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
                 {k: v for k, v in asdict(options).items() if k not in changeable}:
             raise AnalogizeError("the checkpoint was made with other training options; resume with the same flags "
                                  "(only --epochs, --patience and --repeats may change)")
+        if state.get("model") != _model_signature(module, converted):
+            raise AnalogizeError("the checkpoint was made for another model or other convert settings; resume with "
+                                 "the same model and flags, or start afresh in a new --checkpoint-dir")
         module.load_state_dict(state["module"])
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
@@ -238,7 +241,8 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
             else:
                 stale += 1
             if checkpoint is not None and distributed.leader:
-                _save_checkpoint(checkpoint, module, optimizer, schedule, history, epoch + 1, best, options)
+                _save_checkpoint(checkpoint, module, optimizer, schedule, history, epoch + 1, best, options,
+                                 _model_signature(module, converted))
             bar.update()
             if options.patience is not None and stale >= options.patience:
                 break
@@ -268,11 +272,17 @@ def _torch_accuracy(module, x, y, options: FinetuneOptions) -> float:
     return correct / len(x)
 
 
-def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options) -> None:
+def _model_signature(module, converted: onnx.ModelProto) -> dict:
+    """What a checkpoint must match to be resumed: the weights' names and shapes and the analog settings."""
+    return {"weights": {name: list(value.shape) for name, value in module.state_dict().items()},
+            "settings": rewrite.stored_settings(converted)}
+
+
+def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options, model) -> None:
     from .model_io import atomic_output
 
     with atomic_output(path) as temporary:
-        torch.save({"module": module.state_dict(), "optimizer": optimizer.state_dict(),
+        torch.save({"model": model, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
                     "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
                     "best_accuracy": best[0], "best_weights": best[1], "options": asdict(options),
                     "rng": torch.get_rng_state()}, temporary)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -45,8 +46,12 @@ class SweepGrid:
     def check(self) -> "SweepGrid":
         from .analysis import Activation
 
-        for text in self.activations:
-            Activation(text)
+        identities = [Activation.parse(text).identity for text in self.activations]
+        for name, values in (("activations", identities), ("depths", self.depths), ("bits", self.bits),
+                             ("EPs", self.eps)):
+            if len(set(values)) != len(values):
+                raise AnalogizeError(f"the sweep's {name} repeat a value ({', '.join(map(str, self._axis(name)))}); "
+                                     f"give each once (use --seeds for repeated runs)")
         if self.depth_kind not in DEPTH_KINDS:
             raise AnalogizeError(f"unknown depth kind {self.depth_kind!r}: choose from {', '.join(DEPTH_KINDS)}")
         if any(d is not None and (not isinstance(d, int) or d < 0) for d in self.depths):
@@ -54,6 +59,13 @@ class SweepGrid:
         if self.seeds < 1 or self.width < 1 or not self.activations or not self.bits or not self.eps:
             raise AnalogizeError("a sweep needs activations, bits and EPs, seeds >= 1 and width >= 1")
         return self
+
+    def _axis(self, name: str) -> tuple:
+        return {"activations": self.activations, "depths": self.depths, "bits": self.bits, "EPs": self.eps}[name]
+
+    def figure_axes(self) -> list[str]:
+        """The axes the sweep's figure will have (factor, alpha, depth): those along which the grid varies."""
+        return [view[0] for view in _views([{**_activation_coordinates(c["activation"]), **c} for c in self.cells()])]
 
     def cells(self) -> list[dict]:
         return [{"activation": a, "depth": d, "bits": b, "ep": e, "seed": s} for a in self.activations
@@ -66,14 +78,13 @@ def interpolation_activations(smooth: str, factors) -> tuple[str, ...]:
     return tuple(f"interp-{smooth}:{float(f)!r}" for f in factors)
 
 
-def convert_options_for(activation: str, bits: int, ep: float, base: ConvertOptions) -> ConvertOptions:
-    """``base`` with the cell's activation (an analysis setting), bits and EP."""
-    from .evaluate import ActivationVariant
+def convert_options_for(activation: str, bits: int, ep: float, base: ConvertOptions, seed: int) -> ConvertOptions:
+    """``base`` with the cell's activation (an analysis setting; ``relu`` keeps the zoo model's ReLU), bits,
+    EP and seed."""
+    from .evaluate import ActivationVariant, cell_convert_options
 
-    if activation == "relu":
-        return replace(base, bits=bits, ep=ep, activation="keep")
-    variant = ActivationVariant.parse(activation)
-    return replace(base, bits=bits, ep=ep, activation=variant.activation, **dict(variant.parameters))
+    variant = ActivationVariant("relu", "keep") if activation == "relu" else ActivationVariant.parse(activation)
+    return cell_convert_options(base, variant, bits, ep, seed)
 
 
 def _setup_for(base: TrainSetup, depth: int | None, grid: SweepGrid) -> TrainSetup:
@@ -102,12 +113,19 @@ def sweep(directory, data: str, grid: SweepGrid, setup: TrainSetup = TrainSetup(
     grid.check()
     setup.check()
     options.check()
+    if convert_options.precision is not None:
+        raise AnalogizeError("a sweep sets the precision per cell from --bits; leave out --precision")
+    if not convert_options.noise and any(grid.eps):
+        raise AnalogizeError("the chains have no noise (--no-noise), so EP values other than 0 mean nothing; "
+                             "sweep --ep 0, or drop --no-noise")
+    train_data, validation = split_data(data, limit, eval_data, options.seed)
+    _check_cells(grid, setup, convert_options, train_data)
     directory = Path(directory)
+    # the device may differ between the machines that run the shards of one sweep
     settings = {"schema": SCHEMA, "data": data, "eval_data": eval_data, "limit": limit, "grid": asdict(grid),
-                "setup": asdict(setup), "options": asdict(options),
+                "setup": asdict(setup), "options": {k: v for k, v in asdict(options).items() if k != "device"},
                 "convert_options": {k: v for k, v in asdict(convert_options).items() if k not in ("bits", "ep")}}
     _claim(directory, settings)
-    train_data, validation = split_data(data, limit, eval_data, options.seed)
     cells = grid.cells()
     index, count = shard
     mine = [c for position, c in enumerate(cells) if position % count == index and not _cell_path(directory, c).exists()]
@@ -117,36 +135,54 @@ def sweep(directory, data: str, grid: SweepGrid, setup: TrainSetup = TrainSetup(
             started = time.perf_counter()
             cell_options = replace(options, seed=options.seed + cell["seed"])
             _, report = train(_setup_for(setup, cell["depth"], grid), train_data, validation, cell_options,
-                              replace(convert_options_for(cell["activation"], cell["bits"], cell["ep"],
-                                                          convert_options), seed=cell_options.seed))
+                              convert_options_for(cell["activation"], cell["bits"], cell["ep"], convert_options,
+                                                  cell_options.seed))
             record = {"cell": cell, "accuracy": report["after"]["noisy_mean"],
                       "accuracy_draw_std": report["after"]["noisy_std"], "digital": report["after"]["digital"],
                       "accuracy_untrained": report["before"]["noisy_mean"], "epochs_run": report["epochs_run"],
                       "final_train_loss": report["history"][-1]["train_loss"], "built": report["built"],
-                      "seconds": time.perf_counter() - started}
+                      "settings": report["settings"], "seconds": time.perf_counter() - started}
             with atomic_output(_cell_path(directory, cell)) as temporary:
                 temporary.write_text(json.dumps(record, indent=1, default=float) + "\n")
             bar.update()
     return summarise(directory)
 
 
+def _check_cells(grid: SweepGrid, setup: TrainSetup, convert_options: ConvertOptions, train_data) -> None:
+    """Fail before the first cell trains (and before the directory is claimed) on a model that cannot be
+    built at some depth or convert options that some cell cannot use."""
+    from .train import sized_config
+    from .zoo import create_model
+
+    for depth in grid.depths:
+        create_model(setup.model, **sized_config(_setup_for(setup, depth, grid), train_data))
+    for activation in grid.activations:
+        for bits in grid.bits:
+            for ep in grid.eps:
+                convert_options_for(activation, bits, ep, convert_options, 0).chain_settings()
+
+
 def _claim(directory: Path, settings: dict) -> None:
-    """Make ``directory`` this sweep's, or check that it already is (the same settings)."""
+    """Make ``directory`` this sweep's, or check that it already is (the same settings). The marker is
+    created exclusively, so of two shards that start together with different flags one is refused."""
     marker = directory / SETTINGS_FILE
     try:
         (directory / "cells").mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise AnalogizeError(f"cannot make the sweep directory {directory}: {error.strerror or error}") from None
     settings = json.loads(json.dumps(settings, default=list))
-    if marker.exists():
+    staging = directory / f".{SETTINGS_FILE}.{os.getpid()}"
+    staging.write_text(json.dumps(settings, indent=1) + "\n")
+    try:
+        os.link(staging, marker)
+    except FileExistsError:
         stored = json.loads(marker.read_text())
         if _fingerprint(stored) != _fingerprint(settings):
             changed = sorted(k for k in settings if stored.get(k) != settings.get(k))
             raise AnalogizeError(f"{directory} holds a sweep with other settings ({', '.join(changed)} differ); "
-                                 f"use another directory, or the same flags to resume it")
-        return
-    with atomic_output(marker) as temporary:
-        temporary.write_text(json.dumps(settings, indent=1) + "\n")
+                                 f"use another directory, or the same flags to resume it") from None
+    finally:
+        staging.unlink()
 
 
 def summarise(directory) -> dict:
@@ -182,17 +218,13 @@ def summarise(directory) -> dict:
 
 
 def _activation_coordinates(activation: str) -> dict:
-    """Where an activation sits on the paper's axes: family, interpolation factor, leaky slope."""
+    """Where an activation sits on the paper's axes: family (rectifier, interp-gelu, interp-silu or its own
+    name), interpolation factor and leaky slope."""
     from .analysis import Activation
 
-    resolved = Activation(activation)
-    if activation == "relu" or activation.startswith("leaky"):
-        return {"family": "leaky", "factor": 0.0, "alpha": resolved.attributes["alpha"]}
-    if resolved.op_name in ("ReluGeluInterpolation", "ReluSiluInterpolation"):
-        smooth = "gelu" if resolved.op_name == "ReluGeluInterpolation" else "silu"
-        return {"family": f"interp-{smooth}", "factor": resolved.attributes["factor"],
-                "alpha": resolved.attributes["alpha"]}
-    return {"family": activation.partition(":")[0], "factor": None, "alpha": None}
+    resolved = Activation.parse(activation)
+    return {"family": resolved.family, "factor": resolved.interpolation_factor,
+            "alpha": resolved.attributes.get("alpha")}
 
 
 def table(result: dict) -> str:
@@ -208,9 +240,26 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_json(result: dict, path) -> None:
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(result, indent=1) + "\n")
+def _views(points: list[dict]) -> list[tuple]:
+    """The figure's rows: (x axis key, members, panel keys, line label) for accuracy against the
+    interpolation factor (the rectifier joins every smooth family's curve at i = 0), against the leaky
+    slope, and against depth, each where the points vary along it."""
+    views = []
+    smooth_families = sorted({p["family"] for p in points if p["family"].startswith("interp-")})
+    rectifier = [p for p in points if p["family"] == "rectifier" and p["alpha"] == 0.0]
+    interpolated = [{**p, "family": family} for family in smooth_families
+                    for p in rectifier + [p for p in points if p["family"] == family]]
+    if len({p["factor"] for p in interpolated}) > 1:
+        views.append(("factor", interpolated, ("bits", "depth"), lambda p: f"{p['family']} EP {p['ep']:g}"))
+    rectifiers = [p for p in points if p["family"] == "rectifier"]
+    if len({p["alpha"] for p in rectifiers}) > 1:
+        views.append(("alpha", rectifiers, ("bits", "depth"), lambda p: f"EP {p['ep']:g}"))
+    if len({p["depth"] for p in points}) > 1:
+        views.append(("depth", points, ("bits", "ep"), lambda p: p["activation"]))
+    return views
+
+
+_AXIS_LABELS = {"factor": "interpolation factor i", "alpha": "LeakyReLU slope alpha", "depth": "depth"}
 
 
 def plot(result: dict, path) -> None:
@@ -219,24 +268,14 @@ def plot(result: dict, path) -> None:
     the remaining axes; a row per axis that varies in the sweep."""
     from .results import pyplot, save_figure
 
-    points = result["points"]
-    views = []
-    interpolated = [p for p in points if p["family"].startswith("interp-") or p["activation"] == "relu"]
-    if len({p["factor"] for p in interpolated}) > 1:
-        views.append(("factor", "interpolation factor i", interpolated, ("bits", "depth"),
-                      lambda p: f"{p['family'] if p['family'] != 'leaky' else 'relu'} EP {p['ep']:g}"))
-    leaky = [p for p in points if p["family"] == "leaky"]
-    if len({p["alpha"] for p in leaky}) > 1:
-        views.append(("alpha", "LeakyReLU slope alpha", leaky, ("bits", "depth"), lambda p: f"EP {p['ep']:g}"))
-    if len({p["depth"] for p in points}) > 1:
-        views.append(("depth", f"depth ({result['settings']['grid']['depth_kind']} layers)", points, ("bits", "ep"),
-                      lambda p: p["activation"]))
+    views = _views(result["points"])
     if not views:
         raise AnalogizeError("nothing varies along the factor, slope or depth axes: no figure to draw")
-    panels = [sorted({tuple(p[k] for k in by) for p in members}, key=str) for _, _, members, by, _ in views]
+    panels = [sorted({tuple(p[k] for k in by) for p in members}, key=str) for _, members, by, _ in views]
     columns = max(len(p) for p in panels)
     figure, axes = pyplot().subplots(len(views), columns, figsize=(4.4 * columns, 3.6 * len(views)), squeeze=False)
-    for row, ((axis_key, axis_label, members, by, line_of), keys) in enumerate(zip(views, panels)):
+    depth_kind = result["settings"]["grid"]["depth_kind"]
+    for row, ((axis_key, members, by, line_of), keys) in enumerate(zip(views, panels)):
         for column, panel in enumerate(keys):
             axis = axes[row][column]
             inside = [p for p in members if tuple(p[k] for k in by) == panel]
@@ -244,7 +283,8 @@ def plot(result: dict, path) -> None:
                 mine = sorted((p for p in inside if line_of(p) == line), key=lambda p: p[axis_key])
                 axis.errorbar([p[axis_key] for p in mine], [100 * p["accuracy_mean"] for p in mine],
                               yerr=[100 * p["accuracy_std"] for p in mine], marker="o", capsize=3, label=line)
-            axis.set(xlabel=axis_label, ylabel="noisy test accuracy (%)",
+            label = _AXIS_LABELS[axis_key] + (f" ({depth_kind} layers)" if axis_key == "depth" else "")
+            axis.set(xlabel=label, ylabel="noisy test accuracy (%)",
                      title=", ".join(f"{k} {'-' if v is None else v}" for k, v in zip(by, panel)))
             axis.grid(alpha=0.3)
             axis.legend(fontsize=7)

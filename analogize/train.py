@@ -12,7 +12,6 @@ import tempfile
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 
@@ -150,7 +149,3 @@ def train_file(destination, setup: TrainSetup, data: str, options: FinetuneOptio
         plot_curves(report, plot)
     return report
 
-
-def chance_level(dataset: Dataset) -> float:
-    """The accuracy of always answering the most frequent class."""
-    return float(np.bincount(dataset.y).max() / len(dataset.y)) if dataset.y is not None and len(dataset.y) else 0.0

@@ -117,11 +117,32 @@ def test_critical_initialisation_temperature_law_and_rectifiers():
     assert analysis.critical_variances("relu") == (pytest.approx(2.0), 0.0)
 
 
+@pytest.mark.parametrize("temperature", [0.005, 0.01, 8.0, 1000.0])
+def test_critical_initialisation_at_extreme_temperatures_follows_lemma_3(temperature):
+    """Far from T = 1 a fixed quadrature grid cannot resolve the gate; the result must still be Table 1's
+    row scaled by T^2, with no spurious extra roots."""
+    rows = analysis.critical_initialisation([f"smooth-swish:temperature={temperature}"])["rows"]
+    k_star, c_b, c_w = TABLE_1["smooth-swish"]
+    assert len(rows) == 1 and rows[0]["temperature"] == temperature
+    assert rows[0]["k_star"] == pytest.approx(k_star * temperature**2, rel=1e-3)
+    assert rows[0]["c_b"] == pytest.approx(c_b * temperature**2, rel=2e-3)
+    assert rows[0]["c_w"] == pytest.approx(c_w, abs=1e-3)
+
+
 def test_critical_initialisation_reports_when_there_is_none():
     row = analysis.critical_initialisation(["smooth-swish"], k_range=(0.01, 1.0))["rows"][0]
     assert row["k_star"] is None and "no critical point" in row["stability"]
+    # nearly ReLU: the fixed point moves beyond any practical variance
     with pytest.raises(AnalogizeError, match="no critical initialisation"):
-        analysis.critical_variances("smooth-swish:temperature=1000")
+        analysis.critical_variances("interp-gelu:0.001")
+
+
+def test_stability_of_table_1_fixed_points():
+    """At K* the variance map has slope 1, so a nonzero curvature makes every fixed point attract from one
+    side only: semi-stable, as Table 1 says for SWISH, GeLU, GumbelLU and GudermanLU (it says unstable for
+    AlgebraicLU and Mish; docs/results.md discusses the difference)."""
+    rows = analysis.critical_initialisation(list(TABLE_1))["rows"]
+    assert all(r["stability"].startswith("semi-stable") for r in rows)
 
 
 @pytest.mark.parametrize("bad, message", [("keep", "write 'relu'"), ("tanh", "unknown activation"),
@@ -146,6 +167,18 @@ def test_cli_writes_table_json_and_figure(tmp_path, capsys, command):
     assert document["rows"][0][next(iter(document["rows"][0]))] is not None and "wrote" in out
 
 
+def test_python_api_takes_numpy_values_and_empty_windows_give_none():
+    result = analysis.gradient_error_map(factors=np.linspace(1, 0, 3), points=4, repeats=1)
+    assert [r["factor"] for r in result["rows"]] == [0.0, 0.5, 1.0]
+    assert result["rows"][0]["mean_error_near_zero"] is None and result["summary"] == {}
+    assert len(analysis.effective_bits(np.array([1.0, 2.0]))["rows"]) == 2
+    with pytest.raises(AnalogizeError, match="whole numbers"):
+        analysis.minibatch_bias(["relu"], 0.01, batch_sizes=(2.5,))
+    rows = analysis.ep_std_table(eps=[0.5], precisions=[100.0])["rows"]
+    assert rows == [{"bits": None, "convention": "given", "precision": 100.0, "ep": 0.5,
+                     "std": pytest.approx(ref.ep_to_std(0.5, 100.0)), "given": "ep"}]
+
+
 def test_cli_json_to_stdout_and_tables_without_figures(capsys, tmp_path):
     code, out, _ = analogize(capsys, "analyze", "ep-std", "--bits", "8", "--ep", "0.5", "--json", "-")
     assert code == 0 and json.loads(out)["rows"][0]["std"] == pytest.approx(0.002896, rel=1e-3)
@@ -158,7 +191,9 @@ def test_cli_json_to_stdout_and_tables_without_figures(capsys, tmp_path):
     (["gradient-error", "--factors", "0,1.5"], "must be in [0, 1]"),
     (["gsd", "--activation", "relu,swish"], "unknown activation"),
     (["effective-bits", "--scales", "0,1"], "must be > 0"),
-    (["minibatch-bias", "--std", "-1"], "-1"),
+    (["minibatch-bias", "--std", "-1"], "-1.0 is not in the range"),
+    (["minibatch-bias", "--std", "0.1", "--ep", "0.5"], "not both"),
+    (["gsd", "--at", "nan"], "finite"),
 ])
 def test_cli_bad_input_is_one_line(capsys, argv, message):
     code, out, err = analogize(capsys, "analyze", *argv)
