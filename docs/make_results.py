@@ -183,7 +183,7 @@ def training_sections(work: Path, cifar10: str | None, cifar10_limit: int) -> li
                             FinetuneOptions(epochs=20, lr=1e-3, batch_size=256, repeats=3), limit=cifar10_limit)
         sweep.plot(cifar, FIGURES / "cifar10_factor.png")
         lines += ["### CIFAR-10: the paper's ConvNet (paper Fig. 3e)", "",
-                  f"The full ConvNet, 4 bits, {cifar10_limit} training and test images, 20 epochs, one seed. The "
+                  f"The full ConvNet, 4 bits, at most {cifar10_limit} images of each split, 20 epochs, one seed. The "
                   "paper (200 epochs, all 50000 images): ReLU about 10 %, GELU 71-78 % under heavy noise.", ""]
         lines += markdown_table(["factor", "EP", "accuracy"], [(p["factor"], p["ep"], percent(p))
                                                                 for p in cifar["points"]]) + [""]
