@@ -681,11 +681,15 @@ def _training_options(function):
     return function
 
 
-def _finetune_options(training: dict):
+_TRAINING_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "optimizer", "schedule", "seed", "repeats", "device")
+
+
+def _split_training(flags: dict):
+    """The training flags as FinetuneOptions, and the rest (the chain flags) as ConvertOptions fields."""
     from .finetune import FinetuneOptions
 
-    return FinetuneOptions(**{k: training[k] for k in ("epochs", "lr", "batch_size", "weight_decay", "optimizer",
-                                                       "schedule", "seed", "repeats", "device")})
+    options = FinetuneOptions(**{k: flags[k] for k in _TRAINING_FIELDS})
+    return options, _chain_fields({k: v for k, v in flags.items() if k not in _TRAINING_FIELDS})
 
 
 @cli.command()
@@ -709,15 +713,12 @@ def train(name, output, bits, ep, activation, factor, checkpoint_dir, resume, js
     from .convert import ConvertOptions
     from .train import TrainSetup, train_file
 
-    chain = {k: rest.pop(k) for k in list(rest) if k not in _TRAINING_FIELDS}
+    options, chain = _split_training(rest)
     setup = TrainSetup(name, _zoo_config(model_options), init)
-    convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, **_chain_fields(chain))
-    report = train_file(output, setup, data, _finetune_options(rest), convert_options, eval_data=eval_data,
+    convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, **chain)
+    report = train_file(output, setup, data, options, convert_options, eval_data=eval_data,
                         limit=limit, checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet, plot=plot_path)
     _training_summary(report, json_path)
-
-
-_TRAINING_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "optimizer", "schedule", "seed", "repeats", "device")
 
 
 @cli.command()
@@ -757,7 +758,7 @@ def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_k
 
     from .results import write_json
 
-    chain = {k: rest.pop(k) for k in list(rest) if k not in _TRAINING_FIELDS}
+    options, chain = _split_training(rest)
     given = click.get_current_context().get_parameter_source
     depths = tuple(d for d in depths if d is not None)
     for flag, name_ in (("--width", "width"), ("--depth-kind", "depth_kind")):
@@ -778,8 +779,7 @@ def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_k
         raise click.UsageError("--plot draws accuracy against the factor, slope or depth, but none of them varies "
                                "in this grid; vary one, or leave out --plot")
     setup = TrainSetup(name, config, init)
-    convert_options = ConvertOptions(**_chain_fields(chain))
-    result = sweeping.sweep(directory, data, grid, setup, _finetune_options(rest), convert_options,
+    result = sweeping.sweep(directory, data, grid, setup, options, ConvertOptions(**chain),
                             eval_data=eval_data, limit=limit, shard=parse_shard(shard) if shard else (0, 1),
                             progress=not quiet)
     if json_path == "-":

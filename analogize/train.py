@@ -108,7 +108,9 @@ def build(setup: TrainSetup, train: Dataset, convert_options: ConvertOptions, se
         weight_variance, bias_variance = critical_variances(activation)
         layers = initialise_critically(module, weight_variance, bias_variance, torch.Generator().manual_seed(seed))
         built["critical"] = {"activation": activation, "c_w": weight_variance, "c_b": bias_variance, "layers": layers}
-    channels, size = config.get("in_channels", 3), config.get("image_size", 32)
+    # models without a channel or size option (resnet18) take the data's own
+    channels, height, _ = image_shape(train)
+    channels, size = config.get("in_channels", channels), config.get("image_size", height)
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / f"{setup.model}.onnx"
         export_onnx(module, path, (channels, size, size))
@@ -121,9 +123,10 @@ def train(setup: TrainSetup, train_data: Dataset, validation: Dataset, options: 
     """Build, convert and train a zoo model under noise; return the trained converted model and the report
     (finetune's report, whose ``accuracy_before`` is the untrained model's, plus what was built)."""
     options.check()
-    seed = options.seed if convert_options.seed is None else convert_options.seed
-    clean, built = build(setup, train_data, replace(convert_options, seed=seed), options.seed)
-    trained, report = finetune(clean, train_data, validation, options, replace(convert_options, seed=seed),
+    if convert_options.seed is None:
+        convert_options = replace(convert_options, seed=options.seed)
+    clean, built = build(setup, train_data, convert_options, options.seed)
+    trained, report = finetune(clean, train_data, validation, options, convert_options,
                                checkpoint_dir=checkpoint_dir, resume=resume, progress=progress)
     report["built"] = built
     return trained, report

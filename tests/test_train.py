@@ -201,3 +201,12 @@ def test_resume_refuses_a_checkpoint_of_other_settings(digits_split, tmp_path):
     with pytest.raises(AnalogizeError, match="another model"):
         train(TrainSetup("convnet", {**MLP, "hidden": (16,)}), train_data, validation, replace(options, epochs=2),
               ConvertOptions(bits=4, ep=0.3), checkpoint_dir=tmp_path, resume=True)
+
+
+def test_models_without_size_options_take_the_datas_image_size(digits_split):
+    from analogize.data import InputSpec
+    from analogize.train import build
+
+    model, built = build(TrainSetup("resnet18", {"width": 0.125, "imagenet_stem": False}), digits_split[0],
+                         ConvertOptions(), seed=0)
+    assert InputSpec.of(model).shape[1:] == (1, 8, 8) and built["config"]["num_classes"] == 10
