@@ -13,6 +13,7 @@ keep their function bodies, so they still run where the library is absent.
 """
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import math
 import os
@@ -24,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import onnx
+from onnx import helper
 
 from .errors import AnalogizeError
 from .ops import DOMAIN, OPS, OpSpec, TracedArithmetic
@@ -33,7 +35,7 @@ LIBRARY_NAME = "libanalogize_ops.so"
 CXX_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-march=native", "-fno-math-errno", "-fno-trapping-math",
              # ONNX Runtime's Mul and Add round separately; a fused multiply-add would change the last bit (and
              # GCC 12's straight-line vectoriser emits vfmaddsub even under -ffp-contract=off)
-             "-ffp-contract=off", "-fno-tree-slp-vectorize", "-fvisibility=hidden")
+             "-ffp-contract=off", "-fno-tree-slp-vectorize", "-fvisibility=hidden", "-pthread")
 FUSED_DOMAIN = "ai.analogize.native"
 RANDOM_NONE, RANDOM_NORMAL, RANDOM_UNIFORM = 0, 1, 2
 
@@ -136,7 +138,7 @@ def generated_header() -> str:
         attributes = ", ".join(
             f'{{"{a.name}", {"NAN" if a.default is None else _float_literal(a.default)}, {int(a.required)}}}'
             for a in spec.attributes)
-        rows.append(f'    {{"{spec.name}", {random}, {int(gated)}, {len(spec.attributes)}, '
+        rows.append(f'    {{"{spec.name}", {random}, {int(gated)}, {int(spec.straight_through)}, {len(spec.attributes)}, '
                     f'{{{attributes}}}}},')
     elements = [f"        case {k}: return op_{k}(x, gate, attr, random);" for k in range(len(gated_ops))]
     parts += ["// One element of any op: the CUDA kernels' dispatch.",
@@ -281,12 +283,13 @@ def _gated(spec: OpSpec) -> bool:
 _ELEMENTWISE = {name for name, spec in OPS.items() if not _gated(spec)}
 
 
-def _step(node, scalars: dict):
+def _step(node, scalars: dict, straight_through_only: bool):
     """(kind, op index, parameters, seed) of a node FusedChain can take, or None."""
     attributes = {a.name: a for a in node.attribute}
     if any(a.type != onnx.AttributeProto.FLOAT for a in node.attribute):
         return None  # an INT seed or precision is invalid: the op's own kernel refuses it
-    if node.domain == DOMAIN and node.op_type in _ELEMENTWISE and len(node.input) == 1:
+    if node.domain == DOMAIN and node.op_type in _ELEMENTWISE and len(node.input) == 1 and (
+            OPS[node.op_type].straight_through or not straight_through_only):
         spec = OPS[node.op_type]
         values = []
         for attribute in spec.attributes:
@@ -324,13 +327,16 @@ def _names_read_in_subgraphs(graph) -> set:
     return names
 
 
-def fuse_elementwise_chains(model) -> int:
+def fuse_elementwise_chains(model, straight_through_only: bool = False) -> int:
     """Replace each run of two or more element-wise nodes (analog ops, Clip with constant bounds, Relu,
     LeakyRelu), where each feeds only the next, by one FusedChain node: one pass over memory instead of one
     per node, with the same numbers (each random step keeps its seed). Only for sessions that load the
-    native library: the node has no function body."""
+    native library: the node has no function body.
+
+    ``straight_through_only`` leaves out the analog ops whose training gradient is not the identity (the
+    activations), so that a chain's gradient is the slope :class:`TorchChain` computes beside it."""
     import numpy as np
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, numpy_helper
 
     graph = model.graph
     graph_inputs = {v.name for v in graph.input}  # an initializer that is also an input can be overridden
@@ -346,7 +352,7 @@ def fuse_elementwise_chains(model) -> int:
     for position, node in enumerate(graph.node):
         for name in node.input:
             consumer[name] = position
-    steps = [_step(node, scalars) for node in graph.node]
+    steps = [_step(node, scalars, straight_through_only) for node in graph.node]
     taken = [False] * len(graph.node)
     replacement: dict[int, object] = {}
     fused = 0
@@ -386,3 +392,63 @@ def fuse_elementwise_chains(model) -> int:
     graph.node.extend(nodes)
     model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
     return fused
+
+
+def chain_steps(node) -> list[tuple[int, str | None, list[float]]]:
+    """A FusedChain node's steps as (kind, analog op name or None, parameters), for running them elsewhere."""
+    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    names = list(OPS)
+    return [(kind, names[op] if kind == STEP_ANALOG else None,
+             list(attributes["parameters"][k * MAX_STEP_ATTRIBUTES:(k + 1) * MAX_STEP_ATTRIBUTES]))
+            for k, (kind, op) in enumerate(zip(attributes["kinds"], attributes["ops"]))]
+
+
+class TorchChain:
+    """A FusedChain of straight-through steps run in this process by the native library, on raw float32
+    buffers: torch training's fused chains (:mod:`analogize.torch_ops` wraps it for autograd). Each step's
+    random stream is keyed by ``seeds`` and advanced by the ``run`` each call passes."""
+
+    _library: ctypes.CDLL | None = None
+
+    def __init__(self, node, seeds: list[float]):
+        library = self._load()
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        steps = len(attributes["kinds"])
+        if len(seeds) != steps:
+            raise ValueError(f"{steps} steps need as many seeds, got {len(seeds)}")
+        self._handle = library.analogize_torch_chain_new(
+            (ctypes.c_int64 * steps)(*attributes["kinds"]), (ctypes.c_int64 * steps)(*attributes["ops"]),
+            (ctypes.c_float * len(attributes["parameters"]))(*attributes["parameters"]),
+            (ctypes.c_float * steps)(*seeds), steps)
+        if not self._handle:
+            raise AnalogizeError(f"{node.name}: the native library cannot run this chain in training (an analog "
+                                 f"op without a straight-through gradient, or an unknown step)")
+        self._run = library.analogize_torch_chain_run
+        self._free = library.analogize_torch_chain_free
+        self._made_from = node, list(seeds)
+
+    def __reduce__(self):  # copies and pickles build their own native chain, never share one
+        return TorchChain, self._made_from
+
+    @classmethod
+    def _load(cls) -> ctypes.CDLL:
+        if cls._library is None:
+            library = ctypes.CDLL(str(native_library_path()))
+            pointer, size = ctypes.c_void_p, ctypes.c_size_t
+            library.analogize_torch_chain_new.restype = pointer
+            library.analogize_torch_chain_new.argtypes = [pointer, pointer, pointer, pointer, size]
+            library.analogize_torch_chain_run.restype = None
+            library.analogize_torch_chain_run.argtypes = [pointer, pointer, pointer, pointer, size, ctypes.c_uint64,
+                                                          ctypes.c_int]
+            library.analogize_torch_chain_free.argtypes = [pointer]
+            cls._library = library
+        return cls._library
+
+    def run(self, source: int, target: int, slope: int | None, count: int, run: int, threads: int) -> None:
+        """Chain ``count`` floats at address ``source`` into ``target``; where ``slope`` is an address, the
+        chain's training-time derivative goes there."""
+        self._run(self._handle, source, target, slope, count, run, threads)
+
+    def __del__(self):
+        if getattr(self, "_handle", None):
+            self._free(self._handle)

@@ -19,10 +19,12 @@ import torch.nn.functional as tf
 from onnx import helper, numpy_helper
 from torch import nn
 
-from . import rewrite
+from . import rewrite, runtime
 from .errors import AnalogizeError
+from .model_io import copy_model
+from .native import FUSED_DOMAIN, TorchChain, fuse_elementwise_chains
 from .ops import DOMAIN, OPS
-from .torch_ops import run_op
+from .torch_ops import FusedChain, run_chains, run_op
 
 _DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
            onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
@@ -44,6 +46,7 @@ class _Node:
     """What the interpreter needs of a node, decoded once."""
 
     def __init__(self, node: onnx.NodeProto):
+        self.proto = node
         self.op_type, self.domain, self.name = node.op_type, node.domain, node.name or node.output[0]
         self.inputs, self.outputs = list(node.input), list(node.output)
         self.attributes = {}
@@ -115,10 +118,13 @@ def _conv_transpose(node, x, w, b=None):
 
 @handles("Gemm")
 def _gemm(node, a, b, c=None):
+    alpha, beta = node.get("alpha", 1.0), node.get("beta", 1.0)
+    if alpha == 1.0 and beta == 1.0 and node.get("transB", 0) and not node.get("transA", 0):
+        return tf.linear(a, b, c)  # nn.Linear's form: one op
     a = a.transpose(-1, -2) if node.get("transA", 0) else a
     b = b.transpose(-1, -2) if node.get("transB", 0) else b
-    result = node.get("alpha", 1.0) * (a @ b)
-    return result if c is None else result + node.get("beta", 1.0) * c
+    result = alpha * (a @ b)
+    return result if c is None else result + beta * c
 
 
 @handles("MaxPool", "AveragePool")
@@ -356,26 +362,45 @@ def _supported(node: _Node) -> bool:
 
 
 class OnnxModule(nn.Module):
-    """Runs an ONNX graph in torch. ``parameters()`` are its float initializers (the weights)."""
+    """Runs an ONNX graph in torch. ``parameters()`` are its float initializers (the weights).
 
-    def __init__(self, model: onnx.ModelProto):
+    ``native`` (default: unless ``ANALOGIZE_NATIVE=0``) runs each chain of straight-through analog ops,
+    clamps and rectifiers as one native pass where the library can be built (:class:`torch_ops.FusedChain`).
+    """
+
+    def __init__(self, model: onnx.ModelProto, native: bool | None = None):
         super().__init__()
         if rewrite.default_opset(model) < rewrite.MIN_OPSET:
             model, _ = rewrite.fit_opset(model)
-        graph = model.graph
-        self.nodes = [_Node(node) for node in graph.node]
-        for node in self.nodes:
-            if node.domain == DOMAIN and node.op_type in OPS:  # validated once; torch's RNG replaces the seed
-                node.analog_values = OPS[node.op_type].resolve(
-                    **{k: v for k, v in node.attributes.items() if k != "seed"})
-        unsupported = sorted({(n.op_type, n.name) for n in self.nodes if not _supported(n)})
+        nodes = [_Node(node) for node in model.graph.node]
+        unsupported = sorted({(n.op_type, n.name) for n in nodes if not _supported(n)})
         if unsupported:
             op_type, name = unsupported[0]
             raise AnalogizeError(f"unsupported op {op_type} (node {name!r})"
                                  + (f" and {len(unsupported) - 1} more" if len(unsupported) > 1 else "")
                                  + "; analogize's torch interpreter covers the zoo and ONNX light models' ops")
-        statistics = {n.inputs[k] for n in self.nodes if n.op_type == "BatchNormalization" for k in (3, 4)}
-        statistics |= {name for n in self.nodes if n.op_type == "Clip" for name in n.inputs[1:]}
+        # BatchNormalization statistics and Clip bounds are constants, not weights to train
+        statistics = {n.inputs[k] for n in nodes if n.op_type == "BatchNormalization" for k in (3, 4)}
+        statistics |= {name for n in nodes if n.op_type == "Clip" for name in n.inputs[1:]}
+        wanted = runtime.native_enabled() if native is None else native
+        if wanted and any(n.domain == DOMAIN for n in nodes) and runtime.available_native_library() is not None:
+            model = copy_model(model)
+            if fuse_elementwise_chains(model, straight_through_only=True):
+                nodes = [_Node(node) for node in model.graph.node]
+        self.nodes = nodes
+        steps = 0
+        for node in self.nodes:
+            node.chain = None
+            if node.domain == FUSED_DOMAIN:
+                count = len(node.get("kinds"))
+                seeds = [float(steps + k) for k in range(count)]  # distinct streams; the run varies per forward
+                steps += count
+                node.chain = FusedChain(node.proto, TorchChain(node.proto, seeds))
+            elif node.domain == DOMAIN:  # validated once; torch's RNG replaces the seed
+                node.analog_values = OPS[node.op_type].resolve(
+                    **{k: v for k, v in node.attributes.items() if k != "seed"})
+        self._has_chains = steps > 0
+        graph = model.graph
         self._keys: dict[str, str] = {}
         self.weights = nn.ParameterDict()
         for tensor in graph.initializer:
@@ -390,6 +415,10 @@ class OnnxModule(nn.Module):
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
         self.output_names = [v.name for v in graph.output]
         self.names = {key: name for name, key in self._keys.items()}
+        # chains on the weights depend on no input: all of them run first, as one autograd node
+        self._weight_chains = [n for n in self.nodes if n.chain is not None and n.inputs[0] in self._keys
+                               and self._keys[n.inputs[0]] in self.weights]
+        self._graph_nodes = [n for n in self.nodes if not any(n is chain for chain in self._weight_chains)]
 
     def tensor(self, name: str) -> torch.Tensor:
         key = self._keys[name]
@@ -399,13 +428,21 @@ class OnnxModule(nn.Module):
         if len(inputs) != len(self.input_names):
             raise AnalogizeError(f"the model takes {len(self.input_names)} inputs, got {len(inputs)}")
         values = dict(zip(self.input_names, inputs))
-        for node in self.nodes:
+        # one draw from torch's generator per pass advances every native chain's random streams
+        run = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64)) if self._has_chains else 0
+        if self._weight_chains:
+            chained = run_chains([n.chain for n in self._weight_chains],
+                                 [self.tensor(n.inputs[0]) for n in self._weight_chains], run)
+            values.update((n.outputs[0], value) for n, value in zip(self._weight_chains, chained))
+        for node in self._graph_nodes:
             arguments = [None if not name else values[name] if name in values else self.tensor(name)
                          for name in node.inputs]
             while arguments and arguments[-1] is None:
                 arguments.pop()
-            handler = _analog if node.domain == DOMAIN else HANDLERS[node.op_type]
-            result = handler(node, *arguments)
+            if node.chain is not None:
+                result = run_chains([node.chain], arguments[:1], run)[0]
+            else:
+                result = (_analog if node.domain == DOMAIN else HANDLERS[node.op_type])(node, *arguments)
             results = result if isinstance(result, (tuple, list)) else (result,)
             for name, value in zip(node.outputs, results):
                 if name:
@@ -418,5 +455,5 @@ class OnnxModule(nn.Module):
         return {self.names[key]: value.detach().cpu().numpy() for key, value in self.weights.items()}
 
 
-def to_torch(model: onnx.ModelProto) -> OnnxModule:
-    return OnnxModule(model)
+def to_torch(model: onnx.ModelProto, native: bool | None = None) -> OnnxModule:
+    return OnnxModule(model, native)

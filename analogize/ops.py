@@ -52,7 +52,8 @@ class OpSpec:
     doc: str
     formula: Callable
     attributes: tuple[Attribute, ...] = ()
-    #: training-time gradient is the identity (reduce-precision: the true gradient is zero almost everywhere)
+    #: training-time gradient is the identity (reduce-precision: the true gradient is zero almost everywhere;
+    #: noise: x + n has gradient 1 anyway, and saying so lets training fuse it into native chains)
     straight_through: bool = False
     #: draws random numbers; results differ per run unless a seed is given
     random: bool = False
@@ -205,7 +206,7 @@ def _declare() -> dict[str, OpSpec]:
         OpSpec("AnalogNoise", "Additive Gaussian noise, applied in training and inference alike.", analog_noise,
                (Attribute("std", "standard deviation of the noise (> 0; leave the op out for none)", None, 0.0,
                           minimum_inclusive=False, required=True), SEED),
-               random=True, equation="x + N(0, std^2)"),
+               straight_through=True, random=True, equation="x + N(0, std^2)"),
         OpSpec("ReluGeluInterpolation", "Linear interpolation between (leaky) ReLU and GELU with scale s.",
                relu_gelu_interpolation, interp_attrs,
                equation="R(x) + i (x Phi(s x) - R(x)), R(x) = x if x > 0 else alpha x"),

@@ -22,7 +22,8 @@ def native_enabled() -> bool:
     return os.environ.get("ANALOGIZE_NATIVE", "1") != "0"
 
 
-def _native_library():
+def available_native_library():
+    """The native library's path, or None (saying why on stderr, once per process) where it cannot be built."""
     if _NATIVE_UNAVAILABLE:
         return None
     from .native import native_library_path
@@ -37,7 +38,7 @@ def _native_library():
 
 def kernels_in_use() -> str:
     """Which implementation of the analog ops sessions run: their noise streams differ, so results say it."""
-    return "native" if native_enabled() and _native_library() is not None else "function-bodies"
+    return "native" if native_enabled() and available_native_library() is not None else "function-bodies"
 
 
 def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
@@ -56,7 +57,7 @@ def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
         options.inter_op_num_threads = 1
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model)
     wanted = native_enabled() if native is None else native
-    library = _native_library() if wanted and any(n.domain == DOMAIN for n in proto.graph.node) else None
+    library = available_native_library() if wanted and any(n.domain == DOMAIN for n in proto.graph.node) else None
     if library is not None:
         from .model_io import copy_model
         from .native import fuse_elementwise_chains

@@ -1,15 +1,19 @@
 """Torch versions of the analog op set, run from the same formulas as the ONNX function bodies.
 
 Gradients follow the reference's training rules: activations are differentiated by autograd through their
-formula (the analytic derivative, with R'(0) = alpha); ops marked straight-through (reduce-precision) pass
-the gradient unchanged; additive noise has an identity gradient by construction; clamping is ``torch.clamp``,
-whose gradient is masked to the inclusive range.
+formula (the analytic derivative, with R'(0) = alpha); ops marked straight-through (reduce-precision, noise)
+pass the gradient unchanged; clamping is ``torch.clamp``, whose gradient is masked to the inclusive range.
+
+A chain of straight-through ops, clamps and rectifiers (a FusedChain node of :mod:`analogize.native`) runs as
+one native pass on CPU float32 tensors, which also writes the chain's slope for the backward pass: a dozen
+small torch ops per chain cost more than the layers themselves in a small network.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as tf
 
+from . import native
 from .ops import OPS, OpSpec
 
 
@@ -85,3 +89,78 @@ class AnalogOp(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.spec.name}, " + ", ".join(f"{k}={v:g}" for k, v in self.attributes.items())
+
+
+class _ChainsWithSlope(torch.autograd.Function):
+    """Native chains on several tensors as one autograd node: the backward pass multiplies each gradient by
+    the slope its chain wrote (one node instead of one per chain, which matters for small networks)."""
+
+    @staticmethod
+    def forward(ctx, run: int, chains: list, *inputs):
+        outputs, slopes = [], []
+        for chain, x in zip(chains, inputs):
+            output, slope = torch.empty_like(x), torch.empty_like(x)
+            chain.native_chain.run(x.data_ptr(), output.data_ptr(), slope.data_ptr(), x.numel(), run,
+                                   torch.get_num_threads())
+            outputs.append(output)
+            slopes.append(slope)
+        ctx.save_for_backward(*slopes)
+        return tuple(outputs)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, None, *(grad * slope for grad, slope in zip(grads, ctx.saved_tensors)))
+
+
+class FusedChain:
+    """A FusedChain node in torch, with the training rules above: one native pass (``native_chain``) for CPU
+    float32 tensors, and the steps one by one in torch for any other tensor, or without the library."""
+
+    def __init__(self, node, native_chain: native.TorchChain | None):
+        self.native_chain = native_chain
+        self.steps = []
+        for kind, op_name, parameters in native.chain_steps(node):
+            analog = None
+            if op_name is not None:
+                spec = OPS[op_name]
+                analog = spec, {a.name: v for a, v in zip(spec.attributes, parameters) if a.name != "seed" and v == v}
+            self.steps.append((kind, analog, parameters))
+
+    def runs_natively(self, x: torch.Tensor) -> bool:
+        return self.native_chain is not None and x.device.type == "cpu" and x.dtype == torch.float32
+
+    def step_by_step(self, x: torch.Tensor) -> torch.Tensor:
+        for kind, analog, parameters in self.steps:
+            if kind == native.STEP_CLIP:
+                x = torch.clamp(x, parameters[0], parameters[1])
+            elif kind == native.STEP_RELU:
+                x = tf.relu(x)
+            elif kind == native.STEP_LEAKY_RELU:
+                x = tf.leaky_relu(x, parameters[0])
+            else:
+                x = run_op(analog[0], x, None, analog[1])
+        return x
+
+
+def run_chains(chains: list[FusedChain], inputs: list[torch.Tensor], run: int) -> list[torch.Tensor]:
+    """Each chain on its input, the native ones with their random streams at ``run``."""
+    outputs = [None] * len(chains)
+    native_positions = []
+    for position, (chain, x) in enumerate(zip(chains, inputs)):
+        if chain.runs_natively(x):
+            native_positions.append(position)
+        else:
+            outputs[position] = chain.step_by_step(x)
+    native_inputs = [inputs[p].contiguous() for p in native_positions]
+    native_chains = [chains[p] for p in native_positions]
+    if torch.is_grad_enabled() and any(x.requires_grad for x in native_inputs):
+        results = _ChainsWithSlope.apply(run, native_chains, *native_inputs)
+    else:
+        results = []
+        for chain, x in zip(native_chains, native_inputs):
+            output = torch.empty_like(x)
+            chain.native_chain.run(x.data_ptr(), output.data_ptr(), None, x.numel(), run, torch.get_num_threads())
+            results.append(output)
+    for position, result in zip(native_positions, results):
+        outputs[position] = result
+    return outputs

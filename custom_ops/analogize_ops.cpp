@@ -11,6 +11,7 @@
 #include <cstring>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "analogize_math.h"
@@ -30,6 +31,7 @@ struct OpDescription {
     const char* name;
     int random;  // 0 none, 1 standard normal, 2 uniform on [0, 1)
     int gated;   // splits the last axis into (x, gate) halves
+    int straight_through;  // its training gradient is the identity
     int attribute_count;
     AttributeDescription attributes[kMaxAttributes];
 };
@@ -107,6 +109,26 @@ void apply_step(const Step& step, float* values, const float* gates, size_t firs
     apply_op(step.op, values, gates, step.attr, random, count);
 }
 
+// Training's gradient of a chain without activations (torch_chain_run): the product of each step's local
+// slope, where straight-through ops count 1, Clip 1 inside its inclusive range and 0 outside, Relu and
+// LeakyRelu as torch differentiates them.
+void multiply_slope(const Step& step, const float* __restrict values, float* __restrict slope, size_t count) {
+    const float low = step.attr[0], high = step.attr[1], alpha = step.attr[0];  // locals: no aliasing to fear
+    switch (step.kind) {
+        case kClip:
+            for (size_t i = 0; i < count; ++i) slope[i] *= (values[i] >= low && values[i] <= high) ? 1.0f : 0.0f;
+            return;
+        case kRelu:
+            for (size_t i = 0; i < count; ++i) slope[i] *= values[i] > 0.0f ? 1.0f : 0.0f;
+            return;
+        case kLeakyRelu:
+            for (size_t i = 0; i < count; ++i) slope[i] *= values[i] > 0.0f ? 1.0f : alpha;
+            return;
+        default:
+            return;
+    }
+}
+
 struct Job {
     const Kernel* kernel;
     const float* input;
@@ -114,12 +136,13 @@ struct Job {
     size_t count;  // output elements
     size_t half;   // gated ops: width of each half of the last axis
     uint64_t run;
+    float* slope = nullptr;  // where given, d output / d input under training's gradient rules
 };
 
 void run_chunk(void* data, size_t chunk) {
     const Job& job = *static_cast<const Job*>(data);
     const size_t begin = chunk * kChunk, end = std::min(job.count, begin + kChunk);
-    float values[kTile], gates[kTile];
+    float values[kTile], gates[kTile], slope[kTile];
     for (size_t first = begin; first < end; first += kTile) {
         const size_t count = std::min(kTile, end - first);
         const float* gate_pointer = nullptr;
@@ -133,8 +156,13 @@ void run_chunk(void* data, size_t chunk) {
         } else {
             std::memcpy(values, job.input + first, count * sizeof(float));
         }
-        for (const Step& step : job.kernel->steps) apply_step(step, values, gate_pointer, first, count, job.run);
+        if (job.slope) std::fill(slope, slope + count, 1.0f);
+        for (const Step& step : job.kernel->steps) {
+            if (job.slope) multiply_slope(step, values, slope, count);
+            apply_step(step, values, gate_pointer, first, count, job.run);
+        }
         std::memcpy(job.output + first, values, count * sizeof(float));
+        if (job.slope) std::memcpy(job.slope + first, slope, count * sizeof(float));
     }
 }
 
@@ -276,6 +304,25 @@ OrtStatus* read_array(const OrtKernelInfo* info, const char* name, std::vector<T
     return status;
 }
 
+// The steps of a FusedChain (the attributes analogize/native.py writes); returns "" or what is wrong.
+std::string make_chain(const int64_t* kinds, const int64_t* ops, const float* parameters, const float* seeds,
+                       size_t steps, std::vector<Step>& out) {
+    for (size_t s = 0; s < steps; ++s) {
+        const int kind = static_cast<int>(kinds[s]);
+        if (kind == kAnalogOp && (ops[s] < 0 || static_cast<size_t>(ops[s]) >= kOpCount || kOps[ops[s]].gated)) {
+            return "step " + std::to_string(s) + " names no element-wise analog op";
+        }
+        if (kind != kAnalogOp && kind != kClip && kind != kRelu && kind != kLeakyRelu) {
+            return "unknown step kind " + std::to_string(kind);
+        }
+        Step step = make_step(kind, kind == kAnalogOp ? static_cast<int>(ops[s]) : -1);
+        if (kind == kAnalogOp) step.key = key_of(seeds[s]);
+        std::copy(parameters + s * kMaxAttributes, parameters + (s + 1) * kMaxAttributes, step.attr);
+        out.push_back(step);
+    }
+    return "";
+}
+
 OrtStatus* read_fused_chain(const OrtKernelInfo* info, Kernel& kernel) {
     std::vector<int64_t> kinds, ops;
     std::vector<float> parameters, seeds;
@@ -287,20 +334,9 @@ OrtStatus* read_fused_chain(const OrtKernelInfo* info, Kernel& kernel) {
     if (ops.size() != steps || seeds.size() != steps || parameters.size() != steps * kMaxAttributes) {
         return error(kernel, "kinds, ops, seeds and parameters (4 per step) must describe the same steps");
     }
-    for (size_t s = 0; s < steps; ++s) {
-        const int kind = static_cast<int>(kinds[s]);
-        if (kind == kAnalogOp && (ops[s] < 0 || static_cast<size_t>(ops[s]) >= kOpCount || kOps[ops[s]].gated)) {
-            return error(kernel, "step " + std::to_string(s) + " names no element-wise analog op");
-        }
-        if (kind != kAnalogOp && kind != kClip && kind != kRelu && kind != kLeakyRelu) {
-            return error(kernel, "unknown step kind " + std::to_string(kind));
-        }
-        Step step = make_step(kind, kind == kAnalogOp ? static_cast<int>(ops[s]) : -1);
-        if (kind == kAnalogOp) step.key = key_of(seeds[s]);
-        std::copy(parameters.begin() + s * kMaxAttributes, parameters.begin() + (s + 1) * kMaxAttributes, step.attr);
-        kernel.steps.push_back(step);
-    }
-    return nullptr;
+    const std::string problem = make_chain(kinds.data(), ops.data(), parameters.data(), seeds.data(), steps,
+                                           kernel.steps);
+    return problem.empty() ? nullptr : error(kernel, problem);
 }
 
 // One registered op: the OrtCustomOp ORT reads, and what it describes (nullptr: FusedChain).
@@ -421,4 +457,47 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
     }
     RETURN_IF_ERROR(api.AddCustomOpDomain(options, analog));
     return api.AddCustomOpDomain(options, fused);
+}
+
+// Chains for torch training (analogize.torch_ops): the same steps and streams, called through ctypes, with
+// the chain's training-time slope written beside its output. Only chains whose every analog op is
+// straight-through are taken, so the slope is all the backward pass needs.
+extern "C" __attribute__((visibility("default"))) void* analogize_torch_chain_new(const int64_t* kinds,
+                                                                                 const int64_t* ops,
+                                                                                 const float* parameters,
+                                                                                 const float* seeds,
+                                                                                 size_t steps) {
+    auto* kernel = new Kernel();
+    const std::string problem = make_chain(kinds, ops, parameters, seeds, steps, kernel->steps);
+    const bool straight_through = std::all_of(kernel->steps.begin(), kernel->steps.end(), [](const Step& step) {
+        return step.kind != kAnalogOp || kOps[step.op].straight_through;
+    });
+    if (!problem.empty() || !straight_through) {
+        delete kernel;
+        return nullptr;
+    }
+    return kernel;
+}
+
+extern "C" __attribute__((visibility("default"))) void analogize_torch_chain_free(void* chain) {
+    delete static_cast<Kernel*>(chain);
+}
+
+// Runs the chain on `count` floats with the random streams at `run`; `slope` may be null (no gradient
+// wanted). Chunks go to up to `threads` threads.
+extern "C" __attribute__((visibility("default"))) void analogize_torch_chain_run(const void* chain,
+                                                                                const float* input, float* output,
+                                                                                float* slope, size_t count,
+                                                                                uint64_t run, int threads) {
+    Job job{static_cast<const Kernel*>(chain), input, output, count, 0, run, slope};
+    const size_t chunks = (count + kChunk - 1) / kChunk;
+    const size_t workers = std::min(chunks, static_cast<size_t>(std::max(threads, 1)));
+    std::vector<std::thread> pool;
+    for (size_t worker = 1; worker < workers; ++worker) {
+        pool.emplace_back([&job, worker, workers, chunks] {
+            for (size_t chunk = worker; chunk < chunks; chunk += workers) run_chunk(&job, chunk);
+        });
+    }
+    for (size_t chunk = 0; chunk < chunks; chunk += workers) run_chunk(&job, chunk);
+    for (std::thread& thread : pool) thread.join();
 }

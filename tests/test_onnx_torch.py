@@ -9,7 +9,9 @@ from analogize import convert
 from analogize.data import InputSpec
 from analogize.errors import AnalogizeError
 from analogize.onnx_torch import to_torch
+from analogize.ops import DOMAIN, OPS
 from analogize.rewrite import fit_opset
+from analogize.torch_ops import run_chains
 from conftest import DEFAULT_MODEL, LIGHT_MODELS, session
 
 
@@ -120,3 +122,143 @@ def test_unsupported_ops_are_named_with_their_node():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     with pytest.raises(AnalogizeError, match="unsupported op Hardmax \\(node 'pick'\\)"):
         to_torch(model)
+
+
+def _chain_model(nodes, functions=()):
+    """x -> the given element-wise nodes (names chained a -> b -> ...) -> y, on float32 vectors."""
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+                              [numpy_helper.from_array(np.float32(v), n) for n, v in
+                               (("lo1", -1), ("hi1", 1), ("lo2", -0.5), ("hi2", 0.5), ("lo3", -10), ("hi3", 10))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)],
+                             ir_version=9)
+
+
+def _native_chains(module):
+    return [node for node in module.nodes if node.chain is not None]
+
+
+def test_native_chains_equal_the_reference_and_torch_ops_in_value_and_gradient():
+    import reference
+
+    p = 4.0
+    model = _chain_model([
+        helper.make_node("Clip", ["x", "lo1", "hi1"], ["a"]),
+        helper.make_node("ReducePrecision", ["a"], ["b"], domain=DOMAIN, precision=p),
+        helper.make_node("LeakyRelu", ["b"], ["c"], alpha=0.1),
+        helper.make_node("Clip", ["c", "lo2", "hi2"], ["d"]),
+        helper.make_node("Relu", ["d"], ["y"])])
+    ties = (np.arange(-9, 9) + 0.5) / p  # exact halves between steps, where rounding direction shows
+    values = np.concatenate([ties, [-1.5, -1, -0.5, -0.0, 0, 0.5, 1, 1.5, 0.126, -0.126],
+                             np.random.default_rng(0).uniform(-1.5, 1.5, 200_000)]).astype(np.float32)
+    native_module, torch_module = to_torch(model, native=True), to_torch(model, native=False)
+    assert len(_native_chains(native_module)) == 1 and not _native_chains(torch_module)
+    results = []
+    for module in (native_module, torch_module):
+        x = torch.from_numpy(values.copy()).requires_grad_()
+        y = module(x)
+        y.backward(torch.arange(len(values), dtype=torch.float32) % 7 + 1)
+        results.append((y.detach().numpy(), x.grad.numpy()))
+    (native_y, native_grad), (torch_y, torch_grad) = results
+    rounded = reference.reduce_precision(reference.clamp(values), p)
+    leaky = np.where(rounded > 0, rounded, 0.1 * rounded).astype(np.float32)
+    clipped = np.clip(leaky, -0.5, 0.5)
+    np.testing.assert_array_equal(native_y, np.maximum(clipped, 0))
+    np.testing.assert_array_equal(native_y, torch_y)
+    slope = (np.abs(values) <= 1) * np.where(rounded > 0, 1, 0.1) * (np.abs(leaky) <= 0.5) * (clipped > 0)
+    expected_grad = (slope * (np.arange(len(values)) % 7 + 1)).astype(np.float32)
+    np.testing.assert_allclose(native_grad, expected_grad, rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(native_grad, torch_grad)
+
+
+def test_native_chain_noise_is_gaussian_fresh_per_pass_seeded_by_torch_and_independent_between_chains():
+    from scipy import stats
+
+    std = 0.1
+    model = _chain_model([
+        helper.make_node("AnalogNoise", ["x"], ["a"], domain=DOMAIN, std=std),
+        helper.make_node("Clip", ["a", "lo3", "hi3"], ["b"]),
+        helper.make_node("Relu", ["b"], ["c"]),  # ends the first chain: Relu(c) feeds two nodes
+        helper.make_node("AnalogNoise", ["c"], ["d"], domain=DOMAIN, std=std),
+        helper.make_node("Clip", ["d", "lo3", "hi3"], ["e"]),
+        helper.make_node("Add", ["c", "e"], ["y"])])
+    module = to_torch(model)
+    assert len(_native_chains(module)) == 2
+    x = torch.full((300_000,), 5.0, requires_grad=True)  # far from every clamp and rectifier edge
+    torch.manual_seed(7)
+    y = module(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, torch.full_like(x, 2.0))  # straight through both chains and the Add
+    first = _native_chains(module)[0].chain
+    inputs = torch.full((300_000,), 5.0)
+    second = _native_chains(module)[1].chain
+    with torch.no_grad():
+        one, two = run_chains([first, second], [inputs, inputs], run=11)
+    noise_one, noise_two = (one - 5).numpy(), (two - 5).numpy()
+    for noise in (noise_one, noise_two):
+        assert abs(noise.mean()) < 4 * std / np.sqrt(noise.size)
+        assert abs(noise.std() / std - 1) < 0.01
+        assert stats.normaltest(noise[:100_000]).pvalue > 1e-3
+    assert abs(np.corrcoef(noise_one, noise_two)[0, 1]) < 0.01
+    again = run_chains([first], [inputs], run=11)[0]
+    assert torch.equal(again, one)  # a stream is a function of its run
+    assert not torch.equal(run_chains([first], [inputs], run=12)[0], one)
+    torch.manual_seed(7)
+    assert torch.equal(module(x), y) and not torch.equal(module(x), y)
+
+
+def test_modules_with_native_chains_copy_and_pickle():
+    import copy
+    import pickle
+
+    module = to_torch(convert(onnx.load(DEFAULT_MODEL), bits=4, ep=0.5).model)
+    x = torch.rand(4, 1, 8, 8)
+    for twin in (copy.deepcopy(module), pickle.loads(pickle.dumps(module))):
+        torch.manual_seed(1)
+        expected = module(x)
+        torch.manual_seed(1)
+        torch.testing.assert_close(twin(x), expected)
+    del module
+    assert twin(x).shape == expected.shape  # its chains outlive the original's
+
+
+def test_native_chains_give_the_same_numbers_on_any_thread_count():
+    model = convert(onnx.load(DEFAULT_MODEL), bits=4, ep=0.5).model
+    module = to_torch(model)
+    x = torch.rand(256, 1, 8, 8)  # 256 x 16 x 8 x 8 activations: several chunks of work
+    threads = torch.get_num_threads()
+    try:
+        outputs = []
+        for count in (1, 3):
+            torch.set_num_threads(count)
+            torch.manual_seed(0)
+            with torch.no_grad():
+                outputs.append(module(x))
+    finally:
+        torch.set_num_threads(threads)
+    assert _native_chains(module)
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+
+
+def test_chains_run_step_by_step_for_other_dtypes_and_activations_stay_out_of_native_chains():
+    model = convert(onnx.load(DEFAULT_MODEL), bits=6, noise=False, activation="interp-gelu", factor=0.5).model
+    module = to_torch(model)
+    chains = _native_chains(module)
+    assert chains and not any(node.op_type == "ReluGeluInterpolation" for node in chains)
+    assert any(node.op_type == "ReluGeluInterpolation" for node in module.nodes)
+    x = torch.rand(8, 1, 8, 8)
+    with torch.no_grad():
+        single = module(x)
+        double = module.double()(x.double())
+    assert double.dtype == torch.float64
+    torch.testing.assert_close(double.float(), single, atol=2 / 64, rtol=0)
+
+
+def test_a_native_training_chain_refuses_an_activation():
+    from analogize.native import FUSED_DOMAIN, STEP_ANALOG, TorchChain
+
+    op = list(OPS).index("ReluGeluInterpolation")
+    node = helper.make_node("FusedChain", ["x"], ["y"], name="chain", domain=FUSED_DOMAIN, kinds=[STEP_ANALOG, 1],
+                            ops=[op, -1], parameters=[1, 1, 0, 0, -1, 1, 0, 0], seeds=[-1, -1])
+    with pytest.raises(AnalogizeError, match="chain: the native library cannot run this chain in training"):
+        TorchChain(node, [0.0, 1.0])
