@@ -1,8 +1,9 @@
 """A converted (or clean) ONNX model as a trainable torch module: a compact interpreter of the graph.
 
-Float initializers become parameters (BatchNormalization statistics and Clip bounds stay buffers), so
-weight chains (clamp, reduce-precision, noise on the weights) run on every forward pass with their
-training-time gradients: straight-through reduce-precision, identity through noise, masked clamp. Analog
+Float initializers become parameters (BatchNormalization statistics and Clip bounds stay buffers). Weight
+chains (clamp, reduce-precision, noise on the weights) run on every forward pass, so weight noise is drawn
+afresh, and their gradient goes straight to the stored weights, clamp included (the reference's weight
+path). On activations: straight-through reduce-precision, identity through noise, masked clamp. Analog
 ops run through :mod:`analogize.torch_ops` from the same formulas as their ONNX function bodies. Ops
 follow ONNX's semantics at opset 13 or newer (older models are raised to 13 first).
 
@@ -24,7 +25,7 @@ from .errors import AnalogizeError
 from .model_io import copy_model
 from .native import FUSED_DOMAIN, TorchChain, fuse_elementwise_chains
 from .ops import DOMAIN, OPS
-from .torch_ops import FusedChain, run_chains, run_op
+from .torch_ops import FusedChain, run_chains, run_op, straight_through_from
 
 _DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
            onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
@@ -355,6 +356,12 @@ def _analog(node, x):
     return run_op(OPS[node.op_type], x, None, node.analog_values)
 
 
+def _weight_step(node: _Node) -> bool:
+    """Whether the node transforms a weight element by element (a chain, clamp or straight-through op)."""
+    return node.domain == FUSED_DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type == "Clip") or (
+        node.domain == DOMAIN and OPS[node.op_type].straight_through)
+
+
 def _supported(node: _Node) -> bool:
     if node.domain == DOMAIN:
         return node.op_type in OPS
@@ -382,11 +389,13 @@ class OnnxModule(nn.Module):
         # BatchNormalization statistics and Clip bounds are constants, not weights to train
         statistics = {n.inputs[k] for n in nodes if n.op_type == "BatchNormalization" for k in (3, 4)}
         statistics |= {name for n in nodes if n.op_type == "Clip" for name in n.inputs[1:]}
-        wanted = runtime.native_enabled() if native is None else native
-        if wanted and any(n.domain == DOMAIN for n in nodes) and runtime.available_native_library() is not None:
+        if any(n.domain == DOMAIN for n in nodes):
             model = copy_model(model)
             if fuse_elementwise_chains(model, straight_through_only=True):
                 nodes = [_Node(node) for node in model.graph.node]
+        wanted = runtime.native_enabled() if native is None else native
+        use_native = wanted and any(n.domain == FUSED_DOMAIN for n in nodes) and \
+            runtime.available_native_library() is not None
         self.nodes = nodes
         steps = 0
         for node in self.nodes:
@@ -395,11 +404,11 @@ class OnnxModule(nn.Module):
                 count = len(node.get("kinds"))
                 seeds = [float(steps + k) for k in range(count)]  # distinct streams; the run varies per forward
                 steps += count
-                node.chain = FusedChain(node.proto, TorchChain(node.proto, seeds))
+                node.chain = FusedChain(node.proto, TorchChain(node.proto, seeds) if use_native else None)
             elif node.domain == DOMAIN:  # validated once; torch's RNG replaces the seed
                 node.analog_values = OPS[node.op_type].resolve(
                     **{k: v for k, v in node.attributes.items() if k != "seed"})
-        self._has_chains = steps > 0
+        self._draws_runs = use_native
         graph = model.graph
         self._keys: dict[str, str] = {}
         self.weights = nn.ParameterDict()
@@ -415,10 +424,20 @@ class OnnxModule(nn.Module):
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
         self.output_names = [v.name for v in graph.output]
         self.names = {key: name for name, key in self._keys.items()}
-        # chains on the weights depend on no input: all of them run first, as one autograd node
-        self._weight_chains = [n for n in self.nodes if n.chain is not None and n.inputs[0] in self._keys
-                               and self._keys[n.inputs[0]] in self.weights]
-        self._graph_nodes = [n for n in self.nodes if not any(n is chain for chain in self._weight_chains)]
+        # The weight path (chains on the parameters) depends on no input: it runs first, without gradient,
+        # and its results take the gradient straight to their parameters, as the reference trains weights.
+        trained = {name for name, key in self._keys.items() if key in self.weights}
+        origin: dict[str, str] = {}
+        self._weight_path = []
+        for node in self.nodes:
+            source = node.inputs[0] if node.inputs else None
+            parameter = source if source in trained else origin.get(source)
+            if parameter is not None and _weight_step(node):
+                self._weight_path.append(node)
+                origin[node.outputs[0]] = parameter
+        self._graph_nodes = [n for n in self.nodes if not any(n is step for step in self._weight_path)]
+        read = {name for n in self._graph_nodes for name in n.inputs} | set(self.output_names)
+        self._weight_results = [(name, parameter) for name, parameter in origin.items() if name in read]
 
     def tensor(self, name: str) -> torch.Tensor:
         key = self._keys[name]
@@ -429,26 +448,32 @@ class OnnxModule(nn.Module):
             raise AnalogizeError(f"the model takes {len(self.input_names)} inputs, got {len(inputs)}")
         values = dict(zip(self.input_names, inputs))
         # one draw from torch's generator per pass advances every native chain's random streams
-        run = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64)) if self._has_chains else 0
-        if self._weight_chains:
-            chained = run_chains([n.chain for n in self._weight_chains],
-                                 [self.tensor(n.inputs[0]) for n in self._weight_chains], run)
-            values.update((n.outputs[0], value) for n, value in zip(self._weight_chains, chained))
+        run = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64)) if self._draws_runs else 0
+        if self._weight_path:
+            with torch.no_grad():
+                for node in self._weight_path:
+                    self._run_node(node, values, run)
+            names = [name for name, _ in self._weight_results]
+            values.update(zip(names, straight_through_from(
+                [self.tensor(parameter) for _, parameter in self._weight_results], [values[n] for n in names])))
         for node in self._graph_nodes:
-            arguments = [None if not name else values[name] if name in values else self.tensor(name)
-                         for name in node.inputs]
-            while arguments and arguments[-1] is None:
-                arguments.pop()
-            if node.chain is not None:
-                result = run_chains([node.chain], arguments[:1], run)[0]
-            else:
-                result = (_analog if node.domain == DOMAIN else HANDLERS[node.op_type])(node, *arguments)
-            results = result if isinstance(result, (tuple, list)) else (result,)
-            for name, value in zip(node.outputs, results):
-                if name:
-                    values[name] = value
+            self._run_node(node, values, run)
         outputs = [values[name] for name in self.output_names]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+    def _run_node(self, node: _Node, values: dict, run: int) -> None:
+        arguments = [None if not name else values[name] if name in values else self.tensor(name)
+                     for name in node.inputs]
+        while arguments and arguments[-1] is None:
+            arguments.pop()
+        if node.chain is not None:
+            result = run_chains([node.chain], arguments[:1], run)[0]
+        else:
+            result = (_analog if node.domain == DOMAIN else HANDLERS[node.op_type])(node, *arguments)
+        results = result if isinstance(result, (tuple, list)) else (result,)
+        for name, value in zip(node.outputs, results):
+            if name:
+                values[name] = value
 
     def state_as_initializers(self) -> dict[str, np.ndarray]:
         """The current weights by their ONNX initializer names (what a tuned model writes back)."""

@@ -112,6 +112,22 @@ class _ChainsWithSlope(torch.autograd.Function):
         return (None, None, *(grad * slope for grad, slope in zip(grads, ctx.saved_tensors)))
 
 
+class _StraightThroughFrom(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, count: int, *tensors):
+        return tensors[count:]  # autograd returns them as views carrying this node
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return (None, *grads, *([None] * len(grads)))
+
+
+def straight_through_from(sources: list[torch.Tensor], results: list[torch.Tensor]) -> list[torch.Tensor]:
+    """``results`` (computed from ``sources`` element by element, without gradient) with each gradient passed
+    unchanged to its source: one autograd node for all of them."""
+    return list(_StraightThroughFrom.apply(len(sources), *sources, *results))
+
+
 class FusedChain:
     """A FusedChain node in torch, with the training rules above: one native pass (``native_chain``) for CPU
     float32 tensors, and the steps one by one in torch for any other tensor, or without the library."""

@@ -41,6 +41,7 @@ struct OpDescription {
 constexpr size_t kOpCount = sizeof(kOps) / sizeof(kOps[0]);
 constexpr size_t kTile = 256;          // elements kept in cache across the steps; a multiple of 4
 constexpr size_t kChunk = 64 * 1024;   // elements per task handed to ONNX Runtime's thread pool
+constexpr size_t kLineFloats = 16;     // floats per 64-byte cache line
 constexpr int kRandomNormal = 1;
 
 using Step = ChainStep;
@@ -63,27 +64,31 @@ uint64_t fresh_key() {
 uint64_t key_of(float seed) { return std::isnan(seed) || seed < 0 ? fresh_key() : static_cast<uint64_t>(seed); }
 
 void fill_random(const Step& step, size_t first, size_t count, uint64_t run, float* out) {
-    // Whole random blocks covering [first, first + count); tiles start on multiples of 4.
-    const size_t blocks = (first % 4 + count + 3) / 4, base = first / 4, skip = first % 4;
-    uint32_t lanes[4][kTile / 4 + 1];
+    // Whole words covering [first, first + count). Halves and normal pairs go to separate arrays (even and
+    // odd elements), interleaved at the end, so that every loop runs over contiguous lanes.
+    const size_t words = (first % 2 + count + 1) / 2, base = first / 2, skip = first % 2;
     const uint64_t start = counter_rng::stream(step.key, run);
-    for (size_t b = 0; b < blocks; ++b) {
-        const counter_rng::Block block = counter_rng::generate(base + b, start);
-        for (int lane = 0; lane < 4; ++lane) lanes[lane][b] = block.v[lane];
+    uint32_t low[kTile / 2 + 1], high[kTile / 2 + 1];
+    for (size_t w = 0; w < words; ++w) {
+        const uint64_t bits = counter_rng::word(base + w, start);
+        low[w] = static_cast<uint32_t>(bits);
+        high[w] = static_cast<uint32_t>(bits >> 32);
     }
-    float drawn[kTile + 4];
+    float even[kTile / 2 + 1], odd[kTile / 2 + 1];
     if (step.random == kRandomNormal) {
-        for (size_t b = 0; b < blocks; ++b) {
-            float four[4];
-            counter_rng::normals(counter_rng::Block{{lanes[0][b], lanes[1][b], lanes[2][b], lanes[3][b]}}, four);
-            for (int lane = 0; lane < 4; ++lane) drawn[4 * b + lane] = four[lane];
-        }
+        for (size_t w = 0; w < words; ++w) counter_rng::normal_pair(low[w], high[w], &even[w], &odd[w]);
     } else {
-        for (size_t b = 0; b < blocks; ++b) {
-            for (int lane = 0; lane < 4; ++lane) drawn[4 * b + lane] = counter_rng::unit(lanes[lane][b]);
+        for (size_t w = 0; w < words; ++w) {
+            even[w] = counter_rng::unit(low[w]);
+            odd[w] = counter_rng::unit(high[w]);
         }
     }
-    std::memcpy(out, drawn + skip, count * sizeof(float));
+    float drawn[kTile + 2];
+    for (size_t w = 0; w < words; ++w) {
+        drawn[2 * w] = even[w];
+        drawn[2 * w + 1] = odd[w];
+    }
+    for (size_t i = 0; i < count; ++i) out[i] = drawn[i + skip];
 }
 
 void apply_step(const Step& step, float* values, const float* gates, size_t first, size_t count, uint64_t run) {
@@ -155,6 +160,12 @@ void run_chunk(void* data, size_t chunk) {
             gate_pointer = gates;
         } else {
             std::memcpy(values, job.input + first, count * sizeof(float));
+        }
+        // The steps of a random chain take long enough per tile that the hardware prefetcher stops running
+        // ahead; ask for the next tile's input (and output lines, which are written) while this one computes.
+        for (size_t ahead = first + kTile; ahead < std::min(end, first + 2 * kTile); ahead += kLineFloats) {
+            __builtin_prefetch(job.input + ahead, 0);
+            __builtin_prefetch(job.output + ahead, 1);
         }
         if (job.slope) std::fill(slope, slope + count, 1.0f);
         for (const Step& step : job.kernel->steps) {

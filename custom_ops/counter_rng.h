@@ -29,8 +29,12 @@ ANALOGIZE_HD uint64_t mix(uint64_t z) {
 // The state a node's stream starts from at one run: distinct (key, run) pairs land far apart.
 ANALOGIZE_HD uint64_t stream(uint64_t key, uint64_t run) { return mix(mix(key) ^ (run * 0xD1B54A32D192ED03ull)); }
 
+// Word w of the stream: SplitMix64's w-th output. Element i takes its low (i even) or high (i odd) half.
+ANALOGIZE_HD uint64_t word(uint64_t w, uint64_t start) { return mix(start + w * kGoldenGamma); }
+
+// Elements 4 b to 4 b + 3: words 2 b and 2 b + 1.
 ANALOGIZE_HD Block generate(uint64_t block, uint64_t start) {
-    const uint64_t first = mix(start + (2 * block) * kGoldenGamma), second = mix(start + (2 * block + 1) * kGoldenGamma);
+    const uint64_t first = word(2 * block, start), second = word(2 * block + 1, start);
     return Block{{static_cast<uint32_t>(first), static_cast<uint32_t>(first >> 32), static_cast<uint32_t>(second),
                   static_cast<uint32_t>(second >> 32)}};
 }
@@ -71,16 +75,20 @@ ANALOGIZE_HD void cos_sin_turn(float u, float* cosine, float* sine) {
     *sine = sin_a * c + cos_a * s;
 }
 
-// Box-Muller: lanes (0, 1) and (2, 3) each give two independent standard normals.
+// Box-Muller on one word: its low half sets the radius, its high half the angle; two independent standard
+// normals, for the even and the odd element.
+ANALOGIZE_HD void normal_pair(uint32_t low, uint32_t high, float* even, float* odd) {
+    const float u = static_cast<float>((low >> 8) + 1u) * 0x1p-24f;  // (0, 1]: log is finite
+    const float radius = sqrtf(-2.0f * log_unit(u));
+    float cosine, sine;
+    cos_sin_turn(unit(high), &cosine, &sine);
+    *even = radius * cosine;
+    *odd = radius * sine;
+}
+
 ANALOGIZE_HD void normals(const Block& block, float out[4]) {
-    for (int pair = 0; pair < 2; ++pair) {
-        const float u = static_cast<float>((block.v[2 * pair] >> 8) + 1u) * 0x1p-24f;  // (0, 1]: log is finite
-        const float radius = sqrtf(-2.0f * log_unit(u));
-        float cosine, sine;
-        cos_sin_turn(unit(block.v[2 * pair + 1]), &cosine, &sine);
-        out[2 * pair] = radius * cosine;
-        out[2 * pair + 1] = radius * sine;
-    }
+    normal_pair(block.v[0], block.v[1], &out[0], &out[1]);
+    normal_pair(block.v[2], block.v[3], &out[2], &out[3]);
 }
 
 }  // namespace counter_rng

@@ -13,6 +13,7 @@ from analogize.ops import DOMAIN, OPS
 from analogize.rewrite import fit_opset
 from analogize.torch_ops import run_chains
 from conftest import DEFAULT_MODEL, LIGHT_MODELS, session
+import reference
 
 
 def with_random_weights(model, rng):
@@ -79,21 +80,34 @@ def test_zoo_exports_match_onnx_runtime(name, options, exporter, tmp_path, rng):
     compare(convert(model, bits=6, noise=False, activation="silu").model, x, precision=64)
 
 
-def test_weight_chains_train_straight_through_with_a_masked_clamp():
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("placement", [{}, {"quantize": False}])
+def test_weight_chains_pass_the_gradient_straight_to_the_stored_weights(native, placement):
+    """The reference's weight path is fully straight-through: no clamp mask (semantics section 3)."""
     weight = np.array([[0.3, -0.7], [1.5, 0.1]], np.float32)  # 1.5 lies outside the clamp range
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
                               [numpy_helper.from_array(weight, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    converted = convert(model, bits=2, noise=False, where=("weights",)).model
-    module = to_torch(converted)
+    converted = convert(model, bits=2, noise=False, where=("weights",), **placement).model
+    module = to_torch(converted, native=native)
     x = torch.tensor([[0.5, -0.25]])
-    module(x).sum().backward()
+    y = module(x)
+    y.sum().backward()
     (parameter,) = list(module.parameters())
-    expected = x.T.repeat(1, 2) * torch.tensor([[1.0, 1.0], [0.0, 1.0]])  # d/dw of sum(x @ w), zero if clamped
-    torch.testing.assert_close(parameter.grad, expected)
+    torch.testing.assert_close(parameter.grad, x.T.repeat(1, 2))  # d/dw of sum(x @ w), the clamped one too
+    used = np.clip(weight, -1, 1) if placement else reference.reduce_precision(np.clip(weight, -1, 1), 4)
+    torch.testing.assert_close(y, x @ torch.from_numpy(used.astype(np.float32)))
     assert module.state_as_initializers().keys() == {"w"}
+
+
+def test_clamps_on_activations_mask_the_gradient():
+    model = _chain_model([helper.make_node("Clip", ["x", "lo1", "hi1"], ["a"]),
+                          helper.make_node("ReducePrecision", ["a"], ["y"], domain=DOMAIN, precision=2.0)])
+    x = torch.tensor([-1.5, -0.5, 0.5, 1.5], requires_grad=True)
+    to_torch(model)(x).sum().backward()
+    torch.testing.assert_close(x.grad, torch.tensor([0.0, 1.0, 1.0, 0.0]))
 
 
 def test_noise_is_drawn_afresh_every_forward_and_follows_torch_seeding():
@@ -135,12 +149,10 @@ def _chain_model(nodes, functions=()):
 
 
 def _native_chains(module):
-    return [node for node in module.nodes if node.chain is not None]
+    return [node for node in module.nodes if node.chain is not None and node.chain.native_chain is not None]
 
 
 def test_native_chains_equal_the_reference_and_torch_ops_in_value_and_gradient():
-    import reference
-
     p = 4.0
     model = _chain_model([
         helper.make_node("Clip", ["x", "lo1", "hi1"], ["a"]),
