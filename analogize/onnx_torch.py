@@ -25,7 +25,7 @@ from .errors import AnalogizeError
 from .model_io import copy_model
 from .native import FUSED_DOMAIN, TorchChain, fuse_elementwise_chains
 from .ops import DOMAIN, OPS
-from .torch_ops import FusedChain, run_chains, run_op, straight_through_from
+from .torch_ops import FusedChain, run_op, straight_through_from
 
 _DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
            onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
@@ -439,14 +439,13 @@ class OnnxModule(nn.Module):
         read = {name for n in self._graph_nodes for name in n.inputs} | set(self.output_names)
         self._weight_results = [(name, parameter) for name, parameter in origin.items() if name in read]
 
-    def tensor(self, name: str) -> torch.Tensor:
-        key = self._keys[name]
-        return self.weights[key] if key in self.weights else getattr(self, key)
-
     def forward(self, *inputs):
         if len(inputs) != len(self.input_names):
             raise AnalogizeError(f"the model takes {len(self.input_names)} inputs, got {len(inputs)}")
-        values = dict(zip(self.input_names, inputs))
+        # looked up once per pass: a module attribute lookup costs as much as a small op
+        values = {self.names[key]: value for key, value in self.weights.named_parameters()}
+        values.update((self.names[key], value) for key, value in self.named_buffers(recurse=False))
+        values.update(zip(self.input_names, inputs))
         # one draw from torch's generator per pass advances every native chain's random streams
         run = int(torch.randint(0, 2 ** 62, (), dtype=torch.int64)) if self._draws_runs else 0
         if self._weight_path:
@@ -455,19 +454,18 @@ class OnnxModule(nn.Module):
                     self._run_node(node, values, run)
             names = [name for name, _ in self._weight_results]
             values.update(zip(names, straight_through_from(
-                [self.tensor(parameter) for _, parameter in self._weight_results], [values[n] for n in names])))
+                [values[parameter] for _, parameter in self._weight_results], [values[n] for n in names])))
         for node in self._graph_nodes:
             self._run_node(node, values, run)
         outputs = [values[name] for name in self.output_names]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
     def _run_node(self, node: _Node, values: dict, run: int) -> None:
-        arguments = [None if not name else values[name] if name in values else self.tensor(name)
-                     for name in node.inputs]
+        arguments = [values[name] if name else None for name in node.inputs]
         while arguments and arguments[-1] is None:
             arguments.pop()
         if node.chain is not None:
-            result = run_chains([node.chain], arguments[:1], run)[0]
+            result = node.chain(arguments[0], run)
         else:
             result = (_analog if node.domain == DOMAIN else HANDLERS[node.op_type])(node, *arguments)
         results = result if isinstance(result, (tuple, list)) else (result,)

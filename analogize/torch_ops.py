@@ -91,25 +91,19 @@ class AnalogOp(torch.nn.Module):
         return f"{self.spec.name}, " + ", ".join(f"{k}={v:g}" for k, v in self.attributes.items())
 
 
-class _ChainsWithSlope(torch.autograd.Function):
-    """Native chains on several tensors as one autograd node: the backward pass multiplies each gradient by
-    the slope its chain wrote (one node instead of one per chain, which matters for small networks)."""
+class _ChainWithSlope(torch.autograd.Function):
+    """A native chain whose backward pass multiplies the gradient by the slope the chain wrote."""
 
     @staticmethod
-    def forward(ctx, run: int, chains: list, *inputs):
-        outputs, slopes = [], []
-        for chain, x in zip(chains, inputs):
-            output, slope = torch.empty_like(x), torch.empty_like(x)
-            chain.native_chain.run(x.data_ptr(), output.data_ptr(), slope.data_ptr(), x.numel(), run,
-                                   torch.get_num_threads())
-            outputs.append(output)
-            slopes.append(slope)
-        ctx.save_for_backward(*slopes)
-        return tuple(outputs)
+    def forward(ctx, x, chain: native.TorchChain, run: int):
+        output, slope = torch.empty_like(x), torch.empty_like(x)
+        chain.run(x.data_ptr(), output.data_ptr(), slope.data_ptr(), x.numel(), run, torch.get_num_threads())
+        ctx.save_for_backward(slope)
+        return output
 
     @staticmethod
-    def backward(ctx, *grads):
-        return (None, None, *(grad * slope for grad, slope in zip(grads, ctx.saved_tensors)))
+    def backward(ctx, grad):
+        return grad * ctx.saved_tensors[0], None, None
 
 
 class _StraightThroughFrom(torch.autograd.Function):
@@ -142,8 +136,17 @@ class FusedChain:
                 analog = spec, {a.name: v for a, v in zip(spec.attributes, parameters) if a.name != "seed" and v == v}
             self.steps.append((kind, analog, parameters))
 
-    def runs_natively(self, x: torch.Tensor) -> bool:
-        return self.native_chain is not None and x.device.type == "cpu" and x.dtype == torch.float32
+    def __call__(self, x: torch.Tensor, run: int) -> torch.Tensor:
+        """The chain on ``x``; native random steps draw from their streams at ``run``."""
+        chain = self.native_chain
+        if chain is None or x.device.type != "cpu" or x.dtype != torch.float32:
+            return self.step_by_step(x)
+        x = x.contiguous()
+        if x.requires_grad and torch.is_grad_enabled():
+            return _ChainWithSlope.apply(x, chain, run)
+        output = torch.empty_like(x)
+        chain.run(x.data_ptr(), output.data_ptr(), None, x.numel(), run, torch.get_num_threads())
+        return output
 
     def step_by_step(self, x: torch.Tensor) -> torch.Tensor:
         for kind, analog, parameters in self.steps:
@@ -156,27 +159,3 @@ class FusedChain:
             else:
                 x = run_op(analog[0], x, None, analog[1])
         return x
-
-
-def run_chains(chains: list[FusedChain], inputs: list[torch.Tensor], run: int) -> list[torch.Tensor]:
-    """Each chain on its input, the native ones with their random streams at ``run``."""
-    outputs = [None] * len(chains)
-    native_positions = []
-    for position, (chain, x) in enumerate(zip(chains, inputs)):
-        if chain.runs_natively(x):
-            native_positions.append(position)
-        else:
-            outputs[position] = chain.step_by_step(x)
-    native_inputs = [inputs[p].contiguous() for p in native_positions]
-    native_chains = [chains[p] for p in native_positions]
-    if torch.is_grad_enabled() and any(x.requires_grad for x in native_inputs):
-        results = _ChainsWithSlope.apply(run, native_chains, *native_inputs)
-    else:
-        results = []
-        for chain, x in zip(native_chains, native_inputs):
-            output = torch.empty_like(x)
-            chain.native_chain.run(x.data_ptr(), output.data_ptr(), None, x.numel(), run, torch.get_num_threads())
-            results.append(output)
-    for position, result in zip(native_positions, results):
-        outputs[position] = result
-    return outputs

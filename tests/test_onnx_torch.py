@@ -11,7 +11,6 @@ from analogize.errors import AnalogizeError
 from analogize.onnx_torch import to_torch
 from analogize.ops import DOMAIN, OPS
 from analogize.rewrite import fit_opset
-from analogize.torch_ops import run_chains
 from conftest import DEFAULT_MODEL, LIGHT_MODELS, session
 import reference
 
@@ -205,16 +204,16 @@ def test_native_chain_noise_is_gaussian_fresh_per_pass_seeded_by_torch_and_indep
     inputs = torch.full((300_000,), 5.0)
     second = _native_chains(module)[1].chain
     with torch.no_grad():
-        one, two = run_chains([first, second], [inputs, inputs], run=11)
+        one, two = first(inputs, run=11), second(inputs, run=11)
     noise_one, noise_two = (one - 5).numpy(), (two - 5).numpy()
     for noise in (noise_one, noise_two):
         assert abs(noise.mean()) < 4 * std / np.sqrt(noise.size)
         assert abs(noise.std() / std - 1) < 0.01
         assert stats.normaltest(noise[:100_000]).pvalue > 1e-3
     assert abs(np.corrcoef(noise_one, noise_two)[0, 1]) < 0.01
-    again = run_chains([first], [inputs], run=11)[0]
-    assert torch.equal(again, one)  # a stream is a function of its run
-    assert not torch.equal(run_chains([first], [inputs], run=12)[0], one)
+    with torch.no_grad():
+        assert torch.equal(first(inputs, run=11), one)  # a stream is a function of its run
+        assert not torch.equal(first(inputs, run=12), one)
     torch.manual_seed(7)
     assert torch.equal(module(x), y) and not torch.equal(module(x), y)
 
