@@ -404,6 +404,20 @@ int required(const OrtCustomOp*, size_t) { return 0; }
 int default_memory(const OrtCustomOp*, size_t) { return 0; }
 int arity_one(const OrtCustomOp*) { return 1; }
 
+// Element-wise ops give the input's shape; ORT ignores the status this returns, so none is returned. A gated op
+// halves its last axis, and a rank-0 input may be a shape ORT does not know: both are left to run time.
+OrtStatus* infer_output_shape(const OrtCustomOp* op, OrtShapeInferContext* context) {
+    const OpDescription* description = registration(op).description;
+    if (description && description->gated) return nullptr;
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    size_t rank = 0;
+    OrtStatus* status = g_api->ShapeInferContext_GetInputTypeShape(context, 0, &info);
+    if (!status) status = g_api->GetDimensionsCount(info, &rank);
+    if (!status && rank > 0) status = g_api->ShapeInferContext_SetOutputTypeShape(context, 0, info);
+    if (status) g_api->ReleaseStatus(status);
+    return nullptr;
+}
+
 Registration make_registration(const OpDescription* description, const char* name, const char* provider_name) {
     Registration entry{};
     OrtCustomOp& op = entry.op;
@@ -426,6 +440,7 @@ Registration make_registration(const OpDescription* description, const char* nam
     op.GetVariadicOutputHomogeneity = arity_one;
     op.CreateKernelV2 = create_kernel;
     op.KernelComputeV2 = compute;
+    op.InferOutputShapeFn = infer_output_shape;
     entry.description = description;
     entry.name = name;
     entry.provider = provider_name;
@@ -459,15 +474,29 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* RegisterCustomOps(O
     }
     static const ort::Api api(table);
     g_api = &api;
-    OrtCustomOpDomain* analog = nullptr;
-    OrtCustomOpDomain* fused = nullptr;
-    RETURN_IF_ERROR(api.CreateCustomOpDomain("ai.analogize", &analog));
-    RETURN_IF_ERROR(api.CreateCustomOpDomain("ai.analogize.native", &fused));
-    for (Registration& entry : registrations()) {
-        RETURN_IF_ERROR(api.CustomOpDomain_Add(entry.description ? analog : fused, &entry.op));
+    // The domains are made once and shared by every session (ORT never owns them), so that registering the
+    // library in many sessions does not leak a pair of them each time.
+    struct Domains {
+        OrtCustomOpDomain* analog = nullptr;
+        OrtCustomOpDomain* fused = nullptr;
+        OrtStatus* failure = nullptr;
+    };
+    static const Domains domains = [] {
+        Domains made;
+        made.failure = api.CreateCustomOpDomain("ai.analogize", &made.analog);
+        if (!made.failure) made.failure = api.CreateCustomOpDomain("ai.analogize.native", &made.fused);
+        for (Registration& entry : registrations()) {
+            if (!made.failure) made.failure = api.CustomOpDomain_Add(entry.description ? made.analog : made.fused,
+                                                                     &entry.op);
+        }
+        return made;
+    }();
+    if (domains.failure) {
+        return api.CreateStatus(kOrtFail, (std::string("registering the analogize ops failed: ") +
+                                           api.GetErrorMessage(domains.failure)).c_str());
     }
-    RETURN_IF_ERROR(api.AddCustomOpDomain(options, analog));
-    return api.AddCustomOpDomain(options, fused);
+    RETURN_IF_ERROR(api.AddCustomOpDomain(options, domains.analog));
+    return api.AddCustomOpDomain(options, domains.fused);
 }
 
 // Chains for torch training (analogize.torch_ops): the same steps and streams, called through ctypes, with

@@ -14,6 +14,7 @@ struct OrtValue;
 struct OrtTensorTypeAndShapeInfo;
 struct OrtSessionOptions;
 struct OrtCustomOpDomain;
+struct OrtShapeInferContext;
 
 struct OrtApiBase {
     const OrtApi* (*GetApi)(uint32_t version);
@@ -23,7 +24,8 @@ struct OrtApiBase {
 enum { kOrtFail = 1, kOrtInvalidArgument = 2 };  // OrtErrorCode values
 enum { kElementFloat = 1 };                        // ONNXTensorElementDataType values
 
-// Fields up to KernelComputeV2 are read by ORT for version 16, the version declared below.
+// Fields up to GetEndVersion are read by ORT for version 17, the version declared below (each null-checked
+// from InferOutputShapeFn on).
 struct OrtCustomOp {
     uint32_t version;
     void* (*CreateKernel)(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*);
@@ -44,7 +46,10 @@ struct OrtCustomOp {
     int (*GetVariadicOutputHomogeneity)(const OrtCustomOp*);
     OrtStatus* (*CreateKernelV2)(const OrtCustomOp*, const OrtApi*, const OrtKernelInfo*, void**);
     OrtStatus* (*KernelComputeV2)(void*, OrtKernelContext*);
-    void* unused_since_version_17[7];
+    OrtStatus* (*InferOutputShapeFn)(const OrtCustomOp*, OrtShapeInferContext*);
+    int (*GetStartVersion)(const OrtCustomOp*);
+    int (*GetEndVersion)(const OrtCustomOp*);
+    void* unused_since_version_18[4];
 };
 static_assert(sizeof(OrtCustomOp) == 26 * 8, "OrtCustomOp must be 26 pointer slots");
 }
@@ -52,7 +57,7 @@ static_assert(sizeof(OrtCustomOp) == 26 * 8, "OrtCustomOp must be 26 pointer slo
 namespace ort {
 
 constexpr uint32_t kApiVersion = 17;  // KernelContext_ParallelFor arrived in API 17 (ORT 1.17)
-constexpr uint32_t kCustomOpVersion = 16;
+constexpr uint32_t kCustomOpVersion = 17;  // InferOutputShapeFn
 
 // Typed access to the OrtApi slots this library calls, by their fixed indices.
 class Api {
@@ -123,6 +128,18 @@ public:
                                          size_t batches, void* data) const {
         return call<OrtStatus* (*)(const OrtKernelContext*, void (*)(void*, size_t), size_t, size_t, void*)>(274)(
             context, fn, total, batches, data);
+    }
+
+    // The info belongs to the context: not to be released.
+    OrtStatus* ShapeInferContext_GetInputTypeShape(const OrtShapeInferContext* context, size_t index,
+                                                   OrtTensorTypeAndShapeInfo** out) const {
+        return call<OrtStatus* (*)(const OrtShapeInferContext*, size_t, OrtTensorTypeAndShapeInfo**)>(268)(
+            context, index, out);
+    }
+    OrtStatus* ShapeInferContext_SetOutputTypeShape(const OrtShapeInferContext* context, size_t index,
+                                                    const OrtTensorTypeAndShapeInfo* info) const {
+        return call<OrtStatus* (*)(const OrtShapeInferContext*, size_t, const OrtTensorTypeAndShapeInfo*)>(270)(
+            context, index, info);
     }
 
 private:

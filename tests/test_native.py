@@ -342,3 +342,29 @@ def test_an_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("ANALOGIZE_CACHE", str(blocker / "cache"))
     with pytest.raises(AnalogizeError, match="set ANALOGIZE_CACHE"):
         native.build(verbose=False)
+
+
+def test_output_shapes_are_inferred_at_session_creation():
+    """ORT learns each kernel's output shape from its input before any run (the graph output below declares
+    none, so what the session reports is inferred through the kernel); the gated op halves its last axis and
+    is left to run time."""
+    def inferred_shape(op, **attributes):
+        model = op_model(op, ["batch", 3, 8], **attributes)
+        model.graph.node.append(helper.make_node("Relu", ["y"], ["z"]))
+        model.graph.output[0].CopyFrom(helper.make_tensor_value_info("z", TensorProto.FLOAT, None))
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        options.register_custom_ops_library(str(native_library_path()))
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        return session.get_outputs()[0].shape
+
+    assert inferred_shape("AnalogNoise", std=0.1) == ["batch", 3, 8]
+    assert inferred_shape("ReducePrecision", precision=4.0) == ["batch", 3, 8]
+    assert inferred_shape("ReGluGeGluInterpolation") == []
+
+
+def test_many_sessions_share_one_registration(values):
+    model = op_model("ReducePrecision", precision=16.0)
+    expected = ref.reduce_precision(values, 16.0)
+    for _ in range(30):
+        np.testing.assert_array_equal(run(model, values), expected)
