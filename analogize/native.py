@@ -93,10 +93,11 @@ class _CppPrimitives:
     def _call(function):
         return lambda self, x: self._e.let(f"{function}({self._e.term(x)})")
 
-    # C's float functions: the same names on the host (libm) and in CUDA device code
+    # fabsf, ceilf, floorf and sqrtf are exact in IEEE arithmetic on both sides; the transcendental functions are
+    # analogize_math.h's own, which vectorise and give CPU and CUDA the same numbers
     abs, sign, ceil, floor = _call("fabsf"), _call("analogize_sign"), _call("ceilf"), _call("floorf")
-    erf, exp, sqrt, atan = _call("erff"), _call("expf"), _call("sqrtf"), _call("atanf")
-    sigmoid, tanh, softplus = _call("analogize_sigmoid"), _call("tanhf"), _call("analogize_softplus")
+    erf, exp, sqrt, atan = _call("analogize_erf"), _call("analogize_exp"), _call("sqrtf"), _call("analogize_atan")
+    sigmoid, tanh, softplus = _call("analogize_sigmoid"), _call("analogize_tanh"), _call("analogize_softplus")
     del _call
 
     def where(self, condition, if_true, if_false):
