@@ -42,16 +42,15 @@ ANALOGIZE_HD float analogize_pow2(float n) {
 }
 
 // e^x = 2^n e^r with n = round(x / ln 2) and |r| <= ln 2 / 2 (ln 2 split in two for an exact reduction); e^r
-// by its Taylor series to r^7 (truncation below 6e-9 relative). 2^n is applied in two halves, so that results
-// down to the smallest denormal come out.
+// by its Taylor series to r^7 (truncation below 6e-9 relative). Results below the smallest normal float
+// (x < -87.33) are 0.
 ANALOGIZE_HD float analogize_exp(float x) {
-    const float clamped = x < -104.0f ? -104.0f : (x > 89.0f ? 89.0f : x);
+    const float clamped = x < -87.33f ? -87.33f : (x > 88.7f ? 88.7f : x);
     const float n = floorf(clamped * 1.44269504f + 0.5f);
     const float r = (clamped - n * 0.693359375f) - n * -2.12194440e-4f;
     const float p =
         1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
-    const float half = floorf(n * 0.5f);
-    const float value = p * analogize_pow2(half) * analogize_pow2(n - half);
+    const float value = x < -87.33f ? 0.0f : p * analogize_pow2(n);
     return x != x ? x : (x > 88.7228394f ? INFINITY : value);
 }
 
@@ -74,16 +73,18 @@ ANALOGIZE_HD float analogize_log(float x) {
 ANALOGIZE_HD float analogize_log1p(float y) { return y < 1e-4f ? y * (1.0f - 0.5f * y) : analogize_log(1.0f + y); }
 
 // erf: for |x| < 1, x times the Taylor series of erf(x) / x in x^2 to x^18 (truncation below 2e-8); for
-// 1 <= |x| < 3.92, 1 - exp(-x^2) g(x), where g(x) = erfc(x) exp(x^2) is a least-squares fit of degree 8 in
-// t = 1 / x (4000 Chebyshev nodes on [1, 3.92], in float64; error below 2e-8); beyond, +-1 in float32.
+// 1 <= |x| < 3.92, 1 - exp(-x^2) g(|x|), where g(x) = erfc(x) exp(x^2) is a least-squares polynomial fit of
+// degree 10 in x - 2.5 (4000 Chebyshev nodes on [1, 3.92], in float64; error below 4e-8); beyond, +-1 in
+// float32. No division: it would cost more than the two extra terms.
 ANALOGIZE_HD float analogize_erf(float x) {
     const float a = fabsf(x), s = x * x;
     const float series = x * (1.12837917f + s * (-0.376126389f + s * (0.112837917f + s * (-0.0268661706f +
         s * (0.00522397763f + s * (-8.54832702e-4f + s * (1.20553330e-4f + s * (-1.49256504e-5f +
         s * (1.64621144e-6f + s * -1.63658447e-7f)))))))));
-    const float t = 1.0f / (a > 1.0f ? a : 1.0f);
-    const float g = 0.00030451966f + t * (0.5584993f + t * (0.045641076f + t * (-0.4849955f + t * (0.5265439f +
-        t * (-0.2825377f + t * (0.05763427f + t * (0.012827735f + t * -0.006334005f)))))));
+    const float u = a - 2.5f;
+    const float g = 0.210806355f + u * (-0.0743475407f + u * (0.024938399f + u * (-0.00799981505f +
+        u * (0.00246512564f + u * (-0.000738074072f + u * (0.000214263477f + u * (-5.42458001e-05f +
+        u * (1.35707396e-05f + u * (-6.2311583e-06f + u * 1.83604345e-06f)))))))));
     const float tail = 1.0f - analogize_exp(-s) * g;
     const float magnitude = a >= 3.92f ? 1.0f : tail;
     return x != x ? x : (a < 1.0f ? series : (x < 0.0f ? -magnitude : magnitude));
@@ -99,18 +100,16 @@ ANALOGIZE_HD float analogize_tanh(float x) {
     return a < 0.3f ? series : (x < 0.0f ? -magnitude : magnitude);
 }
 
-// atan: |x| > 1 through pi/2 - atan(1/|x|); above tan(pi/8) through pi/4 + atan((z - 1) / (z + 1)); then
-// the Taylor series to w^21 on |w| <= tan(pi/8) (truncation below 5e-10).
+// atan: |x| above tan(3 pi / 8) through pi/2 + atan(-1 / |x|), above tan(pi / 8) through
+// pi/4 + atan((|x| - 1) / (|x| + 1)) (one division either way), then the Taylor series to w^21 on
+// |w| <= tan(pi / 8) (truncation below 5e-10).
 ANALOGIZE_HD float analogize_atan(float x) {
     const float a = fabsf(x);
-    const bool inverted = a > 1.0f;
-    const float z = inverted ? 1.0f / a : a;
-    const bool shifted = z > 0.414213562f;
-    const float w = shifted ? (z - 1.0f) / (z + 1.0f) : z, s = w * w;
+    const bool far = a > 2.41421356f, middle = a > 0.414213562f;
+    const float w = (far ? -1.0f : (middle ? a - 1.0f : a)) / (far ? a : (middle ? a + 1.0f : 1.0f)), s = w * w;
     const float series = w * (1.0f + s * (-1.0f / 3 + s * (1.0f / 5 + s * (-1.0f / 7 + s * (1.0f / 9 +
         s * (-1.0f / 11 + s * (1.0f / 13 + s * (-1.0f / 15 + s * (1.0f / 17 + s * (-1.0f / 19 + s * (1.0f / 21)))))))))));
-    const float reduced = shifted ? 0.785398163f + series : series;
-    const float magnitude = inverted ? 1.57079633f - reduced : reduced;
+    const float magnitude = (far ? 1.57079633f : (middle ? 0.785398163f : 0.0f)) + series;
     return x != x ? x : (x < 0.0f ? -magnitude : magnitude);
 }
 
