@@ -9,7 +9,8 @@
    in GB/s (bytes read + written per second) against a plain memory copy (numpy), each kernel timed in turn
    with the copy. Goal: within 2x of the copy.
 
-Best of N runs for each (the machine is shared; the minimum is the least disturbed).
+Best of N runs for each, the compared runs timed in turn (the machine is shared; the minimum is the least
+disturbed).
 
     python bench/native_kernels.py [--repeats 5] [--json]
 """
@@ -26,26 +27,24 @@ from analogize import convert
 from analogize.data import InputSpec
 from analogize.ops import DOMAIN, OPS
 from analogize.runtime import create_session
-from timing import best_time
+from timing import best_time, interleaved_best
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_densenet121.onnx"
 PLACEMENTS_WITHOUT_WEIGHTS = ("input", "layer-inputs", "layer-outputs")
 
 
-def latency(model, feed, repeats, native):
-    session = create_session(model, native=native)
-    return best_time(lambda: session.run(None, feed), repeats)
-
-
 def model_rows(name, model, x, repeats):
     feed = {InputSpec.of(model).name: x}
-    clean = latency(model, feed, repeats, native=False)
     converted = convert(model, bits=6, ep=0.3, seed=0).model
     activations_only = convert(model, bits=6, ep=0.3, seed=0, where=PLACEMENTS_WITHOUT_WEIGHTS).model
-    rows = {"function bodies": latency(converted, feed, repeats, native=False),
-            "native, fused": latency(converted, feed, repeats, native=True),
-            "native, fused, weights digital": latency(activations_only, feed, repeats, native=True)}
-    return {"model": name, "clean_ms": 1000 * clean, **{k: v / clean for k, v in rows.items()}}
+    sessions = {"clean": create_session(model, native=False),
+                "function bodies": create_session(converted, native=False),
+                "native, fused": create_session(converted, native=True),
+                "native, fused, weights digital": create_session(activations_only, native=True)}
+    times = dict(zip(sessions, interleaved_best(
+        [(lambda session: lambda: session.run(None, feed))(s) for s in sessions.values()], repeats)))
+    clean = times.pop("clean")
+    return {"model": name, "clean_ms": 1000 * clean, **{k: v / clean for k, v in times.items()}}
 
 
 def kernel_model(nodes, initializers=()):
@@ -79,20 +78,10 @@ def throughput_rows(repeats):
     ratios = {}
     for name, model in kernels.items():
         session = create_session(model, native=True)
-        kernel, copied = interleaved_best(lambda: session.run(None, {"x": x}), lambda: np.copyto(target, x), repeats)
+        kernel, copied = interleaved_best([lambda: session.run(None, {"x": x}), lambda: np.copyto(target, x)], repeats)
         rows[name] = moved / kernel / 1e9
         ratios[name] = kernel / copied
     return rows, ratios
-
-
-def interleaved_best(first, second, repeats):
-    """Best times of two functions timed in turn, so that both see the same load on a shared machine."""
-    first(), second()
-    times = [[], []]
-    for _ in range(repeats):
-        for slot, function in enumerate((first, second)):
-            times[slot].append(best_time(function, 1, warm_up=False))
-    return min(times[0]), min(times[1])
 
 
 def main():
