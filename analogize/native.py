@@ -415,8 +415,10 @@ class TorchChain:
         library = self._load()
         attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         steps = len(attributes["kinds"])
-        if len(seeds) != steps:
-            raise ValueError(f"{steps} steps need as many seeds, got {len(seeds)}")
+        if not len(attributes["ops"]) == len(seeds) == steps or \
+                len(attributes["parameters"]) != MAX_STEP_ATTRIBUTES * steps:
+            raise AnalogizeError(f"{node.name}: kinds, ops and seeds must describe the same steps, with "
+                                 f"{MAX_STEP_ATTRIBUTES} parameters each")
         self._handle = library.analogize_torch_chain_new(
             (ctypes.c_int64 * steps)(*attributes["kinds"]), (ctypes.c_int64 * steps)(*attributes["ops"]),
             (ctypes.c_float * len(attributes["parameters"]))(*attributes["parameters"]),

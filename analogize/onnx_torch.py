@@ -23,7 +23,7 @@ from torch import nn
 from . import rewrite, runtime
 from .errors import AnalogizeError
 from .model_io import copy_model
-from .native import FUSED_DOMAIN, TorchChain, fuse_elementwise_chains
+from .native import FUSED_DOMAIN, fuse_elementwise_chains
 from .ops import DOMAIN, OPS
 from .torch_ops import FusedChain, run_op, straight_through_from
 
@@ -356,10 +356,19 @@ def _analog(node, x):
     return run_op(OPS[node.op_type], x, None, node.analog_values)
 
 
-def _weight_step(node: _Node) -> bool:
-    """Whether the node transforms a weight element by element (a chain, clamp or straight-through op)."""
-    return node.domain == FUSED_DOMAIN or (node.domain in ("", "ai.onnx") and node.op_type == "Clip") or (
-        node.domain == DOMAIN and OPS[node.op_type].straight_through)
+def _weight_path_values(nodes: list[_Node], trained: set, initializers: set) -> dict[str, str]:
+    """Each value on the weight path, with the parameter it comes from: the outputs of convert's chain
+    elements (its clamps, straight-through analog ops) that start at a trained parameter and read nothing
+    but it and initializers (the path runs before the graph)."""
+    origin: dict[str, str] = {}
+    for node in nodes:
+        source = node.inputs[0] if node.inputs else None
+        parameter = source if source in trained else origin.get(source)
+        element = rewrite.is_chain_element(node.proto, rewrite.CHAIN_ELEMENTS) and (
+            node.domain != DOMAIN or OPS[node.op_type].straight_through)
+        if parameter is not None and element and all(not name or name in initializers for name in node.inputs[1:]):
+            origin[node.outputs[0]] = parameter
+    return origin
 
 
 def _supported(node: _Node) -> bool:
@@ -389,13 +398,12 @@ class OnnxModule(nn.Module):
         # BatchNormalization statistics and Clip bounds are constants, not weights to train
         statistics = {n.inputs[k] for n in nodes if n.op_type == "BatchNormalization" for k in (3, 4)}
         statistics |= {name for n in nodes if n.op_type == "Clip" for name in n.inputs[1:]}
+        unfused = nodes
         if any(n.domain == DOMAIN for n in nodes):
             model = copy_model(model)
             if fuse_elementwise_chains(model, straight_through_only=True):
                 nodes = [_Node(node) for node in model.graph.node]
         wanted = runtime.native_enabled() if native is None else native
-        use_native = wanted and any(n.domain == FUSED_DOMAIN for n in nodes) and \
-            runtime.available_native_library() is not None
         self.nodes = nodes
         steps = 0
         for node in self.nodes:
@@ -404,11 +412,11 @@ class OnnxModule(nn.Module):
                 count = len(node.get("kinds"))
                 seeds = [float(steps + k) for k in range(count)]  # distinct streams; the run varies per forward
                 steps += count
-                node.chain = FusedChain(node.proto, TorchChain(node.proto, seeds) if use_native else None)
+                node.chain = FusedChain(node.proto, seeds, wanted)
             elif node.domain == DOMAIN:  # validated once; torch's RNG replaces the seed
                 node.analog_values = OPS[node.op_type].resolve(
                     **{k: v for k, v in node.attributes.items() if k != "seed"})
-        self._draws_runs = use_native
+        self._draws_runs = any(n.chain is not None and n.chain.native_chain is not None for n in self.nodes)
         graph = model.graph
         self._keys: dict[str, str] = {}
         self.weights = nn.ParameterDict()
@@ -420,24 +428,18 @@ class OnnxModule(nn.Module):
                 self.weights[key] = nn.Parameter(value)
             else:
                 self.register_buffer(key, value)
-        initializers = {t.name for t in graph.initializer}
-        self.input_names = [v.name for v in graph.input if v.name not in initializers]
+        self.input_names = [v.name for v in graph.input if v.name not in self._keys]
         self.output_names = [v.name for v in graph.output]
         self.names = {key: name for name, key in self._keys.items()}
-        # The weight path (chains on the parameters) depends on no input: it runs first, without gradient,
-        # and its results take the gradient straight to their parameters, as the reference trains weights.
-        trained = {name for name, key in self._keys.items() if key in self.weights}
-        origin: dict[str, str] = {}
-        self._weight_path = []
-        for node in self.nodes:
-            source = node.inputs[0] if node.inputs else None
-            parameter = source if source in trained else origin.get(source)
-            if parameter is not None and _weight_step(node):
-                self._weight_path.append(node)
-                origin[node.outputs[0]] = parameter
-        self._graph_nodes = [n for n in self.nodes if not any(n is step for step in self._weight_path)]
+        # The weight path (the chains convert put on the parameters) depends on no input: it runs first,
+        # without gradient, and its results take the gradient straight to their parameters, as the reference
+        # trains weights.
+        initializers = set(self._keys)
+        weight_values = _weight_path_values(unfused, {self.names[key] for key in self.weights}, initializers)
+        self._weight_path = [n for n in self.nodes if n.outputs and n.outputs[0] in weight_values]
+        self._graph_nodes = [n for n in self.nodes if not (n.outputs and n.outputs[0] in weight_values)]
         read = {name for n in self._graph_nodes for name in n.inputs} | set(self.output_names)
-        self._weight_results = [(name, parameter) for name, parameter in origin.items() if name in read]
+        self._weight_results = [(name, weight_values[name]) for name in weight_values if name in read]
 
     def forward(self, *inputs):
         if len(inputs) != len(self.input_names):

@@ -123,11 +123,16 @@ def straight_through_from(sources: list[torch.Tensor], results: list[torch.Tenso
 
 
 class FusedChain:
-    """A FusedChain node in torch, with the training rules above: one native pass (``native_chain``) for CPU
-    float32 tensors, and the steps one by one in torch for any other tensor, or without the library."""
+    """A FusedChain node in torch, with the training rules above: one native pass (``native_chain``, when
+    ``native_wanted`` and the library can be built) for CPU float32 tensors, and the steps one by one in torch
+    for any other tensor, or without the library. ``seeds`` key the native random streams."""
 
-    def __init__(self, node, native_chain: native.TorchChain | None):
-        self.native_chain = native_chain
+    def __init__(self, node, seeds: list[float], native_wanted: bool):
+        from .runtime import available_native_library
+
+        self._made_from = node, seeds, native_wanted
+        self.native_chain = native.TorchChain(node, seeds) if native_wanted and \
+            available_native_library() is not None else None
         self.steps = []
         for kind, op_name, parameters in native.chain_steps(node):
             analog = None
@@ -135,6 +140,9 @@ class FusedChain:
                 spec = OPS[op_name]
                 analog = spec, {a.name: v for a, v in zip(spec.attributes, parameters) if a.name != "seed" and v == v}
             self.steps.append((kind, analog, parameters))
+
+    def __reduce__(self):  # a copy builds its own native chain, or runs step by step where none can be built
+        return FusedChain, self._made_from
 
     def __call__(self, x: torch.Tensor, run: int) -> torch.Tensor:
         """The chain on ``x``; native random steps draw from their streams at ``run``."""

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <random>
 #include <string>
 #include <thread>
@@ -404,8 +405,9 @@ int required(const OrtCustomOp*, size_t) { return 0; }
 int default_memory(const OrtCustomOp*, size_t) { return 0; }
 int arity_one(const OrtCustomOp*) { return 1; }
 
-// Element-wise ops give the input's shape; ORT ignores the status this returns, so none is returned. A gated op
-// halves its last axis, and a rank-0 input may be a shape ORT does not know: both are left to run time.
+// Element-wise ops give the input's shape; ORT ignores the status this returns, so none is returned. Left to
+// run time: a gated op (its last axis halves), a rank-0 input (it may be a shape ORT does not know), and a
+// dimension with neither a size nor a name, which the shape would pass on as a size of -1.
 OrtStatus* infer_output_shape(const OrtCustomOp* op, OrtShapeInferContext* context) {
     const OpDescription* description = registration(op).description;
     if (description && description->gated) return nullptr;
@@ -413,7 +415,15 @@ OrtStatus* infer_output_shape(const OrtCustomOp* op, OrtShapeInferContext* conte
     size_t rank = 0;
     OrtStatus* status = g_api->ShapeInferContext_GetInputTypeShape(context, 0, &info);
     if (!status) status = g_api->GetDimensionsCount(info, &rank);
-    if (!status && rank > 0) status = g_api->ShapeInferContext_SetOutputTypeShape(context, 0, info);
+    std::vector<int64_t> dims(rank);
+    std::vector<const char*> names(rank, nullptr);
+    if (!status && rank) status = g_api->GetDimensions(info, dims.data(), rank);
+    if (!status && rank) status = g_api->GetSymbolicDimensions(info, names.data(), rank);
+    bool known = !status && rank > 0;
+    for (size_t k = 0; known && k < rank; ++k) {
+        known = dims[k] >= 0 || (names[k] != nullptr && names[k][0] != '\0');
+    }
+    if (known) status = g_api->ShapeInferContext_SetOutputTypeShape(context, 0, info);
     if (status) g_api->ReleaseStatus(status);
     return nullptr;
 }
@@ -507,16 +517,16 @@ extern "C" __attribute__((visibility("default"))) void* analogize_torch_chain_ne
                                                                                  const float* parameters,
                                                                                  const float* seeds,
                                                                                  size_t steps) {
-    auto* kernel = new Kernel();
-    const std::string problem = make_chain(kinds, ops, parameters, seeds, steps, kernel->steps);
-    const bool straight_through = std::all_of(kernel->steps.begin(), kernel->steps.end(), [](const Step& step) {
-        return step.kind != kAnalogOp || kOps[step.op].straight_through;
-    });
-    if (!problem.empty() || !straight_through) {
-        delete kernel;
+    try {
+        auto kernel = std::make_unique<Kernel>();
+        const std::string problem = make_chain(kinds, ops, parameters, seeds, steps, kernel->steps);
+        const bool straight_through = std::all_of(kernel->steps.begin(), kernel->steps.end(), [](const Step& step) {
+            return step.kind != kAnalogOp || kOps[step.op].straight_through;
+        });
+        return problem.empty() && straight_through ? kernel.release() : nullptr;
+    } catch (...) {  // nothing may unwind into the caller's C frames
         return nullptr;
     }
-    return kernel;
 }
 
 extern "C" __attribute__((visibility("default"))) void analogize_torch_chain_free(void* chain) {
@@ -524,20 +534,27 @@ extern "C" __attribute__((visibility("default"))) void analogize_torch_chain_fre
 }
 
 // Runs the chain on `count` floats with the random streams at `run`; `slope` may be null (no gradient
-// wanted). Chunks go to up to `threads` threads.
+// wanted). Chunks are claimed by up to `threads` threads; where a thread cannot be started, those already
+// running (the caller's at least) take its share.
 extern "C" __attribute__((visibility("default"))) void analogize_torch_chain_run(const void* chain,
                                                                                 const float* input, float* output,
                                                                                 float* slope, size_t count,
                                                                                 uint64_t run, int threads) {
     Job job{static_cast<const Kernel*>(chain), input, output, count, 0, run, slope};
     const size_t chunks = (count + kChunk - 1) / kChunk;
-    const size_t workers = std::min(chunks, static_cast<size_t>(std::max(threads, 1)));
+    std::atomic<size_t> next{0};
+    auto work = [&job, &next, chunks] {
+        for (size_t chunk = next++; chunk < chunks; chunk = next++) run_chunk(&job, chunk);
+    };
     std::vector<std::thread> pool;
-    for (size_t worker = 1; worker < workers; ++worker) {
-        pool.emplace_back([&job, worker, workers, chunks] {
-            for (size_t chunk = worker; chunk < chunks; chunk += workers) run_chunk(&job, chunk);
-        });
+    const size_t helpers = std::min(chunks, static_cast<size_t>(std::max(threads, 1))) - (chunks > 0 ? 1 : 0);
+    for (size_t k = 0; k < helpers; ++k) {
+        try {
+            pool.emplace_back(work);
+        } catch (...) {
+            break;
+        }
     }
-    for (size_t chunk = 0; chunk < chunks; chunk += workers) run_chunk(&job, chunk);
+    work();
     for (std::thread& thread : pool) thread.join();
 }

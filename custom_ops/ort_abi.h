@@ -92,6 +92,11 @@ public:
     OrtStatus* GetDimensions(const OrtTensorTypeAndShapeInfo* info, int64_t* dims, size_t count) const {
         return call<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, int64_t*, size_t)>(62)(info, dims, count);
     }
+    // Slot 63, between GetDimensions and GetTensorShapeElementCount (64) in the append-only table. The names
+    // belong to the info: empty for a dimension with a size, or with neither a size nor a name.
+    OrtStatus* GetSymbolicDimensions(const OrtTensorTypeAndShapeInfo* info, const char** names, size_t count) const {
+        return call<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, const char**, size_t)>(63)(info, names, count);
+    }
     OrtStatus* GetTensorTypeAndShape(const OrtValue* value, OrtTensorTypeAndShapeInfo** out) const {
         return call<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(65)(value, out);
     }

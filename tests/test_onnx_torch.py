@@ -79,17 +79,20 @@ def test_zoo_exports_match_onnx_runtime(name, options, exporter, tmp_path, rng):
     compare(convert(model, bits=6, noise=False, activation="silu").model, x, precision=64)
 
 
+def _matmul_model(weight=np.array([[0.3, -0.7], [1.5, 0.1]], np.float32)):
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+                              [numpy_helper.from_array(weight, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
 @pytest.mark.parametrize("native", [True, False])
 @pytest.mark.parametrize("placement", [{}, {"quantize": False}])
 def test_weight_chains_pass_the_gradient_straight_to_the_stored_weights(native, placement):
     """The reference's weight path is fully straight-through: no clamp mask (semantics section 3)."""
     weight = np.array([[0.3, -0.7], [1.5, 0.1]], np.float32)  # 1.5 lies outside the clamp range
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 2])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
-                              [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
-    converted = convert(model, bits=2, noise=False, where=("weights",), **placement).model
+    converted = convert(_matmul_model(weight), bits=2, noise=False, where=("weights",), **placement).model
     module = to_torch(converted, native=native)
     x = torch.tensor([[0.5, -0.25]])
     y = module(x)
@@ -99,6 +102,42 @@ def test_weight_chains_pass_the_gradient_straight_to_the_stored_weights(native, 
     used = np.clip(weight, -1, 1) if placement else reference.reduce_precision(np.clip(weight, -1, 1), 4)
     torch.testing.assert_close(y, x @ torch.from_numpy(used.astype(np.float32)))
     assert module.state_as_initializers().keys() == {"w"}
+
+
+def test_a_clamp_of_the_model_itself_on_a_parameter_keeps_its_mask():
+    """Only convert's chains are the weight path: a clean model's own Clip trains as torch.clamp."""
+    graph = helper.make_graph([helper.make_node("Clip", ["s", "low", "high"], ["c"]),
+                               helper.make_node("Mul", ["x", "c"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+                              [numpy_helper.from_array(np.float32([1.5, 0.5]), "s"),
+                               numpy_helper.from_array(np.float32(0), "low"), numpy_helper.from_array(np.float32(1), "high")])
+    module = to_torch(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    module(torch.ones(2)).sum().backward()
+    (scale,) = list(module.parameters())
+    torch.testing.assert_close(scale.grad, torch.tensor([0.0, 1.0]))
+
+
+def test_weight_chains_with_bounds_made_by_graph_nodes_run_in_graph_order():
+    converted = convert(_matmul_model(), bits=2, noise=False, where=("weights",)).model
+    for node in converted.graph.node:  # the clamp's bounds now come from Constant nodes, not initializers
+        if node.op_type == "Clip":
+            node.input[1], node.input[2] = "made_low", "made_high"
+    converted.graph.node.insert(0, helper.make_node("Constant", [], ["made_low"], value_float=-1.0))
+    converted.graph.node.insert(0, helper.make_node("Constant", [], ["made_high"], value_float=1.0))
+    x = torch.tensor([[0.5, -0.25]])
+    torch.testing.assert_close(to_torch(converted)(x), to_torch(convert(_matmul_model(), bits=2, noise=False,
+                                                                        where=("weights",)).model)(x))
+
+
+def test_weight_noise_is_drawn_afresh_every_pass_through_native_chains():
+    module = to_torch(convert(_matmul_model(), bits=4, ep=0.5, where=("weights",)).model, native=True)
+    assert _native_chains(module) and module._weight_path
+    x = torch.tensor([[0.5, -0.25]])
+    first, second = module(x), module(x)
+    assert not torch.equal(first, second)
+    (first + second).sum().backward()  # both draws pass their gradient straight to the one stored weight
+    torch.testing.assert_close(list(module.parameters())[0].grad, 2 * x.T.repeat(1, 2))
 
 
 def test_clamps_on_activations_mask_the_gradient():
@@ -233,22 +272,35 @@ def test_modules_with_native_chains_copy_and_pickle():
     assert twin(x).shape == expected.shape  # its chains outlive the original's
 
 
+def test_a_pickled_module_loads_step_by_step_where_the_library_cannot_be_built(monkeypatch):
+    import pickle
+
+    import analogize.runtime
+
+    module = to_torch(convert(onnx.load(DEFAULT_MODEL), bits=4, noise=False).model)
+    data = pickle.dumps(module)
+    monkeypatch.setattr(analogize.runtime, "available_native_library", lambda: None)
+    restored = pickle.loads(data)
+    assert _native_chains(module) and not _native_chains(restored)
+    x = torch.rand(4, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(restored(x), module(x))
+
+
 def test_native_chains_give_the_same_numbers_on_any_thread_count():
-    model = convert(onnx.load(DEFAULT_MODEL), bits=4, ep=0.5).model
-    module = to_torch(model)
-    x = torch.rand(256, 1, 8, 8)  # 256 x 16 x 8 x 8 activations: several chunks of work
+    module = to_torch(convert(onnx.load(DEFAULT_MODEL), bits=4, ep=0.5).model)
+    chain = _native_chains(module)[-1].chain
+    x = torch.rand(5, 64 * 1024) * 4 - 2  # five chunks of work
     threads = torch.get_num_threads()
     try:
         outputs = []
-        for count in (1, 3):
+        for count in (1, 2, 3, 8):
             torch.set_num_threads(count)
-            torch.manual_seed(0)
             with torch.no_grad():
-                outputs.append(module(x))
+                outputs.append(chain(x, run=4))
     finally:
         torch.set_num_threads(threads)
-    assert _native_chains(module)
-    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
+    assert all(torch.equal(outputs[0], other) for other in outputs[1:])
 
 
 def test_chains_run_step_by_step_for_other_dtypes_and_activations_stay_out_of_native_chains():
