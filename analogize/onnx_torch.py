@@ -434,8 +434,7 @@ class OnnxModule(nn.Module):
         # The weight path (the chains convert put on the parameters) depends on no input: it runs first,
         # without gradient, and its results take the gradient straight to their parameters, as the reference
         # trains weights.
-        initializers = set(self._keys)
-        weight_values = _weight_path_values(unfused, {self.names[key] for key in self.weights}, initializers)
+        weight_values = _weight_path_values(unfused, {self.names[key] for key in self.weights}, set(self._keys))
         self._weight_path = [n for n in self.nodes if n.outputs and n.outputs[0] in weight_values]
         self._graph_nodes = [n for n in self.nodes if not (n.outputs and n.outputs[0] in weight_values)]
         read = {name for n in self._graph_nodes for name in n.inputs} | set(self.output_names)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as tf
 
-from . import native
+from . import native, runtime
 from .ops import OPS, OpSpec
 
 
@@ -91,13 +91,21 @@ class AnalogOp(torch.nn.Module):
         return f"{self.spec.name}, " + ", ".join(f"{k}={v:g}" for k, v in self.attributes.items())
 
 
+def _run_native(chain: native.TorchChain, x: torch.Tensor, run: int, with_slope: bool):
+    """The chain's output on contiguous CPU float32 ``x``, and its slope when ``with_slope`` (else None)."""
+    output = torch.empty_like(x)
+    slope = torch.empty_like(x) if with_slope else None
+    chain.run(x.data_ptr(), output.data_ptr(), None if slope is None else slope.data_ptr(), x.numel(), run,
+              torch.get_num_threads())
+    return output, slope
+
+
 class _ChainWithSlope(torch.autograd.Function):
     """A native chain whose backward pass multiplies the gradient by the slope the chain wrote."""
 
     @staticmethod
     def forward(ctx, x, chain: native.TorchChain, run: int):
-        output, slope = torch.empty_like(x), torch.empty_like(x)
-        chain.run(x.data_ptr(), output.data_ptr(), slope.data_ptr(), x.numel(), run, torch.get_num_threads())
+        output, slope = _run_native(chain, x, run, with_slope=True)
         ctx.save_for_backward(slope)
         return output
 
@@ -128,11 +136,9 @@ class FusedChain:
     for any other tensor, or without the library. ``seeds`` key the native random streams."""
 
     def __init__(self, node, seeds: list[float], native_wanted: bool):
-        from .runtime import available_native_library
-
         self._made_from = node, seeds, native_wanted
         self.native_chain = native.TorchChain(node, seeds) if native_wanted and \
-            available_native_library() is not None else None
+            runtime.available_native_library() is not None else None
         self.steps = []
         for kind, op_name, parameters in native.chain_steps(node):
             analog = None
@@ -152,9 +158,7 @@ class FusedChain:
         x = x.contiguous()
         if x.requires_grad and torch.is_grad_enabled():
             return _ChainWithSlope.apply(x, chain, run)
-        output = torch.empty_like(x)
-        chain.run(x.data_ptr(), output.data_ptr(), None, x.numel(), run, torch.get_num_threads())
-        return output
+        return _run_native(chain, x, run, with_slope=False)[0]
 
     def step_by_step(self, x: torch.Tensor) -> torch.Tensor:
         for kind, analog, parameters in self.steps:
