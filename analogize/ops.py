@@ -174,14 +174,33 @@ def reglu_geglu_interpolation(F, x, factor, scale, alpha):
     return value * relu_gelu_interpolation(F, gate, factor, scale, alpha)
 
 
+def _at_most_20(F, u):
+    """Where a gate is 1 in float32 and float64 alike: capping u keeps e^u finite, whose overflow would make the
+    gradient through the untaken side NaN."""
+    return F.where(u < 20.0, u, 20.0)
+
+
+def _mish_gate(F, e):
+    """tanh(softplus(u)) with e = e^u: tanh(log(1 + e)) = n / (n + 2), n = e (e + 2); one exp and one division
+    in place of exp, log and exp again, and accurate relative to the value for u far below 0."""
+    n = e * (e + 2.0)
+    return n / (n + 2.0)
+
+
+def _guderman_gate(F, e2):
+    """1/2 + (2/pi) atan(tanh(u)) with e2 = e^(2u): atan(tanh(u)) = atan(e^(2u)) - pi/4 (the Gudermannian's two
+    forms), so the gate is (2/pi) atan(e^(2u)); one exp and no cancellation against 1/2 for u below 0."""
+    return F.atan(e2) * (2.0 / math.pi)
+
+
 # Gates a(u) of the smooth-ReLU family z * a(z / T) (seed 002, "critical initialisation" paper).
 SMOOTH_GATES: dict[str, tuple[Callable, str]] = {
     "Swish": (lambda F, u: F.sigmoid(u), "1 / (1 + exp(-u))"),
     "Gelu": (lambda F, u: (F.erf(u * (1.0 / math.sqrt(2.0))) + 1.0) * 0.5, "Phi(u)"),
     "Gumbel": (lambda F, u: F.exp(-F.exp(-u)), "exp(-exp(-u))"),
     "Algebraic": (lambda F, u: (u / F.sqrt(u * u + 1.0) + 1.0) * 0.5, "(u / sqrt(u^2 + 1) + 1) / 2"),
-    "Guderman": (lambda F, u: F.atan(F.tanh(u)) * (2.0 / math.pi) + 0.5, "1/2 + (2/pi) atan(tanh(u))"),
-    "Mish": (lambda F, u: F.tanh(F.softplus(u)), "tanh(softplus(u))"),
+    "Guderman": (lambda F, u: _guderman_gate(F, F.exp(_at_most_20(F, u) * 2.0)), "1/2 + (2/pi) atan(tanh(u))"),
+    "Mish": (lambda F, u: _mish_gate(F, F.exp(_at_most_20(F, u))), "tanh(softplus(u))"),
 }
 
 

@@ -1,6 +1,6 @@
 // Primitives of analogize/ops.py formulas, with ONNX's definitions; host and CUDA device.
 //
-// exp, erf, tanh, atan and log are written here in plain float arithmetic (+, -, *, /, sqrt, rounding and
+// exp, erf, tanh, atan and log are written here in plain float arithmetic (+, -, *, fma, /, sqrt, rounding and
 // selects; no math-library calls, no branches) for two reasons: GCC vectorises loops over them, where a call
 // to the C library's erff or tanhf kept every activation kernel scalar (6 to 100 times slower than a memory
 // copy), and CPU and CUDA run the very same operations, so they give the same numbers. fminf and fmaxf are
@@ -36,6 +36,16 @@ ANALOGIZE_HD uint32_t analogize_to_bits(float value) {
     return pun.bits;
 }
 
+// c0 + x (c1 + x (c2 + ...)), one fused multiply-add per coefficient: each step rounds once, and it is exact
+// IEEE on both sides (vfmadd on CPUs, fma on GPUs), so CPU and CUDA agree bit for bit. The library's
+// -ffp-contract=off stops only the compiler's own fusing, which would make the formulas' arithmetic round
+// unlike ONNX Runtime's separate Mul and Add.
+ANALOGIZE_HD float analogize_horner(float, float c0) { return c0; }
+template <typename... Rest>
+ANALOGIZE_HD float analogize_horner(float x, float c0, float c1, Rest... rest) {
+    return fmaf(analogize_horner(x, c1, rest...), x, c0);
+}
+
 // 2^n for an integer-valued n in [-126, 127]: the float with that exponent field.
 ANALOGIZE_HD float analogize_pow2(float n) {
     return analogize_from_bits(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
@@ -46,10 +56,9 @@ ANALOGIZE_HD float analogize_pow2(float n) {
 // (x < -87.33) are 0.
 ANALOGIZE_HD float analogize_exp(float x) {
     const float clamped = x < -87.33f ? -87.33f : (x > 88.7f ? 88.7f : x);
-    const float n = floorf(clamped * 1.44269504f + 0.5f);
-    const float r = (clamped - n * 0.693359375f) - n * -2.12194440e-4f;
-    const float p =
-        1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720 + r * (1.0f / 5040)))))));
+    const float n = floorf(fmaf(clamped, 1.44269504f, 0.5f));
+    const float r = fmaf(n, 2.12194440e-4f, fmaf(n, -0.693359375f, clamped));
+    const float p = analogize_horner(r, 1.0f, 1.0f, 0.5f, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040);
     const float value = x < -87.33f ? 0.0f : p * analogize_pow2(n);
     return x != x ? x : (x > 88.7228394f ? INFINITY : value);
 }
@@ -63,53 +72,48 @@ ANALOGIZE_HD float analogize_log(float x) {
     const bool high = mantissa > 1.41421356f;
     mantissa = high ? mantissa * 0.5f : mantissa;
     exponent = high ? exponent + 1.0f : exponent;
-    const float t = (mantissa - 1.0f) / (mantissa + 1.0f), t2 = t * t;
-    const float series =
-        t * (2.0f + t2 * (2.0f / 3 + t2 * (2.0f / 5 + t2 * (2.0f / 7 + t2 * (2.0f / 9 + t2 * (2.0f / 11))))));
-    return exponent * 0.693147181f + series;
+    const float t = (mantissa - 1.0f) / (mantissa + 1.0f);
+    const float series = t * analogize_horner(t * t, 2.0f, 2.0f / 3, 2.0f / 5, 2.0f / 7, 2.0f / 9, 2.0f / 11);
+    return fmaf(exponent, 0.693147181f, series);
 }
 
 // log(1 + y) for y >= 0; below 1e-4, y (1 - y / 2), since 1 + y would round y away.
 ANALOGIZE_HD float analogize_log1p(float y) { return y < 1e-4f ? y * (1.0f - 0.5f * y) : analogize_log(1.0f + y); }
 
-// erf: for |x| < 1, x times the Taylor series of erf(x) / x in x^2 to x^18 (truncation below 2e-8); for
-// 1 <= |x| < 3.92, 1 - exp(-x^2) g(|x|), where g(x) = erfc(x) exp(x^2) is a least-squares polynomial fit of
-// degree 10 in x - 2.5 (4000 Chebyshev nodes on [1, 3.92], in float64; error below 4e-8); beyond, +-1 in
-// float32. No division: it would cost more than the two extra terms.
+// erf(x) = x P(x^2) / Q(x^2) for |x| < 3.92, +-1 beyond (erf(3.92) rounds to 1 in float32). P (degree 6) and Q
+// (degree 4, Q(0) = 1) are a rational fit in float64 of erf(x) / x on 20000 Chebyshev nodes of [0, 3.92],
+// least squares reweighted toward the largest relative error (error below 6e-8 before float32 rounding).
+// One division and one branch: the series-plus-exp form it replaces cost about three times as many operations.
 ANALOGIZE_HD float analogize_erf(float x) {
-    const float a = fabsf(x), s = x * x;
-    const float series = x * (1.12837917f + s * (-0.376126389f + s * (0.112837917f + s * (-0.0268661706f +
-        s * (0.00522397763f + s * (-8.54832702e-4f + s * (1.20553330e-4f + s * (-1.49256504e-5f +
-        s * (1.64621144e-6f + s * -1.63658447e-7f)))))))));
-    const float u = a - 2.5f;
-    const float g = 0.210806355f + u * (-0.0743475407f + u * (0.024938399f + u * (-0.00799981505f +
-        u * (0.00246512564f + u * (-0.000738074072f + u * (0.000214263477f + u * (-5.42458001e-05f +
-        u * (1.35707396e-05f + u * (-6.2311583e-06f + u * 1.83604345e-06f)))))))));
-    const float tail = 1.0f - analogize_exp(-s) * g;
-    const float magnitude = a >= 3.92f ? 1.0f : tail;
-    return x != x ? x : (a < 1.0f ? series : (x < 0.0f ? -magnitude : magnitude));
+    const float s = x * x;
+    const float p = analogize_horner(s, 1.12837911f, 0.199969739f, 0.0505795181f, 0.00370339118f,
+                                     0.000141880577f, -1.9576828e-06f, 1.99186658e-08f);
+    const float q = analogize_horner(s, 1.0f, 0.510550201f, 0.115017243f, 0.0143570593f, 0.00095642556f);
+    const float value = x * p / q;
+    return x != x ? x : (fabsf(x) >= 3.92f ? (x < 0.0f ? -1.0f : 1.0f) : value);
 }
 
 // tanh: for |x| < 0.3, its Taylor series to x^11 (truncation below 1e-9 relative); beyond,
 // 1 - 2 / (e^(2|x|) + 1), with the sign of x.
 ANALOGIZE_HD float analogize_tanh(float x) {
-    const float a = fabsf(x), s = x * x;
-    const float series = x * (1.0f + s * (-1.0f / 3 + s * (2.0f / 15 + s * (-17.0f / 315 + s * (62.0f / 2835 +
-        s * (-1382.0f / 155925))))));
+    const float a = fabsf(x);
+    const float series = x * analogize_horner(x * x, 1.0f, -1.0f / 3, 2.0f / 15, -17.0f / 315, 62.0f / 2835,
+                                              -1382.0f / 155925);
     const float magnitude = 1.0f - 2.0f / (analogize_exp(2.0f * (a < 20.0f ? a : 20.0f)) + 1.0f);
     return a < 0.3f ? series : (x < 0.0f ? -magnitude : magnitude);
 }
 
-// atan: |x| above tan(3 pi / 8) through pi/2 + atan(-1 / |x|), above tan(pi / 8) through
-// pi/4 + atan((|x| - 1) / (|x| + 1)) (one division either way), then the Taylor series to w^21 on
-// |w| <= tan(pi / 8) (truncation below 5e-10).
+// atan: above 1 through pi/2 - atan(1 / |x|) (one division), then w P(w^2) on [0, 1], P of degree 8 a fit in
+// float64 of atan(w) / w on 20000 Chebyshev nodes, least squares reweighted toward the largest relative error
+// (error below 2e-8 before float32 rounding). Taylor's series would need 3 range reductions (and 3 divisions,
+// since GCC splits a division of selects into one per case) for the same accuracy.
 ANALOGIZE_HD float analogize_atan(float x) {
     const float a = fabsf(x);
-    const bool far = a > 2.41421356f, middle = a > 0.414213562f;
-    const float w = (far ? -1.0f : (middle ? a - 1.0f : a)) / (far ? a : (middle ? a + 1.0f : 1.0f)), s = w * w;
-    const float series = w * (1.0f + s * (-1.0f / 3 + s * (1.0f / 5 + s * (-1.0f / 7 + s * (1.0f / 9 +
-        s * (-1.0f / 11 + s * (1.0f / 13 + s * (-1.0f / 15 + s * (1.0f / 17 + s * (-1.0f / 19 + s * (1.0f / 21)))))))))));
-    const float magnitude = (far ? 1.57079633f : (middle ? 0.785398163f : 0.0f)) + series;
+    const bool inverted = a > 1.0f;
+    const float w = inverted ? 1.0f / a : a;
+    const float series = w * analogize_horner(w * w, 1.0f, -0.33333075f, 0.199926242f, -0.142036766f, 0.106410399f,
+                                              -0.0750449374f, 0.0426936522f, -0.0160698425f, 0.00285017421f);
+    const float magnitude = inverted ? 1.57079633f - series : series;
     return x != x ? x : (x < 0.0f ? -magnitude : magnitude);
 }
 
