@@ -46,21 +46,23 @@ ANALOGIZE_HD float analogize_horner(float x, float c0, float c1, Rest... rest) {
     return fmaf(analogize_horner(x, c1, rest...), x, c0);
 }
 
-// 2^n for an integer-valued n in [-126, 127]: the float with that exponent field.
+// 2^n for an integer-valued n in [-126, 127] (0 for n = -127): the float with that exponent field.
 ANALOGIZE_HD float analogize_pow2(float n) {
     return analogize_from_bits(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
 }
 
 // e^x = 2^n e^r with n = round(x / ln 2) and |r| <= ln 2 / 2 (ln 2 split in two for an exact reduction); e^r
-// by its Taylor series to r^7 (truncation below 6e-9 relative). Results below the smallest normal float
-// (x < -87.33) are 0.
+// by its Taylor series to r^7 (truncation below 6e-9 relative). 2^128 is no float, so n = 128 (x above
+// 88.38) scales by 2^127 and doubles p; n = -127 (x below -87.68) makes the float 0, the nearest to e^x
+// without denormal arithmetic. NaN passes through r and p.
 ANALOGIZE_HD float analogize_exp(float x) {
-    const float clamped = x < -87.33f ? -87.33f : (x > 88.7f ? 88.7f : x);
+    const float clamped = x < -88.0296919f ? -88.0296919f : (x > 88.7228394f ? 88.7228394f : x);
     const float n = floorf(fmaf(clamped, 1.44269504f, 0.5f));
     const float r = fmaf(n, 2.12194440e-4f, fmaf(n, -0.693359375f, clamped));
     const float p = analogize_horner(r, 1.0f, 1.0f, 0.5f, 1.0f / 6, 1.0f / 24, 1.0f / 120, 1.0f / 720, 1.0f / 5040);
-    const float value = x < -87.33f ? 0.0f : p * analogize_pow2(n);
-    return x != x ? x : (x > 88.7228394f ? INFINITY : value);
+    const bool top = n > 127.0f;
+    const float value = (top ? p + p : p) * analogize_pow2(top ? 127.0f : n);
+    return x > 88.7228394f ? INFINITY : value;
 }
 
 // Natural log of a positive normal x (the caller gives 1 + y, y in [0, 1]): x = m 2^e with m in [sqrt(1/2), sqrt(2)), log m = 2 atanh(t), t = (m - 1) / (m + 1),
