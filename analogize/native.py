@@ -281,7 +281,8 @@ def _gated(spec: OpSpec) -> bool:
     return _kernel_source(0, spec)[2]
 
 
-_ELEMENTWISE = {name for name, spec in OPS.items() if not _gated(spec)}
+#: analog ops of one input, computed element by element (all but the gated ones)
+ELEMENTWISE_OPS = {name for name, spec in OPS.items() if not _gated(spec)}
 
 
 def _step(node, scalars: dict, straight_through_only: bool):
@@ -289,7 +290,7 @@ def _step(node, scalars: dict, straight_through_only: bool):
     attributes = {a.name: a for a in node.attribute}
     if any(a.type != onnx.AttributeProto.FLOAT for a in node.attribute):
         return None  # an INT seed or precision is invalid: the op's own kernel refuses it
-    if node.domain == DOMAIN and node.op_type in _ELEMENTWISE and len(node.input) == 1 and (
+    if node.domain == DOMAIN and node.op_type in ELEMENTWISE_OPS and len(node.input) == 1 and (
             OPS[node.op_type].straight_through or not straight_through_only):
         spec = OPS[node.op_type]
         values = []

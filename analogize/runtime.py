@@ -42,11 +42,12 @@ def kernels_in_use() -> str:
 
 
 def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
-                   native: bool | None = None) -> ort.InferenceSession:
+                   native: bool | None = None, blocked_layout: bool = True) -> ort.InferenceSession:
     """A CPU session for ``model``; ``threads`` caps intra-op threads (workers share the cores).
 
     ``native`` (default: unless ``ANALOGIZE_NATIVE=0``) registers the native kernels for models with analog
-    ops and fuses their element-wise chains.
+    ops and fuses their element-wise chains; ``blocked_layout`` then lets convolutions with analog weights run
+    in ONNX Runtime's blocked layout (:mod:`analogize.blocked_layout`) where it applies.
     """
     from .ops import DOMAIN
 
@@ -59,12 +60,17 @@ def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
     wanted = native_enabled() if native is None else native
     library = available_native_library() if wanted and any(n.domain == DOMAIN for n in proto.graph.node) else None
     if library is not None:
+        from .blocked_layout import blocked_layout_model
         from .model_io import copy_model
         from .native import fuse_elementwise_chains
 
         options.register_custom_ops_library(str(library))
         proto = copy_model(proto)
         fuse_elementwise_chains(proto)
+        blocked = blocked_layout_model(proto, library) if blocked_layout else None
+        if blocked is not None:
+            proto = blocked
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised already
     try:
         return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
     except _ORT_ERRORS as error:

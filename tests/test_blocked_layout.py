@@ -1,0 +1,103 @@
+"""Noisy convolutions in ONNX Runtime's blocked layout: the same numbers, fresh weight noise, exact fallback."""
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from analogize import convert, native_library_path
+from analogize.blocked_layout import NCHWC_DOMAIN, _elementwise, blocked_layout_model
+from analogize.model_io import copy_model
+from analogize.native import fuse_elementwise_chains
+from analogize.runtime import create_session
+
+pytestmark = pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(errors="ignore")
+                                if Path("/proc/cpuinfo").exists() else True,
+                                reason="ONNX Runtime blocks convolutions on x86 CPUs with AVX2 or AVX-512 only")
+
+
+def conv_model(rng, channels=(16, 32, 16), pointwise_bias=True):
+    first, middle, last = channels
+    weights = {"w1": rng.normal(0, 0.3, (middle, first, 3, 3)), "b1": rng.normal(0, 0.1, middle),
+               "w2": rng.normal(0, 0.3, (last, middle, 1, 1)), "b2": rng.normal(0, 0.1, last)}
+    nodes = [helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "w2", "b2" if pointwise_bias else ""], ["y"])]
+    graph = helper.make_graph(nodes, "convs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, first, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, last, 8, 8])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in weights.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def fused(model):
+    model = copy_model(model)
+    fuse_elementwise_chains(model)
+    return model
+
+
+def test_weight_chains_return_on_the_blocked_weights_and_chains_run_on_blocked_tensors(rng):
+    model = fused(convert(conv_model(rng), bits=6, ep=0.3, seed=1).model)
+    before = copy_model(model)
+    blocked = blocked_layout_model(model, native_library_path())
+    assert model == before, "the caller's model is left alone"
+    producer = {name: node for node in blocked.graph.node for name in node.output}
+    convolutions = [n for n in blocked.graph.node if n.op_type == "Conv"]
+    assert len(convolutions) == 2 and all(n.domain == NCHWC_DOMAIN for n in convolutions)
+    for conv in convolutions:  # weights and biases recomputed (clamp, quantise, noise) on every run
+        assert all(_elementwise(producer[name]) for name in conv.input[1:3])
+    reorders = [n.op_type for n in blocked.graph.node if n.domain == NCHWC_DOMAIN and n.op_type.startswith("Reorder")]
+    assert reorders == ["ReorderInput", "ReorderOutput"], "only into the layout at the input and out at the output"
+
+
+def test_without_noise_the_blocked_session_equals_the_function_bodies_bit_for_bit(rng):
+    # ONNX Runtime folds the function bodies' constant weight chains and blocks those convolutions too, so
+    # both sessions run the same convolution on the same quantised weights
+    model = convert(conv_model(rng), bits=6, noise=False).model
+    assert blocked_layout_model(fused(model), native_library_path()) is not None
+    x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
+    native = create_session(model, native=True).run(None, {"x": x})[0]
+    bodies = create_session(model, native=False).run(None, {"x": x})[0]
+    np.testing.assert_array_equal(native, bodies)
+
+
+def test_weight_noise_is_fresh_per_run_with_the_declared_spread_and_reproducible_per_seed(rng):
+    # a 1x1 convolution of ones sums a row of its noisy weights: the noise has std * sqrt(16) around the clean sum
+    identity = np.eye(16, dtype=np.float32).reshape(16, 16, 1, 1) * 0.5
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"])], "pointwise",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 16, 1, 1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 1, 1])],
+                              [numpy_helper.from_array(identity, "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    std = 0.02
+    noisy = convert(model, std=std, quantize=False, clamp=False, where=("weights",), seed=3).model
+    assert blocked_layout_model(fused(noisy), native_library_path()) is not None
+    session, x = create_session(noisy, native=True), np.ones((1, 16, 1, 1), np.float32)
+    draws = np.stack([session.run(None, {"x": x})[0].ravel() for _ in range(300)])
+    noise = draws - 0.5
+    assert abs(noise.mean()) < 4 * 4 * std / np.sqrt(noise.size)
+    assert noise.std() == pytest.approx(4 * std, rel=0.08)
+    assert len({row.tobytes() for row in draws}) == len(draws), "fresh weight noise on every run"
+    again = create_session(noisy, native=True)
+    np.testing.assert_array_equal(again.run(None, {"x": x})[0].ravel(), draws[0])
+
+
+def test_padded_channels_fall_back_to_the_plain_graph(rng):
+    # 10 and 24 channels are padded to whole blocks: a padded weight is no permutation of the stored one
+    model = convert(conv_model(rng, channels=(16, 24, 10)), bits=6, ep=0.3, seed=1).model
+    assert blocked_layout_model(fused(model), native_library_path()) is None
+    x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
+    first, second = (create_session(model, native=True).run(None, {"x": x})[0] for _ in range(2))
+    assert first.shape == (2, 10, 8, 8) and np.array_equal(first, second)  # seeded: a new session repeats it
+
+
+def test_tensors_with_equal_values_are_not_guessed_at(rng):
+    # two zero biases with their own noise chains: which reordered tensor is whose cannot be told
+    model = conv_model(rng, channels=(16, 16, 16))
+    for tensor in model.graph.initializer:
+        if tensor.name in ("b1", "b2"):
+            tensor.CopyFrom(numpy_helper.from_array(np.zeros(16, np.float32), tensor.name))
+    converted = convert(model, bits=6, ep=0.3, seed=1).model
+    assert blocked_layout_model(fused(converted), native_library_path()) is None
+    assert blocked_layout_model(fused(convert(model, bits=6, ep=0.3, seed=1, where=("weights",)).model),
+                                native_library_path()) is not None  # biases left digital: nothing to tell apart
