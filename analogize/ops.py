@@ -177,7 +177,7 @@ def reglu_geglu_interpolation(F, x, factor, scale, alpha):
 def _at_most_20(F, u):
     """Where a gate is 1 in float32 and float64 alike: capping u keeps e^u finite, whose overflow would make the
     gradient through the untaken side NaN."""
-    return F.where(u < 20.0, u, 20.0)
+    return F.where(u > 20.0, 20.0, u)  # NaN stays NaN, in values and gradients
 
 
 def _mish_gate(F, e):

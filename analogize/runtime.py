@@ -13,8 +13,8 @@ import onnxruntime as ort
 
 from .errors import AnalogizeError
 
-_ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
-                    ("Fail", "InvalidGraph", "InvalidArgument", "NotImplemented", "RuntimeException"))
+ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
+                   ("Fail", "InvalidGraph", "InvalidArgument", "NotImplemented", "RuntimeException"))
 _NATIVE_UNAVAILABLE: list[str] = []  # the reason, once it is known; said once per process
 
 
@@ -41,6 +41,19 @@ def kernels_in_use() -> str:
     return "native" if native_enabled() and available_native_library() is not None else "function-bodies"
 
 
+def _session_options(threads: int | None, library, optimise: bool = True) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    if library is not None:
+        options.register_custom_ops_library(str(library))
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
 def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
                    native: bool | None = None, blocked_layout: bool = True) -> ort.InferenceSession:
     """A CPU session for ``model``; ``threads`` caps intra-op threads (workers share the cores).
@@ -51,11 +64,6 @@ def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
     """
     from .ops import DOMAIN
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model)
     wanted = native_enabled() if native is None else native
     library = available_native_library() if wanted and any(n.domain == DOMAIN for n in proto.graph.node) else None
@@ -64,16 +72,19 @@ def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
         from .model_io import copy_model
         from .native import fuse_elementwise_chains
 
-        options.register_custom_ops_library(str(library))
         proto = copy_model(proto)
         fuse_elementwise_chains(proto)
-        blocked = blocked_layout_model(proto, library) if blocked_layout else None
+        blocked = blocked_layout_model(proto, library, threads) if blocked_layout else None
         if blocked is not None:
-            proto = blocked
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # optimised already
+            try:  # optimised already, for this machine
+                return ort.InferenceSession(blocked.SerializeToString(), _session_options(threads, library, False),
+                                            providers=["CPUExecutionProvider"])
+            except ORT_ERRORS:
+                pass  # the plain graph below loads, or says what is wrong
     try:
-        return ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    except _ORT_ERRORS as error:
+        return ort.InferenceSession(proto.SerializeToString(), _session_options(threads, library),
+                                    providers=["CPUExecutionProvider"])
+    except ORT_ERRORS as error:
         raise AnalogizeError(f"ONNX Runtime cannot load the model: {str(error).splitlines()[0]}") from None
 
 
@@ -81,6 +92,6 @@ def run_session(session: ort.InferenceSession, outputs, feeds: dict) -> list:
     """``session.run`` with ONNX Runtime's failures (shape mismatches, kernel errors) as one-line errors."""
     try:
         return session.run(outputs, feeds)
-    except (*_ORT_ERRORS, ValueError) as error:
+    except (*ORT_ERRORS, ValueError) as error:
         message = " ".join(str(error).split())
         raise AnalogizeError(f"ONNX Runtime failed to run the model: {message}") from None
