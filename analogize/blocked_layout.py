@@ -184,11 +184,11 @@ def run_chains_in_blocked_layout(model: onnx.ModelProto) -> int:
     return moved
 
 
-def blocked_layout_model(model: onnx.ModelProto, library: Path, threads: int | None = None) -> onnx.ModelProto | None:
-    """``model`` (fused, for sessions with the native ``library``) optimised by ONNX Runtime with its Conv
-    weight chains and the chains between convolutions in the blocked layout; None where that does not apply
-    (no convolution ONNX Runtime blocks, control flow, or a chain the pass cannot place exactly). Load the
-    result with graph optimisations off: it is already optimised, for this machine only."""
+def blocked_layout_model(model: onnx.ModelProto, options: ort.SessionOptions) -> onnx.ModelProto | None:
+    """``model`` (fused, for sessions with the native library registered in ``options``, which this uses up) optimised by ONNX
+    Runtime with its Conv weight chains and the chains between convolutions in the blocked layout; None where
+    that does not apply (no convolution ONNX Runtime blocks, control flow, or a chain the pass cannot place
+    exactly). Load the result with graph optimisations off: it is already optimised, for this machine only."""
     if not any(node.op_type == "Conv" for node in model.graph.node) or any(
             attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
             for node in model.graph.node for attribute in node.attribute):
@@ -197,11 +197,6 @@ def blocked_layout_model(model: onnx.ModelProto, library: Path, threads: int | N
     detached = detach_weight_chains(detached_model)
     if detached is None:
         return None
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.register_custom_ops_library(str(library))
-    if threads:
-        options.intra_op_num_threads = threads
     with tempfile.TemporaryDirectory() as work:
         options.optimized_model_filepath = str(Path(work) / "optimised.onnx")
         try:

@@ -74,7 +74,7 @@ def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
 
         proto = copy_model(proto)
         fuse_elementwise_chains(proto)
-        blocked = blocked_layout_model(proto, library, threads) if blocked_layout else None
+        blocked = blocked_layout_model(proto, _session_options(threads, library)) if blocked_layout else None
         if blocked is not None:
             try:  # optimised already, for this machine
                 return ort.InferenceSession(blocked.SerializeToString(), _session_options(threads, library, False),

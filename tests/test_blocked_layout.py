@@ -10,11 +10,15 @@ from analogize import convert, native_library_path
 from analogize.blocked_layout import NCHWC_DOMAIN, _elementwise, blocked_layout_model
 from analogize.model_io import copy_model
 from analogize.native import fuse_elementwise_chains
-from analogize.runtime import create_session
+from analogize.runtime import _session_options, create_session
 
 pytestmark = pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(errors="ignore")
                                 if Path("/proc/cpuinfo").exists() else True,
                                 reason="ONNX Runtime blocks convolutions on x86 CPUs with AVX2 or AVX-512 only")
+
+
+def optimiser_options():
+    return _session_options(None, native_library_path())
 
 
 def conv_model(rng, channels=(16, 32, 16), pointwise_bias=True):
@@ -39,7 +43,7 @@ def fused(model):
 def test_weight_chains_return_on_the_blocked_weights_and_chains_run_on_blocked_tensors(rng):
     model = fused(convert(conv_model(rng), bits=6, ep=0.3, seed=1).model)
     before = copy_model(model)
-    blocked = blocked_layout_model(model, native_library_path())
+    blocked = blocked_layout_model(model, optimiser_options())
     assert model == before, "the caller's model is left alone"
     producer = {name: node for node in blocked.graph.node for name in node.output}
     convolutions = [n for n in blocked.graph.node if n.op_type == "Conv"]
@@ -54,7 +58,7 @@ def test_without_noise_the_blocked_session_equals_the_function_bodies_bit_for_bi
     # ONNX Runtime folds the function bodies' constant weight chains and blocks those convolutions too, so
     # both sessions run the same convolution on the same quantised weights
     model = convert(conv_model(rng), bits=6, noise=False).model
-    assert blocked_layout_model(fused(model), native_library_path()) is not None
+    assert blocked_layout_model(fused(model), optimiser_options()) is not None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     native = create_session(model, native=True).run(None, {"x": x})[0]
     bodies = create_session(model, native=False).run(None, {"x": x})[0]
@@ -71,7 +75,7 @@ def test_weight_noise_is_fresh_per_run_with_the_declared_spread_and_reproducible
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     std = 0.02
     noisy = convert(model, std=std, quantize=False, clamp=False, where=("weights",), seed=3).model
-    assert blocked_layout_model(fused(noisy), native_library_path()) is not None
+    assert blocked_layout_model(fused(noisy), optimiser_options()) is not None
     session, x = create_session(noisy, native=True), np.ones((1, 16, 1, 1), np.float32)
     draws = np.stack([session.run(None, {"x": x})[0].ravel() for _ in range(300)])
     noise = draws - 0.5
@@ -85,7 +89,7 @@ def test_weight_noise_is_fresh_per_run_with_the_declared_spread_and_reproducible
 def test_padded_channels_fall_back_to_the_plain_graph(rng):
     # 10 and 24 channels are padded to whole blocks: a padded weight is no permutation of the stored one
     model = convert(conv_model(rng, channels=(16, 24, 10)), bits=6, ep=0.3, seed=1).model
-    assert blocked_layout_model(fused(model), native_library_path()) is None
+    assert blocked_layout_model(fused(model), optimiser_options()) is None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     first, second = (create_session(model, native=True).run(None, {"x": x})[0] for _ in range(2))
     assert first.shape == (2, 10, 8, 8) and np.array_equal(first, second)  # seeded: a new session repeats it
@@ -97,7 +101,7 @@ def test_tensors_with_equal_values_are_told_apart_by_their_sentinels(rng):
         if tensor.name in ("b1", "b2"):
             tensor.CopyFrom(numpy_helper.from_array(np.zeros(16, np.float32), tensor.name))
     converted = convert(model, bits=6, noise=False).model
-    assert blocked_layout_model(fused(converted), native_library_path()) is not None
+    assert blocked_layout_model(fused(converted), optimiser_options()) is not None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(create_session(converted, native=True).run(None, {"x": x})[0],
                                   create_session(converted, native=False).run(None, {"x": x})[0])
@@ -113,7 +117,7 @@ def test_a_bias_the_optimiser_folds_with_a_batch_norm_keeps_the_plain_graph(rng)
         if tensor.name == "b1":
             tensor.CopyFrom(numpy_helper.from_array(np.zeros(16, np.float32), "b1"))
     noisy = convert(model, std=0.5, quantize=False, clamp=False, where=("biases",), seed=2).model
-    assert blocked_layout_model(fused(noisy), native_library_path()) is None
+    assert blocked_layout_model(fused(noisy), optimiser_options()) is None
     x = np.zeros((2, 16, 8, 8), np.float32)
     session = create_session(noisy, native=True)
     clean = create_session(model, native=False).run(None, {"x": x})[0]
@@ -130,7 +134,7 @@ def test_graphs_with_control_flow_keep_the_plain_layout(rng):
     model.graph.initializer.append(numpy_helper.from_array(np.array(True), "flag"))
     model.graph.output.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, None))
     converted = convert(model, bits=6, noise=False, where=("layer-inputs",)).model
-    assert blocked_layout_model(fused(converted), native_library_path()) is None
+    assert blocked_layout_model(fused(converted), optimiser_options()) is None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     native = create_session(converted, native=True).run(None, {"x": x})
     bodies = create_session(converted, native=False).run(None, {"x": x})
