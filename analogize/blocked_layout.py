@@ -185,10 +185,11 @@ def run_chains_in_blocked_layout(model: onnx.ModelProto) -> int:
 
 
 def blocked_layout_model(model: onnx.ModelProto, options: ort.SessionOptions) -> onnx.ModelProto | None:
-    """``model`` (fused, for sessions with the native library registered in ``options``, which this uses up) optimised by ONNX
-    Runtime with its Conv weight chains and the chains between convolutions in the blocked layout; None where
-    that does not apply (no convolution ONNX Runtime blocks, control flow, or a chain the pass cannot place
-    exactly). Load the result with graph optimisations off: it is already optimised, for this machine only."""
+    """``model`` (fused, for sessions with the native library registered in ``options``, which this uses
+    up) optimised by ONNX Runtime with its Conv weight chains and the chains between convolutions in the
+    blocked layout; None where that does not apply (no convolution ONNX Runtime blocks, control flow, or a
+    chain the pass cannot place exactly). Load the result with graph optimisations off: it is already
+    optimised, for this machine only."""
     if not any(node.op_type == "Conv" for node in model.graph.node) or any(
             attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
             for node in model.graph.node for attribute in node.attribute):
