@@ -41,7 +41,6 @@ from .ops import DOMAIN
 from .runtime import ORT_ERRORS
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
-
 BLOCK_SIZES_LCM = 16  # ONNX Runtime's blocks are 8 (AVX2) or 16 (AVX-512) channels
 
 
@@ -58,7 +57,6 @@ def _uses(graph) -> Counter:
 
 @dataclass
 class DetachedTensor:
-    name: str
     values: np.ndarray
     chain: onnx.NodeProto
     first_sentinel: int
@@ -87,7 +85,7 @@ def detach_weight_chains(model: onnx.ModelProto) -> list[DetachedTensor] | None:
             values = numpy_helper.to_array(tensor)
             if values.dtype != np.float32:
                 continue
-            detached.append(DetachedTensor(tensor.name, values, chain, sentinels))
+            detached.append(DetachedTensor(values, chain, sentinels))
             sentinels += values.size
             tensor.CopyFrom(numpy_helper.from_array(
                 np.arange(detached[-1].first_sentinel, sentinels, dtype=np.float32).reshape(values.shape), tensor.name))
@@ -109,7 +107,7 @@ def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor])
     starts = np.array([entry.first_sentinel for entry in detached])
     attached: set[int] = set()
     stored = {t.name: t for t in graph.initializer}
-    readers = Counter(name for node in graph.node for name in node.input)
+    readers = _uses(graph)
     nodes = []
     for node in graph.node:
         if node.op_type == "Conv":
@@ -121,9 +119,9 @@ def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor])
                 if values.size == 0 or values.dtype != np.float32:
                     continue
                 owner = int(np.searchsorted(starts, values.min(), side="right")) - 1
-                if owner < 0 or owner in attached or values.min() != detached[owner].first_sentinel:
+                entry = detached[owner] if owner >= 0 else None
+                if entry is None or owner in attached or values.min() != entry.first_sentinel:
                     continue
-                entry = detached[owner]
                 order = values.ravel() - entry.first_sentinel
                 if not np.array_equal(np.sort(order), np.arange(entry.values.size, dtype=np.float32)):
                     return False  # padded, scaled or folded: no reordering of the detached tensor
@@ -142,9 +140,9 @@ def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor])
     return len(attached) == len(detached)
 
 
-def run_chains_in_blocked_layout(model: onnx.ModelProto) -> int:
+def run_chains_in_blocked_layout(model: onnx.ModelProto) -> None:
     """Drop the ReorderOutput / ReorderInput pair around each element-wise chain between blocked operators
-    whose channel count no block size pads; in place. Returns how many chains now read blocked tensors."""
+    whose channel count no block size pads; in place."""
     graph = model.graph
     producer = {name: node for node in graph.node for name in node.output}
     uses = _uses(graph)
@@ -152,7 +150,7 @@ def run_chains_in_blocked_layout(model: onnx.ModelProto) -> int:
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    removed, moved = set(), 0
+    removed = set()
     for chain in graph.node:
         if not _elementwise(chain):
             continue
@@ -172,7 +170,6 @@ def run_chains_in_blocked_layout(model: onnx.ModelProto) -> int:
                 if name == after[0].output[0]:
                     reader.input[k] = chain.output[0]
         removed.update((id(before), id(after[0])))
-        moved += 1
     kept = [node for node in graph.node if id(node) not in removed]
     graph.ClearField("node")
     graph.node.extend(kept)
@@ -181,7 +178,6 @@ def run_chains_in_blocked_layout(model: onnx.ModelProto) -> int:
     annotations = [v for v in graph.value_info if v.name not in chained]
     graph.ClearField("value_info")
     graph.value_info.extend(annotations)
-    return moved
 
 
 def blocked_layout_model(model: onnx.ModelProto, options: ort.SessionOptions) -> onnx.ModelProto | None:

@@ -180,7 +180,7 @@ def _at_most_20(F, u):
     return F.where(u > 20.0, 20.0, u)  # NaN stays NaN, in values and gradients
 
 
-def _mish_gate(F, e):
+def _mish_gate(e):
     """tanh(softplus(u)) with e = e^u: tanh(log(1 + e)) = n / (n + 2), n = e (e + 2); one exp and one division
     in place of exp, log and exp again, and accurate relative to the value for u far below 0."""
     n = e * (e + 2.0)
@@ -200,7 +200,7 @@ SMOOTH_GATES: dict[str, tuple[Callable, str]] = {
     "Gumbel": (lambda F, u: F.exp(-F.exp(-u)), "exp(-exp(-u))"),
     "Algebraic": (lambda F, u: (u / F.sqrt(u * u + 1.0) + 1.0) * 0.5, "(u / sqrt(u^2 + 1) + 1) / 2"),
     "Guderman": (lambda F, u: _guderman_gate(F, F.exp(_at_most_20(F, u) * 2.0)), "1/2 + (2/pi) atan(tanh(u))"),
-    "Mish": (lambda F, u: _mish_gate(F, F.exp(_at_most_20(F, u))), "tanh(softplus(u))"),
+    "Mish": (lambda F, u: _mish_gate(F.exp(_at_most_20(F, u))), "tanh(softplus(u))"),
 }
 
 

@@ -94,7 +94,7 @@ ANALOGIZE_HD float analogize_erf(float x) {
     const float q = analogize_horner(s, 1.0f, 0.510550201f, 0.115017243f, 0.0143570593f, 0.00095642556f);
     const float value = x * p / q;
     const float bounded = value > 1.0f ? 1.0f : (value < -1.0f ? -1.0f : value);  // rounding overshoots 1 by 6 ulp
-    return x != x ? x : (fabsf(x) >= 3.92f ? (x < 0.0f ? -1.0f : 1.0f) : bounded);
+    return fabsf(x) >= 3.92f ? (x < 0.0f ? -1.0f : 1.0f) : bounded;  // NaN passes through p and q
 }
 
 // tanh: for |x| < 0.3, its Taylor series to x^11 (truncation below 1e-9 relative); beyond,
@@ -103,7 +103,7 @@ ANALOGIZE_HD float analogize_tanh(float x) {
     const float a = fabsf(x);
     const float series = x * analogize_horner(x * x, 1.0f, -1.0f / 3, 2.0f / 15, -17.0f / 315, 62.0f / 2835,
                                               -1382.0f / 155925);
-    const float magnitude = 1.0f - 2.0f / (analogize_exp(2.0f * (a < 20.0f ? a : 20.0f)) + 1.0f);
+    const float magnitude = 1.0f - 2.0f / (analogize_exp(2.0f * (a > 20.0f ? 20.0f : a)) + 1.0f);
     return a < 0.3f ? series : (x < 0.0f ? -magnitude : magnitude);
 }
 
