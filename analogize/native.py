@@ -96,8 +96,8 @@ class _CppPrimitives:
     # fabsf, ceilf, floorf and sqrtf are exact in IEEE arithmetic on both sides; the transcendental functions are
     # analogize_math.h's own, which vectorise and give CPU and CUDA the same numbers
     abs, sign, ceil, floor = _call("fabsf"), _call("analogize_sign"), _call("ceilf"), _call("floorf")
-    erf, exp, sqrt, atan = _call("analogize_erf"), _call("analogize_exp"), _call("sqrtf"), _call("analogize_atan")
-    sigmoid, tanh, softplus = _call("analogize_sigmoid"), _call("analogize_tanh"), _call("analogize_softplus")
+    erf, exp, sqrt, sigmoid = _call("analogize_erf"), _call("analogize_exp"), _call("sqrtf"), _call("analogize_sigmoid")
+    atan_within_one = _call("analogize_atan_within_one")
     del _call
 
     def where(self, condition, if_true, if_false):
@@ -131,17 +131,17 @@ def _kernel_source(index: int, spec: OpSpec) -> tuple[str, int, bool]:
 def generated_header() -> str:
     """C++ for every op: its element function and its row in the table the library registers."""
     parts = ["// Generated from analogize/ops.py by analogize.native; do not edit.", "#pragma once", ""]
-    rows, gated_ops = [], []
+    rows, loop_arguments = [], []
     for index, spec in enumerate(OPS.values()):
         source, random, gated = _kernel_source(index, spec)
         parts.append(source)
-        gated_ops.append(gated)
+        loop_arguments.append(f"{'gates[i]' if gated else '0.0f'}, a, {'random[i]' if random else '0.0f'}")
         attributes = ", ".join(
             f'{{"{a.name}", {"NAN" if a.default is None else _float_literal(a.default)}, {int(a.required)}}}'
             for a in spec.attributes)
         rows.append(f'    {{"{spec.name}", {random}, {int(gated)}, {int(spec.straight_through)}, {len(spec.attributes)}, '
                     f'{{{attributes}}}}},')
-    elements = [f"        case {k}: return op_{k}(x, gate, attr, random);" for k in range(len(gated_ops))]
+    elements = [f"        case {k}: return op_{k}(x, gate, attr, random);" for k in range(len(loop_arguments))]
     parts += ["// One element of any op: the CUDA kernels' dispatch.",
               "ANALOGIZE_HD float apply_op_element(int op, float x, float gate, const float* attr, float random) {",
               "    switch (op) {", *elements, "        default: return x;", "    }", "}", ""]
@@ -149,12 +149,12 @@ def generated_header() -> str:
               "static const OpDescription kOps[] = {", *rows, "};", ""]
     # One loop per op with its element function inlined, so the compiler can vectorise it.
     # Attributes are copied to locals first: the compiler cannot prove that ``values`` does not alias them.
-    cases = [f"        case {k}: for (size_t i = 0; i < count; ++i) values[i] = op_{k}(values[i], "
-             f"{'gates[i]' if gated else '0.0f'}, a, random[i]); return;"
-             for k, gated in enumerate(gated_ops)]
+    # Only the gated ops read gates[i], and only the random ones random[i]: the others' buffers stay unset.
+    cases = [f"        case {k}: for (size_t i = 0; i < count; ++i) values[i] = op_{k}(values[i], {arguments}); return;"
+             for k, arguments in enumerate(loop_arguments)]
     parts += ["static inline void apply_op(int op, float* __restrict values, const float* __restrict gates,",
               "                            const float* attr, const float* __restrict random, size_t count) {",
-              "    (void)gates;", "    const float a[4] = {attr[0], attr[1], attr[2], attr[3]};",
+              "    (void)gates; (void)random;", "    const float a[4] = {attr[0], attr[1], attr[2], attr[3]};",
               "    switch (op) {", *cases, "        default: return;", "    }", "}", "#endif", ""]
     return "\n".join(parts)
 

@@ -88,8 +88,8 @@ class _OnnxPrimitives:
         return lambda self, x: self._b.emit(op_type, [x])
 
     abs, sign, ceil, floor = _unary("Abs"), _unary("Sign"), _unary("Ceil"), _unary("Floor")
-    erf, exp, sqrt, atan = _unary("Erf"), _unary("Exp"), _unary("Sqrt"), _unary("Atan")
-    sigmoid, tanh, softplus = _unary("Sigmoid"), _unary("Tanh"), _unary("Softplus")
+    erf, exp, sqrt, sigmoid = _unary("Erf"), _unary("Exp"), _unary("Sqrt"), _unary("Sigmoid")
+    atan_within_one = _unary("Atan")
     del _unary
 
     def where(self, condition, if_true, if_false):

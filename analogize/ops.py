@@ -187,10 +187,15 @@ def _mish_gate(e):
     return n / (n + 2.0)
 
 
-def _guderman_gate(F, e2):
-    """1/2 + (2/pi) atan(tanh(u)) with e2 = e^(2u): atan(tanh(u)) = atan(e^(2u)) - pi/4 (the Gudermannian's two
-    forms), so the gate is (2/pi) atan(e^(2u)); one exp and no cancellation against 1/2 for u below 0."""
-    return F.atan(e2) * (2.0 / math.pi)
+def _guderman_gate(F, u):
+    """1/2 + (2/pi) atan(tanh(u)) as (2/pi) atan(e^(2u)) (atan(tanh(u)) = atan(e^(2u)) - pi/4, the Gudermannian's
+    two forms), and for u > 0 as 1 - (2/pi) atan(e^(-2u)) (atan(y) + atan(1/y) = pi/2): atan's argument
+    e^(-2|u|) stays in (0, 1], so e^ never overflows, nothing cancels against 1/2 for u below 0, and atan needs no
+    range reduction (a division in the native kernels). Both sides are the same analytic function, so autograd
+    differentiates either exactly; at u = 0 the side taken is 2u's, whose slope is the gate's own (|u|'s would be
+    0)."""
+    gate_below_half = F.atan_within_one(F.exp(F.where(u > 0.0, u * -2.0, u * 2.0))) * (2.0 / math.pi)
+    return F.where(u > 0.0, 1.0 - gate_below_half, gate_below_half)
 
 
 # Gates a(u) of the smooth-ReLU family z * a(z / T) (seed 002, "critical initialisation" paper).
@@ -199,7 +204,7 @@ SMOOTH_GATES: dict[str, tuple[Callable, str]] = {
     "Gelu": (lambda F, u: (F.erf(u * (1.0 / math.sqrt(2.0))) + 1.0) * 0.5, "Phi(u)"),
     "Gumbel": (lambda F, u: F.exp(-F.exp(-u)), "exp(-exp(-u))"),
     "Algebraic": (lambda F, u: (u / F.sqrt(u * u + 1.0) + 1.0) * 0.5, "(u / sqrt(u^2 + 1) + 1) / 2"),
-    "Guderman": (lambda F, u: _guderman_gate(F, F.exp(_at_most_20(F, u) * 2.0)), "1/2 + (2/pi) atan(tanh(u))"),
+    "Guderman": (_guderman_gate, "1/2 + (2/pi) atan(tanh(u))"),
     "Mish": (lambda F, u: _mish_gate(F.exp(_at_most_20(F, u))), "tanh(softplus(u))"),
 }
 

@@ -20,9 +20,9 @@ from .ops import OPS, OpSpec
 class _TorchPrimitives:
     abs, sign, ceil, floor = staticmethod(torch.abs), staticmethod(torch.sign), staticmethod(torch.ceil), \
         staticmethod(torch.floor)
-    erf, exp, sqrt, atan = staticmethod(torch.erf), staticmethod(torch.exp), staticmethod(torch.sqrt), \
-        staticmethod(torch.atan)
-    sigmoid, tanh, softplus = staticmethod(torch.sigmoid), staticmethod(torch.tanh), staticmethod(tf.softplus)
+    erf, exp, sqrt, sigmoid = staticmethod(torch.erf), staticmethod(torch.exp), staticmethod(torch.sqrt), \
+        staticmethod(torch.sigmoid)
+    atan_within_one = staticmethod(torch.atan)
 
     def __init__(self, generator: torch.Generator | None = None):
         self.generator = generator

@@ -107,12 +107,8 @@ void apply_step(const Step& step, float* values, const float* gates, size_t firs
             break;
     }
     float random[kTile];
-    if (step.random) {
-        fill_random(step, first, count, run, random);
-    } else {
-        std::fill(random, random + count, 0.0f);
-    }
-    apply_op(step.op, values, gates, step.attr, random, count);
+    if (step.random) fill_random(step, first, count, run, random);
+    apply_op(step.op, values, gates, step.attr, random, count);  // the op reads random only if it draws
 }
 
 // Training's gradient of a chain without activations (torch_chain_run): the product of each step's local
@@ -153,10 +149,14 @@ void run_chunk(void* data, size_t chunk) {
         const size_t count = std::min(kTile, end - first);
         const float* gate_pointer = nullptr;
         if (job.kernel->gated) {
-            for (size_t i = 0; i < count; ++i) {
-                const size_t row = (first + i) / job.half, column = (first + i) % job.half;
-                values[i] = job.input[row * 2 * job.half + column];
-                gates[i] = job.input[row * 2 * job.half + job.half + column];
+            // Row by row: each output row takes the first half of an input row as values and the second as gates.
+            size_t row = first / job.half, column = first % job.half;
+            for (size_t done = 0; done < count; ++row, column = 0) {
+                const size_t length = std::min(count - done, job.half - column);
+                const float* source = job.input + row * 2 * job.half + column;
+                std::memcpy(values + done, source, length * sizeof(float));
+                std::memcpy(gates + done, source + job.half, length * sizeof(float));
+                done += length;
             }
             gate_pointer = gates;
         } else {
