@@ -55,6 +55,39 @@ def _uses(graph) -> Counter:
     return counts
 
 
+def _constant_output(node, stored: dict, producer: dict) -> np.ndarray | None:
+    """The value a Constant node, or a ConstantOfShape of a constant shape, always outputs; None otherwise.
+    (Some exporters write weights so; the ONNX "light" test models fill every weight with ConstantOfShape.)"""
+    if node is None or node.domain not in ("", "ai.onnx"):
+        return None
+    attributes = {a.name: a for a in node.attribute}
+    if node.op_type == "Constant" and set(attributes) == {"value"}:
+        return numpy_helper.to_array(attributes["value"].t)
+    if node.op_type == "ConstantOfShape" and set(attributes) <= {"value"}:
+        shape = numpy_helper.to_array(stored[node.input[0]]) if node.input[0] in stored \
+            else _constant_output(producer.get(node.input[0]), stored, producer)
+        fill = numpy_helper.to_array(attributes["value"].t).reshape(-1) if "value" in attributes \
+            else np.zeros(1, np.float32)
+        return None if shape is None else np.full(shape.astype(np.int64), fill[0], fill.dtype)
+    return None
+
+
+LEAST_NORMAL_BITS = 0x00800000
+SENTINEL_CAPACITY = 0x7F800000 - LEAST_NORMAL_BITS  # below inf's bit pattern
+
+
+def sentinels(first: int, shape) -> np.ndarray:
+    """Floats whose bit patterns count up from the least normal float's, one per position: distinct, finite,
+    and changed by any arithmetic an optimiser would do on them (a reordering copies them bit for bit)."""
+    count = int(np.prod(shape, dtype=np.int64))
+    return (np.arange(first, first + count, dtype=np.uint32) + LEAST_NORMAL_BITS).view(np.float32).reshape(shape)
+
+
+def sentinel_numbers(values: np.ndarray) -> np.ndarray:
+    """The counts :func:`sentinels` encoded (negative for zeros, e.g. padding)."""
+    return values.astype(np.float32).view(np.uint32).astype(np.int64) - LEAST_NORMAL_BITS
+
+
 @dataclass
 class DetachedTensor:
     values: np.ndarray
@@ -62,47 +95,54 @@ class DetachedTensor:
     first_sentinel: int
 
 
-def detach_weight_chains(model: onnx.ModelProto) -> list[DetachedTensor] | None:
-    """Make each Conv read the stored weight or bias its element-wise chain computed from, with that tensor's
-    values replaced by sentinels (consecutive integers, distinct over all detached tensors); in place.
-    None where there are more elements than float32 counts exactly."""
+def detach_weight_chains(model: onnx.ModelProto, keep: frozenset = frozenset()) -> list[DetachedTensor] | None:
+    """Make each Conv read the stored weight or bias its element-wise chain computed from (a constant node's
+    output becomes a stored tensor), with that tensor's values replaced by :func:`sentinels` numbered on over
+    all detached tensors; in place. Chains whose output is named in ``keep`` stay. None where there are more
+    elements than sentinels."""
     graph = model.graph
     graph_inputs = {value.name for value in graph.input}  # an initializer that is also an input can be overridden
     stored = {t.name: t for t in graph.initializer if t.name not in graph_inputs}
     producer = {name: node for node in graph.node for name in node.output}
     uses = _uses(graph)
     detached: list[DetachedTensor] = []
-    sentinels = 0
+    removed = set()
+    sentinels_used = 0
     for node in graph.node:
         if node.op_type != "Conv" or node.domain not in ("", "ai.onnx"):
             continue
         for position in (1, 2):
             chain = producer.get(node.input[position]) if len(node.input) > position else None
             if chain is None or not _elementwise(chain) or uses[chain.output[0]] != 1 \
-                    or chain.input[0] not in stored or uses[chain.input[0]] != 1:
+                    or uses[chain.input[0]] != 1 or chain.output[0] in keep:
                 continue
-            tensor = stored[chain.input[0]]
-            values = numpy_helper.to_array(tensor)
-            if values.dtype != np.float32:
+            source = chain.input[0]
+            values = numpy_helper.to_array(stored[source]) if source in stored \
+                else _constant_output(producer.get(source), stored, producer)
+            if values is None or values.dtype != np.float32:
                 continue
-            detached.append(DetachedTensor(values, chain, sentinels))
-            sentinels += values.size
-            tensor.CopyFrom(numpy_helper.from_array(
-                np.arange(detached[-1].first_sentinel, sentinels, dtype=np.float32).reshape(values.shape), tensor.name))
-            node.input[position] = chain.input[0]
-    if sentinels > 2**24:
-        return None
-    chains = {id(entry.chain) for entry in detached}
-    kept = [node for node in graph.node if id(node) not in chains]
+            if source not in stored:
+                removed.add(id(producer[source]))
+                stored[source] = graph.initializer.add()
+            detached.append(DetachedTensor(values, chain, sentinels_used))
+            sentinels_used += values.size
+            if sentinels_used > SENTINEL_CAPACITY:
+                return None
+            stored[source].CopyFrom(numpy_helper.from_array(
+                sentinels(detached[-1].first_sentinel, values.shape), source))
+            node.input[position] = source
+    removed.update(id(entry.chain) for entry in detached)
+    kept = [node for node in graph.node if id(node) not in removed]
     graph.ClearField("node")
     graph.node.extend(kept)
     return detached
 
 
-def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor]) -> bool:
+def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor]) -> set[str]:
     """In the optimised ``model``, give each tensor the optimiser made of a detached one its real values, in
-    the same order, and put its chain back in front of the Conv that reads it; in place. False unless every
-    detached tensor became exactly one reordering of itself that only a Conv reads."""
+    the same order, and put its chain back in front of the Conv that reads it; in place. Returns the output
+    names of the chains that found no such place: their tensor was padded, scaled, folded into another or read
+    by more than a Conv (none left means the model is complete)."""
     graph = model.graph
     starts = np.array([entry.first_sentinel for entry in detached])
     attached: set[int] = set()
@@ -113,21 +153,20 @@ def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor])
         if node.op_type == "Conv":
             for position in (1, 2):
                 name = node.input[position] if len(node.input) > position else ""
-                if name not in stored or readers[name] != 1:
+                if name not in stored or readers[name] != 1 or stored[name].data_type != onnx.TensorProto.FLOAT:
                     continue
-                values = numpy_helper.to_array(stored[name])
-                if values.size == 0 or values.dtype != np.float32:
+                numbers = sentinel_numbers(numpy_helper.to_array(stored[name]))
+                if numbers.size == 0:
                     continue
-                owner = int(np.searchsorted(starts, values.min(), side="right")) - 1
+                owner = int(np.searchsorted(starts, numbers.min(), side="right")) - 1
                 entry = detached[owner] if owner >= 0 else None
-                if entry is None or owner in attached or values.min() != entry.first_sentinel:
+                if entry is None or owner in attached or numbers.min() != entry.first_sentinel:
                     continue
-                order = values.ravel() - entry.first_sentinel
-                if not np.array_equal(np.sort(order), np.arange(entry.values.size, dtype=np.float32)):
-                    return False  # padded, scaled or folded: no reordering of the detached tensor
+                order = numbers.ravel() - entry.first_sentinel
+                if not np.array_equal(np.sort(order), np.arange(entry.values.size)):
+                    continue
                 attached.add(owner)
-                stored[name].CopyFrom(numpy_helper.from_array(
-                    entry.values.ravel()[order.astype(np.int64)].reshape(values.shape), name))
+                stored[name].CopyFrom(numpy_helper.from_array(entry.values.ravel()[order].reshape(numbers.shape), name))
                 chain = onnx.NodeProto()
                 chain.CopyFrom(entry.chain)
                 chain.input[0] = name
@@ -137,7 +176,7 @@ def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor])
         nodes.append(node)
     graph.ClearField("node")
     graph.node.extend(nodes)
-    return len(attached) == len(detached)
+    return {entry.chain.output[0] for owner, entry in enumerate(detached) if owner not in attached}
 
 
 def run_chains_in_blocked_layout(model: onnx.ModelProto) -> None:
@@ -180,6 +219,16 @@ def run_chains_in_blocked_layout(model: onnx.ModelProto) -> None:
     graph.value_info.extend(annotations)
 
 
+def _optimised(model: onnx.ModelProto, options: ort.SessionOptions) -> onnx.ModelProto | None:
+    with tempfile.TemporaryDirectory() as work:
+        options.optimized_model_filepath = str(Path(work) / "optimised.onnx")
+        try:
+            ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+            return onnx.load(options.optimized_model_filepath)
+        except (*ORT_ERRORS, OSError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError):
+            return None
+
+
 def blocked_layout_model(model: onnx.ModelProto, options: ort.SessionOptions) -> onnx.ModelProto | None:
     """``model`` (fused, for sessions with the native library registered in ``options``, which this uses
     up) optimised by ONNX Runtime with its Conv weight chains and the chains between convolutions in the
@@ -190,20 +239,20 @@ def blocked_layout_model(model: onnx.ModelProto, options: ort.SessionOptions) ->
             attribute.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
             for node in model.graph.node for attribute in node.attribute):
         return None
-    detached_model = copy_model(model)
-    detached = detach_weight_chains(detached_model)
-    if detached is None:
-        return None
-    with tempfile.TemporaryDirectory() as work:
-        options.optimized_model_filepath = str(Path(work) / "optimised.onnx")
-        try:
-            ort.InferenceSession(detached_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-            optimised = onnx.load(options.optimized_model_filepath)
-        except (*ORT_ERRORS, OSError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError):
+    keep: frozenset = frozenset()
+    for _ in range(2):  # the second without the chains the optimiser did more than reorder for
+        detached_model = copy_model(model)
+        detached = detach_weight_chains(detached_model, keep)
+        if not detached:
             return None
-    if not any(node.domain == NCHWC_DOMAIN for node in optimised.graph.node):
-        return None
-    if not attach_weight_chains(optimised, detached):
+        optimised = _optimised(detached_model, options)
+        if optimised is None or not any(node.domain == NCHWC_DOMAIN for node in optimised.graph.node):
+            return None
+        unplaced = attach_weight_chains(optimised, detached)
+        if not unplaced:
+            break
+        keep |= unplaced
+    else:
         return None
     run_chains_in_blocked_layout(optimised)
     return optimised

@@ -547,6 +547,14 @@ MIN_IR_VERSION = 10
 
 
 def raise_ir_version(model: onnx.ModelProto) -> None:
+    if model.ir_version < 4:
+        # Below IR 4 every initializer had to be listed as a graph input too, and runtimes take them as constants.
+        # Still listed at IR 4 and above, they would be inputs a caller may override, which ONNX Runtime neither
+        # folds nor lays out for its fastest convolutions.
+        stored = {tensor.name for tensor in model.graph.initializer}
+        data_inputs = [value for value in model.graph.input if value.name not in stored]
+        model.graph.ClearField("input")
+        model.graph.input.extend(data_inputs)
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)
 
 

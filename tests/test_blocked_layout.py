@@ -7,7 +7,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from analogize import convert, native_library_path
-from analogize.blocked_layout import NCHWC_DOMAIN, _elementwise, blocked_layout_model
+from analogize.blocked_layout import (NCHWC_DOMAIN, SENTINEL_CAPACITY, _elementwise, blocked_layout_model,
+                                       sentinel_numbers, sentinels)
 from analogize.model_io import copy_model
 from analogize.native import fuse_elementwise_chains
 from analogize.runtime import _session_options, create_session
@@ -107,23 +108,74 @@ def test_tensors_with_equal_values_are_told_apart_by_their_sentinels(rng):
                                   create_session(converted, native=False).run(None, {"x": x})[0])
 
 
-def test_a_bias_the_optimiser_folds_with_a_batch_norm_keeps_the_plain_graph(rng):
-    # the folded bias is the stored one scaled (zeros stay zeros): a chain put back on it would skip the scale
-    model = conv_model(rng, channels=(16, 16, 16), pointwise_bias=False)
+def batch_norm_model(rng, pointwise_bias):
+    model = conv_model(rng, channels=(16, 16, 16), pointwise_bias=pointwise_bias)
     model.graph.node[1].CopyFrom(helper.make_node("BatchNormalization", ["c1", "g", "be", "mu", "var"], ["r1"]))
     model.graph.initializer.extend([numpy_helper.from_array(np.full(16, v, np.float32), name) for name, v in
                                     (("g", 1.0), ("be", 0.0), ("mu", 0.0), ("var", 99.0))])
+    return model
+
+
+def test_a_bias_the_optimiser_folds_with_a_batch_norm_keeps_its_chain_on_the_plain_tensor(rng):
+    # the folded bias is the stored one scaled (zeros stay zeros): a chain put back on it would skip the scale
+    model = batch_norm_model(rng, pointwise_bias=False)
     for tensor in model.graph.initializer:
         if tensor.name == "b1":
             tensor.CopyFrom(numpy_helper.from_array(np.zeros(16, np.float32), "b1"))
     noisy = convert(model, std=0.5, quantize=False, clamp=False, where=("biases",), seed=2).model
-    assert blocked_layout_model(fused(noisy), optimiser_options()) is None
+    assert blocked_layout_model(fused(noisy), optimiser_options()) is None  # its only chain is kept: no gain
     x = np.zeros((2, 16, 8, 8), np.float32)
     session = create_session(noisy, native=True)
     clean = create_session(model, native=False).run(None, {"x": x})[0]
     spread = np.std([session.run(None, {"x": x})[0] - clean for _ in range(40)], axis=0)
     # bias noise 0.5 / sqrt(99) through a 1x1 convolution of 16 weights ~ N(0, 0.3^2): about 0.06 (0.6 unscaled)
     assert np.median(spread) < 0.2
+
+
+def test_chains_the_optimiser_folds_stay_in_front_of_their_conv_and_the_others_are_blocked(rng):
+    # the batch norm scales the first convolution's weight and bias, so their chains stay where they were; the
+    # second convolution's go onto its blocked tensors
+    model = batch_norm_model(rng, pointwise_bias=True)
+    converted = convert(model, bits=6, noise=False, where=("weights", "biases")).model
+    blocked = blocked_layout_model(fused(converted), optimiser_options())
+    producer = {name: node for node in blocked.graph.node for name in node.output}
+    pointwise = [n for n in blocked.graph.node if n.op_type == "Conv" and n.domain == NCHWC_DOMAIN
+                 and all(_elementwise(producer.get(name, onnx.NodeProto())) for name in n.input[1:3])]
+    assert len(pointwise) == 1
+    x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(create_session(converted, native=True).run(None, {"x": x})[0],
+                               create_session(converted, native=False).run(None, {"x": x})[0], rtol=1e-5, atol=1e-5)
+
+
+def test_weights_written_as_constant_nodes_are_blocked_too(rng):
+    model = conv_model(rng, channels=(16, 16, 16))
+    weight = next(t for t in model.graph.initializer if t.name == "w2")
+    model.graph.initializer.remove(weight)
+    shape = numpy_helper.from_array(np.array([16], np.int64), "b2_shape")
+    bias = next(t for t in model.graph.initializer if t.name == "b2")
+    model.graph.initializer.remove(bias)
+    model.graph.initializer.append(shape)
+    model.graph.node.insert(0, helper.make_node("Constant", [], ["w2"], value=weight))
+    model.graph.node.insert(0, helper.make_node("ConstantOfShape", ["b2_shape"], ["b2"],
+                                                value=numpy_helper.from_array(np.float32([0.25]))))
+    converted = convert(model, bits=6, noise=False).model
+    blocked = blocked_layout_model(fused(converted), optimiser_options())
+    producer = {name: node for node in blocked.graph.node for name in node.output}
+    convolutions = [n for n in blocked.graph.node if n.op_type == "Conv"]
+    assert len(convolutions) == 2 and all(n.domain == NCHWC_DOMAIN for n in convolutions)
+    assert all(_elementwise(producer[name]) for conv in convolutions for name in conv.input[1:3])
+    x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(create_session(converted, native=True).run(None, {"x": x})[0],
+                                  create_session(converted, native=False).run(None, {"x": x})[0])
+
+
+def test_sentinels_are_distinct_finite_floats_beyond_float32_integers_and_survive_a_round_trip():
+    # float32 integers stop being exact at 2^24; ResNet-50 alone has 25 million weights
+    for first in (0, 2**24 - 2, 2**30, SENTINEL_CAPACITY - 4):
+        values = sentinels(first, (2, 2))
+        assert np.all(np.isfinite(values)) and np.all(values > 0) and len(np.unique(values)) == 4
+        np.testing.assert_array_equal(sentinel_numbers(values).ravel(), np.arange(first, first + 4))
+    assert np.all(sentinel_numbers(np.zeros(3, np.float32)) < 0)  # padding is never a sentinel
 
 
 def test_graphs_with_control_flow_keep_the_plain_layout(rng):

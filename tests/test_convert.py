@@ -276,6 +276,16 @@ def test_ir3_model_with_initializers_as_inputs_stays_valid(mlp):
         converted = convert(model, **options).model
         onnx.checker.check_model(converted, full_check=True)
         assert converted.ir_version >= 4
+        # IR 3 listed initializers as inputs because it had to; still listed at IR 4+ they would be overridable
+        assert [value.name for value in converted.graph.input] == ["x"]
+
+
+def test_initializers_a_newer_model_lists_as_inputs_stay_overridable(mlp):
+    weights, biases = mlp
+    model = mlp_model(weights, biases)
+    model.graph.input.append(helper.make_tensor_value_info("b0", TensorProto.FLOAT, list(biases[0].shape)))
+    converted = convert(model, noise=False, quantize=False, clamp=False).model
+    assert [value.name for value in converted.graph.input] == ["x", "b0"]
 
 
 def test_model_local_functions_survive_or_are_refused(mlp):
