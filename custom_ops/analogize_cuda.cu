@@ -1,5 +1,5 @@
 // CUDA kernels of the ai.analogize op set: the same generated element code and the same random streams as
-// the CPU kernels (element i of a step at run r: block i / 4, lane i % 4), one thread per random block.
+// the CPU kernels (counter_rng.h: the word of the stream each element draws from), one thread per word.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -15,33 +15,30 @@ namespace {
 
 __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input, float* __restrict__ output,
                              size_t count, size_t half, uint64_t run) {
-    const size_t blocks = (count + 3) / 4;
-    for (size_t block = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; block < blocks;
-         block += static_cast<size_t>(gridDim.x) * blockDim.x) {
-        float values[4] = {0, 0, 0, 0}, gates[4] = {0, 0, 0, 0};
-        for (int lane = 0; lane < 4; ++lane) {
-            const size_t index = 4 * block + lane;
-            if (index >= count) break;
+    const size_t words = (count + counter_rng::kGroup - 1) / counter_rng::kGroup * counter_rng::kHalfGroup;
+    for (size_t w = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; w < words;
+         w += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        // the two elements that share word w: neighbouring threads read and write neighbouring elements
+        const size_t first = counter_rng::first_element_of(w), index[2] = {first, first + counter_rng::kHalfGroup};
+        float values[2] = {0, 0}, gates[2] = {0, 0};
+        for (int lane = 0; lane < 2; ++lane) {
+            if (index[lane] >= count) break;
             if (chain.gated) {
-                const size_t row = index / half, column = index % half;
+                const size_t row = index[lane] / half, column = index[lane] % half;
                 values[lane] = input[row * 2 * half + column];
                 gates[lane] = input[row * 2 * half + half + column];
             } else {
-                values[lane] = input[index];
+                values[lane] = input[index[lane]];
             }
         }
         for (int s = 0; s < chain.count; ++s) {
             const ChainStep& step = chain.steps[s];
-            float random[4] = {0, 0, 0, 0};
+            float random[2] = {0, 0};
             if (step.kind == kAnalogOp && step.random) {
-                const counter_rng::Block bits = counter_rng::generate(block, counter_rng::stream(step.key, run));
-                if (step.random == 1) {
-                    counter_rng::normals(bits, random);
-                } else {
-                    for (int lane = 0; lane < 4; ++lane) random[lane] = counter_rng::unit(bits.v[lane]);
-                }
+                counter_rng::draw_pair(step.random, counter_rng::word(w, counter_rng::stream(step.key, run)),
+                                       &random[0], &random[1]);
             }
-            for (int lane = 0; lane < 4; ++lane) {
+            for (int lane = 0; lane < 2; ++lane) {
                 float x = values[lane];
                 switch (step.kind) {
                     case kClip: x = clip(x, step.attr[0], step.attr[1]); break;
@@ -52,9 +49,8 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
                 values[lane] = x;
             }
         }
-        for (int lane = 0; lane < 4; ++lane) {
-            const size_t index = 4 * block + lane;
-            if (index < count) output[index] = values[lane];
+        for (int lane = 0; lane < 2; ++lane) {
+            if (index[lane] < count) output[index[lane]] = values[lane];
         }
     }
 }
@@ -64,8 +60,8 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
 const char* launch_chain(const DeviceChain& chain, const float* input, float* output, size_t count, size_t half,
                          uint64_t run, void* stream) {
     constexpr int kThreads = 256;
-    const size_t blocks = (count + 3) / 4;
-    const unsigned grid = static_cast<unsigned>(std::min<size_t>((blocks + kThreads - 1) / kThreads, 65535u * 16));
+    const size_t words = (count + counter_rng::kGroup - 1) / counter_rng::kGroup * counter_rng::kHalfGroup;
+    const unsigned grid = static_cast<unsigned>(std::min<size_t>((words + kThreads - 1) / kThreads, 65535u * 16));
     chain_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(chain, input, output, count, half, run);
     const cudaError_t status = cudaGetLastError();
     return status == cudaSuccess ? nullptr : cudaGetErrorString(status);

@@ -40,10 +40,9 @@ struct OpDescription {
 #include "analogize_generated.h"
 
 constexpr size_t kOpCount = sizeof(kOps) / sizeof(kOps[0]);
-constexpr size_t kTile = 256;          // elements kept in cache across the steps; a multiple of 4
+constexpr size_t kTile = counter_rng::kGroup;  // elements kept in cache across the steps: one random group
 constexpr size_t kChunk = 64 * 1024;   // elements per task handed to ONNX Runtime's thread pool
 constexpr size_t kLineFloats = 16;     // floats per 64-byte cache line
-constexpr int kRandomNormal = 1;
 
 using Step = ChainStep;
 
@@ -65,31 +64,26 @@ uint64_t fresh_key() {
 uint64_t key_of(float seed) { return std::isnan(seed) || seed < 0 ? fresh_key() : static_cast<uint64_t>(seed); }
 
 void fill_random(const Step& step, size_t first, size_t count, uint64_t run, float* out) {
-    // Whole words covering [first, first + count). Halves and normal pairs go to separate arrays (even and
-    // odd elements), interleaved at the end, so that every loop runs over contiguous lanes.
-    const size_t words = (first % 2 + count + 1) / 2, base = first / 2, skip = first % 2;
+    // Group by group (one per whole tile): the group's words, their first draws for the first half of its
+    // elements and their second draws for the other half, each loop over contiguous lanes.
     const uint64_t start = counter_rng::stream(step.key, run);
-    uint32_t low[kTile / 2 + 1], high[kTile / 2 + 1];
-    for (size_t w = 0; w < words; ++w) {
-        const uint64_t bits = counter_rng::word(base + w, start);
-        low[w] = static_cast<uint32_t>(bits);
-        high[w] = static_cast<uint32_t>(bits >> 32);
+    for (size_t done = 0; done < count;) {
+        const size_t offset = (first + done) % counter_rng::kGroup;
+        const size_t length = std::min(count - done, counter_rng::kGroup - offset);
+        const uint64_t base = counter_rng::word_of(first + done - offset);
+        uint64_t bits[counter_rng::kHalfGroup];
+        for (size_t w = 0; w < counter_rng::kHalfGroup; ++w) bits[w] = counter_rng::word(base + w, start);
+        float draws[counter_rng::kGroup];
+        // the kind as a constant in each loop, so that the compiler drops draw_pair's branch and vectorises
+        const auto draw = [&](int kind) {
+            for (size_t w = 0; w < counter_rng::kHalfGroup; ++w) {
+                counter_rng::draw_pair(kind, bits[w], &draws[w], &draws[counter_rng::kHalfGroup + w]);
+            }
+        };
+        step.random == counter_rng::kNormalDraws ? draw(counter_rng::kNormalDraws) : draw(step.random);
+        std::memcpy(out + done, draws + offset, length * sizeof(float));
+        done += length;
     }
-    float even[kTile / 2 + 1], odd[kTile / 2 + 1];
-    if (step.random == kRandomNormal) {
-        for (size_t w = 0; w < words; ++w) counter_rng::normal_pair(low[w], high[w], &even[w], &odd[w]);
-    } else {
-        for (size_t w = 0; w < words; ++w) {
-            even[w] = counter_rng::unit(low[w]);
-            odd[w] = counter_rng::unit(high[w]);
-        }
-    }
-    float drawn[kTile + 2];
-    for (size_t w = 0; w < words; ++w) {
-        drawn[2 * w] = even[w];
-        drawn[2 * w + 1] = odd[w];
-    }
-    for (size_t i = 0; i < count; ++i) out[i] = drawn[i + skip];
 }
 
 void apply_step(const Step& step, float* values, const float* gates, size_t first, size_t count, uint64_t run) {

@@ -256,42 +256,40 @@ def _mix(z):
 
 def reference_normals(seed: int, run: int, count: int) -> np.ndarray:
     """The kernels' noise written again in numpy from the algorithm in custom_ops/counter_rng.h: SplitMix64
-    hashes of counters, then Box-Muller in float32 with the same polynomials, operation by operation."""
+    hashes of counters, then Box-Muller in float32 with the same polynomials, operation by operation; in each
+    group of 256 elements, the first 128 take the first normal of words 128 g .. 128 g + 127, the others the
+    second."""
     f32 = np.float32
+    groups = (count + 255) // 256
     with np.errstate(over="ignore"):
         start = _mix(_mix(np.uint64(seed)) ^ (np.uint64(run) * np.uint64(0xD1B54A32D192ED03)))
-        blocks = np.arange((count + 3) // 4, dtype=np.uint64)
-        gamma = np.uint64(0x9E3779B97F4A7C15)
-        first = _mix(start + np.uint64(2) * blocks * gamma)
-        second = _mix(start + (np.uint64(2) * blocks + np.uint64(1)) * gamma)
-    words = [(w & np.uint64(0xFFFFFFFF)).astype(np.uint32) for w in (first, first >> np.uint64(32),
-                                                                      second, second >> np.uint64(32))]
-    out = np.empty((len(blocks), 4), np.float32)
-    for pair in range(2):
-        u = ((words[2 * pair] >> np.uint32(8)) + np.uint32(1)).astype(f32) * f32(2.0**-24)
-        bits = u.view(np.uint32)
-        exponent = ((bits >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int32) - 127
-        mantissa = ((bits & np.uint32(0x007FFFFF)) | np.uint32(0x3F800000)).view(f32)
-        high = mantissa > f32(1.41421356)
-        mantissa = np.where(high, mantissa * f32(0.5), mantissa)
-        exponent = exponent + high
-        t = (mantissa - f32(1)) / (mantissa + f32(1))
-        t2 = t * t
-        series = t * (f32(2) + t2 * (f32(0.666666667) + t2 * (f32(0.4) + t2 * f32(0.285714286))))
-        log_u = exponent.astype(f32) * f32(0.693147181) + series
-        radius = np.sqrt(f32(-2) * log_u)
-        quarter = (words[2 * pair + 1] >> np.uint32(8)).astype(f32) * f32(2.0**-24) * f32(4)
-        k = quarter.astype(np.int32)
-        phi = (quarter - k.astype(f32) - f32(0.5)) * f32(1.57079633)
-        p2 = phi * phi
-        one = f32(1)
-        s = phi * (one - p2 * (one / f32(6) - p2 * (one / f32(120) - p2 * (one / f32(5040)))))
-        c = one - p2 * (f32(0.5) - p2 * (one / f32(24) - p2 * (one / f32(720) - p2 * (one / f32(40320)))))
-        h = f32(0.707106781)
-        cos_a = np.where((k == 0) | (k == 3), h, -h)
-        sin_a = np.where(k < 2, h, -h)
-        out[:, 2 * pair] = radius * (cos_a * c - sin_a * s)
-        out[:, 2 * pair + 1] = radius * (sin_a * c + cos_a * s)
+        words = _mix(start + np.arange(128 * groups, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    low, high = (words & np.uint64(0xFFFFFFFF)).astype(np.uint32), (words >> np.uint64(32)).astype(np.uint32)
+    out = np.empty((groups, 2, 128), np.float32)
+    u = ((low >> np.uint32(8)) + np.uint32(1)).astype(f32) * f32(2.0**-24)
+    bits = u.view(np.uint32)
+    exponent = ((bits >> np.uint32(23)) & np.uint32(0xFF)).astype(np.int32) - 127
+    mantissa = ((bits & np.uint32(0x007FFFFF)) | np.uint32(0x3F800000)).view(f32)
+    upper = mantissa > f32(1.41421356)
+    mantissa = np.where(upper, mantissa * f32(0.5), mantissa)
+    exponent = exponent + upper
+    t = (mantissa - f32(1)) / (mantissa + f32(1))
+    t2 = t * t
+    series = t * (f32(2) + t2 * (f32(0.666666667) + t2 * (f32(0.4) + t2 * f32(0.285714286))))
+    log_u = exponent.astype(f32) * f32(0.693147181) + series
+    radius = np.sqrt(f32(-2) * log_u)
+    quarter = (high >> np.uint32(8)).astype(f32) * f32(2.0**-24) * f32(4)
+    k = quarter.astype(np.int32)
+    phi = (quarter - k.astype(f32) - f32(0.5)) * f32(1.57079633)
+    p2 = phi * phi
+    one = f32(1)
+    s = phi * (one - p2 * (one / f32(6) - p2 * (one / f32(120) - p2 * (one / f32(5040)))))
+    c = one - p2 * (f32(0.5) - p2 * (one / f32(24) - p2 * (one / f32(720) - p2 * (one / f32(40320)))))
+    h = f32(0.707106781)
+    cos_a = np.where((k == 0) | (k == 3), h, -h)
+    sin_a = np.where(k < 2, h, -h)
+    out[:, 0] = (radius * (cos_a * c - sin_a * s)).reshape(groups, 128)
+    out[:, 1] = (radius * (sin_a * c + cos_a * s)).reshape(groups, 128)
     return out.reshape(-1)[:count]
 
 
