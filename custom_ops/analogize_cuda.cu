@@ -15,7 +15,7 @@ namespace {
 
 __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input, float* __restrict__ output,
                              size_t count, size_t half, uint64_t run) {
-    const size_t words = (count + counter_rng::kGroup - 1) / counter_rng::kGroup * counter_rng::kHalfGroup;
+    const size_t words = counter_rng::words_covering(count);
     for (size_t w = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; w < words;
          w += static_cast<size_t>(gridDim.x) * blockDim.x) {
         // the two elements that share word w: neighbouring threads read and write neighbouring elements
@@ -60,7 +60,7 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
 const char* launch_chain(const DeviceChain& chain, const float* input, float* output, size_t count, size_t half,
                          uint64_t run, void* stream) {
     constexpr int kThreads = 256;
-    const size_t words = (count + counter_rng::kGroup - 1) / counter_rng::kGroup * counter_rng::kHalfGroup;
+    const size_t words = counter_rng::words_covering(count);
     const unsigned grid = static_cast<unsigned>(std::min<size_t>((words + kThreads - 1) / kThreads, 65535u * 16));
     chain_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(chain, input, output, count, half, run);
     const cudaError_t status = cudaGetLastError();

@@ -38,6 +38,8 @@ ANALOGIZE_HD uint64_t word(uint64_t w, uint64_t start) { return mix(start + w * 
 // The word element i draws from, and the first of the two elements that share it.
 ANALOGIZE_HD uint64_t word_of(uint64_t i) { return i / kGroup * kHalfGroup + i % kHalfGroup; }
 ANALOGIZE_HD uint64_t first_element_of(uint64_t w) { return w / kHalfGroup * kGroup + w % kHalfGroup; }
+// The words whose draws cover elements 0 .. count - 1 (whole groups).
+ANALOGIZE_HD uint64_t words_covering(uint64_t count) { return (count + kGroup - 1) / kGroup * kHalfGroup; }
 
 // 24 random bits to [0, 1): every value exactly representable in float32.
 ANALOGIZE_HD float unit(uint32_t bits) { return static_cast<float>(bits >> 8) * 0x1p-24f; }
