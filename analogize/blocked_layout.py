@@ -8,20 +8,23 @@ reorder out of the layout and one back in.
 
 Both costs go because the analog chains are element-wise:
 
-1. each Conv weight and bias chain is detached, so the Conv reads the stored tensor;
+1. each Conv weight and bias chain is detached, so the Conv reads the stored tensor (or the constant a
+   Constant or ConstantOfShape node gave it);
 2. ONNX Runtime optimises that model (its saved optimised graph is the layout transformer's work for this
    machine);
 3. each chain goes back onto the tensor the Conv now reads: an element-wise chain of a permutation is the
    permutation of the chain, with the same steps and seed for every element (the noise is drawn in another
-   order, from the same distribution). The optimiser is shown distinct sentinel numbers in place of the
-   detached tensors, so what it made of each is read off exactly: a pure reordering is applied to the real
-   values; a tensor padded, scaled or folded into another is no reordering, and the pass gives up;
+   order, from the same distribution). The optimiser is shown distinct sentinels in place of the detached
+   tensors, so what it made of each is read off exactly: a pure reordering is applied to the real values; a
+   tensor padded, scaled or folded into another is no reordering, so its chain stays attached where it was
+   and the model is optimised once more without detaching it;
 4. a chain the transformer wrapped in ReorderOutput and ReorderInput runs on the blocked tensor itself where
    the channel count is a multiple of every block size (so no padding channels, whose zeros the noise would
    change, are read).
 
-Whatever does not match exactly, and any graph with control-flow bodies (which may read the values it
-would re-lay), makes :func:`blocked_layout_model` return None, and the session keeps the plain graph.
+A model where that second optimisation still does not match exactly, where no chain is left to detach, or
+with control-flow bodies (which may read the values it would re-lay), makes :func:`blocked_layout_model`
+return None, and the session keeps the plain graph.
 """
 from __future__ import annotations
 
