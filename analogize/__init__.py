@@ -2,9 +2,9 @@
 from .convert import ConversionResult, ConvertOptions, convert, convert_file
 from .errors import AnalogizeError
 from .model_io import load_model, save_model
-from .native import native_library_path
+from .native.build import native_library_path
 from .noise_model import bits_to_precision, ep_to_std, std_to_ep
-from .ops import DOMAIN, OPS
+from .ops.spec import DOMAIN, OPS
 
 __all__ = ["AnalogizeError", "ConversionResult", "ConvertOptions", "DOMAIN", "OPS", "bits_to_precision",
            "convert", "convert_file", "ep_to_std", "load_model", "native_library_path", "save_model", "std_to_ep"]

@@ -1,6 +1,6 @@
 """The paper's analyses, computed from the op set's own formulas (``analogize analyze``).
 
-Every activation is evaluated through :func:`analogize.torch_ops.apply_op` in float64 and differentiated by
+Every activation is evaluated through :func:`analogize.ops.torch_ops.apply_op` in float64 and differentiated by
 autograd, so the analyses describe exactly the functions that converted models run. Each analysis returns a
 JSON-ready dict with ``rows`` (the printed table); ``plot_*`` functions draw its figure.
 
@@ -22,8 +22,8 @@ import torch
 
 from . import noise_model
 from .errors import AnalogizeError
-from .ops import OPS
-from .torch_ops import apply_op
+from .ops.spec import OPS
+from .ops.torch_ops import apply_op
 
 _RECTIFIER = "ReluGeluInterpolation"  # factor 0 of any interpolation is the (leaky) rectifier itself
 _ONNX_LEAKY_RELU_ALPHA = 0.01  # what convert's ``leaky`` inserts when no alpha is given: ONNX's default
@@ -41,8 +41,8 @@ class Activation:
 
     @classmethod
     def parse(cls, text: str) -> "Activation":
-        from .evaluate import ActivationVariant
-        from .rewrite import ACTIVATIONS
+        from .evaluate.engine import ActivationVariant
+        from .passes.rewrite import ACTIVATIONS
 
         if text == "relu":
             return cls(text, _RECTIFIER, factor=0.0, alpha=0.0)
@@ -359,7 +359,7 @@ def to_json(result: dict) -> dict:
 def plot(result: dict, path) -> None:
     """The analysis's figure: error vs factor with the ReLU and smoothest maps (gradient-error); derivative
     estimate vs batch size (minibatch-bias); effective bits vs scale; GSD per activation."""
-    from .results import pyplot, save_figure
+    from .evaluate.results import pyplot, save_figure
 
     kind, rows = result["analysis"], result["rows"]
     if kind == "gradient-error":

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import onnx
 
-from . import rewrite
+from .passes import rewrite
 from .errors import AnalogizeError
 from .model_io import copy_model, load_model, save_model
 from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision, check_precision, check_std,
                           ep_to_std, std_to_ep)
-from .ops import OPS
+from .ops.spec import OPS
 
 
 @dataclass(frozen=True)

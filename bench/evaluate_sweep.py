@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from analogize.data import InputSpec, load_dataset
-from analogize.evaluate import Grid, evaluate_file
+from analogize.evaluate.engine import Grid, evaluate_file
 from analogize.model_io import load_model
-from analogize.runtime import create_session
+from analogize.runtime.sessions import create_session
 
 BITS, EPS, REPEATS = (4, 6), (0.1, 0.3, 0.5), 3
 ROOT = Path(__file__).resolve().parent.parent

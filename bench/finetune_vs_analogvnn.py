@@ -28,7 +28,7 @@ from torch import nn
 
 from analogize import convert
 from analogize.data import digits
-from analogize.onnx_torch import to_torch
+from analogize.training.onnx_torch import to_torch
 from analogize.zoo import export_onnx
 
 PRECISION, EP, SIZES, BATCH, LR = 16, 0.5, (64, 64, 32, 10), 64, 1e-3

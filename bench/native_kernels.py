@@ -4,7 +4,7 @@
    (3x32x32, batch 256) and the largest ONNX "light" model (DenseNet-121, its fixed batch of 1): function
    bodies, native kernels with fused chains and convolutions in ONNX Runtime's blocked layout (what sessions
    do), and native kernels in the plain layout (noisy weights computed every run keep ONNX Runtime's blocked
-   convolutions out unless analogize.blocked_layout puts the weight chains back after its layout pass).
+   convolutions out unless analogize.runtime.blocked_layout puts the weight chains back after its layout pass).
    Goal: ConvNet converted / clean <= 1.3.
 2. Throughput of every op's kernel, and of a fused clamp + reduce-precision + noise chain, on a 48 MiB tensor
    in GB/s (bytes read + written per second) against a plain memory copy (numpy), each kernel timed in turn
@@ -26,8 +26,8 @@ from onnx import TensorProto, helper
 
 from analogize import convert
 from analogize.data import InputSpec
-from analogize.ops import DOMAIN, OPS
-from analogize.runtime import create_session
+from analogize.ops.spec import DOMAIN, OPS
+from analogize.runtime.sessions import create_session
 from timing import best_time, interleaved_best
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_densenet121.onnx"
@@ -50,7 +50,7 @@ def kernel_model(nodes, initializers=()):
     graph = helper.make_graph(nodes, "kernel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    from analogize.rewrite import attach_functions
+    from analogize.passes.rewrite import attach_functions
 
     attach_functions(model, {n.op_type for n in nodes if n.domain == DOMAIN})
     return model

@@ -14,10 +14,11 @@ import math
 import tempfile
 from pathlib import Path
 
-from analogize import analysis, sweep
+from analogize import analysis
+from analogize.training import sweep
 from analogize.convert import ConvertOptions
-from analogize.finetune import FinetuneOptions
-from analogize.train import TrainSetup
+from analogize.training.finetune import FinetuneOptions
+from analogize.training.train import TrainSetup
 
 DOCS = Path(__file__).resolve().parent
 FIGURES = DOCS / "figures"

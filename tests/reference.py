@@ -1,6 +1,6 @@
 """Independent numpy statements of the reference semantics (shared/reference/analog-semantics.md).
 
-Written from the reference text, not from analogize.ops, so tests compare two separate implementations.
+Written from the reference text, not from analogize.ops.spec, so tests compare two separate implementations.
 """
 import math
 

@@ -7,11 +7,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from analogize import convert, native_library_path
-from analogize.blocked_layout import (NCHWC_DOMAIN, SENTINEL_CAPACITY, _elementwise, blocked_layout_model,
+from analogize.runtime.blocked_layout import (NCHWC_DOMAIN, SENTINEL_CAPACITY, _elementwise, blocked_layout_model,
                                        sentinel_numbers, sentinels)
 from analogize.model_io import copy_model
-from analogize.native import fuse_elementwise_chains
-from analogize.runtime import _session_options, create_session
+from analogize.native.fusion import fuse_elementwise_chains
+from analogize.runtime.options import session_options
+from analogize.runtime.sessions import create_session
 
 pytestmark = pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(errors="ignore")
                                 if Path("/proc/cpuinfo").exists() else True,
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.skipif("avx2" not in Path("/proc/cpuinfo").read_text(er
 
 
 def optimiser_options():
-    return _session_options(None, native_library_path())
+    return session_options(None, native_library_path())
 
 
 def conv_model(rng, channels=(16, 32, 16), pointwise_bias=True):
@@ -88,8 +89,9 @@ def test_weight_noise_is_fresh_per_run_with_the_declared_spread_and_reproducible
 
 
 def test_padded_channels_fall_back_to_the_plain_graph(rng):
-    # 10 and 24 channels are padded to whole blocks: a padded weight is no permutation of the stored one
-    model = convert(conv_model(rng, channels=(16, 24, 10)), bits=6, ep=0.3, seed=1).model
+    # 20 and 10 channels are padded to whole blocks of 8 (AVX2) or 16 (AVX-512): a padded weight is no
+    # permutation of the stored one
+    model = convert(conv_model(rng, channels=(16, 20, 10)), bits=6, ep=0.3, seed=1).model
     assert blocked_layout_model(fused(model), optimiser_options()) is None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     first, second = (create_session(model, native=True).run(None, {"x": x})[0] for _ in range(2))

@@ -10,7 +10,7 @@ from analogize import zoo
 from analogize.convert import ConvertOptions, convert, convert_file
 from analogize.errors import AnalogizeError
 from analogize.noise_model import ep_to_std
-from analogize.ops import DOMAIN
+from analogize.ops.spec import DOMAIN
 from conftest import DEFAULT_MODEL, LIGHT_MODELS, run, session
 
 ALL_OFF = dict(noise=False, quantize=False, clamp=False)

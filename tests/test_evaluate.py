@@ -7,14 +7,14 @@ import pytest
 import torch
 
 import reference as ref
-from analogize import rewrite
+from analogize.passes import rewrite
 from analogize.convert import ConvertOptions, convert
 from analogize.data import load_dataset
 from analogize.errors import AnalogizeError
-from analogize.evaluate import ActivationVariant, Cell, Grid, _CellModels, evaluate, node_seeds, parse_shard
-from analogize.ops import OPS
-from analogize.runtime import create_session
-from analogize.results import merge_results
+from analogize.evaluate.engine import ActivationVariant, Cell, Grid, _CellModels, evaluate, node_seeds, parse_shard
+from analogize.ops.spec import OPS
+from analogize.runtime.sessions import create_session
+from analogize.evaluate.results import merge_results
 from conftest import DEFAULT_MODEL, ROOT, session
 
 CONFIG = json.loads((ROOT / "models" / "digits_convnet.json").read_text())

@@ -8,11 +8,12 @@ import pytest
 from onnx import TensorProto, helper
 
 import reference as ref
-from analogize import convert, rewrite
+from analogize import convert
+from analogize.passes import rewrite
 from analogize.data import digits
 from analogize.errors import AnalogizeError
-from analogize.export import analog_spec, compare_outputs, export, rebuild
-from analogize.runtime import create_session
+from analogize.export.formats import analog_spec, compare_outputs, export, rebuild
+from analogize.runtime.sessions import create_session
 from conftest import DEFAULT_MODEL, session
 from test_cli import analogize
 
@@ -37,7 +38,7 @@ def clamped_quantizer_model(precision, opset=17):
                               "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])], bounds)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    from analogize.rewrite import attach_functions, store_settings
+    from analogize.passes.rewrite import attach_functions, store_settings
 
     attach_functions(model, ["ReducePrecision"])
     store_settings(model, {"options": {"bit_convention": "pow2"}, "precision": precision})

@@ -10,8 +10,8 @@ from onnx import TensorProto, helper
 from analogize import convert
 from analogize.data import Dataset
 from analogize.errors import AnalogizeError
-from analogize.evaluate import Grid, evaluate
-from analogize.finetune import FinetuneOptions, finetune, split_data
+from analogize.evaluate.engine import Grid, evaluate
+from analogize.training.finetune import FinetuneOptions, finetune, split_data
 from conftest import DEFAULT_MODEL
 from test_cli import analogize
 

@@ -9,9 +9,10 @@ from scipy import stats
 
 import reference as ref
 from analogize import convert, native_library_path
-from analogize.native import fuse_elementwise_chains, generated_header
-from analogize.ops import DOMAIN, OPS
-from analogize.rewrite import attach_functions
+from analogize.native.build import generated_header
+from analogize.native.fusion import fuse_elementwise_chains
+from analogize.ops.spec import DOMAIN, OPS
+from analogize.passes.rewrite import attach_functions
 from conftest import DEFAULT_MODEL
 
 DETERMINISTIC = {
@@ -194,7 +195,8 @@ def test_models_still_run_without_the_library(rng):
 
 
 def test_a_missing_compiler_is_a_clear_error_and_sessions_fall_back(tmp_path, monkeypatch, capsys, rng):
-    from analogize import native, runtime
+    from analogize.native import build as native
+    from analogize.runtime import sessions as runtime
     from analogize.errors import AnalogizeError
 
     monkeypatch.setenv("ANALOGIZE_CACHE", str(tmp_path))
@@ -303,7 +305,7 @@ def test_noise_equals_an_ieee_reference_of_the_generator_bit_for_bit(count):
 
 
 def test_fusion_leaves_values_read_by_subgraphs_other_dtypes_and_overridable_bounds_alone(rng):
-    from analogize.runtime import create_session
+    from analogize.runtime.sessions import create_session
 
     def branch(name, source):
         return helper.make_graph([helper.make_node("Identity", [source], [f"{name}_out"])], name, [],
@@ -358,7 +360,7 @@ def test_integer_attributes_are_refused_like_the_function_bodies_do():
 
 
 def test_an_unwritable_cache_is_a_clear_error(tmp_path, monkeypatch):
-    from analogize import native
+    from analogize.native import build as native
     from analogize.errors import AnalogizeError
 
     blocker = tmp_path / "file"

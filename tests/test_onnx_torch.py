@@ -8,9 +8,9 @@ from onnx import TensorProto, helper, numpy_helper
 from analogize import convert
 from analogize.data import InputSpec
 from analogize.errors import AnalogizeError
-from analogize.onnx_torch import to_torch
-from analogize.ops import DOMAIN, OPS
-from analogize.rewrite import fit_opset
+from analogize.training.onnx_torch import to_torch
+from analogize.ops.spec import DOMAIN, OPS
+from analogize.passes.rewrite import fit_opset
 from conftest import DEFAULT_MODEL, LIGHT_MODELS, session
 import reference
 
@@ -275,11 +275,11 @@ def test_modules_with_native_chains_copy_and_pickle():
 def test_a_pickled_module_loads_step_by_step_where_the_library_cannot_be_built(monkeypatch):
     import pickle
 
-    import analogize.runtime
+    import analogize.runtime.sessions
 
     module = to_torch(convert(onnx.load(DEFAULT_MODEL), bits=4, noise=False).model)
     data = pickle.dumps(module)
-    monkeypatch.setattr(analogize.runtime, "available_native_library", lambda: None)
+    monkeypatch.setattr(analogize.runtime.sessions, "available_native_library", lambda: None)
     restored = pickle.loads(data)
     assert _native_chains(module) and not _native_chains(restored)
     x = torch.rand(4, 1, 8, 8)
@@ -318,7 +318,9 @@ def test_chains_run_step_by_step_for_other_dtypes_and_activations_stay_out_of_na
 
 
 def test_a_native_training_chain_refuses_an_activation():
-    from analogize.native import FUSED_DOMAIN, STEP_ANALOG, TorchChain
+    from analogize.native.build import FUSED_DOMAIN
+    from analogize.native.fusion import STEP_ANALOG
+    from analogize.native.torch_chain import TorchChain
 
     op = list(OPS).index("ReluGeluInterpolation")
     node = helper.make_node("FusedChain", ["x"], ["y"], name="chain", domain=FUSED_DOMAIN, kinds=[STEP_ANALOG, 1],

@@ -8,9 +8,9 @@ from scipy import stats
 
 import reference as ref
 from analogize.errors import AnalogizeError
-from analogize.onnx_functions import function_proto
-from analogize.ops import DOMAIN, OPS, markdown_reference
-from analogize.torch_ops import AnalogOp, apply_op
+from analogize.ops.onnx_functions import function_proto
+from analogize.ops.spec import DOMAIN, OPS, markdown_reference
+from analogize.ops.torch_ops import AnalogOp, apply_op
 from conftest import ROOT, run, session
 
 ATTRIBUTES = {

@@ -12,10 +12,10 @@ from analogize.cli import main
 from analogize.convert import ConvertOptions
 from analogize.data import load_dataset
 from analogize.errors import AnalogizeError
-from analogize.evaluate import Grid, evaluate
-from analogize.finetune import FinetuneOptions
-from analogize.sweep import SweepGrid, summarise, sweep
-from analogize.train import TrainSetup, activation_setting, initialise_critically, train
+from analogize.evaluate.engine import Grid, evaluate
+from analogize.training.finetune import FinetuneOptions
+from analogize.training.sweep import SweepGrid, summarise, sweep
+from analogize.training.train import TrainSetup, activation_setting, initialise_critically, train
 from analogize.zoo import create_model
 from conftest import run
 
@@ -205,7 +205,7 @@ def test_resume_refuses_a_checkpoint_of_other_settings(digits_split, tmp_path):
 
 def test_models_without_size_options_take_the_datas_image_size(digits_split):
     from analogize.data import InputSpec
-    from analogize.train import build
+    from analogize.training.train import build
 
     model, built = build(TrainSetup("resnet18", {"width": 0.125, "imagenet_stem": False}), digits_split[0],
                          ConvertOptions(), seed=0)

@@ -1,6 +1,6 @@
 """``finetune``: retrain a converted model under the same noise it will meet, and write the tuned ONNX.
 
-The converted graph runs as a torch module (:mod:`analogize.onnx_torch`): the weights are its parameters,
+The converted graph runs as a torch module (:mod:`analogize.training.onnx_torch`): the weights are its parameters,
 and every forward pass draws fresh noise and applies the reference training rules. Accuracy before and after
 is measured in ONNX Runtime on the written models (noisy over repeated draws, and noise-free), so the report's
 numbers are the tuned file's own. Every epoch is checkpointed; ``resume`` continues from the last one.
@@ -18,12 +18,12 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from . import rewrite
-from .convert import ConvertOptions, convert
-from .data import Dataset, InputSpec, Preprocessing, fit_to_input
-from .errors import AnalogizeError
-from .model_io import copy_model
-from .progress import progress_bar
+from ..passes import rewrite
+from ..convert import ConvertOptions, convert
+from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
+from ..errors import AnalogizeError
+from ..model_io import copy_model
+from ..progress import progress_bar
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -86,8 +86,8 @@ def with_weights(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:
 def _accuracy(model: onnx.ModelProto, x: np.ndarray, y: np.ndarray, repeats: int, seed: int) -> dict:
     """Noisy top-1 accuracy (mean and std over ``repeats`` draws) in ONNX Runtime, and the digital one (the
     analog chains taken out, the activations as converted)."""
-    from .data import model_layout
-    from .evaluate import Grid, evaluate
+    from ..data import model_layout
+    from ..evaluate.engine import Grid, evaluate
 
     layout = model_layout(InputSpec.of(model))  # x is already fitted to the model's input
     result = evaluate(model, Dataset("validation", x, y, layout), Grid(repeats=repeats, seed=seed))
@@ -279,7 +279,7 @@ def _model_signature(module, converted: onnx.ModelProto) -> dict:
 
 
 def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options, model) -> None:
-    from .model_io import atomic_output
+    from ..model_io import atomic_output
 
     with atomic_output(path) as temporary:
         torch.save({"model": model, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
@@ -289,7 +289,7 @@ def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, be
 
 
 def write_report(report: dict, path) -> None:
-    from .model_io import atomic_output
+    from ..model_io import atomic_output
 
     with atomic_output(path) as temporary:
         temporary.write_text(json.dumps(report, indent=2) + "\n")
@@ -299,7 +299,7 @@ def split_data(spec: str, limit: int | None = None, validation_spec: str | None 
                image_size=None, channels=None) -> tuple[Dataset, Dataset]:
     """Training and validation sets: the source's own train/test split (digits, cifar10), ``validation_spec``,
     or else a fixed, seeded fifth of the data held out."""
-    from .data import SPLIT_SOURCES, load_dataset
+    from ..data import SPLIT_SOURCES, load_dataset
 
     hints = {"image_size": image_size, "channels": channels}
     if validation_spec:
@@ -325,8 +325,8 @@ def finetune_file(source, destination, data: str, options: FinetuneOptions = Fin
                   limit: int | None = None, checkpoint_dir=None, resume: bool = False, progress: bool = False,
                   plot=None) -> dict:
     """:func:`finetune` from a model file to a tuned model file (the CLI's ``analogize finetune``)."""
-    from .data import decode_hints
-    from .model_io import load_model, save_model
+    from ..data import decode_hints
+    from ..model_io import load_model, save_model
 
     options.check()
     model, external = load_model(source)
@@ -345,7 +345,7 @@ def finetune_file(source, destination, data: str, options: FinetuneOptions = Fin
 
 def plot_curves(report: dict, path) -> None:
     """Training loss and noisy validation accuracy per epoch, with the before/after ORT accuracies."""
-    from .results import pyplot, save_figure
+    from ..evaluate.results import pyplot, save_figure
 
     epochs = [h["epoch"] for h in report["history"]]
     figure, (loss_axis, accuracy_axis) = pyplot().subplots(1, 2, figsize=(8.4, 3.4))

@@ -13,8 +13,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as tf
 
-from . import native, runtime
-from .ops import OPS, OpSpec
+from ..native import fusion
+from ..native.torch_chain import TorchChain
+from ..runtime import sessions
+from .spec import OPS, OpSpec
 
 
 class _TorchPrimitives:
@@ -91,7 +93,7 @@ class AnalogOp(torch.nn.Module):
         return f"{self.spec.name}, " + ", ".join(f"{k}={v:g}" for k, v in self.attributes.items())
 
 
-def _run_native(chain: native.TorchChain, x: torch.Tensor, run: int, with_slope: bool):
+def _run_native(chain: TorchChain, x: torch.Tensor, run: int, with_slope: bool):
     """The chain's output on contiguous CPU float32 ``x``, and its slope when ``with_slope`` (else None)."""
     output = torch.empty_like(x)
     slope = torch.empty_like(x) if with_slope else None
@@ -104,7 +106,7 @@ class _ChainWithSlope(torch.autograd.Function):
     """A native chain whose backward pass multiplies the gradient by the slope the chain wrote."""
 
     @staticmethod
-    def forward(ctx, x, chain: native.TorchChain, run: int):
+    def forward(ctx, x, chain: TorchChain, run: int):
         output, slope = _run_native(chain, x, run, with_slope=True)
         ctx.save_for_backward(slope)
         return output
@@ -137,10 +139,10 @@ class FusedChain:
 
     def __init__(self, node, seeds: list[float], native_wanted: bool):
         self._made_from = node, seeds, native_wanted
-        self.native_chain = native.TorchChain(node, seeds) if native_wanted and \
-            runtime.available_native_library() is not None else None
+        self.native_chain = TorchChain(node, seeds) if native_wanted and \
+            sessions.available_native_library() is not None else None
         self.steps = []
-        for kind, op_name, parameters in native.chain_steps(node):
+        for kind, op_name, parameters in fusion.chain_steps(node):
             analog = None
             if op_name is not None:
                 spec = OPS[op_name]
@@ -162,11 +164,11 @@ class FusedChain:
 
     def step_by_step(self, x: torch.Tensor) -> torch.Tensor:
         for kind, analog, parameters in self.steps:
-            if kind == native.STEP_CLIP:
+            if kind == fusion.STEP_CLIP:
                 x = torch.clamp(x, parameters[0], parameters[1])
-            elif kind == native.STEP_RELU:
+            elif kind == fusion.STEP_RELU:
                 x = tf.relu(x)
-            elif kind == native.STEP_LEAKY_RELU:
+            elif kind == fusion.STEP_LEAKY_RELU:
                 x = tf.leaky_relu(x, parameters[0])
             else:
                 x = run_op(analog[0], x, None, analog[1])

@@ -4,9 +4,9 @@ A formula is a plain function ``formula(F, x, **attributes)`` written against a 
 primitives (``F.abs``, ``F.erf``, ``F.where``, ``F.normal_like`` ...) plus Python arithmetic on its values.
 Each backend supplies its own ``F``:
 
-- :mod:`analogize.onnx_functions` traces the formula into an ONNX ``FunctionProto`` (the portable body
+- :mod:`analogize.ops.onnx_functions` traces the formula into an ONNX ``FunctionProto`` (the portable body
   every converted model carries);
-- :mod:`analogize.torch_ops` runs it on torch tensors, so autograd yields the analytic derivatives of the
+- :mod:`analogize.ops.torch_ops` runs it on torch tensors, so autograd yields the analytic derivatives of the
   activations, and wraps ops marked ``straight_through`` with an identity gradient.
 
 The conventions follow ``shared/reference/analog-semantics.md``; where that reference leaves a choice open
@@ -34,7 +34,7 @@ class Attribute:
     required: bool = False
 
     def check(self, op_name: str, value) -> float:
-        from .errors import AnalogizeError
+        from ..errors import AnalogizeError
 
         low_ok = value >= self.minimum if self.minimum_inclusive else value > self.minimum
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
@@ -69,14 +69,14 @@ class OpSpec:
         """Validated attribute values with defaults filled in; optional ones left out when not given."""
         unknown = set(given) - {a.name for a in self.attributes}
         if unknown:
-            from .errors import AnalogizeError
+            from ..errors import AnalogizeError
 
             raise AnalogizeError(f"{self.name} has no attribute(s) {', '.join(sorted(unknown))}")
         values = {}
         for attr in self.attributes:
             value = given.get(attr.name, attr.default)
             if value is None and attr.required:
-                from .errors import AnalogizeError
+                from ..errors import AnalogizeError
 
                 raise AnalogizeError(f"{self.name} needs attribute {attr.name!r}: {attr.doc}")
             if value is not None:
@@ -253,7 +253,7 @@ OPS: dict[str, OpSpec] = _declare()
 def markdown_reference() -> str:
     """The op-set reference page (``docs/ops.md`` is this text; a test keeps them equal)."""
     lines = [f"# The `{DOMAIN}` op set (version {DOMAIN_VERSION})", "",
-             "Generated from `analogize/ops.py` by `analogize ops --markdown`; do not edit by hand.", "",
+             "Generated from `analogize/ops/spec.py` by `analogize ops --markdown`; do not edit by hand.", "",
              "Every op maps one float tensor `X` to one tensor `Y` and ships as an ONNX model-local function, "
              "so any ONNX runtime can execute it. Clamping uses the standard `Clip`.", ""]
     for spec in OPS.values():

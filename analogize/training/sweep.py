@@ -2,7 +2,7 @@
 
 This is how the paper's figures are made: accuracy against the ReLU-GELU/SiLU interpolation factor per EP
 (Fig. 3e-f), against the LeakyReLU slope (Table II), and against depth (Fig. 6). Every cell is one
-:func:`analogize.train.train` run, written to its own file in the sweep directory as soon as it finishes, so
+:func:`analogize.training.train.train` run, written to its own file in the sweep directory as soon as it finishes, so
 a sweep resumes where it stopped and shards (``--shard I/N`` in N jobs sharing the directory) need no merge
 step: whatever runs last with the whole grid finds every cell done and writes the summary.
 """
@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .convert import ConvertOptions
-from .errors import AnalogizeError
+from ..convert import ConvertOptions
+from ..errors import AnalogizeError
 from .finetune import FinetuneOptions, split_data
-from .model_io import atomic_output
-from .progress import progress_bar
+from ..model_io import atomic_output
+from ..progress import progress_bar
 from .train import TrainSetup, train
 
 SCHEMA = {"name": "analogize.sweep", "version": 1}
@@ -44,7 +44,7 @@ class SweepGrid:
     seeds: int = 3
 
     def check(self) -> "SweepGrid":
-        from .analysis import Activation
+        from ..analysis import Activation
 
         identities = [Activation.parse(text).identity for text in self.activations]
         for name, values in (("activations", identities), ("depths", self.depths), ("bits", self.bits),
@@ -81,7 +81,7 @@ def interpolation_activations(smooth: str, factors) -> tuple[str, ...]:
 def convert_options_for(activation: str, bits: int, ep: float, base: ConvertOptions, seed: int) -> ConvertOptions:
     """``base`` with the cell's activation (an analysis setting; ``relu`` keeps the zoo model's ReLU), bits,
     EP and seed."""
-    from .evaluate import ActivationVariant, cell_convert_options
+    from ..evaluate.engine import ActivationVariant, cell_convert_options
 
     variant = ActivationVariant("relu", "keep") if activation == "relu" else ActivationVariant.parse(activation)
     return cell_convert_options(base, variant, bits, ep, seed)
@@ -152,7 +152,7 @@ def _check_cells(grid: SweepGrid, setup: TrainSetup, convert_options: ConvertOpt
     """Fail before the first cell trains (and before the directory is claimed) on a model that cannot be
     built at some depth or convert options that some cell cannot use."""
     from .train import sized_config
-    from .zoo import create_model
+    from ..zoo import create_model
 
     for depth in grid.depths:
         create_model(setup.model, **sized_config(_setup_for(setup, depth, grid), train_data))
@@ -220,7 +220,7 @@ def summarise(directory) -> dict:
 def _activation_coordinates(activation: str) -> dict:
     """Where an activation sits on the paper's axes: family (rectifier, interp-gelu, interp-silu or its own
     name), interpolation factor and leaky slope."""
-    from .analysis import Activation
+    from ..analysis import Activation
 
     resolved = Activation.parse(activation)
     return {"family": resolved.family, "factor": resolved.interpolation_factor,
@@ -266,7 +266,7 @@ def plot(result: dict, path) -> None:
     """The paper's figure types from the points: accuracy against the interpolation factor (one line per
     EP), against the leaky slope, and against depth (one line per activation), each panel one setting of
     the remaining axes; a row per axis that varies in the sweep."""
-    from .results import pyplot, save_figure
+    from ..evaluate.results import pyplot, save_figure
 
     views = _views(result["points"])
     if not views:

@@ -11,10 +11,14 @@ import sys
 import onnx
 import onnxruntime as ort
 
-from .errors import AnalogizeError
+from ..errors import AnalogizeError
+from ..model_io import copy_model
+from ..native.build import native_library_path
+from ..native.fusion import fuse_elementwise_chains
+from ..ops.spec import DOMAIN
+from .blocked_layout import blocked_layout_model
+from .options import ORT_ERRORS, session_options
 
-ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
-                   ("Fail", "InvalidGraph", "InvalidArgument", "NotImplemented", "RuntimeException"))
 _NATIVE_UNAVAILABLE: list[str] = []  # the reason, once it is known; said once per process
 
 
@@ -26,8 +30,6 @@ def available_native_library():
     """The native library's path, or None (saying why on stderr, once per process) where it cannot be built."""
     if _NATIVE_UNAVAILABLE:
         return None
-    from .native import native_library_path
-
     try:
         return native_library_path()
     except AnalogizeError as error:
@@ -41,48 +43,30 @@ def kernels_in_use() -> str:
     return "native" if native_enabled() and available_native_library() is not None else "function-bodies"
 
 
-def _session_options(threads: int | None, library, optimise: bool = True) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if library is not None:
-        options.register_custom_ops_library(str(library))
-    if not optimise:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return options
-
-
 def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
                    native: bool | None = None, blocked_layout: bool = True) -> ort.InferenceSession:
     """A CPU session for ``model``; ``threads`` caps intra-op threads (workers share the cores).
 
     ``native`` (default: unless ``ANALOGIZE_NATIVE=0``) registers the native kernels for models with analog
     ops and fuses their element-wise chains; ``blocked_layout`` then lets convolutions with analog weights run
-    in ONNX Runtime's blocked layout (:mod:`analogize.blocked_layout`) where it applies.
+    in ONNX Runtime's blocked layout (:mod:`analogize.runtime.blocked_layout`) where it applies.
     """
-    from .ops import DOMAIN
-
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model)
     wanted = native_enabled() if native is None else native
     library = available_native_library() if wanted and any(n.domain == DOMAIN for n in proto.graph.node) else None
     if library is not None:
-        from .blocked_layout import blocked_layout_model
-        from .model_io import copy_model
-        from .native import fuse_elementwise_chains
 
         proto = copy_model(proto)
         fuse_elementwise_chains(proto)
-        blocked = blocked_layout_model(proto, _session_options(threads, library)) if blocked_layout else None
+        blocked = blocked_layout_model(proto, session_options(threads, library)) if blocked_layout else None
         if blocked is not None:
             try:  # optimised already, for this machine
-                return ort.InferenceSession(blocked.SerializeToString(), _session_options(threads, library, False),
+                return ort.InferenceSession(blocked.SerializeToString(), session_options(threads, library, False),
                                             providers=["CPUExecutionProvider"])
             except ORT_ERRORS:
                 pass  # the plain graph below loads, or says what is wrong
     try:
-        return ort.InferenceSession(proto.SerializeToString(), _session_options(threads, library),
+        return ort.InferenceSession(proto.SerializeToString(), session_options(threads, library),
                                     providers=["CPUExecutionProvider"])
     except ORT_ERRORS as error:
         raise AnalogizeError(f"ONNX Runtime cannot load the model: {str(error).splitlines()[0]}") from None

@@ -33,12 +33,12 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from . import rewrite
-from .convert import ConvertOptions, convert
-from .errors import AnalogizeError
-from .model_io import copy_model
-from .noise_model import BIT_CONVENTIONS, precision_to_bits, std_to_ep
-from .ops import DOMAIN
+from ..passes import rewrite
+from ..convert import ConvertOptions, convert
+from ..errors import AnalogizeError
+from ..model_io import copy_model
+from ..noise_model import BIT_CONVENTIONS, precision_to_bits, std_to_ep
+from ..ops.spec import DOMAIN
 
 FORMATS = ("qdq", "qonnx", "plain")
 SPEC_FORMAT, SPEC_VERSION = "analogize.spec", 1
@@ -280,8 +280,8 @@ def compare_outputs(reference: onnx.ModelProto, exported: onnx.ModelProto, input
 
     A ``qonnx`` export runs in the ``qonnx`` package's executor, the tool that reads that form; the others run
     in ONNX Runtime."""
-    from .data import InputSpec
-    from .runtime import create_session
+    from ..data import InputSpec
+    from ..runtime.sessions import create_session
 
     name = InputSpec.of(reference).name
     expected = create_session(_deterministic(reference), native=False).run(None, {name: inputs})[0]
@@ -326,8 +326,8 @@ def export_file(source, destination, format: str = "qdq", spec=None, keep_noise:
     import json
     from pathlib import Path
 
-    from .data import fit_to_input, load_for_model
-    from .model_io import atomic_output, load_model, save_model
+    from ..data import fit_to_input, load_for_model
+    from ..model_io import atomic_output, load_model, save_model
 
     source, destination = Path(source), Path(destination)
     spec_path = Path(spec) if spec else destination.with_suffix(".spec.json")
@@ -349,7 +349,7 @@ def rebuild_file(exported_path, spec_path, destination):
     import json
     from pathlib import Path
 
-    from .model_io import load_model, save_model
+    from ..model_io import load_model, save_model
 
     exported, external = load_model(exported_path)
     try:

@@ -1,6 +1,6 @@
 """Evaluation results: merging shards, and writing them as a terminal table, JSON, CSV and a plot.
 
-A result is the dict :func:`analogize.evaluate.evaluate` returns (schema ``analogize.evaluate`` version 1):
+A result is the dict :func:`analogize.evaluate.evaluate` returns (schema ``analogize.evaluate.engine`` version 1):
 ``clean`` (the unconverted model), ``baselines`` (each swapped activation without noise or quantisation),
 and ``cells``, one record per grid cell with ``bits``, ``precision``, ``ep``, ``std``, ``activation``,
 ``repeats``, ``seed`` and ``<metric>_mean`` / ``<metric>_std`` for accuracy, top5, agreement and snr_db.
@@ -11,9 +11,9 @@ import csv
 import json
 from pathlib import Path
 
-from .errors import AnalogizeError
-from .evaluate import RESULT_FORMAT, RESULT_VERSION
-from .model_io import atomic_output
+from ..errors import AnalogizeError
+from .engine import RESULT_FORMAT, RESULT_VERSION
+from ..model_io import atomic_output
 
 PLOT_FORMATS = ("png", "pdf", "svg")
 METRICS = ("accuracy", "top5", "agreement", "snr_db")

@@ -15,9 +15,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from .convert import ConvertOptions
-from .data import Dataset
-from .errors import AnalogizeError
+from ..convert import ConvertOptions
+from ..data import Dataset
+from ..errors import AnalogizeError
 from .finetune import FinetuneOptions, finetune
 
 INITIALISATIONS = ("default", "critical")
@@ -32,7 +32,7 @@ class TrainSetup:
     init: str = "default"  # "critical": weights N(0, C_W*/fan_in), biases N(0, C_b*) for the activation
 
     def check(self) -> "TrainSetup":
-        from .zoo import MODELS
+        from ..zoo import MODELS
 
         if self.model not in MODELS:
             raise AnalogizeError(f"unknown zoo model {self.model!r}: choose from {', '.join(MODELS)}")
@@ -47,7 +47,7 @@ def activation_setting(options: ConvertOptions) -> str:
     if options.activation == "keep":
         return "relu"
     given = {name: getattr(options, name) for name in ("factor", "scale", "alpha", "temperature")}
-    from .rewrite import ACTIVATIONS
+    from ..passes.rewrite import ACTIVATIONS
 
     parameters = [f"{name}={value!r}" for name, value in given.items()
                   if value is not None and name in ACTIVATIONS[options.activation].settable]
@@ -66,7 +66,7 @@ def image_shape(dataset: Dataset) -> tuple[int, int, int]:
 
 def sized_config(setup: TrainSetup, train: Dataset) -> dict:
     """The zoo options with the input channels, image size and class count read off the data where not given."""
-    from .zoo import MODELS
+    from ..zoo import MODELS
 
     channels, height, width = image_shape(train)
     if height != width:
@@ -94,8 +94,8 @@ def initialise_critically(module: torch.nn.Module, weight_variance: float, bias_
 
 def build(setup: TrainSetup, train: Dataset, convert_options: ConvertOptions, seed: int) -> tuple[onnx.ModelProto, dict]:
     """The untrained zoo model as clean ONNX, and what was built (config, initialisation)."""
-    from .analysis import critical_variances
-    from .zoo import create_model, export_onnx
+    from ..analysis import critical_variances
+    from ..zoo import create_model, export_onnx
 
     setup.check()
     config = sized_config(setup, train)
@@ -138,7 +138,7 @@ def train_file(destination, setup: TrainSetup, data: str, options: FinetuneOptio
                plot=None) -> dict:
     """:func:`train` on a data spec, writing the trained model (the CLI's ``analogize train``)."""
     from .finetune import plot_curves, split_data
-    from .model_io import save_model
+    from ..model_io import save_model
 
     train_data, validation = split_data(data, limit, eval_data, options.seed)
     trained, report = train(setup, train_data, validation, options, convert_options, checkpoint_dir=checkpoint_dir,

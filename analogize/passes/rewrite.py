@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, inliner, numpy_helper, version_converter
 
-from .errors import AnalogizeError
-from .onnx_functions import MIN_OPSET, function_protos
-from .ops import ALPHA, DOMAIN, DOMAIN_VERSION, OPS
+from ..errors import AnalogizeError
+from ..ops.onnx_functions import MIN_OPSET, function_protos
+from ..ops.spec import ALPHA, DOMAIN, DOMAIN_VERSION, OPS
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
 LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")

@@ -6,9 +6,10 @@ import sys
 
 import click
 
-from . import noise_model, rewrite
-from .errors import AnalogizeError
-from .ops import OPS, markdown_reference
+from .. import noise_model
+from ..passes import rewrite
+from ..errors import AnalogizeError
+from ..ops.spec import OPS, markdown_reference
 
 
 def _csv(choices):
@@ -110,7 +111,7 @@ def _chain_fields(chain: dict) -> dict:
 @_chain_options
 def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, inline, as_json, **chain):
     """Insert clamp, reduce-precision and noise into MODEL and swap its activations."""
-    from .convert import ConvertOptions, convert_file
+    from ..convert import ConvertOptions, convert_file
 
     options = ConvertOptions(bits=bits, ep=ep, std=std, activation=activation, factor=factor, seed=seed,
                              inline=inline, **_chain_fields(chain))
@@ -160,7 +161,7 @@ def ops(markdown, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def native(cuda, as_json):
     """Build (on first use) and print the path of the native kernel library for ONNX Runtime."""
-    from .native import native_library_path
+    from ..native.build import native_library_path
 
     path = native_library_path(cuda=cuda)
     if as_json:
@@ -180,7 +181,7 @@ def zoo_list(as_json):
     """List the models and their size options."""
     import inspect
 
-    from .zoo import MODELS
+    from ..zoo import MODELS
 
     entries = {name: {p.name: p.default for p in inspect.signature(f).parameters.values()} for name, f in MODELS.items()}
     if as_json:
@@ -220,7 +221,7 @@ def zoo_export(name, output, options, exporter, opset, image_size, seed):
     """Export zoo model NAME (randomly initialised, eval mode) with a dynamic batch axis."""
     import torch
 
-    from .zoo import create_model, export_onnx
+    from ..zoo import create_model, export_onnx
 
     config = _zoo_config(options)
     torch.manual_seed(seed)
@@ -285,7 +286,7 @@ def _writable(ctx, param, value):
 
 
 def _plot_path(ctx, param, value):
-    from .results import PLOT_FORMATS
+    from ..evaluate.results import PLOT_FORMATS
 
     value = _writable(ctx, param, value)
     if value is not None and value.rpartition(".")[2].lower() not in PLOT_FORMATS:
@@ -294,7 +295,7 @@ def _plot_path(ctx, param, value):
 
 
 def _emit(result: dict, json_path, csv_path, plot_path) -> None:
-    from . import results
+    from ..evaluate import results
 
     if json_path:
         results.write_json(result, json_path)
@@ -353,9 +354,9 @@ def _emit(result: dict, json_path, csv_path, plot_path) -> None:
 def evaluate(model, data, split, output_name, limit, bits, ep, activations, repeats, seed, fidelity, batch_size, workers, shard,
              layout, resize, channels, input_mean, input_std, json_path, csv_path, plot_path, quiet, **chain):
     """Accuracy of MODEL (clean or converted) under analog noise over a grid of bits x EP x activation."""
-    from .convert import ConvertOptions
-    from .data import Preprocessing
-    from .evaluate import Grid, evaluate_file, parse_shard
+    from ..convert import ConvertOptions
+    from ..data import Preprocessing
+    from ..evaluate.engine import Grid, evaluate_file, parse_shard
 
     grid = Grid(bits=bits, ep=ep, activations=tuple(a.strip() for a in activations.split(",") if a.strip()),
                 repeats=repeats, seed=seed)
@@ -375,7 +376,7 @@ def evaluate(model, data, split, output_name, limit, bits, ep, activations, repe
 @click.option("--plot", "plot_path", callback=_plot_path, help="Also write the plot.")
 def merge(parts, json_path, csv_path, plot_path):
     """Merge the shard results of one 'analogize evaluate --shard' sweep into the full result."""
-    from .results import load_result, merge_results
+    from ..evaluate.results import load_result, merge_results
 
     _emit(merge_results([load_result(p) for p in parts]), json_path, csv_path, plot_path)
 
@@ -397,7 +398,7 @@ def merge(parts, json_path, csv_path, plot_path):
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export_command(model, format_, output, spec_path, keep_noise, verify_data, limit, overwrite, as_json):
     """Write a converted MODEL as a deterministic graph for hardware compilers, plus its analog spec."""
-    from .export import export_file
+    from ..export.formats import export_file
 
     report = export_file(model, output, format_, spec=spec_path, keep_noise=keep_noise, verify_data=verify_data,
                          limit=limit, overwrite=overwrite)
@@ -419,7 +420,7 @@ def export_command(model, format_, output, spec_path, keep_noise, verify_data, l
 @click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The analog simulation.")
 def rebuild(exported, spec_path, output):
     """Rebuild the analog simulation from a qdq or qonnx export and its spec."""
-    from .export import rebuild_file
+    from ..export.formats import rebuild_file
 
     click.echo(f"wrote {rebuild_file(exported, spec_path, output)}")
 
@@ -457,8 +458,8 @@ def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor
              weight_decay, optimizer, schedule, patience, repeats, seed, device, checkpoint_dir, resume, json_path,
              plot_path, quiet, **chain):
     """Fine-tune MODEL (clean or converted) under analog noise and write the tuned model."""
-    from .convert import ConvertOptions
-    from .finetune import FinetuneOptions, finetune_file
+    from ..convert import ConvertOptions
+    from ..training.finetune import FinetuneOptions, finetune_file
 
     options = FinetuneOptions(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay,
                               optimizer=optimizer, schedule=schedule, seed=seed, patience=patience, repeats=repeats,
@@ -475,7 +476,7 @@ def _training_summary(report: dict, json_path) -> None:
     if "rank" in report:  # not process 0 of a torchrun job
         return
     if json_path:
-        from .finetune import write_report
+        from ..training.finetune import write_report
 
         if json_path == "-":
             click.echo(json.dumps(report, indent=2, default=float))
@@ -502,7 +503,8 @@ def _analysis_output(function):
 
 
 def _emit_analysis(result: dict, json_path, plot_path) -> None:
-    from . import analysis, results
+    from .. import analysis
+    from ..evaluate import results
 
     if json_path:
         document = analysis.to_json(result)
@@ -551,7 +553,7 @@ def analyze():
 @_analysis_output
 def analyze_ep_std(bits_list, precisions, eps, stds, json_path, plot_path):
     """Noise std for each EP (and EP for each std), at each bit width under both conventions, or precision."""
-    from .analysis import ep_std_table
+    from ..analysis import ep_std_table
 
     eps = tuple(e for e in eps if e is not None)
     bits_list = tuple(b for b in bits_list if b is not None) or ((4, 6, 8) if not precisions else ())
@@ -570,7 +572,7 @@ def analyze_ep_std(bits_list, precisions, eps, stds, json_path, plot_path):
 @_analysis_output
 def analyze_gsd(activations, at, json_path, plot_path):
     """Gradient step discontinuity |f'(x0-) - f'(x0+)| of each activation."""
-    from .analysis import step_discontinuity
+    from ..analysis import step_discontinuity
 
     _emit_analysis(step_discontinuity(activations, at), json_path, plot_path)
 
@@ -591,7 +593,7 @@ def analyze_gsd(activations, at, json_path, plot_path):
 def analyze_gradient_error(factors, smooth, bits, precision, bit_convention, ep, points, repeats, near_zero, seed,
                            json_path, plot_path):
     """Gradient error of ReLU-to-smooth interpolations behind a noisy analog product (paper figure 4)."""
-    from .analysis import gradient_error_map
+    from ..analysis import gradient_error_map
 
     if any(not 0.0 <= f <= 1.0 for f in factors):
         raise click.BadParameter("interpolation factors must be in [0, 1]", param_hint="--factors")
@@ -613,7 +615,7 @@ def analyze_gradient_error(factors, smooth, bits, precision, bit_convention, ep,
 def analyze_minibatch_bias(activations, bits, precision, bit_convention, ep, std, batch_sizes, repeats, seed,
                            json_path, plot_path):
     """Mini-batch mean of f'(x + noise) at x = 0- and 0+ against the true derivative (paper eq 12-13)."""
-    from .analysis import minibatch_bias
+    from ..analysis import minibatch_bias
 
     if std is not None and ep is not None:
         raise click.UsageError("give either --ep or --std, not both")
@@ -630,7 +632,7 @@ def analyze_minibatch_bias(activations, bits, precision, bit_convention, ep, std
 @_analysis_output
 def analyze_effective_bits(scales, bits, precision, bit_convention, json_path, plot_path):
     """Effective bit precision of the scaled GELU's derivative near zero (paper figure 2c)."""
-    from .analysis import effective_bits
+    from ..analysis import effective_bits
 
     if any(s <= 0 for s in scales):
         raise click.BadParameter("scales must be > 0", param_hint="--scales")
@@ -646,7 +648,7 @@ def analyze_effective_bits(scales, bits, precision, bit_convention, json_path, p
 @_analysis_output
 def analyze_critical_init(activations, k_range, json_path, plot_path):
     """Critical initialisation (K*, C_W*, C_b*) of a deep network with each activation (seed 002, Table 1)."""
-    from .analysis import critical_initialisation
+    from ..analysis import critical_initialisation
 
     if plot_path:
         raise click.BadParameter("critical-init is a table; it has no figure", param_hint="--plot")
@@ -686,7 +688,7 @@ _TRAINING_FIELDS = ("epochs", "lr", "batch_size", "weight_decay", "optimizer", "
 
 def _split_training(flags: dict):
     """The training flags as FinetuneOptions, and the rest (the chain flags) as ConvertOptions fields."""
-    from .finetune import FinetuneOptions
+    from ..training.finetune import FinetuneOptions
 
     options = FinetuneOptions(**{k: flags[k] for k in _TRAINING_FIELDS})
     return options, _chain_fields({k: v for k, v in flags.items() if k not in _TRAINING_FIELDS})
@@ -710,8 +712,8 @@ def _split_training(flags: dict):
 def train(name, output, bits, ep, activation, factor, checkpoint_dir, resume, json_path, plot_path, data, eval_data,
           limit, model_options, init, quiet, **rest):
     """Train zoo model NAME from scratch under analog noise (converted with the convert flags)."""
-    from .convert import ConvertOptions
-    from .train import TrainSetup, train_file
+    from ..convert import ConvertOptions
+    from ..training.train import TrainSetup, train_file
 
     options, chain = _split_training(rest)
     setup = TrainSetup(name, _zoo_config(model_options), init)
@@ -751,12 +753,12 @@ def train(name, output, bits, ep, activation, factor, checkpoint_dir, resume, js
 def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_kind, width, bits_list, eps, seeds,
           shard, json_path, plot_path, data, eval_data, limit, model_options, init, quiet, **rest):
     """Train NAME over a grid of activations x depths x bits x EP x seeds into DIRECTORY (resumable)."""
-    from . import sweep as sweeping
-    from .convert import ConvertOptions
-    from .evaluate import parse_shard
-    from .train import TrainSetup
+    from ..training import sweep as sweeping
+    from ..convert import ConvertOptions
+    from ..evaluate.engine import parse_shard
+    from ..training.train import TrainSetup
 
-    from .results import write_json
+    from ..evaluate.results import write_json
 
     options, chain = _split_training(rest)
     given = click.get_current_context().get_parameter_source

@@ -23,15 +23,15 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import onnx
 
-from . import rewrite
-from .convert import ConvertOptions, convert
-from .data import Dataset, InputSpec, Preprocessing, fit_to_input
-from .errors import AnalogizeError
-from .model_io import copy_model
-from .ops import OPS
-from .noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
-from .progress import progress_bar
-from .runtime import kernels_in_use
+from ..passes import rewrite
+from ..convert import ConvertOptions, convert
+from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
+from ..errors import AnalogizeError
+from ..model_io import copy_model
+from ..ops.spec import OPS
+from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
+from ..progress import progress_bar
+from ..runtime.sessions import kernels_in_use
 
 RESULT_FORMAT = "analogize.evaluate"
 RESULT_VERSION = 1
@@ -174,14 +174,14 @@ class _Workload:
     threads: int | None = None
 
     def outputs(self, model: bytes) -> np.ndarray:
-        from .runtime import create_session
+        from ..runtime.sessions import create_session
 
         session = create_session(model, self.threads)
         return np.concatenate([batch for batch in self._batches(session)])
 
     def repeats(self, model: bytes, count: int, reference: bytes | None = None, on_repeat=None) -> list[dict]:
         """Metrics of ``count`` passes; SNR is measured against ``reference`` (the model without its noise)."""
-        from .runtime import create_session
+        from ..runtime.sessions import create_session
 
         noise_free = self.outputs(reference) if reference is not None else None
         session = create_session(model, self.threads)
@@ -198,7 +198,7 @@ class _Workload:
         return results
 
     def _batches(self, session):
-        from .runtime import run_session
+        from ..runtime.sessions import run_session
 
         for start in range(0, len(self.inputs), self.batch_size):
             chunk = self.inputs[start:start + self.batch_size]
@@ -541,8 +541,8 @@ def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOp
                   split: str | None = None, limit: int | None = None, preprocessing: Preprocessing = Preprocessing(),
                   **settings) -> dict:
     """:func:`evaluate` on the model file ``model_path`` and the data spec ``data`` (what the CLI runs)."""
-    from .data import load_for_model
-    from .model_io import load_model
+    from ..data import load_for_model
+    from ..model_io import load_model
 
     grid.check()
     model, _ = load_model(model_path)

@@ -4,7 +4,7 @@ Float initializers become parameters (BatchNormalization statistics and Clip bou
 chains (clamp, reduce-precision, noise on the weights) run on every forward pass, so weight noise is drawn
 afresh, and their gradient goes straight to the stored weights, clamp included (the reference's weight
 path). On activations: straight-through reduce-precision, identity through noise, masked clamp. Analog
-ops run through :mod:`analogize.torch_ops` from the same formulas as their ONNX function bodies. Ops
+ops run through :mod:`analogize.ops.torch_ops` from the same formulas as their ONNX function bodies. Ops
 follow ONNX's semantics at opset 13 or newer (older models are raised to 13 first).
 
 Existing converters were not used: onnx2torch imports torchvision, which has no CPU build here.
@@ -20,12 +20,14 @@ import torch.nn.functional as tf
 from onnx import helper, numpy_helper
 from torch import nn
 
-from . import rewrite, runtime
-from .errors import AnalogizeError
-from .model_io import copy_model
-from .native import FUSED_DOMAIN, fuse_elementwise_chains
-from .ops import DOMAIN, OPS
-from .torch_ops import FusedChain, run_op, straight_through_from
+from ..passes import rewrite
+from ..runtime import sessions as runtime
+from ..errors import AnalogizeError
+from ..model_io import copy_model
+from ..native.build import FUSED_DOMAIN
+from ..native.fusion import fuse_elementwise_chains
+from ..ops.spec import DOMAIN, OPS
+from ..ops.torch_ops import FusedChain, run_op, straight_through_from
 
 _DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
            onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,

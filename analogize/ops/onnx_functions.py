@@ -1,4 +1,4 @@
-"""ONNX function bodies of the analog op set, traced from the formulas in :mod:`analogize.ops`.
+"""ONNX function bodies of the analog op set, traced from the formulas in :mod:`analogize.ops.spec`.
 
 A converted model carries these as model-local functions, so stock ONNX Runtime (or any runtime) runs it
 without the native library. Bodies use only default-domain ops available from opset 13, and are emitted for
@@ -10,7 +10,7 @@ from __future__ import annotations
 import onnx
 from onnx import AttributeProto, helper
 
-from .ops import DOMAIN, OPS, OpSpec, TracedArithmetic
+from .spec import DOMAIN, OPS, OpSpec, TracedArithmetic
 
 MIN_OPSET = 13  # Clip bounds, Split sizes and Unsqueeze axes as inputs; Constant(value_float) from 12
 _INT64_MAX = 2**63 - 1

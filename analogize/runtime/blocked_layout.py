@@ -38,10 +38,11 @@ import onnx
 import onnxruntime as ort
 from onnx import numpy_helper
 
-from .model_io import copy_model
-from .native import ELEMENTWISE_OPS, FUSED_DOMAIN
-from .ops import DOMAIN
-from .runtime import ORT_ERRORS
+from ..model_io import copy_model
+from ..native.fusion import ELEMENTWISE_OPS
+from ..native.build import FUSED_DOMAIN
+from ..ops.spec import DOMAIN
+from .options import ORT_ERRORS
 
 NCHWC_DOMAIN = "com.microsoft.nchwc"
 BLOCK_SIZES_LCM = 16  # ONNX Runtime's blocks are 8 (AVX2) or 16 (AVX-512) channels

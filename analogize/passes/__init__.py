@@ -1,0 +1,2 @@
+"""Graph passes that turn a model into its analog simulation and back.
+"""

@@ -1,0 +1,125 @@
+"""The graph IR every pass edits: onnx-graphsurgeon's, imported once and exported once per pipeline.
+
+:func:`import_model` and :func:`export_model` are the only crossings between ``onnx.ModelProto`` and
+``gs.Graph``. The export carries back what graphsurgeon does not model: the model's metadata, documentation,
+domain and version, the initializers a model lists as inputs on purpose (callers may override them), and the
+order of its opset imports; its local functions go back as they came, byte for byte.
+
+:class:`Names` hands out tensor names no graph or body of the model uses yet, and :func:`constant_tensors`
+says which tensors are known before the model runs (initializers and what constant nodes compute from them).
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+_RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
+_SUBGRAPH_OPS = {"If", "Loop", "Scan"}
+
+# graphsurgeon warns about duplicate node names; many exporters write them, and they are no error in ONNX
+gs.logger.G_LOGGER.module_severity = gs.logger.G_LOGGER.ERROR
+logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
+
+
+def import_model(model: onnx.ModelProto) -> gs.Graph:
+    """The model's graph as graphsurgeon's IR; the weights are shared with ``model``, not copied."""
+    return gs.import_onnx(model)
+
+
+def export_model(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
+    """``graph`` as a model with ``source``'s model-level fields; domains that nodes newly use are imported at
+    version 1, after ``source``'s own, in name order."""
+    declared = [(entry.domain, entry.version) for entry in source.opset_import]
+    known = {domain for domain, _ in declared}
+    used = {node.domain or "" for node in graph.nodes}
+    for body in graph.subgraphs(recursive=True):
+        used.update(node.domain or "" for node in body.nodes)
+    imports = declared + [(domain, 1) for domain in sorted(used - known - {"ai.onnx"} - ({""} & known))]
+    model = gs.export_onnx(graph, do_type_check=False,
+                           opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in imports])
+    model.ir_version = source.ir_version
+    for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(model, field, getattr(source, field))
+    model.ClearField("functions")
+    model.functions.extend(source.functions)
+    model.metadata_props.extend(source.metadata_props)
+    model.training_info.extend(source.training_info)
+    _restore_overridable_initializers(model, source)
+    return model
+
+
+def _restore_overridable_initializers(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
+    """Put back the graph inputs that name initializers (graphsurgeon drops them): from IR 4 on, such an input
+    is a default the caller may override; below IR 4 every initializer had to be listed, and
+    :func:`analogize.passes.model.raise_ir_version` decides what becomes of those."""
+    stored = {tensor.name for tensor in model.graph.initializer}
+    listed = [value for value in source.graph.input if value.name in stored]
+    if not listed:
+        return
+    order = {value.name: position for position, value in enumerate(source.graph.input)}
+    inputs = sorted([*model.graph.input, *listed], key=lambda value: order.get(value.name, len(order)))
+    model.graph.ClearField("input")
+    model.graph.input.extend(inputs)
+
+
+class Names:
+    """Tensor names unused anywhere in a graph and its bodies; :meth:`unique` reserves one."""
+
+    def __init__(self, graph: gs.Graph):
+        self._taken = set(graph.tensors())
+        for body in graph.subgraphs(recursive=True):
+            self._taken.update(body.tensors())
+        self._taken.update(node.name for node in graph.nodes if node.name)
+
+    def unique(self, name: str) -> str:
+        candidate, count = name, 1
+        while candidate in self._taken:
+            candidate, count = f"{name}_{count}", count + 1
+        self._taken.add(candidate)
+        return candidate
+
+    def release(self, name: str) -> None:
+        self._taken.discard(name)
+
+
+def is_default_domain(node: gs.Node) -> bool:
+    return (node.domain or "") in _DEFAULT_DOMAINS
+
+
+def constant_tensors(graph: gs.Graph) -> tuple[set, set]:
+    """The names of the tensors whose values are fixed before the model runs (initializers, and outputs of
+    standard nodes whose inputs are all such tensors, random and control-flow nodes aside), and those of them
+    that are float32."""
+    constants, floats = set(), set()
+    for name, tensor in graph.tensors().items():
+        if isinstance(tensor, gs.Constant):
+            constants.add(name)
+            if tensor.dtype == np.float32:
+                floats.add(name)
+    for node in graph.nodes:
+        if not is_default_domain(node) or node.op in _RANDOM_OPS | _SUBGRAPH_OPS:
+            continue
+        if not all(tensor.name in constants for tensor in node.inputs if tensor.name):
+            continue
+        outputs = {tensor.name for tensor in node.outputs if tensor.name}
+        constants.update(outputs)
+        if _float_output(node, floats):
+            floats.update(outputs)
+    return constants, floats
+
+
+def _float_output(node: gs.Node, floats: set) -> bool:
+    if node.op == "Constant":
+        if "value" in node.attrs:
+            return node.attrs["value"].dtype == np.float32
+        return "value_float" in node.attrs or "value_floats" in node.attrs
+    if node.op == "ConstantOfShape":
+        value = node.attrs.get("value")
+        return value is None or value.dtype == np.float32
+    if node.op == "Cast":
+        return node.attrs.get("to") == onnx.TensorProto.FLOAT
+    return any(tensor.name in floats for tensor in node.inputs if tensor.name)

@@ -1,0 +1,121 @@
+"""Model-level steps around the graph passes, on ``onnx.ModelProto``: each needs what only the protobuf model
+holds, so it runs before :func:`analogize.passes.graph.import_model` or after
+:func:`analogize.passes.graph.export_model`:
+
+- the opset move (:func:`fit_opset`) is ONNX's version converter, which reads and writes whole models;
+- function bodies (:func:`sync_analog_functions`, :func:`inline_analog_functions`)
+  are ``FunctionProto`` messages generated from the op set, kept byte for byte, and inlined by ONNX's inliner;
+- the IR version, metadata and settings record (:func:`raise_ir_version`, :func:`store_settings`) are fields
+  of the model, not of its graph.
+"""
+from __future__ import annotations
+
+import json
+
+import onnx
+from onnx import helper, inliner, version_converter
+
+from ..errors import AnalogizeError
+from ..ops.onnx_functions import MIN_OPSET, function_protos
+from ..ops.spec import DOMAIN, DOMAIN_VERSION
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    raise AnalogizeError("the model imports no default-domain (ai.onnx) opset; it is not a standard ONNX model")
+
+
+# ONNX Runtime 1.31 has no kernels for RandomNormalLike/RandomUniformLike at opset 22 (a type-only revision),
+# and function bodies must use the model's opset, so models with noise are brought down to 21.
+MAX_OPSET_WITH_RANDOM_OPS = 21
+
+
+def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | None = None):
+    """Move the default-domain opset into [minimum, maximum] with ONNX's version converter; no-op when inside."""
+    current = default_opset(model)
+    target = minimum if current < minimum else maximum if maximum is not None and current > maximum else current
+    if target == current:
+        return model, []
+    if model.functions:
+        raise AnalogizeError(f"the model uses opset {current} and carries its own local functions, which ONNX's "
+                             f"version converter drops when moving it to opset {target}; re-export it at opset "
+                             f"{target} (analogize needs {minimum}-{maximum or 'newest'} for this conversion)")
+    try:
+        converted = version_converter.convert_version(model, target)
+    except Exception as error:  # the converter raises bare RuntimeErrors/ValueErrors per op adapter
+        raise AnalogizeError(f"the model uses opset {current} and ONNX's version converter could not move it to "
+                             f"{target} ({str(error).splitlines()[0]}); re-export it at opset {target}") from None
+    return converted, [{"pass": "fit_opset", "from": current, "to": target}]
+
+
+def sync_analog_functions(model: onnx.ModelProto) -> None:
+    """Function bodies follow the nodes: each analog op the graph uses gets its body (at the model's opset) and
+    the domain import; bodies and the import that nothing uses any more go."""
+    in_use = {node.op_type for node in model.graph.node if node.domain == DOMAIN}
+    for function in [f for f in model.functions if f.domain == DOMAIN and f.name not in in_use]:
+        model.functions.remove(function)
+    present = {f.name for f in model.functions if f.domain == DOMAIN}
+    missing = sorted(in_use - present)
+    if missing:
+        model.functions.extend(function_protos(missing, default_opset(model)))
+    imported = [e for e in model.opset_import if e.domain == DOMAIN]
+    if in_use and not imported:
+        model.opset_import.append(helper.make_opsetid(DOMAIN, DOMAIN_VERSION))
+    elif not in_use:
+        for entry in imported:
+            model.opset_import.remove(entry)
+
+
+# Initializers outside graph.input need IR >= 4 and model-local functions IR >= 8; 10 is the lowest IR that
+# ONNX Runtime 1.31 and onnx >= 1.16 agree on for functions with attribute defaults.
+MIN_IR_VERSION = 10
+
+
+def raise_ir_version(model: onnx.ModelProto) -> None:
+    if model.ir_version < 4:
+        # Below IR 4 every initializer had to be listed as a graph input too, and runtimes take them as constants.
+        # Still listed at IR 4 and above, they would be inputs a caller may override, which ONNX Runtime neither
+        # folds nor lays out for its fastest convolutions.
+        stored = {tensor.name for tensor in model.graph.initializer}
+        data_inputs = [value for value in model.graph.input if value.name not in stored]
+        model.graph.ClearField("input")
+        model.graph.input.extend(data_inputs)
+    model.ir_version = max(model.ir_version, MIN_IR_VERSION)
+
+
+def inline_analog_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Expand the analog ops into standard ops so that no custom domain remains."""
+    inlined = inliner.inline_selected_functions(model, [(DOMAIN, f.name) for f in model.functions
+                                                             if f.domain == DOMAIN])
+    kept = [entry for entry in inlined.opset_import if entry.domain != DOMAIN]
+    inlined.ClearField("opset_import")
+    inlined.opset_import.extend(kept)
+    return inlined
+
+
+def is_converted(model: onnx.ModelProto) -> bool:
+    return any(entry.domain == DOMAIN for entry in model.opset_import) or any(
+        p.key == METADATA_KEY for p in model.metadata_props)
+
+
+METADATA_KEY = "analogize.settings"
+
+
+def stored_settings(model: onnx.ModelProto) -> dict:
+    """Convert's settings as recorded in the model ({} when it has none)."""
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            return json.loads(entry.value)
+    return {}
+
+
+def store_settings(model: onnx.ModelProto, summary: dict) -> None:
+    """Record convert's settings in the model's metadata (replacing any earlier record)."""
+    value = json.dumps(summary, sort_keys=True)
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            entry.value = value
+            return
+    model.metadata_props.add(key=METADATA_KEY, value=value)

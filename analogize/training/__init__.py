@@ -1,0 +1,3 @@
+"""Training in PyTorch: the ONNX graph as a torch module (:mod:`.onnx_torch`), noise-aware fine-tuning
+(:mod:`.finetune`), training the zoo models from scratch (:mod:`.train`) and grids of such runs (:mod:`.sweep`).
+"""
