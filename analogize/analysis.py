@@ -42,7 +42,7 @@ class Activation:
     @classmethod
     def parse(cls, text: str) -> "Activation":
         from .evaluate.engine import ActivationVariant
-        from .passes.rewrite import ACTIVATIONS
+        from .passes.activations import ACTIVATIONS
 
         if text == "relu":
             return cls(text, _RECTIFIER, factor=0.0, alpha=0.0)

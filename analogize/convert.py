@@ -6,12 +6,17 @@ from pathlib import Path
 
 import onnx
 
-from .passes import rewrite
 from .errors import AnalogizeError
-from .model_io import copy_model, load_model, save_model
+from .model_io import load_model, save_model
 from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision, check_precision, check_std,
                           ep_to_std, std_to_ep)
 from .ops.spec import OPS
+from .passes.activations import swap_activations
+from .passes.attributes import seed_random_ops
+from .passes.chains import CLAMP_RANGE, PLACEMENTS, ChainSettings, insert_analog_chains
+from .passes.graph import export_model, import_model
+from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, fit_opset, inline_analog_functions, is_converted,
+                           raise_ir_version, store_settings, sync_analog_functions)
 
 
 @dataclass(frozen=True)
@@ -28,7 +33,7 @@ class ConvertOptions:
     clamp: bool = True
     stochastic_rounding: bool = False
     divide: float = OPS["ReducePrecision"].attribute("divide").default
-    where: tuple[str, ...] = rewrite.PLACEMENTS
+    where: tuple[str, ...] = PLACEMENTS
     activation: str = "keep"
     factor: float | None = None  # None: the op's declared default
     scale: float | None = None
@@ -51,7 +56,7 @@ class ConvertOptions:
             return self.resolved_precision()
         return None
 
-    def chain_settings(self) -> rewrite.ChainSettings:
+    def chain_settings(self) -> ChainSettings:
         if self.ep is not None and self.std is not None:
             raise AnalogizeError("give either --ep or --std, not both")
         precision = self._noise_precision()
@@ -64,7 +69,7 @@ class ConvertOptions:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0):
             raise AnalogizeError(f"seed must be a whole number >= 0, got {self.seed!r}")
         OPS["ReducePrecision"].attribute("divide").check("ReducePrecision", self.divide)
-        return rewrite.ChainSettings(precision=precision if self.quantize else None, std=std, clamp=self.clamp,
+        return ChainSettings(precision=precision if self.quantize else None, std=std, clamp=self.clamp,
                                      divide=self.divide, stochastic_rounding=self.stochastic_rounding,
                                      seed=self.seed)
 
@@ -74,7 +79,7 @@ class ConvertOptions:
         precision = self._noise_precision()
         return {"options": asdict(self), "precision": precision, "std": settings.std,
                 "ep": std_to_ep(settings.std, precision) if precision else None,
-                "clamp_range": list(rewrite.CLAMP_RANGE)}
+                "clamp_range": list(CLAMP_RANGE)}
 
     @classmethod
     def from_dict(cls, options: dict) -> "ConvertOptions":
@@ -89,35 +94,39 @@ class ConversionResult:
 
 
 def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **overrides) -> ConversionResult:
-    """Rewrite ``model`` (left untouched) into its analog simulation; ``overrides`` replace option fields."""
+    """Rewrite ``model`` (left untouched) into its analog simulation; ``overrides`` replace option fields.
+
+    The pipeline: the opset move (protobuf); on the graph, insert the chains, swap the activations and seed the
+    random nodes; then the function bodies, IR version and settings record (protobuf), and the optional
+    inlining."""
     options = replace(options or ConvertOptions(), **overrides)
-    if rewrite.is_converted(model):
+    if is_converted(model):
         raise AnalogizeError("the model is already converted (it contains ai.analogize ops or settings); "
                              "convert the original model instead")
     settings = options.chain_settings()
     random_ops = settings.std > 0 or settings.stochastic_rounding
-    working, upgrades = rewrite.fit_opset(model, maximum=rewrite.MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
-    if working is model:  # the version converter returns a new model; otherwise copy, the caller's stays intact
-        working = copy_model(model)
-    chains = rewrite.insert_analog_chains(working, settings, options.where, options.exclude)
-    swaps = rewrite.swap_activations(working, options.activation, {
+    working, upgrades = fit_opset(model, maximum=MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
+    graph = import_model(working)
+    chains = insert_analog_chains(graph, settings, options.where, options.exclude)
+    swaps = swap_activations(graph, options.activation, {
         "factor": options.factor, "scale": options.scale, "alpha": options.alpha,
         "temperature": options.temperature}, options.exclude)
     if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
         raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
                              "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
-    rewrite.seed_random_ops(working, settings.seed)
-    rewrite.attach_functions(working, chains["op_types"] + swaps["op_types"])
-    rewrite.raise_ir_version(working)
+    seed_random_ops(graph, settings.seed)
+    converted = export_model(graph, working)
+    sync_analog_functions(converted)
+    raise_ir_version(converted)
     summary = options.summary()
-    rewrite.store_settings(working, summary)
+    store_settings(converted, summary)
     if options.inline:
-        working = rewrite.inline_analog_functions(working)
+        converted = inline_analog_functions(converted)
     report = {"settings": summary, "opset_upgrades": upgrades, "layers": chains["layers"],
               "skipped_layers": chains["skipped_layers"], "inserted": chains["sites"],
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"]))}
-    return ConversionResult(working, report)
+    return ConversionResult(converted, report)
 
 
 def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,

@@ -50,9 +50,9 @@ def kernel_model(nodes, initializers=()):
     graph = helper.make_graph(nodes, "kernel", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-    from analogize.passes.rewrite import attach_functions
+    from analogize.passes.model import sync_analog_functions
 
-    attach_functions(model, {n.op_type for n in nodes if n.domain == DOMAIN})
+    sync_analog_functions(model)
     return model
 
 

@@ -10,7 +10,7 @@ from analogize import convert, native_library_path
 from analogize.runtime.blocked_layout import (NCHWC_DOMAIN, SENTINEL_CAPACITY, _elementwise, blocked_layout_model,
                                        sentinel_numbers, sentinels)
 from analogize.model_io import copy_model
-from analogize.native.fusion import fuse_elementwise_chains
+from analogize.native.fusion import fuse_model_chains
 from analogize.runtime.options import session_options
 from analogize.runtime.sessions import create_session
 
@@ -37,9 +37,7 @@ def conv_model(rng, channels=(16, 32, 16), pointwise_bias=True):
 
 
 def fused(model):
-    model = copy_model(model)
-    fuse_elementwise_chains(model)
-    return model
+    return fuse_model_chains(model)[0]
 
 
 def test_weight_chains_return_on_the_blocked_weights_and_chains_run_on_blocked_tensors(rng):

@@ -7,7 +7,11 @@ import pytest
 import torch
 
 import reference as ref
-from analogize.passes import rewrite
+from analogize.ops.spec import DOMAIN
+from analogize.passes.attributes import analog_nodes, seed_random_ops
+from analogize.passes.chains import remove_analog_chains
+from analogize.passes.graph import export_model, import_model
+from analogize.passes.model import sync_analog_functions
 from analogize.convert import ConvertOptions, convert
 from analogize.data import load_dataset
 from analogize.errors import AnalogizeError
@@ -32,9 +36,10 @@ def digits():
 
 def seeded(model, cell_seed):
     """``model`` with its random nodes seeded as evaluate seeds a cell."""
-    count = sum(1 for n in model.graph.node if n.domain == rewrite.DOMAIN and OPS[n.op_type].random)
-    rewrite.seed_random_ops(model, node_seeds(cell_seed, count))
-    return model
+    count = sum(1 for n in model.graph.node if n.domain == DOMAIN and OPS[n.op_type].random)
+    graph = import_model(model)
+    seed_random_ops(graph, node_seeds(cell_seed, count))
+    return export_model(graph, model)
 
 
 def torch_digits_model(model):
@@ -238,15 +243,18 @@ def test_bad_settings_are_refused(model, digits):
 
 def test_chain_removal_restores_the_clean_model_outputs(model, digits, rng):
     converted = convert(model, bits=4, ep=0.5, activation="keep", seed=0).model
-    rewrite.remove_analog_chains(converted)
-    assert not any(e.domain == rewrite.DOMAIN for e in converted.opset_import) and not converted.functions
+    graph = import_model(converted)
+    remove_analog_chains(graph)
+    converted = export_model(graph, converted)
+    sync_analog_functions(converted)
+    assert not any(e.domain == DOMAIN for e in converted.opset_import) and not converted.functions
     assert not [t for t in converted.graph.initializer if t.name.startswith("analogize/")]
     onnx.checker.check_model(converted, full_check=True)
     x = digits.x[:64]
     np.testing.assert_array_equal(session(converted).run(None, {"input": x})[0],
                                   session(model).run(None, {"input": x})[0])
     with pytest.raises(AnalogizeError, match="unknown chain element"):
-        rewrite.remove_analog_chains(converted, ("noise", "gain"))
+        remove_analog_chains(import_model(converted), ("noise", "gain"))
 
 
 def test_node_seeds_are_exact_in_float32_and_shared_by_no_two_cells():
@@ -313,9 +321,9 @@ def test_the_snr_reference_rounds_deterministically(model):
     grid = Grid(bits=(4,), ep=(0.5,), repeats=1)
     builder = _CellModels(model, ConvertOptions(stochastic_rounding=True), grid)
     built, settings = builder.build(grid.cells()[0])
-    assert rewrite.analog_nodes(built, {"StochasticReducePrecision"})
+    assert analog_nodes(import_model(built), {"StochasticReducePrecision"})
     reference = onnx.load_from_string(builder.noise_free(built, settings))
-    assert {n.op_type for n in rewrite.analog_nodes(reference)} == {"ReducePrecision"}
+    assert {n.op for n in analog_nodes(import_model(reference))} == {"ReducePrecision"}
     assert {f.name for f in reference.functions} == {"ReducePrecision"}
     onnx.checker.check_model(reference, full_check=True)
 

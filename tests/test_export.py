@@ -9,10 +9,13 @@ from onnx import TensorProto, helper
 
 import reference as ref
 from analogize import convert
-from analogize.passes import rewrite
 from analogize.data import digits
 from analogize.errors import AnalogizeError
-from analogize.export.formats import analog_spec, compare_outputs, export, rebuild
+from analogize.export import analog_spec, compare_outputs, export, rebuild
+from analogize.passes.attributes import round_deterministically
+from analogize.passes.chains import remove_analog_chains
+from analogize.passes.graph import export_model, import_model
+from analogize.passes.model import store_settings, sync_analog_functions
 from analogize.runtime.sessions import create_session
 from conftest import DEFAULT_MODEL, session
 from test_cli import analogize
@@ -38,9 +41,7 @@ def clamped_quantizer_model(precision, opset=17):
                               "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])], bounds)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
-    from analogize.passes.rewrite import attach_functions, store_settings
-
-    attach_functions(model, ["ReducePrecision"])
+    sync_analog_functions(model)
     store_settings(model, {"options": {"bit_convention": "pow2"}, "precision": precision})
     return model
 
@@ -100,11 +101,16 @@ def qonnx_execution(model, x, tmp_path):
     return execute_onnx(wrapper, {name: x})[wrapper.graph.output[0].name]
 
 
+def node_attributes(node):
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
 def noise_free_simulation(model, x):
-    noise_free = onnx.ModelProto()
-    noise_free.CopyFrom(model)
-    rewrite.remove_analog_chains(noise_free, ("noise",))
-    rewrite.round_deterministically(noise_free)
+    graph = import_model(model)
+    remove_analog_chains(graph, ("noise",))
+    round_deterministically(graph)
+    noise_free = export_model(graph, model)
+    sync_analog_functions(noise_free)
     return create_session(noise_free, native=False).run(None, {noise_free.graph.input[0].name: x})[0]
 
 
@@ -119,7 +125,7 @@ def test_qonnx_executor_runs_the_export_bit_for_bit_like_the_noise_free_simulati
     assert len(quants) == sum(1 for t in spec["tensors"] if t["precision"]) == 20
     parameters = {t.name: onnx.numpy_helper.to_array(t) for t in exported.graph.initializer}
     for node in quants:
-        assert rewrite.node_attributes(node) == {"signed": 1, "narrow": 1, "rounding_mode": b"HALF_DOWN"}
+        assert node_attributes(node) == {"signed": 1, "narrow": 1, "rounding_mode": b"HALF_DOWN"}
         assert [float(parameters[name]) for name in node.input[1:]] == [2.0**-bits, 0.0, bits + 2]
     assert {t["integer_bits"] for t in spec["tensors"]} == {bits + 2}
     x = test_images[0]

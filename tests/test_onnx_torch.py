@@ -10,7 +10,7 @@ from analogize.data import InputSpec
 from analogize.errors import AnalogizeError
 from analogize.training.onnx_torch import to_torch
 from analogize.ops.spec import DOMAIN, OPS
-from analogize.passes.rewrite import fit_opset
+from analogize.passes.model import fit_opset
 from conftest import DEFAULT_MODEL, LIGHT_MODELS, session
 import reference
 

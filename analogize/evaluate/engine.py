@@ -23,12 +23,16 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import onnx
 
-from ..passes import rewrite
 from ..convert import ConvertOptions, convert
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..errors import AnalogizeError
-from ..model_io import copy_model
-from ..ops.spec import OPS
+from ..ops.spec import DOMAIN, OPS
+from ..passes.activations import ACTIVATIONS, swap_activations
+from ..passes.attributes import analog_nodes, round_deterministically, seed_random_ops, set_analog_attributes
+from ..passes.chains import CHAIN_ELEMENTS, remove_analog_chains
+from ..passes.graph import export_model, import_model, is_default_domain
+from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, fit_opset, is_converted, store_settings, stored_settings,
+                            sync_analog_functions)
 from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
 from ..progress import progress_bar
 from ..runtime.sessions import kernels_in_use
@@ -38,8 +42,8 @@ RESULT_VERSION = 1
 TOP5_MIN_CLASSES = 6  # top-5 accuracy says something only with more than five classes
 # Seeds are float attributes: float32 holds every whole number up to 2^24 exactly.
 _SEED_SPACE = 2**24
-_QUANTIZE_OPS = rewrite.CHAIN_ELEMENTS["quantize"]
-_NOISE_OPS = rewrite.CHAIN_ELEMENTS["noise"]
+_QUANTIZE_OPS = CHAIN_ELEMENTS["quantize"]
+_NOISE_OPS = CHAIN_ELEMENTS["noise"]
 
 
 @dataclass(frozen=True)
@@ -55,10 +59,10 @@ class ActivationVariant:
     @classmethod
     def parse(cls, text: str) -> "ActivationVariant":
         name, _, rest = text.partition(":")
-        if name not in rewrite.ACTIVATIONS:
+        if name not in ACTIVATIONS:
             raise AnalogizeError(f"unknown activation {name!r} in {text!r}: choose from "
-                                 f"{', '.join(rewrite.ACTIVATIONS)}")
-        settable = rewrite.ACTIVATIONS[name].settable
+                                 f"{', '.join(ACTIVATIONS)}")
+        settable = ACTIVATIONS[name].settable
         parameters = {}
         for item in rest.split(":") if rest else []:
             key, separator, value = item.partition("=")
@@ -267,24 +271,25 @@ def _summarise(per_repeat: list[dict]) -> dict:
 
 
 class _CellModels:
-    """Builds each cell's model from one rewritten graph per activation variant."""
+    """Builds each cell's model from one rewritten graph per activation variant: each model is the skeleton
+    imported, changed by the passes of :mod:`analogize.passes.attributes` and :mod:`.chains`, and exported."""
 
     def __init__(self, model: onnx.ModelProto, options: ConvertOptions, grid: Grid):
         self.options, self.grid = options, grid
-        self.converted = rewrite.is_converted(model)
+        self.converted = is_converted(model)
         if options.precision is not None and grid.bits != (None,):
             raise AnalogizeError("give --bits or --precision, not both")
         if self.converted:
             _check_variable(model, options)
             self.base = model
-            self.current_precision = options.precision or _first_attribute(model, _QUANTIZE_OPS, "precision") \
-                or rewrite.stored_settings(model).get("precision")
+            self.current_precision = options.precision or _first_attribute(
+                import_model(model), _QUANTIZE_OPS, "precision") or stored_settings(model).get("precision")
         else:
             noisy = options.noise and any(ep != 0 for ep in grid.ep)
             if not options.noise and any(ep not in (None, 0) for ep in grid.ep):
                 raise AnalogizeError("--no-noise leaves no noise for --ep to set; drop one of them")
-            self.base, _ = rewrite.fit_opset(
-                model, maximum=rewrite.MAX_OPSET_WITH_RANDOM_OPS if noisy or options.stochastic_rounding else None)
+            self.base, _ = fit_opset(
+                model, maximum=MAX_OPSET_WITH_RANDOM_OPS if noisy or options.stochastic_rounding else None)
         self._skeletons: dict[str, onnx.ModelProto] = {}
 
     def skeleton(self, variant: ActivationVariant) -> onnx.ModelProto:
@@ -297,59 +302,59 @@ class _CellModels:
         return convert(self.base, cell_convert_options(self.options, variant, None, None, None)).model
 
     def _vary_converted(self, variant: ActivationVariant) -> onnx.ModelProto:
-        model = copy_model(self.base)
-        choice = rewrite.ACTIVATIONS[variant.activation]
+        choice = ACTIVATIONS[variant.activation]
         if choice.op_type is None:
-            return model
+            return self.base
+        graph = import_model(self.base)
         values = {**dict(choice.fixed), **dict(variant.parameters)}
-        if choice.domain == rewrite.DOMAIN and rewrite.analog_nodes(model, {choice.op_type}):
-            rewrite.set_analog_attributes(model, {choice.op_type}, **values)
-            return model
-        standard = [n for n in model.graph.node if n.op_type == choice.op_type and n.domain in ("", "ai.onnx")]
-        if choice.domain == "" and standard:
+        standard = [n for n in graph.nodes if n.op == choice.op_type and is_default_domain(n)]
+        if choice.domain == DOMAIN and analog_nodes(graph, {choice.op_type}):
+            set_analog_attributes(graph, {choice.op_type}, **values)
+        elif choice.domain == "" and standard:
             for node in standard:
-                node.ClearField("attribute")
-                node.attribute.extend(onnx.helper.make_attribute(k, float(v)) for k, v in sorted(values.items()))
-            return model
-        swaps = rewrite.swap_activations(model, variant.activation, dict(variant.parameters))
-        if not swaps["swapped"]:
+                node.attrs.clear()
+                node.attrs.update((k, float(v)) for k, v in sorted(values.items()))
+        elif not swap_activations(graph, variant.activation, dict(variant.parameters))["swapped"]:
             raise AnalogizeError(f"activation variant {variant.label!r}: the converted model has no ReLU and no "
                                  f"{choice.op_type} to vary; evaluate the original model instead")
-        rewrite.attach_functions(model, swaps["op_types"])
-        return model
+        return _exported(graph, self.base)
 
     def clean(self) -> onnx.ModelProto:
         """The digital model: the original, or a converted one with its chains taken out."""
         if not self.converted:
             return self.base
-        model = copy_model(self.base)
-        rewrite.remove_analog_chains(model)
-        return model
+        graph = import_model(self.base)
+        remove_analog_chains(graph)
+        return _exported(graph, self.base)
 
     def digital(self, variant: ActivationVariant) -> onnx.ModelProto:
         """The variant's activations without noise, reduce-precision or clamp."""
-        model = copy_model(self.skeleton(variant))
-        rewrite.remove_analog_chains(model)
-        return model
+        skeleton = self.skeleton(variant)
+        graph = import_model(skeleton)
+        remove_analog_chains(graph)
+        return _exported(graph, skeleton)
 
     def build(self, cell: Cell) -> tuple[onnx.ModelProto, dict]:
         """The cell's model (equal to converting with the cell's options) and its resolved settings."""
-        model = copy_model(self.skeleton(cell.variant))
+        skeleton = self.skeleton(cell.variant)
+        graph = import_model(skeleton)
         seed = cell.seed(self.grid.seed)
         if self.converted:
-            precision, std = self._converted_precision_and_std(model, cell)
+            precision, std = self._converted_precision_and_std(graph, cell)
         else:
             options = cell_convert_options(self.options, cell.variant, cell.bits, cell.ep, None)
             precision, std = options.resolved_precision(), options.chain_settings().std
-            rewrite.store_settings(model, options.summary())
         if precision is not None:
-            rewrite.set_analog_attributes(model, _QUANTIZE_OPS, precision=precision)
+            set_analog_attributes(graph, _QUANTIZE_OPS, precision=precision)
         if std:
-            rewrite.set_analog_attributes(model, _NOISE_OPS, std=std)
+            set_analog_attributes(graph, _NOISE_OPS, std=std)
         else:
-            rewrite.remove_analog_chains(model, ("noise",))
-        random_nodes = [n for n in rewrite.analog_nodes(model) if OPS[n.op_type].random]
-        rewrite.seed_random_ops(model, node_seeds(seed, len(random_nodes)))
+            remove_analog_chains(graph, ("noise",))
+        random_nodes = [n for n in analog_nodes(graph) if OPS[n.op].random]
+        seed_random_ops(graph, node_seeds(seed, len(random_nodes)))
+        model = _exported(graph, skeleton)
+        if not self.converted:
+            store_settings(model, options.summary())
         ep = cell.ep if cell.ep is not None else (std_to_ep(std, precision) if std and precision else 0.0)
         return model, {"bits": cell.bits, "precision": precision, "ep": ep, "std": std, "seed": seed}
 
@@ -359,23 +364,30 @@ class _CellModels:
         random draw with any repeat), or None when the cell has no noise."""
         if not settings["std"]:
             return None
-        reference = copy_model(model)
-        rewrite.remove_analog_chains(reference, ("noise",))
-        rewrite.round_deterministically(reference)
-        return reference.SerializeToString()
+        graph = import_model(model)
+        remove_analog_chains(graph, ("noise",))
+        round_deterministically(graph)
+        return _exported(graph, model).SerializeToString()
 
-    def _converted_precision_and_std(self, model: onnx.ModelProto, cell: Cell) -> tuple[float | None, float]:
+    def _converted_precision_and_std(self, graph, cell: Cell) -> tuple[float | None, float]:
         precision = (bits_to_precision(cell.bits, self.options.bit_convention) if cell.bits is not None
                      else self.current_precision)
         if cell.ep is None:
-            return precision, _first_attribute(model, _NOISE_OPS, "std") or 0.0
-        if cell.ep > 0 and not rewrite.analog_nodes(model, _NOISE_OPS):
+            return precision, _first_attribute(graph, _NOISE_OPS, "std") or 0.0
+        if cell.ep > 0 and not analog_nodes(graph, _NOISE_OPS):
             raise AnalogizeError("the converted model has no AnalogNoise to set --ep on; convert it with noise "
                                  "or evaluate the original model")
         if cell.ep > 0 and precision is None:
             raise AnalogizeError("the converted model has no reduce-precision, so an EP has no step size; "
                                  "give --bits")
         return precision, ep_to_std(cell.ep, precision) if cell.ep > 0 else 0.0
+
+
+def _exported(graph, source: onnx.ModelProto) -> onnx.ModelProto:
+    """The end of every cell pipeline: the graph exported, its function bodies following its analog nodes."""
+    model = export_model(graph, source)
+    sync_analog_functions(model)
+    return model
 
 
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.
@@ -385,7 +397,7 @@ _FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "whe
 
 def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
     """A converted model has its precision, noise std and activations varied; refuse what cannot be."""
-    if rewrite.stored_settings(model).get("options", {}).get("inline"):
+    if stored_settings(model).get("options", {}).get("inline"):
         raise AnalogizeError("the model was converted with --inline, so its analog ops are standard ops that "
                              "cannot be told apart; evaluate the original model (or one converted without --inline)")
     defaults = ConvertOptions()
@@ -396,9 +408,8 @@ def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
                              f"original model to change them (use --ep 0 for no noise)")
 
 
-def _first_attribute(model: onnx.ModelProto, op_types, name: str) -> float | None:
-    return next((rewrite.node_attributes(node)[name] for node in rewrite.analog_nodes(model, set(op_types))
-                 if name in rewrite.node_attributes(node)), None)
+def _first_attribute(graph, op_types, name: str) -> float | None:
+    return next((node.attrs[name] for node in analog_nodes(graph, set(op_types)) if name in node.attrs), None)
 
 
 _WORKER_WORKLOAD: _Workload | None = None

@@ -13,7 +13,6 @@ keep their function bodies, so they still run where the library is absent.
 """
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import math
 import os
@@ -24,11 +23,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import onnx
-from onnx import helper
-
 from ..errors import AnalogizeError
-from ..ops.spec import DOMAIN, OPS, OpSpec, TracedArithmetic
+from ..ops.spec import OPS, OpSpec, TracedArithmetic
 
 SOURCE_DIR = Path(__file__).resolve().parents[2] / "custom_ops"
 LIBRARY_NAME = "libanalogize_ops.so"

@@ -1,12 +1,23 @@
-"""Fusion of element-wise chains into FusedChain nodes of the native domain."""
+"""Fusion of element-wise chains into FusedChain nodes of the native domain.
+
+:func:`fuse_elementwise_chains` is a pass over onnx-graphsurgeon's IR (the contract of :mod:`analogize.passes`);
+:func:`fuse_model_chains` is its pipeline for callers that hold a model:
+:func:`~analogize.passes.graph.import_model`, :func:`fuse_elementwise_chains`,
+:func:`~analogize.passes.graph.export_model` (which imports the native domain the new nodes use, once).
+"""
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
+import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 from onnx import helper
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from ..ops.spec import DOMAIN, OPS, OpSpec
+from ..passes.graph import export_model, import_model, is_default_domain
 from .build import FUSED_DOMAIN, _kernel_source
 
 
@@ -25,88 +36,98 @@ def _gated(spec: OpSpec) -> bool:
 ELEMENTWISE_OPS = {name for name, spec in OPS.items() if not _gated(spec)}
 
 
-def _step(node, scalars: dict, straight_through_only: bool):
+def _scalars(overridable: Collection[str]):
+    """A reader of Clip bounds: the value of a dense float32 initializer of one element that no caller may
+    override, else None; each tensor read once (convert's clamps share two), and read without loading it into
+    the tensor, which would make the export re-encode it."""
+    known: dict[str, float | None] = {}
+
+    def value(tensor: gs.Tensor) -> float | None:
+        if not isinstance(tensor, gs.Constant) or tensor.name in overridable:
+            return None
+        if tensor.name not in known:
+            stored = tensor._values  # graphsurgeon's LazyValues until something loads them
+            known[tensor.name] = None if isinstance(stored, SparseValues) or tensor.dtype != np.float32 or \
+                math.prod(tensor.shape) != 1 else \
+                float((stored.load() if isinstance(stored, LazyValues) else stored).reshape(-1)[0])
+        return known[tensor.name]
+
+    return value
+
+
+def _step(node: gs.Node, scalar, straight_through_only: bool):
     """(kind, op index, parameters, seed) of a node FusedChain can take, or None."""
-    attributes = {a.name: a for a in node.attribute}
-    if any(a.type != onnx.AttributeProto.FLOAT for a in node.attribute):
+    attributes = node.attrs
+    if not all(type(value) is float for value in attributes.values()):
         return None  # an INT seed or precision is invalid: the op's own kernel refuses it
-    if node.domain == DOMAIN and node.op_type in ELEMENTWISE_OPS and len(node.input) == 1 and (
-            OPS[node.op_type].straight_through or not straight_through_only):
-        spec = OPS[node.op_type]
+    if node.domain == DOMAIN and node.op in ELEMENTWISE_OPS and len(node.inputs) == 1 and (
+            OPS[node.op].straight_through or not straight_through_only):
+        spec = OPS[node.op]
         values = []
         for attribute in spec.attributes:
             if attribute.name in attributes:
-                values.append(attributes[attribute.name].f)
+                values.append(attributes[attribute.name])
             elif attribute.required:
                 return None  # left to the op's own kernel, which reports it
             else:
                 values.append(math.nan if attribute.default is None else attribute.default)
-        seed = attributes["seed"].f if "seed" in attributes else -1.0
-        return STEP_ANALOG, _OP_INDEX[node.op_type], values, seed
-    if node.domain not in ("", "ai.onnx"):
+        return STEP_ANALOG, _OP_INDEX[node.op], values, attributes.get("seed", -1.0)
+    if not is_default_domain(node):
         return None
-    if node.op_type == "Relu":
+    if node.op == "Relu":
         return STEP_RELU, -1, [], -1.0
-    if node.op_type == "LeakyRelu":
-        return STEP_LEAKY_RELU, -1, [attributes["alpha"].f if "alpha" in attributes else 0.01], -1.0
-    if node.op_type == "Clip" and not attributes:
-        bounds = [(-math.inf, math.inf)[k] if len(node.input) <= k + 1 or not node.input[k + 1]
-                  else scalars.get(node.input[k + 1]) for k in range(2)]
+    if node.op == "LeakyRelu":
+        return STEP_LEAKY_RELU, -1, [attributes.get("alpha", 0.01)], -1.0
+    if node.op == "Clip" and not attributes:
+        bounds = [(-math.inf, math.inf)[k] if len(node.inputs) <= k + 1 or not node.inputs[k + 1].name
+                  else scalar(node.inputs[k + 1]) for k in range(2)]
         if None not in bounds:
             return STEP_CLIP, -1, bounds, -1.0
     return None
 
 
-def _names_read_in_subgraphs(graph) -> set:
-    """Every name a node inside a control-flow body reads (values captured from outer graphs among them)."""
-    names = set()
-    for node in graph.node:
-        for attribute in node.attribute:
-            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else list(attribute.graphs):
-                names.update(name for inner in body.node for name in inner.input)
-                names.update(value.name for value in body.output)
-                names.update(_names_read_in_subgraphs(body))
-    return names
-
-
-def fuse_elementwise_chains(model, straight_through_only: bool = False) -> int:
+def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False,
+                            overridable: Collection[str] = ()) -> int:
     """Replace each run of two or more element-wise nodes (analog ops, Clip with constant bounds, Relu,
     LeakyRelu), where each feeds only the next, by one FusedChain node: one pass over memory instead of one
-    per node, with the same numbers (each random step keeps its seed). Only for sessions that load the
-    native library: the node has no function body.
+    per node, with the same numbers (each random step keeps its seed); returns how many chains it fused. Only
+    for sessions that load the native library: the node has no function body.
 
     ``straight_through_only`` leaves out the analog ops whose training gradient is not the identity (the
-    activations), so that a chain's gradient is the slope :class:`TorchChain` computes beside it."""
-    import numpy as np
-    from onnx import TensorProto, numpy_helper
-
-    graph = model.graph
-    graph_inputs = {v.name for v in graph.input}  # an initializer that is also an input can be overridden
-    scalars = {t.name: float(numpy_helper.to_array(t).reshape(-1)[0]) for t in graph.initializer
-               if t.data_type == TensorProto.FLOAT and int(np.prod(t.dims)) == 1 and t.name not in graph_inputs}
+    activations), so that a chain's gradient is the slope :class:`TorchChain` computes beside it.
+    ``overridable`` names the initializers a caller may override (the model lists them as graph inputs, which
+    graphsurgeon does not record): a Clip bound among them is no constant. Graph outputs and the values a
+    control-flow body reads are never fused away.
+    """
+    nodes = graph.nodes
     uses: dict[str, int] = {}
-    for node in graph.node:
-        for name in node.input:
+    consumer: dict[str, int] = {}
+    bodies = False
+    for position, node in enumerate(nodes):
+        for tensor in node.inputs:
+            name = tensor.name
             uses[name] = uses.get(name, 0) + 1
-    for name in _names_read_in_subgraphs(graph) | {v.name for v in graph.output}:
-        uses[name] = uses.get(name, 0) + 2  # never fuse away a graph output or a value a subgraph reads
-    consumer = {}
-    for position, node in enumerate(graph.node):
-        for name in node.input:
             consumer[name] = position
-    steps = [_step(node, scalars, straight_through_only) for node in graph.node]
-    taken = [False] * len(graph.node)
-    replacement: dict[int, object] = {}
-    fused = 0
-    for start, node in enumerate(graph.node):
+        bodies = bodies or any(isinstance(value, gs.Graph) for value in node.attrs.values())
+    kept_names = {tensor.name for tensor in graph.outputs}
+    for body in graph.subgraphs(recursive=True) if bodies else ():  # reading values of outer graphs, too
+        kept_names.update(tensor.name for inner in body.nodes for tensor in inner.inputs)
+        kept_names.update(tensor.name for tensor in body.outputs)
+    for name in kept_names:
+        uses[name] = uses.get(name, 0) + 2
+    scalar = _scalars(overridable)
+    steps = [_step(node, scalar, straight_through_only) for node in nodes]
+    taken = [False] * len(nodes)
+    replacement: dict[int, gs.Node] = {}
+    for start, node in enumerate(nodes):
         if taken[start] or steps[start] is None:
             continue
         chain = [start]
         while len(chain) < MAX_CHAIN_STEPS:
-            output = graph.node[chain[-1]].output[0]
+            output = nodes[chain[-1]].outputs[0].name
             following = consumer.get(output)
             if uses.get(output) != 1 or following is None or steps[following] is None or taken[following] \
-                    or graph.node[following].input[0] != output:
+                    or nodes[following].inputs[0].name != output:
                 break
             chain.append(following)
         # Analog ops take float32 only, so a chain with one of them is all float32, as FusedChain requires.
@@ -121,24 +142,41 @@ def fuse_elementwise_chains(model, straight_through_only: bool = False) -> int:
             ops.append(op)
             parameters += list(values) + [0.0] * (MAX_STEP_ATTRIBUTES - len(values))
             seeds.append(seed)
-        first, last = graph.node[chain[0]], graph.node[chain[-1]]
-        replacement[start] = helper.make_node(
-            "FusedChain", [first.input[0]], [last.output[0]], name=f"fused/{first.name or first.output[0]}",
-            domain=FUSED_DOMAIN, kinds=kinds, ops=ops, parameters=parameters, seeds=seeds)
-        fused += 1
-    if not fused:
-        return 0
-    nodes = [replacement.get(position, node) for position, node in enumerate(graph.node)
-             if position in replacement or not taken[position]]
-    graph.ClearField("node")
-    graph.node.extend(nodes)
-    model.opset_import.append(helper.make_opsetid(FUSED_DOMAIN, 1))
-    return fused
+        first, last = nodes[chain[0]], nodes[chain[-1]]
+        source, target = first.inputs[0], last.outputs[0]
+        name = f"fused/{first.name or first.outputs[0].name}"
+        for position in chain:
+            nodes[position].inputs.clear()
+            nodes[position].outputs.clear()
+        replacement[start] = gs.Node("FusedChain", name=name, domain=FUSED_DOMAIN, inputs=[source],
+                                     outputs=[target], attrs={"kinds": kinds, "ops": ops, "parameters": parameters,
+                                                              "seeds": seeds})
+    if replacement:
+        graph.nodes = [replacement.get(position, node) for position, node in enumerate(nodes)
+                       if position in replacement or not taken[position]]
+    return len(replacement)
 
 
-def chain_steps(node) -> list[tuple[int, str | None, list[float]]]:
+def fuse_model_chains(model: onnx.ModelProto, straight_through_only: bool = False) -> tuple[onnx.ModelProto, int]:
+    """The pipeline of :func:`fuse_elementwise_chains` for a model: the fused model (a new one; ``model`` itself,
+    untouched, where nothing fuses) and how many chains were fused."""
+    graph = import_model(model)
+    count = fuse_elementwise_chains(graph, straight_through_only, overridable={v.name for v in model.graph.input})
+    if not count:
+        return model, 0
+    return export_model(graph, model), count
+
+
+def chain_attributes(node: onnx.NodeProto | gs.Node) -> dict:
+    """A FusedChain node's attributes by name (kinds, ops, parameters, seeds), from either IR."""
+    if isinstance(node, gs.Node):
+        return node.attrs
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def chain_steps(node: onnx.NodeProto | gs.Node) -> list[tuple[int, str | None, list[float]]]:
     """A FusedChain node's steps as (kind, analog op name or None, parameters), for running them elsewhere."""
-    attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+    attributes = chain_attributes(node)
     names = list(OPS)
     return [(kind, names[op] if kind == STEP_ANALOG else None,
              list(attributes["parameters"][k * MAX_STEP_ATTRIBUTES:(k + 1) * MAX_STEP_ATTRIBUTES]))

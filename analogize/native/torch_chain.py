@@ -3,11 +3,9 @@ from __future__ import annotations
 
 import ctypes
 
-from onnx import helper
-
 from ..errors import AnalogizeError
 from .build import native_library_path
-from .fusion import MAX_STEP_ATTRIBUTES
+from .fusion import MAX_STEP_ATTRIBUTES, chain_attributes
 
 
 class TorchChain:
@@ -19,7 +17,7 @@ class TorchChain:
 
     def __init__(self, node, seeds: list[float]):
         library = self._load()
-        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        attributes = chain_attributes(node)
         steps = len(attributes["kinds"])
         if not len(attributes["ops"]) == len(seeds) == steps or \
                 len(attributes["parameters"]) != MAX_STEP_ATTRIBUTES * steps:

@@ -1,15 +1,24 @@
-"""Analog chains: what their elements are, and taking them out of a converted graph.
+"""Analog chains: inserting them around a graph's linear layers, what their elements are, and taking them out.
 
-(Inserting them is convert's pass; it joins this module.)
+Placement follows the paper's fully analog ConvNet (``shared/reference/analog-semantics.md`` section 3):
+a DOA chain Clip -> ReducePrecision -> AnalogNoise before every layer (the network input included) and on
+its weights and biases, an AOD chain AnalogNoise -> Clip -> ReducePrecision after it, then the activation.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import AnalogizeError
-from ..ops.spec import DOMAIN
-from .graph import is_default_domain
+from ..ops.spec import DOMAIN, OPS
+from .graph import Names, constant_tensors, is_default_domain
 
+PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
+LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+DOA_ORDER = ("clamp", "quantize", "noise")
+AOD_ORDER = ("noise", "clamp", "quantize")
 CLAMP_RANGE = (-1.0, 1.0)
 CLAMP_BOUND_PREFIX = "analogize/clamp_"
 CHAIN_ELEMENTS = {"noise": ("AnalogNoise",), "quantize": ("ReducePrecision", "StochasticReducePrecision"),
@@ -56,3 +65,233 @@ def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS)) -> int
                     consumer.inputs[slot] = source
     graph.nodes = kept
     return removed
+
+
+@dataclass(frozen=True)
+class ChainSettings:
+    """What an inserted chain does; an element is left out when disabled (precision None, std 0, clamp off)."""
+
+    precision: float | None
+    std: float
+    clamp: bool
+    divide: float = 0.5
+    stochastic_rounding: bool = False
+    seed: int | None = None
+
+    def elements(self, order: tuple[str, ...]) -> tuple[str, ...]:
+        enabled = {"clamp": self.clamp, "quantize": self.precision is not None, "noise": self.std > 0}
+        return tuple(element for element in order if enabled[element])
+
+
+@dataclass
+class Layer:
+    node: gs.Node
+    position: int
+    data: str  # the activation operand
+    weight: str | None  # constant operand
+    bias: str | None
+    bias_node: gs.Node | None = None  # an Add that carries the bias of a MatMul
+    bias_position: int = -1
+    bias_slot: int = 2
+
+    @property
+    def output_node(self) -> gs.Node:
+        return self.bias_node or self.node
+
+
+class _TopLevel:
+    """Positions and top-level uses of the graph's nodes, and its constants (subgraphs stay digital)."""
+
+    def __init__(self, graph: gs.Graph):
+        self.graph = graph
+        self.tensors = graph.tensors()
+        self.constants, self.float_constants = constant_tensors(graph)
+        self.consumers: dict[str, list] = {}
+        self.producer: dict[str, int] = {}
+        for position, node in enumerate(graph.nodes):
+            for slot, tensor in enumerate(node.inputs):
+                if tensor.name:
+                    self.consumers.setdefault(tensor.name, []).append((position, slot))
+            for tensor in node.outputs:
+                self.producer[tensor.name] = position
+
+
+def find_layers(graph: gs.Graph, exclude=()) -> tuple[list[Layer], list[dict]]:
+    """Linear layers with a constant float weight operand; the rest are reported with the reason."""
+    return _find_layers(_TopLevel(graph), set(exclude))
+
+
+def _find_layers(top: _TopLevel, exclude) -> tuple[list[Layer], list[dict]]:
+    layers, skipped = [], []
+    for position, node in enumerate(top.graph.nodes):
+        if node.op not in LAYER_OP_TYPES or not is_default_domain(node):
+            continue
+        reason, layer = _classify_layer(node, position, top, exclude)
+        if layer is None:
+            skipped.append({"node": node.name, "op_type": node.op, "reason": reason})
+        else:
+            layers.append(layer)
+    return layers, skipped
+
+
+def _classify_layer(node: gs.Node, position: int, top: _TopLevel, exclude):
+    if node.name in exclude or node.op in exclude:
+        return "excluded by --exclude", None
+    inputs = [tensor.name for tensor in node.inputs] + [""] * 3
+    if node.op in ("Conv", "ConvTranspose"):
+        data, weight, bias = inputs[0], inputs[1], inputs[2] or None
+        if weight not in top.constants:
+            return "weight is not a constant", None
+    else:
+        first, second = inputs[0], inputs[1]
+        if (first in top.constants) == (second in top.constants):
+            return "no single constant operand (activation-by-activation product or constant expression)", None
+        data, weight = (first, second) if second in top.constants else (second, first)
+        bias = (inputs[2] or None) if node.op == "Gemm" else None
+    if weight not in top.float_constants:
+        return "weight is not float32 (only float32 models are supported)", None
+    layer = Layer(node, position, data, weight, bias if bias in top.constants else None)
+    if node.op == "MatMul":
+        _attach_bias_add(layer, top)
+    return "", layer
+
+
+def _attach_bias_add(layer: Layer, top: _TopLevel) -> None:
+    """A MatMul followed by ``Add(constant)`` is one biased layer (exporters split torch Linear this way)."""
+    output = layer.node.outputs[0]
+    uses = top.consumers.get(output.name, [])
+    if len(uses) != 1 or any(tensor is output for tensor in top.graph.outputs):
+        return
+    position, slot = uses[0]
+    add = top.graph.nodes[position]
+    other = add.inputs[1 - slot].name if len(add.inputs) == 2 else ""
+    if add.op == "Add" and other in top.float_constants:
+        layer.bias, layer.bias_node, layer.bias_position, layer.bias_slot = other, add, position, 1 - slot
+
+
+class _ChainBuilder:
+    """Makes chain nodes, and collects them by the position they go before or after; :meth:`place` then
+    rebuilds the node list once."""
+
+    def __init__(self, graph: gs.Graph, names: Names, settings: ChainSettings):
+        self.graph, self.names, self.settings = graph, names, settings
+        self.before: dict[int, list] = {}
+        self.after: dict[int, list] = {}
+        self.op_types: set[str] = set()
+        self._clip_bounds: list[gs.Constant] | None = None
+        self._attributes: dict[str, tuple[str, dict]] = {}
+
+    def chain(self, source: gs.Tensor, target: gs.Tensor, order: tuple[str, ...], site: str) -> list[gs.Node]:
+        nodes, current, elements = [], source, self.settings.elements(order)
+        for k, element in enumerate(elements):
+            output = target if k == len(elements) - 1 else \
+                gs.Variable(self.names.unique(f"{target.name}::{element}"))
+            nodes.append(self._element(element, current, output, f"analogize/{site}/{target.name}/{element}"))
+            current = output
+        return nodes
+
+    def _element(self, element: str, source: gs.Tensor, output: gs.Tensor, name: str) -> gs.Node:
+        if element == "clamp":
+            return gs.Node("Clip", name=name, inputs=[source, *self._clip_inputs()], outputs=[output])
+        if element not in self._attributes:
+            self._attributes[element] = self._op(element)
+        op_name, attributes = self._attributes[element]
+        return gs.Node(op_name, name=name, attrs=dict(attributes), inputs=[source], outputs=[output], domain=DOMAIN)
+
+    def _op(self, element: str) -> tuple[str, dict]:
+        """The analog op of an element and its attributes, checked once against the op set."""
+        settings = self.settings
+        if element == "quantize":
+            op_name = "StochasticReducePrecision" if settings.stochastic_rounding else "ReducePrecision"
+            attributes = {"precision": settings.precision}
+            if not settings.stochastic_rounding:
+                attributes["divide"] = settings.divide
+        else:
+            op_name, attributes = "AnalogNoise", {"std": settings.std}
+        self.op_types.add(op_name)
+        # in name order and without unset values, so files list attributes in one fixed order
+        return op_name, {k: v for k, v in sorted(OPS[op_name].resolve(**attributes).items()) if v is not None}
+
+    def _clip_inputs(self) -> list[gs.Constant]:
+        if self._clip_bounds is None:
+            self._clip_bounds = [gs.Constant(self.names.unique(f"{CLAMP_BOUND_PREFIX}{bound}"),
+                                             np.array(value, np.float32))
+                                 for bound, value in zip(("min", "max"), CLAMP_RANGE)]
+        return self._clip_bounds
+
+    def place(self) -> None:
+        ordered = []
+        for position, node in enumerate(self.graph.nodes):
+            ordered += self.before.get(position, [])
+            ordered.append(node)
+            ordered += self.after.get(position, [])
+        self.graph.nodes = ordered
+
+
+def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEMENTS, exclude=()) -> dict:
+    """Insert clamp / reduce-precision / noise chains at the ``where`` placements; report what went where."""
+    unknown = set(where) - set(PLACEMENTS)
+    if unknown:
+        raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
+    top = _TopLevel(graph)
+    layers, skipped = _find_layers(top, set(exclude))
+    builder = _ChainBuilder(graph, Names(graph), settings)
+    sites: list[dict] = []
+
+    def rewire(name: str, uses: list, order, site: str, layer_name: str | None) -> None:
+        target = gs.Variable(builder.names.unique(f"{name}::analog"))
+        nodes = builder.chain(top.tensors[name], target, order, site)
+        if not nodes:
+            return
+        for position, slot in uses:
+            graph.nodes[position].inputs[slot] = target
+        builder.before.setdefault(min(p for p, _ in uses), []).extend(nodes)
+        sites.append({"site": site, "tensor": name, "layer": layer_name, "ops": [n.op for n in nodes]})
+
+    chained_inputs = set()
+    if "input" in where:
+        for value in graph.inputs:
+            if value.dtype != np.float32 or value.name not in top.consumers:
+                continue
+            rewire(value.name, top.consumers[value.name], DOA_ORDER, "input", None)
+            chained_inputs.add(value.name)
+
+    if "layer-inputs" in where:
+        layer_uses: dict[str, list] = {}
+        owners: dict[str, list] = {}
+        for layer in layers:
+            if layer.data in chained_inputs:
+                continue
+            slot = [tensor.name for tensor in layer.node.inputs].index(layer.data)
+            layer_uses.setdefault(layer.data, []).append((layer.position, slot))
+            owners.setdefault(layer.data, []).append(layer.node.name)
+        for name, uses in layer_uses.items():
+            rewire(name, uses, DOA_ORDER, "layer-input", ",".join(owners[name]))
+
+    for kind, placement in (("weight", "weights"), ("bias", "biases")):
+        if placement not in where:
+            continue
+        for layer in layers:
+            name = getattr(layer, kind)
+            if name is None:
+                continue
+            if kind == "bias" and layer.bias_node is not None:
+                uses = [(layer.bias_position, layer.bias_slot)]
+            else:
+                uses = [(layer.position, [tensor.name for tensor in layer.node.inputs].index(name))]
+            rewire(name, uses, DOA_ORDER, kind, layer.node.name)
+
+    if "layer-outputs" in where and settings.elements(AOD_ORDER):
+        for layer in layers:
+            producer = layer.output_node
+            tensor = producer.outputs[0]
+            source = gs.Variable(builder.names.unique(f"{tensor.name}::pre_analog"))
+            nodes = builder.chain(source, tensor, AOD_ORDER, "layer-output")
+            producer.outputs[0] = source
+            builder.after.setdefault(top.producer[tensor.name], []).extend(nodes)
+            sites.append({"site": "layer-output", "tensor": tensor.name, "layer": layer.node.name,
+                          "ops": [n.op for n in nodes]})
+
+    builder.place()
+    return {"layers": [layer.node.name or layer.node.op for layer in layers], "skipped_layers": skipped,
+            "sites": sites, "op_types": sorted(builder.op_types)}

@@ -27,29 +27,91 @@ logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
 
 def import_model(model: onnx.ModelProto) -> gs.Graph:
     """The model's graph as graphsurgeon's IR; the weights are shared with ``model``, not copied."""
-    return gs.import_onnx(model)
+    graph = gs.import_onnx(model)
+    _type_empty_lists(model.graph, graph)
+    return graph
+
+
+class _EmptyList(list):
+    """An empty list attribute that remembers its ONNX type: graphsurgeon imports ``axes=[]`` as ``[]``, and
+    ``onnx.helper.make_attribute`` cannot type an empty list back."""
+
+    def __init__(self, attribute: onnx.AttributeProto):
+        super().__init__()
+        self.attribute = attribute
+
+
+_LIST_TYPES = {onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS, onnx.AttributeProto.STRINGS,
+               onnx.AttributeProto.TENSORS, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.SPARSE_TENSORS,
+               onnx.AttributeProto.TYPE_PROTOS}
+
+
+def _type_empty_lists(proto: onnx.GraphProto, graph: gs.Graph) -> None:
+    for proto_node, node in zip(proto.node, graph.nodes):
+        for attribute in proto_node.attribute:
+            value = node.attrs.get(attribute.name)
+            if attribute.type in _LIST_TYPES and isinstance(value, list) and not value:
+                node.attrs[attribute.name] = _EmptyList(attribute)
+            elif attribute.type == onnx.AttributeProto.GRAPH:
+                _type_empty_lists(attribute.g, value)
 
 
 def export_model(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
     """``graph`` as a model with ``source``'s model-level fields; domains that nodes newly use are imported at
     version 1, after ``source``'s own, in name order."""
-    declared = [(entry.domain, entry.version) for entry in source.opset_import]
-    known = {domain for domain, _ in declared}
+    known = {entry.domain for entry in source.opset_import}
     used = {node.domain or "" for node in graph.nodes}
     for body in graph.subgraphs(recursive=True):
         used.update(node.domain or "" for node in body.nodes)
-    imports = declared + [(domain, 1) for domain in sorted(used - known - {"ai.onnx"} - ({""} & known))]
-    model = gs.export_onnx(graph, do_type_check=False,
-                           opset_imports=[onnx.helper.make_opsetid(d, v) for d, v in imports])
+    imports = [*source.opset_import,
+               *(onnx.helper.make_opsetid(d, 1) for d in sorted(used - known - {"ai.onnx"} - ({""} & known)))]
+    empty_lists = _take_empty_lists(graph)
+    functions, graph.functions = graph.functions, []  # source's own go back as they came (below)
+    try:
+        model = gs.export_onnx(graph, do_type_check=False, opset_imports=imports)
+    finally:
+        graph.functions = functions
+        for node, name, value in empty_lists:
+            node.attrs[name] = value
+    _put_back_empty_lists(graph, model.graph, {id(node) for node, _, _ in empty_lists})
     model.ir_version = source.ir_version
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
-        setattr(model, field, getattr(source, field))
-    model.ClearField("functions")
+        if source.HasField(field):
+            setattr(model, field, getattr(source, field))
+        else:
+            model.ClearField(field)
     model.functions.extend(source.functions)
     model.metadata_props.extend(source.metadata_props)
     model.training_info.extend(source.training_info)
     _restore_overridable_initializers(model, source)
     return model
+
+
+def _take_empty_lists(graph: gs.Graph) -> list:
+    taken = []
+    for body in [graph, *graph.subgraphs(recursive=True)]:
+        for node in body.nodes:
+            for name, value in list(node.attrs.items()):
+                if isinstance(value, _EmptyList):
+                    taken.append((node, name, value))
+    for node, name, _ in taken:
+        del node.attrs[name]
+    return taken
+
+
+def _put_back_empty_lists(graph: gs.Graph, proto: onnx.GraphProto, holders: set) -> None:
+    """Write the empty list attributes into the exported nodes, in their places among the others."""
+    for node, proto_node in zip(graph.nodes, proto.node):
+        for attribute in proto_node.attribute:
+            if attribute.type == onnx.AttributeProto.GRAPH:
+                _put_back_empty_lists(node.attrs[attribute.name], attribute.g, holders)
+        if id(node) not in holders:
+            continue
+        exported = {attribute.name: attribute for attribute in proto_node.attribute}
+        ordered = [value.attribute if isinstance(value, _EmptyList) else exported[name]
+                   for name, value in node.attrs.items()]
+        proto_node.ClearField("attribute")
+        proto_node.attribute.extend(ordered)
 
 
 def _restore_overridable_initializers(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
@@ -73,7 +135,6 @@ class Names:
         self._taken = set(graph.tensors())
         for body in graph.subgraphs(recursive=True):
             self._taken.update(body.tensors())
-        self._taken.update(node.name for node in graph.nodes if node.name)
 
     def unique(self, name: str) -> str:
         candidate, count = name, 1
@@ -82,8 +143,6 @@ class Names:
         self._taken.add(candidate)
         return candidate
 
-    def release(self, name: str) -> None:
-        self._taken.discard(name)
 
 
 def is_default_domain(node: gs.Node) -> bool:

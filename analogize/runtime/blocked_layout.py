@@ -25,6 +25,9 @@ Both costs go because the analog chains are element-wise:
 A model where that second optimisation still does not match exactly, where no chain is left to detach, or
 with control-flow bodies (which may read the values it would re-lay), makes :func:`blocked_layout_model`
 return None, and the session keeps the plain graph.
+
+Unlike the graph passes (:mod:`analogize.passes`), this module works on the protobuf model: it reads ONNX
+Runtime's optimised model back and finds the detached tensors in it by their sentinel values, byte for byte.
 """
 from __future__ import annotations
 

@@ -12,9 +12,8 @@ import onnx
 import onnxruntime as ort
 
 from ..errors import AnalogizeError
-from ..model_io import copy_model
 from ..native.build import native_library_path
-from ..native.fusion import fuse_elementwise_chains
+from ..native.fusion import fuse_model_chains
 from ..ops.spec import DOMAIN
 from .blocked_layout import blocked_layout_model
 from .options import ORT_ERRORS, session_options
@@ -55,9 +54,7 @@ def create_session(model: onnx.ModelProto | bytes, threads: int | None = None,
     wanted = native_enabled() if native is None else native
     library = available_native_library() if wanted and any(n.domain == DOMAIN for n in proto.graph.node) else None
     if library is not None:
-
-        proto = copy_model(proto)
-        fuse_elementwise_chains(proto)
+        proto, _ = fuse_model_chains(proto)  # a new model where chains fuse: the caller's stays as it is
         blocked = blocked_layout_model(proto, session_options(threads, library)) if blocked_layout else None
         if blocked is not None:
             try:  # optimised already, for this machine

@@ -18,7 +18,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ..passes import rewrite
+from ..passes.model import is_converted, stored_settings
 from ..convert import ConvertOptions, convert
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..errors import AnalogizeError
@@ -161,7 +161,7 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
               distributed: _Distributed):
     from .onnx_torch import to_torch
 
-    converted = model if rewrite.is_converted(model) else convert(model, convert_options or ConvertOptions()).model
+    converted = model if is_converted(model) else convert(model, convert_options or ConvertOptions()).model
     x_train, _ = fit_to_input(train, converted, preprocessing)
     x_valid, _ = fit_to_input(validation, converted, preprocessing)
     torch.manual_seed(options.seed + distributed.rank)  # each process draws its own noise
@@ -256,7 +256,7 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
               "processes": distributed.size,
               "before": before, "after": after, "history": history, "epochs_run": len(history),
               "stopped_early": len(history) < options.epochs and options.patience is not None,
-              "options": asdict(options), "settings": rewrite.stored_settings(converted),
+              "options": asdict(options), "settings": stored_settings(converted),
               "samples": {"train": len(x_train), "validation": len(x_valid)}}
     return tuned, report
 
@@ -275,7 +275,7 @@ def _torch_accuracy(module, x, y, options: FinetuneOptions) -> float:
 def _model_signature(module, converted: onnx.ModelProto) -> dict:
     """What a checkpoint must match to be resumed: the weights' names and shapes and the analog settings."""
     return {"weights": {name: list(value.shape) for name, value in module.state_dict().items()},
-            "settings": rewrite.stored_settings(converted)}
+            "settings": stored_settings(converted)}
 
 
 def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options, model) -> None:

@@ -7,6 +7,11 @@ path). On activations: straight-through reduce-precision, identity through noise
 ops run through :mod:`analogize.ops.torch_ops` from the same formulas as their ONNX function bodies. Ops
 follow ONNX's semantics at opset 13 or newer (older models are raised to 13 first).
 
+The interpreter runs the protobuf nodes, each decoded once (:class:`_Node`): a FusedChain node stays a
+self-contained ``NodeProto``, which copies and pickles of the module rebuild their native chains from (a
+graphsurgeon node would carry its whole graph along). The graph-level work, finding the weight path's chain
+elements and fusing the chains, runs on graphsurgeon's IR (:mod:`analogize.passes`): one import, one export.
+
 Existing converters were not used: onnx2torch imports torchvision, which has no CPU build here.
 """
 from __future__ import annotations
@@ -15,19 +20,22 @@ import math
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import torch
 import torch.nn.functional as tf
 from onnx import helper, numpy_helper
 from torch import nn
 
-from ..passes import rewrite
-from ..runtime import sessions as runtime
 from ..errors import AnalogizeError
-from ..model_io import copy_model
 from ..native.build import FUSED_DOMAIN
 from ..native.fusion import fuse_elementwise_chains
+from ..ops.onnx_functions import MIN_OPSET
 from ..ops.spec import DOMAIN, OPS
 from ..ops.torch_ops import FusedChain, run_op, straight_through_from
+from ..passes.chains import CHAIN_ELEMENTS, is_chain_element
+from ..passes.graph import export_model, import_model
+from ..passes.model import default_opset, fit_opset
+from ..runtime import sessions as runtime
 
 _DTYPES = {onnx.TensorProto.FLOAT: torch.float32, onnx.TensorProto.DOUBLE: torch.float64,
            onnx.TensorProto.INT64: torch.int64, onnx.TensorProto.INT32: torch.int32,
@@ -358,18 +366,18 @@ def _analog(node, x):
     return run_op(OPS[node.op_type], x, None, node.analog_values)
 
 
-def _weight_path_values(nodes: list[_Node], trained: set, initializers: set) -> dict[str, str]:
+def _weight_path_values(graph: gs.Graph, trained: set, initializers: set) -> dict[str, str]:
     """Each value on the weight path, with the parameter it comes from: the outputs of convert's chain
     elements (its clamps, straight-through analog ops) that start at a trained parameter and read nothing
     but it and initializers (the path runs before the graph)."""
     origin: dict[str, str] = {}
-    for node in nodes:
-        source = node.inputs[0] if node.inputs else None
+    for node in graph.nodes:
+        source = node.inputs[0].name if node.inputs else None
         parameter = source if source in trained else origin.get(source)
-        element = rewrite.is_chain_element(node.proto, rewrite.CHAIN_ELEMENTS) and (
-            node.domain != DOMAIN or OPS[node.op_type].straight_through)
-        if parameter is not None and element and all(not name or name in initializers for name in node.inputs[1:]):
-            origin[node.outputs[0]] = parameter
+        element = is_chain_element(node, CHAIN_ELEMENTS) and (node.domain != DOMAIN or OPS[node.op].straight_through)
+        if parameter is not None and element and all(
+                not tensor.name or tensor.name in initializers for tensor in node.inputs[1:]):
+            origin[node.outputs[0].name] = parameter
     return origin
 
 
@@ -388,8 +396,8 @@ class OnnxModule(nn.Module):
 
     def __init__(self, model: onnx.ModelProto, native: bool | None = None):
         super().__init__()
-        if rewrite.default_opset(model) < rewrite.MIN_OPSET:
-            model, _ = rewrite.fit_opset(model)
+        if default_opset(model) < MIN_OPSET:
+            model, _ = fit_opset(model)
         nodes = [_Node(node) for node in model.graph.node]
         unsupported = sorted({(n.op_type, n.name) for n in nodes if not _supported(n)})
         if unsupported:
@@ -400,11 +408,27 @@ class OnnxModule(nn.Module):
         # BatchNormalization statistics and Clip bounds are constants, not weights to train
         statistics = {n.inputs[k] for n in nodes if n.op_type == "BatchNormalization" for k in (3, 4)}
         statistics |= {name for n in nodes if n.op_type == "Clip" for name in n.inputs[1:]}
-        unfused = nodes
-        if any(n.domain == DOMAIN for n in nodes):
-            model = copy_model(model)
-            if fuse_elementwise_chains(model, straight_through_only=True):
-                nodes = [_Node(node) for node in model.graph.node]
+        self._keys: dict[str, str] = {}
+        self.weights = nn.ParameterDict()
+        for tensor in model.graph.initializer:
+            value = torch.from_numpy(numpy_helper.to_array(tensor).copy())
+            key = f"t{len(self._keys)}"
+            self._keys[tensor.name] = key
+            if value.is_floating_point() and tensor.name not in statistics:
+                self.weights[key] = nn.Parameter(value)
+            else:
+                self.register_buffer(key, value)
+        self.input_names = [v.name for v in model.graph.input if v.name not in self._keys]
+        self.output_names = [v.name for v in model.graph.output]
+        self.names = {key: name for name, key in self._keys.items()}
+        # One pipeline on graphsurgeon's IR: the weight path is read off the graph as convert left it, then its
+        # chains are fused (straight-through steps only: a chain's gradient is then the slope TorchChain
+        # writes), and the interpreter runs the exported nodes. The weights above stay the model's initializers.
+        graph = import_model(model)
+        weight_values = _weight_path_values(graph, {self.names[key] for key in self.weights}, set(self._keys))
+        if any(n.domain == DOMAIN for n in nodes) and fuse_elementwise_chains(
+                graph, straight_through_only=True, overridable={v.name for v in model.graph.input}):
+            nodes = [_Node(node) for node in export_model(graph, model).graph.node]
         wanted = runtime.native_enabled() if native is None else native
         self.nodes = nodes
         steps = 0
@@ -419,24 +443,9 @@ class OnnxModule(nn.Module):
                 node.analog_values = OPS[node.op_type].resolve(
                     **{k: v for k, v in node.attributes.items() if k != "seed"})
         self._draws_runs = any(n.chain is not None and n.chain.native_chain is not None for n in self.nodes)
-        graph = model.graph
-        self._keys: dict[str, str] = {}
-        self.weights = nn.ParameterDict()
-        for tensor in graph.initializer:
-            value = torch.from_numpy(numpy_helper.to_array(tensor).copy())
-            key = f"t{len(self._keys)}"
-            self._keys[tensor.name] = key
-            if value.is_floating_point() and tensor.name not in statistics:
-                self.weights[key] = nn.Parameter(value)
-            else:
-                self.register_buffer(key, value)
-        self.input_names = [v.name for v in graph.input if v.name not in self._keys]
-        self.output_names = [v.name for v in graph.output]
-        self.names = {key: name for name, key in self._keys.items()}
         # The weight path (the chains convert put on the parameters) depends on no input: it runs first,
         # without gradient, and its results take the gradient straight to their parameters, as the reference
         # trains weights.
-        weight_values = _weight_path_values(unfused, {self.names[key] for key in self.weights}, set(self._keys))
         self._weight_path = [n for n in self.nodes if n.outputs and n.outputs[0] in weight_values]
         self._graph_nodes = [n for n in self.nodes if not (n.outputs and n.outputs[0] in weight_values)]
         read = {name for n in self._graph_nodes for name in n.inputs} | set(self.output_names)

@@ -47,7 +47,7 @@ def activation_setting(options: ConvertOptions) -> str:
     if options.activation == "keep":
         return "relu"
     given = {name: getattr(options, name) for name in ("factor", "scale", "alpha", "temperature")}
-    from ..passes.rewrite import ACTIVATIONS
+    from ..passes.activations import ACTIVATIONS
 
     parameters = [f"{name}={value!r}" for name, value in given.items()
                   if value is not None and name in ACTIVATIONS[options.activation].settable]

@@ -1,0 +1,56 @@
+"""``analogize finetune``: tune a model, clean or converted, under analog noise; and the before/after report
+that it and ``analogize train`` print."""
+from __future__ import annotations
+
+import json
+
+import click
+
+from .options import (activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
+                      quiet_option, training_data_options, training_loop_options)
+
+
+@click.command()
+@click.argument("model", type=click.Path(dir_okay=False))
+@training_data_options("Training data spec (as for evaluate); digits and cifar10 use their train split and "
+                       "validate on test.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The tuned model.")
+@bits_option(8, help="For a clean MODEL: bit width to convert with.")
+@ep_option(help="For a clean MODEL: error probability.")
+@activation_options()
+@training_loop_options(epochs=10, lr=1e-3, repeats_help="Noise draws of the before/after evaluations.",
+                       early_stopping=True)
+@checkpoint_and_report_options
+@quiet_option
+@chain_options
+def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor, checkpoint_dir, resume, json_path,
+             plot_path, quiet, training, chain):
+    """Fine-tune MODEL (clean or converted) under analog noise and write the tuned model."""
+    from ..convert import ConvertOptions
+    from ..training.finetune import FinetuneOptions, finetune_file
+
+    convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, seed=training["seed"],
+                                     **chain)
+    report = finetune_file(model, output, data, FinetuneOptions(**training), convert_options, eval_data=eval_data,
+                           limit=limit, checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet,
+                           plot=plot_path)
+    print_training_report(report, json_path)
+
+
+def print_training_report(report: dict, json_path) -> None:
+    """The report of finetune or train: as JSON, and as two lines before/after."""
+    if "rank" in report:  # not process 0 of a torchrun job
+        return
+    if json_path:
+        from ..training.finetune import write_report
+
+        if json_path == "-":
+            click.echo(json.dumps(report, indent=2, default=float))
+            return
+        write_report(report, json_path)
+    before, after = report["before"], report["after"]
+    click.echo(f"noisy accuracy {100 * before['noisy_mean']:.1f} ± {100 * before['noisy_std']:.1f} % -> "
+               f"{100 * after['noisy_mean']:.1f} ± {100 * after['noisy_std']:.1f} % ({after['repeats']} draws); "
+               f"digital (chains removed) {100 * before['digital']:.1f} % -> {100 * after['digital']:.1f} %")
+    click.echo(f"wrote {report['output']} after {report['epochs_run']} epochs"
+               + (" (stopped early)" if report["stopped_early"] else ""))

@@ -1,0 +1,329 @@
+"""The option groups that several commands share, each declared once, and the parsers of option values. A group
+is a decorator that adds its options to a command; a packed group also hands their values to the command as one
+keyword argument, shaped as the library takes them, so that commands pass them on whole. Help texts that differ
+between commands are parameters of the group. This is the one module of the command line that reads the
+placements and activations of the graph passes."""
+from __future__ import annotations
+
+import functools
+import os
+
+import click
+
+from .. import noise_model
+from ..errors import AnalogizeError
+from ..ops.spec import OPS
+from ..passes.activations import ACTIVATIONS
+from ..passes.chains import PLACEMENTS
+
+ACTIVATION_NAMES = tuple(ACTIVATIONS)
+
+
+def option_group(*options):
+    """Options added to a command in the order given, as if stacked as decorators in that order."""
+    def add(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return add
+
+
+def packed_option_group(keyword, pack, *options):
+    """An option group whose values reach the command as the one argument ``keyword``: ``pack`` of a dict of
+    the values by parameter name."""
+    # click derives the parameter names from the flags: ask it rather than repeat them
+    names = [parameter.name for parameter in option_group(*options)(lambda: None).__click_params__]
+
+    def add(function):
+        @functools.wraps(function)
+        def command(**values):
+            group = {name: values.pop(name) for name in names}
+            return function(**values, **{keyword: pack(group)})
+
+        return option_group(*options)(command)
+
+    return add
+
+
+def comma_separated(choices=()):
+    """Callback: a comma-separated list as a tuple of its non-empty items, each among ``choices`` if given."""
+    def parse(ctx, param, value):
+        items = tuple(v.strip() for v in value.split(",") if v.strip()) if value else ()
+        bad = [v for v in items if choices and v not in choices]
+        if bad:
+            raise click.BadParameter(f"{', '.join(bad)} not among {', '.join(choices)}")
+        return items
+
+    return parse
+
+
+def comma_separated_numbers(kind, low, high, what):
+    """Callback: comma-separated numbers of ``kind`` in [low, high] (``high`` excluded for floats); when the
+    option is not given, one grid point ``None``: the default."""
+    def parse(ctx, param, value):
+        if value is None:
+            return (None,)
+        items = []
+        for text in (v.strip() for v in value.split(",")):
+            try:
+                number = kind(text)
+            except ValueError:
+                raise click.BadParameter(f"{text!r} is not a {what}") from None
+            if not low <= number <= high or (kind is float and number == high):
+                closing = ")" if kind is float else "]"
+                raise click.BadParameter(f"{text} is outside [{low}, {high}{closing}")
+            items.append(number)
+        return tuple(items)
+
+    return parse
+
+
+def comma_separated_floats(ctx, param, value):
+    """Callback: comma-separated numbers as a tuple of floats."""
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+
+
+def height_by_width(ctx, param, value):
+    """Callback: ``HxW``, or one number for a square, as ``(height, width)``."""
+    if value is None:
+        return None
+    height, separator, width = value.lower().partition("x")
+    try:
+        size = (int(height), int(width)) if separator else (int(height), int(height))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not HxW (e.g. 32x32)") from None
+    if min(size) < 1:
+        raise click.BadParameter(f"{value!r}: height and width must be >= 1")
+    return size
+
+
+def writable_file(ctx, param, value):
+    """Fail before a long sweep, not after it, when an output cannot be written."""
+    if value is None or value == "-":
+        return value
+    directory = os.path.dirname(value) or "."
+    if not os.path.isdir(directory):
+        raise click.BadParameter(f"directory {directory} does not exist")
+    if os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a directory; give a file name")
+    return value
+
+
+def plot_file(ctx, param, value):
+    from ..evaluate.results import PLOT_FORMATS
+
+    value = writable_file(ctx, param, value)
+    if value is not None and value.rpartition(".")[2].lower() not in PLOT_FORMATS:
+        raise click.BadParameter(f"{value}: plots are written as {', '.join('.' + f for f in PLOT_FORMATS)}")
+    return value
+
+
+def zoo_model_config(items) -> dict:
+    """``--option KEY=VALUE`` items as zoo model options (values are Python literals)."""
+    import ast
+
+    config = {}
+    for item in items:
+        key, separator, value = item.partition("=")
+        if not separator:
+            raise AnalogizeError(f"--option {item!r} is not KEY=VALUE")
+        try:
+            config[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise AnalogizeError(f"--option {key}: {value!r} is not a number, tuple or boolean") from None
+    return config
+
+
+def _convert_fields(flags: dict) -> dict:
+    """The chain flags as ConvertOptions fields: each --no-X flag switches field X off."""
+    fields = dict(flags)
+    for element in ("noise", "quantize", "clamp"):
+        fields[element] = not fields.pop(f"no_{element}")
+    return fields
+
+
+# The convert flags that shape the inserted chains (convert, evaluate, finetune, train, sweep): the command
+# gets them as ``chain``, a dict of ConvertOptions fields.
+chain_options = packed_option_group(
+    "chain", _convert_fields,
+    click.option("--precision", type=click.FloatRange(min=1.0),
+                 help="Set p (steps per unit) directly; overrides --bits."),
+    click.option("--bit-convention", type=click.Choice(noise_model.BIT_CONVENTIONS),
+                 default=noise_model.DEFAULT_BIT_CONVENTION, show_default=True,
+                 help="pow2: p = 2^B (paper eq. 7, power-of-two hardware scales); pow2-minus-1: p = 2^B - 1 "
+                      "(AnalogVNN)."),
+    click.option("--no-noise", is_flag=True, help="Insert no Gaussian noise."),
+    click.option("--no-quantize", is_flag=True, help="Insert no reduce-precision."),
+    click.option("--no-clamp", is_flag=True, help="Insert no clamp to [-1, 1]."),
+    click.option("--stochastic-rounding", is_flag=True,
+                 help="Use StochasticReducePrecision instead of ReducePrecision."),
+    click.option("--where", callback=comma_separated(PLACEMENTS), default=",".join(PLACEMENTS),
+                 show_default=True, help="Comma-separated placements of the chains."),
+    click.option("--scale", type=float,
+                 help="GELU/SiLU input scale s > 0 "
+                      f"[default: {OPS['ReluGeluInterpolation'].attribute('scale').default}]."),
+    click.option("--alpha", type=float, help="Leaky slope in [0, 1) [default: 0; 0.01 for leaky]."),
+    click.option("--temperature", type=float, help="Temperature T > 0 of the smooth-* family [default: 1]."),
+    click.option("--exclude", callback=comma_separated(), default="",
+                 help="Comma-separated node names or op types to keep digital."),
+)
+
+
+def bits_option(default, help=None):
+    """--bits, one bit width (convert, finetune, train, and ``precision_options``)."""
+    return click.option("--bits", type=click.IntRange(1, noise_model.MAX_BITS), default=default, show_default=True,
+                        help=help)
+
+
+def ep_option(default=None, help=None):
+    """--ep, one error probability (convert, finetune, train, analyze gradient-error and minibatch-bias)."""
+    return click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True), default=default, show_default=True,
+                        help=help)
+
+
+def activation_options(activation_help=None, factor_help="Interpolation factor of interp-* activations."):
+    """--activation, the one replacement for every ReLU, and its --factor (convert, finetune, train)."""
+    return option_group(
+        click.option("--activation", type=click.Choice(list(ACTIVATION_NAMES)), default="keep", show_default=True,
+                     help=activation_help),
+        click.option("--factor", type=float, help=factor_help),
+    )
+
+
+def precision_options(default_bits):
+    """--bits, --precision and --bit-convention of the analyses (analyze gradient-error, minibatch-bias,
+    effective-bits); ``precision_from`` turns them into p."""
+    return option_group(
+        bits_option(default_bits),
+        click.option("--precision", type=click.FloatRange(min=1.0),
+                     help="Steps per unit p directly (overrides --bits)."),
+        click.option("--bit-convention", type=click.Choice(noise_model.BIT_CONVENTIONS),
+                     default=noise_model.DEFAULT_BIT_CONVENTION, show_default=True,
+                     help="pow2: p = 2^bits; pow2-minus-1: p = 2^bits - 1."),
+    )
+
+
+def precision_from(bits, precision, bit_convention) -> float:
+    """The precision p that ``precision_options`` give."""
+    return noise_model.check_precision(precision) if precision is not None else \
+        noise_model.bits_to_precision(bits, bit_convention)
+
+
+def bit_widths_option(default=None, help=None):
+    """--bits as a comma-separated grid axis ``bits_list`` (evaluate, sweep, analyze ep-std)."""
+    return click.option("--bits", "bits_list",
+                        callback=comma_separated_numbers(int, 1, noise_model.MAX_BITS, "whole number"),
+                        default=default, show_default=True, help=help)
+
+
+def error_probabilities_option(default=None, help=None):
+    """--ep as a comma-separated grid axis ``eps`` (evaluate, sweep, analyze ep-std)."""
+    return click.option("--ep", "eps", callback=comma_separated_numbers(float, 0.0, 1.0, "number"), default=default,
+                        show_default=True, help=help)
+
+
+def activation_settings_option(default=None, help=None):
+    """--activation as comma-separated settings ``activations`` (evaluate, sweep, analyze gsd, minibatch-bias,
+    critical-init)."""
+    return click.option("--activation", "activations", callback=comma_separated(), default=default,
+                        show_default=True, help=help)
+
+
+def interpolation_options(factors_default=None, factors_help=None, smooth_help=None):
+    """--factors i and --smooth, the ReLU-to-smooth interpolations (sweep, analyze gradient-error)."""
+    return option_group(
+        click.option("--factors", callback=comma_separated_floats, default=factors_default, show_default=True,
+                     help=factors_help),
+        click.option("--smooth", type=click.Choice(["gelu", "silu"]), default="gelu", show_default=True,
+                     help=smooth_help),
+    )
+
+
+def noise_draws_option(help, default=5):
+    """--repeats, independent noise draws (evaluate, finetune, train, sweep, analyze gradient-error)."""
+    return click.option("--repeats", type=click.IntRange(min=1), default=default, show_default=True, help=help)
+
+
+def seed_option(help=None):
+    """--seed with default 0 (evaluate, finetune, train, sweep, analyze gradient-error and minibatch-bias)."""
+    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help=help)
+
+
+def zoo_model_option(help):
+    """--option KEY=VALUE, repeatable, as ``model_options`` (zoo export, train, sweep); ``zoo_model_config``
+    parses them."""
+    return click.option("--option", "model_options", multiple=True, metavar="KEY=VALUE", help=help)
+
+
+def training_data_options(data_help):
+    """--data, --eval-data and --limit of the commands that train (finetune, train, sweep)."""
+    return option_group(
+        click.option("--data", required=True, help=data_help),
+        click.option("--eval-data", help="Validation data spec [default: the test split, or a held-out fifth]."),
+        click.option("--limit", type=click.IntRange(min=1), help="Use at most N samples of each set."),
+    )
+
+
+def training_loop_options(epochs, lr, repeats_help, early_stopping=False):
+    """The FinetuneOptions flags (finetune with ``early_stopping``, train, sweep): the command gets them as
+    ``training``, a dict of FinetuneOptions fields."""
+    return packed_option_group(
+        "training", dict,
+        click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True),
+        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=lr, show_default=True),
+        click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
+        click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.0, show_default=True),
+        click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
+        click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True),
+        *([click.option("--patience", type=click.IntRange(min=1),
+                        help="Stop after N epochs without a better noisy accuracy.")] if early_stopping else []),
+        noise_draws_option(repeats_help),
+        seed_option(),
+        click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0."),
+    )
+
+
+quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+
+overwrite_option = click.option("--overwrite", is_flag=True, help="Allow the output to replace the input model.")
+
+
+def json_flag(help):
+    """--json as a flag ``as_json``: print to stdout (convert, export, ops, native, zoo list)."""
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def json_file_option(help):
+    """--json FILE as ``json_path``, '-' for stdout (evaluate, finetune, train, sweep, analyze)."""
+    return click.option("--json", "json_path", callback=writable_file, help=help)
+
+
+def csv_file_option(help):
+    """--csv FILE as ``csv_path`` (evaluate, merge)."""
+    return click.option("--csv", "csv_path", callback=writable_file, help=help)
+
+
+def plot_file_option(help):
+    """--plot FILE as ``plot_path`` (evaluate, merge, finetune, train, sweep, analyze)."""
+    return click.option("--plot", "plot_path", callback=plot_file, help=help)
+
+
+# What finetune and train keep besides the model: checkpoints, the report, the training curves.
+checkpoint_and_report_options = option_group(
+    click.option("--checkpoint-dir", type=click.Path(file_okay=False), help="Save a checkpoint here every epoch."),
+    click.option("--resume", is_flag=True, help="Continue from the checkpoint in --checkpoint-dir."),
+    json_file_option("Write the report as JSON ('-': to stdout)."),
+    plot_file_option("Write the training curves."),
+)
+
+# The analyze subcommands' outputs.
+analysis_output_options = option_group(
+    json_file_option("Write the result as JSON ('-': to stdout, no table)."),
+    plot_file_option("Write the analysis's figure (PNG, or .pdf, .svg)."),
+)

@@ -1,0 +1,43 @@
+"""File-level entry points (the CLI's ``analogize export`` and ``analogize rebuild``): load, run the pipeline,
+write the model and its spec."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import AnalogizeError
+from ..model_io import atomic_output, load_model, save_model
+from .pipeline import export
+from .rebuild import rebuild
+from .verify import compare_outputs
+
+
+def export_file(source, destination, format: str = "qdq", spec=None, keep_noise: bool = False,
+                verify_data: str | None = None, limit: int = 1000, overwrite: bool = False) -> dict:
+    """:func:`~.pipeline.export` from file to file, optionally checked on data."""
+    from ..data import fit_to_input, load_for_model
+
+    source, destination = Path(source), Path(destination)
+    spec_path = Path(spec) if spec else destination.with_suffix(".spec.json")
+    model, external = load_model(source)
+    exported, analog = export(model, format, keep_noise)
+    report = {"input": str(source), "output": str(destination), "spec": str(spec_path), "format": format,
+              "tensors": len(analog["tensors"]), "activations": len(analog["activations"])}
+    if verify_data:
+        dataset = load_for_model(verify_data, model, limit=limit)
+        inputs, _ = fit_to_input(dataset, model)
+        report["verification"] = analog["verification"] = compare_outputs(model, exported, inputs)
+    save_model(exported, destination, external_data=external, overwrite_input=None if overwrite else source)
+    with atomic_output(spec_path) as temporary:
+        temporary.write_text(json.dumps(analog, indent=2) + "\n")
+    return report
+
+
+def rebuild_file(exported_path, spec_path, destination):
+    """:func:`~.rebuild.rebuild` from files (export and spec) to a file."""
+    exported, external = load_model(exported_path)
+    try:
+        spec = json.loads(Path(spec_path).read_text())
+    except (OSError, ValueError) as error:
+        raise AnalogizeError(f"cannot read the spec {spec_path}: {error}") from None
+    return save_model(rebuild(exported, spec), destination, external_data=external, overwrite_input=exported_path)

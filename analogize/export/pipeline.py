@@ -1,0 +1,53 @@
+"""``export``: a converted model as a deterministic graph in one of :data:`FORMATS`, plus its spec."""
+from __future__ import annotations
+
+import onnx
+
+from ..errors import AnalogizeError
+from ..passes.graph import export_model, import_model
+from .plain import plain_model_steps, plain_passes
+from .qdq import qdq_model_steps, qdq_passes
+from .qonnx import qonnx_model_steps, qonnx_passes
+from .spec import EXPORT_KEY, describe, exportable_settings
+
+FORMATS = ("qdq", "qonnx", "plain")
+# format -> (its graph passes: graph -> state, its model-level steps after the export: (model, state) -> model)
+_PIPELINES = {
+    "qdq": (qdq_passes, qdq_model_steps),
+    "qonnx": (qonnx_passes, qonnx_model_steps),
+    "plain": (plain_passes, plain_model_steps),
+}
+
+
+def check_request(format: str, keep_noise: bool) -> None:
+    if format not in FORMATS:
+        raise AnalogizeError(f"unknown export format {format!r}: choose from {', '.join(FORMATS)}")
+    if keep_noise and format != "plain":
+        raise AnalogizeError("--keep-noise applies to --format plain only; hardware formats are deterministic")
+
+
+def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """The deterministic graph in ``format`` and the spec of the analog settings it came from.
+
+    Pipeline:
+
+    1. model level: :func:`check_request`; :func:`~.spec.exportable_settings` (the settings record is metadata);
+    2. :func:`~analogize.passes.graph.import_model`;
+    3. :func:`~.spec.describe`: the spec, read before any edit;
+    4. the format's graph passes (:func:`~.qdq.qdq_passes`, :func:`~.qonnx.qonnx_passes`,
+       :func:`~.plain.plain_passes`);
+    5. :func:`~analogize.passes.graph.export_model`;
+    6. model level: the format's steps (function bodies, ONNX's inliner, the opset move: see each
+       ``*_model_steps``), the format recorded in the metadata, ONNX's checker.
+    """
+    check_request(format, keep_noise)
+    settings = exportable_settings(model)
+    graph = import_model(model)
+    spec = describe(graph, settings)
+    graph_passes, model_steps = _PIPELINES[format]
+    state = graph_passes(graph, keep_noise=True) if keep_noise else graph_passes(graph)  # plain only
+    exported = model_steps(export_model(graph, model), state)
+    exported.metadata_props.add(key=EXPORT_KEY, value=format)
+    spec["export"] = {"format": format, "noise": "kept" if keep_noise else "removed"}
+    onnx.checker.check_model(exported)
+    return exported, spec

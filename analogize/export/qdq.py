@@ -1,0 +1,66 @@
+"""``qdq``: noise removed; each reduce-precision becomes QuantizeLinear -> DequantizeLinear with scale 1/p and
+zero point 0 (int8 when p <= 127, else int16, which needs opset 21); clamps stay ``Clip``; activations are
+decomposed into standard ops. The form ONNX Runtime, OpenVINO and TensorRT read.
+
+Rounding: reduce-precision sends exact halves toward zero, QuantizeLinear to even, so the two differ on inputs
+that land exactly halfway between two levels; :func:`analogize.export.verify.compare_outputs` measures how
+often that changes a model's outputs on real data.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..passes.graph import Names, export_model, import_model
+from ..passes.model import default_opset, fit_opset, inline_analog_functions, sync_analog_functions
+from .deterministic import make_deterministic
+from .quantizers import replace_quantizers, require_exact_quantizers
+
+TARGET = "QDQ"
+QDQ_INT16_OPSET = 21  # QuantizeLinear/DequantizeLinear take int16 from opset 21
+QDQ_MAX_PRECISION = 32767  # int16 levels
+INT8_MAX_PRECISION = 127
+
+
+def qdq_pair(names: Names, name: str, source: gs.Tensor, output: gs.Tensor, precision: float) -> list[gs.Node]:
+    """QuantizeLinear -> DequantizeLinear at scale 1/p, zero point 0 in the narrowest integer that holds p."""
+    integer = np.int8 if precision <= INT8_MAX_PRECISION else np.int16
+    scale = gs.Constant(names.unique(f"{output.name}::qdq_scale"), np.array(1.0 / precision, np.float32))
+    zero = gs.Constant(names.unique(f"{output.name}::qdq_zero_point"), np.array(0, integer))
+    quantized = gs.Variable(names.unique(f"{output.name}::quantized"))
+    return [gs.Node("QuantizeLinear", name=f"{name}/quantize", inputs=[source, scale, zero], outputs=[quantized]),
+            gs.Node("DequantizeLinear", name=f"{name}/dequantize", inputs=[quantized, scale, zero],
+                    outputs=[output])]
+
+
+def qdq_passes(graph: gs.Graph) -> list[float]:
+    """The graph passes, in order; returns the precisions that became QDQ pairs."""
+    make_deterministic(graph)
+    require_exact_quantizers(graph, TARGET, QDQ_MAX_PRECISION)
+    return replace_quantizers(graph, qdq_pair)
+
+
+def qdq_model_steps(model: onnx.ModelProto, precisions: list[float]) -> onnx.ModelProto:
+    """The model-level steps after the export, in order:
+
+    - :func:`~analogize.passes.model.sync_analog_functions`: the bodies of the chain ops nothing calls any more
+      go (function bodies are the model's ``FunctionProto`` messages);
+    - :func:`~analogize.passes.model.inline_analog_functions`: the activations' bodies are inlined by ONNX's
+      inliner, which works on a ``ModelProto``;
+    - :func:`~analogize.passes.model.fit_opset` to 21 when a pair needs int16: ONNX's version converter works on
+      whole models and refuses models with local functions, so it runs last, on the inlined model (it passes
+      the int16 pairs through unchanged; its shape inference also records their types in ``value_info``).
+    """
+    sync_analog_functions(model)
+    model = inline_analog_functions(model)
+    if max(precisions, default=0) > INT8_MAX_PRECISION and default_opset(model) < QDQ_INT16_OPSET:
+        model, _ = fit_opset(model, minimum=QDQ_INT16_OPSET)
+    return model
+
+
+def to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Pipeline: import; :func:`qdq_passes`; export; :func:`qdq_model_steps`."""
+    graph = import_model(model)
+    precisions = qdq_passes(graph)
+    return qdq_model_steps(export_model(graph, model), precisions)

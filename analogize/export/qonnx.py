@@ -1,0 +1,65 @@
+"""``qonnx``: as ``qdq``, but each reduce-precision becomes one QONNX ``Quant`` node (domain
+``qonnx.custom_op.general``; scale 1/p, zero point 0, signed narrow-range integers of the spec's
+``integer_bits``, rounding HALF_DOWN). The form the ``qonnx`` package reads.
+
+QONNX's HALF_DOWN, sign(v) * ceil(|v| - 0.5) with v = x / scale, is reduce-precision's own rounding, so a
+``qonnx`` export agrees with the noise-free simulation on ties too.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..passes.graph import Names, export_model, import_model
+from ..passes.model import inline_analog_functions, sync_analog_functions
+from .deterministic import make_deterministic
+from .quantizers import replace_quantizers, require_exact_quantizers
+from .spec import integer_bits
+
+TARGET = "QONNX Quant"
+QONNX_DOMAIN, QONNX_OPSET = "qonnx.custom_op.general", 1
+# Quant carries its integers in float32 tensors, whose whole numbers are exact up to 2^24
+QONNX_MAX_PRECISION = 2.0**24
+
+
+def quant_node(names: Names, name: str, source: gs.Tensor, output: gs.Tensor, precision: float) -> list[gs.Node]:
+    """One Quant node at scale 1/p, zero point 0, bit width :func:`~.spec.integer_bits` (all float32)."""
+    parameters = {"scale": 1.0 / precision, "zero_point": 0.0, "bit_width": integer_bits(precision)}
+    constants = [gs.Constant(names.unique(f"{output.name}::quant_{key}"), np.array(value, np.float32))
+                 for key, value in parameters.items()]
+    return [gs.Node("Quant", name=f"{name}/quant", domain=QONNX_DOMAIN,
+                    attrs={"narrow": 1, "rounding_mode": "HALF_DOWN", "signed": 1},
+                    inputs=[source, *constants], outputs=[output])]
+
+
+def qonnx_passes(graph: gs.Graph) -> list[float]:
+    """The graph passes, in order; returns the precisions that became Quant nodes."""
+    make_deterministic(graph)
+    require_exact_quantizers(graph, TARGET, QONNX_MAX_PRECISION)
+    return replace_quantizers(graph, quant_node)
+
+
+def qonnx_model_steps(model: onnx.ModelProto, precisions: list[float] | None = None) -> onnx.ModelProto:
+    """The model-level steps after the export, in order: the bodies of the chain ops nothing calls any more go,
+    ONNX's inliner (which works on a ``ModelProto``) inlines the activations' bodies, and the QONNX domain is
+    imported at version 1."""
+    sync_analog_functions(model)
+    model = inline_analog_functions(model)
+    _import_domain(model, QONNX_DOMAIN, QONNX_OPSET)
+    return model
+
+
+def _import_domain(model: onnx.ModelProto, domain: str, version: int) -> None:
+    entry = next((e for e in model.opset_import if e.domain == domain), None)
+    if entry is None:
+        model.opset_import.append(onnx.helper.make_opsetid(domain, version))
+    else:
+        entry.version = version
+
+
+def to_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Pipeline: import; :func:`qonnx_passes`; export; :func:`qonnx_model_steps`."""
+    graph = import_model(model)
+    precisions = qonnx_passes(graph)
+    return qonnx_model_steps(export_model(graph, model), precisions)

@@ -1,0 +1,83 @@
+"""``rebuild``: the analog simulation again, from a ``qdq`` or ``qonnx`` export and its spec."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from ..convert import ConvertOptions, convert
+from ..errors import AnalogizeError
+from ..passes.chains import remove_analog_chains
+from ..passes.graph import export_model, import_model
+from ..passes.model import METADATA_KEY
+from .qonnx import QONNX_DOMAIN
+from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_VERSION
+
+
+def check_spec(spec: dict) -> None:
+    if spec.get("format") != SPEC_FORMAT or spec.get("version") != SPEC_VERSION:
+        raise AnalogizeError(f"not an {SPEC_FORMAT} version {SPEC_VERSION} spec")
+    if spec.get("export", {}).get("format") not in ("qdq", "qonnx"):
+        raise AnalogizeError("rebuild takes a qdq or qonnx export (a plain export's chains are inlined beyond "
+                             "recovery)")
+
+
+def remove_quantizers(graph: gs.Graph) -> int:
+    """Take out the QuantizeLinear -> DequantizeLinear pairs and QONNX Quant nodes, wiring their consumers to
+    what they quantized; a graph output they wrote becomes an Identity at the end of the graph. Returns how
+    many nodes went."""
+    pairs, removed = [], []  # (output, source) of each quantizer
+    for node in graph.nodes:
+        producers = node.inputs[0].inputs if node.inputs else []
+        if node.op == "DequantizeLinear" and producers and producers[0].op == "QuantizeLinear":
+            pairs.append((node.outputs[0], producers[0].inputs[0]))
+        elif node.op == "Quant" and node.domain == QONNX_DOMAIN:
+            pairs.append((node.outputs[0], node.inputs[0]))
+        elif node.op != "QuantizeLinear":
+            continue
+        removed.append(node)
+    gone = {id(node) for node in removed}
+    graph.nodes = [node for node in graph.nodes if id(node) not in gone]
+    for node in removed:
+        node.inputs.clear()
+        node.outputs.clear()
+    for output, source in pairs:
+        for consumer in list(output.outputs):
+            for slot, tensor in enumerate(consumer.inputs):
+                if tensor is output:
+                    consumer.inputs[slot] = source
+    sources = {id(output): source for output, source in pairs}
+    for output in graph.outputs:
+        if id(output) in sources:
+            graph.nodes.append(gs.Node("Identity", inputs=[sources[id(output)]], outputs=[output]))
+    return len(removed)
+
+
+def forget_export(model: onnx.ModelProto) -> None:
+    """Drop what the export added at model level: the QONNX domain import and the export and settings records
+    (convert writes its own)."""
+    for entry in [e for e in model.opset_import if e.domain == QONNX_DOMAIN]:
+        model.opset_import.remove(entry)
+    for entry in [p for p in model.metadata_props if p.key in (EXPORT_KEY, METADATA_KEY)]:
+        model.metadata_props.remove(entry)
+
+
+def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
+    """The analog simulation again, from a ``qdq`` or ``qonnx`` export and its spec: QDQ pairs or Quant nodes
+    and clamps come out, and convert puts the chains back with the recorded settings (activations stay as
+    exported).
+
+    Pipeline: :func:`check_spec`; import; :func:`remove_quantizers`;
+    :func:`~analogize.passes.chains.remove_analog_chains` (the clamps); export; model level:
+    :func:`forget_export`, then :func:`analogize.convert.convert` with the spec's options (a pipeline of its own,
+    on the ``ModelProto``).
+    """
+    check_spec(spec)
+    graph = import_model(exported)
+    remove_quantizers(graph)
+    remove_analog_chains(graph, ("clamp",))
+    model = export_model(graph, exported)
+    forget_export(model)
+    options = ConvertOptions.from_dict(spec["settings"]["options"])
+    return convert(model, replace(options, activation="keep", inline=False)).model
