@@ -8,12 +8,11 @@ import tempfile
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
 from .errors import AnalogizeError
 
-_PROTOBUF_LIMIT = 2**31 - 1  # serialised protobuf messages cannot exceed 2 GiB; bigger models need external data
 
 
 def load_model(path) -> tuple[onnx.ModelProto, bool]:
@@ -55,7 +54,12 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise AnalogizeError(f"cannot write {path}: directory {directory} does not exist")
-    external_data = external_data or model.ByteSize() > _PROTOBUF_LIMIT
+    serialized = None
+    if not external_data:
+        try:  # serialised once: protobuf refuses messages over 2 GiB, which then need external data
+            serialized = model.SerializeToString()
+        except (ValueError, EncodeError):
+            external_data = True
     try:
         staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory))
     except OSError as error:
@@ -69,7 +73,7 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
             if (staging / f"{path.name}.data").exists():
                 os.replace(staging / f"{path.name}.data", directory / f"{path.name}.data")
         else:
-            onnx.save_model(model, str(staged))
+            staged.write_bytes(serialized)
         os.replace(staged, path)
     except OSError as error:
         raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None

@@ -15,6 +15,8 @@ import logging
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.ir.tensor import SparseValues
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -65,15 +67,15 @@ def export_model(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
         used.update(node.domain or "" for node in body.nodes)
     imports = [*source.opset_import,
                *(onnx.helper.make_opsetid(d, 1) for d in sorted(used - known - {"ai.onnx"} - ({""} & known)))]
+    model = onnx.ModelProto()
     empty_lists = _take_empty_lists(graph)
-    functions, graph.functions = graph.functions, []  # source's own go back as they came (below)
     try:
-        model = gs.export_onnx(graph, do_type_check=False, opset_imports=imports)
+        _export_graph(graph, model.graph)
     finally:
-        graph.functions = functions
         for node, name, value in empty_lists:
             node.attrs[name] = value
     _put_back_empty_lists(graph, model.graph, {id(node) for node, _, _ in empty_lists})
+    model.opset_import.extend(imports)
     model.ir_version = source.ir_version
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         if source.HasField(field):
@@ -85,6 +87,31 @@ def export_model(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
     model.training_info.extend(source.training_info)
     _restore_overridable_initializers(model, source)
     return model
+
+
+def _export_graph(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """graphsurgeon's graph export, written straight into the model's graph: its ``export_onnx`` goes through
+    ``make_graph`` and ``make_model``, which copy every weight twice."""
+    exporter = OnnxExporter
+    proto.node.extend(exporter.export_node(node) for node in graph.nodes)
+    proto.input.extend(exporter.export_value_info_proto(tensor, False) for tensor in graph.inputs)
+    proto.output.extend(exporter.export_value_info_proto(tensor, False) for tensor in graph.outputs)
+    tensors = graph.tensors()
+    constants = [tensor for tensor in tensors.values() if isinstance(tensor, gs.Constant)]
+    # graphsurgeon keeps sparse initializers as SparseValues; only its private field tells them apart
+    sparse = [isinstance(tensor._values, SparseValues) for tensor in constants]
+    proto.initializer.extend(exporter.export_tensor_proto(tensor)
+                             for tensor, is_sparse in zip(constants, sparse) if not is_sparse)
+    proto.sparse_initializer.extend(exporter.export_sparse_tensor_proto(tensor)
+                                    for tensor, is_sparse in zip(constants, sparse) if is_sparse)
+    for tensor in graph.inputs + graph.outputs:
+        tensors.pop(tensor.name, None)
+    proto.value_info.extend(exporter.export_value_info_proto(tensor, False) for tensor in tensors.values()
+                            if isinstance(tensor, gs.Variable)
+                            and (tensor.dtype is not None or tensor.shape is not None))
+    proto.name = graph.name
+    if graph.doc_string:
+        proto.doc_string = graph.doc_string
 
 
 def _take_empty_lists(graph: gs.Graph) -> list:
