@@ -35,13 +35,12 @@ from __future__ import annotations
 
 from .files import export_file, rebuild_file
 from .pipeline import FORMATS, export
-from .plain import to_plain
-from .qdq import QDQ_INT16_OPSET, QDQ_MAX_PRECISION, to_qdq
-from .qonnx import QONNX_DOMAIN, QONNX_MAX_PRECISION, QONNX_OPSET, to_qonnx
+from .qdq import QDQ_INT16_OPSET, QDQ_MAX_PRECISION
+from .qonnx import QONNX_DOMAIN, QONNX_MAX_PRECISION, QONNX_OPSET
 from .rebuild import rebuild
 from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_VERSION, analog_spec, integer_bits
 from .verify import compare_outputs, run_in_qonnx
 
 __all__ = ["EXPORT_KEY", "FORMATS", "QDQ_INT16_OPSET", "QDQ_MAX_PRECISION", "QONNX_DOMAIN", "QONNX_MAX_PRECISION",
            "QONNX_OPSET", "SPEC_FORMAT", "SPEC_VERSION", "analog_spec", "compare_outputs", "export", "export_file",
-           "integer_bits", "rebuild", "rebuild_file", "run_in_qonnx", "to_plain", "to_qdq", "to_qonnx"]
+           "integer_bits", "rebuild", "rebuild_file", "run_in_qonnx"]

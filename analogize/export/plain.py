@@ -4,7 +4,6 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..passes.graph import export_model, import_model
 from ..passes.model import inline_analog_functions, sync_analog_functions
 from .deterministic import make_deterministic
 
@@ -20,10 +19,3 @@ def plain_model_steps(model: onnx.ModelProto, _=None) -> onnx.ModelProto:
     ``ModelProto``, expands every analog op into standard ops."""
     sync_analog_functions(model)
     return inline_analog_functions(model)
-
-
-def to_plain(model: onnx.ModelProto, keep_noise: bool = False) -> onnx.ModelProto:
-    """Pipeline: import; :func:`plain_passes`; export; :func:`plain_model_steps`."""
-    graph = import_model(model)
-    plain_passes(graph, keep_noise)
-    return plain_model_steps(export_model(graph, model))

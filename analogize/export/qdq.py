@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..passes.graph import Names, export_model, import_model
+from ..passes.graph import Names
 from ..passes.model import default_opset, fit_opset, inline_analog_functions, sync_analog_functions
 from .deterministic import make_deterministic
 from .quantizers import replace_quantizers, require_exact_quantizers
@@ -57,10 +57,3 @@ def qdq_model_steps(model: onnx.ModelProto, precisions: list[float]) -> onnx.Mod
     if max(precisions, default=0) > INT8_MAX_PRECISION and default_opset(model) < QDQ_INT16_OPSET:
         model, _ = fit_opset(model, minimum=QDQ_INT16_OPSET)
     return model
-
-
-def to_qdq(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Pipeline: import; :func:`qdq_passes`; export; :func:`qdq_model_steps`."""
-    graph = import_model(model)
-    precisions = qdq_passes(graph)
-    return qdq_model_steps(export_model(graph, model), precisions)

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..passes.graph import Names, export_model, import_model
+from ..passes.graph import Names
 from ..passes.model import inline_analog_functions, sync_analog_functions
 from .deterministic import make_deterministic
 from .quantizers import replace_quantizers, require_exact_quantizers
@@ -56,10 +56,3 @@ def _import_domain(model: onnx.ModelProto, domain: str, version: int) -> None:
         model.opset_import.append(onnx.helper.make_opsetid(domain, version))
     else:
         entry.version = version
-
-
-def to_qonnx(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Pipeline: import; :func:`qonnx_passes`; export; :func:`qonnx_model_steps`."""
-    graph = import_model(model)
-    precisions = qonnx_passes(graph)
-    return qonnx_model_steps(export_model(graph, model), precisions)

@@ -116,12 +116,8 @@ class _TopLevel:
                 self.producer[tensor.name] = position
 
 
-def find_layers(graph: gs.Graph, exclude=()) -> tuple[list[Layer], list[dict]]:
-    """Linear layers with a constant float weight operand; the rest are reported with the reason."""
-    return _find_layers(_TopLevel(graph), set(exclude))
-
-
 def _find_layers(top: _TopLevel, exclude) -> tuple[list[Layer], list[dict]]:
+    """Linear layers with a constant float weight operand; the rest are reported with the reason."""
     layers, skipped = [], []
     for position, node in enumerate(top.graph.nodes):
         if node.op not in LAYER_OP_TYPES or not is_default_domain(node):
@@ -251,7 +247,7 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
     chained_inputs = set()
     if "input" in where:
         for value in graph.inputs:
-            if value.dtype != np.float32 or value.name not in top.consumers:
+            if value.type != "tensor_type" or value.dtype != np.float32 or value.name not in top.consumers:
                 continue
             rewire(value.name, top.consumers[value.name], DOA_ORDER, "input", None)
             chained_inputs.add(value.name)

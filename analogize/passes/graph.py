@@ -1,16 +1,18 @@
 """The graph IR every pass edits: onnx-graphsurgeon's, imported once and exported once per pipeline.
 
 :func:`import_model` and :func:`export_model` are the only crossings between ``onnx.ModelProto`` and
-``gs.Graph``. The export carries back what graphsurgeon does not model: the model's metadata, documentation,
-domain and version, the initializers a model lists as inputs on purpose (callers may override them), and the
-order of its opset imports; its local functions go back as they came, byte for byte.
+``gs.Graph``. The export carries back what graphsurgeon does not model or cannot write: the model's metadata,
+documentation, domain and version, its local functions (byte for byte), the order of its opset imports, the
+graph's inputs, outputs and shape annotations as the source wrote them, node documentation, attributes
+graphsurgeon does not import (sparse tensors, lists of tensors or graphs, type protos) or cannot type back
+(empty lists), the initializers a model lists as inputs (callers may override them, used or not), and
+initializers that only control-flow bodies read (graphsurgeon would copy them into every body). The
+caller's model is left as it was. Initializers that nothing reads and no input names are not written.
 
 :class:`Names` hands out tensor names no graph or body of the model uses yet, and :func:`constant_tensors`
 says which tensors are known before the model runs (initializers and what constant nodes compute from them).
 """
 from __future__ import annotations
-
-import logging
 
 import numpy as np
 import onnx
@@ -18,70 +20,89 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import SparseValues
 
+from ..errors import AnalogizeError
+
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 
-# graphsurgeon warns about duplicate node names; many exporters write them, and they are no error in ONNX
-gs.logger.G_LOGGER.module_severity = gs.logger.G_LOGGER.ERROR
-logging.getLogger("onnx_graphsurgeon").setLevel(logging.ERROR)
+# graphsurgeon prints its warnings (duplicate node names, which many exporters write) on stdout, where they
+# would break the commands' JSON
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
 
 
 def import_model(model: onnx.ModelProto) -> gs.Graph:
     """The model's graph as graphsurgeon's IR; the weights are shared with ``model``, not copied."""
-    graph = gs.import_onnx(model)
-    _type_empty_lists(model.graph, graph)
+    try:
+        graph = gs.import_onnx(model)
+    except Exception as error:  # graphsurgeon fails with bare errors on types it does not model
+        raise AnalogizeError(f"onnx-graphsurgeon cannot read this model ({type(error).__name__}: {error}); "
+                             f"optional-typed inputs and outputs are not supported") from None
+    graph.unnamed_attribute_tensors = []
+    _note_source(model.graph, graph, graph.unnamed_attribute_tensors)
     return graph
 
 
-class _EmptyList(list):
-    """An empty list attribute that remembers its ONNX type: graphsurgeon imports ``axes=[]`` as ``[]``, and
-    ``onnx.helper.make_attribute`` cannot type an empty list back."""
+class _Verbatim:
+    """An attribute graphsurgeon does not import (sparse tensors, lists of tensors or graphs, type protos), kept
+    as its ``AttributeProto`` and written back as it was."""
 
     def __init__(self, attribute: onnx.AttributeProto):
-        super().__init__()
         self.attribute = attribute
 
 
-_LIST_TYPES = {onnx.AttributeProto.INTS, onnx.AttributeProto.FLOATS, onnx.AttributeProto.STRINGS,
-               onnx.AttributeProto.TENSORS, onnx.AttributeProto.GRAPHS, onnx.AttributeProto.SPARSE_TENSORS,
-               onnx.AttributeProto.TYPE_PROTOS}
+class _EmptyList(list, _Verbatim):
+    """An empty list attribute: graphsurgeon imports ``axes=[]`` as ``[]``, which ``onnx.helper.make_attribute``
+    cannot type back; passes still read it as an empty list."""
+
+    def __init__(self, attribute: onnx.AttributeProto):
+        list.__init__(self)
+        _Verbatim.__init__(self, attribute)
 
 
-def _type_empty_lists(proto: onnx.GraphProto, graph: gs.Graph) -> None:
+def _note_source(proto: onnx.GraphProto, graph: gs.Graph, unnamed: list) -> None:
+    """Record, on the graph and its nodes, what the export needs from the source (see the module doc)."""
+    graph.source_initializers = {tensor.name for tensor in proto.initializer}
     for proto_node, node in zip(proto.node, graph.nodes):
+        node.source_doc = proto_node.doc_string
         for attribute in proto_node.attribute:
             value = node.attrs.get(attribute.name)
-            if attribute.type in _LIST_TYPES and isinstance(value, list) and not value:
+            if attribute.name not in node.attrs:
+                node.attrs[attribute.name] = _Verbatim(attribute)
+            elif isinstance(value, list) and not value:
                 node.attrs[attribute.name] = _EmptyList(attribute)
+            elif attribute.type == onnx.AttributeProto.TENSOR and not attribute.t.HasField("name"):
+                unnamed.append(attribute.t)  # the export names the tensor it shares with the source
             elif attribute.type == onnx.AttributeProto.GRAPH:
-                _type_empty_lists(attribute.g, value)
+                _note_source(attribute.g, value, unnamed)
 
 
 def export_model(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
     """``graph`` as a model with ``source``'s model-level fields; domains that nodes newly use are imported at
     version 1, after ``source``'s own, in name order."""
     known = {entry.domain for entry in source.opset_import}
+    if known & set(_DEFAULT_DOMAINS):
+        known |= set(_DEFAULT_DOMAINS)
     used = {node.domain or "" for node in graph.nodes}
     for body in graph.subgraphs(recursive=True):
         used.update(node.domain or "" for node in body.nodes)
-    imports = [*source.opset_import,
-               *(onnx.helper.make_opsetid(d, 1) for d in sorted(used - known - {"ai.onnx"} - ({""} & known)))]
     model = onnx.ModelProto()
-    empty_lists = _take_empty_lists(graph)
+    verbatim = _take_verbatim(graph)
     try:
-        _export_graph(graph, model.graph)
+        _export_graph(graph, model.graph, source.graph)
     finally:
-        for node, name, value in empty_lists:
+        for node, name, value in verbatim:
             node.attrs[name] = value
-    _put_back_empty_lists(graph, model.graph, {id(node) for node, _, _ in empty_lists})
-    model.opset_import.extend(imports)
+        for tensor in getattr(graph, "unnamed_attribute_tensors", ()):
+            tensor.ClearField("name")
+    _put_back_verbatim(graph, model.graph)
+    _lift_outer_initializers(graph, model.graph)
+    model.opset_import.extend([*source.opset_import,
+                               *(onnx.helper.make_opsetid(domain, 1) for domain in sorted(used - known))])
     model.ir_version = source.ir_version
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         if source.HasField(field):
             setattr(model, field, getattr(source, field))
-        else:
-            model.ClearField(field)
     model.functions.extend(source.functions)
     model.metadata_props.extend(source.metadata_props)
     model.training_info.extend(source.training_info)
@@ -89,66 +110,124 @@ def export_model(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def _export_graph(graph: gs.Graph, proto: onnx.GraphProto) -> None:
-    """graphsurgeon's graph export, written straight into the model's graph: its ``export_onnx`` goes through
-    ``make_graph`` and ``make_model``, which copy every weight twice."""
+def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphProto) -> None:
+    """graphsurgeon's graph export, written straight into the model's graph (its ``export_onnx`` goes through
+    ``make_graph`` and ``make_model``, which copy every weight twice), with the source's own descriptions of
+    the inputs, outputs and annotated tensors (graphsurgeon loses sequence and map types and doc strings)."""
     exporter = OnnxExporter
+    described = {value.name: value for value in (*source.input, *source.output)}
+
+    def value_info(tensor: gs.Tensor) -> onnx.ValueInfoProto:
+        if tensor.name in described:
+            return described[tensor.name]
+        return exporter.export_value_info_proto(tensor, False)
+
     proto.node.extend(exporter.export_node(node) for node in graph.nodes)
-    proto.input.extend(exporter.export_value_info_proto(tensor, False) for tensor in graph.inputs)
-    proto.output.extend(exporter.export_value_info_proto(tensor, False) for tensor in graph.outputs)
+    proto.input.extend(value_info(tensor) for tensor in graph.inputs)
+    proto.output.extend(value_info(tensor) for tensor in graph.outputs)
     tensors = graph.tensors()
     constants = [tensor for tensor in tensors.values() if isinstance(tensor, gs.Constant)]
-    # graphsurgeon keeps sparse initializers as SparseValues; only its private field tells them apart
-    sparse = [isinstance(tensor._values, SparseValues) for tensor in constants]
+    sparse = [_is_sparse(tensor) for tensor in constants]
     proto.initializer.extend(exporter.export_tensor_proto(tensor)
                              for tensor, is_sparse in zip(constants, sparse) if not is_sparse)
     proto.sparse_initializer.extend(exporter.export_sparse_tensor_proto(tensor)
                                     for tensor, is_sparse in zip(constants, sparse) if is_sparse)
+    annotated = {value.name for value in source.value_info}
+    proto.value_info.extend(value for value in source.value_info if value.name in tensors)
     for tensor in graph.inputs + graph.outputs:
         tensors.pop(tensor.name, None)
     proto.value_info.extend(exporter.export_value_info_proto(tensor, False) for tensor in tensors.values()
-                            if isinstance(tensor, gs.Variable)
+                            if isinstance(tensor, gs.Variable) and tensor.name not in annotated
                             and (tensor.dtype is not None or tensor.shape is not None))
     proto.name = graph.name
-    if graph.doc_string:
-        proto.doc_string = graph.doc_string
+    if source.HasField("doc_string"):
+        proto.doc_string = source.doc_string
+    proto.metadata_props.extend(source.metadata_props)
+    present = {*tensors, *(tensor.name for tensor in graph.inputs + graph.outputs)}
+    proto.quantization_annotation.extend(annotation for annotation in source.quantization_annotation
+                                         if annotation.tensor_name in present)
 
 
-def _take_empty_lists(graph: gs.Graph) -> list:
+def _is_sparse(tensor: gs.Constant) -> bool:
+    # graphsurgeon keeps sparse initializers as SparseValues; only its private field tells them apart
+    return isinstance(tensor._values, SparseValues)
+
+
+def _take_verbatim(graph: gs.Graph) -> list:
     taken = []
     for body in [graph, *graph.subgraphs(recursive=True)]:
         for node in body.nodes:
-            for name, value in list(node.attrs.items()):
-                if isinstance(value, _EmptyList):
-                    taken.append((node, name, value))
+            taken += [(node, name, value) for name, value in node.attrs.items() if isinstance(value, _Verbatim)]
     for node, name, _ in taken:
         del node.attrs[name]
     return taken
 
 
-def _put_back_empty_lists(graph: gs.Graph, proto: onnx.GraphProto, holders: set) -> None:
-    """Write the empty list attributes into the exported nodes, in their places among the others."""
+def _put_back_verbatim(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """Write the verbatim attributes into the exported nodes, in their places among the others, and the
+    nodes' documentation."""
     for node, proto_node in zip(graph.nodes, proto.node):
+        if getattr(node, "source_doc", ""):
+            proto_node.doc_string = node.source_doc
         for attribute in proto_node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
-                _put_back_empty_lists(node.attrs[attribute.name], attribute.g, holders)
-        if id(node) not in holders:
+                _put_back_verbatim(node.attrs[attribute.name], attribute.g)
+        if not any(isinstance(value, _Verbatim) for value in node.attrs.values()):
             continue
         exported = {attribute.name: attribute for attribute in proto_node.attribute}
-        ordered = [value.attribute if isinstance(value, _EmptyList) else exported[name]
+        ordered = [value.attribute if isinstance(value, _Verbatim) else exported[name]
                    for name, value in node.attrs.items()]
         proto_node.ClearField("attribute")
         proto_node.attribute.extend(ordered)
 
 
+def _lift_outer_initializers(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """Initializers that a control-flow body reads from an outer graph go back where the source had them:
+    graphsurgeon writes each into every body that reads it, and not into the outer graph unless it reads it
+    too."""
+    outer = getattr(graph, "source_initializers", set())
+    lifted: dict[str, onnx.TensorProto] = {}
+
+    def visit(body: gs.Graph, body_proto: onnx.GraphProto) -> None:
+        for node, proto_node in zip(body.nodes, body_proto.node):
+            for attribute in proto_node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    inner, inner_proto = node.attrs[attribute.name], attribute.g
+                    own = getattr(inner, "source_initializers", set())
+                    foreign = [tensor.name in outer and tensor.name not in own for tensor in inner_proto.initializer]
+                    if any(foreign):
+                        kept = [_copy(tensor) for tensor, out in zip(inner_proto.initializer, foreign) if not out]
+                        for tensor, out in zip(inner_proto.initializer, foreign):
+                            if out and tensor.name not in lifted:
+                                lifted[tensor.name] = _copy(tensor)
+                        inner_proto.ClearField("initializer")
+                        inner_proto.initializer.extend(kept)
+                    visit(inner, inner_proto)
+
+    visit(graph, proto)
+    present = {tensor.name for tensor in proto.initializer}
+    proto.initializer.extend(tensor for name, tensor in lifted.items() if name not in present)
+
+
+def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
+    duplicate = onnx.TensorProto()
+    duplicate.CopyFrom(tensor)
+    return duplicate
+
+
 def _restore_overridable_initializers(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """Put back the graph inputs that name initializers (graphsurgeon drops them): from IR 4 on, such an input
-    is a default the caller may override; below IR 4 every initializer had to be listed, and
-    :func:`analogize.passes.model.raise_ir_version` decides what becomes of those."""
-    stored = {tensor.name for tensor in model.graph.initializer}
+    """Put back the graph inputs that name initializers (graphsurgeon drops them), and the initializers
+    themselves where nothing reads them: from IR 4 on, such an input is a default the caller may override;
+    below IR 4 every initializer had to be listed, and :func:`analogize.passes.model.raise_ir_version` decides
+    what becomes of those."""
+    stored = {tensor.name for tensor in source.graph.initializer}
     listed = [value for value in source.graph.input if value.name in stored]
     if not listed:
         return
+    written = {tensor.name for tensor in model.graph.initializer}
+    names = {value.name for value in listed}
+    model.graph.initializer.extend(tensor for tensor in source.graph.initializer
+                                   if tensor.name in names and tensor.name not in written)
     order = {value.name: position for position, value in enumerate(source.graph.input)}
     inputs = sorted([*model.graph.input, *listed], key=lambda value: order.get(value.name, len(order)))
     model.graph.ClearField("input")
@@ -171,7 +250,6 @@ class Names:
         return candidate
 
 
-
 def is_default_domain(node: gs.Node) -> bool:
     return (node.domain or "") in _DEFAULT_DOMAINS
 
@@ -182,7 +260,7 @@ def constant_tensors(graph: gs.Graph) -> tuple[set, set]:
     that are float32."""
     constants, floats = set(), set()
     for name, tensor in graph.tensors().items():
-        if isinstance(tensor, gs.Constant):
+        if isinstance(tensor, gs.Constant) and not _is_sparse(tensor):
             constants.add(name)
             if tensor.dtype == np.float32:
                 floats.add(name)

@@ -1,0 +1,151 @@
+"""The graph IR's crossings (analogize.passes.graph): what a model keeps through import and export, checked
+on models built here with the features graphsurgeon does not model, against the source model and ONNX Runtime."""
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from analogize import convert
+from analogize.cli import main
+from analogize.passes.graph import export_model, import_model
+
+
+def round_trip(model):
+    return export_model(import_model(model), model)
+
+
+def outputs(model, feeds):
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def float_input(name, shape):
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)
+
+
+def test_unimported_attributes_empty_lists_and_docs_go_back_as_they_were():
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([5.0], np.float32), "values"),
+                                       numpy_helper.from_array(np.array([1], np.int64), "indices"), [3])
+    constant = helper.make_node("Constant", [], ["c"], sparse_value=sparse, doc_string="a sparse constant")
+    reduce = helper.make_node("ReduceSum", ["x"], ["s"], keepdims=1)  # opset 11: axes=[] reduces everything
+    reduce.attribute.append(helper.make_attribute("axes", [], attr_type=onnx.AttributeProto.INTS))
+    add = helper.make_node("Add", ["s", "c"], ["y"])
+    graph = helper.make_graph([constant, reduce, add], "g", [float_input("x", [3])], [float_input("y", [3])],
+                              doc_string="the graph")
+    graph.input[0].doc_string = "the data"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 11)])
+    exported = round_trip(model)
+    assert [n.SerializeToString() for n in exported.graph.node][0] == constant.SerializeToString()
+    assert exported.graph.node[1].attribute == model.graph.node[1].attribute
+    assert exported.graph.input[0].doc_string == "the data" and exported.graph.doc_string == "the graph"
+    x = np.array([1.0, 2.0, 3.0], np.float32)
+    np.testing.assert_array_equal(outputs(exported, {"x": x})[0], outputs(model, {"x": x})[0])
+
+
+def test_the_source_model_is_left_byte_for_byte_as_it_was():
+    value = helper.make_tensor("", TensorProto.FLOAT, [1, 4], [0.5] * 4)
+    value.ClearField("name")
+    nodes = [helper.make_node("Constant", [], ["w"], value=value), helper.make_node("MatMul", ["x", "w"], ["m"]),
+             helper.make_node("Relu", ["m"], ["y"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [float_input("x", [2, 1])], [float_input("y", [2, 4])]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    before = model.SerializeToString()
+    round_trip(model)
+    convert(model, bits=6, ep=0.3, seed=1)
+    assert model.SerializeToString() == before
+
+
+def test_an_initializer_read_only_in_if_branches_stays_in_the_outer_graph_and_overridable():
+    weight = numpy_helper.from_array(np.arange(4, dtype=np.float32), "w")
+    branch = [helper.make_graph([helper.make_node(op, ["x", "w"], [f"{op}_out"])], op, [],
+                                [float_input(f"{op}_out", [4])]) for op in ("Add", "Mul")]
+    node = helper.make_node("If", ["flag"], ["y"], then_branch=branch[0], else_branch=branch[1])
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+                                            float_input("x", [4]), float_input("w", [4])],
+                              [float_input("y", [4])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    exported = round_trip(model)
+    assert [t.name for t in exported.graph.initializer] == ["w"]
+    assert all(not a.g.initializer for a in exported.graph.node[0].attribute)
+    assert [v.name for v in exported.graph.input] == ["flag", "x", "w"]
+    feeds = {"flag": np.array(False), "x": np.ones(4, np.float32), "w": np.full(4, 3.0, np.float32)}
+    np.testing.assert_array_equal(outputs(exported, feeds)[0], outputs(model, feeds)[0])
+
+
+def test_unused_overridable_initializers_keep_their_inputs():
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [float_input("x", [2]), float_input("spare", [2])], [float_input("y", [2])],
+                              [numpy_helper.from_array(np.zeros(2, np.float32), "spare")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    exported = round_trip(model)
+    assert [v.name for v in exported.graph.input] == ["x", "spare"]
+    assert [t.name for t in exported.graph.initializer] == ["spare"]
+
+
+def test_a_model_importing_ai_onnx_gets_no_second_default_domain():
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [float_input("x", [1, 2])],
+                              [float_input("y", [1, 2])], [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("ai.onnx", 17)])
+    converted = convert(model, bits=6, noise=False).model
+    assert [(e.domain, e.version) for e in converted.opset_import] == [("ai.onnx", 17), ("ai.analogize", 1)]
+    x = np.array([[0.25, -0.5]], np.float32)
+    np.testing.assert_array_equal(outputs(converted, {"x": x})[0], x)
+
+
+def test_sequence_inputs_get_no_chain_and_keep_their_type():
+    sequence = helper.make_tensor_sequence_value_info("parts", TensorProto.FLOAT, [2])
+    nodes = [helper.make_node("ConcatFromSequence", ["parts"], ["joined"], axis=0),
+             helper.make_node("MatMul", ["joined", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [sequence], [float_input("y", None)],
+                              [numpy_helper.from_array(np.ones((4, 1), np.float32), "w")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = convert(model, bits=6, noise=False)
+    assert "input" not in {site["site"] for site in result.report["inserted"]}
+    assert result.model.graph.input[0] == sequence
+    parts = [np.full(2, 0.125, np.float32), np.full(2, 0.25, np.float32)]
+    np.testing.assert_array_equal(outputs(result.model, {"parts": parts})[0], [0.75])
+
+
+def test_a_sparse_initializer_weight_stays_digital_as_before():
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([2.0], np.float32), "w"),
+                                       numpy_helper.from_array(np.array([0], np.int64), "w_indices"), [2, 2])
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [float_input("x", [1, 2])],
+                              [float_input("y", [1, 2])], sparse_initializer=[sparse])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    report = convert(model, bits=6, noise=False).report
+    assert report["layers"] == [] and [s["node"] for s in report["skipped_layers"]] == [""]
+
+
+def test_graphsurgeon_warnings_never_reach_the_json_on_stdout(tmp_path, capsys):
+    # duplicate node names inside a branch make graphsurgeon warn; stdout must stay one JSON document
+    branch = helper.make_graph([helper.make_node("Relu", ["x"], ["r1"], name="same"),
+                                helper.make_node("Relu", ["r1"], ["r2"], name="same")], "b", [],
+                               [float_input("r2", [1, 2])])
+    nodes = [helper.make_node("If", ["flag"], ["h"], then_branch=branch, else_branch=branch),
+             helper.make_node("MatMul", ["h", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+                                           float_input("x", [1, 2])], [float_input("y", [1, 2])],
+                              [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+    path = tmp_path / "dup.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    assert main(["convert", str(path), "-o", str(tmp_path / "out.onnx"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["layers"] == [""] or len(report["layers"]) == 1
+
+
+@pytest.mark.parametrize("elem_type", [TensorProto.FLOAT])
+def test_an_optional_input_is_a_one_line_error_or_converts(elem_type, tmp_path, capsys):
+    optional = helper.make_value_info("maybe", helper.make_optional_type_proto(
+        helper.make_tensor_type_proto(elem_type, [2])))
+    nodes = [helper.make_node("OptionalHasElement", ["maybe"], ["has"]),
+             helper.make_node("MatMul", ["x", "w"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [optional, float_input("x", [1, 2])],
+                              [float_input("y", [1, 2]), helper.make_tensor_value_info("has", TensorProto.BOOL, [])],
+                              [numpy_helper.from_array(np.eye(2, dtype=np.float32), "w")])
+    path = tmp_path / "optional.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    code = main(["convert", str(path), "-o", str(tmp_path / "out.onnx")])
+    error = capsys.readouterr().err
+    assert code == 0 or (code == 2 and len(error.strip().splitlines()) == 1 and "Traceback" not in error)
