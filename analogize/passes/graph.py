@@ -128,8 +128,9 @@ def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphPro
     tensors = graph.tensors()
     constants = [tensor for tensor in tensors.values() if isinstance(tensor, gs.Constant)]
     sparse = [_is_sparse(tensor) for tensor in constants]
-    proto.initializer.extend(exporter.export_tensor_proto(tensor)
-                             for tensor, is_sparse in zip(constants, sparse) if not is_sparse)
+    for tensor, is_sparse in zip(constants, sparse):
+        if not is_sparse:  # add + CopyFrom: protobuf's extend copies messages about three times slower
+            proto.initializer.add().CopyFrom(exporter.export_tensor_proto(tensor))
     proto.sparse_initializer.extend(exporter.export_sparse_tensor_proto(tensor)
                                     for tensor, is_sparse in zip(constants, sparse) if is_sparse)
     annotated = {value.name for value in source.value_info}
