@@ -86,8 +86,7 @@ def _step(node: gs.Node, scalar, straight_through_only: bool):
     return None
 
 
-def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False,
-                            overridable: Collection[str] = ()) -> int:
+def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False) -> int:
     """Replace each run of two or more element-wise nodes (analog ops, Clip with constant bounds, Relu,
     LeakyRelu), where each feeds only the next, by one FusedChain node: one pass over memory instead of one
     per node, with the same numbers (each random step keeps its seed); returns how many chains it fused. Only
@@ -95,8 +94,8 @@ def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False
 
     ``straight_through_only`` leaves out the analog ops whose training gradient is not the identity (the
     activations), so that a chain's gradient is the slope :class:`TorchChain` computes beside it.
-    ``overridable`` names the initializers a caller may override (the model lists them as graph inputs, which
-    graphsurgeon does not record): a Clip bound among them is no constant. Graph outputs and the values a
+    A Clip bound that a caller may override (an initializer the model also lists as an input, as
+    :func:`~analogize.passes.graph.import_model` records) is no constant. Graph outputs and the values a
     control-flow body reads are never fused away.
     """
     nodes = graph.nodes
@@ -115,7 +114,7 @@ def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False
         kept_names.update(tensor.name for tensor in body.outputs)
     for name in kept_names:
         uses[name] = uses.get(name, 0) + 2
-    scalar = _scalars(overridable)
+    scalar = _scalars(getattr(graph, "overridable_initializers", frozenset()))
     steps = [_step(node, scalar, straight_through_only) for node in nodes]
     taken = [False] * len(nodes)
     replacement: dict[int, gs.Node] = {}
@@ -161,7 +160,7 @@ def fuse_model_chains(model: onnx.ModelProto, straight_through_only: bool = Fals
     """The pipeline of :func:`fuse_elementwise_chains` for a model: the fused model (a new one; ``model`` itself,
     untouched, where nothing fuses) and how many chains were fused."""
     graph = import_model(model)
-    count = fuse_elementwise_chains(graph, straight_through_only, overridable={v.name for v in model.graph.input})
+    count = fuse_elementwise_chains(graph, straight_through_only)
     if not count:
         return model, 0
     return export_model(graph, model), count

@@ -40,6 +40,8 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
                              f"optional-typed inputs and outputs are not supported") from None
     graph.unnamed_attribute_tensors = []
     _note_source(model.graph, graph, graph.unnamed_attribute_tensors)
+    # listed as inputs too: defaults a caller may override, so no pass may take their values as fixed
+    graph.overridable_initializers = graph.source_initializers & {value.name for value in model.graph.input}
     return graph
 
 

@@ -426,8 +426,7 @@ class OnnxModule(nn.Module):
         # writes), and the interpreter runs the exported nodes. The weights above stay the model's initializers.
         graph = import_model(model)
         weight_values = _weight_path_values(graph, {self.names[key] for key in self.weights}, set(self._keys))
-        if any(n.domain == DOMAIN for n in nodes) and fuse_elementwise_chains(
-                graph, straight_through_only=True, overridable={v.name for v in model.graph.input}):
+        if any(n.domain == DOMAIN for n in nodes) and fuse_elementwise_chains(graph, straight_through_only=True):
             nodes = [_Node(node) for node in export_model(graph, model).graph.node]
         wanted = runtime.native_enabled() if native is None else native
         self.nodes = nodes
