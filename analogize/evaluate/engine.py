@@ -28,11 +28,12 @@ from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from ..passes.activations import ACTIVATIONS, swap_activations
-from ..passes.attributes import analog_nodes, round_deterministically, seed_random_ops, set_analog_attributes
+from ..passes.attributes import analog_nodes, seed_random_ops, set_analog_attributes
 from ..passes.chains import CHAIN_ELEMENTS, remove_analog_chains
-from ..passes.graph import export_model, import_model, is_default_domain
-from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, fit_opset, is_converted, store_settings, stored_settings,
-                            sync_analog_functions)
+from ..passes.deterministic import noise_free
+from ..passes.graph import import_model, is_default_domain
+from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, is_converted,
+                            store_settings, stored_settings)
 from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
 from ..progress import progress_bar
 from ..runtime.sessions import kernels_in_use
@@ -317,7 +318,7 @@ class _CellModels:
         elif not swap_activations(graph, variant.activation, dict(variant.parameters))["swapped"]:
             raise AnalogizeError(f"activation variant {variant.label!r}: the converted model has no ReLU and no "
                                  f"{choice.op_type} to vary; evaluate the original model instead")
-        return _exported(graph, self.base)
+        return export_with_functions(graph, self.base)
 
     def clean(self) -> onnx.ModelProto:
         """The digital model: the original, or a converted one with its chains taken out."""
@@ -325,14 +326,14 @@ class _CellModels:
             return self.base
         graph = import_model(self.base)
         remove_analog_chains(graph)
-        return _exported(graph, self.base)
+        return export_with_functions(graph, self.base)
 
     def digital(self, variant: ActivationVariant) -> onnx.ModelProto:
         """The variant's activations without noise, reduce-precision or clamp."""
         skeleton = self.skeleton(variant)
         graph = import_model(skeleton)
         remove_analog_chains(graph)
-        return _exported(graph, skeleton)
+        return export_with_functions(graph, skeleton)
 
     def build(self, cell: Cell) -> tuple[onnx.ModelProto, dict]:
         """The cell's model (equal to converting with the cell's options) and its resolved settings."""
@@ -352,7 +353,7 @@ class _CellModels:
             remove_analog_chains(graph, ("noise",))
         random_nodes = [n for n in analog_nodes(graph) if OPS[n.op].random]
         seed_random_ops(graph, node_seeds(seed, len(random_nodes)))
-        model = _exported(graph, skeleton)
+        model = export_with_functions(graph, skeleton)
         if not self.converted:
             store_settings(model, options.summary())
         ep = cell.ep if cell.ep is not None else (std_to_ep(std, precision) if std and precision else 0.0)
@@ -364,10 +365,7 @@ class _CellModels:
         random draw with any repeat), or None when the cell has no noise."""
         if not settings["std"]:
             return None
-        graph = import_model(model)
-        remove_analog_chains(graph, ("noise",))
-        round_deterministically(graph)
-        return _exported(graph, model).SerializeToString()
+        return noise_free(model).SerializeToString()
 
     def _converted_precision_and_std(self, graph, cell: Cell) -> tuple[float | None, float]:
         precision = (bits_to_precision(cell.bits, self.options.bit_convention) if cell.bits is not None
@@ -381,13 +379,6 @@ class _CellModels:
             raise AnalogizeError("the converted model has no reduce-precision, so an EP has no step size; "
                                  "give --bits")
         return precision, ep_to_std(cell.ep, precision) if cell.ep > 0 else 0.0
-
-
-def _exported(graph, source: onnx.ModelProto) -> onnx.ModelProto:
-    """The end of every cell pipeline: the graph exported, its function bodies following its analog nodes."""
-    model = export_model(graph, source)
-    sync_analog_functions(model)
-    return model
 
 
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.

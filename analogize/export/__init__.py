@@ -26,21 +26,21 @@ reduce-precision's own rounding, so a ``qonnx`` export agrees with the simulatio
 Both quantizing formats clip to their integer range, which holds the 2p + 1 levels of [-1, 1]; so every
 reduce-precision must follow a clamp (models converted with ``--no-clamp`` are refused).
 
-Modules: :mod:`.pipeline` (``export``), :mod:`.spec` (the analog spec), :mod:`.deterministic` (the noise-free
-simulation every format starts from), :mod:`.quantizers` (checks and replacement shared by the quantizing
-formats), :mod:`.qdq`, :mod:`.qonnx`, :mod:`.plain` (one per format), :mod:`.rebuild`, :mod:`.verify`
-(``compare_outputs``, ``run_in_qonnx``), :mod:`.files` (``export_file``, ``rebuild_file``).
+Modules: :mod:`.pipeline` (``export``), :mod:`.spec` (the analog spec), :mod:`.quantizers` (checks and
+replacement shared by the quantizing formats), :mod:`.qdq`, :mod:`.qonnx`, :mod:`.plain` (one per format),
+:mod:`.rebuild`, :mod:`.verify` (``compare_outputs``, ``run_in_qonnx``), :mod:`.files` (``export_file``,
+``rebuild_file``). Every format starts from :mod:`analogize.passes.deterministic`.
 """
 from __future__ import annotations
 
 from .files import export_file, rebuild_file
 from .pipeline import FORMATS, export
 from .qdq import QDQ_INT16_OPSET, QDQ_MAX_PRECISION
-from .qonnx import QONNX_DOMAIN, QONNX_MAX_PRECISION, QONNX_OPSET
+from .qonnx import QONNX_DOMAIN, QONNX_MAX_PRECISION
 from .rebuild import rebuild
 from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_VERSION, analog_spec, integer_bits
 from .verify import compare_outputs, run_in_qonnx
 
 __all__ = ["EXPORT_KEY", "FORMATS", "QDQ_INT16_OPSET", "QDQ_MAX_PRECISION", "QONNX_DOMAIN", "QONNX_MAX_PRECISION",
-           "QONNX_OPSET", "SPEC_FORMAT", "SPEC_VERSION", "analog_spec", "compare_outputs", "export", "export_file",
+           "SPEC_FORMAT", "SPEC_VERSION", "analog_spec", "compare_outputs", "export", "export_file",
            "integer_bits", "rebuild", "rebuild_file", "run_in_qonnx"]

@@ -5,11 +5,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..passes.model import inline_analog_functions, sync_analog_functions
-from .deterministic import make_deterministic
+from ..passes.deterministic import make_deterministic
 
 
 def plain_passes(graph: gs.Graph, keep_noise: bool = False) -> dict:
-    """The graph passes: :func:`~.deterministic.make_deterministic` unless the noise stays, else none."""
+    """The graph passes: :func:`~analogize.passes.deterministic.make_deterministic` unless the noise stays, else none."""
     return {} if keep_noise else make_deterministic(graph)
 
 

@@ -14,7 +14,7 @@ import onnx_graphsurgeon as gs
 
 from ..passes.graph import Names
 from ..passes.model import default_opset, fit_opset, inline_analog_functions, sync_analog_functions
-from .deterministic import make_deterministic
+from ..passes.deterministic import make_deterministic
 from .quantizers import replace_quantizers, require_exact_quantizers
 
 TARGET = "QDQ"

@@ -13,12 +13,12 @@ import onnx_graphsurgeon as gs
 
 from ..passes.graph import Names
 from ..passes.model import inline_analog_functions, sync_analog_functions
-from .deterministic import make_deterministic
+from ..passes.deterministic import make_deterministic
 from .quantizers import replace_quantizers, require_exact_quantizers
 from .spec import integer_bits
 
 TARGET = "QONNX Quant"
-QONNX_DOMAIN, QONNX_OPSET = "qonnx.custom_op.general", 1
+QONNX_DOMAIN = "qonnx.custom_op.general"  # imported at version 1, as export_model imports every new domain
 # Quant carries its integers in float32 tensors, whose whole numbers are exact up to 2^24
 QONNX_MAX_PRECISION = 2.0**24
 
@@ -42,17 +42,6 @@ def qonnx_passes(graph: gs.Graph) -> list[float]:
 
 def qonnx_model_steps(model: onnx.ModelProto, precisions: list[float] | None = None) -> onnx.ModelProto:
     """The model-level steps after the export, in order: the bodies of the chain ops nothing calls any more go,
-    ONNX's inliner (which works on a ``ModelProto``) inlines the activations' bodies, and the QONNX domain is
-    imported at version 1."""
+    and ONNX's inliner (which works on a ``ModelProto``) inlines the activations' bodies."""
     sync_analog_functions(model)
-    model = inline_analog_functions(model)
-    _import_domain(model, QONNX_DOMAIN, QONNX_OPSET)
-    return model
-
-
-def _import_domain(model: onnx.ModelProto, domain: str, version: int) -> None:
-    entry = next((e for e in model.opset_import if e.domain == domain), None)
-    if entry is None:
-        model.opset_import.append(onnx.helper.make_opsetid(domain, version))
-    else:
-        entry.version = version
+    return inline_analog_functions(model)

@@ -7,7 +7,7 @@ import onnx
 
 from ..errors import AnalogizeError
 from ..model_io import copy_model
-from .deterministic import noise_free
+from ..passes.deterministic import noise_free
 from .qonnx import QONNX_DOMAIN
 
 

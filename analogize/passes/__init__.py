@@ -14,5 +14,6 @@ The contract, for every pass in this package:
 
 Modules: :mod:`.graph` (the IR crossing, names, constant analysis), :mod:`.model` (protobuf-level steps),
 :mod:`.chains` (analog chains: inserting and removing them), :mod:`.activations` (ReLU swaps),
-:mod:`.attributes` (reading and setting analog nodes' attributes: seeds, precision, noise).
+:mod:`.attributes` (reading and setting analog nodes' attributes: seeds, precision, noise),
+:mod:`.deterministic` (the noise-free simulation).
 """

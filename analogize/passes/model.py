@@ -18,6 +18,7 @@ from onnx import helper, inliner, version_converter
 from ..errors import AnalogizeError
 from ..ops.onnx_functions import MIN_OPSET, function_protos
 from ..ops.spec import DOMAIN, DOMAIN_VERSION
+from .graph import export_model
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -66,6 +67,14 @@ def sync_analog_functions(model: onnx.ModelProto) -> None:
     elif not in_use:
         for entry in imported:
             model.opset_import.remove(entry)
+
+
+def export_with_functions(graph, source: onnx.ModelProto) -> onnx.ModelProto:
+    """The end of a pipeline whose passes changed which analog ops the graph uses: the export, then
+    :func:`sync_analog_functions`."""
+    model = export_model(graph, source)
+    sync_analog_functions(model)
+    return model
 
 
 # Initializers outside graph.input need IR >= 4 and model-local functions IR >= 8; 10 is the lowest IR that

@@ -1,14 +1,14 @@
 """The noise-free simulation: noise out, stochastic rounding made deterministic. Every export format starts
-from it, and :func:`analogize.export.verify.compare_outputs` runs it as the reference."""
+from it, export's verification runs it as the reference, and evaluate measures SNR against it."""
 from __future__ import annotations
 
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..passes.attributes import round_deterministically
-from ..passes.chains import remove_analog_chains
-from ..passes.graph import export_model, import_model
-from ..passes.model import sync_analog_functions
+from .attributes import round_deterministically
+from .chains import remove_analog_chains
+from .graph import import_model
+from .model import export_with_functions
 
 
 def make_deterministic(graph: gs.Graph) -> dict:
@@ -19,10 +19,8 @@ def make_deterministic(graph: gs.Graph) -> dict:
 def noise_free(model: onnx.ModelProto) -> onnx.ModelProto:
     """The converted model without its noise, still in the analog op set.
 
-    Pipeline: import; :func:`make_deterministic`; export; :func:`~analogize.passes.model.sync_analog_functions`
-    (model level: the function bodies follow the nodes, ReducePrecision's added, the noise's dropped)."""
+    Pipeline: import; :func:`make_deterministic`; :func:`~.model.export_with_functions` (ReducePrecision's body
+    added, the noise's dropped)."""
     graph = import_model(model)
     make_deterministic(graph)
-    deterministic = export_model(graph, model)
-    sync_analog_functions(deterministic)
-    return deterministic
+    return export_with_functions(graph, model)
