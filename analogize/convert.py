@@ -93,8 +93,11 @@ class ConversionResult:
     report: dict = field(default_factory=dict)
 
 
-def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **overrides) -> ConversionResult:
-    """Rewrite ``model`` (left untouched) into its analog simulation; ``overrides`` replace option fields.
+def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse_input: bool = False,
+            **overrides) -> ConversionResult:
+    """Rewrite ``model`` into its analog simulation; ``overrides`` replace option fields. ``model`` is left
+    untouched unless ``reuse_input``: then the caller gives it up, and the conversion is written into it
+    instead of copying its weights.
 
     The pipeline: the opset move (protobuf); on the graph, insert the chains, swap the activations and seed the
     random nodes; then the function bodies, IR version and settings record (protobuf), and the optional
@@ -115,7 +118,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, **ove
         raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
                              "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
     seed_random_ops(graph, settings.seed)
-    converted = export_model(graph, working)
+    converted = export_model(graph, working, in_place=reuse_input or working is not model)
     sync_analog_functions(converted)
     raise_ir_version(converted)
     summary = options.summary()
@@ -137,7 +140,7 @@ def convert_file(source, destination=None, options: ConvertOptions | None = None
     options = replace(options or ConvertOptions(), **overrides)
     options.chain_settings()  # reject bad flags before reading a possibly large model
     model, external = load_model(source)
-    result = convert(model, options)
+    result = convert(model, options, reuse_input=True)
     save_model(result.model, destination, external_data=external, overwrite_input=None if overwrite else source)
     result.report.update(input=str(source), output=str(destination))
     return result.report

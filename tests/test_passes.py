@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 from analogize import convert
 from analogize.cli import main
 from analogize.passes.graph import export_model, import_model
+from conftest import DEFAULT_MODEL
 
 
 def round_trip(model):
@@ -149,3 +150,41 @@ def test_an_optional_input_is_a_one_line_error_or_converts(elem_type, tmp_path, 
     code = main(["convert", str(path), "-o", str(tmp_path / "out.onnx")])
     error = capsys.readouterr().err
     assert code == 0 or (code == 2 and len(error.strip().splitlines()) == 1 and "Traceback" not in error)
+
+
+def _with_pass_edits(graph):
+    """A changed weight, a new constant and a weight no node reads any more, as passes make them."""
+    import onnx_graphsurgeon as gs
+
+    tensors = graph.tensors()
+    tensors["w1"].values = np.full(tensors["w1"].shape, 0.25, np.float32)
+    graph.nodes[0].inputs[1] = gs.Constant("new", np.ones(tensors["w0"].shape, np.float32))
+
+
+def test_an_export_written_into_its_source_equals_a_fresh_export():
+    """export_model(in_place=True) keeps the weights the graph holds unchanged where they lie; the file is the one
+    a fresh export writes (initializers in the source's order, new ones after), the caller having given it up."""
+    rng = np.random.default_rng(0)
+    weights = [numpy_helper.from_array(rng.normal(size=(3, 3)).astype(np.float32), f"w{k}") for k in range(3)]
+    spare = numpy_helper.from_array(np.zeros(3, np.float32), "spare")
+    nodes = [helper.make_node("MatMul", ["x", "w0"], ["a"]), helper.make_node("MatMul", ["a", "w1"], ["b"]),
+             helper.make_node("MatMul", ["b", "w2"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [float_input("x", [1, 3]), float_input("spare", [3])],
+                              [float_input("y", [1, 3])], [weights[2], spare, weights[0], weights[1]])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    for edit in (None, _with_pass_edits):
+        fresh_graph, given_up = import_model(model), onnx.ModelProto()
+        given_up.CopyFrom(model)
+        in_place_graph = import_model(given_up)
+        for graph_ir in (fresh_graph, in_place_graph) if edit else ():
+            edit(graph_ir)
+        fresh = export_model(fresh_graph, model)
+        written = export_model(in_place_graph, given_up, in_place=True)
+        assert written is given_up and written.SerializeToString() == fresh.SerializeToString()
+        expected = ["w2", "spare", "w0", "w1"] if edit is None else ["w2", "spare", "w1", "new"]
+        assert [t.name for t in written.graph.initializer] == expected
+    digits = onnx.load(DEFAULT_MODEL)
+    given_up = onnx.ModelProto()
+    given_up.CopyFrom(digits)
+    assert convert(given_up, bits=6, ep=0.3, seed=1, reuse_input=True).model.SerializeToString() == \
+        convert(digits, bits=6, ep=0.3, seed=1).model.SerializeToString()

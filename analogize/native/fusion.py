@@ -14,10 +14,10 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx import helper
-from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
+from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from ..ops.spec import DOMAIN, OPS, OpSpec
-from ..passes.graph import export_model, import_model, is_default_domain
+from ..passes.graph import bodies, constant_values, export_model, import_model, is_default_domain
 from .build import FUSED_DOMAIN, _kernel_source
 
 
@@ -46,10 +46,8 @@ def _scalars(overridable: Collection[str]):
         if not isinstance(tensor, gs.Constant) or tensor.name in overridable:
             return None
         if tensor.name not in known:
-            stored = tensor._values  # graphsurgeon's LazyValues until something loads them
-            known[tensor.name] = None if isinstance(stored, SparseValues) or tensor.dtype != np.float32 or \
-                math.prod(tensor.shape) != 1 else \
-                float((stored.load() if isinstance(stored, LazyValues) else stored).reshape(-1)[0])
+            known[tensor.name] = None if isinstance(tensor._values, SparseValues) or tensor.dtype != np.float32 \
+                or math.prod(tensor.shape) != 1 else float(constant_values(tensor).reshape(-1)[0])
         return known[tensor.name]
 
     return value
@@ -101,15 +99,13 @@ def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False
     nodes = graph.nodes
     uses: dict[str, int] = {}
     consumer: dict[str, int] = {}
-    bodies = False
     for position, node in enumerate(nodes):
         for tensor in node.inputs:
             name = tensor.name
             uses[name] = uses.get(name, 0) + 1
             consumer[name] = position
-        bodies = bodies or any(isinstance(value, gs.Graph) for value in node.attrs.values())
     kept_names = {tensor.name for tensor in graph.outputs}
-    for body in graph.subgraphs(recursive=True) if bodies else ():  # reading values of outer graphs, too
+    for body in bodies(graph):  # reading values of outer graphs, too
         kept_names.update(tensor.name for inner in body.nodes for tensor in inner.inputs)
         kept_names.update(tensor.name for tensor in body.outputs)
     for name in kept_names:

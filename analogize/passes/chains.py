@@ -105,7 +105,7 @@ class _TopLevel:
     def __init__(self, graph: gs.Graph):
         self.graph = graph
         self.tensors = graph.tensors()
-        self.constants, self.float_constants = constant_tensors(graph)
+        self.constants, self.float_constants = constant_tensors(graph, self.tensors)
         self.consumers: dict[str, list] = {}
         self.producer: dict[str, int] = {}
         for position, node in enumerate(graph.nodes):
@@ -231,7 +231,7 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
         raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
     top = _TopLevel(graph)
     layers, skipped = _find_layers(top, set(exclude))
-    builder = _ChainBuilder(graph, Names(graph), settings)
+    builder = _ChainBuilder(graph, Names(graph, top.tensors), settings)
     sites: list[dict] = []
 
     def rewire(name: str, uses: list, order, site: str, layer_name: str | None) -> None:

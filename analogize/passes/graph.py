@@ -18,13 +18,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
-from onnx_graphsurgeon.ir.tensor import SparseValues
+from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from ..errors import AnalogizeError
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
+_STANDARD_OPS_WITH_BODIES = _SUBGRAPH_OPS | {"SequenceMap"}
 
 # graphsurgeon prints its warnings (duplicate node names, which many exporters write) on stdout, where they
 # would break the commands' JSON
@@ -39,7 +40,7 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
         raise AnalogizeError(f"onnx-graphsurgeon cannot read this model ({type(error).__name__}: {error}); "
                              f"optional-typed inputs and outputs are not supported") from None
     graph.unnamed_attribute_tensors = []
-    _note_source(model.graph, graph, graph.unnamed_attribute_tensors)
+    graph.has_source_extras = _note_source(model.graph, graph, graph.unnamed_attribute_tensors)
     # listed as inputs too: defaults a caller may override, so no pass may take their values as fixed
     graph.overridable_initializers = graph.source_initializers & {value.name for value in model.graph.input}
     return graph
@@ -62,45 +63,80 @@ class _EmptyList(list, _Verbatim):
         _Verbatim.__init__(self, attribute)
 
 
-def _note_source(proto: onnx.GraphProto, graph: gs.Graph, unnamed: list) -> None:
-    """Record, on the graph and its nodes, what the export needs from the source (see the module doc)."""
+def _note_source(proto: onnx.GraphProto, graph: gs.Graph, unnamed: list) -> bool:
+    """Record, on the graph and its nodes, what the export needs from the source (see the module doc); say
+    whether any node, at any depth, has documentation or a verbatim attribute to put back."""
     graph.source_initializers = {tensor.name for tensor in proto.initializer}
+    extras = False
     for proto_node, node in zip(proto.node, graph.nodes):
-        node.source_doc = proto_node.doc_string
+        if proto_node.doc_string:
+            node.source_doc, extras = proto_node.doc_string, True
         for attribute in proto_node.attribute:
             value = node.attrs.get(attribute.name)
             if attribute.name not in node.attrs:
-                node.attrs[attribute.name] = _Verbatim(attribute)
+                node.attrs[attribute.name], extras = _Verbatim(attribute), True
             elif isinstance(value, list) and not value:
-                node.attrs[attribute.name] = _EmptyList(attribute)
+                node.attrs[attribute.name], extras = _EmptyList(attribute), True
             elif attribute.type == onnx.AttributeProto.TENSOR and not attribute.t.HasField("name"):
                 unnamed.append(attribute.t)  # the export names the tensor it shares with the source
             elif attribute.type == onnx.AttributeProto.GRAPH:
-                _note_source(attribute.g, value, unnamed)
+                extras = _note_source(attribute.g, value, unnamed) or extras
+    return extras
 
 
-def export_model(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
+def bodies(graph: gs.Graph) -> list[gs.Graph]:
+    """The graphs nested in ``graph``'s nodes, at any depth (graphsurgeon's ``subgraphs`` walks every node's
+    attributes through generators, several times slower on graphs with hundreds of nodes)."""
+    found = []
+    for node in graph.nodes:
+        if node.op in _STANDARD_OPS_WITH_BODIES or not is_default_domain(node):
+            for value in node.attrs.values():
+                if isinstance(value, gs.Graph):
+                    found += [value, *bodies(value)]
+    return found
+
+
+def export_model(graph: gs.Graph, source: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
     """``graph`` as a model with ``source``'s model-level fields; domains that nodes newly use are imported at
-    version 1, after ``source``'s own, in name order."""
+    version 1, after ``source``'s own, in name order. Initializers keep the source's order, new ones follow.
+
+    With ``in_place`` the caller gives ``source`` up: the export is written into it and returned, and the
+    weights the graph still holds as the source stored them stay where they lie instead of being copied."""
     known = {entry.domain for entry in source.opset_import}
     if known & set(_DEFAULT_DOMAINS):
         known |= set(_DEFAULT_DOMAINS)
-    used = {node.domain or "" for node in graph.nodes}
-    for body in graph.subgraphs(recursive=True):
-        used.update(node.domain or "" for node in body.nodes)
-    model = onnx.ModelProto()
-    verbatim = _take_verbatim(graph)
+    nested = bodies(graph)
+    used = {node.domain or "" for body in (graph, *nested) for node in body.nodes}
+    new_domains = [onnx.helper.make_opsetid(domain, 1) for domain in sorted(used - known)]
+    if in_place:
+        model, description = source, _description(source.graph)
+    else:
+        model, description = _model_fields(source), source.graph
+    extras = getattr(graph, "has_source_extras", True)
+    verbatim = _take_verbatim(graph, nested) if extras else []
+    stored = {tensor.name for tensor in source.graph.initializer}
+    overridable = {value.name for value in description.input if value.name in stored}
     try:
-        _export_graph(graph, model.graph, source.graph)
+        _export_graph(graph, model.graph, description, source.graph.initializer, overridable, in_place)
     finally:
         for node, name, value in verbatim:
             node.attrs[name] = value
         for tensor in getattr(graph, "unnamed_attribute_tensors", ()):
             tensor.ClearField("name")
-    _put_back_verbatim(graph, model.graph)
-    _lift_outer_initializers(graph, model.graph)
-    model.opset_import.extend([*source.opset_import,
-                               *(onnx.helper.make_opsetid(domain, 1) for domain in sorted(used - known))])
+    if extras:
+        _put_back_verbatim(graph, model.graph)
+    if nested:
+        _lift_outer_initializers(graph, model.graph)
+    model.opset_import.extend(new_domains)
+    if overridable:
+        _restore_overridable_inputs(model.graph, description, overridable)
+    return model
+
+
+def _model_fields(source: onnx.ModelProto) -> onnx.ModelProto:
+    """A new model with ``source``'s model-level fields and an empty graph."""
+    model = onnx.ModelProto()
+    model.opset_import.extend(source.opset_import)
     model.ir_version = source.ir_version
     for field in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         if source.HasField(field):
@@ -108,11 +144,29 @@ def export_model(graph: gs.Graph, source: onnx.ModelProto) -> onnx.ModelProto:
     model.functions.extend(source.functions)
     model.metadata_props.extend(source.metadata_props)
     model.training_info.extend(source.training_info)
-    _restore_overridable_initializers(model, source)
     return model
 
 
-def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphProto) -> None:
+_DESCRIPTION_FIELDS = ("input", "output", "value_info", "doc_string", "metadata_props", "quantization_annotation")
+
+
+def _description(proto: onnx.GraphProto) -> onnx.GraphProto:
+    """A copy of what the export reads from a source graph it then overwrites (everything but the nodes and
+    the weights), and the source graph cleared of it, initializers aside."""
+    description = onnx.GraphProto()
+    for field in _DESCRIPTION_FIELDS:
+        if field == "doc_string":
+            if proto.HasField("doc_string"):
+                description.doc_string = proto.doc_string
+        else:
+            getattr(description, field).extend(getattr(proto, field))
+    for field in (*_DESCRIPTION_FIELDS, "node", "name", "sparse_initializer"):
+        proto.ClearField(field)
+    return description
+
+
+def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphProto, source_initializers,
+                  overridable: set, in_place: bool) -> None:
     """graphsurgeon's graph export, written straight into the model's graph (its ``export_onnx`` goes through
     ``make_graph`` and ``make_model``, which copy every weight twice), with the source's own descriptions of
     the inputs, outputs and annotated tensors (graphsurgeon loses sequence and map types and doc strings)."""
@@ -129,12 +183,10 @@ def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphPro
     proto.output.extend(value_info(tensor) for tensor in graph.outputs)
     tensors = graph.tensors()
     constants = [tensor for tensor in tensors.values() if isinstance(tensor, gs.Constant)]
-    sparse = [_is_sparse(tensor) for tensor in constants]
-    for tensor, is_sparse in zip(constants, sparse):
-        if not is_sparse:  # add + CopyFrom: protobuf's extend copies messages about three times slower
-            proto.initializer.add().CopyFrom(exporter.export_tensor_proto(tensor))
+    _write_initializers([tensor for tensor in constants if not _is_sparse(tensor)], proto.initializer,
+                        source_initializers, overridable, in_place)
     proto.sparse_initializer.extend(exporter.export_sparse_tensor_proto(tensor)
-                                    for tensor, is_sparse in zip(constants, sparse) if is_sparse)
+                                    for tensor in constants if _is_sparse(tensor))
     annotated = {value.name for value in source.value_info}
     proto.value_info.extend(value for value in source.value_info if value.name in tensors)
     for tensor in graph.inputs + graph.outputs:
@@ -151,14 +203,49 @@ def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphPro
                                          if annotation.tensor_name in present)
 
 
+def _write_initializers(constants: list, target, source_initializers, overridable: set, in_place: bool) -> None:
+    """Write the graph's ``constants`` as initializers, in the source's order, new ones after, plus the
+    ``overridable`` ones nothing reads (graphsurgeon drops them). In place (``target`` is
+    ``source_initializers``), a weight the graph holds as stored stays, a changed one is overwritten and one
+    nobody needs goes; otherwise each is copied in (add + CopyFrom: protobuf's extend copies messages about
+    three times slower)."""
+    order = {tensor.name: position for position, tensor in enumerate(source_initializers)}
+    held = {tensor.name: tensor for tensor in constants if tensor.name in order}
+    if in_place:
+        for position, stored in reversed(list(enumerate(target))):
+            tensor = held.get(stored.name)
+            if tensor is None:
+                if stored.name not in overridable:
+                    del target[position]
+            elif not (isinstance(tensor._values, LazyValues) and tensor._values.tensor is stored):
+                stored.CopyFrom(OnnxExporter.export_tensor_proto(tensor))
+    else:
+        for stored in source_initializers:
+            tensor = held.get(stored.name)
+            if tensor is not None:
+                target.add().CopyFrom(OnnxExporter.export_tensor_proto(tensor))
+            elif stored.name in overridable:
+                target.add().CopyFrom(stored)
+    for tensor in constants:
+        if tensor.name not in order:
+            target.add().CopyFrom(OnnxExporter.export_tensor_proto(tensor))
+
+
+def constant_values(tensor: gs.Constant) -> np.ndarray:
+    """A dense constant's values, read without loading them into the tensor (a loaded tensor no longer counts
+    as the source's weight, and the export would re-encode it)."""
+    stored = tensor._values  # graphsurgeon's LazyValues until something loads them
+    return stored.load() if isinstance(stored, LazyValues) else stored
+
+
 def _is_sparse(tensor: gs.Constant) -> bool:
     # graphsurgeon keeps sparse initializers as SparseValues; only its private field tells them apart
     return isinstance(tensor._values, SparseValues)
 
 
-def _take_verbatim(graph: gs.Graph) -> list:
+def _take_verbatim(graph: gs.Graph, nested: list) -> list:
     taken = []
-    for body in [graph, *graph.subgraphs(recursive=True)]:
+    for body in [graph, *nested]:
         for node in body.nodes:
             taken += [(node, name, value) for name, value in node.attrs.items() if isinstance(value, _Verbatim)]
     for node, name, _ in taken:
@@ -218,31 +305,24 @@ def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
     return duplicate
 
 
-def _restore_overridable_initializers(model: onnx.ModelProto, source: onnx.ModelProto) -> None:
-    """Put back the graph inputs that name initializers (graphsurgeon drops them), and the initializers
-    themselves where nothing reads them: from IR 4 on, such an input is a default the caller may override;
-    below IR 4 every initializer had to be listed, and :func:`analogize.passes.model.raise_ir_version` decides
-    what becomes of those."""
-    stored = {tensor.name for tensor in source.graph.initializer}
-    listed = [value for value in source.graph.input if value.name in stored]
-    if not listed:
-        return
-    written = {tensor.name for tensor in model.graph.initializer}
-    names = {value.name for value in listed}
-    model.graph.initializer.extend(tensor for tensor in source.graph.initializer
-                                   if tensor.name in names and tensor.name not in written)
-    order = {value.name: position for position, value in enumerate(source.graph.input)}
-    inputs = sorted([*model.graph.input, *listed], key=lambda value: order.get(value.name, len(order)))
-    model.graph.ClearField("input")
-    model.graph.input.extend(inputs)
+def _restore_overridable_inputs(proto: onnx.GraphProto, source: onnx.GraphProto, overridable: set) -> None:
+    """Put back, in their places, the graph inputs that name initializers (graphsurgeon drops them): from IR 4
+    on, such an input is a default the caller may override; below IR 4 every initializer had to be listed, and
+    :func:`analogize.passes.model.raise_ir_version` decides what becomes of those."""
+    order = {value.name: position for position, value in enumerate(source.input)}
+    inputs = sorted([*proto.input, *(value for value in source.input if value.name in overridable)],
+                    key=lambda value: order.get(value.name, len(order)))
+    proto.ClearField("input")
+    proto.input.extend(inputs)
 
 
 class Names:
-    """Tensor names unused anywhere in a graph and its bodies; :meth:`unique` reserves one."""
+    """Tensor names unused anywhere in a graph and its bodies; :meth:`unique` reserves one. ``tensors``:
+    ``graph.tensors()`` where the caller has it already."""
 
-    def __init__(self, graph: gs.Graph):
-        self._taken = set(graph.tensors())
-        for body in graph.subgraphs(recursive=True):
+    def __init__(self, graph: gs.Graph, tensors: dict | None = None):
+        self._taken = set(graph.tensors() if tensors is None else tensors)
+        for body in bodies(graph):
             self._taken.update(body.tensors())
 
     def unique(self, name: str) -> str:
@@ -257,12 +337,12 @@ def is_default_domain(node: gs.Node) -> bool:
     return (node.domain or "") in _DEFAULT_DOMAINS
 
 
-def constant_tensors(graph: gs.Graph) -> tuple[set, set]:
+def constant_tensors(graph: gs.Graph, tensors: dict | None = None) -> tuple[set, set]:
     """The names of the tensors whose values are fixed before the model runs (initializers, and outputs of
     standard nodes whose inputs are all such tensors, random and control-flow nodes aside), and those of them
-    that are float32."""
+    that are float32. ``tensors``: ``graph.tensors()`` where the caller has it already."""
     constants, floats = set(), set()
-    for name, tensor in graph.tensors().items():
+    for name, tensor in (graph.tensors() if tensors is None else tensors).items():
         if isinstance(tensor, gs.Constant) and not _is_sparse(tensor):
             constants.add(name)
             if tensor.dtype == np.float32:
