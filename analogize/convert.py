@@ -17,6 +17,17 @@ from .passes.chains import CLAMP_RANGE, PLACEMENTS, ChainSettings, insert_analog
 from .passes.graph import export_model, import_model
 from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, fit_opset, inline_analog_functions, is_converted,
                            raise_ir_version, store_settings, sync_analog_functions)
+from .ranges.calibration import CalibrationOptions, calibrate_sites, clipping_warning
+from .ranges.mapping import RangeSettings
+from .ranges.modes import (DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_METHOD, DEFAULT_CALIBRATION_SAMPLES,
+                           DEFAULT_PERCENTILE, DEFAULT_WEIGHT_RANGE)
+
+
+#: what convert records in the model's settings besides ``ConvertOptions.summary()``: each site's range, and
+#: the calibration that set them
+RANGE_RECORDS = ("ranges", "calibration")
+#: the paper's fixed [-1, 1] range everywhere: what train and sweep use, for networks trained inside it
+PAPER_RANGES = {"weight_range": "unit", "activation_range": "unit"}
 
 
 @dataclass(frozen=True)
@@ -42,6 +53,12 @@ class ConvertOptions:
     exclude: tuple[str, ...] = ()
     seed: int | None = None
     inline: bool = False
+    weight_range: str = DEFAULT_WEIGHT_RANGE
+    activation_range: str | None = None  # None: DEFAULT_ACTIVATION_RANGE, or calibrated when calibrate is given
+    calibrate: str | None = None  # a data spec, as evaluate's --data
+    calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
+    calibration_method: str = DEFAULT_CALIBRATION_METHOD
+    percentile: float = DEFAULT_PERCENTILE
 
     def resolved_precision(self) -> float:
         if self.precision is not None:
@@ -70,8 +87,21 @@ class ConvertOptions:
             raise AnalogizeError(f"seed must be a whole number >= 0, got {self.seed!r}")
         OPS["ReducePrecision"].attribute("divide").check("ReducePrecision", self.divide)
         return ChainSettings(precision=precision if self.quantize else None, std=std, clamp=self.clamp,
-                                     divide=self.divide, stochastic_rounding=self.stochastic_rounding,
-                                     seed=self.seed)
+                             divide=self.divide, stochastic_rounding=self.stochastic_rounding, seed=self.seed,
+                             ranges=self.range_settings())
+
+    def range_settings(self) -> RangeSettings:
+        activations = self.activation_range or ("calibrated" if self.calibrate else DEFAULT_ACTIVATION_RANGE)
+        if activations == "calibrated" and not self.calibrate:
+            raise AnalogizeError("--activation-range calibrated needs calibration data: add --calibrate DATA "
+                                 "(a data spec as evaluate's --data)")
+        return RangeSettings(self.weight_range, activations)
+
+    def calibration_options(self) -> CalibrationOptions | None:
+        if not self.calibrate:
+            return None
+        return CalibrationOptions(self.calibrate, self.calibration_samples, self.calibration_method,
+                                  self.percentile)
 
     def summary(self) -> dict:
         """The options exactly as given, and the chain values derived from them (stored in the model)."""
@@ -79,12 +109,16 @@ class ConvertOptions:
         precision = self._noise_precision()
         return {"options": asdict(self), "precision": precision, "std": settings.std,
                 "ep": std_to_ep(settings.std, precision) if precision else None,
-                "clamp_range": list(CLAMP_RANGE)}
+                "clamp_range": list(CLAMP_RANGE),
+                "range_modes": {"weights": settings.ranges.weights, "activations": settings.ranges.activations}}
 
     @classmethod
     def from_dict(cls, options: dict) -> "ConvertOptions":
-        """Rebuild options from ``summary()["options"]`` (JSON turns tuples into lists)."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
+        """Rebuild options from ``summary()["options"]`` (JSON turns tuples into lists); models converted
+        before range modes existed had the unit range."""
+        fields = {"weight_range": "unit", "activation_range": "unit",
+                  **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}}
+        return cls(**fields)
 
 
 @dataclass
@@ -103,6 +137,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     random nodes; then the function bodies, IR version and settings record (protobuf), and the optional
     inlining."""
     options = replace(options or ConvertOptions(), **overrides)
+    calibration = options.calibration_options()
     if is_converted(model):
         raise AnalogizeError("the model is already converted (it contains ai.analogize ops or settings); "
                              "convert the original model instead")
@@ -118,17 +153,23 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
         raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
                              "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
     seed_random_ops(graph, settings.seed)
+    calibrated = calibrate_sites(graph, chains["sites"], working, calibration, settings.precision,
+                                 settings.std) if calibration else None
     converted = export_model(graph, working, in_place=reuse_input or working is not model)
     sync_analog_functions(converted)
     raise_ir_version(converted)
     summary = options.summary()
+    summary["ranges"] = [{key: site[key] for key in ("site", "tensor", "layer", "range")} for site in chains["sites"]]
+    if calibrated:
+        summary["calibration"] = calibrated
     store_settings(converted, summary)
     if options.inline:
         converted = inline_analog_functions(converted)
     report = {"settings": summary, "opset_upgrades": upgrades, "layers": chains["layers"],
               "skipped_layers": chains["skipped_layers"], "inserted": chains["sites"],
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
-              "op_types": sorted(set(chains["op_types"] + swaps["op_types"]))}
+              "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
+              "warnings": [line for line in [clipping_warning(chains["sites"])] if line]}
     return ConversionResult(converted, report)
 
 
@@ -139,6 +180,7 @@ def convert_file(source, destination=None, options: ConvertOptions | None = None
     destination = Path(destination) if destination else source.with_name(f"{source.stem}.analog.onnx")
     options = replace(options or ConvertOptions(), **overrides)
     options.chain_settings()  # reject bad flags before reading a possibly large model
+    options.calibration_options()
     model, external = load_model(source)
     result = convert(model, options, reuse_input=True)
     save_model(result.model, destination, external_data=external, overwrite_input=None if overwrite else source)

@@ -182,6 +182,22 @@ def vit(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, patch
     return _ViT(num_classes, in_channels, image_size, patch_size, dim, depth, heads, dim_head, mlp_dim, dropout)
 
 
+def fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, epochs: int, lr: float = 3e-3, seed: int = 0,
+        batch_size: int = 64) -> nn.Module:
+    """Plain torch training (Adam, cross-entropy, shuffled batches; no analog chains): how the shipped model
+    and the benches' reference models are trained. ``seed`` orders the batches; dropout draws from torch's
+    global generator, which the caller seeds (before creating the model, as that draws its initial weights)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    generator = torch.Generator().manual_seed(seed)
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(x), generator=generator).split(batch_size):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x[batch]), y[batch]).backward()
+            optimizer.step()
+    return model.eval()
+
+
 def export_onnx(model: nn.Module, path, input_shape: tuple, exporter: str = "legacy", opset: int = 18,
                 input_name: str = "input", output_name: str = "logits") -> Path:
     """Export ``model`` (in eval mode) with a dynamic batch axis; ``input_shape`` excludes the batch.

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from analogize.data import digits
-from analogize.zoo import create_model, export_onnx
+from analogize.zoo import create_model, export_onnx, fit
 
 HERE = Path(__file__).resolve().parent
 CONFIG = {"num_classes": 10, "in_channels": 1, "image_size": 8, "width": 1 / 3, "stages": 1, "hidden": (64, 32)}
@@ -22,16 +22,7 @@ def train(epochs: int, seed: int) -> tuple[torch.nn.Module, float]:
     torch.manual_seed(seed)
     x_train, y_train = (torch.from_numpy(a) for a in digits("train"))
     x_test, y_test = (torch.from_numpy(a) for a in digits("test"))
-    model = create_model("convnet", **CONFIG)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    generator = torch.Generator().manual_seed(seed)
-    for _ in range(epochs):
-        model.train()
-        for batch in torch.randperm(len(x_train), generator=generator).split(64):
-            optimizer.zero_grad()
-            torch.nn.functional.cross_entropy(model(x_train[batch]), y_train[batch]).backward()
-            optimizer.step()
-    model.eval()
+    model = fit(create_model("convnet", **CONFIG), x_train, y_train, epochs, seed=seed)
     with torch.no_grad():
         accuracy = (model(x_test).argmax(1) == y_test).float().mean().item()
     return model, accuracy

@@ -7,6 +7,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from analogize import convert, native_library_path
+from analogize.convert import PAPER_RANGES
 from analogize.runtime.blocked_layout import (NCHWC_DOMAIN, SENTINEL_CAPACITY, _elementwise, blocked_layout_model,
                                        sentinel_numbers, sentinels)
 from analogize.model_io import copy_model
@@ -41,7 +42,7 @@ def fused(model):
 
 
 def test_weight_chains_return_on_the_blocked_weights_and_chains_run_on_blocked_tensors(rng):
-    model = fused(convert(conv_model(rng), bits=6, ep=0.3, seed=1).model)
+    model = fused(convert(conv_model(rng), bits=6, ep=0.3, seed=1, **PAPER_RANGES).model)
     before = copy_model(model)
     blocked = blocked_layout_model(model, optimiser_options())
     assert model == before, "the caller's model is left alone"
@@ -57,7 +58,7 @@ def test_weight_chains_return_on_the_blocked_weights_and_chains_run_on_blocked_t
 def test_without_noise_the_blocked_session_equals_the_function_bodies_bit_for_bit(rng):
     # ONNX Runtime folds the function bodies' constant weight chains and blocks those convolutions too, so
     # both sessions run the same convolution on the same quantised weights
-    model = convert(conv_model(rng), bits=6, noise=False).model
+    model = convert(conv_model(rng), bits=6, noise=False, **PAPER_RANGES).model
     assert blocked_layout_model(fused(model), optimiser_options()) is not None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     native = create_session(model, native=True).run(None, {"x": x})[0]
@@ -74,7 +75,7 @@ def test_weight_noise_is_fresh_per_run_with_the_declared_spread_and_reproducible
                               [numpy_helper.from_array(identity, "w")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     std = 0.02
-    noisy = convert(model, std=std, quantize=False, clamp=False, where=("weights",), seed=3).model
+    noisy = convert(model, std=std, quantize=False, clamp=False, where=("weights",), seed=3, **PAPER_RANGES).model
     assert blocked_layout_model(fused(noisy), optimiser_options()) is not None
     session, x = create_session(noisy, native=True), np.ones((1, 16, 1, 1), np.float32)
     draws = np.stack([session.run(None, {"x": x})[0].ravel() for _ in range(300)])
@@ -89,7 +90,7 @@ def test_weight_noise_is_fresh_per_run_with_the_declared_spread_and_reproducible
 def test_padded_channels_fall_back_to_the_plain_graph(rng):
     # 20 and 10 channels are padded to whole blocks of 8 (AVX2) or 16 (AVX-512): a padded weight is no
     # permutation of the stored one
-    model = convert(conv_model(rng, channels=(16, 20, 10)), bits=6, ep=0.3, seed=1).model
+    model = convert(conv_model(rng, channels=(16, 20, 10)), bits=6, ep=0.3, seed=1, **PAPER_RANGES).model
     assert blocked_layout_model(fused(model), optimiser_options()) is None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     first, second = (create_session(model, native=True).run(None, {"x": x})[0] for _ in range(2))
@@ -101,7 +102,7 @@ def test_tensors_with_equal_values_are_told_apart_by_their_sentinels(rng):
     for tensor in model.graph.initializer:
         if tensor.name in ("b1", "b2"):
             tensor.CopyFrom(numpy_helper.from_array(np.zeros(16, np.float32), tensor.name))
-    converted = convert(model, bits=6, noise=False).model
+    converted = convert(model, bits=6, noise=False, **PAPER_RANGES).model
     assert blocked_layout_model(fused(converted), optimiser_options()) is not None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     np.testing.assert_array_equal(create_session(converted, native=True).run(None, {"x": x})[0],
@@ -122,7 +123,7 @@ def test_a_bias_the_optimiser_folds_with_a_batch_norm_keeps_its_chain_on_the_pla
     for tensor in model.graph.initializer:
         if tensor.name == "b1":
             tensor.CopyFrom(numpy_helper.from_array(np.zeros(16, np.float32), "b1"))
-    noisy = convert(model, std=0.5, quantize=False, clamp=False, where=("biases",), seed=2).model
+    noisy = convert(model, std=0.5, quantize=False, clamp=False, where=("biases",), seed=2, **PAPER_RANGES).model
     assert blocked_layout_model(fused(noisy), optimiser_options()) is None  # its only chain is kept: no gain
     x = np.zeros((2, 16, 8, 8), np.float32)
     session = create_session(noisy, native=True)
@@ -136,7 +137,7 @@ def test_chains_the_optimiser_folds_stay_in_front_of_their_conv_and_the_others_a
     # the batch norm scales the first convolution's weight and bias, so their chains stay where they were; the
     # second convolution's go onto its blocked tensors
     model = batch_norm_model(rng, pointwise_bias=True)
-    converted = convert(model, bits=6, noise=False, where=("weights", "biases")).model
+    converted = convert(model, bits=6, noise=False, where=("weights", "biases"), **PAPER_RANGES).model
     blocked = blocked_layout_model(fused(converted), optimiser_options())
     producer = {name: node for node in blocked.graph.node for name in node.output}
     pointwise = [n for n in blocked.graph.node if n.op_type == "Conv" and n.domain == NCHWC_DOMAIN
@@ -158,7 +159,7 @@ def test_weights_written_as_constant_nodes_are_blocked_too(rng):
     model.graph.node.insert(0, helper.make_node("Constant", [], ["w2"], value=weight))
     model.graph.node.insert(0, helper.make_node("ConstantOfShape", ["b2_shape"], ["b2"],
                                                 value=numpy_helper.from_array(np.float32([0.25]))))
-    converted = convert(model, bits=6, noise=False).model
+    converted = convert(model, bits=6, noise=False, **PAPER_RANGES).model
     blocked = blocked_layout_model(fused(converted), optimiser_options())
     producer = {name: node for node in blocked.graph.node for name in node.output}
     convolutions = [n for n in blocked.graph.node if n.op_type == "Conv"]
@@ -185,7 +186,7 @@ def test_graphs_with_control_flow_keep_the_plain_layout(rng):
     model.graph.node.append(helper.make_node("If", ["flag"], ["picked"], then_branch=branch, else_branch=branch))
     model.graph.initializer.append(numpy_helper.from_array(np.array(True), "flag"))
     model.graph.output.append(helper.make_tensor_value_info("picked", TensorProto.FLOAT, None))
-    converted = convert(model, bits=6, noise=False, where=("layer-inputs",)).model
+    converted = convert(model, bits=6, noise=False, where=("layer-inputs",), **PAPER_RANGES).model
     assert blocked_layout_model(fused(converted), optimiser_options()) is None
     x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
     native = create_session(converted, native=True).run(None, {"x": x})

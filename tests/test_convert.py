@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import reference as ref
 from analogize import zoo
-from analogize.convert import ConvertOptions, convert, convert_file
+from analogize.convert import PAPER_RANGES, ConvertOptions, convert, convert_file
 from analogize.errors import AnalogizeError
 from analogize.noise_model import ep_to_std
 from analogize.ops.spec import DOMAIN
@@ -88,7 +88,7 @@ def test_quantize_and_clamp_match_numpy_semantics(mlp, matmul, rng):
     weights, biases = mlp
     model = mlp_model(weights, biases, matmul=matmul)
     p = 2.0**5
-    converted = convert(model, bits=5, noise=False, activation="gelu")
+    converted = convert(model, bits=5, noise=False, activation="gelu", **PAPER_RANGES)
     x = rng.uniform(-1.5, 1.5, (32, 6)).astype(np.float32)
     chain = ref.clamp_then_reduce
     h = x.astype(np.float64)
@@ -106,7 +106,8 @@ def test_quantize_and_clamp_match_numpy_semantics(mlp, matmul, rng):
 def noise_only_model(rng, std=None, ep=None, seed=None, width=400):
     identity = np.eye(width, dtype=np.float32)
     model = mlp_model([identity], [np.zeros(width, np.float32)])
-    return convert(model, where=("input",), quantize=False, clamp=False, std=std, ep=ep, bits=6, seed=seed).model
+    return convert(model, where=("input",), quantize=False, clamp=False, std=std, ep=ep, bits=6, seed=seed,
+                   **PAPER_RANGES).model
 
 
 def test_noise_has_the_std_the_ep_formula_predicts(rng):

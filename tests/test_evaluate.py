@@ -12,7 +12,7 @@ from analogize.passes.attributes import analog_nodes, seed_random_ops
 from analogize.passes.chains import remove_analog_chains
 from analogize.passes.graph import export_model, import_model
 from analogize.passes.model import sync_analog_functions
-from analogize.convert import ConvertOptions, convert
+from analogize.convert import PAPER_RANGES, ConvertOptions, convert
 from analogize.data import load_dataset
 from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import ActivationVariant, Cell, Grid, _CellModels, evaluate, node_seeds, parse_shard
@@ -78,7 +78,7 @@ def reference_forward(network, x, p, std, generator=None):
 
 
 def test_noise_free_accuracy_matches_a_torch_forward_of_the_reference_semantics(model, digits):
-    result = evaluate(model, digits, Grid(bits=(4, 6), ep=(0.0,), repeats=1))
+    result = evaluate(model, digits, Grid(bits=(4, 6), ep=(0.0,), repeats=1), ConvertOptions(**PAPER_RANGES))
     network = torch_digits_model(model)
     with torch.no_grad():
         clean = network(torch.from_numpy(digits.x)).numpy()
@@ -94,7 +94,8 @@ def test_noise_free_accuracy_matches_a_torch_forward_of_the_reference_semantics(
 
 def test_noisy_accuracy_matches_torch_noise_within_error_bars(model, digits):
     repeats, bits, ep = 8, 4, 0.5
-    result = evaluate(model, digits, Grid(bits=(bits,), ep=(ep,), repeats=repeats, seed=3))
+    result = evaluate(model, digits, Grid(bits=(bits,), ep=(ep,), repeats=repeats, seed=3),
+                      ConvertOptions(**PAPER_RANGES))
     cell = result["cells"][0]
     assert cell["std"] == pytest.approx(ref.ep_to_std(ep, 2.0**bits))
     network = torch_digits_model(model)
@@ -292,7 +293,7 @@ def test_a_light_model_nobody_here_wrote_is_evaluated(rng):
 
     model = onnx.load(LIGHT_DIR / "light_squeezenet.onnx")
     images = rng.uniform(0, 1, (2, 3, 16, 16)).astype(np.float32)
-    result = evaluate(model, Dataset("noise", images, None, "nchw"), Grid(bits=(6,), ep=(0.3,), repeats=1))
+    result = evaluate(model, Dataset("noise", images, None, "nchw"), Grid(bits=(8,), ep=(0.0,), repeats=1))
     assert "resized 16x16 -> 224x224 (bilinear)" in result["data"]["adaptations"]
     assert result["data"]["classes"] == 1000 and result["cells"][0]["agreement_mean"] == 1.0
 

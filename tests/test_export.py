@@ -9,6 +9,7 @@ from onnx import TensorProto, helper
 
 import reference as ref
 from analogize import convert
+from analogize.convert import PAPER_RANGES
 from analogize.data import digits
 from analogize.errors import AnalogizeError
 from analogize.export import analog_spec, compare_outputs, export, rebuild
@@ -28,7 +29,8 @@ def test_images():
 
 @pytest.fixture(scope="module")
 def converted():
-    return convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3, seed=2, activation="interp-gelu", factor=0.5).model
+    return convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3, seed=2, activation="interp-gelu", factor=0.5,
+                   **PAPER_RANGES).model
 
 
 def clamped_quantizer_model(precision, opset=17):
@@ -117,7 +119,7 @@ def noise_free_simulation(model, x):
 @pytest.mark.parametrize("bits", [4, 6])
 def test_qonnx_executor_runs_the_export_bit_for_bit_like_the_noise_free_simulation(bits, test_images, tmp_path):
     model = convert(onnx.load(DEFAULT_MODEL), bits=bits, ep=0.3, seed=2, activation="interp-gelu", factor=0.5,
-                    stochastic_rounding=True).model
+                    stochastic_rounding=True, **PAPER_RANGES).model
     exported, spec = export(model, "qonnx")
     assert spec["export"] == {"format": "qonnx", "noise": "removed"}
     assert {n.domain for n in exported.graph.node} == {"", "qonnx.custom_op.general"} and not exported.functions
@@ -142,7 +144,8 @@ def test_qonnx_agrees_with_reduce_precision_on_ties_where_qdq_does_not(rng, tmp_
 
 def test_qonnx_export_of_a_non_power_of_two_precision_is_within_float32_rounding(test_images):
     pytest.importorskip("qonnx")
-    model = convert(onnx.load(DEFAULT_MODEL), bits=6, bit_convention="pow2-minus-1", noise=False).model
+    model = convert(onnx.load(DEFAULT_MODEL), bits=6, bit_convention="pow2-minus-1", noise=False,
+                    **PAPER_RANGES).model
     exported, spec = export(model, "qonnx")
     assert {t["integer_bits"] for t in spec["tensors"]} == {7}
     check = compare_outputs(model, exported, test_images[0])  # Quant rescales by float32(1/63), not by /63
@@ -176,7 +179,7 @@ def test_the_spec_describes_every_analog_tensor(converted):
 @pytest.mark.parametrize("format", ["qdq", "qonnx"])
 @pytest.mark.parametrize("native", [False, True])
 def test_rebuild_from_an_export_and_spec_gives_back_the_noisy_simulation(format, native, test_images):
-    original = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.5, seed=7).model
+    original = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.5, seed=7, **PAPER_RANGES).model
     exported, spec = export(original, format)
     rebuilt = rebuild(exported, json.loads(json.dumps(spec)))
     assert {n.domain for n in rebuilt.graph.node} <= {"", "ai.analogize"}
@@ -196,25 +199,25 @@ def test_bad_exports_are_refused(converted):
     with pytest.raises(AnalogizeError, match="unknown export format"):
         export(converted, "tflite")
     with pytest.raises(AnalogizeError, match="--inline"):
-        export(convert(onnx.load(DEFAULT_MODEL), bits=6, inline=True).model, "qdq")
+        export(convert(onnx.load(DEFAULT_MODEL), bits=6, inline=True, **PAPER_RANGES).model, "qdq")
     with pytest.raises(AnalogizeError, match="convert it first"):
         export(onnx.load(DEFAULT_MODEL), "qonnx")
     with pytest.raises(AnalogizeError, match="plain only"):
         export(converted, "qonnx", keep_noise=True)
     with pytest.raises(AnalogizeError, match="up to 32767"):
-        export(convert(onnx.load(DEFAULT_MODEL), bits=16, noise=False).model, "qdq")
-    _, wide = export(convert(onnx.load(DEFAULT_MODEL), bits=16, noise=False).model, "qonnx")
+        export(convert(onnx.load(DEFAULT_MODEL), bits=16, noise=False, **PAPER_RANGES).model, "qdq")
+    _, wide = export(convert(onnx.load(DEFAULT_MODEL), bits=16, noise=False, **PAPER_RANGES).model, "qonnx")
     assert {t["integer_bits"] for t in wide["tensors"]} == {18}  # past QDQ's int16, within Quant's float32
     with pytest.raises(AnalogizeError, match="QONNX Quant equivalent, which takes whole precisions up to 16777216"):
-        export(convert(onnx.load(DEFAULT_MODEL), precision=2.0**25, noise=False).model, "qonnx")
+        export(convert(onnx.load(DEFAULT_MODEL), precision=2.0**25, noise=False, **PAPER_RANGES).model, "qonnx")
     with pytest.raises(AnalogizeError, match="precision 50.5 has no QONNX Quant equivalent"):
-        export(convert(onnx.load(DEFAULT_MODEL), precision=50.5, noise=False).model, "qonnx")
+        export(convert(onnx.load(DEFAULT_MODEL), precision=50.5, noise=False, **PAPER_RANGES).model, "qonnx")
     for format in ("qdq", "qonnx"):
         with pytest.raises(AnalogizeError, match="divide"):
-            export(convert(onnx.load(DEFAULT_MODEL), bits=6, divide=0.3, noise=False).model, format)
+            export(convert(onnx.load(DEFAULT_MODEL), bits=6, divide=0.3, noise=False, **PAPER_RANGES).model, format)
         # unclamped layer outputs of the digits model reach 54, far past the int8 levels' 127/64
         with pytest.raises(AnalogizeError, match="without a clamp before it is unbounded"):
-            export(convert(onnx.load(DEFAULT_MODEL), bits=6, clamp=False).model, format)
+            export(convert(onnx.load(DEFAULT_MODEL), bits=6, clamp=False, **PAPER_RANGES).model, format)
     plain, spec = export(converted, "plain")
     with pytest.raises(AnalogizeError, match="qdq or qonnx export"):
         rebuild(plain, spec)
@@ -252,7 +255,7 @@ def test_cli_exports_qonnx_verified_in_qonnx_s_executor_and_rebuilds_from_it(tmp
                                "-o", tmp_path / "rebuilt.onnx")
     assert code == 0 and (tmp_path / "rebuilt.onnx").exists(), err
     unclamped = tmp_path / "unclamped.onnx"
-    onnx.save(convert(onnx.load(DEFAULT_MODEL), bits=6, clamp=False).model, unclamped)
+    onnx.save(convert(onnx.load(DEFAULT_MODEL), bits=6, clamp=False, **PAPER_RANGES).model, unclamped)
     code, out, err = analogize(capsys, "export", unclamped, "--format", "qonnx", "-o", tmp_path / "u.onnx")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "clamp" in err
     assert not (tmp_path / "u.onnx").exists() and not (tmp_path / "u.spec.json").exists()

@@ -8,6 +8,7 @@ import torch
 from onnx import TensorProto, helper
 
 from analogize import convert
+from analogize.convert import PAPER_RANGES
 from analogize.data import Dataset
 from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import Grid, evaluate
@@ -15,7 +16,7 @@ from analogize.training.finetune import FinetuneOptions, finetune, split_data
 from conftest import DEFAULT_MODEL
 from test_cli import analogize
 
-HEAVY = dict(bits=4, ep=0.8, seed=0)  # 4 bits at EP 0.8 costs the digits model about 40 points
+HEAVY = dict(bits=4, ep=0.8, seed=0, **PAPER_RANGES)  # 4 bits at EP 0.8 costs the digits model about 40 points
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from scipy import stats
 
 import reference as ref
 from analogize import convert, native_library_path
+from analogize.convert import PAPER_RANGES
 from analogize.native.build import generated_header
 from analogize.native.fusion import fuse_model_chains
 from analogize.ops.spec import DOMAIN, OPS
@@ -193,7 +194,7 @@ def test_wrong_dtype_and_odd_gated_axis_are_clear_errors_not_crashes():
 
 
 def test_models_still_run_without_the_library(rng):
-    model = convert(onnx.load(DEFAULT_MODEL), bits=6, noise=False).model
+    model = convert(onnx.load(DEFAULT_MODEL), bits=6, noise=False, **PAPER_RANGES).model
     x = rng.uniform(0, 1, (8, 1, 8, 8)).astype(np.float32)
     plain = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     options = ort.SessionOptions()

@@ -6,6 +6,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from analogize import convert
+from analogize.convert import PAPER_RANGES
 from analogize.data import InputSpec
 from analogize.errors import AnalogizeError
 from analogize.training.onnx_torch import to_torch
@@ -61,7 +62,8 @@ def test_light_models_match_onnx_runtime(path, rng):
     x = rng.uniform(0, 1, [d or 1 for d in InputSpec.of(model).shape]).astype(np.float32)
     logits = compare(model, x)
     assert np.ptp(logits) > 0  # the random weights make the outputs depend on the input
-    compare(convert(model, bits=8, noise=False, activation="interp-gelu", factor=0.5).model, x, precision=256)
+    compare(convert(model, bits=8, noise=False, activation="interp-gelu", factor=0.5, **PAPER_RANGES).model, x,
+            precision=256)
 
 
 @pytest.mark.parametrize("name, options", [("convnet", {"width": 0.25}), ("vgg_a", {"width": 0.125, "pool_size": 1}),
@@ -76,7 +78,7 @@ def test_zoo_exports_match_onnx_runtime(name, options, exporter, tmp_path, rng):
     model = onnx.load(path)
     x = rng.uniform(0, 1, (2, 3, 32, 32)).astype(np.float32)
     compare(model, x)
-    compare(convert(model, bits=6, noise=False, activation="silu").model, x, precision=64)
+    compare(convert(model, bits=6, noise=False, activation="silu", **PAPER_RANGES).model, x, precision=64)
 
 
 def _matmul_model(weight=np.array([[0.3, -0.7], [1.5, 0.1]], np.float32)):
@@ -92,7 +94,8 @@ def _matmul_model(weight=np.array([[0.3, -0.7], [1.5, 0.1]], np.float32)):
 def test_weight_chains_pass_the_gradient_straight_to_the_stored_weights(native, placement):
     """The reference's weight path is fully straight-through: no clamp mask (semantics section 3)."""
     weight = np.array([[0.3, -0.7], [1.5, 0.1]], np.float32)  # 1.5 lies outside the clamp range
-    converted = convert(_matmul_model(weight), bits=2, noise=False, where=("weights",), **placement).model
+    converted = convert(_matmul_model(weight), bits=2, noise=False, where=("weights",), **placement,
+                        **PAPER_RANGES).model
     module = to_torch(converted, native=native)
     x = torch.tensor([[0.5, -0.25]])
     y = module(x)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from analogize.cli import main
-from analogize.convert import ConvertOptions
+from analogize.convert import PAPER_RANGES, ConvertOptions
 from analogize.data import load_dataset
 from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import Grid, evaluate
@@ -74,7 +74,8 @@ def test_relu_trains_clearly_below_gelu_under_heavy_noise(digits_split):
         accuracy[factor] = np.mean([train(TrainSetup("convnet", {**MLP, "hidden": (64,) * 4}), train_data, validation,
                                           FinetuneOptions(epochs=15, lr=3e-3, repeats=2, seed=seed),
                                           ConvertOptions(bits=4, ep=0.7, activation="interp-gelu", factor=factor,
-                                                         seed=seed))[1]["accuracy_after"] for seed in (0, 1)])
+                                                         seed=seed, **PAPER_RANGES))[1]["accuracy_after"]
+                                    for seed in (0, 1)])
     assert accuracy[1.0] > 0.55
     assert accuracy[1.0] - accuracy[0.0] > 0.15
 

@@ -8,7 +8,8 @@ import click
 
 from .. import noise_model
 from ..ops.spec import OPS
-from .options import activation_options, bits_option, chain_options, ep_option, json_flag, overwrite_option
+from .options import (activation_options, bits_option, chain_options, ep_option, json_flag, overwrite_option,
+                      range_options)
 
 
 @click.command()
@@ -27,13 +28,16 @@ from .options import activation_options, bits_option, chain_options, ep_option, 
 @click.option("--inline", is_flag=True, help="Write standard ONNX ops only (no custom domain).")
 @json_flag("Print the report as JSON.")
 @chain_options
-def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, inline, as_json, chain):
+@range_options
+def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, inline, as_json, chain, ranges):
     """Insert clamp, reduce-precision and noise into MODEL and swap its activations."""
     from ..convert import ConvertOptions, convert_file
 
     options = ConvertOptions(bits=bits, ep=ep, std=std, activation=activation, factor=factor, seed=seed,
-                             inline=inline, **chain)
+                             inline=inline, **chain, **ranges)
     report = convert_file(model, output, options, overwrite=overwrite)
+    for line in report["warnings"]:
+        click.echo(line, err=True)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return
@@ -49,7 +53,13 @@ def _print_summary(report: dict) -> None:
     noise = "no noise" if settings["std"] == 0 else f"noise std={settings['std']:.4g}" + (
         f" (EP {settings['ep']:.3g})" if settings["ep"] is not None else "")
     precision = f"precision p={settings['precision']:g}" if options["quantize"] else "no reduce-precision"
-    click.echo(f"  {precision}; {noise}; " + ("clamp to [-1, 1]" if options["clamp"] else "no clamp"))
+    modes = settings["range_modes"]
+    click.echo(f"  {precision}; {noise}; " + ("clamp to the full scale" if options["clamp"] else "no clamp")
+               + f"; ranges: weights {modes['weights']}, activations {modes['activations']}")
+    if "calibration" in settings:
+        calibration = settings["calibration"]
+        click.echo(f"  calibrated on {calibration['samples']} samples of {calibration['data']} "
+                   f"({calibration['method']})")
     click.echo(f"  {len(report['layers'])} analog layers; chains: "
                + (", ".join(f"{n} {k}" for k, n in counts.items()) or "none"))
     if report["activations"].get("swapped"):

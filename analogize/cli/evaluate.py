@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from .. import noise_model
-from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
+from .options import (range_options, ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
                       comma_separated_floats, csv_file_option, error_probabilities_option, height_by_width,
                       json_file_option, noise_draws_option, plot_file_option, quiet_option, seed_option,
                       writable_file)
@@ -49,9 +49,10 @@ from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_o
 @plot_file_option("Write accuracy against EP as a PNG (or .pdf, .svg).")
 @quiet_option
 @chain_options
+@range_options
 def evaluate(model, data, split, output_name, limit, bits_list, eps, activations, repeats, seed, fidelity, batch_size,
              workers, shard, layout, resize, channels, input_mean, input_std, json_path, csv_path, plot_path, quiet,
-             chain):
+             chain, ranges):
     """Accuracy of MODEL (clean or converted) under analog noise over a grid of bits x EP x activation."""
     from ..convert import ConvertOptions
     from ..data import Preprocessing
@@ -59,7 +60,7 @@ def evaluate(model, data, split, output_name, limit, bits_list, eps, activations
 
     grid = Grid(bits=bits_list, ep=eps, activations=activations, repeats=repeats, seed=seed)
     preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
-    result = evaluate_file(model, data, grid, ConvertOptions(**chain), split=split, limit=limit,
+    result = evaluate_file(model, data, grid, ConvertOptions(**chain, **ranges), split=split, limit=limit,
                            preprocessing=preprocessing, batch_size=batch_size, fidelity=fidelity, workers=workers,
                            shard=parse_shard(shard) if shard else None, output=output_name, progress=not quiet)
     _write_and_print(result, json_path, csv_path, plot_path)

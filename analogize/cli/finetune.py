@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import (activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
+from .options import (range_options, activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
                       quiet_option, training_data_options, training_loop_options)
 
 
@@ -23,14 +23,15 @@ from .options import (activation_options, bits_option, chain_options, checkpoint
 @checkpoint_and_report_options
 @quiet_option
 @chain_options
+@range_options
 def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor, checkpoint_dir, resume, json_path,
-             plot_path, quiet, training, chain):
+             plot_path, quiet, training, chain, ranges):
     """Fine-tune MODEL (clean or converted) under analog noise and write the tuned model."""
     from ..convert import ConvertOptions
     from ..training.finetune import FinetuneOptions, finetune_file
 
     convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, seed=training["seed"],
-                                     **chain)
+                                     **chain, **ranges)
     report = finetune_file(model, output, data, FinetuneOptions(**training), convert_options, eval_data=eval_data,
                            limit=limit, checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet,
                            plot=plot_path)

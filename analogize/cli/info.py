@@ -12,11 +12,17 @@ from .options import json_flag
 
 @click.command()
 @click.option("--markdown", is_flag=True, help="Print the full reference page (docs/ops.md).")
+@click.option("--ranges-markdown", is_flag=True, help="Print the range-mode reference page (docs/ranges.md).")
 @json_flag("Print the op set as JSON.")
-def ops(markdown, as_json):
+def ops(markdown, ranges_markdown, as_json):
     """List the analog op set."""
     if markdown:
         click.echo(markdown_reference(), nl=False)
+        return
+    if ranges_markdown:
+        from ..ranges.modes import markdown_reference as ranges_reference
+
+        click.echo(ranges_reference(), nl=False)
         return
     if as_json:
         click.echo(json.dumps({name: {"equation": spec.equation, "doc": spec.doc, "attributes": {

@@ -2,7 +2,7 @@
 is a decorator that adds its options to a command; a packed group also hands their values to the command as one
 keyword argument, shaped as the library takes them, so that commands pass them on whole. Help texts that differ
 between commands are parameters of the group. This is the one module of the command line that reads the
-placements and activations of the graph passes."""
+placements and activations of the graph passes, and the range modes."""
 from __future__ import annotations
 
 import functools
@@ -15,6 +15,10 @@ from ..errors import AnalogizeError
 from ..ops.spec import OPS
 from ..passes.activations import ACTIVATIONS
 from ..passes.chains import PLACEMENTS
+from ..ranges.calibration import MIN_CALIBRATION_SAMPLES
+from ..ranges.modes import (ACTIVATION_RANGE_MODES, CALIBRATION_METHODS, DEFAULT_ACTIVATION_RANGE,
+                            DEFAULT_CALIBRATION_METHOD, DEFAULT_CALIBRATION_SAMPLES, DEFAULT_PERCENTILE,
+                            DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_MODES)
 
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
 
@@ -172,6 +176,30 @@ chain_options = packed_option_group(
     click.option("--temperature", type=float, help="Temperature T > 0 of the smooth-* family [default: 1]."),
     click.option("--exclude", callback=comma_separated(), default="",
                  help="Comma-separated node names or op types to keep digital."),
+)
+
+
+# How each chain's full scale is set (convert, evaluate, finetune): the command gets them as ``ranges``, a
+# dict of ConvertOptions fields. train and sweep keep the paper's unit range and take none of them.
+range_options = packed_option_group(
+    "ranges", dict,
+    click.option("--weight-range", type=click.Choice(list(WEIGHT_RANGE_MODES)), default=DEFAULT_WEIGHT_RANGE,
+                 show_default=True, help="Full scale of weights and biases: " + "; ".join(
+                     f"{mode.name}: {mode.doc}" for mode in WEIGHT_RANGE_MODES.values()) + "."),
+    click.option("--activation-range", type=click.Choice(list(ACTIVATION_RANGE_MODES)),
+                 help=f"Full scale of the input, layer inputs and outputs [default: {DEFAULT_ACTIVATION_RANGE}; "
+                      "calibrated with --calibrate]: " + "; ".join(
+                          f"{mode.name}: {mode.doc}" for mode in ACTIVATION_RANGE_MODES.values()) + "."),
+    click.option("--calibrate", metavar="DATA",
+                 help="Calibration data spec (as evaluate's --data; or npz:PATH with one array per model input, "
+                      "named after it): static activation ranges, and how much each site clips."),
+    click.option("--calibration-samples", type=click.IntRange(min=MIN_CALIBRATION_SAMPLES),
+                 default=DEFAULT_CALIBRATION_SAMPLES, show_default=True, help="Samples the calibration uses."),
+    click.option("--calibration-method", type=click.Choice(list(CALIBRATION_METHODS)),
+                 default=DEFAULT_CALIBRATION_METHOD, show_default=True, help="; ".join(
+                     f"{name}: {doc}" for name, doc in CALIBRATION_METHODS.items()) + "."),
+    click.option("--percentile", type=click.FloatRange(0.0, 100.0, min_open=True), default=DEFAULT_PERCENTILE,
+                 show_default=True, help="Percentile of |x| for --calibration-method percentile."),
 )
 
 

@@ -38,12 +38,13 @@ _zoo_training_options = option_group(
 def train(name, output, bits, ep, activation, factor, checkpoint_dir, resume, json_path, plot_path, data, eval_data,
           limit, model_options, init, quiet, training, chain):
     """Train zoo model NAME from scratch under analog noise (converted with the convert flags)."""
-    from ..convert import ConvertOptions
+    from ..convert import PAPER_RANGES, ConvertOptions
     from ..training.finetune import FinetuneOptions
     from ..training.train import TrainSetup, train_file
 
     setup = TrainSetup(name, zoo_model_config(model_options), init)
-    convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, **chain)
+    convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, **chain,
+                                     **PAPER_RANGES)
     report = train_file(output, setup, data, FinetuneOptions(**training), convert_options, eval_data=eval_data,
                         limit=limit, checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet, plot=plot_path)
     print_training_report(report, json_path)
@@ -75,7 +76,7 @@ def train(name, output, bits, ep, activation, factor, checkpoint_dir, resume, js
 def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_kind, width, bits_list, eps, seeds,
           shard, json_path, plot_path, data, eval_data, limit, model_options, init, quiet, training, chain):
     """Train NAME over a grid of activations x depths x bits x EP x seeds into DIRECTORY (resumable)."""
-    from ..convert import ConvertOptions
+    from ..convert import PAPER_RANGES, ConvertOptions
     from ..evaluate.engine import parse_shard
     from ..evaluate.results import write_json
     from ..training import sweep as sweeping
@@ -102,7 +103,7 @@ def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_k
         raise click.UsageError("--plot draws accuracy against the factor, slope or depth, but none of them varies "
                                "in this grid; vary one, or leave out --plot")
     result = sweeping.sweep(directory, data, grid, TrainSetup(name, config, init), FinetuneOptions(**training),
-                            ConvertOptions(**chain), eval_data=eval_data, limit=limit,
+                            ConvertOptions(**chain, **PAPER_RANGES), eval_data=eval_data, limit=limit,
                             shard=parse_shard(shard) if shard else (0, 1), progress=not quiet)
     if json_path == "-":
         click.echo(json.dumps(result, indent=1))

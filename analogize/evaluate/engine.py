@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import onnx
 
-from ..convert import ConvertOptions, convert
+from ..convert import RANGE_RECORDS, ConvertOptions, convert
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
@@ -354,8 +354,10 @@ class _CellModels:
         random_nodes = [n for n in analog_nodes(graph) if OPS[n.op].random]
         seed_random_ops(graph, node_seeds(seed, len(random_nodes)))
         model = export_with_functions(graph, skeleton)
-        if not self.converted:
-            store_settings(model, options.summary())
+        if not self.converted:  # the ranges convert recorded in the skeleton hold for every cell
+            recorded = stored_settings(skeleton)
+            store_settings(model, {**options.summary(), **{key: recorded[key] for key in RANGE_RECORDS
+                                                           if key in recorded}})
         ep = cell.ep if cell.ep is not None else (std_to_ep(std, precision) if std and precision else 0.0)
         return model, {"bits": cell.bits, "precision": precision, "ep": ep, "std": std, "seed": seed}
 
@@ -383,7 +385,7 @@ class _CellModels:
 
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.
 _FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "divide", "scale",
-                       "alpha", "temperature")
+                       "alpha", "temperature", "weight_range", "activation_range", "calibrate")
 
 
 def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:

@@ -13,6 +13,8 @@ import onnx_graphsurgeon as gs
 
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
+from ..ranges.mapping import (UNIT_RANGES, WHOLE_TENSOR, RangeBuilder, RangeSettings, Scope, activation_scope,
+                              is_range_node, per_sample, weight_scope)
 from .graph import Names, constant_tensors, is_default_domain
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
@@ -36,7 +38,8 @@ def is_chain_element(node: gs.Node, elements) -> bool:
 
 def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS)) -> int:
     """Take the inserted chain elements (noise, quantize, clamp) out, wiring their consumers to their inputs;
-    returns how many nodes went.
+    returns how many nodes went. Taking every element out takes the chains' ranges out too (x / r * r is not
+    x in float32).
 
     Activation swaps stay. An element that writes a graph output becomes an Identity. Bound constants that
     nothing reads any more are not exported; :func:`analogize.passes.model.sync_analog_functions` drops the
@@ -46,16 +49,20 @@ def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS)) -> int
     if unknown:
         raise AnalogizeError(f"unknown chain element(s) {', '.join(sorted(unknown))}: "
                              f"choose from {', '.join(CHAIN_ELEMENTS)}")
+    with_ranges = set(elements) == set(CHAIN_ELEMENTS)
     graph_outputs = {id(tensor) for tensor in graph.outputs}
     kept, removed = [], 0
     for node in graph.nodes:
-        if not is_chain_element(node, elements):
+        range_node = with_ranges and is_range_node(node)
+        if not (range_node or is_chain_element(node, elements)):
             kept.append(node)
             continue
         removed += 1
         source, output = node.inputs[0], node.outputs[0]
         node.inputs.clear()
         node.outputs.clear()
+        if range_node and node.op not in ("Div", "Mul"):
+            continue  # computes r, which only the chain's Div and Mul read
         if id(output) in graph_outputs:
             kept.append(gs.Node("Identity", name=node.name, inputs=[source], outputs=[output]))
             continue
@@ -77,6 +84,7 @@ class ChainSettings:
     divide: float = 0.5
     stochastic_rounding: bool = False
     seed: int | None = None
+    ranges: RangeSettings = UNIT_RANGES
 
     def elements(self, order: tuple[str, ...]) -> tuple[str, ...]:
         enabled = {"clamp": self.clamp, "quantize": self.precision is not None, "noise": self.std > 0}
@@ -97,6 +105,20 @@ class Layer:
     @property
     def output_node(self) -> gs.Node:
         return self.bias_node or self.node
+
+    @property
+    def weight_first(self) -> bool:
+        return self.node.inputs[0].name == self.weight
+
+    def scope(self, site: str, top: "_TopLevel", weight_mode: str) -> Scope:
+        """Which values of this layer's ``site`` tensor share one range."""
+        weight = top.tensors[self.weight]
+        if site == "weight":
+            return weight_scope(weight_mode, self.node.op, self.node.attrs, weight.shape, self.weight_first)
+        if site == "bias":
+            return WHOLE_TENSOR
+        rank = len(weight.shape) if weight.shape is not None else None
+        return activation_scope(self.node.op, self.node.attrs, rank, self.weight_first, site == "layer-output")
 
 
 class _TopLevel:
@@ -171,20 +193,34 @@ class _ChainBuilder:
 
     def __init__(self, graph: gs.Graph, names: Names, settings: ChainSettings):
         self.graph, self.names, self.settings = graph, names, settings
+        self.ranges = RangeBuilder(names, graph.opset)
         self.before: dict[int, list] = {}
         self.after: dict[int, list] = {}
         self.op_types: set[str] = set()
         self._clip_bounds: list[gs.Constant] | None = None
         self._attributes: dict[str, tuple[str, dict]] = {}
 
-    def chain(self, source: gs.Tensor, target: gs.Tensor, order: tuple[str, ...], site: str) -> list[gs.Node]:
-        nodes, current, elements = [], source, self.settings.elements(order)
+    def chain(self, source: gs.Tensor, target: gs.Tensor, order: tuple[str, ...], site: str,
+              scope: Scope) -> tuple[list[gs.Node], dict]:
+        """The chain's nodes from ``source`` to ``target``, inside its range's Div and Mul unless the range is
+        ``unit``, and the report's record of the range."""
+        elements = self.settings.elements(order)
+        if not elements:
+            return [], {}
+        prefix = f"analogize/{site}/{target.name}"
+        mode = self.settings.ranges.mode(site)
+        nodes, current, end, record, rescale = [], source, target, {"mode": mode}, []
+        if mode != "unit":
+            nodes, value, record = self.ranges.range_of(source, mode, scope, prefix)
+            current, end, (normalise, multiply) = self.ranges.wrap(source, target, value, prefix)
+            nodes.append(normalise)
+            rescale = [multiply]
         for k, element in enumerate(elements):
-            output = target if k == len(elements) - 1 else \
+            output = end if k == len(elements) - 1 else \
                 gs.Variable(self.names.unique(f"{target.name}::{element}"))
-            nodes.append(self._element(element, current, output, f"analogize/{site}/{target.name}/{element}"))
+            nodes.append(self._element(element, current, output, f"{prefix}/{element}"))
             current = output
-        return nodes
+        return nodes + rescale, record
 
     def _element(self, element: str, source: gs.Tensor, output: gs.Tensor, name: str) -> gs.Node:
         if element == "clamp":
@@ -224,6 +260,11 @@ class _ChainBuilder:
         self.graph.nodes = ordered
 
 
+def _chain_ops(nodes: list) -> list[str]:
+    """The chain's own elements, in order (the range's nodes aside)."""
+    return [node.op for node in nodes if not is_range_node(node)]
+
+
 def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEMENTS, exclude=()) -> dict:
     """Insert clamp / reduce-precision / noise chains at the ``where`` placements; report what went where."""
     unknown = set(where) - set(PLACEMENTS)
@@ -234,22 +275,24 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
     builder = _ChainBuilder(graph, Names(graph, top.tensors), settings)
     sites: list[dict] = []
 
-    def rewire(name: str, uses: list, order, site: str, layer_name: str | None) -> None:
+    def rewire(name: str, uses: list, order, site: str, layer_name: str | None, scope: Scope) -> None:
         target = gs.Variable(builder.names.unique(f"{name}::analog"))
-        nodes = builder.chain(top.tensors[name], target, order, site)
+        nodes, record = builder.chain(top.tensors[name], target, order, site, scope)
         if not nodes:
             return
         for position, slot in uses:
             graph.nodes[position].inputs[slot] = target
         builder.before.setdefault(min(p for p, _ in uses), []).extend(nodes)
-        sites.append({"site": site, "tensor": name, "layer": layer_name, "ops": [n.op for n in nodes]})
+        sites.append({"site": site, "tensor": name, "layer": layer_name, "ops": _chain_ops(nodes),
+                      "range": record})
 
     chained_inputs = set()
     if "input" in where:
         for value in graph.inputs:
             if value.type != "tensor_type" or value.dtype != np.float32 or value.name not in top.consumers:
                 continue
-            rewire(value.name, top.consumers[value.name], DOA_ORDER, "input", None)
+            rank = len(value.shape) if value.shape is not None else None
+            rewire(value.name, top.consumers[value.name], DOA_ORDER, "input", None, per_sample(rank))
             chained_inputs.add(value.name)
 
     if "layer-inputs" in where:
@@ -260,9 +303,10 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
                 continue
             slot = [tensor.name for tensor in layer.node.inputs].index(layer.data)
             layer_uses.setdefault(layer.data, []).append((layer.position, slot))
-            owners.setdefault(layer.data, []).append(layer.node.name)
-        for name, uses in layer_uses.items():
-            rewire(name, uses, DOA_ORDER, "layer-input", ",".join(owners[name]))
+            owners.setdefault(layer.data, []).append(layer)
+        for name, uses in layer_uses.items():  # a tensor several layers read shares the first one's scope
+            rewire(name, uses, DOA_ORDER, "layer-input", ",".join(layer.node.name for layer in owners[name]),
+                   owners[name][0].scope("layer-input", top, settings.ranges.weights))
 
     for kind, placement in (("weight", "weights"), ("bias", "biases")):
         if placement not in where:
@@ -275,18 +319,19 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
                 uses = [(layer.bias_position, layer.bias_slot)]
             else:
                 uses = [(layer.position, [tensor.name for tensor in layer.node.inputs].index(name))]
-            rewire(name, uses, DOA_ORDER, kind, layer.node.name)
+            rewire(name, uses, DOA_ORDER, kind, layer.node.name, layer.scope(kind, top, settings.ranges.weights))
 
     if "layer-outputs" in where and settings.elements(AOD_ORDER):
         for layer in layers:
             producer = layer.output_node
             tensor = producer.outputs[0]
             source = gs.Variable(builder.names.unique(f"{tensor.name}::pre_analog"))
-            nodes = builder.chain(source, tensor, AOD_ORDER, "layer-output")
+            nodes, record = builder.chain(source, tensor, AOD_ORDER, "layer-output",
+                                          layer.scope("layer-output", top, settings.ranges.weights))
             producer.outputs[0] = source
             builder.after.setdefault(top.producer[tensor.name], []).extend(nodes)
             sites.append({"site": "layer-output", "tensor": tensor.name, "layer": layer.node.name,
-                          "ops": [n.op for n in nodes]})
+                          "ops": _chain_ops(nodes), "range": record})
 
     builder.place()
     return {"layers": [layer.node.name or layer.node.op for layer in layers], "skipped_layers": skipped,

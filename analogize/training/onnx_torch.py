@@ -34,6 +34,7 @@ from ..ops.spec import DOMAIN, OPS
 from ..ops.torch_ops import FusedChain, run_op, straight_through_from
 from ..passes.chains import CHAIN_ELEMENTS, is_chain_element
 from ..passes.graph import export_model, import_model
+from ..ranges.mapping import CONVERT_PREFIX, is_range_node
 from ..passes.model import default_opset, fit_opset
 from ..runtime import sessions as runtime
 
@@ -353,13 +354,27 @@ def _expand(node, x, shape):
     return x.expand(torch.broadcast_shapes(x.shape, tuple(_ints(shape))))
 
 
-@handles("ReduceMean")
-def _reduce_mean(node, x, axes=None):
-    axes = _ints(axes) if axes is not None else node.get("axes")
-    keep = bool(node.get("keepdims", 1))
-    if axes is None or axes == []:
-        return x.mean(dim=tuple(range(x.dim())), keepdim=keep) if not node.get("noop_with_empty_axes", 0) else x
-    return x.mean(dim=tuple(axes), keepdim=keep)
+def _reduction(reduce):
+    def handler(node, x, axes=None):
+        axes = _ints(axes) if axes is not None else node.get("axes")
+        keep = bool(node.get("keepdims", 1))
+        if axes is None or axes == []:
+            return reduce(x, tuple(range(x.dim())), keep) if not node.get("noop_with_empty_axes", 0) else x
+        return reduce(x, tuple(axes), keep)
+
+    return handler
+
+
+HANDLERS["ReduceMean"] = _reduction(lambda x, dims, keep: x.mean(dim=dims, keepdim=keep))
+HANDLERS["ReduceMax"] = _reduction(lambda x, dims, keep: x.amax(dim=dims, keepdim=keep))
+
+
+@handles("Max")
+def _max(node, *values):
+    largest = values[0]
+    for value in values[1:]:
+        largest = torch.maximum(largest, value)
+    return largest
 
 
 def _analog(node, x):
@@ -368,16 +383,23 @@ def _analog(node, x):
 
 def _weight_path_values(graph: gs.Graph, trained: set, initializers: set) -> dict[str, str]:
     """Each value on the weight path, with the parameter it comes from: the outputs of convert's chain
-    elements (its clamps, straight-through analog ops) that start at a trained parameter and read nothing
-    but it and initializers (the path runs before the graph)."""
+    elements (its clamps, straight-through analog ops) and range nodes that read one trained parameter,
+    directly or through the path, and otherwise only initializers (the path runs before the graph; a weight's
+    range is recomputed from the weight on every pass, as reprogramming a chip would)."""
     origin: dict[str, str] = {}
     for node in graph.nodes:
-        source = node.inputs[0].name if node.inputs else None
-        parameter = source if source in trained else origin.get(source)
-        element = is_chain_element(node, CHAIN_ELEMENTS) and (node.domain != DOMAIN or OPS[node.op].straight_through)
-        if parameter is not None and element and all(
-                not tensor.name or tensor.name in initializers for tensor in node.inputs[1:]):
-            origin[node.outputs[0].name] = parameter
+        element = is_range_node(node) or is_chain_element(node, CHAIN_ELEMENTS) and (
+            node.domain != DOMAIN or OPS[node.op].straight_through)
+        if not element:
+            continue
+        parameters, constant_otherwise = set(), True
+        for tensor in node.inputs:
+            if tensor.name in trained or tensor.name in origin:
+                parameters.add(origin.get(tensor.name, tensor.name))
+            elif tensor.name and tensor.name not in initializers:
+                constant_otherwise = False
+        if len(parameters) == 1 and constant_otherwise:
+            origin[node.outputs[0].name] = parameters.pop()
     return origin
 
 
@@ -405,9 +427,11 @@ class OnnxModule(nn.Module):
             raise AnalogizeError(f"unsupported op {op_type} (node {name!r})"
                                  + (f" and {len(unsupported) - 1} more" if len(unsupported) > 1 else "")
                                  + "; analogize's torch interpreter covers the zoo and ONNX light models' ops")
-        # BatchNormalization statistics and Clip bounds are constants, not weights to train
+        # BatchNormalization statistics, Clip bounds and the constants convert adds (range floors, calibrated
+        # ranges: these stay as calibrated) are not weights to train
         statistics = {n.inputs[k] for n in nodes if n.op_type == "BatchNormalization" for k in (3, 4)}
         statistics |= {name for n in nodes if n.op_type == "Clip" for name in n.inputs[1:]}
+        statistics |= {t.name for t in model.graph.initializer if t.name.startswith(CONVERT_PREFIX)}
         self._keys: dict[str, str] = {}
         self.weights = nn.ParameterDict()
         for tensor in model.graph.initializer:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..convert import ConvertOptions
+from ..convert import PAPER_RANGES, ConvertOptions
 from ..errors import AnalogizeError
 from .finetune import FinetuneOptions, split_data
 from ..model_io import atomic_output
@@ -105,11 +105,12 @@ def _cell_path(directory: Path, cell: dict) -> Path:
 
 
 def sweep(directory, data: str, grid: SweepGrid, setup: TrainSetup = TrainSetup(),
-          options: FinetuneOptions = FinetuneOptions(), convert_options: ConvertOptions = ConvertOptions(), *,
-          eval_data: str | None = None, limit: int | None = None, shard: tuple[int, int] = (0, 1),
-          progress: bool = False) -> dict:
+          options: FinetuneOptions = FinetuneOptions(),
+          convert_options: ConvertOptions = ConvertOptions(**PAPER_RANGES), *, eval_data: str | None = None,
+          limit: int | None = None, shard: tuple[int, int] = (0, 1), progress: bool = False) -> dict:
     """Run the cells of ``grid`` that this shard owns and have no result in ``directory`` yet; return the
-    summary of every cell done so far (``complete`` says whether the grid is)."""
+    summary of every cell done so far (``complete`` says whether the grid is). The chains keep the paper's unit
+    range unless ``convert_options`` say otherwise."""
     grid.check()
     setup.check()
     options.check()

@@ -15,7 +15,7 @@ from pathlib import Path
 import onnx
 import torch
 
-from ..convert import ConvertOptions
+from ..convert import PAPER_RANGES, ConvertOptions
 from ..data import Dataset
 from ..errors import AnalogizeError
 from .finetune import FinetuneOptions, finetune
@@ -118,7 +118,7 @@ def build(setup: TrainSetup, train: Dataset, convert_options: ConvertOptions, se
 
 
 def train(setup: TrainSetup, train_data: Dataset, validation: Dataset, options: FinetuneOptions = FinetuneOptions(),
-          convert_options: ConvertOptions = ConvertOptions(), *, checkpoint_dir=None, resume: bool = False,
+          convert_options: ConvertOptions = ConvertOptions(**PAPER_RANGES), *, checkpoint_dir=None, resume: bool = False,
           progress: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Build, convert and train a zoo model under noise; return the trained converted model and the report
     (finetune's report, whose ``accuracy_before`` is the untrained model's, plus what was built)."""
@@ -133,7 +133,7 @@ def train(setup: TrainSetup, train_data: Dataset, validation: Dataset, options: 
 
 
 def train_file(destination, setup: TrainSetup, data: str, options: FinetuneOptions = FinetuneOptions(),
-               convert_options: ConvertOptions = ConvertOptions(), *, eval_data: str | None = None,
+               convert_options: ConvertOptions = ConvertOptions(**PAPER_RANGES), *, eval_data: str | None = None,
                limit: int | None = None, checkpoint_dir=None, resume: bool = False, progress: bool = False,
                plot=None) -> dict:
     """:func:`train` on a data spec, writing the trained model (the CLI's ``analogize train``)."""

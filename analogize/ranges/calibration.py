@@ -1,0 +1,230 @@
+"""Calibration: static ranges from data, and how much each site clips on the data seen.
+
+The clean model runs once over the calibration samples with the chain sites' tensors as extra outputs. Per
+site it keeps the largest |x| exactly and an evenly strided subsample of |x| (at most :data:`KEPT_VALUES`
+values over all batches), from which the percentile and MSE methods choose r and the clip fractions are
+counted; both are therefore estimates on large tensors, exact on small ones.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from ..errors import AnalogizeError
+from .modes import (CALIBRATION_METHODS, CLIP_WARNING_FRACTION, DEFAULT_CALIBRATION_METHOD,
+                    DEFAULT_CALIBRATION_SAMPLES, DEFAULT_PERCENTILE, MIN_RANGE, UNSEEN_RANGE)
+
+KEPT_VALUES = 1 << 18  # per site, over all batches
+MSE_VALUES = 1 << 16  # of those, what the MSE search scores each candidate on
+MSE_CANDIDATES = 100
+MIN_CALIBRATION_SAMPLES = 8
+BATCH_SIZE = 32
+ACTIVATION_SITES = ("input", "layer-input", "layer-output")
+
+
+@dataclass(frozen=True)
+class CalibrationOptions:
+    """Where the calibration data comes from and how r is chosen from it."""
+
+    data: str
+    samples: int = DEFAULT_CALIBRATION_SAMPLES
+    method: str = DEFAULT_CALIBRATION_METHOD
+    percentile: float = DEFAULT_PERCENTILE
+
+    def __post_init__(self):
+        if self.method not in CALIBRATION_METHODS:
+            raise AnalogizeError(f"unknown calibration method {self.method!r}: choose from "
+                                 f"{', '.join(CALIBRATION_METHODS)}")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or \
+                self.samples < MIN_CALIBRATION_SAMPLES:
+            raise AnalogizeError(f"--calibration-samples must be a whole number >= {MIN_CALIBRATION_SAMPLES}, "
+                                 f"got {self.samples!r}")
+        if not (isinstance(self.percentile, (int, float)) and 0 < self.percentile <= 100):
+            raise AnalogizeError(f"--percentile must be in (0, 100], got {self.percentile!r}")
+
+
+@dataclass
+class SiteValues:
+    """What the calibration data did at one tensor."""
+
+    largest: float = 0.0
+    count: int = 0
+    kept: list = field(default_factory=list)
+
+    def add(self, values: np.ndarray, budget: int) -> None:
+        flat = np.abs(values.reshape(-1))
+        if flat.size == 0:
+            return
+        self.largest = max(self.largest, float(flat.max()))
+        self.count += flat.size
+        stride = max(1, math.ceil(flat.size / budget))
+        self.kept.append(flat[stride // 2::stride].copy())
+
+    def magnitudes(self) -> np.ndarray:
+        return np.concatenate(self.kept) if self.kept else np.zeros(0, np.float32)
+
+
+def calibration_feeds(data: str, model: onnx.ModelProto, samples: int) -> list[dict]:
+    """Batches of inputs for ``model`` from the data spec ``data``: an ``npz:PATH`` whose arrays are named after
+    the model's inputs feeds them as they are; any other spec goes through evaluate's loading (one float
+    input)."""
+    from ..data import fit_to_input, load_for_model, InputSpec
+
+    stored = {tensor.name for tensor in model.graph.initializer}
+    inputs = [value for value in model.graph.input if value.name not in stored]
+    arrays = _named_arrays(data, [value.name for value in inputs])
+    if arrays is None:
+        dataset = load_for_model(data, model, limit=samples)
+        x, _ = fit_to_input(dataset, model)
+        arrays = {InputSpec.of(model).name: x}
+    counts = {len(array) for array in arrays.values()}
+    if len(counts) != 1:
+        raise AnalogizeError(f"calibration data {data!r}: the input arrays hold different sample counts "
+                             f"({', '.join(map(str, sorted(counts)))}); give each input the same number")
+    available = counts.pop()
+    if available < MIN_CALIBRATION_SAMPLES:
+        raise AnalogizeError(f"calibration data {data!r} has {available} samples; calibration needs at least "
+                             f"{MIN_CALIBRATION_SAMPLES} (more give steadier ranges)")
+    for name, array in arrays.items():
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise AnalogizeError(f"calibration data {data!r}: input {name!r} holds NaN or infinite values; "
+                                 f"clean the data first")
+    _check_shapes(data, arrays, inputs)
+    batch = _batch_size(inputs)
+    used = min(samples, available)
+    return [{name: array[start:start + batch] for name, array in arrays.items()}
+            for start in range(0, used, batch)]
+
+
+def _named_arrays(data: str, names: list[str]) -> dict | None:
+    kind, _, argument = data.partition(":")
+    if kind != "npz" or not argument:
+        return None
+    path = Path(argument).expanduser()
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            if not set(names) <= set(stored.files):
+                return None
+            return {name: stored[name] for name in names}
+    except (OSError, ValueError) as error:
+        raise AnalogizeError(f"cannot read calibration data {path}: {error}") from None
+
+
+def _check_shapes(data: str, arrays: dict, inputs) -> None:
+    """Each array's samples have the rank and fixed sizes of the model input of its name."""
+    for value in inputs:
+        if value.name not in arrays:
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
+        shape = arrays[value.name].shape
+        if value.type.tensor_type.HasField("shape") and (len(shape) != len(dims) or any(
+                want is not None and want > 0 and have != want for want, have in zip(dims[1:], shape[1:]))):
+            raise AnalogizeError(f"calibration data {data!r}: array {value.name!r} of shape {shape} cannot be "
+                                 f"shaped to the model's input {tuple(dims)} (first axis: samples)")
+
+
+def _batch_size(inputs) -> int:
+    """A fixed leading dimension is the batch the model takes; otherwise :data:`BATCH_SIZE`."""
+    for value in inputs:
+        dims = value.type.tensor_type.shape.dim
+        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
+            return dims[0].dim_value
+    return BATCH_SIZE
+
+
+def site_values(model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> dict[str, SiteValues]:
+    """Run the clean ``model`` over ``feeds`` and gather the values of the tensors ``names``."""
+    from ..runtime.sessions import create_session, run_session
+
+    wanted = list(dict.fromkeys(names))
+    fed = set(feeds[0]) if feeds else set()
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    present = {value.name for value in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in wanted
+                              if name not in fed and name not in present)
+    session = create_session(probe, native=False)
+    outputs = [name for name in wanted if name not in fed]
+    budget = max(1, KEPT_VALUES // max(1, len(feeds)))
+    values = {name: SiteValues() for name in wanted}
+    for batch in feeds:
+        results = dict(zip(outputs, run_session(session, outputs, batch)))
+        for name in wanted:
+            array = batch[name] if name in fed else results[name]
+            if not np.isfinite(array).all():
+                raise AnalogizeError(f"calibration: the clean model computes NaN or infinite values at tensor "
+                                     f"{name!r} on the calibration data; check the data and its preprocessing")
+            values[name].add(np.asarray(array, np.float32), budget)
+    return values
+
+
+def choose_range(values: SiteValues, options: CalibrationOptions, precision: float | None, std: float) -> float:
+    """r for one site by ``options.method``; :data:`UNSEEN_RANGE` when the data never made it non-zero."""
+    if values.largest <= 0.0:
+        return UNSEEN_RANGE
+    if options.method == "max":
+        return max(values.largest, MIN_RANGE)
+    magnitudes = values.magnitudes()
+    if options.method == "percentile":
+        return max(float(np.percentile(magnitudes, options.percentile)), MIN_RANGE)
+    return _least_squared_error(magnitudes, values.largest, precision, std)
+
+
+def _least_squared_error(magnitudes: np.ndarray, largest: float, precision: float | None, std: float) -> float:
+    """The candidate r (a grid up to the largest |x|) with the least mean squared error of clamp, rounding
+    at ``precision`` and noise of std ``std * r`` on the values seen."""
+    stride = max(1, math.ceil(magnitudes.size / MSE_VALUES))
+    sample = magnitudes[::stride].astype(np.float64)
+    best, best_error = largest, math.inf
+    for r in largest * np.arange(1, MSE_CANDIDATES + 1) / MSE_CANDIDATES:
+        mapped = np.minimum(sample / r, 1.0)
+        if precision is not None:
+            mapped = np.round(mapped * precision) / precision
+        error = float(np.mean((mapped * r - sample) ** 2)) + (std * r) ** 2
+        if error < best_error:
+            best, best_error = float(r), error
+    return max(best, MIN_RANGE)
+
+
+def clipped_fraction(values: SiteValues, r: float) -> float:
+    magnitudes = values.magnitudes()
+    return float(np.count_nonzero(magnitudes > r)) / magnitudes.size if magnitudes.size else 0.0
+
+
+def clipping_warning(sites: list[dict]) -> str | None:
+    """One line naming the sites that clipped more than :data:`CLIP_WARNING_FRACTION` of the values seen."""
+    heavy = sorted((site for site in sites if site.get("range", {}).get("clipped", 0) > CLIP_WARNING_FRACTION),
+                   key=lambda site: -site["range"]["clipped"])
+    if not heavy:
+        return None
+    shown = ", ".join(f"{site['tensor']} ({site['range']['clipped']:.1%})" for site in heavy[:3])
+    more = f" and {len(heavy) - 3} more" if len(heavy) > 3 else ""
+    return (f"warning: {len(heavy)} site(s) clip more than {CLIP_WARNING_FRACTION:.0%} of the calibration values: "
+            f"{shown}{more}; a wider range (--activation-range dynamic, or --calibration-method max) clips less")
+
+
+def calibrate_sites(graph, sites: list[dict], model: onnx.ModelProto, options: CalibrationOptions,
+                    precision: float | None, std: float) -> dict:
+    """A graph pass: give each calibrated site its r from the data, and record on every activation site's
+    ``range`` what the data did there (largest |x|, fraction clipped). ``model`` is the clean model the sites'
+    tensors belong to. Returns the calibration's own record."""
+    activation = [site for site in sites if site["site"] in ACTIVATION_SITES]
+    feeds = calibration_feeds(options.data, model, options.samples)
+    seen = site_values(model, [site["tensor"] for site in activation], feeds)
+    tensors = graph.tensors()
+    for site in activation:
+        record, values = site["range"], seen[site["tensor"]]
+        if record["mode"] == "calibrated":
+            r = choose_range(values, options, precision, std)
+            tensors[record["range_tensor"]].values = np.array(r, np.float32)
+            record.update(value=r, method=options.method)
+        record["largest_seen"] = values.largest
+        # a dynamic range is each vector's own largest value: nothing clips
+        record["clipped"] = 0.0 if record["mode"] == "dynamic" else \
+            clipped_fraction(values, record.get("value", 1.0))
+    return {"data": options.data, "samples": sum(len(next(iter(batch.values()))) for batch in feeds),
+            "method": options.method, **({"percentile": options.percentile} if options.method == "percentile" else {})}

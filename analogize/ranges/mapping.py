@@ -1,0 +1,153 @@
+"""The nodes that give a chain its full scale r: ``Div(x, r) -> chain -> Mul(., r)`` around the chain's
+elements, with r one of
+
+- ``Max(ReduceMax(Abs(t), axes, keepdims=1), MIN_RANGE)`` of the weight itself (weight modes, a constant
+  expression ONNX Runtime folds once per session, and that training recomputes as the weights move) or of the
+  chain's input at run time (``dynamic``);
+- an initializer (``calibrated``), filled from calibration data by :mod:`analogize.ranges.calibration`.
+
+Only standard ONNX ops, so the file runs the same in any runtime. ``unit`` inserts nothing: the chain is the
+paper's, bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..errors import AnalogizeError
+from ..passes.graph import constant_values
+from .modes import (ACTIVATION_RANGE_MODES, DEFAULT_ACTIVATION_RANGE, DEFAULT_WEIGHT_RANGE, MIN_RANGE,
+                    UNSEEN_RANGE, WEIGHT_RANGE_MODES, WEIGHT_SITES)
+
+CONVERT_PREFIX = "analogize/"  # the names of the nodes and constants convert adds
+RANGE_NODE_SUFFIXES = ("range_abs", "range_max", "range_floor", "normalise", "rescale")
+REDUCE_AXES_AS_INPUT_OPSET = 18  # ReduceMax takes its axes as an input from opset 18
+
+
+@dataclass(frozen=True)
+class RangeSettings:
+    """The range mode of the weight sites (weights, biases) and of the activation sites."""
+
+    weights: str = DEFAULT_WEIGHT_RANGE
+    activations: str = DEFAULT_ACTIVATION_RANGE
+
+    def __post_init__(self):
+        for kind, modes, value in (("weight", WEIGHT_RANGE_MODES, self.weights),
+                                   ("activation", ACTIVATION_RANGE_MODES, self.activations)):
+            if value not in modes:
+                raise AnalogizeError(f"unknown {kind} range {value!r}: choose from {', '.join(modes)}")
+
+    def mode(self, site: str) -> str:
+        return self.weights if site in WEIGHT_SITES else self.activations
+
+
+UNIT_RANGES = RangeSettings("unit", "unit")
+
+
+@dataclass(frozen=True)
+class Scope:
+    """Which values share one r: those that differ only along ``axes`` (None: the whole tensor)."""
+
+    axes: tuple[int, ...] | None
+    label: str
+
+
+WHOLE_TENSOR = Scope(None, "per tensor")
+
+
+def per_sample(rank: int | None) -> Scope:
+    return Scope(tuple(range(1, rank)), "per sample") if rank is not None and rank >= 2 else WHOLE_TENSOR
+
+
+def weight_scope(mode: str, op: str, attrs: dict, shape, weight_first: bool) -> Scope:
+    """The values of a layer's weight that share one conductance scale: all (``tensor``), or those of one output
+    channel (``channel``): Conv [O, I, k...], ConvTranspose [I, O, k...], Gemm and MatMul by their operand
+    order and transposition."""
+    rank = len(shape) if shape is not None else None
+    if mode == "tensor" or rank is None or rank < 2:
+        return WHOLE_TENSOR
+    if op == "Conv":
+        axes = tuple(range(1, rank))
+    elif op == "ConvTranspose":
+        axes = (0, *range(2, rank))
+    elif op == "Gemm":  # the output's rows come from A, its columns from B
+        transposed = attrs.get("transA" if weight_first else "transB", 0)
+        axes = ((0,) if transposed else (1,)) if weight_first else ((1,) if transposed else (0,))
+    else:  # MatMul: W @ x has one output row per row of W, x @ W one column per column of W
+        axes = (rank - 1,) if weight_first else (rank - 2,)
+    return Scope(axes, "per output channel")
+
+
+def activation_scope(op: str, attrs: dict, weight_rank: int | None, weight_first: bool, output: bool) -> Scope:
+    """The values of a layer's input (or ``output``) vector that share one DAC (ADC) gain at run time: one
+    sample of a convolution, one row of a Gemm or MatMul (one column when the weight comes first)."""
+    if op in ("Conv", "ConvTranspose"):
+        return per_sample(weight_rank)
+    if op == "Gemm":
+        if weight_first:
+            return WHOLE_TENSOR
+        return Scope((0,), "per row") if attrs.get("transA", 0) and not output else Scope((1,), "per row")
+    return Scope((-2,), "per column") if weight_first else Scope((-1,), "per row")
+
+
+def is_range_node(node: gs.Node) -> bool:
+    """Whether convert made ``node`` to compute a chain's range or map the chain to it."""
+    return node.name.startswith(CONVERT_PREFIX) and node.name.rpartition("/")[2] in RANGE_NODE_SUFFIXES
+
+
+def _weight_range(weight: np.ndarray, scope: Scope) -> dict:
+    """The r a weight's range expression computes, for the report: one value, or the spread over channels."""
+    axes = scope.axes if scope.axes is not None else tuple(range(weight.ndim))
+    if weight.size == 0:
+        return {"value": MIN_RANGE}
+    largest = np.maximum(np.max(weight, axis=axes), -np.min(weight, axis=axes)).astype(np.float64)
+    largest = np.maximum(largest, MIN_RANGE)
+    if largest.size == 1:
+        return {"value": float(largest.reshape(-1)[0])}
+    return {"min": float(largest.min()), "max": float(largest.max()), "channels": int(largest.size)}
+
+
+class RangeBuilder:
+    """Makes the nodes of each chain's range; shares one floor constant per graph."""
+
+    def __init__(self, names, opset: int):
+        self.names, self.opset = names, opset
+        self._floor: gs.Constant | None = None
+
+    def range_of(self, source: gs.Tensor, mode: str, scope: Scope, prefix: str) -> tuple[list, gs.Tensor, dict]:
+        """(nodes computing r, r, the report's record of it)."""
+        if mode == "calibrated":
+            value = gs.Constant(self.names.unique(f"{prefix}/range"), np.array(UNSEEN_RANGE, np.float32))
+            return [], value, {"mode": mode, "scope": WHOLE_TENSOR.label, "range_tensor": value.name}
+        if self._floor is None:
+            self._floor = gs.Constant(self.names.unique(f"{CONVERT_PREFIX}range_floor"),
+                                      np.array(MIN_RANGE, np.float32))
+        record = {"mode": mode, "scope": scope.label}
+        if isinstance(source, gs.Constant):
+            record.update(_weight_range(constant_values(source), scope))
+        magnitude = gs.Variable(self.names.unique(f"{source.name}::abs"))
+        largest = gs.Variable(self.names.unique(f"{source.name}::absmax"))
+        value = gs.Variable(self.names.unique(f"{source.name}::range"))
+        reduce_inputs, reduce_attrs = [magnitude], {"keepdims": 1}
+        if scope.axes is not None:
+            if self.opset >= REDUCE_AXES_AS_INPUT_OPSET:
+                reduce_inputs.append(gs.Constant(self.names.unique(f"{source.name}::range_axes"),
+                                                 np.array(scope.axes, np.int64)))
+            else:
+                reduce_attrs["axes"] = list(scope.axes)
+        nodes = [gs.Node("Abs", name=f"{prefix}/range_abs", inputs=[source], outputs=[magnitude]),
+                 gs.Node("ReduceMax", name=f"{prefix}/range_max", attrs=reduce_attrs, inputs=reduce_inputs,
+                         outputs=[largest]),
+                 gs.Node("Max", name=f"{prefix}/range_floor", inputs=[largest, self._floor], outputs=[value])]
+        return nodes, value, record
+
+    def wrap(self, source: gs.Tensor, target: gs.Tensor, value: gs.Tensor, prefix: str):
+        """The tensors a chain runs between inside ``Div(source, r) -> chain -> Mul(., r) -> target``, and the
+        two nodes."""
+        normalised = gs.Variable(self.names.unique(f"{target.name}::normalised"))
+        scaled = gs.Variable(self.names.unique(f"{target.name}::unscaled"))
+        return normalised, scaled, [
+            gs.Node("Div", name=f"{prefix}/normalise", inputs=[source, value], outputs=[normalised]),
+            gs.Node("Mul", name=f"{prefix}/rescale", inputs=[scaled, value], outputs=[target])]
