@@ -16,8 +16,8 @@ from .passes.attributes import seed_random_ops
 from .passes.chains import CLAMP_RANGE, PLACEMENTS, ChainSettings, insert_analog_chains
 from .passes.graph import export_model, import_model
 from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, fit_opset, inline_analog_functions, is_converted,
-                           raise_ir_version, store_settings, sync_analog_functions)
-from .ranges.calibration import CalibrationOptions, calibrate_sites, clipping_warning
+                           raise_ir_version, store_settings, stored_settings, sync_analog_functions)
+from .ranges.calibration import CalibrationOptions, apply_recorded_ranges, calibrate_sites, clipping_warning
 from .ranges.mapping import RangeSettings
 from .ranges.modes import (DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_METHOD, DEFAULT_CALIBRATION_SAMPLES,
                            DEFAULT_PERCENTILE, DEFAULT_WEIGHT_RANGE)
@@ -128,10 +128,11 @@ class ConversionResult:
 
 
 def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse_input: bool = False,
-            **overrides) -> ConversionResult:
+            recorded_ranges: list | None = None, **overrides) -> ConversionResult:
     """Rewrite ``model`` into its analog simulation; ``overrides`` replace option fields. ``model`` is left
     untouched unless ``reuse_input``: then the caller gives it up, and the conversion is written into it
-    instead of copying its weights.
+    instead of copying its weights. ``recorded_ranges`` (the ``ranges`` of stored settings or a spec) give the
+    calibrated sites their recorded values instead of calibrating again.
 
     The pipeline: the opset move (protobuf); on the graph, insert the chains, swap the activations and seed the
     random nodes; then the function bodies, IR version and settings record (protobuf), and the optional
@@ -153,8 +154,12 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
         raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
                              "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
     seed_random_ops(graph, settings.seed)
-    calibrated = calibrate_sites(graph, chains["sites"], working, calibration, settings.precision,
-                                 settings.std) if calibration else None
+    if calibration and recorded_ranges is not None:
+        apply_recorded_ranges(graph, chains["sites"], recorded_ranges)
+        calibrated = stored_settings(model).get("calibration") or {"data": calibration.data, "recorded": True}
+    else:
+        calibrated = calibrate_sites(graph, chains["sites"], working, calibration, settings.precision,
+                                     settings.std) if calibration else None
     converted = export_model(graph, working, in_place=reuse_input or working is not model)
     sync_analog_functions(converted)
     raise_ir_version(converted)

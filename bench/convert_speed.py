@@ -14,7 +14,11 @@ stands for the largest .onnx file in it). ONNX's largest "light" backend-test mo
 to opset 13, are timed for information only: they are tiny, so fixed costs dominate (the opset-9 one also
 pays for the version converter).
 
-    python bench/convert_speed.py [--rounds 9] [--quick] [--model PATH ...] [--json]
+``--ranges unit`` converts with the paper's fixed range (``PAPER_RANGES``: no range nodes, the chains the goal was
+first set on); the default, ``--ranges default``, with ``ConvertOptions()`` as users get it (per-channel weight
+ranges and dynamic activation ranges: about 2.5 more nodes per chain for the graph IR to build and write).
+
+    python bench/convert_speed.py [--rounds 9] [--quick] [--ranges default|unit] [--model PATH ...] [--json]
 """
 import argparse
 import json
@@ -31,6 +35,7 @@ import onnx
 from onnx import version_converter
 
 from analogize import ConvertOptions, convert_file
+from analogize.convert import PAPER_RANGES
 
 GOAL_RATIO = 2.0
 IMAGE_SHAPE = (3, 224, 224)
@@ -123,13 +128,16 @@ def main():
     parser.add_argument("--quick", action="store_true", help="3 rounds, and the light model at opset 9 only")
     parser.add_argument("--model", action="append", default=[], metavar="PATH",
                         help="also bench this ONNX file (a folder: its largest .onnx); may be repeated")
+    parser.add_argument("--ranges", choices=("default", "unit"), default="default",
+                        help="convert's range settings: ConvertOptions() defaults, or the paper's unit range")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     rounds = args.rounds or (3 if args.quick else 9)
     if rounds < 1:
         parser.error("--rounds must be >= 1")
     given = [given_model(path) for path in args.model]
-    options = ConvertOptions()
+    options = ConvertOptions(**PAPER_RANGES) if args.ranges == "unit" else ConvertOptions()
+    described = "ConvertOptions(**PAPER_RANGES)" if args.ranges == "unit" else "ConvertOptions() defaults"
     light = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
     largest_light = max(light.glob("*.onnx"), key=lambda p: p.stat().st_size)
 
@@ -156,10 +164,10 @@ def main():
 
     if args.json:
         print(json.dumps({"goal": f"convert <= {GOAL_RATIO:g}x load+save on weight-carrying models",
-                          "goal_ratio": GOAL_RATIO, "rounds": rounds, "options": "ConvertOptions() defaults",
+                          "goal_ratio": GOAL_RATIO, "rounds": rounds, "options": described,
                           "threads": threads, "rows": rows}, indent=2))
         return
-    print(f"analogize.convert_file (default ConvertOptions) vs onnx.load + onnx.save of the same file; {rounds} "
+    print(f"analogize.convert_file ({described}) vs onnx.load + onnx.save of the same file; {rounds} "
           f"rounds, alternating A B; median [min-max] over rounds")
     print(f"threads: {threads}")
     print(f"goal: convert <= {GOAL_RATIO:g}x load+save on weight-carrying models (light models: information only)")

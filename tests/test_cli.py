@@ -160,7 +160,7 @@ def test_flag_combinations_convert_and_run(tmp_path, capsys, flags):
 
 
 EVALUATE = ("evaluate", DEFAULT_MODEL, "--data", "digits", "--bits", "4,6", "--ep", "0.2,0.5", "--repeats", "2",
-            "--activation", "keep,interp-gelu:0.5", "--quiet")
+            "--activation", "keep,interp-gelu:0.5", "--quiet", "--no-baseline")
 
 
 def test_evaluate_writes_table_json_csv_and_plot(tmp_path, capsys):
@@ -184,7 +184,9 @@ def test_evaluate_writes_table_json_csv_and_plot(tmp_path, capsys):
 def test_evaluate_json_to_stdout_is_the_only_output(capsys):
     code, out, _ = analogize(capsys, *EVALUATE[:4], "--ep", "0.5", "--repeats", "1", "--quiet", "--json", "-")
     assert code == 0
-    assert json.loads(out)["cells"][0]["ep"] == 0.5
+    cells = json.loads(out)["cells"]  # the baseline first: ranges and rounding without noise
+    assert [cell["ep"] for cell in cells] == [0.0, 0.5] and cells[0]["std"] == 0.0
+    assert cells[0]["agreement_mean"] >= cells[1]["agreement_mean"]
 
 
 def test_evaluate_shards_merge_into_the_whole_sweep(tmp_path, capsys):

@@ -83,14 +83,15 @@ def test_weight_tensor_range_takes_one_scale(gemm, rng):
     np.testing.assert_allclose(run(converted, x), expected, rtol=1e-5, atol=1e-5)
 
 
-def test_conv_channel_ranges_and_per_sample_dynamic_range(rng):
+def test_conv_channel_ranges_and_per_pixel_dynamic_range(rng):
+    """A convolution's input vector is one pixel across channels (a column of the unfolded input)."""
     weight = (rng.normal(size=(4, 3, 3, 3)) * np.array([1e-3, 1.0, 10.0, 0.0])[:, None, None, None]).astype(np.float32)
     model = conv_model(weight)
     x = (rng.normal(size=(2, 3, 6, 6)) * np.array([0.5, 200.0])[:, None, None, None]).astype(np.float32)
     converted = convert(model, ConvertOptions(noise=False, precision=P, where=("layer-inputs", "weights"))).model
     got = run(converted, x)
     assert np.isfinite(got).all()  # the all-zero channel maps to 0, not 0 / 0
-    xq = mapped(x, largest(x, (1, 2, 3)))
+    xq = mapped(x, largest(x, 1))
     wq = mapped(weight, largest(weight, (1, 2, 3)))
     reference = helper.make_model(helper.make_graph(
         [helper.make_node("Conv", ["x", "W"], ["y"])], "r", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
@@ -301,3 +302,53 @@ def test_a_model_trained_without_clamp_keeps_its_answers_and_calibration_matches
     assert forms["analog-dynamic"]["agreement"] >= 0.99
     assert result["error_ratios"]["analog-calibrated-bits8/ort-int8"] <= 1.2
     assert forms["analog-unit"]["agreement"] < 0.5
+
+
+def test_weights_written_as_constant_nodes_get_per_channel_ranges_too(rng):
+    """paddle2onnx writes weights as Constant nodes, whose outputs carry no shape: per-channel ranges still
+    apply (a per-tensor range on BatchNorm-folded depthwise weights rounds the small channels to zero)."""
+    weight = (rng.normal(size=(4, 1, 3, 3)) * np.array([1e-3, 1.0, 10.0, 0.1])[:, None, None, None]).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["W"], value=numpy_helper.from_array(weight)),
+             helper.make_node("Conv", ["x", "W"], ["y"], group=4, name="depthwise")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    result = convert(model, ConvertOptions(noise=False, precision=P, where=("weights",)))
+    (site,) = result.report["inserted"]
+    assert site["range"]["scope"] == "per output channel" and site["range"]["channels"] == 4
+    assert site["range"]["min"] == pytest.approx(np.abs(weight[0]).max())
+    x = rng.normal(size=(2, 4, 6, 6)).astype(np.float32)
+    reference = helper.make_model(helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], group=4)], "r",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(mapped(weight, largest(weight, (1, 2, 3))), "W")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    np.testing.assert_allclose(run(result.model, x), run(reference, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("format", ["qonnx", "qdq"])
+def test_a_calibrated_export_equals_the_noise_free_simulation_and_rebuilds(format):
+    """With static ranges the hardware formats compute the simulation's numbers exactly (the Div and Mul of each
+    range stay standard ops around the quantizers); the spec gives each tensor's range; rebuild gives back the
+    noisy simulation, draw for draw."""
+    from conftest import DEFAULT_MODEL
+
+    from analogize.data import digits
+    from analogize.export import compare_outputs, export, rebuild
+
+    if format == "qonnx":
+        pytest.importorskip("qonnx")
+    original = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.5, seed=7, calibrate="digits",
+                       calibration_samples=64).model
+    exported, spec = export(original, format)
+    x = digits("test")[0][:100]
+    check = compare_outputs(original, exported, x)
+    assert check["mismatch_rate"] == 0.0, check
+    by_site = {(t["site"], t["tensor"]): t["range"] for t in spec["tensors"]}
+    assert by_site[("input", "input")]["mode"] == "calibrated" and "value" in by_site[("input", "input")]
+    assert all(r["mode"] == "channel" for (site, _), r in by_site.items() if site == "weight")
+    rebuilt = rebuild(exported, json.loads(json.dumps(spec)))
+    ours, theirs = create_session(original), create_session(rebuilt)
+    for _ in range(2):
+        np.testing.assert_array_equal(ours.run(None, {"input": x})[0], theirs.run(None, {"input": x})[0])

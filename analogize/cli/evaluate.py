@@ -28,6 +28,8 @@ from .options import (range_options, ACTIVATION_NAMES, activation_settings_optio
                                  f"keep,gelu,interp-gelu:0.5 (names: {', '.join(ACTIVATION_NAMES)}).")
 @noise_draws_option("Independent noise draws per cell.")
 @seed_option("Sweep seed: same seed, same numbers (each cell and node draws its own stream).")
+@click.option("--baseline/--no-baseline", default=True, show_default=True,
+              help="Add EP 0 to the grid: the ranges and rounding without noise, what quantisation alone costs.")
 @click.option("--fidelity", is_flag=True,
               help="Ignore labels: score top-1 agreement with the clean model and output SNR only.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
@@ -50,15 +52,17 @@ from .options import (range_options, ACTIVATION_NAMES, activation_settings_optio
 @quiet_option
 @chain_options
 @range_options
-def evaluate(model, data, split, output_name, limit, bits_list, eps, activations, repeats, seed, fidelity, batch_size,
-             workers, shard, layout, resize, channels, input_mean, input_std, json_path, csv_path, plot_path, quiet,
-             chain, ranges):
+def evaluate(model, data, split, output_name, limit, bits_list, eps, activations, repeats, seed, baseline, fidelity,
+             batch_size, workers, shard, layout, resize, channels, input_mean, input_std, json_path, csv_path,
+             plot_path, quiet, chain, ranges):
     """Accuracy of MODEL (clean or converted) under analog noise over a grid of bits x EP x activation."""
     from ..convert import ConvertOptions
     from ..data import Preprocessing
     from ..evaluate.engine import Grid, evaluate_file, parse_shard
 
     grid = Grid(bits=bits_list, ep=eps, activations=activations, repeats=repeats, seed=seed)
+    if baseline and chain["noise"]:
+        grid = grid.with_baseline()
     preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
     result = evaluate_file(model, data, grid, ConvertOptions(**chain, **ranges), split=split, limit=limit,
                            preprocessing=preprocessing, batch_size=batch_size, fidelity=fidelity, workers=workers,

@@ -133,6 +133,11 @@ class Grid:
     def variants(self) -> list[ActivationVariant]:
         return [ActivationVariant.parse(a) for a in self.activations]
 
+    def with_baseline(self) -> "Grid":
+        """The grid with EP 0 first on its EP axis, if absent: per bit width and activation, a cell with the
+        ranges and rounding but no noise, which shows what quantisation alone costs."""
+        return self if 0.0 in self.ep else replace(self, ep=(0.0, *self.ep))
+
     def cells(self) -> list[Cell]:
         combos = [(v, b, e) for v in self.variants() for b in self.bits for e in self.ep]
         return [Cell(k, v, b, e) for k, (v, b, e) in enumerate(combos)]

@@ -69,15 +69,16 @@ def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
     exported).
 
     Pipeline: :func:`check_spec`; import; :func:`remove_quantizers`;
-    :func:`~analogize.passes.chains.remove_analog_chains` (the clamps); export; model level:
-    :func:`forget_export`, then :func:`analogize.convert.convert` with the spec's options (a pipeline of its own,
-    on the ``ModelProto``).
+    :func:`~analogize.passes.chains.remove_analog_chains` (the clamps and the ranges' nodes); export; model level:
+    :func:`forget_export`, then :func:`analogize.convert.convert` with the spec's options and its recorded ranges
+    (calibrated ones are not calibrated again; a pipeline of its own, on the ``ModelProto``).
     """
     check_spec(spec)
     graph = import_model(exported)
     remove_quantizers(graph)
-    remove_analog_chains(graph, ("clamp",))
+    remove_analog_chains(graph, ("clamp",), ranges=True)
     model = export_model(graph, exported)
     forget_export(model)
     options = ConvertOptions.from_dict(spec["settings"]["options"])
-    return convert(model, replace(options, activation="keep", inline=False)).model
+    return convert(model, replace(options, activation="keep", inline=False),
+                   recorded_ranges=spec["settings"].get("ranges")).model

@@ -1,6 +1,7 @@
 """The spec of a converted model (schema ``analogize.spec`` version 1): every analog tensor, where it sits
-(input, layer input, weight, bias, layer output), its clamp range, precision, bits, integer width, rounding,
-noise std, EP and seed; the activations that were swapped in; and convert's settings.
+(input, layer input, weight, bias, layer output), its full-scale range (how it is set, and its value where it
+is static), clamp range, precision, bits, integer width, rounding, noise std, EP and seed (clamp, precision and
+std in units of the range); the activations that were swapped in; and convert's settings.
 
 :func:`exportable_settings` reads the settings record (a model-level step: it is metadata), :func:`describe` is
 the graph pass that reads the chains, and :func:`analog_spec` runs the two on a model.
@@ -17,6 +18,7 @@ from ..noise_model import BIT_CONVENTIONS, precision_to_bits, std_to_ep
 from ..ops.spec import DOMAIN
 from ..passes.chains import CHAIN_ELEMENTS, CLAMP_RANGE, is_chain_element
 from ..passes.graph import import_model
+from ..ranges.mapping import is_range_node
 from ..passes.model import is_converted, stored_settings
 
 SPEC_FORMAT, SPEC_VERSION = "analogize.spec", 1
@@ -49,13 +51,19 @@ def describe(graph: gs.Graph, settings: dict) -> dict:
     convention = settings.get("options", {}).get("bit_convention", BIT_CONVENTIONS[0])
     chains: dict[tuple, dict] = {}
     for node in graph.nodes:
-        if not is_chain_element(node, tuple(CHAIN_ELEMENTS)) or not node.name.startswith("analogize/"):
+        ranged = is_range_node(node) and node.op in ("Div", "Mul")
+        if not (ranged or is_chain_element(node, tuple(CHAIN_ELEMENTS))) or not node.name.startswith("analogize/"):
             continue
         _, site, *target, element = node.name.split("/")
-        chain = chains.setdefault((site, "/".join(target)), {"site": site, "first": node, "elements": []})
+        chain = chains.setdefault((site, "/".join(target)), {"site": site, "elements": []})
+        if ranged:  # the chain's own input and output lie outside its range's Div and Mul
+            chain["normalise" if node.op == "Div" else "rescale"] = node
+            continue
+        chain.setdefault("first", node)
         chain["last"] = node
         chain["elements"].append(node)
-    tensors = [_tensor_entry(chain, settings, convention) for chain in chains.values()]
+    ranges = {(site["site"], site["tensor"]): site["range"] for site in settings.get("ranges", [])}
+    tensors = [_tensor_entry(chain, settings, convention, ranges) for chain in chains.values() if chain["elements"]]
     activations = [{"node": node.name or node.outputs[0].name, "op_type": node.op, "attributes": dict(node.attrs)}
                    for node in graph.nodes
                    if node.domain == DOMAIN and node.op not in ELEMENT_OF_OP
@@ -66,12 +74,18 @@ def describe(graph: gs.Graph, settings: dict) -> dict:
             "activations": activations}
 
 
-def _tensor_entry(chain: dict, settings: dict, convention: str) -> dict:
+def _tensor_entry(chain: dict, settings: dict, convention: str, ranges: dict) -> dict:
     site = chain["site"]
-    entry = {"tensor": chain["first"].inputs[0].name if site != "layer-output" else chain["last"].outputs[0].name,
-             "site": site, "order": [ELEMENT_OF_OP[node.op] for node in chain["elements"]],
+    if site == "layer-output":
+        tensor = chain.get("rescale", chain["last"]).outputs[0].name
+    else:
+        tensor = chain.get("normalise", chain["first"]).inputs[0].name
+    entry = {"tensor": tensor, "site": site, "order": [ELEMENT_OF_OP[node.op] for node in chain["elements"]],
              "clamp": None, "precision": None, "bits": None, "integer_bits": None, "rounding": None,
-             "std": 0.0, "ep": None, "seed": None}
+             "std": 0.0, "ep": None, "seed": None,
+             # the full scale r: clamp at +-r, steps of r / p, noise std * r (models converted before range
+             # modes existed had the unit range)
+             "range": ranges.get((site, tensor), {"mode": "unit"})}
     for node in chain["elements"]:
         values = node.attrs
         if node.op == "Clip":

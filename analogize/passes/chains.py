@@ -15,7 +15,7 @@ from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from ..ranges.mapping import (UNIT_RANGES, WHOLE_TENSOR, RangeBuilder, RangeSettings, Scope, activation_scope,
                               is_range_node, per_sample, weight_scope)
-from .graph import Names, constant_tensors, is_default_domain
+from .graph import Names, constant_tensors, is_default_domain, known_values
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
 LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -36,10 +36,10 @@ def is_chain_element(node: gs.Node, elements) -> bool:
     return node.domain == DOMAIN
 
 
-def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS)) -> int:
+def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS), ranges: bool | None = None) -> int:
     """Take the inserted chain elements (noise, quantize, clamp) out, wiring their consumers to their inputs;
-    returns how many nodes went. Taking every element out takes the chains' ranges out too (x / r * r is not
-    x in float32).
+    returns how many nodes went. ``ranges`` (default: when every element goes) takes the chains' range nodes
+    out too (x / r * r is not x in float32).
 
     Activation swaps stay. An element that writes a graph output becomes an Identity. Bound constants that
     nothing reads any more are not exported; :func:`analogize.passes.model.sync_analog_functions` drops the
@@ -49,7 +49,7 @@ def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS)) -> int
     if unknown:
         raise AnalogizeError(f"unknown chain element(s) {', '.join(sorted(unknown))}: "
                              f"choose from {', '.join(CHAIN_ELEMENTS)}")
-    with_ranges = set(elements) == set(CHAIN_ELEMENTS)
+    with_ranges = set(elements) == set(CHAIN_ELEMENTS) if ranges is None else ranges
     graph_outputs = {id(tensor) for tensor in graph.outputs}
     kept, removed = [], 0
     for node in graph.nodes:
@@ -113,11 +113,15 @@ class Layer:
     def scope(self, site: str, top: "_TopLevel", weight_mode: str) -> Scope:
         """Which values of this layer's ``site`` tensor share one range."""
         weight = top.tensors[self.weight]
+        shape = weight.shape
+        if shape is None:  # a Constant node's output carries no shape until inference runs
+            values = known_values(weight)
+            shape = None if values is None else values.shape
         if site == "weight":
-            return weight_scope(weight_mode, self.node.op, self.node.attrs, weight.shape, self.weight_first)
+            return weight_scope(weight_mode, self.node.op, self.node.attrs, shape, self.weight_first)
         if site == "bias":
             return WHOLE_TENSOR
-        rank = len(weight.shape) if weight.shape is not None else None
+        rank = len(shape) if shape is not None else None
         return activation_scope(self.node.op, self.node.attrs, rank, self.weight_first, site == "layer-output")
 
 

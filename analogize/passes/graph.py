@@ -238,6 +238,19 @@ def constant_values(tensor: gs.Constant) -> np.ndarray:
     return stored.load() if isinstance(stored, LazyValues) else stored
 
 
+def known_values(tensor: gs.Tensor) -> np.ndarray | None:
+    """The values of a dense initializer or of a standard ``Constant`` node's ``value`` (exporters such as
+    paddle2onnx write weights that way), without loading them into the graph; None for anything else."""
+    if isinstance(tensor, gs.Constant):
+        return None if _is_sparse(tensor) else constant_values(tensor)
+    producers = tensor.inputs
+    if len(producers) == 1 and producers[0].op == "Constant" and is_default_domain(producers[0]):
+        value = producers[0].attrs.get("value")
+        if isinstance(value, gs.Constant) and not _is_sparse(value):
+            return constant_values(value)
+    return None
+
+
 def _is_sparse(tensor: gs.Constant) -> bool:
     # graphsurgeon keeps sparse initializers as SparseValues; only its private field tells them apart
     return isinstance(tensor._values, SparseValues)

@@ -228,3 +228,26 @@ def calibrate_sites(graph, sites: list[dict], model: onnx.ModelProto, options: C
             clipped_fraction(values, record.get("value", 1.0))
     return {"data": options.data, "samples": sum(len(next(iter(batch.values()))) for batch in feeds),
             "method": options.method, **({"percentile": options.percentile} if options.method == "percentile" else {})}
+
+
+def site_key(site: dict) -> tuple:
+    """What names a chain site across an export and a rebuild: its layer (layer outputs are renamed on the way),
+    or its tensor for the graph input."""
+    return site["site"], site.get("layer") or site["tensor"]
+
+
+def apply_recorded_ranges(graph, sites: list[dict], recorded: list[dict]) -> None:
+    """A graph pass: give each calibrated site the range ``recorded`` for it (stored settings or a spec)."""
+    known = {site_key(site): site["range"] for site in recorded}
+    tensors = graph.tensors()
+    for site in sites:
+        record = site["range"]
+        if record["mode"] != "calibrated":
+            continue
+        value = known.get(site_key(site), {}).get("value")
+        if value is None:
+            raise AnalogizeError(f"no recorded range for the calibrated {site['site']} site of "
+                                 f"{site.get('layer') or site['tensor']}; the spec does not belong to this model")
+        tensors[record["range_tensor"]].values = np.array(value, np.float32)
+        record.update({key: recorded_value for key, recorded_value in known[site_key(site)].items()
+                       if key != "range_tensor"})

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import AnalogizeError
-from ..passes.graph import constant_values
+from ..passes.graph import known_values
 from .modes import (ACTIVATION_RANGE_MODES, DEFAULT_ACTIVATION_RANGE, DEFAULT_WEIGHT_RANGE, MIN_RANGE,
                     UNSEEN_RANGE, WEIGHT_RANGE_MODES, WEIGHT_SITES)
 
@@ -84,7 +84,7 @@ def activation_scope(op: str, attrs: dict, weight_rank: int | None, weight_first
     """The values of a layer's input (or ``output``) vector that share one DAC (ADC) gain at run time: one
     sample of a convolution, one row of a Gemm or MatMul (one column when the weight comes first)."""
     if op in ("Conv", "ConvTranspose"):
-        return per_sample(weight_rank)
+        return Scope((1,), "per pixel") if weight_rank is not None and weight_rank >= 3 else per_sample(weight_rank)
     if op == "Gemm":
         if weight_first:
             return WHOLE_TENSOR
@@ -125,8 +125,9 @@ class RangeBuilder:
             self._floor = gs.Constant(self.names.unique(f"{CONVERT_PREFIX}range_floor"),
                                       np.array(MIN_RANGE, np.float32))
         record = {"mode": mode, "scope": scope.label}
-        if isinstance(source, gs.Constant):
-            record.update(_weight_range(constant_values(source), scope))
+        values = known_values(source)
+        if values is not None:
+            record.update(_weight_range(values, scope))
         magnitude = gs.Variable(self.names.unique(f"{source.name}::abs"))
         largest = gs.Variable(self.names.unique(f"{source.name}::absmax"))
         value = gs.Variable(self.names.unique(f"{source.name}::range"))

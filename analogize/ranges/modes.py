@@ -27,9 +27,10 @@ WEIGHT_RANGE_MODES = {mode.name: mode for mode in (
 )}
 ACTIVATION_RANGE_MODES = {mode.name: mode for mode in (
     RangeMode("unit", "fixed [-1, 1]: the paper's semantics, for networks trained inside that range"),
-    RangeMode("dynamic", "r = max abs(x) of each input vector at run time (per sample for convolutions and the "
-                         "graph input, per row for Gemm and MatMul): the ADC/DAC gain set per input, as "
-                         "aihwkit's default noise management does; needs no data"),
+    RangeMode("dynamic", "r = max abs(x) of each input vector at run time (per pixel across channels for "
+                         "convolutions, per row for Gemm and MatMul, per sample for the graph input): the DAC and "
+                         "ADC gain set per input vector, as aihwkit's default noise management does; needs no "
+                         "data"),
     RangeMode("calibrated", "one static r per tensor, chosen on calibration data (--calibrate) by the "
                             "calibration method", needs_data=True),
 )}
