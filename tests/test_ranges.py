@@ -352,3 +352,22 @@ def test_a_calibrated_export_equals_the_noise_free_simulation_and_rebuilds(forma
     ours, theirs = create_session(original), create_session(rebuilt)
     for _ in range(2):
         np.testing.assert_array_equal(ours.run(None, {"input": x})[0], theirs.run(None, {"input": x})[0])
+
+
+def test_openvino_compiles_a_calibrated_qdq_export_with_onnx_runtime_s_numbers(tmp_path):
+    openvino = pytest.importorskip("openvino")
+    from conftest import DEFAULT_MODEL
+
+    from analogize.data import digits
+    from analogize.export import export
+
+    converted = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3, seed=2, calibrate="digits",
+                        calibration_samples=64).model
+    exported, _ = export(converted, "qdq")
+    onnx.save(exported, tmp_path / "model.qdq.onnx")
+    core = openvino.Core()
+    compiled = core.compile_model(core.read_model(str(tmp_path / "model.qdq.onnx")), "CPU",
+                                  {"INFERENCE_PRECISION_HINT": "f32"})
+    x = digits("test")[0][:100]
+    np.testing.assert_allclose(compiled(x)[0], create_session(exported, native=False).run(None, {"input": x})[0],
+                               rtol=1e-5, atol=1e-5)

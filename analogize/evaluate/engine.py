@@ -297,6 +297,7 @@ class _CellModels:
             self.base, _ = fit_opset(
                 model, maximum=MAX_OPSET_WITH_RANDOM_OPS if noisy or options.stochastic_rounding else None)
         self._skeletons: dict[str, onnx.ModelProto] = {}
+        self.warnings: list[str] = []  # convert's, e.g. calibrated sites that clip heavily
 
     def skeleton(self, variant: ActivationVariant) -> onnx.ModelProto:
         if variant.label not in self._skeletons:
@@ -305,7 +306,9 @@ class _CellModels:
         return self._skeletons[variant.label]
 
     def _convert(self, variant: ActivationVariant) -> onnx.ModelProto:
-        return convert(self.base, cell_convert_options(self.options, variant, None, None, None)).model
+        result = convert(self.base, cell_convert_options(self.options, variant, None, None, None))
+        self.warnings += [line for line in result.report["warnings"] if line not in self.warnings]
+        return result.model
 
     def _vary_converted(self, variant: ActivationVariant) -> onnx.ModelProto:
         choice = ACTIVATIONS[variant.activation]
@@ -489,7 +492,7 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
         "grid": grid.as_dict(), "options": asdict(options), "converted_input": builder.converted,
         "fidelity": fidelity or labels is None, "batch_size": batch_size,
         "clean": clean,
-        "baselines": baselines, "cells": records, "cell_count": len(cells),
+        "baselines": baselines, "cells": records, "cell_count": len(cells), "warnings": builder.warnings,
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
     }
 

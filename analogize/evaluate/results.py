@@ -121,6 +121,7 @@ def table(result: dict) -> str:
              + ("" if labelled else " (no labels: agreement with the clean model)")]
     if data.get("adaptations"):
         lines.append(f"data adapted to the model: {'; '.join(data['adaptations'])}")
+    lines += result.get("warnings", [])
     clean_name = "digital model (analog chains removed)" if result["converted_input"] else "clean model"
     if labelled:
         lines.append(f"{clean_name}: top-1 {_percent(result['clean'], 'accuracy')} %"
