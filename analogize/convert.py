@@ -99,7 +99,16 @@ class ConvertOptions:
 
     def calibration_options(self) -> CalibrationOptions | None:
         if not self.calibrate:
+            unused = [flag for flag, value, default in (
+                ("--calibration-samples", self.calibration_samples, DEFAULT_CALIBRATION_SAMPLES),
+                ("--calibration-method", self.calibration_method, DEFAULT_CALIBRATION_METHOD),
+                ("--percentile", self.percentile, DEFAULT_PERCENTILE)) if value != default]
+            if unused:
+                raise AnalogizeError(f"{', '.join(unused)} set how calibration works, but no --calibrate DATA was "
+                                     f"given; add it or drop them")
             return None
+        if self.percentile != DEFAULT_PERCENTILE and self.calibration_method != "percentile":
+            raise AnalogizeError("--percentile applies to --calibration-method percentile only")
         return CalibrationOptions(self.calibrate, self.calibration_samples, self.calibration_method,
                                   self.percentile)
 

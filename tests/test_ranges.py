@@ -121,7 +121,7 @@ def test_ep_is_the_chance_of_moving_past_half_a_step_in_every_mode(mode, tmp_pat
     np.savez(data, x=x)
     options = ConvertOptions(precision=precision, ep=ep, quantize=False, clamp=False, where=("input",),
                              weight_range="unit", activation_range=mode, seed=3,
-                             calibrate=f"npz:{data}" if mode == "calibrated" else None, calibration_method="max")
+                             **({"calibrate": f"npz:{data}", "calibration_method": "max"} if mode == "calibrated" else {}))
     result = convert(model, options)
     moved = np.abs(run(result.model, x) - x)
     if mode == "dynamic":
@@ -233,8 +233,9 @@ def test_native_ops_equal_function_bodies_on_a_conv_model_with_ranges(activation
     from analogize import native_library_path
     from conftest import DEFAULT_MODEL
 
+    calibration = {"calibrate": "digits", "calibration_samples": 64} if activation_range == "calibrated" else {}
     model = convert(onnx.load(DEFAULT_MODEL), bits=6, noise=False, activation_range=activation_range,
-                    calibrate="digits" if activation_range == "calibrated" else None, calibration_samples=64).model
+                    **calibration).model
     x = rng.uniform(0, 1, (8, 1, 8, 8)).astype(np.float32)
     results = []
     for native in (False, True):
@@ -359,7 +360,7 @@ def test_openvino_compiles_a_calibrated_qdq_export_with_onnx_runtime_s_numbers(t
     from conftest import DEFAULT_MODEL
 
     from analogize.data import digits
-    from analogize.export import export
+    from analogize.export import analog_spec, export
 
     converted = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3, seed=2, calibrate="digits",
                         calibration_samples=64).model
@@ -369,5 +370,80 @@ def test_openvino_compiles_a_calibrated_qdq_export_with_onnx_runtime_s_numbers(t
     compiled = core.compile_model(core.read_model(str(tmp_path / "model.qdq.onnx")), "CPU",
                                   {"INFERENCE_PRECISION_HINT": "f32"})
     x = digits("test")[0][:100]
-    np.testing.assert_allclose(compiled(x)[0], create_session(exported, native=False).run(None, {"input": x})[0],
-                               rtol=1e-5, atol=1e-5)
+    theirs, ours = compiled(x)[0], create_session(exported, native=False).run(None, {"input": x})[0]
+    # OpenVINO may round an exact tie the other way: at most one output step apart, rarely, same answers
+    step = max(t["range"]["value"] for t in analog_spec(converted)["tensors"] if t["site"] == "layer-output") / 64
+    difference = np.abs(theirs - ours)
+    assert difference.max() <= step * 1.01 and np.mean(difference > 1e-5) < 0.05
+    assert np.mean(theirs.argmax(1) == ours.argmax(1)) >= 0.99
+
+
+def _layer_model(kind, rng):
+    """(model, one sample's input, the batch axis) for layer shapes whose samples do not lie on axis 0."""
+    float_info = lambda name, shape: helper.make_tensor_value_info(name, TensorProto.FLOAT, shape)  # noqa: E731
+    weight = rng.normal(size=(3, 4)).astype(np.float32)
+    if kind == "matmul-weight-first":  # y = W @ x, samples are columns of x
+        nodes, x_shape, axis = [helper.make_node("MatMul", ["W", "x"], ["y"], name="wx")], [4, None], 1
+    elif kind == "gemm-weight-first":
+        nodes, x_shape, axis = [helper.make_node("Gemm", ["W", "x"], ["y"], name="wx")], [4, None], 1
+    elif kind == "conv-weight-through-identity":
+        weight = rng.normal(size=(3, 2, 3, 3)).astype(np.float32)
+        nodes = [helper.make_node("Identity", ["W"], ["W2"]), helper.make_node("Conv", ["x", "W2"], ["y"], name="c")]
+        x_shape, axis = [None, 2, 5, 5], 0
+    else:  # matmul with a vector input
+        nodes, x_shape, axis = [helper.make_node("MatMul", ["W", "x"], ["y"], name="wx")], [4], None
+    graph = helper.make_graph(nodes, "g", [float_info("x", x_shape)], [float_info("y", None)],
+                              [numpy_helper.from_array(weight, "W")])
+    sample_shape = [d or 1 for d in x_shape]
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), sample_shape, axis
+
+
+@pytest.mark.parametrize("kind", ["matmul-weight-first", "gemm-weight-first", "conv-weight-through-identity",
+                                  "matmul-vector"])
+def test_a_sample_s_dynamic_ranges_never_depend_on_the_rest_of_the_batch(kind, rng):
+    model, sample_shape, axis = _layer_model(kind, rng)
+    converted = convert(model, ConvertOptions(precision=P, noise=False)).model
+    sample = rng.normal(size=sample_shape).astype(np.float32)
+    alone = run(converted, sample)
+    assert np.isfinite(alone).all()
+    if axis is None:
+        return  # one vector: it runs, which a per-column range on a vector would not
+    batch = np.concatenate([sample, 1000 * rng.normal(size=sample_shape).astype(np.float32)], axis=axis)
+    together = run(converted, batch)
+    np.testing.assert_array_equal(np.take(together, [0], axis=axis), alone)
+
+
+def test_weights_of_unknown_shape_say_they_take_one_range():
+    model, _, _ = _layer_model("conv-weight-through-identity", np.random.default_rng(0))
+    sites = convert(model, ConvertOptions(noise=False)).report["inserted"]
+    assert {site["range"]["scope"] for site in sites if site["site"] == "weight"} == \
+        {"per tensor (the weight's shape is unknown)"}
+
+
+def test_calibration_handles_float64_arrays_fixed_batches_and_outliers(tmp_path, rng):
+    model = gemm_model(rng.normal(size=(3, 4)).astype(np.float32), np.zeros(3, np.float32), batch=4)
+    data = rng.normal(size=(30, 4))  # float64, as numpy saves by default; 30 is no multiple of 4
+    data[0, 0] = 1e4  # one outlier
+    np.savez(tmp_path / "c.npz", x=data)
+    result = convert(model, ConvertOptions(noise=False, calibrate=f"npz:{tmp_path / 'c.npz'}", where=("input",),
+                                           calibration_method="percentile", percentile=99.0))
+    (site,) = result.report["inserted"]
+    assert result.report["settings"]["calibration"]["samples"] == 28  # whole batches of 4
+    assert site["range"]["value"] < 5  # the outlier clips, the other values keep their steps
+    with pytest.raises(AnalogizeError, match="no --calibrate DATA"):
+        convert(model, ConvertOptions(calibration_method="max"))
+
+
+def test_rebuild_restores_calibrated_ranges_of_unnamed_layers(tmp_path, rng):
+    from analogize.export import export, rebuild
+
+    model = gemm_model(rng.normal(size=(3, 4)).astype(np.float32), np.zeros(3, np.float32))
+    for node in model.graph.node:
+        node.name = ""
+    np.savez(tmp_path / "c.npz", x=rng.normal(size=(16, 4)).astype(np.float32))
+    converted = convert(model, ConvertOptions(bits=6, ep=0.3, seed=1, calibrate=f"npz:{tmp_path / 'c.npz'}")).model
+    exported, spec = export(converted, "qdq")
+    rebuilt = rebuild(exported, json.loads(json.dumps(spec)))
+    x = rng.normal(size=(5, 4)).astype(np.float32)
+    np.testing.assert_array_equal(create_session(rebuilt).run(None, {"x": x})[0],
+                                  create_session(converted).run(None, {"x": x})[0])

@@ -101,28 +101,22 @@ class Layer:
     bias_node: gs.Node | None = None  # an Add that carries the bias of a MatMul
     bias_position: int = -1
     bias_slot: int = 2
+    weight_first: bool = False  # the constant is a Gemm's A or a MatMul's first operand
+    weight_shape: tuple | None = None  # None: unknown (a weight other nodes compute)
+    data_rank: int | None = None
 
     @property
     def output_node(self) -> gs.Node:
         return self.bias_node or self.node
 
-    @property
-    def weight_first(self) -> bool:
-        return self.node.inputs[0].name == self.weight
-
-    def scope(self, site: str, top: "_TopLevel", weight_mode: str) -> Scope:
+    def scope(self, site: str, weight_mode: str) -> Scope:
         """Which values of this layer's ``site`` tensor share one range."""
-        weight = top.tensors[self.weight]
-        shape = weight.shape
-        if shape is None:  # a Constant node's output carries no shape until inference runs
-            values = known_values(weight)
-            shape = None if values is None else values.shape
         if site == "weight":
-            return weight_scope(weight_mode, self.node.op, self.node.attrs, shape, self.weight_first)
+            return weight_scope(weight_mode, self.node.op, self.node.attrs, self.weight_shape, self.weight_first)
         if site == "bias":
             return WHOLE_TENSOR
-        rank = len(shape) if shape is not None else None
-        return activation_scope(self.node.op, self.node.attrs, rank, self.weight_first, site == "layer-output")
+        return activation_scope(self.node.op, self.node.attrs, self.data_rank, self.weight_first,
+                                site == "layer-output")
 
 
 class _TopLevel:
@@ -172,7 +166,15 @@ def _classify_layer(node: gs.Node, position: int, top: _TopLevel, exclude):
         bias = (inputs[2] or None) if node.op == "Gemm" else None
     if weight not in top.float_constants:
         return "weight is not float32 (only float32 models are supported)", None
-    layer = Layer(node, position, data, weight, bias if bias in top.constants else None)
+    weight_tensor, data_tensor = top.tensors[weight], top.tensors[data]
+    shape = weight_tensor.shape
+    if shape is None:  # a Constant node's output carries no shape until inference runs
+        values = known_values(weight_tensor)
+        shape = None if values is None else values.shape
+    layer = Layer(node, position, data, weight, bias if bias in top.constants else None,
+                  weight_first=node.op in ("Gemm", "MatMul") and inputs[0] == weight,
+                  weight_shape=None if shape is None else tuple(shape),
+                  data_rank=None if data_tensor.shape is None else len(data_tensor.shape))
     if node.op == "MatMul":
         _attach_bias_add(layer, top)
     return "", layer
@@ -264,6 +266,15 @@ class _ChainBuilder:
         self.graph.nodes = ordered
 
 
+def _input_scope(value: gs.Variable, layers: list[Layer]) -> Scope:
+    """A graph input that a layer reads directly takes that layer's input scope (a MatMul W @ x holds its
+    samples in columns); otherwise one range per sample, taking axis 0 as the batch."""
+    for layer in layers:
+        if layer.data == value.name:
+            return layer.scope("layer-input", "channel")
+    return per_sample(len(value.shape) if value.shape is not None else None)
+
+
 def _chain_ops(nodes: list) -> list[str]:
     """The chain's own elements, in order (the range's nodes aside)."""
     return [node.op for node in nodes if not is_range_node(node)]
@@ -295,8 +306,7 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
         for value in graph.inputs:
             if value.type != "tensor_type" or value.dtype != np.float32 or value.name not in top.consumers:
                 continue
-            rank = len(value.shape) if value.shape is not None else None
-            rewire(value.name, top.consumers[value.name], DOA_ORDER, "input", None, per_sample(rank))
+            rewire(value.name, top.consumers[value.name], DOA_ORDER, "input", None, _input_scope(value, layers))
             chained_inputs.add(value.name)
 
     if "layer-inputs" in where:
@@ -310,7 +320,7 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
             owners.setdefault(layer.data, []).append(layer)
         for name, uses in layer_uses.items():  # a tensor several layers read shares the first one's scope
             rewire(name, uses, DOA_ORDER, "layer-input", ",".join(layer.node.name for layer in owners[name]),
-                   owners[name][0].scope("layer-input", top, settings.ranges.weights))
+                   owners[name][0].scope("layer-input", settings.ranges.weights))
 
     for kind, placement in (("weight", "weights"), ("bias", "biases")):
         if placement not in where:
@@ -323,7 +333,7 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
                 uses = [(layer.bias_position, layer.bias_slot)]
             else:
                 uses = [(layer.position, [tensor.name for tensor in layer.node.inputs].index(name))]
-            rewire(name, uses, DOA_ORDER, kind, layer.node.name, layer.scope(kind, top, settings.ranges.weights))
+            rewire(name, uses, DOA_ORDER, kind, layer.node.name, layer.scope(kind, settings.ranges.weights))
 
     if "layer-outputs" in where and settings.elements(AOD_ORDER):
         for layer in layers:
@@ -331,7 +341,7 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
             tensor = producer.outputs[0]
             source = gs.Variable(builder.names.unique(f"{tensor.name}::pre_analog"))
             nodes, record = builder.chain(source, tensor, AOD_ORDER, "layer-output",
-                                          layer.scope("layer-output", top, settings.ranges.weights))
+                                          layer.scope("layer-output", settings.ranges.weights))
             producer.outputs[0] = source
             builder.after.setdefault(top.producer[tensor.name], []).extend(nodes)
             sites.append({"site": "layer-output", "tensor": tensor.name, "layer": layer.node.name,

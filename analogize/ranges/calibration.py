@@ -20,7 +20,7 @@ from .modes import (CALIBRATION_METHODS, CLIP_WARNING_FRACTION, DEFAULT_CALIBRAT
 
 KEPT_VALUES = 1 << 18  # per site, over all batches
 MSE_VALUES = 1 << 16  # of those, what the MSE search scores each candidate on
-MSE_CANDIDATES = 100
+MSE_CANDIDATES = 129  # 2^0 .. 2^-16 of the largest value, eight per octave
 MIN_CALIBRATION_SAMPLES = 8
 BATCH_SIZE = 32
 ACTIVATION_SITES = ("input", "layer-input", "layer-output")
@@ -94,10 +94,31 @@ def calibration_feeds(data: str, model: onnx.ModelProto, samples: int) -> list[d
             raise AnalogizeError(f"calibration data {data!r}: input {name!r} holds NaN or infinite values; "
                                  f"clean the data first")
     _check_shapes(data, arrays, inputs)
-    batch = _batch_size(inputs)
+    arrays = _as_input_types(data, arrays, inputs)
+    batch, fixed = _batch_size(inputs)
     used = min(samples, available)
+    if fixed:  # a model built for one batch size takes whole batches only
+        used -= used % batch
+        if used < max(batch, MIN_CALIBRATION_SAMPLES):
+            raise AnalogizeError(f"calibration data {data!r}: the model takes batches of exactly {batch}; give at "
+                                 f"least {max(batch, MIN_CALIBRATION_SAMPLES)} samples (--calibration-samples)")
     return [{name: array[start:start + batch] for name, array in arrays.items()}
             for start in range(0, used, batch)]
+
+
+def _as_input_types(data: str, arrays: dict, inputs) -> dict:
+    """Each array in the element type of the model input of its name (numpy saves float64 by default)."""
+    typed = {}
+    for value in inputs:
+        if value.name not in arrays:
+            continue
+        array, wanted = arrays[value.name], onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
+        if np.issubdtype(wanted, np.integer) and not np.issubdtype(array.dtype, np.integer) or \
+                np.issubdtype(wanted, np.floating) and not np.issubdtype(array.dtype, np.number):
+            raise AnalogizeError(f"calibration data {data!r}: array {value.name!r} holds {array.dtype} values but "
+                                 f"the model's input takes {np.dtype(wanted).name}")
+        typed[value.name] = array.astype(wanted, copy=False)
+    return {**arrays, **typed}
 
 
 def _named_arrays(data: str, names: list[str]) -> dict | None:
@@ -127,13 +148,13 @@ def _check_shapes(data: str, arrays: dict, inputs) -> None:
                                  f"shaped to the model's input {tuple(dims)} (first axis: samples)")
 
 
-def _batch_size(inputs) -> int:
-    """A fixed leading dimension is the batch the model takes; otherwise :data:`BATCH_SIZE`."""
+def _batch_size(inputs) -> tuple[int, bool]:
+    """The batch size and whether the model fixes it (a leading dimension with a value); else :data:`BATCH_SIZE`."""
     for value in inputs:
         dims = value.type.tensor_type.shape.dim
         if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return dims[0].dim_value
-    return BATCH_SIZE
+            return dims[0].dim_value, True
+    return BATCH_SIZE, False
 
 
 def site_values(model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> dict[str, SiteValues]:
@@ -175,12 +196,13 @@ def choose_range(values: SiteValues, options: CalibrationOptions, precision: flo
 
 
 def _least_squared_error(magnitudes: np.ndarray, largest: float, precision: float | None, std: float) -> float:
-    """The candidate r (a grid up to the largest |x|) with the least mean squared error of clamp, rounding
-    at ``precision`` and noise of std ``std * r`` on the values seen."""
+    """The candidate r with the least mean squared error of clamp, rounding at ``precision`` and noise of std
+    ``std * r`` on the values seen. Candidates: a geometric grid from the largest |x| down to 2^-16 of it,
+    eight per octave, so that one huge outlier cannot hide the range the other values need."""
     stride = max(1, math.ceil(magnitudes.size / MSE_VALUES))
     sample = magnitudes[::stride].astype(np.float64)
     best, best_error = largest, math.inf
-    for r in largest * np.arange(1, MSE_CANDIDATES + 1) / MSE_CANDIDATES:
+    for r in largest * 2.0 ** (-np.arange(MSE_CANDIDATES) / 8.0):
         mapped = np.minimum(sample / r, 1.0)
         if precision is not None:
             mapped = np.round(mapped * precision) / precision
@@ -219,9 +241,9 @@ def calibrate_sites(graph, sites: list[dict], model: onnx.ModelProto, options: C
     for site in activation:
         record, values = site["range"], seen[site["tensor"]]
         if record["mode"] == "calibrated":
-            r = choose_range(values, options, precision, std)
+            r = np.float32(choose_range(values, options, precision, std))
             tensors[record["range_tensor"]].values = np.array(r, np.float32)
-            record.update(value=r, method=options.method)
+            record.update(value=float(r), method=options.method)  # the value the model holds
         record["largest_seen"] = values.largest
         # a dynamic range is each vector's own largest value: nothing clips
         record["clipped"] = 0.0 if record["mode"] == "dynamic" else \
@@ -230,24 +252,29 @@ def calibrate_sites(graph, sites: list[dict], model: onnx.ModelProto, options: C
             "method": options.method, **({"percentile": options.percentile} if options.method == "percentile" else {})}
 
 
-def site_key(site: dict) -> tuple:
-    """What names a chain site across an export and a rebuild: its layer (layer outputs are renamed on the way),
-    or its tensor for the graph input."""
-    return site["site"], site.get("layer") or site["tensor"]
+def site_keys(sites: list[dict]) -> list[tuple]:
+    """What names each chain site across an export and a rebuild: its layer's name (layer outputs are renamed on
+    the way), or its place among the sites of its kind where the layer has no name (and for graph inputs)."""
+    seen: dict[str, int] = {}
+    keys = []
+    for site in sites:
+        count = seen.get(site["site"], 0)
+        seen[site["site"]] = count + 1
+        keys.append((site["site"], site.get("layer") or f"#{count}"))
+    return keys
 
 
 def apply_recorded_ranges(graph, sites: list[dict], recorded: list[dict]) -> None:
     """A graph pass: give each calibrated site the range ``recorded`` for it (stored settings or a spec)."""
-    known = {site_key(site): site["range"] for site in recorded}
+    known = dict(zip(site_keys(recorded), (site["range"] for site in recorded)))
     tensors = graph.tensors()
-    for site in sites:
+    for site, key in zip(sites, site_keys(sites)):
         record = site["range"]
         if record["mode"] != "calibrated":
             continue
-        value = known.get(site_key(site), {}).get("value")
+        value = known.get(key, {}).get("value")
         if value is None:
             raise AnalogizeError(f"no recorded range for the calibrated {site['site']} site of "
                                  f"{site.get('layer') or site['tensor']}; the spec does not belong to this model")
         tensors[record["range_tensor"]].values = np.array(value, np.float32)
-        record.update({key: recorded_value for key, recorded_value in known[site_key(site)].items()
-                       if key != "range_tensor"})
+        record.update({name: entry for name, entry in known[key].items() if name != "range_tensor"})

@@ -64,13 +64,18 @@ def per_sample(rank: int | None) -> Scope:
 def weight_scope(mode: str, op: str, attrs: dict, shape, weight_first: bool) -> Scope:
     """The values of a layer's weight that share one conductance scale: all (``tensor``), or those of one output
     channel (``channel``): Conv [O, I, k...], ConvTranspose [I, O, k...], Gemm and MatMul by their operand
-    order and transposition."""
+    order and transposition. A weight of unknown shape, or a grouped ConvTranspose (whose output channels
+    interleave groups along two axes), takes one range, and the report says why."""
     rank = len(shape) if shape is not None else None
-    if mode == "tensor" or rank is None or rank < 2:
+    if mode == "tensor" or rank is not None and rank < 2:
         return WHOLE_TENSOR
+    if rank is None:
+        return Scope(None, "per tensor (the weight's shape is unknown)")
     if op == "Conv":
         axes = tuple(range(1, rank))
     elif op == "ConvTranspose":
+        if attrs.get("group", 1) != 1:
+            return Scope(None, "per tensor (grouped ConvTranspose)")
         axes = (0, *range(2, rank))
     elif op == "Gemm":  # the output's rows come from A, its columns from B
         transposed = attrs.get("transA" if weight_first else "transB", 0)
@@ -80,15 +85,18 @@ def weight_scope(mode: str, op: str, attrs: dict, shape, weight_first: bool) -> 
     return Scope(axes, "per output channel")
 
 
-def activation_scope(op: str, attrs: dict, weight_rank: int | None, weight_first: bool, output: bool) -> Scope:
+def activation_scope(op: str, attrs: dict, data_rank: int | None, weight_first: bool, output: bool) -> Scope:
     """The values of a layer's input (or ``output``) vector that share one DAC (ADC) gain at run time: one
-    sample of a convolution, one row of a Gemm or MatMul (one column when the weight comes first)."""
+    pixel across channels for a convolution, one row of a Gemm or MatMul, one column where the weight comes
+    first (its samples are columns), the whole vector where the data is one."""
     if op in ("Conv", "ConvTranspose"):
-        return Scope((1,), "per pixel") if weight_rank is not None and weight_rank >= 3 else per_sample(weight_rank)
+        return Scope((1,), "per pixel")
     if op == "Gemm":
-        if weight_first:
-            return WHOLE_TENSOR
+        if weight_first:  # Y = W B: B [K, N] (or [N, K] transposed) holds one sample per column of Y
+            return Scope((0,), "per column") if output or not attrs.get("transB", 0) else Scope((1,), "per row")
         return Scope((0,), "per row") if attrs.get("transA", 0) and not output else Scope((1,), "per row")
+    if data_rank is not None and data_rank < 2:
+        return WHOLE_TENSOR
     return Scope((-2,), "per column") if weight_first else Scope((-1,), "per row")
 
 
