@@ -134,6 +134,8 @@ class ConvertOptions:
 class ConversionResult:
     model: onnx.ModelProto
     report: dict = field(default_factory=dict)
+    #: with calibration: the values seen at each calibrated tensor (evaluate chooses each cell's ranges from them)
+    calibration_values: dict | None = None
 
 
 def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse_input: bool = False,
@@ -163,12 +165,13 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
         raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
                              "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
     seed_random_ops(graph, settings.seed)
+    calibrated, seen = None, None
     if calibration and recorded_ranges is not None:
         apply_recorded_ranges(graph, chains["sites"], recorded_ranges)
         calibrated = stored_settings(model).get("calibration") or {"data": calibration.data, "recorded": True}
-    else:
-        calibrated = calibrate_sites(graph, chains["sites"], working, calibration, settings.precision,
-                                     settings.std) if calibration else None
+    elif calibration:
+        calibrated, seen = calibrate_sites(graph, chains["sites"], working, calibration, settings.precision,
+                                           settings.std)
     converted = export_model(graph, working, in_place=reuse_input or working is not model)
     sync_analog_functions(converted)
     raise_ir_version(converted)
@@ -184,7 +187,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
               "warnings": [line for line in [clipping_warning(chains["sites"])] if line]}
-    return ConversionResult(converted, report)
+    return ConversionResult(converted, report, seen)
 
 
 def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,

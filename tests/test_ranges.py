@@ -447,3 +447,32 @@ def test_rebuild_restores_calibrated_ranges_of_unnamed_layers(tmp_path, rng):
     x = rng.normal(size=(5, 4)).astype(np.float32)
     np.testing.assert_array_equal(create_session(rebuilt).run(None, {"x": x})[0],
                                   create_session(converted).run(None, {"x": x})[0])
+
+
+def test_evaluate_cells_take_the_calibrated_ranges_convert_would_choose_for_their_bits_and_noise():
+    """Calibration runs once; each cell's mse ranges are chosen from what it saw for the cell's precision and
+    noise, so a cell's model is the one convert writes for the cell's flags (compared with noise off, where
+    the cell's chains keep other intermediate names but the same numbers)."""
+    from conftest import DEFAULT_MODEL
+
+    from analogize.data import digits
+    from analogize.evaluate.engine import Grid, _CellModels
+
+    model = onnx.load(DEFAULT_MODEL)
+    options = ConvertOptions(calibrate="digits", calibration_samples=64)
+    grid = Grid(bits=(3, 7), ep=(0.0, 0.4), seed=4)
+    builder = _CellModels(model, options, grid)
+    x = digits("test")[0][:64]
+    values = {}
+    for cell in grid.cells():
+        built, _ = builder.build(cell)
+        expected = convert(model, options, bits=cell.bits, ep=cell.ep).model
+        ranges = {site["tensor"]: site["range"]["value"] for site in stored_settings(built)["ranges"]
+                  if site["range"]["mode"] == "calibrated"}
+        assert ranges == {site["tensor"]: site["range"]["value"] for site in stored_settings(expected)["ranges"]
+                          if site["range"]["mode"] == "calibrated"}, cell.key
+        values[cell.key] = ranges
+        if not cell.ep:
+            np.testing.assert_array_equal(create_session(built).run(None, {"input": x})[0],
+                                          create_session(expected).run(None, {"input": x})[0])
+    assert len({tuple(sorted(v.items())) for v in values.values()}) > 1  # mse's choice moves with bits and EP

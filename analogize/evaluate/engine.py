@@ -11,6 +11,8 @@ cell's session over the data (ONNX Runtime's seeded random ops continue their st
 """
 from __future__ import annotations
 
+import copy
+
 import hashlib
 import math
 import multiprocessing
@@ -24,6 +26,7 @@ import numpy as np
 import onnx
 
 from ..convert import RANGE_RECORDS, ConvertOptions, convert
+from ..ranges.calibration import choose_calibrated_ranges
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
@@ -297,6 +300,7 @@ class _CellModels:
             self.base, _ = fit_opset(
                 model, maximum=MAX_OPSET_WITH_RANDOM_OPS if noisy or options.stochastic_rounding else None)
         self._skeletons: dict[str, onnx.ModelProto] = {}
+        self._calibration_values: dict[str, dict] = {}  # per variant: what calibration saw, per tensor
         self.warnings: list[str] = []  # convert's, e.g. calibrated sites that clip heavily
 
     def skeleton(self, variant: ActivationVariant) -> onnx.ModelProto:
@@ -308,6 +312,8 @@ class _CellModels:
     def _convert(self, variant: ActivationVariant) -> onnx.ModelProto:
         result = convert(self.base, cell_convert_options(self.options, variant, None, None, None))
         self.warnings += [line for line in result.report["warnings"] if line not in self.warnings]
+        if result.calibration_values is not None:
+            self._calibration_values[variant.label] = result.calibration_values
         return result.model
 
     def _vary_converted(self, variant: ActivationVariant) -> onnx.ModelProto:
@@ -361,9 +367,14 @@ class _CellModels:
             remove_analog_chains(graph, ("noise",))
         random_nodes = [n for n in analog_nodes(graph) if OPS[n.op].random]
         seed_random_ops(graph, node_seeds(seed, len(random_nodes)))
+        recorded = stored_settings(skeleton) if not self.converted else {}
+        seen = self._calibration_values.get(cell.variant.label)
+        if seen is not None:  # calibrated ranges chosen for this cell's precision and noise, as convert would
+            recorded["ranges"] = copy.deepcopy(recorded["ranges"])
+            choose_calibrated_ranges(graph, recorded["ranges"], seen, options.calibration_options(),
+                                     precision, std)
         model = export_with_functions(graph, skeleton)
-        if not self.converted:  # the ranges convert recorded in the skeleton hold for every cell
-            recorded = stored_settings(skeleton)
+        if not self.converted:  # the other ranges convert recorded in the skeleton hold for every cell
             store_settings(model, {**options.summary(), **{key: recorded[key] for key in RANGE_RECORDS
                                                            if key in recorded}})
         ep = cell.ep if cell.ep is not None else (std_to_ep(std, precision) if std and precision else 0.0)

@@ -230,26 +230,39 @@ def clipping_warning(sites: list[dict]) -> str | None:
 
 
 def calibrate_sites(graph, sites: list[dict], model: onnx.ModelProto, options: CalibrationOptions,
-                    precision: float | None, std: float) -> dict:
+                    precision: float | None, std: float) -> tuple[dict, dict]:
     """A graph pass: give each calibrated site its r from the data, and record on every activation site's
     ``range`` what the data did there (largest |x|, fraction clipped). ``model`` is the clean model the sites'
-    tensors belong to. Returns the calibration's own record."""
+    tensors belong to. Returns the calibration's own record, and the values seen per tensor (from which
+    :func:`choose_calibrated_ranges` chooses again for another precision or noise)."""
     activation = [site for site in sites if site["site"] in ACTIVATION_SITES]
     feeds = calibration_feeds(options.data, model, options.samples)
     seen = site_values(model, [site["tensor"] for site in activation], feeds)
-    tensors = graph.tensors()
+    choose_calibrated_ranges(graph, activation, seen, options, precision, std)
     for site in activation:
         record, values = site["range"], seen[site["tensor"]]
-        if record["mode"] == "calibrated":
-            r = np.float32(choose_range(values, options, precision, std))
-            tensors[record["range_tensor"]].values = np.array(r, np.float32)
-            record.update(value=float(r), method=options.method)  # the value the model holds
         record["largest_seen"] = values.largest
         # a dynamic range is each vector's own largest value: nothing clips
         record["clipped"] = 0.0 if record["mode"] == "dynamic" else \
             clipped_fraction(values, record.get("value", 1.0))
     return {"data": options.data, "samples": sum(len(next(iter(batch.values()))) for batch in feeds),
-            "method": options.method, **({"percentile": options.percentile} if options.method == "percentile" else {})}
+            "method": options.method, **({"percentile": options.percentile} if options.method == "percentile"
+                                         else {})}, seen
+
+
+def choose_calibrated_ranges(graph, sites: list[dict], seen: dict, options: CalibrationOptions,
+                             precision: float | None, std: float) -> None:
+    """A graph pass: set each calibrated site's r (its ``range_tensor``) from the values seen at its tensor, for
+    the chains' ``precision`` and noise ``std`` (the ``mse`` choice depends on both), and record it."""
+    tensors = graph.tensors()
+    for site in sites:
+        record = site["range"]
+        if record["mode"] != "calibrated" or site["tensor"] not in seen:
+            continue
+        r = np.float32(choose_range(seen[site["tensor"]], options, precision, std))
+        tensors[record["range_tensor"]].values = np.array(r, np.float32)
+        record.update(value=float(r), method=options.method,  # the value the model holds
+                      clipped=clipped_fraction(seen[site["tensor"]], float(r)))
 
 
 def site_keys(sites: list[dict]) -> list[tuple]:
