@@ -39,6 +39,14 @@ def _scaled(width: int, multiplier: float) -> int:
     return max(1, round(width * multiplier))
 
 
+def convnet_stages_that_fit(image_size: int, most: int = 3) -> int:
+    """The most ConvNet stages (at most ``most``) an image of ``image_size`` pixels leaves at least 1x1 after."""
+    stages, size = 0, image_size
+    while stages < most and (size - 2) // 2 >= 1:
+        stages, size = stages + 1, (size - 2) // 2
+    return max(stages, 1)
+
+
 @register_model
 def convnet(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, width: float = 1.0,
             stages: int = 3, hidden: tuple = (512, 256), dropout: bool = True) -> nn.Module:

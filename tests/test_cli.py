@@ -248,3 +248,19 @@ def test_native_prints_the_library_path(capsys):
     assert code == 0 and out.strip() == str(native_library_path())
     code, out, _ = analogize(capsys, "native", "--json")
     assert json.loads(out) == {"library": str(native_library_path()), "cuda": False}
+
+
+def test_newcomer_stumbles_bare_command_strict_json_version_and_limit_help(capsys):
+    """Issue 18's first-hour stumbles: a bare `analogize` (or command group) prints its help, not an error;
+    `ops --json` is strict JSON (no Infinity); the package has a version; --limit's help says how it picks."""
+    from analogize import __version__
+
+    for argv in ([], ["analyze"]):
+        code, out, err = analogize(capsys, *argv)
+        assert code == 0 and out.startswith("Usage:") and not err
+    code, out, _ = analogize(capsys, "ops", "--json")
+    ops = json.loads(out, parse_constant=lambda constant: pytest.fail(f"{constant} is not JSON"))
+    assert code == 0 and ops["AnalogNoise"]["attributes"]["std"]["max"] is None
+    assert __version__ and __version__ != "unknown"
+    code, out, _ = analogize(capsys, "evaluate", "--help")
+    assert "evenly spaced" in " ".join(out.split()) and "first N" not in out

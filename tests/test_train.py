@@ -211,3 +211,16 @@ def test_models_without_size_options_take_the_datas_image_size(digits_split):
     model, built = build(TrainSetup("resnet18", {"width": 0.125, "imagenet_stem": False}), digits_split[0],
                          ConvertOptions(), seed=0)
     assert InputSpec.of(model).shape[1:] == (1, 8, 8) and built["config"]["num_classes"] == 10
+
+
+def test_convnet_takes_as_many_stages_as_the_images_leave_room_for(tmp_path, capsys):
+    """`analogize train convnet --data digits` with the defaults (issue 18: it failed with "image_size 8 is too
+    small for 3 stages" although the model is sized to the data); a size given explicitly still rules."""
+    from analogize.training.train import sized_config
+
+    digits_data = load_dataset("digits", limit=40)
+    assert sized_config(TrainSetup("convnet"), digits_data)["stages"] == 1
+    assert sized_config(TrainSetup("convnet", {"image_size": 32}), digits_data)["stages"] == 3
+    assert main(["train", "convnet", "--data", "digits", "--limit", "60", "--epochs", "1", "--repeats", "1",
+                 "-o", str(tmp_path / "c.onnx"), "--quiet"]) == 0
+    assert (tmp_path / "c.onnx").exists()

@@ -17,6 +17,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         cli.main(argv, prog_name="analogize", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as error:  # a bare group: its help is the answer, not an error
+        click.echo(error.ctx.get_help() if error.ctx else error.format_message())
+        return 0
     except click.UsageError as error:
         command = error.ctx.command_path if error.ctx else "analogize"
         click.echo(f"analogize: error: {error.format_message()} (see '{command} --help')", err=True)

@@ -19,7 +19,8 @@ from .options import (range_options, ACTIVATION_NAMES, activation_settings_optio
 @click.option("--split", type=click.Choice(["test", "train", "all"]),
               help="digits and cifar10 only [default: test].")
 @click.option("--output", "output_name", help="The graph output holding the class scores [default: the first].")
-@click.option("--limit", type=click.IntRange(min=1), help="Use only the first N samples (a quick look).")
+@click.option("--limit", type=click.IntRange(min=1),
+              help="Use only N samples, evenly spaced over the data (a quick look that still sees every class).")
 @bit_widths_option(help="Comma-separated bit widths [default: 8, or the converted model's own].")
 @error_probabilities_option(help=f"Comma-separated error probabilities in [0, 1) [default: {noise_model.DEFAULT_EP}, "
                                  f"or the converted model's own].")

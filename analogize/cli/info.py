@@ -3,6 +3,7 @@ the native kernel library."""
 from __future__ import annotations
 
 import json
+import math
 
 import click
 
@@ -13,7 +14,7 @@ from .options import json_flag
 @click.command()
 @click.option("--markdown", is_flag=True, help="Print the full reference page (docs/ops.md).")
 @click.option("--ranges-markdown", is_flag=True, help="Print the range-mode reference page (docs/ranges.md).")
-@json_flag("Print the op set as JSON.")
+@json_flag("Print the op set as JSON (an unbounded min or max is null).")
 def ops(markdown, ranges_markdown, as_json):
     """List the analog op set."""
     if markdown:
@@ -25,9 +26,10 @@ def ops(markdown, ranges_markdown, as_json):
         click.echo(ranges_reference(), nl=False)
         return
     if as_json:
+        bound = lambda value: value if math.isfinite(value) else None  # noqa: E731 (strict JSON has no Infinity)
         click.echo(json.dumps({name: {"equation": spec.equation, "doc": spec.doc, "attributes": {
-            a.name: {"default": a.default, "required": a.required, "min": a.minimum, "max": a.maximum}
-            for a in spec.attributes}} for name, spec in OPS.items()}, indent=2))
+            a.name: {"default": a.default, "required": a.required, "min": bound(a.minimum), "max": bound(a.maximum)}
+            for a in spec.attributes}} for name, spec in OPS.items()}, indent=2, allow_nan=False))
         return
     for name, spec in OPS.items():
         click.echo(f"{name:28s} {spec.equation}")

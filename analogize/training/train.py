@@ -65,8 +65,9 @@ def image_shape(dataset: Dataset) -> tuple[int, int, int]:
 
 
 def sized_config(setup: TrainSetup, train: Dataset) -> dict:
-    """The zoo options with the input channels, image size and class count read off the data where not given."""
-    from ..zoo import MODELS
+    """The zoo options with the input channels, image size, class count (and a ConvNet's stages) read off the data
+    where not given."""
+    from ..zoo import MODELS, convnet_stages_that_fit
 
     channels, height, width = image_shape(train)
     if height != width:
@@ -75,6 +76,9 @@ def sized_config(setup: TrainSetup, train: Dataset) -> dict:
         raise AnalogizeError(f"{train.name} has no labels; training needs labelled data")
     accepted = inspect.signature(MODELS[setup.model]).parameters
     inferred = {"in_channels": channels, "image_size": height, "num_classes": int(train.y.max()) + 1}
+    if setup.model == "convnet":  # as many of its stages as the images leave room for (8x8 digits: one)
+        inferred["stages"] = convnet_stages_that_fit(setup.config.get("image_size", height),
+                                                     accepted["stages"].default)
     return {**{k: v for k, v in inferred.items() if k in accepted}, **setup.config}
 
 
