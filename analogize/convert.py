@@ -15,8 +15,8 @@ from .passes.activations import swap_activations
 from .passes.attributes import seed_random_ops
 from .passes.chains import CLAMP_RANGE, PLACEMENTS, ChainSettings, insert_analog_chains
 from .passes.graph import export_model, import_model
-from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, fit_opset, inline_analog_functions, is_converted,
-                           raise_ir_version, store_settings, stored_settings, sync_analog_functions)
+from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, inline_analog_functions,
+                           is_converted, raise_ir_version, store_settings, stored_settings, sync_analog_functions)
 from .ranges.calibration import CalibrationOptions, apply_recorded_ranges, calibrate_sites, clipping_warning
 from .ranges.mapping import RangeSettings
 from .ranges.modes import (DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_METHOD, DEFAULT_CALIBRATION_SAMPLES,
@@ -90,6 +90,10 @@ class ConvertOptions:
                              divide=self.divide, stochastic_rounding=self.stochastic_rounding, seed=self.seed,
                              ranges=self.range_settings())
 
+    def activation_parameters(self) -> dict:
+        """The swapped activations' parameters as given (None: the op's declared default)."""
+        return {"factor": self.factor, "scale": self.scale, "alpha": self.alpha, "temperature": self.temperature}
+
     def range_settings(self) -> RangeSettings:
         activations = self.activation_range or ("calibrated" if self.calibrate else DEFAULT_ACTIVATION_RANGE)
         if activations == "calibrated" and not self.calibrate:
@@ -158,9 +162,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     working, upgrades = fit_opset(model, maximum=MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
     graph = import_model(working)
     chains = insert_analog_chains(graph, settings, options.where, options.exclude)
-    swaps = swap_activations(graph, options.activation, {
-        "factor": options.factor, "scale": options.scale, "alpha": options.alpha,
-        "temperature": options.temperature}, options.exclude)
+    swaps = swap_activations(graph, options.activation, options.activation_parameters(), options.exclude)
     if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
         raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
                              "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
@@ -169,8 +171,9 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     if calibration and recorded_ranges is not None:
         apply_recorded_ranges(graph, chains["sites"], recorded_ranges)
         calibrated = stored_settings(model).get("calibration") or {"data": calibration.data, "recorded": True}
-    elif calibration:
-        calibrated, seen = calibrate_sites(graph, chains["sites"], working, calibration, settings.precision,
+    elif calibration:  # on the clean model with the new activations: the ranges are theirs
+        clean = _with_activations(working, options) if swaps["swapped"] else working
+        calibrated, seen = calibrate_sites(graph, chains["sites"], clean, calibration, settings.precision,
                                            settings.std)
     converted = export_model(graph, working, in_place=reuse_input or working is not model)
     sync_analog_functions(converted)
@@ -188,6 +191,13 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
               "warnings": [line for line in [clipping_warning(chains["sites"])] if line]}
     return ConversionResult(converted, report, seen)
+
+
+def _with_activations(model: onnx.ModelProto, options: ConvertOptions) -> onnx.ModelProto:
+    """``model`` with its activations swapped as ``options`` say and no chains: what calibration runs."""
+    graph = import_model(model)
+    swap_activations(graph, options.activation, options.activation_parameters(), options.exclude)
+    return export_with_functions(graph, model)
 
 
 def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,

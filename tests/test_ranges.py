@@ -476,3 +476,65 @@ def test_evaluate_cells_take_the_calibrated_ranges_convert_would_choose_for_thei
             np.testing.assert_array_equal(create_session(built).run(None, {"input": x})[0],
                                           create_session(expected).run(None, {"input": x})[0])
     assert len({tuple(sorted(v.items())) for v in values.values()}) > 1  # mse's choice moves with bits and EP
+
+
+@pytest.mark.parametrize("layout", ["x-at-vector", "vector-at-x", "vector-weight-first-2d"])
+def test_a_vector_weight_gives_each_output_value_its_own_range(layout, rng):
+    """x @ w with w a vector: one output value per sample, so one range per value (a per-row reduction would run
+    over the batch), and the model loads whichever side the vector is on."""
+    weight = rng.normal(size=5).astype(np.float32)
+    operands, shape, axis = {"x-at-vector": (["x", "W"], [None, 5], 0), "vector-at-x": (["W", "x"], [None, 5, 2], 0),
+                             "vector-weight-first-2d": (["W", "x"], [5, None], 1)}[layout]
+    graph = helper.make_graph([helper.make_node("MatMul", operands, ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(weight, "W")])
+    converted = convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                        ConvertOptions(precision=P, noise=False)).model
+    sample = rng.normal(size=[d or 1 for d in shape]).astype(np.float32)
+    batch = np.concatenate([sample, 1000 * rng.normal(size=sample.shape).astype(np.float32)], axis=axis)
+    np.testing.assert_array_equal(np.take(run(converted, batch), [0], axis=min(axis, 0)), run(converted, sample))
+
+
+def test_hand_edited_specs_are_refused_in_one_line(tmp_path, rng):
+    from analogize.export import export, rebuild
+
+    model = gemm_model(rng.normal(size=(3, 4)).astype(np.float32), np.zeros(3, np.float32))
+    np.savez(tmp_path / "c.npz", x=rng.normal(size=(16, 4)).astype(np.float32))
+    exported, spec = export(convert(model, ConvertOptions(calibrate=f"npz:{tmp_path / 'c.npz'}")).model, "qdq")
+    for edit, message in ((lambda s: s["settings"]["ranges"][0]["range"].update(value=0), "a number > 0"),
+                          (lambda s: s["settings"]["ranges"][0]["range"].update(value="abc"), "a number > 0"),
+                          (lambda s: s["settings"].pop("ranges"), "no recorded range"),
+                          (lambda s: s["settings"].update(ranges={"a": 1}), "not a list"),
+                          (lambda s: s["settings"].pop("options"), "settings.options"),
+                          (lambda s: s["settings"]["ranges"].__setitem__(0, 5), "not a list of sites")):
+        edited = json.loads(json.dumps(spec))
+        edit(edited)
+        with pytest.raises(AnalogizeError, match=message):
+            rebuild(exported, edited)
+
+
+def test_calibration_sees_the_swapped_activations(tmp_path):
+    """With --activation the calibrated ranges are those of the model with the new activations."""
+    from conftest import DEFAULT_MODEL
+
+    model = onnx.load(DEFAULT_MODEL)
+    swapped = convert(model, ConvertOptions(calibrate="digits", calibration_method="max", calibration_samples=64,
+                                            activation="gelu", noise=False))
+    kept = convert(model, ConvertOptions(calibrate="digits", calibration_method="max", calibration_samples=64,
+                                         noise=False))
+    largest = lambda result: {s["tensor"]: s["range"]["value"] for s in result.report["inserted"]  # noqa: E731
+                              if s["range"]["mode"] == "calibrated"}
+    assert largest(swapped)["logits"] != largest(kept)["logits"]
+    assert max(s["range"]["clipped"] for s in swapped.report["inserted"] if "clipped" in s["range"]) == 0.0
+
+
+def test_a_weight_first_matmul_on_a_tensor_of_unknown_rank_still_loads(rng):
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["t"]), helper.make_node("MatMul", ["W", "t"], ["y"])],
+                              "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(rng.normal(size=(4, 5)).astype(np.float32), "W")])
+    result = convert(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                     ConvertOptions(precision=P, noise=False))
+    assert "per element (the input's rank is unknown)" in {s["range"]["scope"] for s in result.report["inserted"]}
+    assert np.isfinite(run(result.model, rng.normal(size=5).astype(np.float32))).all()

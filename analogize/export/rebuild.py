@@ -16,8 +16,13 @@ from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_VERSION
 
 
 def check_spec(spec: dict) -> None:
-    if spec.get("format") != SPEC_FORMAT or spec.get("version") != SPEC_VERSION:
+    if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT or spec.get("version") != SPEC_VERSION:
         raise AnalogizeError(f"not an {SPEC_FORMAT} version {SPEC_VERSION} spec")
+    settings = spec.get("settings")
+    if not isinstance(settings, dict) or not isinstance(settings.get("options"), dict) or \
+            not isinstance(settings.get("ranges", []), list):
+        raise AnalogizeError("the spec has no settings.options (or its settings.ranges is not a list); rebuild "
+                             "needs the spec export wrote")
     if spec.get("export", {}).get("format") not in ("qdq", "qonnx"):
         raise AnalogizeError("rebuild takes a qdq or qonnx export (a plain export's chains are inlined beyond "
                              "recovery)")
@@ -79,6 +84,10 @@ def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
     remove_analog_chains(graph, ("clamp",), ranges=True)
     model = export_model(graph, exported)
     forget_export(model)
-    options = ConvertOptions.from_dict(spec["settings"]["options"])
+    try:
+        options = ConvertOptions.from_dict(spec["settings"]["options"])
+    except TypeError as error:
+        raise AnalogizeError(f"the spec's settings.options are not convert's options ({error})") from None
+    # a spec from before range modes has no ranges: then nothing was calibrated, and [] says so
     return convert(model, replace(options, activation="keep", inline=False),
-                   recorded_ranges=spec["settings"].get("ranges")).model
+                   recorded_ranges=spec["settings"].get("ranges", [])).model

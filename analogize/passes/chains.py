@@ -115,7 +115,8 @@ class Layer:
             return weight_scope(weight_mode, self.node.op, self.node.attrs, self.weight_shape, self.weight_first)
         if site == "bias":
             return WHOLE_TENSOR
-        return activation_scope(self.node.op, self.node.attrs, self.data_rank, self.weight_first,
+        return activation_scope(self.node.op, self.node.attrs, self.data_rank,
+                                None if self.weight_shape is None else len(self.weight_shape), self.weight_first,
                                 site == "layer-output")
 
 

@@ -81,6 +81,10 @@ def calibration_feeds(data: str, model: onnx.ModelProto, samples: int) -> list[d
         dataset = load_for_model(data, model, limit=samples)
         x, _ = fit_to_input(dataset, model)
         arrays = {InputSpec.of(model).name: x}
+    flat = [name for name, array in arrays.items() if np.ndim(array) == 0]
+    if flat:
+        raise AnalogizeError(f"calibration data {data!r}: array {flat[0]!r} is a single number; store one sample "
+                             f"per row (first axis: samples)")
     counts = {len(array) for array in arrays.values()}
     if len(counts) != 1:
         raise AnalogizeError(f"calibration data {data!r}: the input arrays hold different sample counts "
@@ -117,6 +121,10 @@ def _as_input_types(data: str, arrays: dict, inputs) -> dict:
                 np.issubdtype(wanted, np.floating) and not np.issubdtype(array.dtype, np.number):
             raise AnalogizeError(f"calibration data {data!r}: array {value.name!r} holds {array.dtype} values but "
                                  f"the model's input takes {np.dtype(wanted).name}")
+        if np.issubdtype(wanted, np.integer) and array.size and (
+                array.min() < np.iinfo(wanted).min or array.max() > np.iinfo(wanted).max):
+            raise AnalogizeError(f"calibration data {data!r}: array {value.name!r} holds values outside the "
+                                 f"{np.dtype(wanted).name} the model's input takes")
         typed[value.name] = array.astype(wanted, copy=False)
     return {**arrays, **typed}
 
@@ -279,15 +287,21 @@ def site_keys(sites: list[dict]) -> list[tuple]:
 
 def apply_recorded_ranges(graph, sites: list[dict], recorded: list[dict]) -> None:
     """A graph pass: give each calibrated site the range ``recorded`` for it (stored settings or a spec)."""
-    known = dict(zip(site_keys(recorded), (site["range"] for site in recorded)))
+    try:
+        known = dict(zip(site_keys(recorded), (dict(site["range"]) for site in recorded)))
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise AnalogizeError("the recorded ranges (the spec's settings.ranges) are not a list of sites with "
+                             "'site' and 'range' entries as convert writes them") from None
     tensors = graph.tensors()
     for site, key in zip(sites, site_keys(sites)):
         record = site["range"]
         if record["mode"] != "calibrated":
             continue
         value = known.get(key, {}).get("value")
+        where = f"the calibrated {site['site']} site of {site.get('layer') or site['tensor']}"
         if value is None:
-            raise AnalogizeError(f"no recorded range for the calibrated {site['site']} site of "
-                                 f"{site.get('layer') or site['tensor']}; the spec does not belong to this model")
+            raise AnalogizeError(f"no recorded range for {where}; the spec does not belong to this model")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise AnalogizeError(f"the recorded range of {where} is {value!r}; a range is a number > 0")
         tensors[record["range_tensor"]].values = np.array(value, np.float32)
         record.update({name: entry for name, entry in known[key].items() if name != "range_tensor"})

@@ -55,6 +55,7 @@ class Scope:
 
 
 WHOLE_TENSOR = Scope(None, "per tensor")
+PER_ELEMENT = Scope((), "per element")  # r = |x| itself
 
 
 def per_sample(rank: int | None) -> Scope:
@@ -85,19 +86,27 @@ def weight_scope(mode: str, op: str, attrs: dict, shape, weight_first: bool) -> 
     return Scope(axes, "per output channel")
 
 
-def activation_scope(op: str, attrs: dict, data_rank: int | None, weight_first: bool, output: bool) -> Scope:
+def activation_scope(op: str, attrs: dict, data_rank: int | None, weight_rank: int | None, weight_first: bool,
+                     output: bool) -> Scope:
     """The values of a layer's input (or ``output``) vector that share one DAC (ADC) gain at run time: one
     pixel across channels for a convolution, one row of a Gemm or MatMul, one column where the weight comes
-    first (its samples are columns), the whole vector where the data is one."""
+    first (its samples are columns), the whole vector where the data is one. A MatMul with a vector weight
+    outputs one value per input vector, so each output value is its own range; where a weight-first MatMul's
+    input rank is unknown, each value is too (a per-column range on a vector would not load)."""
     if op in ("Conv", "ConvTranspose"):
         return Scope((1,), "per pixel")
     if op == "Gemm":
         if weight_first:  # Y = W B: B [K, N] (or [N, K] transposed) holds one sample per column of Y
             return Scope((0,), "per column") if output or not attrs.get("transB", 0) else Scope((1,), "per row")
         return Scope((0,), "per row") if attrs.get("transA", 0) and not output else Scope((1,), "per row")
+    if output and weight_rank == 1:
+        return PER_ELEMENT
     if data_rank is not None and data_rank < 2:
         return WHOLE_TENSOR
-    return Scope((-2,), "per column") if weight_first else Scope((-1,), "per row")
+    if weight_first:
+        return Scope((-2,), "per column") if data_rank is not None else \
+            Scope((), "per element (the input's rank is unknown)")
+    return Scope((-1,), "per row")
 
 
 def is_range_node(node: gs.Node) -> bool:
@@ -139,6 +148,10 @@ class RangeBuilder:
         magnitude = gs.Variable(self.names.unique(f"{source.name}::abs"))
         largest = gs.Variable(self.names.unique(f"{source.name}::absmax"))
         value = gs.Variable(self.names.unique(f"{source.name}::range"))
+        if scope.axes == ():  # each value its own range: no reduction
+            nodes = [gs.Node("Abs", name=f"{prefix}/range_abs", inputs=[source], outputs=[magnitude]),
+                     gs.Node("Max", name=f"{prefix}/range_floor", inputs=[magnitude, self._floor], outputs=[value])]
+            return nodes, value, record
         reduce_inputs, reduce_attrs = [magnitude], {"keepdims": 1}
         if scope.axes is not None:
             if self.opset >= REDUCE_AXES_AS_INPUT_OPSET:

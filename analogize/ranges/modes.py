@@ -37,8 +37,8 @@ ACTIVATION_RANGE_MODES = {mode.name: mode for mode in (
 CALIBRATION_METHODS = {
     "max": "the largest abs(x) seen: nothing clips on the calibration data",
     "percentile": "the given percentile of abs(x) (--percentile): the rare outliers above it clip",
-    "mse": "the r that minimises the mean squared error of clamp plus rounding at the chain's precision on the "
-           "values seen (a grid of 100 candidates up to the largest |x|)",
+    "mse": "the r that minimises the mean squared error of clamp, rounding at the chain's precision and noise "
+           "(std times r) on the values seen, over a geometric grid from the largest abs(x) down to 2^-16 of it",
 }
 
 DEFAULT_WEIGHT_RANGE = "channel"
