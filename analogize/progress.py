@@ -6,7 +6,8 @@ import sys
 from tqdm import tqdm
 
 
-def progress_bar(total: int, description: str, enabled: bool = True) -> tqdm:
-    """A bar that stays silent when ``enabled`` is false (``--quiet``) or stderr is not a terminal."""
-    return tqdm(total=total, desc=description, unit="eval", file=sys.stderr, leave=False, dynamic_ncols=True,
+def progress_bar(total: int, description: str, enabled: bool = True, unit: str = "eval") -> tqdm:
+    """A bar counting ``unit``s (evaluations, epochs, cells) that stays silent when ``enabled`` is false
+    (``--quiet``) or stderr is not a terminal; ``set_postfix`` shows running figures beside it."""
+    return tqdm(total=total, desc=description, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True,
                 disable=not enabled or not sys.stderr.isatty())

@@ -138,3 +138,16 @@ def test_torchrun_trains_data_parallel_on_two_cpu_processes(tmp_path):
     assert report["processes"] == 2 and len(report["history"]) == 2
     assert finished.stdout.count("wrote ") == 1  # one writer
     onnx.checker.check_model(onnx.load(tmp_path / "tuned.onnx"))
+
+
+def test_the_progress_bar_counts_epochs_and_shows_loss_and_accuracy(digits_sets, capsys, monkeypatch):
+    """Issue 18: the bars of finetune (and train, which runs it) counted 'eval/s' and showed no figures."""
+    import sys
+
+    train, validation = digits_sets
+    small = Dataset("digits", train.x[:64], train.y[:64], train.layout)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a person at a terminal
+    finetune(convert(onnx.load(DEFAULT_MODEL), **HEAVY).model, small, validation,
+             FinetuneOptions(epochs=2, repeats=1, seed=0), progress=True)
+    err = capsys.readouterr().err
+    assert "finetune" in err and "epoch" in err and "loss=" in err and "noisy_accuracy=" in err and "eval" not in err

@@ -10,7 +10,8 @@ import click
 from .. import noise_model
 from .options import (activation_settings_option, analysis_output_options, bit_widths_option,
                       comma_separated_floats, comma_separated_numbers, ep_option, error_probabilities_option,
-                      interpolation_options, noise_draws_option, precision_from, precision_options, seed_option)
+                      interpolation_options, noise_draws_option, precision_from, precision_options, seed_option,
+                      table_output_options)
 
 
 @click.group()
@@ -24,8 +25,8 @@ def analyze():
               help="Precisions p (steps per unit) directly.")
 @error_probabilities_option(help="EP values to turn into stds.")
 @click.option("--std", "stds", callback=comma_separated_floats, help="Noise stds to turn into EPs.")
-@analysis_output_options
-def analyze_ep_std(bits_list, precisions, eps, stds, json_path, plot_path):
+@table_output_options
+def analyze_ep_std(bits_list, precisions, eps, stds, json_path):
     """Noise std for each EP (and EP for each std), at each bit width under both conventions, or precision."""
     from ..analysis import ep_std_table
 
@@ -33,8 +34,6 @@ def analyze_ep_std(bits_list, precisions, eps, stds, json_path, plot_path):
     bits_list = tuple(b for b in bits_list if b is not None) or ((4, 6, 8) if not precisions else ())
     if stds and min(stds) < 0:
         raise click.BadParameter("noise stds must be >= 0", param_hint="--std")
-    if plot_path:
-        raise click.BadParameter("ep-std is a table; it has no figure", param_hint="--plot")
     _write_and_print(ep_std_table(bits_list, eps, stds or (), precisions or ()), json_path, None)
 
 
@@ -114,13 +113,11 @@ def analyze_effective_bits(scales, bits, precision, bit_convention, json_path, p
     help="Settings, e.g. smooth-gelu:temperature=0.5, gelu:scale=2, interp-gelu:0.5.")
 @click.option("--k-range", nargs=2, type=click.FloatRange(min=0.0, min_open=True), default=(1e-3, 1e3),
               show_default=True, help="Where to look for the fixed point K*.")
-@analysis_output_options
-def analyze_critical_init(activations, k_range, json_path, plot_path):
+@table_output_options
+def analyze_critical_init(activations, k_range, json_path):
     """Critical initialisation (K*, C_W*, C_b*) of a deep network with each activation (seed 002, Table 1)."""
     from ..analysis import critical_initialisation
 
-    if plot_path:
-        raise click.BadParameter("critical-init is a table; it has no figure", param_hint="--plot")
     _write_and_print(critical_initialisation(activations, tuple(k_range)), json_path, None)
 
 

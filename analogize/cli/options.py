@@ -351,7 +351,9 @@ checkpoint_and_report_options = option_group(
 )
 
 # The analyze subcommands' outputs.
+# The outputs of the analyses that have a figure, and of those that are tables only (no --plot to refuse later).
 analysis_output_options = option_group(
     json_file_option("Write the result as JSON ('-': to stdout, no table)."),
     plot_file_option("Write the analysis's figure (PNG, or .pdf, .svg)."),
 )
+table_output_options = json_file_option("Write the result as JSON ('-': to stdout, no table).")

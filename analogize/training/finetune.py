@@ -206,7 +206,7 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     before = _accuracy(converted, x_valid, y_valid, options.repeats, options.seed) if distributed.leader else None
     trained = distributed.wrap(module, options.device)
     stale = 0
-    bar = progress_bar(options.epochs - start, "finetune", progress and distributed.leader)
+    bar = progress_bar(options.epochs - start, "finetune", progress and distributed.leader, unit="epoch")
     with bar:
         for epoch in range(start, options.epochs):
             # one generator per epoch: a resumed run shuffles as an uninterrupted one does
@@ -243,6 +243,7 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
             if checkpoint is not None and distributed.leader:
                 _save_checkpoint(checkpoint, module, optimizer, schedule, history, epoch + 1, best, options,
                                  _model_signature(module, converted))
+            bar.set_postfix(loss=f"{history[-1]['train_loss']:.3f}", noisy_accuracy=f"{accuracy:.1%}")
             bar.update()
             if options.patience is not None and stale >= options.patience:
                 break

@@ -130,7 +130,7 @@ def sweep(directory, data: str, grid: SweepGrid, setup: TrainSetup = TrainSetup(
     cells = grid.cells()
     index, count = shard
     mine = [c for position, c in enumerate(cells) if position % count == index and not _cell_path(directory, c).exists()]
-    bar = progress_bar(len(mine), "sweep", progress)
+    bar = progress_bar(len(mine), "sweep", progress, unit="cell")
     with bar:
         for cell in mine:
             started = time.perf_counter()
@@ -145,6 +145,7 @@ def sweep(directory, data: str, grid: SweepGrid, setup: TrainSetup = TrainSetup(
                       "settings": report["settings"], "seconds": time.perf_counter() - started}
             with atomic_output(_cell_path(directory, cell)) as temporary:
                 temporary.write_text(json.dumps(record, indent=1, default=float) + "\n")
+            bar.set_postfix(last_accuracy=f"{record['accuracy']:.1%}")
             bar.update()
     return summarise(directory)
 
