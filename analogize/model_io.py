@@ -82,6 +82,22 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
     return path
 
 
+def refuse_overwrites(inputs: dict, outputs: dict) -> None:
+    """Refuse, before any work, outputs that would replace an input or each other: ``inputs`` and ``outputs`` map
+    what to call each path in the message (a flag, "the model") to the path (None or "-": not a file)."""
+    seen: dict[Path, str] = {}
+    for label, path in inputs.items():
+        if path not in (None, "-"):
+            seen.setdefault(Path(path).resolve(), label)
+    for label, path in outputs.items():
+        if path in (None, "-"):
+            continue
+        resolved = Path(path).resolve()
+        if resolved in seen:
+            raise AnalogizeError(f"{label} {path} would replace {seen[resolved]}; choose another path")
+        seen[resolved] = label
+
+
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
     duplicate = onnx.ModelProto()
     duplicate.CopyFrom(model)

@@ -264,3 +264,28 @@ def test_newcomer_stumbles_bare_command_strict_json_version_and_limit_help(capsy
     assert __version__ and __version__ != "unknown"
     code, out, _ = analogize(capsys, "evaluate", "--help")
     assert "evenly spaced" in " ".join(out.split()) and "first N" not in out
+
+
+def test_outputs_never_replace_the_inputs_or_each_other(tmp_path, capsys):
+    """Issue 17's lost files: refused in one line before any work, and the input stays byte for byte."""
+    model = tmp_path / "m.onnx"
+    shutil.copy(DEFAULT_MODEL, model)
+    converted = tmp_path / "c.onnx"
+    assert main(["convert", str(model), "-o", str(converted), "--seed", "1"]) == 0
+    original, original_converted = model.read_bytes(), converted.read_bytes()
+    part = tmp_path / "part.json"
+    part.write_text("{}")
+    cases = [
+        (["evaluate", model, "--data", "digits", "--json", model], "--json"),
+        (["evaluate", model, "--data", "digits", "--csv", model], "--csv"),
+        (["finetune", model, "--data", "digits", "-o", tmp_path / "t.onnx", "--json", model], "--json"),
+        (["finetune", model, "--data", "digits", "-o", tmp_path / "t.onnx", "--json", tmp_path / "t.onnx"], "--json"),
+        (["export", converted, "-o", tmp_path / "x.onnx", "--spec", converted], "--spec"),
+        (["export", converted, "-o", tmp_path / "x.onnx", "--spec", tmp_path / "x.onnx"], "--spec"),
+        (["merge", part, "-o", part], "-o"),
+    ]
+    for argv, flag in cases:
+        code, _, err = analogize(capsys, *argv)
+        assert code == 2 and flag in err and "would replace" in err and len(err.strip().splitlines()) == 1, argv
+    assert model.read_bytes() == original and converted.read_bytes() == original_converted
+    assert part.read_text() == "{}" and not (tmp_path / "x.onnx").exists() and not (tmp_path / "t.onnx").exists()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import click
 
 from .. import noise_model
+from ..model_io import refuse_overwrites
 from .options import (range_options, ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
                       comma_separated_floats, csv_file_option, error_probabilities_option, height_by_width,
                       json_file_option, noise_draws_option, plot_file_option, quiet_option, seed_option,
@@ -61,6 +62,7 @@ def evaluate(model, data, split, output_name, limit, bits_list, eps, activations
     from ..data import Preprocessing
     from ..evaluate.engine import Grid, evaluate_file, parse_shard
 
+    refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path})
     grid = Grid(bits=bits_list, ep=eps, activations=activations, repeats=repeats, seed=seed)
     if baseline and chain["noise"]:
         grid = grid.with_baseline()
@@ -81,6 +83,7 @@ def merge(parts, json_path, csv_path, plot_path):
     """Merge the shard results of one 'analogize evaluate --shard' sweep into the full result."""
     from ..evaluate.results import load_result, merge_results
 
+    refuse_overwrites({f"part {p}": p for p in parts}, {"-o": json_path, "--csv": csv_path, "--plot": plot_path})
     _write_and_print(merge_results([load_result(p) for p in parts]), json_path, csv_path, plot_path)
 
 

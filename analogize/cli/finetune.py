@@ -6,6 +6,7 @@ import json
 
 import click
 
+from ..model_io import refuse_overwrites
 from .options import (range_options, activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
                       quiet_option, training_data_options, training_loop_options)
 
@@ -30,6 +31,8 @@ def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor
     from ..convert import ConvertOptions
     from ..training.finetune import FinetuneOptions, finetune_file
 
+    refuse_overwrites({"the model": model}, {"--json": json_path, "--plot": plot_path})
+    refuse_overwrites({}, {"-o": output, "--json": json_path, "--plot": plot_path})
     convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, seed=training["seed"],
                                      **chain, **ranges)
     report = finetune_file(model, output, data, FinetuneOptions(**training), convert_options, eval_data=eval_data,

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..errors import AnalogizeError
-from ..model_io import atomic_output, load_model, save_model
+from ..model_io import atomic_output, load_model, refuse_overwrites, save_model
 from .pipeline import export
 from .rebuild import rebuild
 from .verify import compare_outputs
@@ -19,6 +19,8 @@ def export_file(source, destination, format: str = "qdq", spec=None, keep_noise:
 
     source, destination = Path(source), Path(destination)
     spec_path = Path(spec) if spec else destination.with_suffix(".spec.json")
+    refuse_overwrites({"the model": source}, {"--spec": spec_path})
+    refuse_overwrites({}, {"-o": destination, "--spec": spec_path})
     model, external = load_model(source)
     exported, analog = export(model, format, keep_noise)
     report = {"input": str(source), "output": str(destination), "spec": str(spec_path), "format": format,
