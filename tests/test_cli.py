@@ -289,3 +289,14 @@ def test_outputs_never_replace_the_inputs_or_each_other(tmp_path, capsys):
         assert code == 2 and flag in err and "would replace" in err and len(err.strip().splitlines()) == 1, argv
     assert model.read_bytes() == original and converted.read_bytes() == original_converted
     assert part.read_text() == "{}" and not (tmp_path / "x.onnx").exists() and not (tmp_path / "t.onnx").exists()
+
+
+@pytest.mark.parametrize("argv", [
+    ["finetune", DEFAULT_MODEL, "--data", "digits", "-o", "/no/such/dir/t.onnx"],
+    ["convert", DEFAULT_MODEL, "-o", "/no/such/dir/c.onnx"],
+    ["zoo", "export", "convnet", "-o", "/no/such/dir/z.onnx"],
+])
+def test_an_unwritable_output_is_found_before_any_work(argv, capsys):
+    """Issue 17: finetune found a bad -o only after training; every -o is now checked as the flags are read."""
+    code, _, err = analogize(capsys, *argv)
+    assert code == 2 and "Invalid value for '-o'" in err and "does not exist" in err

@@ -9,12 +9,12 @@ import click
 from .. import noise_model
 from ..ops.spec import OPS
 from .options import (activation_options, bits_option, chain_options, ep_option, json_flag, overwrite_option,
-                      range_options)
+                      range_options, writable_file)
 
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("-o", "--output", type=click.Path(dir_okay=False),
+@click.option("-o", "--output", type=click.Path(dir_okay=False), callback=writable_file,
               help="Output model [default: MODEL with suffix .analog.onnx].")
 @overwrite_option
 @bits_option(8, help="Bit width B; precision p = 2^B (see --bit-convention).")

@@ -7,10 +7,10 @@ import click
 
 from .. import noise_model
 from ..model_io import refuse_overwrites
-from .options import (range_options, ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
+from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
                       comma_separated_floats, csv_file_option, error_probabilities_option, height_by_width,
-                      json_file_option, noise_draws_option, plot_file_option, quiet_option, seed_option,
-                      writable_file)
+                      json_file_option, noise_draws_option, plot_file_option, quiet_option, range_options,
+                      seed_option, writable_file)
 
 
 @click.command()

@@ -14,7 +14,8 @@ from .options import json_flag, overwrite_option, writable_file
 @click.option("--format", "format_", type=click.Choice(["qdq", "qonnx", "plain"]), default="qdq", show_default=True,
               help="qdq: QuantizeLinear/DequantizeLinear for ONNX Runtime, OpenVINO, TensorRT; qonnx: QONNX Quant "
                    "nodes for the qonnx tools; plain: standard ops.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The exported model.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), callback=writable_file, required=True,
+              help="The exported model.")
 @click.option("--spec", "spec_path", callback=writable_file,
               help="Write the analog settings here [default: OUTPUT with suffix .spec.json].")
 @click.option("--keep-noise", is_flag=True, help="plain only: keep the noise (function bodies inlined).")
@@ -45,7 +46,8 @@ def export(model, format_, output, spec_path, keep_noise, verify_data, limit, ov
 @click.command()
 @click.argument("exported", type=click.Path(dir_okay=False))
 @click.option("--spec", "spec_path", required=True, type=click.Path(dir_okay=False), help="The export's spec.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The analog simulation.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), callback=writable_file, required=True,
+              help="The analog simulation.")
 def rebuild(exported, spec_path, output):
     """Rebuild the analog simulation from a qdq or qonnx export and its spec."""
     from ..export import rebuild_file

@@ -7,15 +7,16 @@ import json
 import click
 
 from ..model_io import refuse_overwrites
-from .options import (range_options, activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
-                      quiet_option, training_data_options, training_loop_options)
+from .options import (activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
+                      quiet_option, range_options, training_data_options, training_loop_options, writable_file)
 
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @training_data_options("Training data spec (as for evaluate); digits and cifar10 use their train split and "
                        "validate on test.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="The tuned model.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), callback=writable_file, required=True,
+              help="The tuned model.")
 @bits_option(8, help="For a clean MODEL: bit width to convert with.")
 @ep_option(help="For a clean MODEL: error probability.")
 @activation_options()

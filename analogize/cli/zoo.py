@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import json_flag, zoo_model_config, zoo_model_option
+from .options import json_flag, zoo_model_config, zoo_model_option, writable_file
 
 
 @click.group()
@@ -32,7 +32,8 @@ def zoo_list(as_json):
 
 @zoo.command("export")
 @click.argument("name")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), required=True, help="Output .onnx path.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), callback=writable_file, required=True,
+              help="Output .onnx path.")
 @zoo_model_option("A size option, e.g. --option width=0.5 --option image_size=32 (see 'analogize zoo list').")
 @click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True)
 @click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True)
