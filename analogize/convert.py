@@ -16,7 +16,7 @@ from .passes.attributes import seed_random_ops
 from .passes.chains import CLAMP_RANGE, PLACEMENTS, ChainSettings, insert_analog_chains
 from .passes.graph import export_model, import_model
 from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, inline_analog_functions,
-                           is_converted, raise_ir_version, store_settings, stored_settings, sync_analog_functions)
+                           is_converted, raise_ir_version, store_settings, sync_analog_functions)
 from .ranges.calibration import CalibrationOptions, apply_recorded_ranges, calibrate_sites, clipping_warning
 from .ranges.mapping import RangeSettings
 from .ranges.modes import (DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_METHOD, DEFAULT_CALIBRATION_SAMPLES,
@@ -170,7 +170,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     calibrated, seen = None, None
     if calibration and recorded_ranges is not None:
         apply_recorded_ranges(graph, chains["sites"], recorded_ranges)
-        calibrated = stored_settings(model).get("calibration") or {"data": calibration.data, "recorded": True}
+        calibrated = {"data": calibration.data, "recorded": True}
     elif calibration:  # on the clean model with the new activations: the ranges are theirs
         clean = _with_activations(working, options) if swaps["swapped"] else working
         calibrated, seen = calibrate_sites(graph, chains["sites"], clean, calibration, settings.precision,

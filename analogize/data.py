@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 
 from .errors import AnalogizeError
+from .passes.model import fed_inputs
 
 DIGITS_TEST_FRACTION = 0.25
 SPLITS = ("train", "test", "all")
@@ -51,8 +52,7 @@ class InputSpec:
 
     @classmethod
     def of(cls, model: onnx.ModelProto) -> "InputSpec":
-        initializers = {t.name for t in model.graph.initializer}
-        inputs = [v for v in model.graph.input if v.name not in initializers]
+        inputs = fed_inputs(model)
         if not inputs:
             raise AnalogizeError("the model has no graph input to feed data to")
         if len(inputs) > 1:

@@ -26,6 +26,7 @@ import onnx
 from analogize import ConvertOptions
 from analogize.convert import PAPER_RANGES, convert
 from analogize.errors import AnalogizeError
+from analogize.passes.model import fed_inputs
 from analogize.runtime.sessions import create_session
 
 SETTINGS = {
@@ -39,12 +40,9 @@ SETTINGS = {
 def random_feeds(model: onnx.ModelProto, samples: int, size: int, seed: int) -> dict | None:
     """``samples`` uniform [0, 1) inputs for every graph input (axis 0 counts them), or None when one is not
     float32."""
-    stored = {t.name for t in model.graph.initializer}
     rng = np.random.default_rng(seed)
     feeds = {}
-    for value in model.graph.input:
-        if value.name in stored:
-            continue
+    for value in fed_inputs(model):
         tensor = value.type.tensor_type
         if tensor.elem_type != onnx.TensorProto.FLOAT:
             return None

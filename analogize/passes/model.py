@@ -82,13 +82,18 @@ def export_with_functions(graph, source: onnx.ModelProto) -> onnx.ModelProto:
 MIN_IR_VERSION = 10
 
 
+def fed_inputs(model: onnx.ModelProto) -> list:
+    """The graph inputs a caller feeds: those that name no initializer."""
+    stored = {tensor.name for tensor in model.graph.initializer}
+    return [value for value in model.graph.input if value.name not in stored]
+
+
 def raise_ir_version(model: onnx.ModelProto) -> None:
     if model.ir_version < 4:
         # Below IR 4 every initializer had to be listed as a graph input too, and runtimes take them as constants.
         # Still listed at IR 4 and above, they would be inputs a caller may override, which ONNX Runtime neither
         # folds nor lays out for its fastest convolutions.
-        stored = {tensor.name for tensor in model.graph.initializer}
-        data_inputs = [value for value in model.graph.input if value.name not in stored]
+        data_inputs = fed_inputs(model)
         model.graph.ClearField("input")
         model.graph.input.extend(data_inputs)
     model.ir_version = max(model.ir_version, MIN_IR_VERSION)

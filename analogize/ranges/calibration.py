@@ -73,9 +73,9 @@ def calibration_feeds(data: str, model: onnx.ModelProto, samples: int) -> list[d
     the model's inputs feeds them as they are; any other spec goes through evaluate's loading (one float
     input)."""
     from ..data import fit_to_input, load_for_model, InputSpec
+    from ..passes.model import fed_inputs
 
-    stored = {tensor.name for tensor in model.graph.initializer}
-    inputs = [value for value in model.graph.input if value.name not in stored]
+    inputs = fed_inputs(model)
     arrays = _named_arrays(data, [value.name for value in inputs])
     if arrays is None:
         dataset = load_for_model(data, model, limit=samples)
@@ -246,13 +246,14 @@ def calibrate_sites(graph, sites: list[dict], model: onnx.ModelProto, options: C
     activation = [site for site in sites if site["site"] in ACTIVATION_SITES]
     feeds = calibration_feeds(options.data, model, options.samples)
     seen = site_values(model, [site["tensor"] for site in activation], feeds)
-    choose_calibrated_ranges(graph, activation, seen, options, precision, std)
+    choose_calibrated_ranges(graph, activation, seen, options, precision, std)  # records their clipping
     for site in activation:
         record, values = site["range"], seen[site["tensor"]]
         record["largest_seen"] = values.largest
-        # a dynamic range is each vector's own largest value: nothing clips
-        record["clipped"] = 0.0 if record["mode"] == "dynamic" else \
-            clipped_fraction(values, record.get("value", 1.0))
+        if record["mode"] == "unit":
+            record["clipped"] = clipped_fraction(values, 1.0)
+        elif record["mode"] == "dynamic":  # each vector's own largest value: nothing clips
+            record["clipped"] = 0.0
     return {"data": options.data, "samples": sum(len(next(iter(batch.values()))) for batch in feeds),
             "method": options.method, **({"percentile": options.percentile} if options.method == "percentile"
                                          else {})}, seen
