@@ -164,8 +164,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     chains = insert_analog_chains(graph, settings, options.where, options.exclude)
     swaps = swap_activations(graph, options.activation, options.activation_parameters(), options.exclude)
     if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
-        raise AnalogizeError("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float "
-                             "weight, no float graph input and no ReLU to swap were found (check --exclude/--where)")
+        raise AnalogizeError(_nothing_to_convert(chains["skipped_layers"]))
     seed_random_ops(graph, settings.seed)
     calibrated, seen = None, None
     if calibration and recorded_ranges is not None:
@@ -189,8 +188,26 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
               "skipped_layers": chains["skipped_layers"], "inserted": chains["sites"],
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
-              "warnings": [line for line in [clipping_warning(chains["sites"])] if line]}
+              "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps)] if line]}
     return ConversionResult(converted, report, seen)
+
+
+def _unswapped(options: ConvertOptions, swaps: dict) -> str | None:
+    if options.activation == "keep" or swaps["swapped"]:
+        return None
+    return f"--activation {options.activation}: the model has no ReLU to swap, so its activations are unchanged"
+
+
+def _nothing_to_convert(skipped: list[dict]) -> str:
+    """Why convert found nothing: the layers it saw and left digital (by reason), or that it saw none."""
+    if not skipped:
+        return ("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float weight, no float "
+                "graph input read by the top-level graph and no ReLU to swap were found (check --exclude/--where)")
+    reasons: dict[str, int] = {}
+    for layer in skipped:
+        reasons[layer["reason"]] = reasons.get(layer["reason"], 0) + 1
+    listed = "; ".join(f"{count} x {reason}" for reason, count in reasons.items())
+    return f"nothing to convert: the model's {len(skipped)} layers stay digital ({listed})"
 
 
 def _with_activations(model: onnx.ModelProto, options: ConvertOptions) -> onnx.ModelProto:

@@ -174,7 +174,7 @@ def test_calibrated_ranges_are_stored_in_the_model_with_clip_fractions(gemm, rng
 
 
 @pytest.mark.parametrize("data, message", [
-    ("bad_shape", "cannot be shaped"),
+    ("bad_shape", "does not fit"),
     ("few", "needs at least 8"),
     ("nan", "NaN or infinite"),
 ])

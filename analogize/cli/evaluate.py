@@ -7,7 +7,7 @@ import click
 
 from .. import noise_model
 from ..model_io import refuse_overwrites
-from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
+from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options, class_axes,
                       comma_separated_floats, csv_file_option, error_probabilities_option, height_by_width,
                       json_file_option, noise_draws_option, plot_file_option, quiet_option, range_options,
                       seed_option, writable_file)
@@ -16,10 +16,16 @@ from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_o
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True,
-              help="digits | npz:PATH (arrays x, y) | cifar10:DIR (python batches) | imagefolder:DIR.")
+              help="digits | npz:PATH (arrays x, y; or one array per model input, named after it, and y) | "
+                   "cifar10:DIR (python batches) | imagefolder:DIR.")
 @click.option("--split", type=click.Choice(["test", "train", "all"]),
               help="digits and cifar10 only [default: test].")
-@click.option("--output", "output_name", help="The graph output holding the class scores [default: the first].")
+@click.option("--output", "output_name",
+              help="The primary graph output: the headline numbers, and what labels are scored against "
+                   "[default: the first]. Every output is scored.")
+@click.option("--class-axis", callback=class_axes,
+              help="The axis argmax agreement (and accuracy) reads classes along: AXIS for the primary output, or "
+                   "OUTPUT=AXIS, comma-separated [default: 1, or the last for rank-3 sequence outputs].")
 @click.option("--limit", type=click.IntRange(min=1),
               help="Use only N samples, evenly spaced over the data (a quick look that still sees every class).")
 @bit_widths_option(help="Comma-separated bit widths [default: 8, or the converted model's own].")
@@ -54,7 +60,7 @@ from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_o
 @quiet_option
 @chain_options
 @range_options
-def evaluate(model, data, split, output_name, limit, bits_list, eps, activations, repeats, seed, baseline, fidelity,
+def evaluate(model, data, split, output_name, class_axis, limit, bits_list, eps, activations, repeats, seed, baseline, fidelity,
              batch_size, workers, shard, layout, resize, channels, input_mean, input_std, json_path, csv_path,
              plot_path, quiet, chain, ranges):
     """Accuracy of MODEL (clean or converted) under analog noise over a grid of bits x EP x activation."""
@@ -69,7 +75,8 @@ def evaluate(model, data, split, output_name, limit, bits_list, eps, activations
     preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
     result = evaluate_file(model, data, grid, ConvertOptions(**chain, **ranges), split=split, limit=limit,
                            preprocessing=preprocessing, batch_size=batch_size, fidelity=fidelity, workers=workers,
-                           shard=parse_shard(shard) if shard else None, output=output_name, progress=not quiet)
+                           shard=parse_shard(shard) if shard else None, output=output_name, class_axis=class_axis,
+                           progress=not quiet)
     _write_and_print(result, json_path, csv_path, plot_path)
 
 

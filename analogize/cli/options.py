@@ -93,6 +93,27 @@ def comma_separated_floats(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
 
 
+def class_axes(context, parameter, text):
+    """``AXIS`` or ``OUTPUT=AXIS,...`` as the class_axis :func:`~analogize.evaluate.engine.evaluate` takes."""
+    if text is None:
+        return None
+    if "=" not in text:
+        try:
+            return int(text)
+        except ValueError:
+            raise click.BadParameter(f"{text!r} is not an axis (a whole number) or OUTPUT=AXIS") from None
+    axes = {}
+    for item in text.split(","):
+        name, _, axis = item.rpartition("=")
+        try:
+            axes[name] = int(axis)
+        except ValueError:
+            raise click.BadParameter(f"{item!r} is not OUTPUT=AXIS with a whole-number axis") from None
+        if not name:
+            raise click.BadParameter(f"{item!r} names no output; give OUTPUT=AXIS")
+    return axes
+
+
 def height_by_width(ctx, param, value):
     """Callback: ``HxW``, or one number for a square, as ``(height, width)``."""
     if value is None:

@@ -27,7 +27,8 @@ import onnx
 
 from ..convert import RANGE_RECORDS, ConvertOptions, convert
 from ..ranges.calibration import choose_calibrated_ranges
-from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
+from ..data import Dataset, Feeds, Preprocessing, dataset_feeds, fixed_batch_size, model_feeds
+from ..data.feeds import checked_feeds
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from ..passes.activations import ACTIVATIONS, swap_activations
@@ -35,7 +36,7 @@ from ..passes.attributes import analog_nodes, seed_random_ops, set_analog_attrib
 from ..passes.chains import CHAIN_ELEMENTS, remove_analog_chains
 from ..passes.deterministic import noise_free
 from ..passes.graph import import_model, is_default_domain
-from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, is_converted,
+from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fed_inputs, fit_opset, is_converted,
                             store_settings, stored_settings)
 from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
 from ..progress import progress_bar
@@ -173,38 +174,45 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def default_class_axis(rank: int) -> int | None:
+    """The axis an output's class scores lie along when the user names none: (batch, classes) and NCHW maps
+    (detection and segmentation heads) hold them on axis 1, sequences ((batch, time, classes) or time-major
+    (time, batch, classes), as CTC models give) on the last; a vector or a scalar has none."""
+    if rank < 2:
+        return None
+    return 2 if rank == 3 else 1
+
+
 @dataclass
 class _Workload:
-    """What every evaluation in a sweep shares; sent once to each worker process."""
+    """What every evaluation in a sweep shares; sent once to each worker process. ``outputs`` lists the graph
+    outputs scored, the primary (accuracy, the headline numbers) first."""
 
-    input_name: str
-    output_name: str
-    inputs: np.ndarray
+    feeds: Feeds
+    outputs: list[str]
     labels: np.ndarray | None
-    clean: np.ndarray | None
     batch_size: int
     pad_batches: bool = False
+    class_axes: dict | None = None  # output -> axis or None, settled on the clean pass
+    clean: list | None = None  # the clean model's outputs: per batch, per output
     threads: int | None = None
 
-    def outputs(self, model: bytes) -> np.ndarray:
+    def outputs_of(self, model: bytes) -> list[list[np.ndarray]]:
         from ..runtime.sessions import create_session
 
-        session = create_session(model, self.threads)
-        return np.concatenate([batch for batch in self._batches(session)])
+        return list(self._batches(create_session(model, self.threads)))
 
     def repeats(self, model: bytes, count: int, reference: bytes | None = None, on_repeat=None) -> list[dict]:
         """Metrics of ``count`` passes; SNR is measured against ``reference`` (the model without its noise)."""
         from ..runtime.sessions import create_session
 
-        noise_free = self.outputs(reference) if reference is not None else None
+        noise_free = self.outputs_of(reference) if reference is not None else None
         session = create_session(model, self.threads)
         results = []
         for _ in range(count):
-            tally = _Tally(self, noise_free)
-            start = 0
-            for batch in self._batches(session):
-                tally.add(batch, start)
-                start += len(batch)
+            tally = _Tally(self)
+            for index, batch in enumerate(self._batches(session)):
+                tally.add(index, batch, None if noise_free is None else noise_free[index])
             results.append(tally.metrics())
             if on_repeat:
                 on_repeat()
@@ -213,69 +221,152 @@ class _Workload:
     def _batches(self, session):
         from ..runtime.sessions import run_session
 
-        for start in range(0, len(self.inputs), self.batch_size):
-            chunk = self.inputs[start:start + self.batch_size]
-            if self.pad_batches and len(chunk) < self.batch_size:  # a model built for a fixed batch size
-                chunk = np.concatenate([chunk, np.zeros((self.batch_size - len(chunk), *chunk.shape[1:]), chunk.dtype)])
-            rows = min(self.batch_size, len(self.inputs) - start)
-            result = np.asarray(run_session(session, [self.output_name], {self.input_name: chunk})[0], np.float32)
-            if result.ndim < 1 or result.shape[0] != len(chunk):
-                raise AnalogizeError(f"output {self.output_name!r} has shape {list(result.shape)} for a batch of "
-                                     f"{len(chunk)}; evaluate scores outputs shaped (batch, classes, ...)")
-            yield result[:rows].reshape(rows, -1)
+        for start in range(0, len(self.feeds), self.batch_size):
+            chunk = self.feeds.batch(start, self.batch_size)
+            rows = min(self.batch_size, len(self.feeds) - start)
+            if self.pad_batches and rows < self.batch_size:  # a model built for a fixed batch size
+                chunk = {name: np.concatenate([array, np.zeros((self.batch_size - rows, *array.shape[1:]),
+                                                               array.dtype)]) for name, array in chunk.items()}
+            results = run_session(session, self.outputs, chunk)
+            padded = rows < self.batch_size and self.pad_batches
+            yield [_unpadded(name, np.asarray(result), rows, self.batch_size) if padded else np.asarray(result)
+                   for name, result in zip(self.outputs, results)]
+
+    def classes(self) -> int | None:
+        """How many classes the primary output scores (its size along its class axis), once it ran."""
+        axis = self.class_axes[self.outputs[0]]
+        return None if axis is None or not self.clean else self.clean[0][0].shape[axis]
+
+
+def _unpadded(name: str, output: np.ndarray, rows: int, batch: int) -> np.ndarray:
+    """The rows of a padded batch's output that belong to real samples, along the output's batch axis (the first
+    of the size of the batch: time-major outputs hold it second)."""
+    axis = next((k for k, size in enumerate(output.shape) if size == batch), None)
+    if axis is None:
+        raise AnalogizeError(f"output {name!r} has shape {list(output.shape)} for a padded batch of {batch}, with no "
+                             f"axis of that size to drop the padding from; give a sample count that is a multiple "
+                             f"of {batch} (--limit)")
+    return np.take(output, np.arange(rows), axis=axis)
+
+
+class _OutputTally:
+    """One output's running sums over a pass, against the clean model (agreement, relative error, cosine) and
+    against the same cell without noise (SNR)."""
+
+    def __init__(self, class_axis: int | None):
+        self.class_axis = class_axis
+        self.agree = self.positions = self.mismatched = 0
+        self.error = self.reference = self.dot = self.power = 0.0
+        self.signal = self.noise = 0.0
+        self.snr = False
+        self.exact = True  # integer and boolean outputs: equal or not, no distances
+
+    def add(self, output: np.ndarray, clean: np.ndarray, noise_free: np.ndarray | None) -> None:
+        if output.shape != clean.shape:  # e.g. a detector's post-processing keeps another number of boxes
+            self.mismatched += 1
+            return
+        if output.dtype.kind != "f":
+            self.agree += int(np.sum(output == clean))
+            self.positions += output.size
+            return
+        self.exact = False
+        if self.class_axis is not None:
+            self.agree += int(np.sum(output.argmax(self.class_axis) == clean.argmax(self.class_axis)))
+            self.positions += output.size // output.shape[self.class_axis]
+        value, reference = output.astype(np.float64), clean.astype(np.float64)
+        self.error += float(np.sum((value - reference) ** 2))
+        self.reference += float(np.sum(reference**2))
+        self.dot += float(np.sum(value * reference))
+        self.power += float(np.sum(value**2))
+        if noise_free is not None and noise_free.shape == output.shape:
+            self.snr = True
+            signal = noise_free.astype(np.float64)
+            self.signal += float(np.sum(signal**2))
+            self.noise += float(np.sum((value - signal) ** 2))
+
+    def metrics(self) -> dict:
+        result = {"agreement": self.agree / self.positions if self.positions else None}
+        if not self.exact:
+            result["rel_error"] = math.sqrt(self.error / self.reference) if self.reference > 0 else None
+            result["cosine"] = self.dot / math.sqrt(self.reference * self.power) \
+                if self.reference > 0 and self.power > 0 else None
+        if self.snr:
+            result["snr_db"] = 10 * math.log10(self.signal / self.noise) if self.noise > 0 and self.signal > 0 \
+                else None
+            if self.noise == 0 or self.signal == 0:
+                result["snr_note"] = "identical to the noise-free output" if self.noise == 0 else \
+                    "the noise-free output is all zero"
+        if self.mismatched:
+            result["shape_mismatches"] = self.mismatched
+        return result
 
 
 class _Tally:
-    """Running counts of one pass over the data: accuracy against labels, top-1 agreement with the clean
-    model, and output SNR against ``noise_free`` (the same model without noise) when given."""
+    """Running counts of one pass over the data: accuracy of the primary output against labels, and each
+    output's fidelity to the clean model (and to the noise-free model, when given)."""
 
-    def __init__(self, workload: _Workload, noise_free: np.ndarray | None = None):
-        self.workload, self.noise_free = workload, noise_free
-        self.count = self.correct = self.correct5 = self.agree = 0
-        self.signal = self.error = 0.0
+    def __init__(self, workload: _Workload):
+        self.workload = workload
+        self.outputs = [_OutputTally(workload.class_axes[name]) for name in workload.outputs]
+        self.count = self.correct = self.correct5 = 0
 
-    def add(self, logits: np.ndarray, start: int) -> None:
-        rows = slice(start, start + len(logits))
-        top1 = logits.argmax(axis=1)
-        labels, clean = self.workload.labels, self.workload.clean
-        if labels is not None:
-            self.correct += int(np.sum(top1 == labels[rows]))
-            if logits.shape[1] >= TOP5_MIN_CLASSES:
-                top5 = np.argpartition(-logits, 4, axis=1)[:, :5]
-                self.correct5 += int(np.sum(np.any(top5 == labels[rows, None], axis=1)))
-        if clean is not None:
-            self.agree += int(np.sum(top1 == clean[rows].argmax(axis=1)))
-        if self.noise_free is not None:
-            signal = self.noise_free[rows].astype(np.float64)
-            self.signal += float(np.sum(signal**2))
-            self.error += float(np.sum((logits - signal) ** 2))
-        self.count += len(logits)
+    def add(self, index: int, outputs: list, noise_free: list | None = None) -> None:
+        workload = self.workload
+        primary, axis = outputs[0], workload.class_axes[workload.outputs[0]]
+        start = index * workload.batch_size
+        rows = slice(start, min(start + workload.batch_size, len(workload.feeds)))
+        if workload.labels is not None:
+            scores = np.moveaxis(primary, axis, -1)
+            self.correct += int(np.sum(scores.argmax(-1) == workload.labels[rows]))
+            if scores.shape[-1] >= TOP5_MIN_CLASSES:
+                top5 = np.argpartition(-scores, 4, axis=-1)[..., :5]
+                self.correct5 += int(np.sum(np.any(top5 == workload.labels[rows, None], axis=-1)))
+        self.count += rows.stop - rows.start
+        if workload.clean is not None:
+            for k, (tally, output) in enumerate(zip(self.outputs, outputs)):
+                tally.add(output, workload.clean[index][k], None if noise_free is None else noise_free[k])
 
-    def metrics(self) -> dict:
-        n = self.count
+    def metrics(self, against_clean: bool = True) -> dict:
         result = {}
         if self.workload.labels is not None:
-            result["accuracy"] = self.correct / n
-            if self.workload.clean.shape[1] >= TOP5_MIN_CLASSES:
-                result["top5"] = self.correct5 / n
-        result["agreement"] = self.agree / n
-        if self.noise_free is not None:
-            result["snr_db"] = 10 * math.log10(self.signal / self.error) if self.error > 0 and self.signal > 0 \
-                else None
+            result["accuracy"] = self.correct / self.count
+            if self.workload.classes() >= TOP5_MIN_CLASSES:
+                result["top5"] = self.correct5 / self.count
+        if not against_clean:
+            return result
+        each = [tally.metrics() for tally in self.outputs]
+        result.update(each[0])
+        if len(each) > 1:
+            result["outputs"] = dict(zip(self.workload.outputs, each))
         return result
 
 
 def _summarise(per_repeat: list[dict]) -> dict:
-    """Mean and spread (sample std) of each metric over the repeats, and the values themselves."""
+    """Mean and spread of each metric over the repeats, the values themselves, and each output's summary."""
+    summary = _mean_and_spread(per_repeat)
+    summary["per_repeat"] = {metric: [r.get(metric) for r in per_repeat] for metric in per_repeat[0]
+                             if metric != "outputs" and not isinstance(per_repeat[0][metric], str)}
+    if "outputs" in per_repeat[0]:
+        summary["outputs"] = {name: _mean_and_spread([r["outputs"][name] for r in per_repeat])
+                              for name in per_repeat[0]["outputs"]}
+    return summary
+
+
+def _mean_and_spread(per_repeat: list[dict]) -> dict:
+    """``<metric>_mean`` and ``<metric>_std`` (sample std) of each number, None where a repeat has none; notes
+    (strings) as they are when every repeat has the same, else how many repeats had each."""
     summary = {}
-    for metric in per_repeat[0]:
-        values = [r[metric] for r in per_repeat]
-        if any(v is None for v in values):
+    for metric in dict.fromkeys(key for r in per_repeat for key in r if key != "outputs"):
+        values = [r.get(metric) for r in per_repeat]
+        if any(isinstance(v, str) for v in values):
+            notes = [v for v in values if v is not None]
+            summary[metric] = notes[0] if len(set(notes)) == 1 and len(notes) == len(values) else "; ".join(
+                f"{note} in {notes.count(note)} of {len(values)} draws" for note in dict.fromkeys(notes))
+        elif any(v is None for v in values):
             summary[f"{metric}_mean"] = summary[f"{metric}_std"] = None
         else:
             summary[f"{metric}_mean"] = float(np.mean(values))
             summary[f"{metric}_std"] = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-    summary["per_repeat"] = {metric: [r[metric] for r in per_repeat] for metric in per_repeat[0]}
     return summary
 
 
@@ -436,16 +527,21 @@ def _evaluate_in_worker(model: bytes, reference: bytes | None, repeats: int) -> 
     return _WORKER_WORKLOAD.repeats(model, repeats, reference)
 
 
-def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), options: ConvertOptions | None = None,
-             *, preprocessing: Preprocessing = Preprocessing(), batch_size: int = 256, fidelity: bool = False,
-             workers: int = 1, shard: tuple[int, int] | None = None, output: str | None = None,
-             progress: bool = False) -> dict:
-    """Evaluate the clean model and every grid cell (of ``shard`` ``(i, n)`` when given) on ``dataset``.
+def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
+             options: ConvertOptions | None = None, *, preprocessing: Preprocessing = Preprocessing(),
+             batch_size: int = 256, fidelity: bool = False, workers: int = 1, shard: tuple[int, int] | None = None,
+             output: str | None = None, class_axis: int | dict | None = None, progress: bool = False) -> dict:
+    """Evaluate the clean model and every grid cell (of ``shard`` ``(i, n)`` when given) on ``data``: a dataset
+    (fitted to the model's one float input as ``preprocessing`` says) or :class:`~analogize.data.Feeds` (one
+    array per input, as :func:`~analogize.data.model_feeds` reads them).
 
     ``options`` are convert's options for a clean model (the grid overrides bits, EP and activation);
     a converted model keeps its graph and has its precision, noise std and activations varied.
-    ``fidelity`` ignores labels and scores agreement with the clean model and output SNR only. ``output``
-    names the graph output holding the class scores (default: the first).
+    Every graph output is scored against the clean model's (agreement along its class axis, relative error,
+    cosine similarity, and SNR against the same cell without noise); ``output`` names the primary one (default:
+    the first), whose numbers head the result and which labels are scored against. ``class_axis`` is the
+    primary output's class axis, or a dict of axes by output name (default: :func:`default_class_axis`).
+    ``fidelity`` ignores labels.
     """
     grid.check()
     options = options or ConvertOptions()
@@ -453,23 +549,33 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
         raise AnalogizeError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise AnalogizeError(f"workers must be a whole number >= 1, got {workers!r}")
-    if not len(dataset):
-        raise AnalogizeError(f"{dataset.name}: the dataset is empty")
-    labels = None if fidelity else dataset.y
+    if not len(data):
+        raise AnalogizeError(f"{data.name}: the dataset is empty")
     builder = _CellModels(model, options, grid)
-    inputs, adaptations = fit_to_input(dataset, model, preprocessing)
-    spec = InputSpec.of(model)
-    fixed_batch = spec.shape[0] if spec.shape else None
-    if fixed_batch:
+    feeds = checked_feeds(dataset_feeds(data, model, preprocessing), fed_inputs(model), data.name) \
+        if isinstance(data, Dataset) else data
+    labels = None if fidelity else feeds.labels
+    adaptations = list(feeds.notes)
+    fixed_batch = fixed_batch_size(model)
+    if feeds.whole:
+        adaptations.append(f"one sample per run: {', '.join(sorted(feeds.whole))} hold one whole input per sample")
+        batch_size, fixed_batch = 1, None
+    elif fixed_batch:
         adaptations.append(f"fed in batches of {fixed_batch}, the model's fixed batch size")
         batch_size = fixed_batch
     output_names = [value.name for value in model.graph.output]
     if output is not None and output not in output_names:
         raise AnalogizeError(f"the model has no output {output!r}; its outputs are {', '.join(output_names)}")
+    floating = [value.name for value in model.graph.output
+                if value.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                        onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)]
+    primary = output or (floating or output_names)[0]
     if output is None and len(output_names) > 1:
-        adaptations.append(f"scored output {output_names[0]!r}, the first of {len(output_names)} "
-                           f"(choose with --output)")
-    workload = _Workload(spec.name, output or output_names[0], inputs, labels, None, batch_size,
+        which = "the first float one" if primary != output_names[0] else "the first"
+        adaptations.append(f"headline numbers from output {primary!r}, {which} of {len(output_names)} (choose with "
+                           f"--output; every output is scored)")
+    axes = _requested_axes(class_axis, primary, output_names)
+    workload = _Workload(feeds, [primary] + [name for name in output_names if name != primary], labels, batch_size,
                          pad_batches=bool(fixed_batch))
 
     cells = grid.cells()
@@ -478,40 +584,117 @@ def evaluate(model: onnx.ModelProto, dataset: Dataset, grid: Grid = Grid(), opti
     digital_variants = [v for v in variants if v.activation != "keep"]
     bar = progress_bar(1 + len(digital_variants) + len(mine) * grid.repeats, "evaluate", progress)
     with bar:
-        clean_outputs = workload.outputs(builder.clean().SerializeToString())
+        workload.clean = workload.outputs_of(builder.clean().SerializeToString())
         bar.update()
-        classes = clean_outputs.shape[1]
-        if labels is not None and len(labels) and labels.max() >= classes:
-            raise AnalogizeError(f"{dataset.name}: labels go up to {labels.max()} but the model has {classes} "
-                                 f"outputs; check that the data matches the model (or use --fidelity)")
-        workload.clean = clean_outputs
-        clean = _summarise([_score_outputs(workload, clean_outputs)])
-        del clean["agreement_mean"], clean["agreement_std"], clean["per_repeat"]["agreement"]
+        described = _describe_outputs(workload, axes)
+        _check_labels_fit(workload, data.name)
+        clean = _summarise([_score_outputs(workload, workload.clean, against_clean=False)]) if labels is not None \
+            else {}
         baselines = []
         for variant in digital_variants:
-            outputs = workload.outputs(builder.digital(variant).SerializeToString())
+            outputs = workload.outputs_of(builder.digital(variant).SerializeToString())
             baselines.append({"activation": variant.label, **_summarise([_score_outputs(workload, outputs)])})
             bar.update()
         records = _run_cells(builder, workload, mine, grid.repeats, workers, bar)
 
+    shapes = feeds.shapes()
     return {
         "format": RESULT_FORMAT, "version": RESULT_VERSION,
-        "model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(), "output": workload.output_name,
+        "model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(), "output": primary,
         "kernels": kernels_in_use(),
-        "data": {"name": dataset.name, "samples": len(dataset), "classes": classes, "labels": labels is not None,
-                 "input_shape": list(inputs.shape[1:]), "adaptations": adaptations},
+        "data": {"name": feeds.name, "samples": len(feeds), "classes": workload.classes(), "labels": labels is not None,
+                 "input_shape": next(iter(shapes.values())) if len(shapes) == 1 else None, "inputs": shapes,
+                 "outputs": described, "adaptations": adaptations},
         "grid": grid.as_dict(), "options": asdict(options), "converted_input": builder.converted,
         "fidelity": fidelity or labels is None, "batch_size": batch_size,
         "clean": clean,
-        "baselines": baselines, "cells": records, "cell_count": len(cells), "warnings": builder.warnings,
+        "baselines": baselines, "cells": records, "cell_count": len(cells),
+        "warnings": builder.warnings + _constant_output_warnings(described),
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
     }
 
 
-def _score_outputs(workload: _Workload, outputs: np.ndarray) -> dict:
+def _requested_axes(class_axis, primary: str, output_names: list[str]) -> dict:
+    """``class_axis`` as a dict by output name, refused in one line when it names no output."""
+    if class_axis is None:
+        return {}
+    requested = class_axis if isinstance(class_axis, dict) else {primary: class_axis}
+    for name, axis in requested.items():
+        if name not in output_names:
+            raise AnalogizeError(f"--class-axis names output {name!r}, which the model does not have; its outputs "
+                                 f"are {', '.join(output_names)}")
+        if isinstance(axis, bool) or not isinstance(axis, int):
+            raise AnalogizeError(f"--class-axis for {name!r} must be a whole number (an axis), got {axis!r}")
+    return requested
+
+
+def _describe_outputs(workload: _Workload, requested: dict) -> list[dict]:
+    """Each output as the clean model gave it on the first batch: shape, type, the class axis its agreement is
+    measured along, and whether it is the same for every sample; settles ``workload.class_axes``."""
+    described, workload.class_axes = [], {}
+    for k, name in enumerate(workload.outputs):
+        first = workload.clean[0][k]
+        axis = requested.get(name, default_class_axis(first.ndim))
+        if name in requested and not -first.ndim <= axis < first.ndim:
+            raise AnalogizeError(f"--class-axis {axis} is not an axis of output {name!r}, which has shape "
+                                 f"{list(first.shape)}")
+        if axis is not None:
+            axis %= first.ndim
+            if first.dtype.kind != "f" or first.shape[axis] < 2:
+                axis = None
+        workload.class_axes[name] = axis
+        described.append({"name": name, "shape": list(first.shape), "dtype": first.dtype.name, "class_axis": axis,
+                          "classes": None if axis is None else first.shape[axis],
+                          "varies": _varies(name, k, workload)})
+    return described
+
+
+def _varies(name: str, k: int, workload: _Workload) -> bool | None:
+    """Whether the clean model's output ``k`` differs between samples (None: it has no batch axis to tell)."""
+    batches = [outputs[k] for outputs in workload.clean]
+    if len(workload.feeds) < 2:
+        return None
+    if workload.feeds.whole:  # one sample per run: compare the runs
+        return not all(batch.shape == batches[0].shape and np.array_equal(batch, batches[0])
+                       for batch in batches)
+    if any(batch.ndim == 0 for batch in batches):
+        return None
+    rows = [min(workload.batch_size, len(workload.feeds) - start)
+            for start in range(0, len(workload.feeds), workload.batch_size)]
+    if any(batch.shape[0] != count for batch, count in zip(batches, rows)):
+        return None
+    first = batches[0][:1]
+    return not all(batch.shape[1:] == first.shape[1:] and np.array_equal(batch, np.broadcast_to(first, batch.shape),
+                                                                          equal_nan=batch.dtype.kind == "f")
+                   for batch in batches)
+
+
+def _constant_output_warnings(described: list[dict]) -> list[str]:
+    return [f"output {entry['name']!r} is the same for every sample of this data: its agreement, error and SNR say "
+            f"nothing about the model" for entry in described if entry["varies"] is False]
+
+
+def _check_labels_fit(workload: _Workload, name: str) -> None:
+    """Labels are scored against the primary output's class axis: one score vector per sample."""
+    if workload.labels is None:
+        return
+    primary, axis = workload.clean[0][0], workload.class_axes[workload.outputs[0]]
+    rows = min(workload.batch_size, len(workload.feeds))
+    if axis is None or np.moveaxis(primary, axis, -1).shape[:-1] != (rows,):
+        raise AnalogizeError(f"{name}: labels need an output of class scores shaped (samples, classes), but output "
+                             f"{workload.outputs[0]!r} has shape {list(primary.shape)} for a batch of {rows}; choose "
+                             f"another with --output or --class-axis, or pass --fidelity")
+    classes = primary.shape[axis]
+    if len(workload.labels) and workload.labels.max() >= classes:
+        raise AnalogizeError(f"{name}: labels go up to {workload.labels.max()} but the model has {classes} outputs; "
+                             f"check that the data matches the model (or use --fidelity)")
+
+
+def _score_outputs(workload: _Workload, outputs: list, against_clean: bool = True) -> dict:
     tally = _Tally(workload)
-    tally.add(outputs, 0)
-    return tally.metrics()
+    for index, batch in enumerate(outputs):
+        tally.add(index, batch)
+    return tally.metrics(against_clean)
 
 
 def _run_cells(builder: _CellModels, workload: _Workload, cells: list[Cell], repeats: int, workers: int,
@@ -564,13 +747,12 @@ def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOp
                   split: str | None = None, limit: int | None = None, preprocessing: Preprocessing = Preprocessing(),
                   **settings) -> dict:
     """:func:`evaluate` on the model file ``model_path`` and the data spec ``data`` (what the CLI runs)."""
-    from ..data import load_for_model
     from ..model_io import load_model
 
     grid.check()
     model, _ = load_model(model_path)
-    dataset = load_for_model(data, model, preprocessing, split=split, limit=limit)
-    result = evaluate(model, dataset, grid, options, preprocessing=preprocessing, **settings)
+    feeds = model_feeds(data, model, preprocessing, split=split, limit=limit)
+    result = evaluate(model, feeds, grid, options, preprocessing=preprocessing, **settings)
     result["model"] = str(model_path)
     result["data"].update(spec=data, split=split, limit=limit)
     return result

@@ -15,10 +15,18 @@ from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from ..ranges.mapping import (UNIT_RANGES, WHOLE_TENSOR, RangeBuilder, RangeSettings, Scope, activation_scope,
                               is_range_node, per_sample, weight_scope)
-from .graph import Names, constant_tensors, is_default_domain, known_values
+from .graph import Names, bodies, constant_tensors, is_default_domain, known_values
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
 LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# matrix-vector layers convert leaves digital, and why (the report lists each one it finds)
+DIGITAL_LAYERS = {
+    **{op: "a recurrent layer: convert does not rewrite recurrent layers yet" for op in ("LSTM", "GRU", "RNN")},
+    **{op: "an integer (quantised) layer: convert takes float32 layers only"
+       for op in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
+                  "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")},
+    "Einsum": "an Einsum: convert does not rewrite Einsum yet",
+}
 DOA_ORDER = ("clamp", "quantize", "noise")
 AOD_ORDER = ("noise", "clamp", "quantize")
 CLAMP_RANGE = (-1.0, 1.0)
@@ -138,9 +146,12 @@ class _TopLevel:
 
 
 def _find_layers(top: _TopLevel, exclude) -> tuple[list[Layer], list[dict]]:
-    """Linear layers with a constant float weight operand; the rest are reported with the reason."""
+    """Linear layers with a constant float weight operand; the rest, and the layers of any kind in nested
+    bodies, are reported with the reason."""
     layers, skipped = [], []
     for position, node in enumerate(top.graph.nodes):
+        if node.op in DIGITAL_LAYERS:
+            skipped.append({"node": node.name, "op_type": node.op, "reason": DIGITAL_LAYERS[node.op]})
         if node.op not in LAYER_OP_TYPES or not is_default_domain(node):
             continue
         reason, layer = _classify_layer(node, position, top, exclude)
@@ -148,6 +159,10 @@ def _find_layers(top: _TopLevel, exclude) -> tuple[list[Layer], list[dict]]:
             skipped.append({"node": node.name, "op_type": node.op, "reason": reason})
         else:
             layers.append(layer)
+    for body in bodies(top.graph):
+        skipped += [{"node": node.name, "op_type": node.op,
+                     "reason": "inside an If/Loop/Scan body: convert rewrites the top-level graph only"}
+                    for node in body.nodes if node.op in LAYER_OP_TYPES or node.op in DIGITAL_LAYERS]
     return layers, skipped
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -69,100 +68,24 @@ class SiteValues:
 
 
 def calibration_feeds(data: str, model: onnx.ModelProto, samples: int) -> list[dict]:
-    """Batches of inputs for ``model`` from the data spec ``data``: an ``npz:PATH`` whose arrays are named after
-    the model's inputs feeds them as they are; any other spec goes through evaluate's loading (one float
-    input)."""
-    from ..data import fit_to_input, load_for_model, InputSpec
-    from ..passes.model import fed_inputs
+    """Batches of inputs for ``model`` from the data spec ``data``, read as evaluate reads it
+    (:func:`analogize.data.model_feeds`): at most ``samples`` of them, in whole batches when the model fixes
+    its batch size."""
+    from ..data import fixed_batch_size, model_feeds
 
-    inputs = fed_inputs(model)
-    arrays = _named_arrays(data, [value.name for value in inputs])
-    if arrays is None:
-        dataset = load_for_model(data, model, limit=samples)
-        x, _ = fit_to_input(dataset, model)
-        arrays = {InputSpec.of(model).name: x}
-    flat = [name for name, array in arrays.items() if np.ndim(array) == 0]
-    if flat:
-        raise AnalogizeError(f"calibration data {data!r}: array {flat[0]!r} is a single number; store one sample "
-                             f"per row (first axis: samples)")
-    counts = {len(array) for array in arrays.values()}
-    if len(counts) != 1:
-        raise AnalogizeError(f"calibration data {data!r}: the input arrays hold different sample counts "
-                             f"({', '.join(map(str, sorted(counts)))}); give each input the same number")
-    available = counts.pop()
+    feeds = model_feeds(data, model, limit=samples, what="calibration data")
+    available = len(feeds)
     if available < MIN_CALIBRATION_SAMPLES:
         raise AnalogizeError(f"calibration data {data!r} has {available} samples; calibration needs at least "
                              f"{MIN_CALIBRATION_SAMPLES} (more give steadier ranges)")
-    for name, array in arrays.items():
-        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-            raise AnalogizeError(f"calibration data {data!r}: input {name!r} holds NaN or infinite values; "
-                                 f"clean the data first")
-    _check_shapes(data, arrays, inputs)
-    arrays = _as_input_types(data, arrays, inputs)
-    batch, fixed = _batch_size(inputs)
-    used = min(samples, available)
+    fixed = None if feeds.whole else fixed_batch_size(model)
+    batch, used = 1 if feeds.whole else fixed or BATCH_SIZE, min(samples, available)
     if fixed:  # a model built for one batch size takes whole batches only
         used -= used % batch
         if used < max(batch, MIN_CALIBRATION_SAMPLES):
             raise AnalogizeError(f"calibration data {data!r}: the model takes batches of exactly {batch}; give at "
                                  f"least {max(batch, MIN_CALIBRATION_SAMPLES)} samples (--calibration-samples)")
-    return [{name: array[start:start + batch] for name, array in arrays.items()}
-            for start in range(0, used, batch)]
-
-
-def _as_input_types(data: str, arrays: dict, inputs) -> dict:
-    """Each array in the element type of the model input of its name (numpy saves float64 by default)."""
-    typed = {}
-    for value in inputs:
-        if value.name not in arrays:
-            continue
-        array, wanted = arrays[value.name], onnx.helper.tensor_dtype_to_np_dtype(value.type.tensor_type.elem_type)
-        if np.issubdtype(wanted, np.integer) and not np.issubdtype(array.dtype, np.integer) or \
-                np.issubdtype(wanted, np.floating) and not np.issubdtype(array.dtype, np.number):
-            raise AnalogizeError(f"calibration data {data!r}: array {value.name!r} holds {array.dtype} values but "
-                                 f"the model's input takes {np.dtype(wanted).name}")
-        if np.issubdtype(wanted, np.integer) and array.size and (
-                array.min() < np.iinfo(wanted).min or array.max() > np.iinfo(wanted).max):
-            raise AnalogizeError(f"calibration data {data!r}: array {value.name!r} holds values outside the "
-                                 f"{np.dtype(wanted).name} the model's input takes")
-        typed[value.name] = array.astype(wanted, copy=False)
-    return {**arrays, **typed}
-
-
-def _named_arrays(data: str, names: list[str]) -> dict | None:
-    kind, _, argument = data.partition(":")
-    if kind != "npz" or not argument:
-        return None
-    path = Path(argument).expanduser()
-    try:
-        with np.load(path, allow_pickle=False) as stored:
-            if not set(names) <= set(stored.files):
-                return None
-            return {name: stored[name] for name in names}
-    except (OSError, ValueError) as error:
-        raise AnalogizeError(f"cannot read calibration data {path}: {error}") from None
-
-
-def _check_shapes(data: str, arrays: dict, inputs) -> None:
-    """Each array's samples have the rank and fixed sizes of the model input of its name."""
-    for value in inputs:
-        if value.name not in arrays:
-            continue
-        dims = [d.dim_value if d.HasField("dim_value") else None for d in value.type.tensor_type.shape.dim]
-        shape = arrays[value.name].shape
-        if value.type.tensor_type.HasField("shape") and (len(shape) != len(dims) or any(
-                want is not None and want > 0 and have != want for want, have in zip(dims[1:], shape[1:]))):
-            raise AnalogizeError(f"calibration data {data!r}: array {value.name!r} of shape {shape} cannot be "
-                                 f"shaped to the model's input {tuple(dims)} (first axis: samples)")
-
-
-def _batch_size(inputs) -> tuple[int, bool]:
-    """The batch size and whether the model fixes it (a leading dimension with a value); else :data:`BATCH_SIZE`."""
-    for value in inputs:
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].HasField("dim_value") and dims[0].dim_value > 0:
-            return dims[0].dim_value, True
-    return BATCH_SIZE, False
+    return [feeds.batch(start, batch) for start in range(0, used, batch)]
 
 
 def site_values(model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> dict[str, SiteValues]:

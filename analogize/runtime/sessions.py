@@ -73,6 +73,6 @@ def run_session(session: ort.InferenceSession, outputs, feeds: dict) -> list:
     """``session.run`` with ONNX Runtime's failures (shape mismatches, kernel errors) as one-line errors."""
     try:
         return session.run(outputs, feeds)
-    except (*ORT_ERRORS, ValueError) as error:
+    except (*ORT_ERRORS, ValueError, RuntimeError) as error:  # RuntimeError: feeds its bindings cannot convert
         message = " ".join(str(error).split())
         raise AnalogizeError(f"ONNX Runtime failed to run the model: {message}") from None

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from .errors import AnalogizeError
-from .passes.model import fed_inputs
+from ..errors import AnalogizeError
+from ..passes.model import fed_inputs
 
 DIGITS_TEST_FRACTION = 0.25
 SPLITS = ("train", "test", "all")
@@ -43,6 +43,13 @@ class Dataset:
         return len(self.x)
 
 
+def input_dims(value: onnx.ValueInfoProto) -> tuple:
+    """A graph input's dimensions, ``None`` for each that is symbolic or not a size (exporters store -1 and 0 for
+    "any")."""
+    return tuple(d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else None
+                 for d in value.type.tensor_type.shape.dim)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """A model's first graph input: name and shape (``None`` for a symbolic dimension)."""
@@ -56,13 +63,13 @@ class InputSpec:
         if not inputs:
             raise AnalogizeError("the model has no graph input to feed data to")
         if len(inputs) > 1:
-            raise AnalogizeError(f"the model has {len(inputs)} inputs ({', '.join(v.name for v in inputs)}); "
-                                 f"evaluate feeds models with one input")
+            raise AnalogizeError(f"the model has {len(inputs)} inputs ({', '.join(v.name for v in inputs)}); images "
+                                 f"feed models with one input: give npz:PATH holding one array per input, named "
+                                 f"after it")
         value = inputs[0]
         if value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
             raise AnalogizeError(f"the model's input {value.name!r} is not float32; only float32 inputs are supported")
-        dims = value.type.tensor_type.shape.dim
-        return cls(value.name, tuple(d.dim_value if d.HasField("dim_value") else None for d in dims))
+        return cls(value.name, input_dims(value))
 
 
 @dataclass(frozen=True)
@@ -106,12 +113,17 @@ def load_dataset(spec: str, split: str | None = None, limit: int | None = None, 
     else:
         raise AnalogizeError(f"unknown data spec {spec!r}: use digits, npz:PATH, cifar10:DIR or imagefolder:DIR")
     if dataset.y is not None:
-        _check_labels(dataset)
+        dataset.y = class_labels(dataset.y, len(dataset.x), dataset.name)
     if limit is not None and limit < len(dataset):
-        chosen = np.unique(np.linspace(0, len(dataset) - 1, limit).round().astype(np.int64))
+        chosen = evenly_spaced(len(dataset), limit)
         dataset.x = dataset.x[chosen]
         dataset.y = None if dataset.y is None else dataset.y[chosen]
     return dataset
+
+
+def evenly_spaced(count: int, limit: int) -> np.ndarray:
+    """``limit`` indices spread evenly over ``count`` samples (first and last included)."""
+    return np.unique(np.linspace(0, count - 1, limit).round().astype(np.int64))
 
 
 def digits(split: str = "test", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -154,8 +166,6 @@ def _load_npz(path: Path, split, image_size, channels) -> Dataset:
     if not 2 <= x.ndim <= 4 or not len(x):
         raise AnalogizeError(f"{path}: 'x' has shape {x.shape}; expected (N, C, H, W), (N, H, W, C), (N, H, W) "
                              f"or (N, features)")
-    if y is not None and (y.shape != (len(x),)):
-        raise AnalogizeError(f"{path}: 'y' has shape {y.shape} but 'x' has {len(x)} samples; expected ({len(x)},)")
     layout = "flat" if x.ndim == 2 else _guess_layout(x.shape)
     if x.ndim == 3:
         x = x[:, None]
@@ -260,14 +270,17 @@ def _is_image(path: Path) -> bool:
 _LOADERS = {"npz": _load_npz, "cifar10": _load_cifar10, "imagefolder": _load_image_folder}
 
 
-def _check_labels(dataset: Dataset) -> None:
-    y = dataset.y
+def class_labels(y: np.ndarray, samples: int, name: str) -> np.ndarray:
+    """``y`` as int64 class indices, one per sample; refused in one line when it is not."""
+    if y.shape != (samples,):
+        raise AnalogizeError(f"{name}: labels 'y' has shape {y.shape} but there are {samples} samples; expected "
+                             f"({samples},)")
     if not np.issubdtype(y.dtype, np.integer):
         if not np.issubdtype(y.dtype, np.floating) or not np.all(np.equal(np.mod(y, 1), 0)):
-            raise AnalogizeError(f"{dataset.name}: labels must be whole class indices, got dtype {y.dtype}")
-        dataset.y = y.astype(np.int64)
-    if len(y) and dataset.y.min() < 0:
-        raise AnalogizeError(f"{dataset.name}: labels must be class indices >= 0, found {dataset.y.min()}")
+            raise AnalogizeError(f"{name}: labels must be whole class indices, got dtype {y.dtype}")
+    if len(y) and y.min() < 0:
+        raise AnalogizeError(f"{name}: labels must be class indices >= 0, found {y.min():g}")
+    return y.astype(np.int64)
 
 
 def model_layout(spec: InputSpec, requested: str = "auto") -> str:
