@@ -35,7 +35,8 @@ def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False
     2. :func:`~analogize.passes.graph.import_model`;
     3. :func:`~.spec.describe`: the spec, read before any edit;
     4. the format's graph passes (:func:`~.qdq.qdq_passes`, :func:`~.qonnx.qonnx_passes`,
-       :func:`~.plain.plain_passes`);
+       :func:`~.plain.plain_passes`); the hardware formats fold static ranges into their scales
+       (:mod:`.folding`), which the spec records per tensor;
     5. :func:`~analogize.passes.graph.export_model`;
     6. model level: the format's steps (function bodies, ONNX's inliner, the opset move: see each
        ``*_model_steps``), the format recorded in the metadata, ONNX's checker.
@@ -46,8 +47,19 @@ def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False
     spec = describe(graph, settings)
     graph_passes, model_steps = _PIPELINES[format]
     state = graph_passes(graph, keep_noise=True) if keep_noise else graph_passes(graph)  # plain only
+    _record_folded_ranges(spec, state.get("ranges", []))
     exported = model_steps(export_model(graph, model), state)
     exported.metadata_props.add(key=EXPORT_KEY, value=format)
     spec["export"] = {"format": format, "noise": "kept" if keep_noise else "removed"}
     onnx.checker.check_model(exported)
     return exported, spec
+
+
+def _record_folded_ranges(spec: dict, folds: list[dict]) -> None:
+    """Each ranged tensor's entry says how its range reached the export: folded into the quantizer's scale
+    (``scale``: r / p, one value or one per channel along ``axis``), or left as Div and Mul around it, and why."""
+    by_tensor = {(fold["site"], fold["tensor"]): fold for fold in folds}
+    for entry in spec["tensors"]:
+        fold = by_tensor.get((entry["site"], entry["tensor"]))
+        if fold is not None:
+            entry["export_range"] = {key: fold[key] for key in ("folded", "scale", "axis", "why") if key in fold}

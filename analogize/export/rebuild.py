@@ -3,13 +3,14 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
 from ..convert import ConvertOptions, convert
 from ..errors import AnalogizeError
 from ..passes.chains import remove_analog_chains
-from ..passes.graph import export_model, import_model
+from ..passes.graph import Names, export_model, import_model, known_values
 from ..passes.model import METADATA_KEY
 from .qonnx import QONNX_DOMAIN
 from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_VERSION
@@ -30,13 +31,18 @@ def check_spec(spec: dict) -> None:
 
 def remove_quantizers(graph: gs.Graph) -> int:
     """Take out the QuantizeLinear -> DequantizeLinear pairs and QONNX Quant nodes, wiring their consumers to
-    what they quantized; a graph output they wrote becomes an Identity at the end of the graph. Returns how
-    many nodes went."""
+    what they quantized; a DequantizeLinear of stored integers (a weight whose range was folded) gives way to the
+    float constant it computes, which the simulation's own rounding leaves as it is. A graph output they wrote
+    becomes an Identity at the end of the graph. Returns how many nodes went."""
+    names = Names(graph)
     pairs, removed = [], []  # (output, source) of each quantizer
     for node in graph.nodes:
         producers = node.inputs[0].inputs if node.inputs else []
         if node.op == "DequantizeLinear" and producers and producers[0].op == "QuantizeLinear":
             pairs.append((node.outputs[0], producers[0].inputs[0]))
+        elif node.op == "DequantizeLinear" and known_values(node.inputs[0]) is not None:
+            pairs.append((node.outputs[0], gs.Constant(names.unique(f"{node.outputs[0].name}::dequantized"),
+                                                       _dequantized(node))))
         elif node.op == "Quant" and node.domain == QONNX_DOMAIN:
             pairs.append((node.outputs[0], node.inputs[0]))
         elif node.op != "QuantizeLinear":
@@ -57,6 +63,20 @@ def remove_quantizers(graph: gs.Graph) -> int:
         if id(output) in sources:
             graph.nodes.append(gs.Node("Identity", inputs=[sources[id(output)]], outputs=[output]))
     return len(removed)
+
+
+def _dequantized(node: gs.Node) -> np.ndarray:
+    """What a DequantizeLinear of constants computes: (q - zero point) * scale in float32, per axis where the
+    scale is a vector."""
+    integers = known_values(node.inputs[0])
+    scale = np.asarray(known_values(node.inputs[1]), np.float32)
+    zero = known_values(node.inputs[2]) if len(node.inputs) > 2 else None
+    zero = np.zeros_like(scale) if zero is None else np.asarray(zero, np.float32)
+    if scale.ndim == 1 and scale.size > 1:
+        shape = [1] * integers.ndim
+        shape[node.attrs.get("axis", 1)] = -1
+        scale, zero = scale.reshape(shape), zero.reshape(shape)
+    return ((integers.astype(np.float32) - zero) * scale).astype(np.float32)
 
 
 def forget_export(model: onnx.ModelProto) -> None:
