@@ -300,3 +300,87 @@ def test_convert_lists_the_layers_it_leaves_digital_and_says_when_a_swap_finds_n
         ("MatMul", "inside an If/Loop/Scan body"), ("MatMul", "inside an If/Loop/Scan body"),
         ("MatMulInteger", "an integer (quantised) layer")]
     assert any("--activation gelu: the model has no ReLU to swap" in line for line in report["warnings"])
+
+
+def test_a_lone_image_input_named_x_still_gets_its_images_adapted(tmp_path):
+    """Paddle exporters name the input 'x', as the npz convention names images: uint8 images are still divided
+    by 255 and normalised as asked, not fed raw."""
+    model = make([helper.make_node("Relu", ["x"], ["y"])], [helper.make_tensor_value_info("x", FLOAT, ["n", 1, 8, 8])],
+                 [helper.make_tensor_value_info("y", FLOAT, ["n", 1, 8, 8])], {})
+    np.savez(tmp_path / "u8.npz", x=np.full((3, 8, 8), 255, np.uint8))
+    from analogize.data import Preprocessing
+
+    feeds = model_feeds(f"npz:{tmp_path / 'u8.npz'}", model, Preprocessing(mean=(0.5,), std=(0.25,)))
+    assert feeds.arrays["x"].max() == pytest.approx(2.0) and any("normalised" in note for note in feeds.notes)
+    with pytest.raises(AnalogizeError, match="adapt images for a model with one image"):
+        model_feeds("npz:unused.npz", vad_like(), Preprocessing(size=(4, 4)))
+
+
+def detector_like():
+    """Post-processing whose output shape follows the data: the indices of the scores above 0 (NonZero), as NMS
+    keeps a varying number of boxes."""
+    rng = np.random.default_rng(6)
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["scores"]),
+             helper.make_node("Greater", ["scores", "zero"], ["kept"]),
+             helper.make_node("NonZero", ["kept"], ["boxes"])]
+    return make(nodes, [helper.make_tensor_value_info("x", FLOAT, ["n", 6])],
+                [helper.make_tensor_value_info("scores", FLOAT, ["n", 40]),
+                 helper.make_tensor_value_info("boxes", TensorProto.INT64, [2, "k"])],
+                {"w": rng.normal(0, 1, (6, 40)).astype(np.float32), "zero": np.array(0.0, np.float32)})
+
+
+def test_outputs_whose_shape_changes_under_noise_are_not_scored_and_say_why(tmp_path):
+    x = np.random.default_rng(7).normal(size=(16, 6)).astype(np.float32)
+    result = evaluate(detector_like(), Feeds("boxes", {"x": x}), Grid(bits=(3,), ep=(0.5,), repeats=2), batch_size=4)
+    boxes = result["cells"][-1]["outputs"]["boxes"]
+    assert boxes["agreement_mean"] is None and boxes["invalid_batches_mean"] > 0
+    assert "shape differs from the clean output's" in boxes["note"]
+    assert any("output 'boxes' is not scored where" in line for line in result["warnings"])
+    rows = [row for row in csv_rows(result) if row["output"] == "boxes" and row["kind"] == "cell"]
+    assert all(row["rel_error_mean"] is None and row["snr_db_mean"] is None for row in rows)  # not the primary's
+
+
+def test_non_finite_outputs_give_no_numbers_and_the_json_stays_valid(tmp_path):
+    from analogize.evaluate.results import write_json
+
+    model = make([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Log", ["m"], ["y"])],
+                 [helper.make_tensor_value_info("x", FLOAT, ["n", 6])], [helper.make_tensor_value_info("y", FLOAT, ["n", 4])],
+                 {"w": np.random.default_rng(8).normal(size=(6, 4)).astype(np.float32)})
+    x = np.random.default_rng(9).normal(size=(8, 6)).astype(np.float32)
+    result = evaluate(model, Feeds("logs", {"x": x}), Grid(bits=(6,), ep=(0.3,), repeats=1))
+    assert result["cells"][0]["rel_error_mean"] is None and "NaN or infinite" in result["cells"][0]["note"]
+    write_json(result, tmp_path / "result.json")
+    assert json.loads((tmp_path / "result.json").read_text())["cells"][0]["agreement_mean"] is None
+
+
+def test_scored_outputs_class_axes_and_padding_are_checked(encoder, token_data, tmp_path):
+    path, arrays = token_data
+    only = evaluate_file_model(encoder, path, Grid(ep=(0.0,), repeats=1), outputs=["pooled"])
+    assert list(only["cells"][0]["outputs"]) == ["tokens", "pooled"]
+    assert any("'tokens': agreement is the argmax along axis 2" in line for line in only["warnings"])
+    with pytest.raises(AnalogizeError, match="no output 'nope'"):
+        evaluate_file_model(encoder, path, Grid(repeats=1), outputs=["nope"])
+    with pytest.raises(AnalogizeError, match="holds int64 values, not class scores"):
+        evaluate_file_model(encoder, path, Grid(repeats=1), class_axis={"token_ids": 1})
+    np.savez(tmp_path / "uneven.npz", ids=arrays["ids"], mask=arrays["mask"][:5], y=np.zeros((9, 5)))
+    with pytest.raises(AnalogizeError, match="different sample counts"):
+        model_feeds(f"npz:{tmp_path / 'uneven.npz'}", encoder, limit=3)
+    np.save(tmp_path / "bare.npy", arrays["ids"])
+    with pytest.raises(AnalogizeError, match="one bare array"):
+        model_feeds(f"npz:{tmp_path / 'bare.npy'}", encoder)
+    np.savez(tmp_path / "targets.npz", **arrays, y=np.zeros((9, 5)))  # regression targets: fine unless scored
+    assert model_feeds(f"npz:{tmp_path / 'targets.npz'}", encoder, labels=False).labels is None
+    square = make([helper.make_node("MatMul", ["x", "w"], ["y"])], [helper.make_tensor_value_info("x", FLOAT, [4, 6])],
+                  [helper.make_tensor_value_info("y", FLOAT, [4, 4])],
+                  {"w": np.ones((6, 4), np.float32)})
+    x = np.ones((6, 6), np.float32)
+    assert evaluate(square, Feeds("six", {"x": x}), Grid(ep=(0.0,), repeats=1))["batch_size"] == 4  # axis 0 first
+    with pytest.raises(AnalogizeError, match="multiple of 4"):
+        evaluate(detector_like_fixed(), Feeds("six", {"x": x}), Grid(ep=(0.0,), repeats=1))
+
+
+def detector_like_fixed():
+    """A fixed-batch model whose output's batch axis cannot be found: [4 anchors x 5] flattened for batch 4."""
+    return make([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["m", "shape"], ["y"])],
+                [helper.make_tensor_value_info("x", FLOAT, [4, 6])], [helper.make_tensor_value_info("y", FLOAT, [20])],
+                {"w": np.ones((6, 5), np.float32), "shape": np.array([-1], np.int64)})

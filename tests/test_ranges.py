@@ -175,7 +175,7 @@ def test_calibrated_ranges_are_stored_in_the_model_with_clip_fractions(gemm, rng
 
 
 @pytest.mark.parametrize("data, message", [
-    ("bad_shape", "does not fit"),
+    ("bad_shape", "samples have 15 values but the model.s input .x. takes 7"),
     ("few", "needs at least 8"),
     ("nan", "NaN or infinite"),
 ])

@@ -23,6 +23,10 @@ from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_o
 @click.option("--output", "output_name",
               help="The primary graph output: the headline numbers, and what labels are scored against "
                    "[default: the first]. Every output is scored.")
+@click.option("--score-outputs", callback=lambda context, parameter, text: None if text in (None, "all") else
+              tuple(name for name in text.split(",") if name),
+              help="Comma-separated outputs to score besides the primary one, or 'all' [default: all]. Each scored "
+                   "output's clean values are held in memory for the whole data.")
 @click.option("--class-axis", callback=class_axes,
               help="The axis argmax agreement (and accuracy) reads classes along: AXIS for the primary output, or "
                    "OUTPUT=AXIS, comma-separated [default: 1, or the last for rank-3 sequence outputs].")
@@ -60,7 +64,7 @@ from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_o
 @quiet_option
 @chain_options
 @range_options
-def evaluate(model, data, split, output_name, class_axis, limit, bits_list, eps, activations, repeats, seed, baseline, fidelity,
+def evaluate(model, data, split, output_name, score_outputs, class_axis, limit, bits_list, eps, activations, repeats, seed, baseline, fidelity,
              batch_size, workers, shard, layout, resize, channels, input_mean, input_std, json_path, csv_path,
              plot_path, quiet, chain, ranges):
     """Accuracy of MODEL (clean or converted) under analog noise over a grid of bits x EP x activation."""
@@ -75,7 +79,7 @@ def evaluate(model, data, split, output_name, class_axis, limit, bits_list, eps,
     preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
     result = evaluate_file(model, data, grid, ConvertOptions(**chain, **ranges), split=split, limit=limit,
                            preprocessing=preprocessing, batch_size=batch_size, fidelity=fidelity, workers=workers,
-                           shard=parse_shard(shard) if shard else None, output=output_name, class_axis=class_axis,
+                           shard=parse_shard(shard) if shard else None, output=output_name, class_axis=class_axis, outputs=score_outputs,
                            progress=not quiet)
     _write_and_print(result, json_path, csv_path, plot_path)
 

@@ -153,7 +153,7 @@ def digits(split: str = "test", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def _load_npz(path: Path, split, image_size, channels) -> Dataset:
     try:
-        with np.load(path, allow_pickle=False) as arrays:
+        with npz_archive(path, f"npz:{path}") as arrays:
             names = list(arrays.keys())
             if "x" not in names:
                 raise AnalogizeError(f"{path} holds arrays {', '.join(names) or '(none)'}; expected 'x' (inputs) "
@@ -172,6 +172,15 @@ def _load_npz(path: Path, split, image_size, channels) -> Dataset:
     notes = () if x.dtype == np.uint8 or np.issubdtype(x.dtype, np.floating) else (
         f"{x.dtype} inputs used as they are (only uint8 is divided by 255; rescale with --input-std)",)
     return Dataset(path.name, _to_unit_float(x), None if y is None else y, layout, notes=notes)
+
+
+def npz_archive(path: Path, spec: str, what: str = "data"):
+    """``np.load`` of an archive, data only; a ``.npy`` (one bare array) is refused in one line."""
+    stored = np.load(path, allow_pickle=False)
+    if not isinstance(stored, np.lib.npyio.NpzFile):
+        raise AnalogizeError(f"{what} {spec!r}: {path} holds one bare array, not an .npz archive of named arrays; "
+                             f"save it with numpy.savez(path, x=...)")
+    return stored
 
 
 def _guess_layout(shape) -> str:

@@ -18,7 +18,8 @@ import onnx
 
 from ..errors import AnalogizeError
 from ..passes.model import fed_inputs
-from .datasets import Dataset, Preprocessing, class_labels, evenly_spaced, fit_to_input, input_dims, load_for_model
+from .datasets import (Dataset, Preprocessing, class_labels, evenly_spaced, fit_to_input, input_dims, load_for_model,
+                       npz_archive)
 
 LABELS = "y"  # the npz array that holds labels beside the named inputs
 
@@ -61,33 +62,51 @@ def fixed_batch_size(model: onnx.ModelProto) -> int | None:
 
 
 def model_feeds(spec: str, model: onnx.ModelProto, preprocessing: Preprocessing = Preprocessing(),
-                split: str | None = None, limit: int | None = None, what: str = "data") -> Feeds:
-    """The data spec ``spec`` read for ``model``; ``what`` names the data in error messages."""
+                split: str | None = None, limit: int | None = None, what: str = "data",
+                labels: bool = True) -> Feeds:
+    """The data spec ``spec`` read for ``model``; ``what`` names the data in error messages; ``labels``: whether
+    the caller scores labels (else ``y`` is neither read nor checked)."""
     inputs = fed_inputs(model)
     if not inputs:
         raise AnalogizeError("the model has no graph input to feed data to")
-    names = [value.name for value in inputs]
-    named = _named_arrays(spec, names, what)
-    if named is not None:
-        if split is not None:
-            raise AnalogizeError("npz data has no train/test split; drop --split (or split the files yourself)")
-        arrays, labels = named
-        feeds = Feeds(Path(spec.partition(":")[2]).name, arrays, labels)
-        if limit is not None and limit < len(feeds):
-            chosen = evenly_spaced(len(feeds), limit)
-            feeds.arrays = {name: array[chosen] for name, array in arrays.items()}
-            feeds.labels = None if labels is None else labels[chosen]
-    elif len(inputs) > 1:
-        raise AnalogizeError(f"the model has {len(inputs)} inputs ({', '.join(names)}); give {what} as npz:PATH "
-                             f"holding one array per input, named {', '.join(names)} (and optionally y: labels)")
-    elif inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
-        element = onnx.helper.tensor_dtype_to_np_dtype(inputs[0].type.tensor_type.elem_type).name
-        raise AnalogizeError(f"the model's input {names[0]!r} takes {element} values, not images; give {what} as "
-                             f"npz:PATH holding an array named {names[0]!r} (or 'x'; optionally y: labels)")
-    else:
+    if _takes_images(inputs) and not _names_its_input(spec, inputs[0].name):
         feeds = dataset_feeds(load_for_model(spec, model, preprocessing, split=split, limit=limit), model,
                               preprocessing)
-    return checked_feeds(feeds, inputs, f"{what} {spec!r}")
+        feeds.labels = feeds.labels if labels else None
+        return checked_feeds(feeds, inputs, f"{what} {spec!r}")
+    if split is not None:
+        raise AnalogizeError("npz data has no train/test split; drop --split (or split the files yourself)")
+    if preprocessing != Preprocessing():
+        raise AnalogizeError("--layout, --resize, --channels, --input-mean and --input-std adapt images for a model "
+                             "with one image or feature-vector input; this model's inputs are fed as given")
+    arrays, y = _named_arrays(spec, inputs, what)
+    feeds = checked_feeds(Feeds(Path(spec.partition(":")[2]).name, arrays, y if labels else None), inputs,
+                          f"{what} {spec!r}")
+    if limit is not None and limit < len(feeds):
+        chosen = evenly_spaced(len(feeds), limit)
+        feeds.arrays = {name: array[chosen] for name, array in feeds.arrays.items()}
+        feeds.labels = None if feeds.labels is None else feeds.labels[chosen]
+    return feeds
+
+
+def _names_its_input(spec: str, name: str) -> bool:
+    """Whether ``spec`` is an npz holding an array named after the model's lone input (other than ``x``, the
+    name datasets give images): then it is fed as it is, not adapted as images."""
+    kind, _, argument = spec.partition(":")
+    if kind != "npz" or name == "x" or not Path(argument).expanduser().is_file():
+        return False
+    try:
+        with npz_archive(Path(argument).expanduser(), spec) as stored:
+            return name in stored.files
+    except (OSError, ValueError):
+        return False
+
+
+def _takes_images(inputs: list) -> bool:
+    """Whether the model has one float input of rank 2 or 4: feature vectors or images, which datasets adapt."""
+    if len(inputs) != 1 or inputs[0].type.tensor_type.elem_type != onnx.TensorProto.FLOAT:
+        return False
+    return len(input_dims(inputs[0])) in (2, 4)
 
 
 def dataset_feeds(dataset: Dataset, model: onnx.ModelProto, preprocessing: Preprocessing = Preprocessing()) -> Feeds:
@@ -134,8 +153,6 @@ def _as_input(array: np.ndarray, value: onnx.ValueInfoProto, what: str) -> np.nd
     if wanted.kind in "biu" and array.dtype.kind == "f":
         raise AnalogizeError(f"{what}: array {value.name!r} holds {array.dtype} values but the model's input "
                              f"takes {wanted.name}; store whole numbers in an integer array")
-    if array.dtype.kind == "f" and not np.isfinite(array).all():
-        raise AnalogizeError(f"{what}: input {value.name!r} holds NaN or infinite values; clean the data first")
     if wanted.kind == "b" and array.dtype.kind != "b" and array.size and not np.isin(array, (0, 1)).all():
         raise AnalogizeError(f"{what}: array {value.name!r} feeds a boolean input but holds values other than 0 "
                              f"and 1")
@@ -152,34 +169,40 @@ def _as_input(array: np.ndarray, value: onnx.ValueInfoProto, what: str) -> np.nd
         raise AnalogizeError(f"{what}: array {value.name!r} of shape {array.shape} does not fit the model's "
                              f"input {shown}: give samples along its first axis, or one whole input per sample "
                              f"on an extra first axis")
-    return np.ascontiguousarray(array, wanted)
+    cast = np.ascontiguousarray(array, wanted)
+    if cast.dtype.kind == "f" and not np.isfinite(cast).all():  # after the cast: float16 overflows to inf
+        raise AnalogizeError(f"{what}: input {value.name!r} holds NaN or infinite values (or values too large for "
+                             f"its {wanted.name}); clean the data first")
+    return cast
 
 
-def _named_arrays(spec: str, names: list[str], what: str) -> tuple[dict, np.ndarray | None] | None:
-    """An npz's arrays named after the model's inputs (``x`` standing for a lone input) and its labels, or None
-    when ``spec`` is no npz or names none of the inputs (then it is an image dataset)."""
+def _named_arrays(spec: str, inputs: list, what: str) -> tuple[dict, np.ndarray | None]:
+    """The arrays of an ``npz:PATH`` named after the model's inputs (``x`` standing for a lone input), and its
+    labels ``y``; refused in one line when the spec is no npz or lacks an input."""
+    names = [value.name for value in inputs]
     kind, _, argument = spec.partition(":")
     if kind != "npz" or not argument:
-        return None
+        if len(inputs) > 1:
+            raise AnalogizeError(f"the model has {len(inputs)} inputs ({', '.join(names)}); give {what} as npz:PATH "
+                                 f"holding one array per input, named {', '.join(names)} (and optionally y: labels)")
+        tensor_type = inputs[0].type.tensor_type
+        element = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name \
+            if tensor_type.elem_type != onnx.TensorProto.FLOAT else f"rank-{len(input_dims(inputs[0]))} float32"
+        raise AnalogizeError(f"the model's input {names[0]!r} takes {element} values, not images; give {what} as "
+                             f"npz:PATH holding an array named {names[0]!r} (or 'x'; optionally y: labels)")
     path = Path(argument).expanduser()
     try:
-        with np.load(path, allow_pickle=False) as stored:
+        with npz_archive(path, spec, what) as stored:
             present = set(stored.files)
-            wanted = set(names)
-            if not wanted & present:
-                if len(names) > 1 or "x" not in present:
-                    return None
-                stored_x = stored["x"]
-                if stored_x.dtype.kind == "f" and len(names) == 1:
-                    return None  # images or feature vectors: the dataset path adapts them
-                arrays = {names[0]: stored_x}
-            elif not wanted <= present:
-                missing = [name for name in names if name not in present]
-                raise AnalogizeError(f"{what} {spec!r}: no array for the model's input(s) {', '.join(missing)}; "
-                                     f"the archive holds {', '.join(sorted(present))}")
+            if len(names) == 1 and names[0] not in present and "x" in present:
+                arrays = {names[0]: stored["x"]}
             else:
+                missing = [name for name in names if name not in present]
+                if missing:
+                    raise AnalogizeError(f"{what} {spec!r}: no array for the model's input(s) {', '.join(missing)}; "
+                                         f"the archive holds {', '.join(sorted(present)) or 'nothing'}")
                 arrays = {name: stored[name] for name in names}
-            labels = stored[LABELS] if LABELS in present and LABELS not in wanted else None
+            labels = stored[LABELS] if LABELS in present and LABELS not in names else None
     except AnalogizeError:
         raise
     except FileNotFoundError:
@@ -188,3 +211,4 @@ def _named_arrays(spec: str, names: list[str], what: str) -> tuple[dict, np.ndar
         raise AnalogizeError(f"{what} {spec!r}: {path} is not a readable .npz archive ({error}); save it with "
                              f"numpy.savez") from None
     return arrays, labels
+

@@ -43,7 +43,7 @@ from ..progress import progress_bar
 from ..runtime.sessions import kernels_in_use
 
 RESULT_FORMAT = "analogize.evaluate"
-RESULT_VERSION = 1
+RESULT_VERSION = 2  # 2: every output scored (outputs, data.outputs, data.inputs, rel_error, cosine)
 TOP5_MIN_CLASSES = 6  # top-5 accuracy says something only with more than five classes
 # Seeds are float attributes: float32 holds every whole number up to 2^24 exactly.
 _SEED_SPACE = 2**24
@@ -239,14 +239,16 @@ class _Workload:
 
 
 def _unpadded(name: str, output: np.ndarray, rows: int, batch: int) -> np.ndarray:
-    """The rows of a padded batch's output that belong to real samples, along the output's batch axis (the first
-    of the size of the batch: time-major outputs hold it second)."""
-    axis = next((k for k, size in enumerate(output.shape) if size == batch), None)
-    if axis is None:
-        raise AnalogizeError(f"output {name!r} has shape {list(output.shape)} for a padded batch of {batch}, with no "
-                             f"axis of that size to drop the padding from; give a sample count that is a multiple "
-                             f"of {batch} (--limit)")
-    return np.take(output, np.arange(rows), axis=axis)
+    """The rows of a padded batch's output that belong to real samples, along the output's batch axis: the first
+    when it has the batch's size, else the one other axis that has (time-major outputs hold it second)."""
+    axes = [k for k, size in enumerate(output.shape) if size == batch]
+    axes = axes[:1] if axes and axes[0] == 0 else axes
+    if len(axes) != 1:
+        which = "no axis" if not axes else f"{len(axes)} axes"
+        raise AnalogizeError(f"output {name!r} has shape {list(output.shape)} for a padded batch of {batch}: {which} "
+                             f"of that size to drop the padding from; give a sample count that is a multiple of "
+                             f"{batch} (--limit)")
+    return np.take(output, np.arange(rows), axis=axes[0])
 
 
 class _OutputTally:
@@ -255,7 +257,8 @@ class _OutputTally:
 
     def __init__(self, class_axis: int | None):
         self.class_axis = class_axis
-        self.agree = self.positions = self.mismatched = 0
+        self.agree = self.positions = 0
+        self.mismatched = self.non_finite = 0  # batches whose outputs cannot be compared, by cause
         self.error = self.reference = self.dot = self.power = 0.0
         self.signal = self.noise = 0.0
         self.snr = False
@@ -264,6 +267,9 @@ class _OutputTally:
     def add(self, output: np.ndarray, clean: np.ndarray, noise_free: np.ndarray | None) -> None:
         if output.shape != clean.shape:  # e.g. a detector's post-processing keeps another number of boxes
             self.mismatched += 1
+            return
+        if output.dtype.kind == "f" and not (np.isfinite(output).all() and np.isfinite(clean).all()):
+            self.non_finite += 1
             return
         if output.dtype.kind != "f":
             self.agree += int(np.sum(output == clean))
@@ -285,7 +291,15 @@ class _OutputTally:
             self.noise += float(np.sum((value - signal) ** 2))
 
     def metrics(self) -> dict:
-        result = {"agreement": self.agree / self.positions if self.positions else None}
+        invalid = self.mismatched + self.non_finite
+        result = {"invalid_batches": invalid}
+        if invalid:  # partial numbers over the comparable batches would flatter exactly where noise did harm
+            causes = [f"its shape differs from the clean output's in {self.mismatched} batch(es)"] * bool(
+                self.mismatched) + [f"it holds NaN or infinite values in {self.non_finite} batch(es)"] * bool(
+                self.non_finite)
+            result.update(agreement=None, rel_error=None, cosine=None, snr_db=None, note=" and ".join(causes))
+            return result
+        result["agreement"] = self.agree / self.positions if self.positions else None
         if not self.exact:
             result["rel_error"] = math.sqrt(self.error / self.reference) if self.reference > 0 else None
             result["cosine"] = self.dot / math.sqrt(self.reference * self.power) \
@@ -296,8 +310,6 @@ class _OutputTally:
             if self.noise == 0 or self.signal == 0:
                 result["snr_note"] = "identical to the noise-free output" if self.noise == 0 else \
                     "the noise-free output is all zero"
-        if self.mismatched:
-            result["shape_mismatches"] = self.mismatched
         return result
 
 
@@ -530,7 +542,8 @@ def _evaluate_in_worker(model: bytes, reference: bytes | None, repeats: int) -> 
 def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
              options: ConvertOptions | None = None, *, preprocessing: Preprocessing = Preprocessing(),
              batch_size: int = 256, fidelity: bool = False, workers: int = 1, shard: tuple[int, int] | None = None,
-             output: str | None = None, class_axis: int | dict | None = None, progress: bool = False) -> dict:
+             output: str | None = None, class_axis: int | dict | None = None, outputs: list | None = None,
+             progress: bool = False) -> dict:
     """Evaluate the clean model and every grid cell (of ``shard`` ``(i, n)`` when given) on ``data``: a dataset
     (fitted to the model's one float input as ``preprocessing`` says) or :class:`~analogize.data.Feeds` (one
     array per input, as :func:`~analogize.data.model_feeds` reads them).
@@ -541,7 +554,8 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
     cosine similarity, and SNR against the same cell without noise); ``output`` names the primary one (default:
     the first), whose numbers head the result and which labels are scored against. ``class_axis`` is the
     primary output's class axis, or a dict of axes by output name (default: :func:`default_class_axis`).
-    ``fidelity`` ignores labels.
+    ``outputs`` limits the outputs scored besides the primary (default: all; every scored output's clean and
+    noise-free values are held in memory for the whole data). ``fidelity`` ignores labels.
     """
     grid.check()
     options = options or ConvertOptions()
@@ -574,9 +588,12 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
         which = "the first float one" if primary != output_names[0] else "the first"
         adaptations.append(f"headline numbers from output {primary!r}, {which} of {len(output_names)} (choose with "
                            f"--output; every output is scored)")
-    axes = _requested_axes(class_axis, primary, output_names)
-    workload = _Workload(feeds, [primary] + [name for name in output_names if name != primary], labels, batch_size,
-                         pad_batches=bool(fixed_batch))
+    unknown = [name for name in outputs or () if name not in output_names]
+    if unknown:
+        raise AnalogizeError(f"the model has no output {unknown[0]!r}; its outputs are {', '.join(output_names)}")
+    scored = [primary] + [name for name in output_names if name != primary and (outputs is None or name in outputs)]
+    axes = _requested_axes(class_axis, primary, scored)
+    workload = _Workload(feeds, scored, labels, batch_size, pad_batches=bool(fixed_batch))
 
     cells = grid.cells()
     mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
@@ -609,7 +626,7 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
         "fidelity": fidelity or labels is None, "batch_size": batch_size,
         "clean": clean,
         "baselines": baselines, "cells": records, "cell_count": len(cells),
-        "warnings": builder.warnings + _constant_output_warnings(described),
+        "warnings": builder.warnings + _output_warnings(described, [*baselines, *records], primary),
         "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
     }
 
@@ -621,8 +638,8 @@ def _requested_axes(class_axis, primary: str, output_names: list[str]) -> dict:
     requested = class_axis if isinstance(class_axis, dict) else {primary: class_axis}
     for name, axis in requested.items():
         if name not in output_names:
-            raise AnalogizeError(f"--class-axis names output {name!r}, which the model does not have; its outputs "
-                                 f"are {', '.join(output_names)}")
+            raise AnalogizeError(f"--class-axis names output {name!r}, which is not among the outputs scored: "
+                                 f"{', '.join(output_names)}")
         if isinstance(axis, bool) or not isinstance(axis, int):
             raise AnalogizeError(f"--class-axis for {name!r} must be a whole number (an axis), got {axis!r}")
     return requested
@@ -634,16 +651,22 @@ def _describe_outputs(workload: _Workload, requested: dict) -> list[dict]:
     described, workload.class_axes = [], {}
     for k, name in enumerate(workload.outputs):
         first = workload.clean[0][k]
-        axis = requested.get(name, default_class_axis(first.ndim))
-        if name in requested and not -first.ndim <= axis < first.ndim:
+        named = name in requested
+        axis = requested[name] if named else default_class_axis(first.ndim)
+        if named and not -first.ndim <= axis < first.ndim:
             raise AnalogizeError(f"--class-axis {axis} is not an axis of output {name!r}, which has shape "
                                  f"{list(first.shape)}")
+        if named and first.dtype.kind != "f":
+            raise AnalogizeError(f"--class-axis names output {name!r}, which holds {first.dtype.name} values, not "
+                                 f"class scores (integer outputs are compared value by value)")
         if axis is not None:
             axis %= first.ndim
             if first.dtype.kind != "f" or first.shape[axis] < 2:
                 axis = None
         workload.class_axes[name] = axis
         described.append({"name": name, "shape": list(first.shape), "dtype": first.dtype.name, "class_axis": axis,
+                          # a guessed axis of a rank-3+ output (anchors, time, pixels) may hold no classes at all
+                          "class_axis_guessed": axis is not None and not named and first.ndim > 2,
                           "classes": None if axis is None else first.shape[axis],
                           "varies": _varies(name, k, workload)})
     return described
@@ -669,9 +692,19 @@ def _varies(name: str, k: int, workload: _Workload) -> bool | None:
                    for batch in batches)
 
 
-def _constant_output_warnings(described: list[dict]) -> list[str]:
-    return [f"output {entry['name']!r} is the same for every sample of this data: its agreement, error and SNR say "
-            f"nothing about the model" for entry in described if entry["varies"] is False]
+def _output_warnings(described: list[dict], records: list[dict], primary: str) -> list[str]:
+    """One line per output whose numbers mislead unless read with care: constant outputs, guessed class axes,
+    and outputs that could not be compared in some cell."""
+    lines = [f"output {entry['name']!r} is the same for every sample of this data: its agreement, error and SNR "
+             f"say nothing about the model" for entry in described if entry["varies"] is False]
+    lines += [f"output {entry['name']!r}: agreement is the argmax along axis {entry['class_axis']} of "
+              f"{entry['shape']}, a guess for a rank-{len(entry['shape'])} output; name the class axis with "
+              f"--class-axis" for entry in described if entry["class_axis_guessed"]]
+    for entry in described:
+        notes = {(record.get("outputs", {}).get(entry["name"]) or (record if entry["name"] == primary else {}))
+                 .get("note") for record in records} - {None}
+        lines += [f"output {entry['name']!r} is not scored where {note}" for note in sorted(notes)]
+    return lines
 
 
 def _check_labels_fit(workload: _Workload, name: str) -> None:
@@ -751,7 +784,7 @@ def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOp
 
     grid.check()
     model, _ = load_model(model_path)
-    feeds = model_feeds(data, model, preprocessing, split=split, limit=limit)
+    feeds = model_feeds(data, model, preprocessing, split=split, limit=limit, labels=not settings.get("fidelity"))
     result = evaluate(model, feeds, grid, options, preprocessing=preprocessing, **settings)
     result["model"] = str(model_path)
     result["data"].update(spec=data, split=split, limit=limit)

@@ -1,11 +1,12 @@
 """Evaluation results: merging shards, and writing them as a terminal table, JSON, CSV and a plot.
 
-A result is the dict :func:`analogize.evaluate.evaluate` returns (schema ``analogize.evaluate.engine`` version 1):
+A result is the dict :func:`analogize.evaluate.evaluate` returns (schema ``analogize.evaluate`` version 2):
 ``clean`` (the unconverted model), ``baselines`` (each swapped activation without noise or quantisation),
 and ``cells``, one record per grid cell with ``bits``, ``precision``, ``ep``, ``std``, ``activation``,
 ``repeats``, ``seed`` and ``<metric>_mean`` / ``<metric>_std`` for the primary output's accuracy, top5, agreement,
-rel_error, cosine and snr_db (with ``snr_note`` where SNR has no value), and, for models with several outputs,
-``outputs``: the same metrics for each output by name.
+rel_error, cosine and snr_db (with ``snr_note`` where SNR has no value, ``invalid_batches`` and a ``note`` where
+the output could not be compared), and, for models with several outputs, ``outputs``: the same metrics for
+each output by name.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ PLOT_FORMATS = ("png", "pdf", "svg")
 METRICS = ("accuracy", "top5", "agreement", "rel_error", "cosine", "snr_db")
 CSV_COLUMNS = ("kind", "activation", "bits", "precision", "ep", "std", "repeats", "seed",
                *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "snr_note", "output")
+_SETTING_COLUMNS = ("activation", "bits", "precision", "ep", "std", "repeats", "seed")
 # Everything but the cells and the shard position must agree between shards of one sweep.
 _SWEEP_KEYS = ("format", "version", "model_sha256", "output", "kernels", "data", "grid", "options",
                "converted_input", "fidelity", "batch_size", "clean", "baselines", "cell_count")
@@ -84,7 +86,7 @@ def csv_rows(result: dict) -> list[dict]:
     rows = [{"kind": "clean", "output": primary, "activation": "clean", **_metric_columns(result["clean"])}]
     for kind, records in (("baseline", result["baselines"]), ("cell", result["cells"])):
         for record in records:
-            settings = {k: record.get(k) for k in CSV_COLUMNS if k in record}
+            settings = {k: record.get(k) for k in _SETTING_COLUMNS if k in record}
             rows.append({**settings, "kind": kind, "output": primary, **_metric_columns(record)})
             rows += [{**settings, "kind": kind, "output": name, **_metric_columns(metrics)}
                      for name, metrics in record.get("outputs", {}).items() if name != primary]
