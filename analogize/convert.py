@@ -7,7 +7,7 @@ from pathlib import Path
 import onnx
 
 from .errors import AnalogizeError
-from .model_io import load_model, save_model
+from .model_io import load_any_model, save_model
 from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision, check_precision, check_std,
                           ep_to_std, std_to_ep)
 from .ops.spec import OPS
@@ -218,15 +218,20 @@ def _with_activations(model: onnx.ModelProto, options: ConvertOptions) -> onnx.M
 
 
 def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,
-                 **overrides) -> dict:
-    """Convert the model file ``source`` and write the result to ``destination`` atomically."""
-    source = Path(source)
+                 torch_import=None, **overrides) -> dict:
+    """Convert the model ``source`` (an ONNX file, or a torch model exported with ``torch_import``: see
+    :func:`~analogize.model_io.load_any_model`) and write the result to ``destination`` atomically."""
+    if destination is None and not Path(str(source)).is_file():
+        raise AnalogizeError(f"{source} is no file to name the output after: give -o")
+    source = Path(str(source)) if Path(str(source)).is_file() else source
     destination = Path(destination) if destination else source.with_name(f"{source.stem}.analog.onnx")
     options = replace(options or ConvertOptions(), **overrides)
     options.chain_settings()  # reject bad flags before reading a possibly large model
     options.calibration_options()
-    model, external = load_model(source)
+    model, external, exported = load_any_model(source, torch_import)
     result = convert(model, options, reuse_input=True)
     save_model(result.model, destination, external_data=external, overwrite_input=None if overwrite else source)
     result.report.update(input=str(source), output=str(destination))
+    if exported:
+        result.report["exported"] = exported
     return result.report

@@ -9,7 +9,7 @@ import click
 from .. import noise_model
 from ..ops.spec import OPS
 from .options import (activation_options, bits_option, chain_options, ep_option, json_flag, overwrite_option,
-                      range_options, writable_file)
+                      range_options, torch_options, writable_file)
 
 
 @click.command()
@@ -29,13 +29,16 @@ from .options import (activation_options, bits_option, chain_options, ep_option,
 @json_flag("Print the report as JSON.")
 @chain_options
 @range_options
-def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, inline, as_json, chain, ranges):
-    """Insert clamp, reduce-precision and noise into MODEL and swap its activations."""
+@torch_options
+def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, inline, as_json, chain, ranges,
+            torch_import):
+    """Insert clamp, reduce-precision and noise into MODEL (ONNX, or a torch model: .pt2, TorchScript, or
+    module.path:factory with --state-dict) and swap its activations."""
     from ..convert import ConvertOptions, convert_file
 
     options = ConvertOptions(bits=bits, ep=ep, std=std, activation=activation, factor=factor, seed=seed,
                              inline=inline, **chain, **ranges)
-    report = convert_file(model, output, options, overwrite=overwrite)
+    report = convert_file(model, output, options, overwrite=overwrite, torch_import=torch_import)
     for line in report["warnings"]:
         click.echo(line, err=True)
     if as_json:

@@ -10,7 +10,7 @@ from ..model_io import refuse_overwrites
 from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options, class_axes,
                       comma_separated_floats, csv_file_option, error_probabilities_option, height_by_width,
                       json_file_option, noise_draws_option, plot_file_option, quiet_option, range_options,
-                      seed_option, writable_file)
+                      seed_option, torch_options, writable_file)
 
 
 @click.command()
@@ -64,10 +64,12 @@ from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_o
 @quiet_option
 @chain_options
 @range_options
-def evaluate(model, data, split, output_name, score_outputs, class_axis, limit, bits_list, eps, activations, repeats, seed, baseline, fidelity,
-             batch_size, workers, shard, layout, resize, channels, input_mean, input_std, json_path, csv_path,
-             plot_path, quiet, chain, ranges):
-    """Accuracy of MODEL (clean or converted) under analog noise over a grid of bits x EP x activation."""
+@torch_options
+def evaluate(model, data, split, output_name, score_outputs, class_axis, limit, bits_list, eps, activations, repeats,
+             seed, baseline, fidelity, batch_size, workers, shard, layout, resize, channels, input_mean, input_std,
+             json_path, csv_path, plot_path, quiet, chain, ranges, torch_import):
+    """Accuracy of MODEL (clean or converted ONNX, or a torch model) under analog noise over a grid of bits x EP x
+    activation."""
     from ..convert import ConvertOptions
     from ..data import Preprocessing
     from ..evaluate.engine import Grid, evaluate_file, parse_shard
@@ -79,8 +81,8 @@ def evaluate(model, data, split, output_name, score_outputs, class_axis, limit, 
     preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
     result = evaluate_file(model, data, grid, ConvertOptions(**chain, **ranges), split=split, limit=limit,
                            preprocessing=preprocessing, batch_size=batch_size, fidelity=fidelity, workers=workers,
-                           shard=parse_shard(shard) if shard else None, output=output_name, class_axis=class_axis, outputs=score_outputs,
-                           progress=not quiet)
+                           shard=parse_shard(shard) if shard else None, output=output_name, class_axis=class_axis,
+                           outputs=score_outputs, torch_import=torch_import, progress=not quiet)
     _write_and_print(result, json_path, csv_path, plot_path)
 
 

@@ -8,7 +8,8 @@ import click
 
 from ..model_io import refuse_overwrites
 from .options import (activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
-                      quiet_option, range_options, training_data_options, training_loop_options, writable_file)
+                      quiet_option, range_options, torch_options, training_data_options, training_loop_options,
+                      writable_file)
 
 
 @click.command()
@@ -26,9 +27,10 @@ from .options import (activation_options, bits_option, chain_options, checkpoint
 @quiet_option
 @chain_options
 @range_options
+@torch_options
 def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor, checkpoint_dir, resume, json_path,
-             plot_path, quiet, training, chain, ranges):
-    """Fine-tune MODEL (clean or converted) under analog noise and write the tuned model."""
+             plot_path, quiet, training, chain, ranges, torch_import):
+    """Fine-tune MODEL (clean or converted ONNX, or a torch model) under analog noise and write the tuned model."""
     from ..convert import ConvertOptions
     from ..training.finetune import FinetuneOptions, finetune_file
 
@@ -38,7 +40,7 @@ def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor
                                      **chain, **ranges)
     report = finetune_file(model, output, data, FinetuneOptions(**training), convert_options, eval_data=eval_data,
                            limit=limit, checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet,
-                           plot=plot_path)
+                           plot=plot_path, torch_import=torch_import)
     print_training_report(report, json_path)
 
 

@@ -200,6 +200,41 @@ chain_options = packed_option_group(
 )
 
 
+def _shape(context, parameter, text):
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(size) for size in text.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a shape: give sizes such as 3,224,224") from None
+    if not shape or min(shape) < 1:
+        raise click.BadParameter(f"{text!r}: sizes must be whole numbers >= 1")
+    return shape
+
+
+def _torch_import(values: dict):
+    from ..torch_import import TorchImport
+
+    static = values.pop("static_batch")
+    return TorchImport(**values, dynamic_batch=not static)
+
+
+# How a torch model given as MODEL becomes ONNX (convert, evaluate, finetune): the command gets ``torch_import``
+torch_options = packed_option_group(
+    "torch_import", _torch_import,
+    click.option("--input-shape", callback=_shape,
+                 help="Torch models: one sample's input shape without the batch (e.g. 3,224,224), to export with."),
+    click.option("--state-dict", type=click.Path(dir_okay=False),
+                 help="Torch models given as module.path:factory: the trained weights (torch.save of "
+                      "model.state_dict(); read with weights_only)."),
+    click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True,
+                 help="Torch models: torch.onnx's exporter (.pt2 programs always use dynamo)."),
+    click.option("--opset", type=click.IntRange(13, 21), default=18, show_default=True,
+                 help="Torch models: the ONNX opset to export to."),
+    click.option("--static-batch", is_flag=True, help="Torch models: export with a fixed batch axis."),
+)
+
+
 # How each chain's full scale is set (convert, evaluate, finetune): the command gets them as ``ranges``, a
 # dict of ConvertOptions fields. train and sweep keep the paper's unit range and take none of them.
 range_options = packed_option_group(

@@ -778,14 +778,17 @@ def _drain(pool, cells, prepared, record, repeats: int, workers: int, bar) -> No
 
 def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOptions | None = None, *,
                   split: str | None = None, limit: int | None = None, preprocessing: Preprocessing = Preprocessing(),
-                  **settings) -> dict:
-    """:func:`evaluate` on the model file ``model_path`` and the data spec ``data`` (what the CLI runs)."""
-    from ..model_io import load_model
+                  torch_import=None, **settings) -> dict:
+    """:func:`evaluate` on the model ``model_path`` (an ONNX file, or a torch model exported with
+    ``torch_import``) and the data spec ``data`` (what the CLI runs)."""
+    from ..model_io import load_any_model
 
     grid.check()
-    model, _ = load_model(model_path)
+    model, _, exported = load_any_model(model_path, torch_import)
     feeds = model_feeds(data, model, preprocessing, split=split, limit=limit, labels=not settings.get("fidelity"))
     result = evaluate(model, feeds, grid, options, preprocessing=preprocessing, **settings)
     result["model"] = str(model_path)
     result["data"].update(spec=data, split=split, limit=limit)
+    if exported:
+        result["exported"] = exported
     return result

@@ -162,7 +162,8 @@ def table(result: dict) -> str:
     for baseline in result["baselines"]:
         lines.append(f"{baseline['activation']} without noise or quantisation: "
                      + (f"top-1 {_percent(baseline, 'accuracy')} %, " if labelled else "")
-                     + f"agreement {_percent(baseline, 'agreement')} %, relative error {_number(baseline, 'rel_error')}")
+                     + f"agreement {_percent(baseline, 'agreement')} %, "
+                     f"relative error {_number(baseline, 'rel_error')}")
     header = ["activation", "bits", "precision", "EP", "noise std"] + (["top-1 %"] if labelled else []) \
         + (["top-5 %"] if top5 else []) + ["agreement %", "rel. error", "SNR dB", "repeats"]
     rows = [_cell_settings(cell) + ([_percent(cell, "accuracy")] if labelled else [])
@@ -239,7 +240,8 @@ def plot(result: dict, path) -> None:
     axes[0][0].set_ylabel(label)
     options = result.get("options", {})
     model = Path(result["model"]).name if result.get("model") else "model"
-    ranges = f"ranges: weights {options.get('weight_range')}, activations {options.get('activation_range') or 'default'}" \
+    ranges = f"ranges: weights {options.get('weight_range')}, " \
+             f"activations {options.get('activation_range') or 'default'}" \
         if options and not result["converted_input"] else "as converted"
     figure.suptitle(f"{model}, output {result['output']!r} on {result['data']['name']}; {ranges}; "
                     f"{result['grid']['repeats']} noise draws per point (mean ± std)", fontsize=9)

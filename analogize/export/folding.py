@@ -46,7 +46,8 @@ def fold_static_ranges(graph: gs.Graph, quantizer) -> list[dict]:
             continue
         site = prefix.split("/")[1]
         tensor = rescale.outputs[0].name if site == "layer-output" else node.inputs[0].name
-        elements = [by_name[f"{prefix}/{element}"] for element in ("clamp", "quantize") if f"{prefix}/{element}" in by_name]
+        elements = [by_name[f"{prefix}/{element}"] for element in ("clamp", "quantize")
+                    if f"{prefix}/{element}" in by_name]
         plan = _plan(node, elements)
         if isinstance(plan, str):
             records.append({"tensor": tensor, "site": site, "folded": False, "why": plan})
@@ -58,8 +59,9 @@ def fold_static_ranges(graph: gs.Graph, quantizer) -> list[dict]:
                                              if f"{prefix}/{step}" in by_name)]
         gone.update(id(member) for member in chain)
         replaced[id(node)] = quantizer(names, prefix, source, output, precision, scale, axis, known_values(source))
-        records.append({"tensor": tensor, "site": site, "folded": True, "precision": precision,
-                        "axis": axis, "scale": scale.reshape(-1).tolist() if axis is not None else float(scale.reshape(-1)[0])})
+        values = scale.reshape(-1)
+        records.append({"tensor": tensor, "site": site, "folded": True, "precision": precision, "axis": axis,
+                        "scale": values.tolist() if axis is not None else float(values[0])})
     nodes = []
     for node in graph.nodes:
         if id(node) in replaced:

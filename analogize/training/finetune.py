@@ -324,13 +324,14 @@ def split_data(spec: str, limit: int | None = None, validation_spec: str | None 
 def finetune_file(source, destination, data: str, options: FinetuneOptions = FinetuneOptions(),
                   convert_options: ConvertOptions | None = None, *, eval_data: str | None = None,
                   limit: int | None = None, checkpoint_dir=None, resume: bool = False, progress: bool = False,
-                  plot=None) -> dict:
-    """:func:`finetune` from a model file to a tuned model file (the CLI's ``analogize finetune``)."""
+                  plot=None, torch_import=None) -> dict:
+    """:func:`finetune` from a model (an ONNX file, or a torch model exported with ``torch_import``) to a tuned
+    model file (the CLI's ``analogize finetune``)."""
     from ..data import decode_hints
-    from ..model_io import load_model, save_model
+    from ..model_io import load_any_model, save_model
 
     options.check()
-    model, external = load_model(source)
+    model, external, exported = load_any_model(source, torch_import)
     size, channels = decode_hints(model, Preprocessing())
     train, validation = split_data(data, limit, eval_data, options.seed, size, channels)
     tuned, report = finetune(model, train, validation, options, convert_options, checkpoint_dir=checkpoint_dir,
@@ -339,6 +340,8 @@ def finetune_file(source, destination, data: str, options: FinetuneOptions = Fin
         return report
     save_model(tuned, destination, external_data=external, overwrite_input=source)
     report.update(input=str(source), output=str(destination), data=data, eval_data=eval_data)
+    if exported:
+        report["exported"] = exported
     if plot:
         plot_curves(report, plot)
     return report
