@@ -7,7 +7,8 @@ from pathlib import Path
 import onnx
 
 from .errors import AnalogizeError
-from .model_io import load_any_model, save_model
+from .model_io import save_model
+from .torch_import import load_any_model
 from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision, check_precision, check_std,
                           ep_to_std, std_to_ep)
 from .ops.spec import OPS
@@ -220,7 +221,7 @@ def _with_activations(model: onnx.ModelProto, options: ConvertOptions) -> onnx.M
 def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,
                  torch_import=None, **overrides) -> dict:
     """Convert the model ``source`` (an ONNX file, or a torch model exported with ``torch_import``: see
-    :func:`~analogize.model_io.load_any_model`) and write the result to ``destination`` atomically."""
+    :func:`~analogize.torch_import.load_any_model`) and write the result to ``destination`` atomically."""
     if destination is None and not Path(str(source)).is_file():
         raise AnalogizeError(f"{source} is no file to name the output after: give -o")
     source = Path(str(source)) if Path(str(source)).is_file() else source

@@ -15,22 +15,6 @@ from .errors import AnalogizeError
 
 
 
-def load_any_model(source, torch_import=None) -> tuple[onnx.ModelProto, bool, dict | None]:
-    """An ONNX file, or a torch model (:mod:`analogize.torch_import`: ``.pt2``, TorchScript, or
-    ``module.path:factory``) exported to ONNX with ``torch_import``'s settings: the model, whether it stored its
-    weights as external data, and how it was exported (None for ONNX)."""
-    from .torch_import import TorchImport, is_torch_source, torch_to_onnx
-
-    if Path(str(source)).suffix.lower() != ".onnx" and is_torch_source(source):
-        model, record = torch_to_onnx(source, torch_import or TorchImport())
-        return model, False, record
-    if torch_import is not None and torch_import != TorchImport():
-        raise AnalogizeError(f"{source} is an ONNX model: --input-shape, --state-dict, --exporter, --opset and "
-                             f"--static-batch apply to torch models only")
-    model, external = load_model(source)
-    return model, external, None
-
-
 def load_model(path) -> tuple[onnx.ModelProto, bool]:
     """The model at ``path`` with its weights, and whether it stored them as external data."""
     path = Path(path)

@@ -28,6 +28,7 @@ from pathlib import Path
 import onnx
 
 from .errors import AnalogizeError
+from .model_io import load_model
 
 EXPORTERS = ("legacy", "dynamo")
 DEFAULT_OPSET = 18
@@ -56,6 +57,20 @@ def is_torch_source(source) -> bool:
     module, separator, factory = text.rpartition(":")
     return bool(separator and module and factory.isidentifier() and all(part.isidentifier()
                                                                         for part in module.split(".")))
+
+
+def load_any_model(source, torch_import=None) -> tuple[onnx.ModelProto, bool, dict | None]:
+    """An ONNX file, or a torch model (:mod:`analogize.torch_import`: ``.pt2``, TorchScript, or
+    ``module.path:factory``) exported to ONNX with ``torch_import``'s settings: the model, whether it stored its
+    weights as external data, and how it was exported (None for ONNX)."""
+    if Path(str(source)).suffix.lower() != ".onnx" and is_torch_source(source):
+        model, record = torch_to_onnx(source, torch_import or TorchImport())
+        return model, False, record
+    if torch_import is not None and torch_import != TorchImport():
+        raise AnalogizeError(f"{source} is an ONNX model: --input-shape, --state-dict, --exporter, --opset and "
+                             f"--static-batch apply to torch models only")
+    model, external = load_model(source)
+    return model, external, None
 
 
 def torch_to_onnx(source, options: TorchImport = TorchImport()) -> tuple[onnx.ModelProto, dict]:
@@ -194,8 +209,6 @@ def _example(torch, options: TorchImport, source):
 
 def _export(torch, module, example, exporter: str, options: TorchImport) -> onnx.ModelProto:
     """``module`` exported to ONNX in a temporary folder and read back."""
-    from .model_io import load_model
-
     with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = Path(folder) / "exported.onnx"

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from analogize.cli import main
-from conftest import DEFAULT_MODEL, LIGHT_MODELS, ROOT, run
+from conftest import DEFAULT_MODEL, LIGHT_MODELS, run
 
 
 def analogize(capsys, *argv):
@@ -115,16 +115,6 @@ def test_debug_shows_the_traceback(tmp_path):
 def test_ops_listing(capsys):
     code, out, _ = analogize(capsys, "ops", "--json")
     assert code == 0 and json.loads(out)["ReducePrecision"]["attributes"]["divide"]["default"] == 0.5
-
-
-def test_readme_main_command_runs(tmp_path):
-    """The README's main command, minus its install step, run as a user would from the repository root."""
-    readme = (ROOT / "README.md").read_text()
-    command = next(line for line in readme.splitlines() if line.startswith("pip install") and "convert" in line)
-    convert_part = command.split("&&", 1)[1].strip().replace("digits_analog.onnx", str(tmp_path / "d.onnx"))
-    result = subprocess.run(convert_part, shell=True, cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    assert (tmp_path / "d.onnx").exists()
 
 
 def test_zoo_export_then_convert(tmp_path, capsys):

@@ -14,8 +14,7 @@ from analogize import zoo
 from analogize.convert import ConvertOptions, convert, convert_file
 from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import Grid, evaluate_file
-from analogize.model_io import load_any_model
-from analogize.torch_import import TorchImport, _tensors_only, is_torch_source, torch_to_onnx
+from analogize.torch_import import TorchImport, _tensors_only, is_torch_source, load_any_model, torch_to_onnx
 from conftest import DEFAULT_MODEL, ROOT, run
 from test_cli import analogize
 

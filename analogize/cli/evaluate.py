@@ -13,6 +13,12 @@ from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_o
                       seed_option, torch_options, writable_file)
 
 
+def _renamed_output(context, parameter, value):
+    if value is not None:  # every other command's --output is a file; this one named a graph output
+        raise click.BadParameter("evaluate names its primary graph output with --primary-output; files go to "
+                                 "--json, --csv and --plot")
+
+
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("--data", required=True,
@@ -20,9 +26,10 @@ from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_o
                    "cifar10:DIR (python batches) | imagefolder:DIR.")
 @click.option("--split", type=click.Choice(["test", "train", "all"]),
               help="digits and cifar10 only [default: test].")
-@click.option("--output", "output_name",
+@click.option("--primary-output", "output_name",
               help="The primary graph output: the headline numbers, and what labels are scored against "
-                   "[default: the first]. Every output is scored.")
+                   "[default: the first float output]. Every output is scored.")
+@click.option("--output", hidden=True, expose_value=False, callback=_renamed_output)
 @click.option("--score-outputs", callback=lambda context, parameter, text: None if text in (None, "all") else
               tuple(name for name in text.split(",") if name),
               help="Comma-separated outputs to score besides the primary one, or 'all' [default: all]. Each scored "

@@ -587,7 +587,7 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
     if output is None and len(output_names) > 1:
         which = "the first float one" if primary != output_names[0] else "the first"
         adaptations.append(f"headline numbers from output {primary!r}, {which} of {len(output_names)} (choose with "
-                           f"--output; every output is scored)")
+                           f"--primary-output; every output is scored)")
     unknown = [name for name in outputs or () if name not in output_names]
     if unknown:
         raise AnalogizeError(f"the model has no output {unknown[0]!r}; its outputs are {', '.join(output_names)}")
@@ -716,7 +716,7 @@ def _check_labels_fit(workload: _Workload, name: str) -> None:
     if axis is None or np.moveaxis(primary, axis, -1).shape[:-1] != (rows,):
         raise AnalogizeError(f"{name}: labels need an output of class scores shaped (samples, classes), but output "
                              f"{workload.outputs[0]!r} has shape {list(primary.shape)} for a batch of {rows}; choose "
-                             f"another with --output or --class-axis, or pass --fidelity")
+                             f"another with --primary-output or --class-axis, or pass --fidelity")
     classes = primary.shape[axis]
     if len(workload.labels) and workload.labels.max() >= classes:
         raise AnalogizeError(f"{name}: labels go up to {workload.labels.max()} but the model has {classes} outputs; "
@@ -781,7 +781,7 @@ def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOp
                   torch_import=None, **settings) -> dict:
     """:func:`evaluate` on the model ``model_path`` (an ONNX file, or a torch model exported with
     ``torch_import``) and the data spec ``data`` (what the CLI runs)."""
-    from ..model_io import load_any_model
+    from ..torch_import import load_any_model
 
     grid.check()
     model, _, exported = load_any_model(model_path, torch_import)

@@ -328,7 +328,8 @@ def finetune_file(source, destination, data: str, options: FinetuneOptions = Fin
     """:func:`finetune` from a model (an ONNX file, or a torch model exported with ``torch_import``) to a tuned
     model file (the CLI's ``analogize finetune``)."""
     from ..data import decode_hints
-    from ..model_io import load_any_model, save_model
+    from ..model_io import save_model
+    from ..torch_import import load_any_model
 
     options.check()
     model, external, exported = load_any_model(source, torch_import)
