@@ -48,7 +48,13 @@ def ep_to_std(error_probability: float, precision: float) -> float:
         raise AnalogizeError(f"EP (error probability) must be in [0, 1), got {error_probability!r}")
     if error_probability == 0.0:
         return 0.0
-    return 1.0 / (2.0 * math.sqrt(2.0) * precision * _erfinv(1.0 - error_probability))
+    if 1.0 - error_probability / 2.0 < 1.0:
+        spread = _erfinv(1.0 - error_probability)
+    else:  # 1 - EP/2 rounds to 1: the same quantile from the other tail, -Phi^-1(EP/2) / sqrt(2)
+        spread = -NormalDist().inv_cdf(error_probability / 2.0) / math.sqrt(2.0)
+    if spread == 0.0:
+        raise AnalogizeError(f"EP {error_probability!r} is too close to 1: no noise std gives it")
+    return 1.0 / (2.0 * math.sqrt(2.0) * precision * spread)
 
 
 def check_std(std: float) -> float:
@@ -61,4 +67,4 @@ def std_to_ep(std: float, precision: float) -> float:
     check_precision(precision)
     if check_std(std) == 0.0:
         return 0.0
-    return 1.0 - math.erf(1.0 / (2.0 * math.sqrt(2.0) * std * precision))
+    return math.erfc(1.0 / (2.0 * math.sqrt(2.0) * std * precision))  # erfc: 1 - erf without cancelling

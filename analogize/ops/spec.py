@@ -19,8 +19,13 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+import numpy as np
+
 DOMAIN = "ai.analogize"
 DOMAIN_VERSION = 1
+
+
+FLOAT32_LIMIT = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -36,13 +41,15 @@ class Attribute:
     def check(self, op_name: str, value) -> float:
         from ..errors import AnalogizeError
 
-        low_ok = value >= self.minimum if self.minimum_inclusive else value > self.minimum
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                or not low_ok or value > self.maximum:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            value = math.nan
+        stored = float(np.float32(value)) if abs(value) < FLOAT32_LIMIT else math.inf  # as the model file holds it
+        low_ok = stored >= self.minimum if self.minimum_inclusive else stored > self.minimum
+        if not math.isfinite(stored) or not low_ok or stored > self.maximum:
             bracket = "[" if self.minimum_inclusive else "("
             raise AnalogizeError(
-                f"{op_name}.{self.name} must be a finite number in {bracket}{self.minimum}, {self.maximum}], "
-                f"got {value!r}")
+                f"{op_name}.{self.name} must be a number in {bracket}{self.minimum}, {self.maximum}] that float32 "
+                f"holds (models store attributes as float32), got {value!r}")
         return float(value)
 
 

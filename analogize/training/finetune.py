@@ -188,7 +188,13 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     if resume:
         if checkpoint is None or not checkpoint.exists():
             raise AnalogizeError(f"nothing to resume: no checkpoint at {checkpoint or '(no --checkpoint-dir given)'}")
-        state = torch.load(checkpoint, weights_only=False)
+        try:  # tensors and plain containers only: a crafted checkpoint must not run code
+            state = torch.load(checkpoint, weights_only=True)
+        except Exception as error:  # torch raises many types for foreign, truncated or code-carrying files
+            raise AnalogizeError(f"{checkpoint} is not a finetune checkpoint analogize can read as data "
+                                 f"({type(error).__name__}); start afresh in a new --checkpoint-dir") from None
+        if not isinstance(state, dict) or not {"options", "model", "module"} <= set(state):
+            raise AnalogizeError(f"{checkpoint} is not a finetune checkpoint; start afresh in a new --checkpoint-dir")
         changeable = ("epochs", "patience", "repeats")
         if {k: v for k, v in state["options"].items() if k not in changeable} != \
                 {k: v for k, v in asdict(options).items() if k not in changeable}:

@@ -1,0 +1,63 @@
+"""Hard edges (issue 17): numbers that float32 cannot hold are refused where the op set declares them, EPs at the
+ends of [0, 1) give a std or one line, and checkpoints are read as data, so a crafted one runs no code."""
+import math
+import os
+
+import onnx
+import pytest
+import torch
+
+from analogize.convert import ConvertOptions, convert
+from analogize.errors import AnalogizeError
+from analogize.noise_model import ep_to_std, std_to_ep
+from analogize.ops.spec import OPS
+from conftest import DEFAULT_MODEL
+from test_cli import analogize
+
+
+@pytest.mark.parametrize("flags", [
+    ["--std", "1e-46"], ["--precision", "1e300"], ["--precision", "1e39"], ["--std", "1e39"],
+    ["--activation", "gelu", "--scale", "1e39"], ["--activation", "smooth-gelu", "--temperature", "1e-46"],
+    ["--ep", "0.9999999999999999"],
+])
+def test_flags_that_float32_cannot_hold_are_one_line_errors_and_write_nothing(flags, tmp_path, capsys):
+    code, _, err = analogize(capsys, "convert", DEFAULT_MODEL, "-o", tmp_path / "x.onnx", *flags)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
+
+
+def test_every_declared_attribute_is_checked_as_float32_stores_it():
+    for spec in OPS.values():
+        for attribute in spec.attributes:
+            with pytest.raises(AnalogizeError, match="float32 holds"):
+                attribute.check(spec.name, 1e39)
+            with pytest.raises(AnalogizeError):
+                attribute.check(spec.name, math.nan)
+    assert OPS["AnalogNoise"].attribute("std").check("AnalogNoise", 1e-30) == 1e-30  # small but a float32
+
+
+def test_eps_near_the_ends_give_a_finite_std_that_round_trips():
+    for ep in (1e-20, 1e-300, 0.5, 0.999999):
+        std = ep_to_std(ep, 64.0)
+        assert math.isfinite(std) and std > 0
+        assert std_to_ep(std, 64.0) == pytest.approx(ep, rel=1e-6, abs=1e-300)
+    converted = convert(onnx.load(DEFAULT_MODEL), ConvertOptions(bits=6, ep=1e-20)).model
+    assert any(n.op_type == "AnalogNoise" for n in converted.graph.node)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return os.system, ("touch pwned-by-checkpoint",)
+
+
+def test_a_crafted_finetune_checkpoint_is_refused_without_running_code(tmp_path, monkeypatch):
+    from analogize.training.finetune import CHECKPOINT_NAME, FinetuneOptions, finetune
+    from analogize.data import load_dataset
+
+    monkeypatch.chdir(tmp_path)
+    torch.save({"options": {}, "model": {}, "module": _RunsCode()}, tmp_path / CHECKPOINT_NAME)
+    digits = load_dataset("digits", limit=32)
+    converted = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3).model
+    with pytest.raises(AnalogizeError, match="not a finetune checkpoint analogize can read as data"):
+        finetune(converted, digits, digits, FinetuneOptions(epochs=1, repeats=1), checkpoint_dir=tmp_path,
+                 resume=True)
+    assert not (tmp_path / "pwned-by-checkpoint").exists()
