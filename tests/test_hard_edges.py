@@ -61,3 +61,26 @@ def test_a_crafted_finetune_checkpoint_is_refused_without_running_code(tmp_path,
         finetune(converted, digits, digits, FinetuneOptions(epochs=1, repeats=1), checkpoint_dir=tmp_path,
                  resume=True)
     assert not (tmp_path / "pwned-by-checkpoint").exists()
+
+
+def test_the_native_cache_is_verified_and_must_be_private(tmp_path, monkeypatch):
+    """A truncated or altered library is built again instead of loaded (it crashed every session with SIGBUS);
+    a cache someone else can write is refused, and sessions fall back to the function bodies."""
+    import shutil
+
+    from analogize.native import build as native
+
+    real = native.native_library_path()
+    monkeypatch.setenv("ANALOGIZE_CACHE", str(tmp_path / "cache"))
+    target = tmp_path / "cache" / real.parent.name / real.name
+    target.parent.mkdir(parents=True, mode=0o700)
+    shutil.copy(real, target)
+    target.with_name(f"{target.name}.sha256").write_text(native._file_hash(real) + "\n")
+    compiled = []
+    monkeypatch.setattr(native, "_compile", lambda target, *args: compiled.append(target) or target)
+    assert native.build(verbose=False) == target and not compiled  # intact: loaded as it is
+    target.write_bytes(real.read_bytes()[:1000])  # truncated, as a full disk or a killed copy leaves it
+    assert native.build(verbose=False) == target and compiled == [target]
+    target.parent.chmod(0o777)
+    with pytest.raises(AnalogizeError, match="writable by others"):
+        native.build(verbose=False)

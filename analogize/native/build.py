@@ -219,18 +219,48 @@ def build(verbose: bool = True, cuda: bool = False) -> Path:
     digest.update(header.encode() + " ".join((compiler, *CXX_FLAGS, *((nvcc, *NVCC_FLAGS) if cuda else ()))).encode())
     digest.update(_host_isa().encode())
     target = _cache_dir() / digest.hexdigest()[:16] / (CUDA_LIBRARY_NAME if cuda else LIBRARY_NAME)
-    if target.exists():
+    _check_private(target)
+    if _verified(target):
         return target
-    try:
+    try:  # absent, or truncated or altered since it was built: (re)build it
         return _compile(target, header, compiler, nvcc, verbose)
     except OSError as error:
         raise AnalogizeError(f"cannot build the native kernels in {target.parent} ({error.strerror or error}); "
                              f"set ANALOGIZE_CACHE to a writable directory") from None
 
 
+def _digest_file(target: Path) -> Path:
+    return target.with_name(f"{target.name}.sha256")
+
+
+def _file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_private(target: Path) -> None:
+    """Refuse a cache that someone else could have written: loading a library runs its code as this user."""
+    uid = getattr(os, "getuid", lambda: None)()
+    for path in (target, target.parent, target.parent.parent):
+        try:
+            status = path.stat()
+        except FileNotFoundError:
+            continue
+        if (uid is not None and status.st_uid != uid) or status.st_mode & 0o022:
+            raise AnalogizeError(f"the native kernel cache {path} is not yours or is writable by others, so a library "
+                                 f"in it could run someone else's code; set ANALOGIZE_CACHE to a private directory")
+
+
+def _verified(target: Path) -> bool:
+    """Whether ``target`` is the library this cache built: its hash matches the one written beside it."""
+    try:
+        return _file_hash(target) == _digest_file(target).read_text().strip()
+    except OSError:
+        return False
+
+
 def _compile(target: Path, header: str, compiler: str, nvcc: str | None, verbose: bool) -> Path:
     cuda = nvcc is not None
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if verbose:
         print(f"analogize: building the native {'CPU and CUDA' if cuda else 'CPU'} kernels (first use) into "
               f"{target.parent} ...", file=sys.stderr)
@@ -248,7 +278,9 @@ def _compile(target: Path, header: str, compiler: str, nvcc: str | None, verbose
             _run([nvcc, *NVCC_FLAGS, *includes, "-c", str(SOURCE_DIR / "analogize_cuda.cu"), "-o", str(work / "cuda.o")])
             # the CUDA runtime linked statically: the library loads (and its CPU kernels run) without a GPU
             _run([nvcc, "-shared", "-cudart", "static", str(work / "cpu.o"), str(work / "cuda.o"), "-o", str(staged)])
+        (work / "digest").write_text(_file_hash(staged) + "\n")
         os.replace(staged, target)  # atomic: a concurrent build leaves one complete library
+        os.replace(work / "digest", _digest_file(target))  # last: a library without it is built again
     return target
 
 
