@@ -12,7 +12,7 @@ from .torch_import import load_any_model
 from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision, check_precision, check_std,
                           ep_to_std, std_to_ep)
 from .ops.spec import OPS
-from .passes.activations import swap_activations
+from .passes.activations import ACTIVATIONS, swap_activations
 from .passes.attributes import seed_random_ops
 from .passes.chains import CLAMP_RANGE, PLACEMENTS, ChainSettings, insert_analog_chains
 from .passes.graph import export_model, import_model
@@ -78,6 +78,9 @@ class ConvertOptions:
         if self.ep is not None and self.std is not None:
             raise AnalogizeError("give either --ep or --std, not both")
         precision = self._noise_precision()
+        if not self.noise and (self.ep or self.std):
+            raise AnalogizeError(f"--{'ep' if self.ep else 'std'} sets the noise that --no-noise leaves out; drop "
+                                 f"one of them")
         if not self.noise:
             std = 0.0
         elif self.std is not None:
@@ -186,10 +189,11 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     if options.inline:
         converted = inline_analog_functions(converted)
     report = {"settings": summary, "opset_upgrades": upgrades, "layers": chains["layers"],
-              "skipped_layers": chains["skipped_layers"], "inserted": chains["sites"],
+              "skipped_layers": chains["skipped_layers"], "notes": chains["notes"], "inserted": chains["sites"],
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
-              "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps)] if line]}
+              "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps)] if line]
+              + _ignored_flags(options, {node.name for node in graph.nodes} | {node.op for node in graph.nodes})}
     return ConversionResult(converted, report, seen)
 
 
@@ -199,11 +203,25 @@ def _unswapped(options: ConvertOptions, swaps: dict) -> str | None:
     return f"--activation {options.activation}: the model has no ReLU to swap, so its activations are unchanged"
 
 
+def _ignored_flags(options: ConvertOptions, graph_names: set) -> list[str]:
+    """Flags that had nothing to act on: activation parameters the chosen activation does not take, and
+    --exclude names that match no node name or op type."""
+    settable = ACTIVATIONS[options.activation].settable
+    lines = [f"--{name} does not apply to --activation {options.activation} (it takes "
+             f"{', '.join('--' + k for k in settable) or 'no parameters'}); ignored"
+             for name, value in options.activation_parameters().items() if value is not None and name not in settable]
+    unmatched = [name for name in options.exclude if name not in graph_names]
+    if unmatched:
+        lines.append(f"--exclude {', '.join(unmatched)}: no node or op type of that name; nothing was excluded by it")
+    return lines
+
+
 def _nothing_to_convert(skipped: list[dict]) -> str:
     """Why convert found nothing: the layers it saw and left digital (by reason), or that it saw none."""
     if not skipped:
-        return ("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul layer with a constant float weight, no float "
-                "graph input read by the top-level graph and no ReLU to swap were found (check --exclude/--where)")
+        return ("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN layer with a constant float "
+                "weight, no float graph input that a node reads and no ReLU to swap were found (check "
+                "--exclude/--where)")
     reasons: dict[str, int] = {}
     for layer in skipped:
         reasons[layer["reason"]] = reasons.get(layer["reason"], 0) + 1

@@ -22,6 +22,8 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"{path}: no such file; check the model path")
     if path.is_dir():
         raise AnalogizeError(f"{path} is a directory; give the path of an .onnx file")
+    if not path.is_file():  # a pipe would hang the read, a device never end it
+        raise AnalogizeError(f"{path} is not a regular file (a pipe or a device); give the path of an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError) as error:

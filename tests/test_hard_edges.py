@@ -84,3 +84,36 @@ def test_the_native_cache_is_verified_and_must_be_private(tmp_path, monkeypatch)
     target.parent.chmod(0o777)
     with pytest.raises(AnalogizeError, match="writable by others"):
         native.build(verbose=False)
+
+
+def test_pipes_directories_and_forged_shards_get_one_line(tmp_path, capsys):
+    import json
+
+    os.mkfifo(tmp_path / "pipe.onnx")
+    code, _, err = analogize(capsys, "convert", tmp_path / "pipe.onnx", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "not a regular file" in err  # it hung reading the pipe
+    code, _, err = analogize(capsys, "convert", DEFAULT_MODEL, "-o", f"{tmp_path / 'newdir'}/")
+    assert code == 2 and "is a directory" in err and not (tmp_path / "newdir").exists()
+    from analogize.evaluate.engine import Grid, evaluate
+    from analogize.evaluate.results import merge_results
+    from analogize.data import load_dataset
+
+    digits = load_dataset("digits", limit=20)
+    parts = [evaluate(onnx.load(DEFAULT_MODEL), digits, Grid(bits=(4,), ep=(0.1, 0.3), repeats=1), shard=(k, 2))
+             for k in range(2)]
+    forged = [json.loads(json.dumps(part)) for part in parts]
+    for part in forged:
+        part["cell_count"] = 10**12  # was a list of that length: the OOM killer
+    with pytest.raises(AnalogizeError, match="every cell of the grid exactly once"):
+        merge_results(forged)
+
+
+def test_flags_with_nothing_to_act_on_are_said_or_refused():
+    model = onnx.load(DEFAULT_MODEL)
+    report = convert(model, activation="keep", factor=0.3, exclude=("NoSuchNode",)).report
+    assert any("--factor does not apply to --activation keep" in line for line in report["warnings"])
+    assert any("--exclude NoSuchNode: no node or op type" in line for line in report["warnings"])
+    assert not [line for line in convert(model, activation="interp-gelu", factor=0.3, exclude=("Gemm",)).report[
+        "warnings"] if "--factor" in line or "--exclude" in line]
+    with pytest.raises(AnalogizeError, match="--ep sets the noise that --no-noise leaves out"):
+        convert(model, noise=False, ep=0.3)

@@ -31,7 +31,13 @@ def main(argv=None) -> int:
         return 2
     except click.exceptions.Exit as done:
         return done.exit_code
-    except click.Abort:
+    except click.Abort as error:
+        if isinstance(error.__cause__, EOFError):  # click reports a truncated input as if the user had quit
+            if "--debug" in argv:
+                raise
+            click.echo(f"analogize: error: an input ended early ({error.__cause__ or 'end of file'}): a truncated "
+                       f"file?", err=True)
+            return 2
         click.echo("analogize: interrupted", err=True)
         return 130
     return 0

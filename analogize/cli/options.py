@@ -132,11 +132,13 @@ def writable_file(ctx, param, value):
     """Fail before a long sweep, not after it, when an output cannot be written."""
     if value is None or value == "-":
         return value
+    if value.endswith(("/", os.sep)) or os.path.isdir(value):
+        raise click.BadParameter(f"{value} is a directory; give a file name")
     directory = os.path.dirname(value) or "."
     if not os.path.isdir(directory):
         raise click.BadParameter(f"directory {directory} does not exist")
-    if os.path.isdir(value):
-        raise click.BadParameter(f"{value} is a directory; give a file name")
+    if not os.access(directory, os.W_OK):
+        raise click.BadParameter(f"directory {directory} is not writable")
     return value
 
 

@@ -66,7 +66,7 @@ def merge_results(parts: list[dict]) -> dict:
             f"missing {', '.join(f'{i}/{count}' for i in missing)}" if missing else "",
             f"given twice {', '.join(f'{i}/{count}' for i in repeated)}" if repeated else ""])))
     cells = sorted((c for p in parts for c in p["cells"]), key=lambda c: c["cell"])
-    if [c["cell"] for c in cells] != list(range(first["cell_count"])):
+    if len(cells) != first["cell_count"] or [c["cell"] for c in cells] != list(range(len(cells))):
         raise AnalogizeError("the shards do not hold every cell of the grid exactly once")
     return {**first, "cells": cells, "shard": None}
 
