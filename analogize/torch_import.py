@@ -14,10 +14,14 @@ one that takes programs. Opset 18 unless told, batch axis dynamic unless ``dynam
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import importlib
+import json
+import logging
 import os
 import pickle
+import re
 import sys
 import tempfile
 import warnings
@@ -43,7 +47,7 @@ class TorchImport:
 
     input_shape: tuple[int, ...] | None = None  # one sample's shape, without the batch axis
     state_dict: str | None = None
-    exporter: str = "legacy"
+    exporter: str | None = None  # None: legacy, or dynamo for a program
     opset: int = DEFAULT_OPSET
     dynamic_batch: bool = True
 
@@ -66,7 +70,7 @@ def load_any_model(source, torch_import=None) -> tuple[onnx.ModelProto, bool, di
     if Path(str(source)).suffix.lower() != ".onnx" and is_torch_source(source):
         model, record = torch_to_onnx(source, torch_import or TorchImport())
         return model, False, record
-    if torch_import is not None and torch_import != TorchImport():
+    if torch_import is not None and torch_import != TorchImport() and Path(str(source)).is_file():
         raise AnalogizeError(f"{source} is an ONNX model: --input-shape, --state-dict, --exporter, --opset and "
                              f"--static-batch apply to torch models only")
     model, external = load_model(source)
@@ -75,35 +79,60 @@ def load_any_model(source, torch_import=None) -> tuple[onnx.ModelProto, bool, di
 
 def torch_to_onnx(source, options: TorchImport = TorchImport()) -> tuple[onnx.ModelProto, dict]:
     """The ONNX model of the torch model ``source``, and a record of how it was exported."""
-    if options.exporter not in EXPORTERS:
+    if options.exporter not in (None, *EXPORTERS):
         raise AnalogizeError(f"unknown exporter {options.exporter!r}: choose from {', '.join(EXPORTERS)}")
     try:
         import torch
     except ImportError:
         raise AnalogizeError("torch models need torch: pip install 'analogize[torch]'") from None
     path = Path(str(source))
-    if path.is_file():
-        kind = _archive_kind(path)
+    kind = _archive_kind(path) if path.is_file() else "factory"
+    _check_flags(kind, options)
+    with _quiet_torch_logs():
         if kind == "program":
-            if options.exporter != "dynamo" and options.exporter != TorchImport.exporter:
-                raise AnalogizeError("a .pt2 program exports with the dynamo exporter only; drop --exporter")
-            module, example = _load_program(torch, path), None
-            exporter = "dynamo"
+            module, example, exporter = _load_program(torch, path), None, "dynamo"
+        elif kind == "torchscript":
+            module, example, exporter = _load_script(torch, path), _example(torch, options, path), "legacy"
         else:
-            module, example, exporter = _load_script(torch, path), _example(torch, options, path), options.exporter
-    else:
-        if options.state_dict is None:
-            raise AnalogizeError(f"{source}: a factory needs the trained weights: give --state-dict PATH (a "
-                                 f"checkpoint of model.state_dict())")
-        module, kind = _from_factory(torch, str(source), options.state_dict), "factory"
-        example, exporter = _example(torch, options, source), options.exporter
-    model = _export(torch, module, example, exporter, options)
+            module = _from_factory(torch, str(source), options.state_dict)
+            example, exporter = _example(torch, options, source), options.exporter or "legacy"
+        model = _export(torch, module, example, exporter, options)
     record = {"from": str(source), "kind": kind, "exporter": exporter, "opset": options.opset,
               "dynamic_batch": options.dynamic_batch if kind != "program" else "as the program was exported",
               "input_shape": None if example is None else list(example.shape[1:])}
     if options.state_dict:
         record["state_dict"] = options.state_dict
     return model, record
+
+
+def _check_flags(kind: str, options: TorchImport) -> None:
+    """Refuse flags the form of torch model cannot use, rather than ignore them."""
+    if kind == "factory" and options.state_dict is None:
+        raise AnalogizeError("a factory needs the trained weights: give --state-dict PATH (a checkpoint of "
+                             "model.state_dict())")
+    if kind != "factory" and options.state_dict is not None:
+        raise AnalogizeError(f"--state-dict goes with a module.path:factory model; a {kind} file carries its "
+                             f"weights")
+    if kind == "program" and (options.input_shape or not options.dynamic_batch or options.exporter == "legacy"):
+        raise AnalogizeError("a .pt2 program exports with the shapes it was exported with, through the dynamo "
+                             "exporter: drop --input-shape, --static-batch and --exporter")
+    if kind == "torchscript" and options.exporter == "dynamo":
+        raise AnalogizeError("TorchScript exports through the legacy exporter only (torch.export does not take "
+                             "ScriptModules): drop --exporter dynamo")
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """torch.onnx and torch.export log warnings (a missing torchvision, package probes) that are not the user's."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "torch.export", "torch._export", "torch._dynamo")]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def _archive_kind(path: Path) -> str:
@@ -144,7 +173,67 @@ def _tensors_only(torch):
         torch.load, pickle.loads, torch._C._pickle_load_obj = load, loads, load_object
 
 
+# what a program's JSON may hold where torch.export.load hands strings to sympy.sympify (an eval) or resolves
+# them to callables: arithmetic on shape symbols, calls of sympy's capitalised classes, and ops' qualified names
+_EXPRESSION_NODES = (ast.Expression, ast.Call, ast.Name, ast.Constant, ast.BinOp, ast.UnaryOp, ast.keyword,
+                     ast.Load, ast.operator, ast.unaryop, ast.BoolOp, ast.boolop, ast.Compare, ast.cmpop)
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_TARGET_PREFIXES = ("torch.ops.", "_operator.", "math.", "torch.sym_", "torch._sym_")
+
+
+def _safe_expression(text) -> bool:
+    try:
+        tree = ast.parse(str(text), mode="eval")
+    except (SyntaxError, ValueError):
+        return False
+    for node in ast.walk(tree):
+        if not isinstance(node, _EXPRESSION_NODES):
+            return False
+        if isinstance(node, ast.Name) and (node.id.startswith("_") or not _IDENTIFIER.match(node.id)):
+            return False
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id[:1].isupper()):
+            return False
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and not _IDENTIFIER.match(node.value):
+            return False
+    return True
+
+
+def _check_program(path: Path) -> None:
+    """Refuse a program whose graph JSON holds anything torch's loader would evaluate beyond shape arithmetic,
+    or would resolve to a callable outside torch's op registry."""
+    problems = []
+
+    def walk(value, key=None):
+        if isinstance(value, dict):
+            for name, item in value.items():
+                if key == "range_constraints" and not _IDENTIFIER.match(str(name)):
+                    problems.append(f"range constraint {str(name)[:40]!r}")
+                walk(item, name)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, key)
+        elif key == "expr_str" and not _safe_expression(value):
+            problems.append(f"shape expression {str(value)[:60]!r}")
+        elif key == "target" and isinstance(value, str) and not value.startswith(_TARGET_PREFIXES):
+            problems.append(f"call target {value[:60]!r}")
+        elif key == "guards_code" and value:
+            problems.append("guard code")
+
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            if "/models/" in f"/{name}" and name.endswith(".json"):
+                try:
+                    walk(json.loads(archive.read(name)))
+                except (ValueError, UnicodeDecodeError):
+                    problems.append(f"unreadable {name}")
+    if problems:
+        raise AnalogizeError(f"{path}: the program holds {problems[0]}, which torch.export.load would evaluate as "
+                             f"Python; analogize loads only shape arithmetic and torch ops (re-export it with "
+                             f"torch.export)")
+
+
 def _load_program(torch, path: Path):
+    _check_program(path)
     try:
         with _tensors_only(torch), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -168,19 +257,22 @@ def _load_script(torch, path: Path):
 
 def _from_factory(torch, source: str, state_dict: str):
     module_name, _, factory_name = source.rpartition(":")
-    if os.getcwd() not in sys.path:  # as `python -m` does: the user's own modules where they run the command
+    added = os.getcwd() not in sys.path
+    if added:  # as `python -m` does: the user's own modules where they run the command
         sys.path.insert(0, os.getcwd())
     try:
         factory = getattr(importlib.import_module(module_name), factory_name)
-    except ImportError as error:
+        module = factory()
+    except ModuleNotFoundError as error:
         raise AnalogizeError(f"{source}: cannot import {module_name} ({error}); run from the folder that holds it "
                              f"or install it") from None
-    except AttributeError:
-        raise AnalogizeError(f"{source}: module {module_name} has no {factory_name}") from None
-    try:
-        module = factory()
-    except Exception as error:  # the user's own code: say where it failed, in one line
-        raise AnalogizeError(f"{source}() failed: {type(error).__name__}: {error}") from None
+    except AttributeError as error:
+        raise AnalogizeError(f"{source}: {_first_line(error)}") from None
+    except (Exception, SystemExit) as error:  # the user's own code, importing or building: one line of it
+        raise AnalogizeError(f"{source} failed: {type(error).__name__}: {_first_line(error)}") from None
+    finally:
+        if added:
+            sys.path.remove(os.getcwd())
     if not isinstance(module, torch.nn.Module):
         raise AnalogizeError(f"{source} returned a {type(module).__name__}, not a torch.nn.Module")
     try:
@@ -188,23 +280,50 @@ def _from_factory(torch, source: str, state_dict: str):
     except FileNotFoundError:
         raise AnalogizeError(f"--state-dict {state_dict}: no such file") from None
     except Exception as error:
-        raise AnalogizeError(f"--state-dict {state_dict} is not a checkpoint of tensors ({type(error).__name__}); "
-                             f"save it with torch.save(model.state_dict(), path)") from None
+        raise AnalogizeError(f"--state-dict {state_dict} is not a checkpoint of tensors ({type(error).__name__}: "
+                             f"{_first_line(error)}); save it with torch.save(model.state_dict(), path)") from None
     if isinstance(weights, dict) and isinstance(weights.get("state_dict"), dict):
         weights = weights["state_dict"]  # the Lightning-style wrapper
+    if not isinstance(weights, dict):
+        raise AnalogizeError(f"--state-dict {state_dict} holds a {type(weights).__name__}, not a state dict")
+    weights = _without_wrapper_prefix(weights, module.state_dict())
+    missing, unexpected = module.state_dict().keys() - weights.keys(), weights.keys() - module.state_dict().keys()
+    if missing or unexpected:
+        raise AnalogizeError(f"--state-dict {state_dict} does not fit {source}: " + "; ".join(filter(None, [
+            f"missing {', '.join(sorted(missing)[:5])}" + (" ..." if len(missing) > 5 else "") if missing else "",
+            f"unexpected {', '.join(sorted(unexpected)[:5])}" + (" ..." if len(unexpected) > 5 else "")
+            if unexpected else ""])))
     try:
         module.load_state_dict(weights)
-    except (RuntimeError, TypeError, AttributeError) as error:
-        first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise AnalogizeError(f"--state-dict {state_dict} does not fit {source}: {first}") from None
+    except (RuntimeError, TypeError) as error:
+        shapes = [line.strip() for line in str(error).splitlines()[1:] if line.strip()]
+        raise AnalogizeError(f"--state-dict {state_dict} does not fit {source}: "
+                             f"{'; '.join(shapes[:3]) or _first_line(error)}") from None
     return module.eval()
+
+
+def _without_wrapper_prefix(weights: dict, wanted: dict) -> dict:
+    """The weights with one wrapper prefix (``model.``, ``module.``) taken off when that alone makes them fit."""
+    if weights.keys() == wanted.keys():
+        return weights
+    for prefix in ("model.", "module.", "net."):
+        stripped = {key[len(prefix):]: value for key, value in weights.items() if key.startswith(prefix)}
+        if stripped.keys() == wanted.keys():
+            return stripped
+    return weights
+
+
+def _first_line(error) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _example(torch, options: TorchImport, source):
     if options.input_shape is None:
         raise AnalogizeError(f"{source}: give --input-shape (one sample's shape without the batch, e.g. 3,224,224) "
                              f"to export the model with")
-    return torch.zeros(2, *options.input_shape)
+    # batch 2 for a dynamic batch axis: exporters specialise a size-1 axis to a constant
+    return torch.zeros(2 if options.dynamic_batch else 1, *options.input_shape)
 
 
 def _export(torch, module, example, exporter: str, options: TorchImport) -> onnx.ModelProto:

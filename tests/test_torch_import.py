@@ -128,3 +128,47 @@ def test_the_cli_takes_torch_models_and_says_what_to_do_with_others(saved, tmp_p
     code, _, err = analogize(capsys, "convert", "digits.ts.pt", "--input-shape", "1,x", "-o", tmp_path / "s.onnx")
     assert code == 2 and "not a shape" in err
     assert not (tmp_path / "w.onnx").exists() and not (tmp_path / "s.onnx").exists()
+
+
+def test_a_program_whose_shape_expressions_would_run_python_is_refused_before_torch_reads_it(saved, tmp_path):
+    import zipfile
+
+    payload = "__import__('os').system('touch pwned-by-program') or Symbol('s77', integer=True, positive=True)"
+    forged = tmp_path / "forged.pt2"
+    with zipfile.ZipFile(saved / "digits.pt2") as source, zipfile.ZipFile(forged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item.filename)
+            if item.filename.endswith("models/model.json"):
+                text = data.decode()
+                start = text.index('"expr_str": "') + len('"expr_str": "')
+                data = (text[:start] + json.dumps(payload)[1:-1] + text[text.index('"', start):]).encode()
+            target.writestr(item, data)
+    with pytest.raises(AnalogizeError, match="shape expression .* would evaluate as Python"):
+        torch_to_onnx(forged)
+    assert not (tmp_path / "pwned-by-program").exists() and not (ROOT / "pwned-by-program").exists()
+
+
+def test_each_form_refuses_the_flags_it_cannot_use_and_factories_fail_in_one_line(saved, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.syspath_prepend(str(saved))
+    for source, options, message in (
+            (saved / "digits.ts.pt", TorchImport(input_shape=(1, 8, 8), state_dict="x.pt"), "goes with a module"),
+            (saved / "digits.ts.pt", TorchImport(input_shape=(1, 8, 8), exporter="dynamo"), "legacy exporter only"),
+            (saved / "digits.pt2", TorchImport(input_shape=(1, 8, 8)), "drop --input-shape"),
+            (saved / "digits.pt2", TorchImport(dynamic_batch=False), "drop --input-shape, --static-batch")):
+        with pytest.raises(AnalogizeError, match=message):
+            torch_to_onnx(source, options)
+    (tmp_path / "broken_factory.py").write_text("raise RuntimeError('no GPU here\\nsecond line')\n")
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    with pytest.raises(AnalogizeError, match=r"broken_factory:make failed: RuntimeError: no GPU here$"):
+        torch_to_onnx("broken_factory:make", TorchImport(input_shape=(1,), state_dict=str(saved / "digits.state.pt")))
+    assert sys.path == before  # the working directory was put on the path for the import only
+    wrapped = {f"model.{key}": value for key, value in trained_network().state_dict().items()}
+    torch.save({"state_dict": wrapped}, tmp_path / "lightning.ckpt")
+    model, record = torch_to_onnx("digits_factory:digits_network", TorchImport(
+        input_shape=(1, 8, 8), state_dict=str(tmp_path / "lightning.ckpt"), dynamic_batch=False))
+    assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [1, 1, 8, 8]
+    x = np.random.default_rng(1).uniform(0, 1, (1, 1, 8, 8)).astype(np.float32)
+    np.testing.assert_allclose(run(model, x), run(onnx.load(DEFAULT_MODEL), x), rtol=1e-5, atol=1e-5)

@@ -229,8 +229,9 @@ torch_options = packed_option_group(
     click.option("--state-dict", type=click.Path(dir_okay=False),
                  help="Torch models given as module.path:factory: the trained weights (torch.save of "
                       "model.state_dict(); read with weights_only)."),
-    click.option("--exporter", type=click.Choice(["legacy", "dynamo"]), default="legacy", show_default=True,
-                 help="Torch models: torch.onnx's exporter (.pt2 programs always use dynamo)."),
+    click.option("--exporter", type=click.Choice(["legacy", "dynamo"]),
+                 help="Factory models: torch.onnx's exporter [default: legacy] (TorchScript uses legacy, .pt2 "
+                      "programs dynamo)."),
     click.option("--opset", type=click.IntRange(13, 21), default=18, show_default=True,
                  help="Torch models: the ONNX opset to export to."),
     click.option("--static-batch", is_flag=True, help="Torch models: export with a fixed batch axis."),
