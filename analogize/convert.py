@@ -15,7 +15,7 @@ from .ops.spec import OPS
 from .passes.activations import ACTIVATIONS, swap_activations
 from .passes.attributes import seed_random_ops
 from .passes.chains import CLAMP_RANGE, PLACEMENTS, ChainSettings, insert_analog_chains
-from .passes.graph import export_model, import_model
+from .passes.graph import bodies, export_model, import_model
 from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, inline_analog_functions,
                            is_converted, raise_ir_version, store_settings, sync_analog_functions)
 from .ranges.calibration import CalibrationOptions, apply_recorded_ranges, calibrate_sites, clipping_warning
@@ -193,7 +193,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
               "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps)] if line]
-              + _ignored_flags(options, {node.name for node in graph.nodes} | {node.op for node in graph.nodes})}
+              + _ignored_flags(options, _node_names(graph, chains["skipped_layers"]))}
     return ConversionResult(converted, report, seen)
 
 
@@ -201,6 +201,13 @@ def _unswapped(options: ConvertOptions, swaps: dict) -> str | None:
     if options.activation == "keep" or swaps["swapped"]:
         return None
     return f"--activation {options.activation}: the model has no ReLU to swap, so its activations are unchanged"
+
+
+def _node_names(graph, skipped: list[dict]) -> set[str]:
+    """What --exclude can match: node names and op types, in bodies too, and the paths the report gives body
+    layers (an excluded one is among the skipped)."""
+    return {value for body in (graph, *bodies(graph)) for node in body.nodes for value in (node.name, node.op)} | \
+        {layer["node"] for layer in skipped}
 
 
 def _ignored_flags(options: ConvertOptions, graph_names: set) -> list[str]:

@@ -273,7 +273,7 @@ def test_the_cli_evaluates_a_two_input_model_and_names_its_class_axes(encoder, t
     assert code == 2 and "2 inputs" in err and len(err.strip().splitlines()) == 1
 
 
-def test_convert_lists_the_layers_it_leaves_digital_and_says_when_a_swap_finds_nothing():
+def test_convert_reaches_into_bodies_lists_what_it_leaves_digital_and_says_when_a_swap_finds_nothing():
     rng = np.random.default_rng(5)
     branch = helper.make_graph([helper.make_node("MatMul", ["x", "inner_w"], ["branch_out"])], "branch", [],
                                [helper.make_tensor_value_info("branch_out", FLOAT, ["n", 3])])
@@ -291,13 +291,15 @@ def test_convert_lists_the_layers_it_leaves_digital_and_says_when_a_swap_finds_n
                     {"inner_w": rng.normal(size=(4, 3)).astype(np.float32), "flag": np.array(True),
                      "qw": rng.integers(0, 255, (4, 3)).astype(np.uint8)})
 
-    with pytest.raises(AnalogizeError, match=r"the model's 3 layers stay digital \(1 x an integer .*; 2 x inside an "
-                                             r"If/Loop/Scan body"):
-        convert(model(False))
+    integer_only = make([helper.make_node("MatMulInteger", ["q", "qw"], ["qy"])],
+                        [helper.make_tensor_value_info("q", TensorProto.UINT8, ["n", 4])],
+                        [helper.make_tensor_value_info("qy", TensorProto.INT32, ["n", 3])],
+                        {"qw": rng.integers(0, 255, (4, 3)).astype(np.uint8)})
+    with pytest.raises(AnalogizeError, match=r"the model's 1 layers stay digital \(1 x an integer"):
+        convert(integer_only)
     report = convert(model(True), activation="gelu").report
-    assert len(report["layers"]) == 1
-    assert sorted((entry["op_type"], entry["reason"].split(":")[0]) for entry in report["skipped_layers"]) == [
-        ("MatMul", "inside an If/Loop/Scan body"), ("MatMul", "inside an If/Loop/Scan body"),
+    assert sorted(report["layers"]) == ["If/else_branch/MatMul", "If/then_branch/MatMul", "MatMul"]
+    assert [(entry["op_type"], entry["reason"].split(":")[0]) for entry in report["skipped_layers"]] == [
         ("MatMulInteger", "an integer (quantised) layer")]
     assert any("--activation gelu: the model has no ReLU to swap" in line for line in report["warnings"])
 

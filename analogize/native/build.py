@@ -243,7 +243,7 @@ def _check_private(target: Path) -> None:
     for path in (target, target.parent, target.parent.parent):
         try:
             status = path.stat()
-        except FileNotFoundError:
+        except OSError:  # absent (or under a file): nothing there to trust or distrust; building says why
             continue
         if (uid is not None and status.st_uid != uid) or status.st_mode & 0o022:
             raise AnalogizeError(f"the native kernel cache {path} is not yours or is writable by others, so a library "

@@ -1,21 +1,24 @@
-"""Passes that read or set the attributes of the analog nodes of a converted graph (the top level: convert
-puts no analog node inside control-flow bodies). Each edits the graph in place and returns how many nodes it
-touched; evaluate uses them to vary one converted graph from cell to cell."""
+"""Passes that read or set the attributes of the analog nodes of a converted graph, those inside control-flow
+bodies included. Each edits the graph in place and returns how many nodes it touched; evaluate uses them to vary
+one converted graph from cell to cell."""
 from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
 from ..ops.spec import DOMAIN, OPS
+from .graph import bodies
 
 
 def analog_nodes(graph: gs.Graph, op_types=None) -> list[gs.Node]:
-    """The top-level nodes of the analog domain, in graph order (all of them, or those of ``op_types``)."""
-    return [node for node in graph.nodes if node.domain == DOMAIN and (op_types is None or node.op in op_types)]
+    """The nodes of the analog domain (all of them, or those of ``op_types``): the top level's in graph order,
+    then each body's, in :func:`~analogize.passes.graph.bodies` order."""
+    return [node for body in (graph, *bodies(graph)) for node in body.nodes
+            if node.domain == DOMAIN and (op_types is None or node.op in op_types)]
 
 
 def seed_random_ops(graph: gs.Graph, seed) -> int:
-    """Seed the random analog nodes in graph order: an int gives the n-th node ``seed + n``, a sequence gives
-    one seed per node, ``None`` unseeds them all.
+    """Seed the random analog nodes in :func:`analog_nodes` order: an int gives the n-th node ``seed + n``, a
+    sequence gives one seed per node, ``None`` unseeds them all.
 
     Each node then draws from its own stream: nodes with equal seeds would draw identical noise.
     """

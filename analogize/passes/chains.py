@@ -13,20 +13,23 @@ import onnx_graphsurgeon as gs
 
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
-from ..ranges.mapping import (UNIT_RANGES, WHOLE_TENSOR, RangeBuilder, RangeSettings, Scope, activation_scope,
-                              is_range_node, per_sample, weight_scope)
-from .graph import Names, bodies, constant_tensors, is_default_domain, known_values
+from ..ranges.mapping import (RECURRENT_OPS, UNIT_RANGES, WHOLE_TENSOR, RangeBuilder, RangeSettings, Scope,
+                              activation_scope, is_range_node, per_sample, weight_scope)
+from .graph import Names, bodies, constant_tensors, is_default_domain, known_values, node_bodies
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
-LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", *RECURRENT_OPS)
 # matrix-vector layers convert leaves digital, and why (the report lists each one it finds)
 DIGITAL_LAYERS = {
-    **{op: "a recurrent layer: convert does not rewrite recurrent layers yet" for op in ("LSTM", "GRU", "RNN")},
     **{op: "an integer (quantised) layer: convert takes float32 layers only"
        for op in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
                   "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")},
     "Einsum": "an Einsum: convert does not rewrite Einsum yet",
 }
+RECURRENT_NOTE = ("recurrent: W, R and B carry weight chains and the input X a layer-input chain (every time "
+                  "step's input); the hidden state h that R multiplies at each step (initial_h included), the gate "
+                  "pre-activations inside the op (hence no layer-output chain) and LSTM peepholes stay digital, "
+                  "since the ONNX op exposes no tensor inside its recurrence")
 DOA_ORDER = ("clamp", "quantize", "noise")
 AOD_ORDER = ("noise", "clamp", "quantize")
 CLAMP_RANGE = (-1.0, 1.0)
@@ -49,15 +52,20 @@ def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS), ranges
     returns how many nodes went. ``ranges`` (default: when every element goes) takes the chains' range nodes
     out too (x / r * r is not x in float32).
 
-    Activation swaps stay. An element that writes a graph output becomes an Identity. Bound constants that
-    nothing reads any more are not exported; :func:`analogize.passes.model.sync_analog_functions` drops the
-    function bodies nothing uses.
+    Activation swaps stay. An element that writes a graph (or body) output becomes an Identity. Bound constants
+    that nothing reads any more are not exported; :func:`analogize.passes.model.sync_analog_functions` drops the
+    function bodies nothing uses. Chains in control-flow bodies go too.
     """
     unknown = set(elements) - set(CHAIN_ELEMENTS)
     if unknown:
         raise AnalogizeError(f"unknown chain element(s) {', '.join(sorted(unknown))}: "
                              f"choose from {', '.join(CHAIN_ELEMENTS)}")
     with_ranges = set(elements) == set(CHAIN_ELEMENTS) if ranges is None else ranges
+    return sum(_remove_from(body, elements, with_ranges) for body in (graph, *bodies(graph)))
+
+
+def _remove_from(graph: gs.Graph, elements, with_ranges: bool) -> int:
+    """:func:`remove_analog_chains` on one graph's own nodes; a consumer in a body is rewired all the same."""
     graph_outputs = {id(tensor) for tensor in graph.outputs}
     kept, removed = [], 0
     for node in graph.nodes:
@@ -112,6 +120,12 @@ class Layer:
     weight_first: bool = False  # the constant is a Gemm's A or a MatMul's first operand
     weight_shape: tuple | None = None  # None: unknown (a weight other nodes compute)
     data_rank: int | None = None
+    recurrence: str | None = None  # a recurrent layer's R
+    path: str = ""  # where its graph lies: "" at the top level, "If_0/then_branch/" in a body
+
+    @property
+    def label(self) -> str:
+        return _label(self.path, self.node)
 
     @property
     def output_node(self) -> gs.Node:
@@ -128,93 +142,147 @@ class Layer:
                                 site == "layer-output")
 
 
-class _TopLevel:
-    """Positions and top-level uses of the graph's nodes, and its constants (subgraphs stay digital)."""
+def _label(path: str, node: gs.Node) -> str:
+    """How the report names a node: by name at the top level (as reports always did, so readers of them keep
+    working), by path in a body (names repeat across branches)."""
+    return f"{path}{node.name or node.op}" if path else node.name
 
-    def __init__(self, graph: gs.Graph):
-        self.graph = graph
+
+class _Scope:
+    """One graph convert rewrites, the top level or a body at ``path``: its nodes' positions, the uses of its
+    tensors, and its constants (a body's include those of the graphs around it, which it reads by name)."""
+
+    def __init__(self, graph: gs.Graph, path: str = "", outer: tuple[set, set] = (set(), set())):
+        self.graph, self.path = graph, path
         self.tensors = graph.tensors()
-        self.constants, self.float_constants = constant_tensors(graph, self.tensors)
-        self.consumers: dict[str, list] = {}
+        self.constants, self.float_constants = constant_tensors(graph, self.tensors, outer)
+        self.consumers: dict[str, list] = {}  # name: [(position, node, slot)] of this graph's nodes
+        self.nested_reads: dict[str, list] = {}  # the same for reads by nodes in bodies, at the body's holder
         self.producer: dict[str, int] = {}
         for position, node in enumerate(graph.nodes):
             for slot, tensor in enumerate(node.inputs):
                 if tensor.name:
-                    self.consumers.setdefault(tensor.name, []).append((position, slot))
+                    self.consumers.setdefault(tensor.name, []).append((position, node, slot))
             for tensor in node.outputs:
                 self.producer[tensor.name] = position
+            for body in _standard_bodies(node):
+                self._note_reads(position, body)
+
+    def _note_reads(self, position: int, body: gs.Graph) -> None:
+        for node in body.nodes:
+            for slot, tensor in enumerate(node.inputs):
+                if tensor.name and self.tensors.get(tensor.name) is tensor:
+                    self.nested_reads.setdefault(tensor.name, []).append((position, node, slot))
+
+    def uses(self, name: str) -> list:
+        return self.consumers.get(name, []) + self.nested_reads.get(name, [])
 
 
-def _find_layers(top: _TopLevel, exclude) -> tuple[list[Layer], list[dict]]:
-    """Linear layers with a constant float weight operand; the rest, and the layers of any kind in nested
-    bodies, are reported with the reason."""
+def _standard_bodies(node: gs.Node):
+    """The bodies of a standard node at any depth, those of custom-domain nodes (which convert leaves alone) aside."""
+    if is_default_domain(node):
+        for _, body in node_bodies(node):
+            yield body
+            for inner in body.nodes:
+                yield from _standard_bodies(inner)
+
+
+def _scopes(graph: gs.Graph, path: str = "", outer: tuple[set, set] = (set(), set())) -> tuple[list, list]:
+    """The graph and the bodies convert may rewrite, depth first; and the layers in bodies it may not (those of a
+    custom-domain node, whose runtime may not run the graph as ONNX does), as skipped layers."""
+    scope = _Scope(graph, path, outer)
+    scopes, skipped = [scope], []
+    for node in graph.nodes:
+        for name, body in node_bodies(node):
+            inner_path = f"{path}{node.name or node.op}/{name}/"
+            if is_default_domain(node):
+                found, left = _scopes(body, inner_path, (scope.constants, scope.float_constants))
+                scopes += found
+                skipped += left
+            else:
+                skipped += [{"node": _label(inner_path, inner), "op_type": inner.op,
+                             "reason": f"inside the body of a {node.domain} node, which convert does not rewrite"}
+                            for inner_body in (body, *bodies(body)) for inner in inner_body.nodes
+                            if inner.op in LAYER_OP_TYPES or inner.op in DIGITAL_LAYERS]
+    return scopes, skipped
+
+
+def _find_layers(scope: _Scope, exclude, activation_mode: str) -> tuple[list[Layer], list[dict]]:
+    """Linear layers with a constant float weight operand; the rest are reported with the reason."""
     layers, skipped = [], []
-    for position, node in enumerate(top.graph.nodes):
+    for position, node in enumerate(scope.graph.nodes):
         if node.op in DIGITAL_LAYERS:
-            skipped.append({"node": node.name, "op_type": node.op, "reason": DIGITAL_LAYERS[node.op]})
+            skipped.append({"node": _label(scope.path, node), "op_type": node.op, "reason": DIGITAL_LAYERS[node.op]})
         if node.op not in LAYER_OP_TYPES or not is_default_domain(node):
             continue
-        reason, layer = _classify_layer(node, position, top, exclude)
+        reason, layer = _classify_layer(node, position, scope, exclude)
+        if layer is not None and scope.path and activation_mode == "calibrated":
+            reason, layer = ("inside an If/Loop/Scan body: calibration reads top-level tensors only (use "
+                             "--activation-range dynamic or unit)"), None
         if layer is None:
-            skipped.append({"node": node.name, "op_type": node.op, "reason": reason})
+            skipped.append({"node": _label(scope.path, node), "op_type": node.op, "reason": reason})
         else:
             layers.append(layer)
-    for body in bodies(top.graph):
-        skipped += [{"node": node.name, "op_type": node.op,
-                     "reason": "inside an If/Loop/Scan body: convert rewrites the top-level graph only"}
-                    for node in body.nodes if node.op in LAYER_OP_TYPES or node.op in DIGITAL_LAYERS]
     return layers, skipped
 
 
-def _classify_layer(node: gs.Node, position: int, top: _TopLevel, exclude):
-    if node.name in exclude or node.op in exclude:
+def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude):
+    if node.name in exclude or node.op in exclude or _label(scope.path, node) in exclude:
         return "excluded by --exclude", None
     inputs = [tensor.name for tensor in node.inputs] + [""] * 3
-    if node.op in ("Conv", "ConvTranspose"):
+    recurrence = None
+    if node.op in RECURRENT_OPS:
+        data, weight, recurrence, bias = inputs[0], inputs[1], inputs[2], inputs[3] or None
+        if weight not in scope.constants or recurrence not in scope.constants:
+            return "W or R is not a constant", None
+        if recurrence not in scope.float_constants:
+            return "R is not float32 (only float32 models are supported)", None
+    elif node.op in ("Conv", "ConvTranspose"):
         data, weight, bias = inputs[0], inputs[1], inputs[2] or None
-        if weight not in top.constants:
+        if weight not in scope.constants:
             return "weight is not a constant", None
     else:
         first, second = inputs[0], inputs[1]
-        if (first in top.constants) == (second in top.constants):
+        if (first in scope.constants) == (second in scope.constants):
             return "no single constant operand (activation-by-activation product or constant expression)", None
-        data, weight = (first, second) if second in top.constants else (second, first)
+        data, weight = (first, second) if second in scope.constants else (second, first)
         bias = (inputs[2] or None) if node.op == "Gemm" else None
-    if weight not in top.float_constants:
+    if weight not in scope.float_constants:
         return "weight is not float32 (only float32 models are supported)", None
-    weight_tensor, data_tensor = top.tensors[weight], top.tensors[data]
+    weight_tensor, data_tensor = scope.tensors[weight], scope.tensors[data]
     shape = weight_tensor.shape
     if shape is None:  # a Constant node's output carries no shape until inference runs
         values = known_values(weight_tensor)
         shape = None if values is None else values.shape
-    layer = Layer(node, position, data, weight, bias if bias in top.constants else None,
+    layer = Layer(node, position, data, weight, bias if bias in scope.constants else None,
                   weight_first=node.op in ("Gemm", "MatMul") and inputs[0] == weight,
                   weight_shape=None if shape is None else tuple(shape),
-                  data_rank=None if data_tensor.shape is None else len(data_tensor.shape))
+                  data_rank=None if data_tensor.shape is None else len(data_tensor.shape),
+                  recurrence=recurrence, path=scope.path)
     if node.op == "MatMul":
-        _attach_bias_add(layer, top)
+        _attach_bias_add(layer, scope)
     return "", layer
 
 
-def _attach_bias_add(layer: Layer, top: _TopLevel) -> None:
+def _attach_bias_add(layer: Layer, scope: _Scope) -> None:
     """A MatMul followed by ``Add(constant)`` is one biased layer (exporters split torch Linear this way)."""
     output = layer.node.outputs[0]
-    uses = top.consumers.get(output.name, [])
-    if len(uses) != 1 or any(tensor is output for tensor in top.graph.outputs):
+    uses = scope.consumers.get(output.name, [])
+    if len(uses) != 1 or output.name in scope.nested_reads or any(tensor is output for tensor in scope.graph.outputs):
         return
-    position, slot = uses[0]
-    add = top.graph.nodes[position]
+    position, add, slot = uses[0]
     other = add.inputs[1 - slot].name if len(add.inputs) == 2 else ""
-    if add.op == "Add" and other in top.float_constants:
+    if add.op == "Add" and other in scope.float_constants:
         layer.bias, layer.bias_node, layer.bias_position, layer.bias_slot = other, add, position, 1 - slot
 
 
 class _ChainBuilder:
-    """Makes chain nodes, and collects them by the position they go before or after; :meth:`place` then
-    rebuilds the node list once."""
+    """Makes the chain nodes of one graph, and collects them by the position they go before or after; :meth:`place`
+    then rebuilds the node list once. Each graph gets its own builder, so a body holds its own shared constants
+    (a body initializer named as an outer one would shadow it). The report's site records go to ``sites``."""
 
-    def __init__(self, graph: gs.Graph, names: Names, settings: ChainSettings):
-        self.graph, self.names, self.settings = graph, names, settings
+    def __init__(self, graph: gs.Graph, names: Names, settings: ChainSettings, sites: list):
+        self.graph, self.names, self.settings, self.sites = graph, names, settings, sites
         self.ranges = RangeBuilder(names, graph.opset)
         self.before: dict[int, list] = {}
         self.after: dict[int, list] = {}
@@ -243,6 +311,20 @@ class _ChainBuilder:
             nodes.append(self._element(element, current, output, f"{prefix}/{element}"))
             current = output
         return nodes + rescale, record
+
+    def rewire(self, source: gs.Tensor, uses: list, order: tuple[str, ...], site: str, layer: str | None,
+               scope: Scope) -> None:
+        """Put a chain from ``source`` before its ``uses`` ((position, node, slot): the node reads the chain's
+        output there instead), placed before the first of them."""
+        target = gs.Variable(self.names.unique(f"{source.name}::analog"))
+        nodes, record = self.chain(source, target, order, site, scope)
+        if not nodes:
+            return
+        for _, node, slot in uses:
+            node.inputs[slot] = target
+        self.before.setdefault(min(position for position, _, _ in uses), []).extend(nodes)
+        self.sites.append({"site": site, "tensor": source.name, "layer": layer, "ops": _chain_ops(nodes),
+                           "range": record})
 
     def _element(self, element: str, source: gs.Tensor, output: gs.Tensor, name: str) -> gs.Node:
         if element == "clamp":
@@ -297,34 +379,47 @@ def _chain_ops(nodes: list) -> list[str]:
 
 
 def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEMENTS, exclude=()) -> dict:
-    """Insert clamp / reduce-precision / noise chains at the ``where`` placements; report what went where."""
+    """Insert clamp / reduce-precision / noise chains at the ``where`` placements, in the graph and in its
+    If/Loop/Scan bodies; report what went where (body layers by path, e.g. ``If_0/then_branch/Conv_3``)."""
     unknown = set(where) - set(PLACEMENTS)
     if unknown:
         raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
-    top = _TopLevel(graph)
-    layers, skipped = _find_layers(top, set(exclude))
-    builder = _ChainBuilder(graph, Names(graph, top.tensors), settings)
+    scopes, unreachable = _scopes(graph)
+    found = [_find_layers(scope, set(exclude), settings.ranges.activations) for scope in scopes]
+    layers = [layer for scope_layers, _ in found for layer in scope_layers]
+    names = Names(graph, scopes[0].tensors)
     sites: list[dict] = []
+    op_types: set[str] = set()
+    chained_inputs: set[str] = set()
+    for scope, (scope_layers, _) in zip(scopes, found):
+        builder = _ChainBuilder(scope.graph, names, settings, sites)
+        if "input" in where and not scope.path:
+            chained_inputs = _chain_inputs(scope, builder, layers)
+        _chain_layers(scope, scope_layers, builder, where, chained_inputs)
+        builder.place()
+        op_types |= builder.op_types
+    return {"layers": [layer.label or layer.node.op for layer in layers],
+            "skipped_layers": [entry for _, skipped in found for entry in skipped] + unreachable,
+            "notes": [{"layer": layer.label or layer.node.op, "note": RECURRENT_NOTE} for layer in layers
+                      if layer.node.op in RECURRENT_OPS],
+            "sites": sites, "op_types": sorted(op_types)}
 
-    def rewire(name: str, uses: list, order, site: str, layer_name: str | None, scope: Scope) -> None:
-        target = gs.Variable(builder.names.unique(f"{name}::analog"))
-        nodes, record = builder.chain(top.tensors[name], target, order, site, scope)
-        if not nodes:
-            return
-        for position, slot in uses:
-            graph.nodes[position].inputs[slot] = target
-        builder.before.setdefault(min(p for p, _ in uses), []).extend(nodes)
-        sites.append({"site": site, "tensor": name, "layer": layer_name, "ops": _chain_ops(nodes),
-                      "range": record})
 
-    chained_inputs = set()
-    if "input" in where:
-        for value in graph.inputs:
-            if value.type != "tensor_type" or value.dtype != np.float32 or value.name not in top.consumers:
-                continue
-            rewire(value.name, top.consumers[value.name], DOA_ORDER, "input", None, _input_scope(value, layers))
-            chained_inputs.add(value.name)
+def _chain_inputs(scope: _Scope, builder: _ChainBuilder, layers: list[Layer]) -> set[str]:
+    """Chain the float graph inputs for every node that reads them, in bodies too; returns their names."""
+    chained = set()
+    for value in scope.graph.inputs:
+        uses = scope.uses(value.name)
+        if value.type != "tensor_type" or value.dtype != np.float32 or not uses:
+            continue
+        builder.rewire(value, uses, DOA_ORDER, "input", None, _input_scope(value, layers))
+        chained.add(value.name)
+    return chained
 
+
+def _chain_layers(scope: _Scope, layers: list[Layer], builder: _ChainBuilder, where, chained_inputs: set) -> None:
+    """Chain the inputs, weights, biases and outputs of one graph's ``layers``."""
+    weight_mode = builder.settings.ranges.weights
     if "layer-inputs" in where:
         layer_uses: dict[str, list] = {}
         owners: dict[str, list] = {}
@@ -332,37 +427,36 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
             if layer.data in chained_inputs:
                 continue
             slot = [tensor.name for tensor in layer.node.inputs].index(layer.data)
-            layer_uses.setdefault(layer.data, []).append((layer.position, slot))
+            layer_uses.setdefault(layer.data, []).append((layer.position, layer.node, slot))
             owners.setdefault(layer.data, []).append(layer)
         for name, uses in layer_uses.items():  # a tensor several layers read shares the first one's scope
-            rewire(name, uses, DOA_ORDER, "layer-input", ",".join(layer.node.name for layer in owners[name]),
-                   owners[name][0].scope("layer-input", settings.ranges.weights))
+            builder.rewire(scope.tensors[name], uses, DOA_ORDER, "layer-input",
+                           ",".join(layer.label for layer in owners[name]),
+                           owners[name][0].scope("layer-input", weight_mode))
 
     for kind, placement in (("weight", "weights"), ("bias", "biases")):
         if placement not in where:
             continue
         for layer in layers:
-            name = getattr(layer, kind)
-            if name is None:
-                continue
-            if kind == "bias" and layer.bias_node is not None:
-                uses = [(layer.bias_position, layer.bias_slot)]
-            else:
-                uses = [(layer.position, [tensor.name for tensor in layer.node.inputs].index(name))]
-            rewire(name, uses, DOA_ORDER, kind, layer.node.name, layer.scope(kind, settings.ranges.weights))
+            for name in (layer.weight, layer.recurrence) if kind == "weight" else (layer.bias,):
+                if name is None:
+                    continue
+                if kind == "bias" and layer.bias_node is not None:
+                    uses = [(layer.bias_position, layer.bias_node, layer.bias_slot)]
+                else:
+                    uses = [(layer.position, layer.node, [tensor.name for tensor in layer.node.inputs].index(name))]
+                builder.rewire(scope.tensors[name], uses, DOA_ORDER, kind, layer.label, layer.scope(kind, weight_mode))
 
-    if "layer-outputs" in where and settings.elements(AOD_ORDER):
+    if "layer-outputs" in where and builder.settings.elements(AOD_ORDER):
         for layer in layers:
+            if layer.node.op in RECURRENT_OPS:  # its matrix-vector outputs lie inside the op (RECURRENT_NOTE)
+                continue
             producer = layer.output_node
             tensor = producer.outputs[0]
             source = gs.Variable(builder.names.unique(f"{tensor.name}::pre_analog"))
             nodes, record = builder.chain(source, tensor, AOD_ORDER, "layer-output",
-                                          layer.scope("layer-output", settings.ranges.weights))
+                                          layer.scope("layer-output", weight_mode))
             producer.outputs[0] = source
-            builder.after.setdefault(top.producer[tensor.name], []).extend(nodes)
-            sites.append({"site": "layer-output", "tensor": tensor.name, "layer": layer.node.name,
-                          "ops": _chain_ops(nodes), "range": record})
-
-    builder.place()
-    return {"layers": [layer.node.name or layer.node.op for layer in layers], "skipped_layers": skipped,
-            "sites": sites, "op_types": sorted(builder.op_types)}
+            builder.after.setdefault(scope.producer[tensor.name], []).extend(nodes)
+            builder.sites.append({"site": "layer-output", "tensor": tensor.name, "layer": layer.label,
+                                  "ops": _chain_ops(nodes), "range": record})

@@ -87,13 +87,14 @@ def _note_source(proto: onnx.GraphProto, graph: gs.Graph, unnamed: list) -> bool
 def bodies(graph: gs.Graph) -> list[gs.Graph]:
     """The graphs nested in ``graph``'s nodes, at any depth (graphsurgeon's ``subgraphs`` walks every node's
     attributes through generators, several times slower on graphs with hundreds of nodes)."""
-    found = []
-    for node in graph.nodes:
-        if node.op in _STANDARD_OPS_WITH_BODIES or not is_default_domain(node):
-            for value in node.attrs.values():
-                if isinstance(value, gs.Graph):
-                    found += [value, *bodies(value)]
-    return found
+    return [found for node in graph.nodes for _, body in node_bodies(node) for found in (body, *bodies(body))]
+
+
+def node_bodies(node: gs.Node) -> list[tuple[str, gs.Graph]]:
+    """The graphs ``node`` holds, by attribute name."""
+    if node.op in _STANDARD_OPS_WITH_BODIES or not is_default_domain(node):
+        return [(name, value) for name, value in node.attrs.items() if isinstance(value, gs.Graph)]
+    return []
 
 
 def export_model(graph: gs.Graph, source: onnx.ModelProto, in_place: bool = False) -> onnx.ModelProto:
@@ -350,11 +351,13 @@ def is_default_domain(node: gs.Node) -> bool:
     return (node.domain or "") in _DEFAULT_DOMAINS
 
 
-def constant_tensors(graph: gs.Graph, tensors: dict | None = None) -> tuple[set, set]:
+def constant_tensors(graph: gs.Graph, tensors: dict | None = None, outer: tuple[set, set] = (set(), set())
+                     ) -> tuple[set, set]:
     """The names of the tensors whose values are fixed before the model runs (initializers, and outputs of
     standard nodes whose inputs are all such tensors, random and control-flow nodes aside), and those of them
-    that are float32. ``tensors``: ``graph.tensors()`` where the caller has it already."""
-    constants, floats = set(), set()
+    that are float32. ``tensors``: ``graph.tensors()`` where the caller has it already; ``outer``: for a body,
+    what this function found for the graphs around it (a body reads their values by name)."""
+    constants, floats = set(outer[0]), set(outer[1])
     for name, tensor in (graph.tensors() if tensors is None else tensors).items():
         if isinstance(tensor, gs.Constant) and not _is_sparse(tensor):
             constants.add(name)

@@ -52,9 +52,10 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
 
 
 def sync_analog_functions(model: onnx.ModelProto) -> None:
-    """Function bodies follow the nodes: each analog op the graph uses gets its body (at the model's opset) and
-    the domain import; bodies and the import that nothing uses any more go."""
-    in_use = {node.op_type for node in model.graph.node if node.domain == DOMAIN}
+    """Function bodies follow the nodes: each analog op the graph uses (in control-flow bodies too: functions
+    live at model level only) gets its body (at the model's opset) and the domain import; bodies and the import
+    that nothing uses any more go."""
+    in_use = _analog_ops(model.graph)
     for function in [f for f in model.functions if f.domain == DOMAIN and f.name not in in_use]:
         model.functions.remove(function)
     present = {f.name for f in model.functions if f.domain == DOMAIN}
@@ -67,6 +68,15 @@ def sync_analog_functions(model: onnx.ModelProto) -> None:
     elif not in_use:
         for entry in imported:
             model.opset_import.remove(entry)
+
+
+def _analog_ops(graph: onnx.GraphProto) -> set[str]:
+    used = {node.op_type for node in graph.node if node.domain == DOMAIN}
+    for node in graph.node:
+        for attribute in node.attribute:
+            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
+                used |= _analog_ops(body)
+    return used
 
 
 def export_with_functions(graph, source: onnx.ModelProto) -> onnx.ModelProto:

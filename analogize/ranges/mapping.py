@@ -62,14 +62,23 @@ def per_sample(rank: int | None) -> Scope:
     return Scope(tuple(range(1, rank)), "per sample") if rank is not None and rank >= 2 else WHOLE_TENSOR
 
 
+#: recurrent layers: their W [directions, gates x hidden, input] and R [directions, gates x hidden, hidden] are
+#: rank 3 by the op's definition, one output channel (a gate unit) per row; X is [steps, batch, input] or, with
+#: layout 1, [batch, steps, input]
+RECURRENT_OPS = ("LSTM", "GRU", "RNN")
+
+
 def weight_scope(mode: str, op: str, attrs: dict, shape, weight_first: bool) -> Scope:
     """The values of a layer's weight that share one conductance scale: all (``tensor``), or those of one output
     channel (``channel``): Conv [O, I, k...], ConvTranspose [I, O, k...], Gemm and MatMul by their operand
-    order and transposition. A weight of unknown shape, or a grouped ConvTranspose (whose output channels
-    interleave groups along two axes), takes one range, and the report says why."""
+    order and transposition, a recurrent layer's W and R by row. A weight of unknown shape, or a grouped
+    ConvTranspose (whose output channels interleave groups along two axes), takes one range, and the report says
+    why."""
     rank = len(shape) if shape is not None else None
     if mode == "tensor" or rank is not None and rank < 2:
         return WHOLE_TENSOR
+    if op in RECURRENT_OPS:  # exporters compute these weights (slices, concatenations): the shape is often unseen
+        return Scope((2,), "per output channel")
     if rank is None:
         return Scope(None, "per tensor (the weight's shape is unknown)")
     if op == "Conv":
@@ -92,7 +101,10 @@ def activation_scope(op: str, attrs: dict, data_rank: int | None, weight_rank: i
     pixel across channels for a convolution, one row of a Gemm or MatMul, one column where the weight comes
     first (its samples are columns), the whole vector where the data is one. A MatMul with a vector weight
     outputs one value per input vector, so each output value is its own range; where a weight-first MatMul's
-    input rank is unknown, each value is too (a per-column range on a vector would not load)."""
+    input rank is unknown, each value is too (a per-column range on a vector would not load). A recurrent layer
+    reads one input vector per time step and sample."""
+    if op in RECURRENT_OPS:
+        return Scope((2,), "per time step")
     if op in ("Conv", "ConvTranspose"):
         return Scope((1,), "per pixel")
     if op == "Gemm":
