@@ -52,6 +52,7 @@ class ConvertOptions:
     alpha: float | None = None
     temperature: float | None = None
     exclude: tuple[str, ...] = ()
+    analog_products: bool = False  # activation-by-activation MatMuls (attention) analog too
     seed: int | None = None
     inline: bool = False
     weight_range: str = DEFAULT_WEIGHT_RANGE
@@ -164,8 +165,10 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     settings = options.chain_settings()
     random_ops = settings.std > 0 or settings.stochastic_rounding
     working, upgrades = fit_opset(model, maximum=MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
+    if options.analog_products:  # a product's operands take their DAC gains by row and column: ranks needed
+        working = _with_shapes(working)
     graph = import_model(working)
-    chains = insert_analog_chains(graph, settings, options.where, options.exclude)
+    chains = insert_analog_chains(graph, settings, options.where, options.exclude, options.analog_products)
     swaps = swap_activations(graph, options.activation, options.activation_parameters(), options.exclude)
     if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
         raise AnalogizeError(_nothing_to_convert(chains["skipped_layers"]))
@@ -195,6 +198,14 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
               "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps)] if line]
               + _ignored_flags(options, _node_names(graph, chains["skipped_layers"]))}
     return ConversionResult(converted, report, seen)
+
+
+def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with the shapes ONNX's inference finds recorded (a copy), or as it is where inference fails."""
+    try:
+        return onnx.shape_inference.infer_shapes(model)
+    except (onnx.shape_inference.InferenceError, ValueError):
+        return model
 
 
 def _unswapped(options: ConvertOptions, swaps: dict) -> str | None:

@@ -386,3 +386,37 @@ def detector_like_fixed():
     return make([helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Reshape", ["m", "shape"], ["y"])],
                 [helper.make_tensor_value_info("x", FLOAT, [4, 6])], [helper.make_tensor_value_info("y", FLOAT, [20])],
                 {"w": np.ones((6, 5), np.float32), "shape": np.array([-1], np.int64)})
+
+
+def test_attention_products_are_digital_unless_asked_for_then_both_operands_get_dacs():
+    """A @ B with both operands activations (attention's Q K^T, A V): digital by default and listed; with
+    analog_products, each row of A and each column of B gets its own DAC gain and the result an ADC chain,
+    checked against numpy's reduce-precision of the same numbers."""
+    rng = np.random.default_rng(11)
+    model = make([helper.make_node("MatMul", ["a", "b"], ["out"])],
+                 [helper.make_tensor_value_info("a", FLOAT, ["n", 3, 6]),
+                  helper.make_tensor_value_info("b", FLOAT, ["n", 6, 4])],
+                 [helper.make_tensor_value_info("out", FLOAT, ["n", 3, 4])], {})
+    skipped = convert(model, where=("input", "layer-inputs")).report["skipped_layers"]
+    assert skipped[0]["reason"].startswith("an activation-by-activation product: digital unless asked for")
+    a, b = rng.normal(0, 2, (2, 3, 6)).astype(np.float32), rng.normal(0, 0.5, (2, 6, 4)).astype(np.float32)
+    converted = convert(model, bits=4, noise=False, analog_products=True, where=("layer-inputs", "layer-outputs"))
+    scopes = {(site["site"], site["tensor"]): site["range"]["scope"] for site in converted.report["inserted"]}
+    assert scopes == {("layer-input", "a"): "per row", ("layer-input", "b"): "per column",
+                      ("layer-output", "out"): "per row"}
+    onnx.checker.check_model(converted.model, full_check=True)
+
+    def reduce_precision(x, axis, p=16.0):
+        r = np.maximum(np.abs(x).max(axis=axis, keepdims=True), np.finfo(np.float32).tiny).astype(np.float32)
+        u = np.clip(x / r, -1, 1)
+        return (np.sign(u) * np.ceil(np.abs(u * np.float32(p)) - np.float32(0.5)) / np.float32(p) * r).astype(
+            np.float32)
+
+    expected = reduce_precision(reduce_precision(a, -1) @ reduce_precision(b, -2), -1)
+    np.testing.assert_allclose(session(converted.model).run(None, {"a": a, "b": b})[0], expected, rtol=1e-5, atol=1e-6)
+    plain = convert(model, noise=False, quantize=False, clamp=False, analog_products=True).model
+    np.testing.assert_array_equal(session(plain).run(None, {"a": a, "b": b})[0],
+                                  session(model).run(None, {"a": a, "b": b})[0])
+    noisy = [session(convert(model, bits=6, ep=0.3, seed=seed, analog_products=True).model).run(
+        None, {"a": a, "b": b})[0] for seed in (1, 2)]
+    assert not np.array_equal(*noisy)

@@ -199,6 +199,9 @@ chain_options = packed_option_group(
     click.option("--temperature", type=float, help="Temperature T > 0 of the smooth-* family [default: 1]."),
     click.option("--exclude", callback=comma_separated(), default="",
                  help="Comma-separated node names or op types to keep digital."),
+    click.option("--analog-products", is_flag=True,
+                 help="Also make activation-by-activation MatMuls (attention's Q K^T and A V) analog, as photonic "
+                      "chips compute them [default: digital]."),
 )
 
 

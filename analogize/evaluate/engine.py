@@ -506,8 +506,8 @@ class _CellModels:
 
 
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.
-_FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "divide", "scale",
-                       "alpha", "temperature", "weight_range", "activation_range", "calibrate")
+_FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "analog_products",
+                       "divide", "scale", "alpha", "temperature", "weight_range", "activation_range", "calibrate")
 
 
 def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:

@@ -30,6 +30,8 @@ RECURRENT_NOTE = ("recurrent: W, R and B carry weight chains and the input X a l
                   "step's input); the hidden state h that R multiplies at each step (initial_h included), the gate "
                   "pre-activations inside the op (hence no layer-output chain) and LSTM peepholes stay digital, "
                   "since the ONNX op exposes no tensor inside its recurrence")
+PRODUCT_NOTE = ("activation-by-activation product: both operands carry layer-input chains (one DAC gain per row "
+                "of the left, per column of the right), the result a layer-output chain")
 DOA_ORDER = ("clamp", "quantize", "noise")
 AOD_ORDER = ("noise", "clamp", "quantize")
 CLAMP_RANGE = (-1.0, 1.0)
@@ -122,6 +124,7 @@ class Layer:
     data_rank: int | None = None
     recurrence: str | None = None  # a recurrent layer's R
     path: str = ""  # where its graph lies: "" at the top level, "If_0/then_branch/" in a body
+    second: str | None = None  # an activation-by-activation product's right operand (weight is None then)
 
     @property
     def label(self) -> str:
@@ -140,6 +143,13 @@ class Layer:
         return activation_scope(self.node.op, self.node.attrs, self.data_rank,
                                 None if self.weight_shape is None else len(self.weight_shape), self.weight_first,
                                 site == "layer-output")
+
+    def second_scope(self) -> Scope:
+        """A product's right operand is read column by column, as a weight-first MatMul's input is; of unknown
+        rank, as one tensor (a range per element would map every value to full scale)."""
+        if self.weight_shape is None:
+            return WHOLE_TENSOR
+        return activation_scope(self.node.op, self.node.attrs, len(self.weight_shape), None, True, False)
 
 
 def _label(path: str, node: gs.Node) -> str:
@@ -207,7 +217,8 @@ def _scopes(graph: gs.Graph, path: str = "", outer: tuple[set, set] = (set(), se
     return scopes, skipped
 
 
-def _find_layers(scope: _Scope, exclude, activation_mode: str) -> tuple[list[Layer], list[dict]]:
+def _find_layers(scope: _Scope, exclude, activation_mode: str, products: bool = False
+                 ) -> tuple[list[Layer], list[dict]]:
     """Linear layers with a constant float weight operand; the rest are reported with the reason."""
     layers, skipped = [], []
     for position, node in enumerate(scope.graph.nodes):
@@ -215,7 +226,7 @@ def _find_layers(scope: _Scope, exclude, activation_mode: str) -> tuple[list[Lay
             skipped.append({"node": _label(scope.path, node), "op_type": node.op, "reason": DIGITAL_LAYERS[node.op]})
         if node.op not in LAYER_OP_TYPES or not is_default_domain(node):
             continue
-        reason, layer = _classify_layer(node, position, scope, exclude)
+        reason, layer = _classify_layer(node, position, scope, exclude, products)
         if layer is not None and scope.path and activation_mode == "calibrated":
             reason, layer = ("inside an If/Loop/Scan body: calibration reads top-level tensors only (use "
                              "--activation-range dynamic or unit)"), None
@@ -226,7 +237,7 @@ def _find_layers(scope: _Scope, exclude, activation_mode: str) -> tuple[list[Lay
     return layers, skipped
 
 
-def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude):
+def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude, products: bool = False):
     if node.name in exclude or node.op in exclude or _label(scope.path, node) in exclude:
         return "excluded by --exclude", None
     inputs = [tensor.name for tensor in node.inputs] + [""] * 3
@@ -243,8 +254,10 @@ def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude):
             return "weight is not a constant", None
     else:
         first, second = inputs[0], inputs[1]
+        if node.op == "MatMul" and first not in scope.constants and second not in scope.constants:
+            return _product(node, position, scope, products)
         if (first in scope.constants) == (second in scope.constants):
-            return "no single constant operand (activation-by-activation product or constant expression)", None
+            return "no single constant operand (a constant expression)", None
         data, weight = (first, second) if second in scope.constants else (second, first)
         bias = (inputs[2] or None) if node.op == "Gemm" else None
     if weight not in scope.float_constants:
@@ -261,6 +274,21 @@ def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude):
                   recurrence=recurrence, path=scope.path)
     if node.op == "MatMul":
         _attach_bias_add(layer, scope)
+    return "", layer
+
+
+def _product(node: gs.Node, position: int, scope: _Scope, products: bool):
+    """An activation-by-activation MatMul (attention's Q K^T and A V): analog on request, as photonic chips
+    compute such products; both operands then go through DACs."""
+    if not products:
+        return ("an activation-by-activation product: digital unless asked for (--analog-products)"), None
+    first, second = (scope.tensors[tensor.name] for tensor in node.inputs[:2])
+    if any(tensor.dtype not in (None, np.float32) for tensor in (first, second)):
+        return "a product of non-float32 operands (only float32 models are supported)", None
+    layer = Layer(node, position, first.name, None, None, weight_shape=None if second.shape is None
+                  else tuple(second.shape), data_rank=None if first.shape is None else len(first.shape),
+                  path=scope.path, second=second.name)
+    _attach_bias_add(layer, scope)
     return "", layer
 
 
@@ -378,14 +406,16 @@ def _chain_ops(nodes: list) -> list[str]:
     return [node.op for node in nodes if not is_range_node(node)]
 
 
-def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEMENTS, exclude=()) -> dict:
+def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEMENTS, exclude=(),
+                         products: bool = False) -> dict:
     """Insert clamp / reduce-precision / noise chains at the ``where`` placements, in the graph and in its
-    If/Loop/Scan bodies; report what went where (body layers by path, e.g. ``If_0/then_branch/Conv_3``)."""
+    If/Loop/Scan bodies; report what went where (body layers by path, e.g. ``If_0/then_branch/Conv_3``).
+    ``products``: activation-by-activation MatMuls are layers too (both operands are layer inputs)."""
     unknown = set(where) - set(PLACEMENTS)
     if unknown:
         raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
     scopes, unreachable = _scopes(graph)
-    found = [_find_layers(scope, set(exclude), settings.ranges.activations) for scope in scopes]
+    found = [_find_layers(scope, set(exclude), settings.ranges.activations, products) for scope in scopes]
     layers = [layer for scope_layers, _ in found for layer in scope_layers]
     names = Names(graph, scopes[0].tensors)
     sites: list[dict] = []
@@ -401,7 +431,8 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
     return {"layers": [layer.label or layer.node.op for layer in layers],
             "skipped_layers": [entry for _, skipped in found for entry in skipped] + unreachable,
             "notes": [{"layer": layer.label or layer.node.op, "note": RECURRENT_NOTE} for layer in layers
-                      if layer.node.op in RECURRENT_OPS],
+                      if layer.node.op in RECURRENT_OPS]
+            + [{"layer": layer.label or layer.node.op, "note": PRODUCT_NOTE} for layer in layers if layer.second],
             "sites": sites, "op_types": sorted(op_types)}
 
 
@@ -423,16 +454,21 @@ def _chain_layers(scope: _Scope, layers: list[Layer], builder: _ChainBuilder, wh
     if "layer-inputs" in where:
         layer_uses: dict[str, list] = {}
         owners: dict[str, list] = {}
+        scopes: dict[str, Scope] = {}  # a tensor several layers read shares the first one's scope
         for layer in layers:
-            if layer.data in chained_inputs:
-                continue
-            slot = [tensor.name for tensor in layer.node.inputs].index(layer.data)
-            layer_uses.setdefault(layer.data, []).append((layer.position, layer.node, slot))
-            owners.setdefault(layer.data, []).append(layer)
-        for name, uses in layer_uses.items():  # a tensor several layers read shares the first one's scope
+            operands = [(layer.data, 0, layer.scope("layer-input", weight_mode))]
+            if layer.second is not None:
+                operands.append((layer.second, 1, layer.second_scope()))
+            for name, slot, operand_scope in operands:
+                if name in chained_inputs:
+                    continue
+                layer_uses.setdefault(name, []).append((layer.position, layer.node, slot if layer.second else
+                                                        [tensor.name for tensor in layer.node.inputs].index(name)))
+                owners.setdefault(name, []).append(layer)
+                scopes.setdefault(name, operand_scope)
+        for name, uses in layer_uses.items():
             builder.rewire(scope.tensors[name], uses, DOA_ORDER, "layer-input",
-                           ",".join(layer.label for layer in owners[name]),
-                           owners[name][0].scope("layer-input", weight_mode))
+                           ",".join(layer.label for layer in owners[name]), scopes[name])
 
     for kind, placement in (("weight", "weights"), ("bias", "biases")):
         if placement not in where:
