@@ -420,3 +420,28 @@ def test_attention_products_are_digital_unless_asked_for_then_both_operands_get_
     noisy = [session(convert(model, bits=6, ep=0.3, seed=seed, analog_products=True).model).run(
         None, {"a": a, "b": b})[0] for seed in (1, 2)]
     assert not np.array_equal(*noisy)
+
+
+@pytest.mark.parametrize("equation, weight_first", [("bij,jk->bik", False), ("kj,bij->bik", True)])
+def test_an_einsum_with_a_constant_operand_is_the_layer_its_matmul_would_be(equation, weight_first):
+    """The same product written as Einsum and as MatMul converts to the same numbers: weight ranges per output
+    channel, a DAC gain per input vector, an ADC gain per output vector (read off the equation)."""
+    rng = np.random.default_rng(12)
+    weight = rng.normal(size=(6, 4)).astype(np.float32)
+    stored = weight.T.copy() if weight_first else weight
+    inputs = [helper.make_tensor_value_info("x", FLOAT, ["n", 3, 6])]
+    outputs = [helper.make_tensor_value_info("y", FLOAT, ["n", 3, 4])]
+    operands = ["w", "x"] if weight_first else ["x", "w"]
+    einsum = make([helper.make_node("Einsum", operands, ["y"], equation=equation)], inputs, outputs, {"w": stored})
+    matmul = make([helper.make_node("MatMul", ["x", "w"], ["y"])], inputs, outputs, {"w": weight})
+    x = rng.normal(0, 3, (2, 3, 6)).astype(np.float32)
+    ours, theirs = (convert(model, bits=4, noise=False) for model in (einsum, matmul))
+    assert {site["site"]: site["range"]["scope"] for site in ours.report["inserted"]} == {
+        "input": "per input vector", "weight": "per output channel", "layer-output": "per output vector"}
+    np.testing.assert_allclose(session(ours.model).run(None, {"x": x})[0], session(theirs.model).run(None, {"x": x})[0],
+                               rtol=1e-5, atol=1e-6)
+    assert ours.report["layers"] and not ours.report["skipped_layers"]
+    loose = make([helper.make_node("Einsum", ["x", "w"], ["y"], equation="...j,jk->...k")], inputs, outputs,
+                 {"w": weight})
+    scopes = {site["site"]: site["range"]["scope"] for site in convert(loose, bits=4).report["inserted"]}
+    assert scopes["weight"].startswith("per tensor") and scopes["input"] == "per sample"

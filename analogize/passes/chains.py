@@ -18,13 +18,12 @@ from ..ranges.mapping import (RECURRENT_OPS, UNIT_RANGES, WHOLE_TENSOR, RangeBui
 from .graph import Names, bodies, constant_tensors, is_default_domain, known_values, node_bodies
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
-LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", *RECURRENT_OPS)
+LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", *RECURRENT_OPS)
 # matrix-vector layers convert leaves digital, and why (the report lists each one it finds)
 DIGITAL_LAYERS = {
     **{op: "an integer (quantised) layer: convert takes float32 layers only"
        for op in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLSTM",
                   "QGemm", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")},
-    "Einsum": "an Einsum: convert does not rewrite Einsum yet",
 }
 RECURRENT_NOTE = ("recurrent: W, R and B carry weight chains and the input X a layer-input chain (every time "
                   "step's input); the hidden state h that R multiplies at each step (initial_h included), the gate "
@@ -254,6 +253,8 @@ def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude, produc
             return "weight is not a constant", None
     else:
         first, second = inputs[0], inputs[1]
+        if node.op == "Einsum" and len(node.inputs) != 2:
+            return "an Einsum of other than two operands", None
         if node.op == "MatMul" and first not in scope.constants and second not in scope.constants:
             return _product(node, position, scope, products)
         if (first in scope.constants) == (second in scope.constants):
@@ -268,7 +269,7 @@ def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude, produc
         values = known_values(weight_tensor)
         shape = None if values is None else values.shape
     layer = Layer(node, position, data, weight, bias if bias in scope.constants else None,
-                  weight_first=node.op in ("Gemm", "MatMul") and inputs[0] == weight,
+                  weight_first=node.op in ("Gemm", "MatMul", "Einsum") and inputs[0] == weight,
                   weight_shape=None if shape is None else tuple(shape),
                   data_rank=None if data_tensor.shape is None else len(data_tensor.shape),
                   recurrence=recurrence, path=scope.path)

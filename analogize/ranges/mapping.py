@@ -68,6 +68,22 @@ def per_sample(rank: int | None) -> Scope:
 RECURRENT_OPS = ("LSTM", "GRU", "RNN")
 
 
+def einsum_axes(equation: str, weight_first: bool) -> dict | None:
+    """For an Einsum of one activation and one constant operand: the axes each range reduces over, by site:
+    the weight's contracted axes (one range per output channel), the data's contracted axes (one DAC gain per
+    input vector), and the output axes that come from the weight (one ADC gain per output vector). None for
+    equations with an ellipsis or without an explicit output, where the vectors cannot be read off."""
+    text = equation.replace(" ", "")
+    inputs, arrow, output = text.partition("->")
+    terms = inputs.split(",")
+    if not arrow or "." in text or len(terms) != 2:
+        return None
+    weight, data = (terms[0], terms[1]) if weight_first else (terms[1], terms[0])
+    return {"weight": tuple(k for k, letter in enumerate(weight) if letter not in output),
+            "data": tuple(k for k, letter in enumerate(data) if letter not in output),
+            "output": tuple(k for k, letter in enumerate(output) if letter not in data)}
+
+
 def weight_scope(mode: str, op: str, attrs: dict, shape, weight_first: bool) -> Scope:
     """The values of a layer's weight that share one conductance scale: all (``tensor``), or those of one output
     channel (``channel``): Conv [O, I, k...], ConvTranspose [I, O, k...], Gemm and MatMul by their operand
@@ -79,6 +95,10 @@ def weight_scope(mode: str, op: str, attrs: dict, shape, weight_first: bool) -> 
         return WHOLE_TENSOR
     if op in RECURRENT_OPS:  # exporters compute these weights (slices, concatenations): the shape is often unseen
         return Scope((2,), "per output channel")
+    if op == "Einsum":
+        axes = einsum_axes(attrs.get("equation", ""), weight_first)
+        return Scope(None, "per tensor (an Einsum with an ellipsis)") if axes is None else \
+            Scope(axes["weight"], "per output channel")
     if rank is None:
         return Scope(None, "per tensor (the weight's shape is unknown)")
     if op == "Conv":
@@ -105,6 +125,11 @@ def activation_scope(op: str, attrs: dict, data_rank: int | None, weight_rank: i
     reads one input vector per time step and sample."""
     if op in RECURRENT_OPS:
         return Scope((2,), "per time step")
+    if op == "Einsum":
+        axes = einsum_axes(attrs.get("equation", ""), weight_first)
+        if axes is None:
+            return per_sample(data_rank)
+        return Scope(axes["output" if output else "data"], "per output vector" if output else "per input vector")
     if op in ("Conv", "ConvTranspose"):
         return Scope((1,), "per pixel")
     if op == "Gemm":
