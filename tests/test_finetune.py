@@ -151,3 +151,26 @@ def test_the_progress_bar_counts_epochs_and_shows_loss_and_accuracy(digits_sets,
              FinetuneOptions(epochs=2, repeats=1, seed=0), progress=True)
     err = capsys.readouterr().err
     assert "finetune" in err and "epoch" in err and "loss=" in err and "noisy_accuracy=" in err and "eval" not in err
+
+
+def test_weights_held_in_constant_nodes_are_trained_and_stored_as_initializers(digits_sets):
+    """paddle2onnx writes weights as Constant nodes: they become parameters (an optimizer with nothing to train
+    crashed before) and the tuned model stores them as initializers, computing what the nodes computed."""
+    train, validation = digits_sets
+    rng = np.random.default_rng(3)
+    weight = rng.normal(0, 0.1, (64, 10)).astype(np.float32)
+    nodes = [helper.make_node("Constant", [], ["w"], value=onnx.numpy_helper.from_array(weight, "w")),
+             helper.make_node("Flatten", ["input"], ["flat"]), helper.make_node("MatMul", ["flat", "w"], ["logits"])]
+    model = helper.make_model(helper.make_graph(nodes, "paddle-like",
+                                                [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 1, 8, 8])],
+                                                [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 10])]),
+                              opset_imports=[helper.make_opsetid("", 17)])
+    from analogize.training.finetune import constants_as_initializers
+
+    lifted = constants_as_initializers(model)
+    assert [t.name for t in lifted.graph.initializer] == ["w"] and [n.op_type for n in lifted.graph.node] == \
+        ["Flatten", "MatMul"]
+    small = Dataset("few", train.x[:128], train.y[:128], "nchw")
+    tuned, report = finetune(model, small, validation, FinetuneOptions(epochs=1, repeats=1))
+    stored = {t.name: onnx.numpy_helper.to_array(t) for t in tuned.graph.initializer}
+    assert "w" in stored and not np.array_equal(stored["w"], weight)  # trained, and kept where it was found

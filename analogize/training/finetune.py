@@ -74,6 +74,26 @@ def _labels(dataset: Dataset, classes: int) -> np.ndarray:
     return dataset.y
 
 
+def constants_as_initializers(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (a copy) with its top-level float ``Constant`` nodes of more than one value as initializers: the
+    weights of exporters that write them as nodes (paddle2onnx) become trainable parameters, and the tuned
+    model stores them where the training found them. Stays on protobuf: it moves messages between two of the
+    model's lists and nothing else."""
+    lifted = copy_model(model)
+    kept = []
+    for node in lifted.graph.node:
+        value = next((a.t for a in node.attribute if a.name == "value" and a.type == onnx.AttributeProto.TENSOR), None)
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx") and value is not None and \
+                value.data_type == onnx.TensorProto.FLOAT and len(value.dims) and np.prod(value.dims) > 1:
+            value.name = node.output[0]
+            lifted.graph.initializer.append(value)
+        else:
+            kept.append(node)
+    del lifted.graph.node[:]
+    lifted.graph.node.extend(kept)
+    return lifted
+
+
 def with_weights(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:
     """``model`` with its float initializers replaced by ``weights`` (initializer name -> array)."""
     tuned = copy_model(model)
@@ -162,6 +182,7 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     from .onnx_torch import to_torch
 
     converted = model if is_converted(model) else convert(model, convert_options or ConvertOptions()).model
+    converted = constants_as_initializers(converted)
     x_train, _ = fit_to_input(train, converted, preprocessing)
     x_valid, _ = fit_to_input(validation, converted, preprocessing)
     torch.manual_seed(options.seed + distributed.rank)  # each process draws its own noise

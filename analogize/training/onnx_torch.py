@@ -1068,6 +1068,9 @@ class OnnxModule(nn.Module):
                 self.weights[key] = nn.Parameter(value)
             else:
                 self.register_buffer(key, value)
+        if not len(self.weights):
+            raise AnalogizeError("the model has no float initializers to train (are its weights computed, or held "
+                                 "in nodes?)")
         self.input_names = [v.name for v in model.graph.input if v.name not in self._keys]
         self.output_names = [v.name for v in model.graph.output]
         self.names = {key: name for name, key in self._keys.items()}
