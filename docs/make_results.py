@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import tempfile
 from pathlib import Path
 
 from analogize import analysis
 from analogize.training import sweep
-from analogize.convert import ConvertOptions
 from analogize.training.finetune import FinetuneOptions
 from analogize.training.train import TrainSetup
 
@@ -36,6 +36,16 @@ TABLE_1 = {"smooth-swish": (14.320, 0.555, 1.988, "semi-stable"),
 # paper Table II: ConvNet on CIFAR-10 under quantised noise
 TABLE_2 = {"relu": 10.78, "leaky:0.01": 10.30, "leaky:0.1": 68.58, "leaky:0.2": 71.41, "leaky:0.3": 72.48,
            "leaky:0.4": 69.11, "gelu": 77.57}
+
+
+def _say(text: str) -> None:
+    """What the script is doing, on stderr: the whole run takes minutes."""
+    print(f"make_results: {text}", file=sys.stderr, flush=True)
+
+
+def _sweep(directory: Path, data: str, grid, setup, options, **settings) -> dict:
+    _say(f"sweep {directory.name}: {len(grid.cells())} training runs (done ones are reused from {directory})")
+    return sweep.sweep(directory, data, grid, setup, options, progress=True, **settings)
 
 
 def markdown_table(header, rows) -> list[str]:
@@ -77,7 +87,7 @@ def analyses_section() -> list[str]:
     lines += ["### Gradient error map (paper Fig. 4)", "",
               f"`analogize analyze gradient-error`: p = 256, EP 0.5 (std {error['std']:.4g}), inputs and weights on "
               f"a 513 x 513 grid of [-1, 1], {error['repeats']} noise draws. Mean |I'(analog) - I'(exact)|:", ""]
-    lines += markdown_table(["factor i", "whole map", f"near zero (|x w| < 1/256)", "max"],
+    lines += markdown_table(["factor i", "whole map", "near zero (|x w| < 1/256)", "max"],
                             [(r["factor"], f"{r['mean_error']:.4g}", f"{r['mean_error_near_zero']:.4g}",
                               f"{r['max_error']:.3g}") for r in error["rows"]]) + [""]
     lines += [f"Near zero, ReLU's gradient error is **{summary['near_zero_ratio']:.0f}x** GELU's (the paper: "
@@ -137,7 +147,7 @@ def training_sections(work: Path, cifar10: str | None, cifar10_limit: int) -> li
 
     grid = sweep.SweepGrid(activations=sweep.interpolation_activations("gelu", (0, 0.25, 0.5, 0.75, 1)), depths=(4,),
                            bits=(4,), eps=(0.3, 0.5, 0.7), seeds=SEEDS)
-    factors = sweep.sweep(work / "factor", "digits", grid, base, TRAINING)
+    factors = _sweep(work / "factor", "digits", grid, base, TRAINING)
     sweep.plot(factors, FIGURES / "digits_factor.png")
     by = {(p["factor"], p["ep"]): p for p in factors["points"]}
     lines += ["### Accuracy against the interpolation factor (paper Fig. 3e)", "",
@@ -149,7 +159,7 @@ def training_sections(work: Path, cifar10: str | None, cifar10_limit: int) -> li
 
     grid = sweep.SweepGrid(activations=sweep.interpolation_activations("gelu", (0, 0.5, 1)), depths=(1, 2, 3, 4, 5),
                            bits=(4,), eps=(0.7,), seeds=SEEDS)
-    depths = sweep.sweep(work / "depth", "digits", grid, base, TRAINING)
+    depths = _sweep(work / "depth", "digits", grid, base, TRAINING)
     sweep.plot(depths, FIGURES / "digits_depth.png")
     by = {(p["factor"], p["depth"]): p for p in depths["points"]}
     lines += ["### Accuracy against depth (paper Fig. 6c)", "",
@@ -159,7 +169,7 @@ def training_sections(work: Path, cifar10: str | None, cifar10_limit: int) -> li
     lines += ["![accuracy vs depth](figures/digits_depth.png)", ""]
 
     grid = sweep.SweepGrid(activations=tuple(TABLE_2), depths=(4,), bits=(4,), eps=(0.7,), seeds=SEEDS)
-    slopes = sweep.sweep(work / "leaky", "digits", grid, base, TRAINING)
+    slopes = _sweep(work / "leaky", "digits", grid, base, TRAINING)
     by = {p["activation"]: p for p in slopes["points"]}
     lines += ["### LeakyReLU slope (paper Table II)", "", "4 hidden layers, 4 bits, EP 0.7. Paper: ConvNet on "
               "CIFAR-10.", ""]
@@ -167,7 +177,7 @@ def training_sections(work: Path, cifar10: str | None, cifar10_limit: int) -> li
                             [(a, f"{TABLE_2[a]:.2f}", percent(by[a])) for a in TABLE_2]) + [""]
 
     grid = sweep.SweepGrid(activations=("gelu", "smooth-swish"), depths=(4,), bits=(4,), eps=(0.7,), seeds=SEEDS)
-    initial = {init: {p["activation"]: p for p in sweep.sweep(work / f"init-{init}", "digits", grid,
+    initial = {init: {p["activation"]: p for p in _sweep(work / f"init-{init}", "digits", grid,
                                                               TrainSetup("convnet", MLP, init), TRAINING)["points"]}
                for init in ("default", "critical")}
     lines += ["### Critical against default initialisation", "",
@@ -180,7 +190,7 @@ def training_sections(work: Path, cifar10: str | None, cifar10_limit: int) -> li
     if cifar10:
         grid = sweep.SweepGrid(activations=sweep.interpolation_activations("gelu", (0, 0.5, 1)), bits=(4,),
                                eps=(0.5, 0.8), seeds=1)
-        cifar = sweep.sweep(work / "cifar10", f"cifar10:{cifar10}", grid, TrainSetup("convnet", {}),
+        cifar = _sweep(work / "cifar10", f"cifar10:{cifar10}", grid, TrainSetup("convnet", {}),
                             FinetuneOptions(epochs=20, lr=1e-3, batch_size=256, repeats=3), limit=cifar10_limit)
         sweep.plot(cifar, FIGURES / "cifar10_factor.png")
         lines += ["### CIFAR-10: the paper's ConvNet (paper Fig. 3e)", "",
@@ -205,7 +215,10 @@ def main():
              "Generated by `python docs/make_results.py`; do not edit by hand. Paper: Shah & Youngblood, "
              "\"Leveraging Continuously Differentiable Activation for Learning in Analog and Quantized Noisy "
              "Environments\" (`shared/seeds/000_*`); critical initialisation: seed 002.", ""]
-    lines += analyses_section() + training_sections(args.work, args.cifar10, args.cifar10_limit) + discussion()
+    _say("the analyses of section 1 (seconds)")
+    lines += analyses_section()
+    _say(f"the training sweeps of section 2 (10-20 minutes on 2 cores; resumable in {args.work})")
+    lines += training_sections(args.work, args.cifar10, args.cifar10_limit) + discussion()
     (DOCS / "results.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {DOCS / 'results.md'}")
 
