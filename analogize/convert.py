@@ -195,8 +195,9 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
               "skipped_layers": chains["skipped_layers"], "notes": chains["notes"], "inserted": chains["sites"],
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
-              "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps)] if line]
-              + _ignored_flags(options, _node_names(graph, chains["skipped_layers"]))}
+              "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps, graph)]
+                           if line] + _ignored_flags(options, _node_names(graph, chains["skipped_layers"]),
+                                                     chains["layers"], chains["sites"])}
     return ConversionResult(converted, report, seen)
 
 
@@ -208,9 +209,13 @@ def _with_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
         return model
 
 
-def _unswapped(options: ConvertOptions, swaps: dict) -> str | None:
+def _unswapped(options: ConvertOptions, swaps: dict, graph) -> str | None:
     if options.activation == "keep" or swaps["swapped"]:
         return None
+    inside = sum(1 for body in bodies(graph) for node in body.nodes if node.op == "Relu")
+    if inside:
+        return (f"--activation {options.activation}: the {inside} ReLUs lie inside If/Loop/Scan bodies, which swaps "
+                f"do not reach; the activations are unchanged")
     return f"--activation {options.activation}: the model has no ReLU to swap, so its activations are unchanged"
 
 
@@ -221,13 +226,16 @@ def _node_names(graph, skipped: list[dict]) -> set[str]:
         {layer["node"] for layer in skipped}
 
 
-def _ignored_flags(options: ConvertOptions, graph_names: set) -> list[str]:
+def _ignored_flags(options: ConvertOptions, graph_names: set, layers: list, sites: list) -> list[str]:
     """Flags that had nothing to act on: activation parameters the chosen activation does not take, and
     --exclude names that match no node name or op type."""
     settable = ACTIVATIONS[options.activation].settable
     lines = [f"--{name} does not apply to --activation {options.activation} (it takes "
              f"{', '.join('--' + k for k in settable) or 'no parameters'}); ignored"
              for name, value in options.activation_parameters().items() if value is not None and name not in settable]
+    if layers and not sites:
+        lines.append(f"--where {','.join(options.where)}: no chain was inserted (recurrent layers have no "
+                     f"layer-output chain); the model is unchanged but for its settings record")
     unmatched = [name for name in options.exclude if name not in graph_names]
     if unmatched:
         lines.append(f"--exclude {', '.join(unmatched)}: no node or op type of that name; nothing was excluded by it")

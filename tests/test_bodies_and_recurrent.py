@@ -361,3 +361,46 @@ def test_an_evaluate_grid_sets_the_precision_and_noise_of_chains_in_bodies(rng):
         next(iter(Grid(bits=(3,), ep=(0.0,)).cells())))
     assert {a.f for path, graph in graphs(varied.graph) if path for n in graph.node
             if n.op_type == "ReducePrecision" for a in n.attribute if a.name == "precision"} == {8.0}
+
+
+def test_review_edges_of_bodies_and_recurrent_layers(rng):
+    """A recurrent layer's initial state stays digital (one range over its [directions, batch, hidden] would
+    mix samples); a body input named like an outer constant is data, not a weight; swaps and placements that
+    reach nothing say so."""
+    model = recurrent_model(rng, "LSTM", "forward", False)
+    report = convert(model, bits=6, ep=0.3).report
+    assert {site["tensor"] for site in report["inserted"] if site["site"] == "input"} == {"x"}  # h0 left digital
+    feeds = recurrent_feeds(rng, model)
+    converted = convert(model, bits=6, noise=False).model
+    moved = dict(feeds, h0=feeds["h0"].copy())
+    moved["h0"][:, 1] *= 3  # sample 1's state only: sample 0's output must not move
+    np.testing.assert_array_equal(checked_outputs(converted, feeds)[0][:, :, 0],
+                                  checked_outputs(converted, moved)[0][:, :, 0])
+    only_outputs = convert(model, bits=6, where=("layer-outputs",)).report
+    assert any("no chain was inserted" in line for line in only_outputs["warnings"])
+
+    shadowed = loop_model(rng)  # the body reads h_in; an outer initializer of that name must not make it a weight
+    shadowed.graph.initializer.append(numpy_helper.from_array(np.ones((2, 4), np.float32), "h_in"))
+    sites = convert(shadowed, bits=6, ep=0.3).report["inserted"]
+    assert not [site for site in sites if site["site"] == "weight" and site["tensor"] == "h_in"]
+    assert [site for site in sites if site["site"] == "weight" and site["tensor"] == "loop_w"]
+
+    relu_inside = loop_model(rng)
+    relu_inside.graph.node[0].attribute[0].g.node[1].op_type = "Relu"
+    warnings = convert(relu_inside, bits=6, activation="gelu").report["warnings"]
+    assert any("1 ReLUs lie inside If/Loop/Scan bodies" in line for line in warnings)
+
+
+def test_the_interpreter_sizes_resize_outputs_in_float32_as_onnx_runtime_does():
+    import torch
+
+    from analogize.training.onnx_torch import to_torch
+
+    model = helper.make_model(helper.make_graph(
+        [helper.make_node("Resize", ["x", "", "scales"], ["y"], mode="nearest")], "r", [value("x", [1, 1, 5, 5])],
+        [value("y", None)], [numpy_helper.from_array(np.array([1, 1, 2.6, 1.4], np.float32), "scales")]),
+        opset_imports=[helper.make_opsetid("", 17)])
+    x = np.arange(25, dtype=np.float32).reshape(1, 1, 5, 5)
+    theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    ours = to_torch(model, native=False)(torch.from_numpy(x))
+    assert tuple(ours.shape) == theirs.shape == (1, 1, 13, 7)

@@ -125,9 +125,9 @@ class Layer:
     path: str = ""  # where its graph lies: "" at the top level, "If_0/then_branch/" in a body
     second: str | None = None  # an activation-by-activation product's right operand (weight is None then)
 
-    @property
-    def label(self) -> str:
-        return _label(self.path, self.node)
+    def __post_init__(self):
+        # named before chains rewire the node's outputs (an unnamed body node is named by its first output)
+        self.label = _label(self.path, self.node)
 
     @property
     def output_node(self) -> gs.Node:
@@ -153,8 +153,10 @@ class Layer:
 
 def _label(path: str, node: gs.Node) -> str:
     """How the report names a node: by name at the top level (as reports always did, so readers of them keep
-    working), by path in a body (names repeat across branches)."""
-    return f"{path}{node.name or node.op}" if path else node.name
+    working), by path in a body (names repeat across branches), an unnamed body node by its first output."""
+    if not path:
+        return node.name
+    return f"{path}{node.name or (node.outputs[0].name if node.outputs and node.outputs[0].name else node.op)}"
 
 
 class _Scope:
@@ -438,10 +440,11 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
 
 
 def _chain_inputs(scope: _Scope, builder: _ChainBuilder, layers: list[Layer]) -> set[str]:
-    """Chain the float graph inputs for every node that reads them, in bodies too; returns their names."""
+    """Chain the float graph inputs for every node that reads them, in bodies too, but not where they are a
+    recurrent layer's initial state (digital, as the state it carries: RECURRENT_NOTE); returns their names."""
     chained = set()
     for value in scope.graph.inputs:
-        uses = scope.uses(value.name)
+        uses = [use for use in scope.uses(value.name) if not (use[1].op in RECURRENT_OPS and use[2] in (5, 6))]
         if value.type != "tensor_type" or value.dtype != np.float32 or not uses:
             continue
         builder.rewire(value, uses, DOA_ORDER, "input", None, _input_scope(value, layers))

@@ -357,8 +357,11 @@ def constant_tensors(graph: gs.Graph, tensors: dict | None = None, outer: tuple[
     standard nodes whose inputs are all such tensors, random and control-flow nodes aside), and those of them
     that are float32. ``tensors``: ``graph.tensors()`` where the caller has it already; ``outer``: for a body,
     what this function found for the graphs around it (a body reads their values by name)."""
-    constants, floats = set(outer[0]), set(outer[1])
-    for name, tensor in (graph.tensors() if tensors is None else tensors).items():
+    tensors = graph.tensors() if tensors is None else tensors
+    # a body's own inputs and node outputs shadow the outer tensors of the same name: those are not constants
+    own = {tensor.name for tensor in graph.inputs} | {tensor.name for node in graph.nodes for tensor in node.outputs}
+    constants, floats = set(outer[0]) - own, set(outer[1]) - own
+    for name, tensor in tensors.items():
         if isinstance(tensor, gs.Constant) and not _is_sparse(tensor):
             constants.add(name)
             if tensor.dtype == np.float32:

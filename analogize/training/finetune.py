@@ -192,6 +192,8 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     y_train, y_valid = _labels(train, classes), _labels(validation, classes)
 
     parameters = list(module.parameters())
+    if not parameters:
+        raise AnalogizeError("the model has no float weights to train (its weights are computed by other nodes)")
     if options.optimizer == "adam":
         optimizer = torch.optim.Adam(parameters, lr=options.lr, weight_decay=options.weight_decay)
     else:
