@@ -117,3 +117,12 @@ def test_flags_with_nothing_to_act_on_are_said_or_refused():
         "warnings"] if "--factor" in line or "--exclude" in line]
     with pytest.raises(AnalogizeError, match="--ep sets the noise that --no-noise leaves out"):
         convert(model, noise=False, ep=0.3)
+
+
+def test_seeds_float32_cannot_tell_apart_are_refused():
+    model = onnx.load(DEFAULT_MODEL)
+    with pytest.raises(AnalogizeError, match=r"seeds are stored as float32.*choose one below 16777197"):
+        convert(model, bits=6, ep=0.3, seed=2**24 - 10)
+    converted = convert(model, bits=6, ep=0.3, seed=2**24 - 20).model  # the 20 nodes' seeds all fit
+    seeds = [a.f for n in converted.graph.node for a in n.attribute if a.name == "seed"]
+    assert len(set(seeds)) == len(seeds) == 20

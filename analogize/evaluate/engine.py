@@ -32,7 +32,7 @@ from ..data.feeds import checked_feeds
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from ..passes.activations import ACTIVATIONS, swap_activations
-from ..passes.attributes import analog_nodes, seed_random_ops, set_analog_attributes
+from ..passes.attributes import SEED_LIMIT, analog_nodes, seed_random_ops, set_analog_attributes
 from ..passes.chains import CHAIN_ELEMENTS, remove_analog_chains
 from ..passes.deterministic import noise_free
 from ..passes.graph import import_model, is_default_domain
@@ -45,8 +45,6 @@ from ..runtime.sessions import kernels_in_use
 RESULT_FORMAT = "analogize.evaluate"
 RESULT_VERSION = 2  # 2: every output scored (outputs, data.outputs, data.inputs, rel_error, cosine)
 TOP5_MIN_CLASSES = 6  # top-5 accuracy says something only with more than five classes
-# Seeds are float attributes: float32 holds every whole number up to 2^24 exactly.
-_SEED_SPACE = 2**24
 _QUANTIZE_OPS = CHAIN_ELEMENTS["quantize"]
 _NOISE_OPS = CHAIN_ELEMENTS["noise"]
 
@@ -103,7 +101,7 @@ class Cell:
 
 def node_seeds(cell_seed: int, count: int) -> list[int]:
     """One seed per random node, drawn independently, so no two cells share shifted streams."""
-    return [int(s) % _SEED_SPACE for s in np.random.SeedSequence(cell_seed).generate_state(count)]
+    return [int(s) % SEED_LIMIT for s in np.random.SeedSequence(cell_seed).generate_state(count)]
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from .graph import bodies
+
+SEED_LIMIT = 2**24  # seeds are float attributes: float32 holds every whole number below this exactly
 
 
 def analog_nodes(graph: gs.Graph, op_types=None) -> list[gs.Node]:
@@ -23,6 +26,11 @@ def seed_random_ops(graph: gs.Graph, seed) -> int:
     Each node then draws from its own stream: nodes with equal seeds would draw identical noise.
     """
     random_nodes = [node for node in analog_nodes(graph) if OPS[node.op].random]
+    if isinstance(seed, int) and seed + len(random_nodes) > SEED_LIMIT:
+        raise AnalogizeError(f"--seed {seed}: the model's {len(random_nodes)} random nodes take seeds {seed} to "
+                             f"{seed + len(random_nodes) - 1}, but seeds are stored as float32, which holds whole "
+                             f"numbers exactly below {SEED_LIMIT}; choose one below "
+                             f"{SEED_LIMIT - len(random_nodes) + 1}")
     if seed is None or isinstance(seed, int):
         seeds = [None if seed is None else seed + n for n in range(len(random_nodes))]
     elif len(seed) != len(random_nodes):
