@@ -53,6 +53,7 @@ class ConvertOptions:
     temperature: float | None = None
     exclude: tuple[str, ...] = ()
     analog_products: bool = False  # activation-by-activation MatMuls (attention) analog too
+    data_inputs: tuple[str, ...] | None = None  # None: the float graph inputs that reach a layer's data operand
     seed: int | None = None
     inline: bool = False
     weight_range: str = DEFAULT_WEIGHT_RANGE
@@ -168,7 +169,8 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     if options.analog_products:  # a product's operands take their DAC gains by row and column: ranks needed
         working = _with_shapes(working)
     graph = import_model(working)
-    chains = insert_analog_chains(graph, settings, options.where, options.exclude, options.analog_products)
+    chains = insert_analog_chains(graph, settings, options.where, options.exclude, options.analog_products,
+                                  options.data_inputs)
     swaps = swap_activations(graph, options.activation, options.activation_parameters(), options.exclude)
     if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
         raise AnalogizeError(_nothing_to_convert(chains["skipped_layers"]))
@@ -192,7 +194,8 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     if options.inline:
         converted = inline_analog_functions(converted)
     report = {"settings": summary, "opset_upgrades": upgrades, "layers": chains["layers"],
-              "skipped_layers": chains["skipped_layers"], "notes": chains["notes"], "inserted": chains["sites"],
+              "skipped_layers": chains["skipped_layers"], "notes": chains["notes"],
+              "digital_inputs": chains["digital_inputs"], "inserted": chains["sites"],
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
               "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps, graph)]
@@ -246,8 +249,8 @@ def _nothing_to_convert(skipped: list[dict]) -> str:
     """Why convert found nothing: the layers it saw and left digital (by reason), or that it saw none."""
     if not skipped:
         return ("nothing to convert: no Conv/ConvTranspose/Gemm/MatMul/LSTM/GRU/RNN layer with a constant float "
-                "weight, no float graph input that a node reads and no ReLU to swap were found (check "
-                "--exclude/--where)")
+                "weight, no float graph input that reaches one (--data-inputs names inputs to chain anyway) and no "
+                "ReLU to swap were found (check --exclude/--where)")
     reasons: dict[str, int] = {}
     for layer in skipped:
         reasons[layer["reason"]] = reasons.get(layer["reason"], 0) + 1

@@ -88,9 +88,12 @@ def test_bad_input_is_refused(digits_sets, tmp_path):
     flat = Dataset("flat", np.zeros((8, 10), np.float32), np.zeros(8, np.int64), "flat")
     with pytest.raises(AnalogizeError, match="cannot be shaped"):
         finetune(converted, flat, validation, FinetuneOptions(epochs=1))
-    graph = helper.make_graph([helper.make_node("Hardmax", ["input"], ["y"], name="pick")], "g",
+    graph = helper.make_graph([helper.make_node("Flatten", ["input"], ["flat"]),
+                               helper.make_node("MatMul", ["flat", "w"], ["scores"]),
+                               helper.make_node("Hardmax", ["scores"], ["y"], name="pick")], "g",
                               [helper.make_tensor_value_info("input", TensorProto.FLOAT, [None, 1, 8, 8])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [onnx.numpy_helper.from_array(np.ones((64, 10), np.float32), "w")])
     odd = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
     with pytest.raises(AnalogizeError, match="unsupported op Hardmax \\(node 'pick'\\)"):
         finetune(odd, train, validation,

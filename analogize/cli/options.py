@@ -199,6 +199,10 @@ chain_options = packed_option_group(
     click.option("--temperature", type=float, help="Temperature T > 0 of the smooth-* family [default: 1]."),
     click.option("--exclude", callback=comma_separated(), default="",
                  help="Comma-separated node names or op types to keep digital."),
+    click.option("--data-inputs", callback=lambda context, parameter, text: None if text is None else tuple(
+                     name for name in text.split(",") if name),
+                 help="Comma-separated graph inputs the input placement chains [default: the float inputs that "
+                      "reach a layer's data operand, not scales, thresholds, masks or recurrent states]."),
     click.option("--analog-products", is_flag=True,
                  help="Also make activation-by-activation MatMuls (attention's Q K^T and A V) analog, as photonic "
                       "chips compute them [default: digital]."),

@@ -505,6 +505,7 @@ class _CellModels:
 
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.
 _FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "analog_products",
+                       "data_inputs",
                        "divide", "scale", "alpha", "temperature", "weight_range", "activation_range", "calibrate")
 
 

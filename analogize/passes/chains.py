@@ -410,13 +410,21 @@ def _chain_ops(nodes: list) -> list[str]:
 
 
 def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEMENTS, exclude=(),
-                         products: bool = False) -> dict:
+                         products: bool = False, data_inputs=None) -> dict:
     """Insert clamp / reduce-precision / noise chains at the ``where`` placements, in the graph and in its
     If/Loop/Scan bodies; report what went where (body layers by path, e.g. ``If_0/then_branch/Conv_3``).
-    ``products``: activation-by-activation MatMuls are layers too (both operands are layer inputs)."""
+    ``products``: activation-by-activation MatMuls are layers too (both operands are layer inputs).
+    ``data_inputs``: the graph inputs the ``input`` placement chains (default: the float inputs that reach a
+    layer's data operand)."""
     unknown = set(where) - set(PLACEMENTS)
     if unknown:
         raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
+    if data_inputs is not None:
+        floats = {value.name for value in graph.inputs if value.dtype == np.float32}
+        strangers = [name for name in data_inputs if name not in floats]
+        if strangers:
+            raise AnalogizeError(f"--data-inputs {', '.join(strangers)}: not a float32 graph input; the model's are "
+                                 f"{', '.join(sorted(floats)) or 'none'}")
     scopes, unreachable = _scopes(graph)
     found = [_find_layers(scope, set(exclude), settings.ranges.activations, products) for scope in scopes]
     layers = [layer for scope_layers, _ in found for layer in scope_layers]
@@ -424,10 +432,11 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
     sites: list[dict] = []
     op_types: set[str] = set()
     chained_inputs: set[str] = set()
+    digital_inputs: list[dict] = []
     for scope, (scope_layers, _) in zip(scopes, found):
         builder = _ChainBuilder(scope.graph, names, settings, sites)
         if "input" in where and not scope.path:
-            chained_inputs = _chain_inputs(scope, builder, layers)
+            chained_inputs, digital_inputs = _chain_inputs(scope, builder, layers, data_inputs)
         _chain_layers(scope, scope_layers, builder, where, chained_inputs)
         builder.place()
         op_types |= builder.op_types
@@ -436,20 +445,61 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
             "notes": [{"layer": layer.label or layer.node.op, "note": RECURRENT_NOTE} for layer in layers
                       if layer.node.op in RECURRENT_OPS]
             + [{"layer": layer.label or layer.node.op, "note": PRODUCT_NOTE} for layer in layers if layer.second],
-            "sites": sites, "op_types": sorted(op_types)}
+            "digital_inputs": digital_inputs, "sites": sites, "op_types": sorted(op_types)}
 
 
-def _chain_inputs(scope: _Scope, builder: _ChainBuilder, layers: list[Layer]) -> set[str]:
-    """Chain the float graph inputs for every node that reads them, in bodies too, but not where they are a
-    recurrent layer's initial state (digital, as the state it carries: RECURRENT_NOTE); returns their names."""
-    chained = set()
+# ops a data tensor flows through on its way to a layer: by their first input (layout, normalisation,
+# activations, pooling), or by any input where every other one is a constant (affine preprocessing)
+_DATA_THROUGH_FIRST = {"Transpose", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Cast", "Identity", "Pad", "Slice",
+                       "Resize", "Upsample", "BatchNormalization", "InstanceNormalization", "LayerNormalization",
+                       "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "MaxPool", "AveragePool", "GlobalAveragePool",
+                       "Dropout", "Split", "Gather", "Expand", "Tile", "DepthToSpace", "SpaceToDepth"}
+_DATA_THROUGH_ANY = {"Add", "Sub", "Mul", "Div", "Concat"}
+
+
+def _feeds_a_layer(value: gs.Tensor, layers: list[Layer], constants: set) -> bool:
+    """Whether graph input ``value`` is data: it reaches a layer's data operand (a product's operands
+    included) through data-preserving ops. A Resize scale, a threshold, an additive mask joined to other
+    activations or a recurrent initial state does not."""
+    operands = {(id(layer.node), name) for layer in layers for name in (layer.data, layer.second) if name}
+    seen, frontier = set(), [value]
+    while frontier:
+        tensor = frontier.pop()
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        for node in tensor.outputs:
+            slots = [k for k, entry in enumerate(node.inputs) if entry is tensor]
+            if (id(node), tensor.name) in operands:
+                return True
+            others_constant = all(entry.name in constants or isinstance(entry, gs.Constant)
+                                  for k, entry in enumerate(node.inputs) if k not in slots and entry.name)
+            if node.op in _DATA_THROUGH_FIRST and 0 in slots or node.op in _DATA_THROUGH_ANY and (
+                    others_constant or node.op == "Concat"):
+                frontier.extend(node.outputs)
+    return False
+
+
+def _chain_inputs(scope: _Scope, builder: _ChainBuilder, layers: list[Layer], chosen) -> tuple[set[str], list]:
+    """Chain the float graph inputs that are data (``chosen``: these names instead) for every node that reads
+    them, in bodies too, but not where they are a recurrent layer's initial state (digital, as the state it
+    carries: RECURRENT_NOTE); returns their names and the float inputs left digital, with the reason."""
+    chained, left = set(), []
     for value in scope.graph.inputs:
         uses = [use for use in scope.uses(value.name) if not (use[1].op in RECURRENT_OPS and use[2] in (5, 6))]
         if value.type != "tensor_type" or value.dtype != np.float32 or not uses:
             continue
+        if chosen is not None and value.name not in chosen:
+            left.append({"input": value.name, "reason": "not among the inputs named by --data-inputs"})
+            continue
+        if chosen is None and not _feeds_a_layer(value, layers, scope.constants):
+            left.append({"input": value.name, "reason": "it reaches no layer's data operand (a parameter such as "
+                         "scales, thresholds or an additive mask, or a recurrent state): name it with "
+                         "--data-inputs to chain it"})
+            continue
         builder.rewire(value, uses, DOA_ORDER, "input", None, _input_scope(value, layers))
         chained.add(value.name)
-    return chained
+    return chained, left
 
 
 def _chain_layers(scope: _Scope, layers: list[Layer], builder: _ChainBuilder, where, chained_inputs: set) -> None:
