@@ -174,3 +174,23 @@ def test_single_op_backend_models_are_refused_in_one_line():
         with pytest.raises(AnalogizeError, match="^(nothing to convert|the model uses opset)[^\n]*$"):
             convert(model, bits=8, ep=0.1, seed=1)
     assert examined >= 100
+
+
+def test_a_model_carrying_its_own_analog_function_bodies_gets_the_op_sets_own():
+    """A model that brings an ai.analogize ReducePrecision body of its own (an identity) ran that body in stock
+    ONNX Runtime after conversion: no quantisation at all."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import helper
+
+    from analogize.ops.spec import DOMAIN
+
+    model = onnx.load(DEFAULT_MODEL)
+    model.functions.append(helper.make_function(DOMAIN, "ReducePrecision", ["X"], ["Y"],
+                                                [helper.make_node("Identity", ["X"], ["Y"])],
+                                                [helper.make_opsetid("", 17)], ["precision", "divide"]))
+    converted = convert(model, bits=2, noise=False, weight_range="unit", activation_range="unit").model
+    assert [f for f in converted.functions if f.name == "ReducePrecision"][0].node[0].op_type != "Identity"
+    x = np.random.default_rng(0).uniform(0, 1, (4, 1, 8, 8)).astype(np.float32)
+    logits = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    assert np.all(np.isin(np.round(logits * 4, 4), np.round(np.arange(-4, 5), 4)))  # on the 2-bit grid: quantised

@@ -54,9 +54,12 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
 def sync_analog_functions(model: onnx.ModelProto) -> None:
     """Function bodies follow the nodes: each analog op the graph uses (in control-flow bodies too: functions
     live at model level only) gets its body (at the model's opset) and the domain import; bodies and the import
-    that nothing uses any more go."""
+    that nothing uses any more go. The bodies are always the op set's own: a model that brought bodies of its
+    own for the domain (an identity for ReducePrecision, say) does not keep them."""
     in_use = _analog_ops(model.graph)
-    for function in [f for f in model.functions if f.domain == DOMAIN and f.name not in in_use]:
+    ours = {(f.name, f.SerializeToString()) for f in function_protos(sorted(in_use), default_opset(model))}
+    for function in [f for f in model.functions if f.domain == DOMAIN and
+                     (f.name, f.SerializeToString()) not in ours]:
         model.functions.remove(function)
     present = {f.name for f in model.functions if f.domain == DOMAIN}
     missing = sorted(in_use - present)
