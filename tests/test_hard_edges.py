@@ -192,5 +192,6 @@ def test_a_model_carrying_its_own_analog_function_bodies_gets_the_op_sets_own():
     converted = convert(model, bits=2, noise=False, weight_range="unit", activation_range="unit").model
     assert [f for f in converted.functions if f.name == "ReducePrecision"][0].node[0].op_type != "Identity"
     x = np.random.default_rng(0).uniform(0, 1, (4, 1, 8, 8)).astype(np.float32)
-    logits = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {"input": x})[0]
     assert np.all(np.isin(np.round(logits * 4, 4), np.round(np.arange(-4, 5), 4)))  # on the 2-bit grid: quantised
