@@ -195,3 +195,15 @@ def test_a_model_carrying_its_own_analog_function_bodies_gets_the_op_sets_own():
     session = ort.InferenceSession(converted.SerializeToString(), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": x})[0]
     assert np.all(np.isin(np.round(logits * 4, 4), np.round(np.arange(-4, 5), 4)))  # on the 2-bit grid: quantised
+
+
+def test_rebuild_takes_only_the_spec_written_with_the_export():
+    from analogize.export import export, rebuild
+
+    six, spec_six = export(convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3, seed=1).model, "qdq")
+    _, spec_three = export(convert(onnx.load(DEFAULT_MODEL), bits=3, ep=0.3, seed=1).model, "qdq")
+    with pytest.raises(AnalogizeError, match="the spec does not belong to this export"):
+        rebuild(six, spec_three)  # was rebuilt as a 3-bit simulation
+    with pytest.raises(AnalogizeError, match="not an analogize export"):
+        rebuild(onnx.load(DEFAULT_MODEL), spec_six)
+    assert rebuild(six, spec_six).graph.node

@@ -503,16 +503,22 @@ def test_hand_edited_specs_are_refused_in_one_line(tmp_path, rng):
     model = gemm_model(rng.normal(size=(3, 4)).astype(np.float32), np.zeros(3, np.float32))
     np.savez(tmp_path / "c.npz", x=rng.normal(size=(16, 4)).astype(np.float32))
     exported, spec = export(convert(model, ConvertOptions(calibrate=f"npz:{tmp_path / 'c.npz'}")).model, "qdq")
-    for edit, message in ((lambda s: s["settings"]["ranges"][0]["range"].update(value=0), "a number > 0"),
-                          (lambda s: s["settings"]["ranges"][0]["range"].update(value="abc"), "a number > 0"),
-                          (lambda s: s["settings"].pop("ranges"), "no recorded range"),
+    # an edited spec no longer matches the settings the export records: refused before its ranges are read
+    for edit, message in ((lambda s: s["settings"]["ranges"][0]["range"].update(value=0), "does not belong"),
+                          (lambda s: s["settings"]["ranges"][0]["range"].update(value="abc"), "does not belong"),
+                          (lambda s: s["settings"].pop("ranges"), "does not belong"),
                           (lambda s: s["settings"].update(ranges={"a": 1}), "not a list"),
                           (lambda s: s["settings"].pop("options"), "settings.options"),
-                          (lambda s: s["settings"]["ranges"].__setitem__(0, 5), "not a list of sites")):
+                          (lambda s: s["settings"]["ranges"].__setitem__(0, 5), "does not belong")):
         edited = json.loads(json.dumps(spec))
         edit(edited)
         with pytest.raises(AnalogizeError, match=message):
             rebuild(exported, edited)
+    options = ConvertOptions(calibrate=f"npz:{tmp_path / 'c.npz'}")  # convert's own check of recorded ranges
+    for recorded, message in (([dict(spec["settings"]["ranges"][0], range={"value": 0})], "a number > 0"),
+                              ([], "no recorded range"), ([5], "not a list of sites")):
+        with pytest.raises(AnalogizeError, match=message):
+            convert(model, options, recorded_ranges=recorded)
 
 
 def test_calibration_sees_the_swapped_activations(tmp_path):

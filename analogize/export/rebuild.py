@@ -1,6 +1,7 @@
 """``rebuild``: the analog simulation again, from a ``qdq`` or ``qonnx`` export and its spec."""
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 import numpy as np
@@ -11,7 +12,7 @@ from ..convert import ConvertOptions, convert
 from ..errors import AnalogizeError
 from ..passes.chains import remove_analog_chains
 from ..passes.graph import Names, export_model, import_model, known_values
-from ..passes.model import METADATA_KEY
+from ..passes.model import METADATA_KEY, stored_settings
 from .qonnx import QONNX_DOMAIN
 from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_VERSION
 
@@ -27,6 +28,19 @@ def check_spec(spec: dict) -> None:
     if spec.get("export", {}).get("format") not in ("qdq", "qonnx"):
         raise AnalogizeError("rebuild takes a qdq or qonnx export (a plain export's chains are inlined beyond "
                              "recovery)")
+
+
+def _check_pair(exported: onnx.ModelProto, spec: dict) -> None:
+    """The spec must be the one written with this export: the export records its format and the settings it
+    came from, and a spec of other settings (a 3-bit spec for a 6-bit export) would rebuild another model."""
+    formats = [p.value for p in exported.metadata_props if p.key == EXPORT_KEY]
+    if not formats:
+        raise AnalogizeError("the model is not an analogize export (no export record); rebuild takes the file "
+                             "'analogize export' wrote")
+    if formats[0] != spec["export"]["format"] or json.loads(json.dumps(stored_settings(exported))) != \
+            json.loads(json.dumps(spec["settings"])):
+        raise AnalogizeError("the spec does not belong to this export (its format or settings differ from those "
+                             "the export records); give the spec written with it")
 
 
 def remove_quantizers(graph: gs.Graph) -> int:
@@ -99,6 +113,7 @@ def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
     (calibrated ones are not calibrated again; a pipeline of its own, on the ``ModelProto``).
     """
     check_spec(spec)
+    _check_pair(exported, spec)
     graph = import_model(exported)
     remove_quantizers(graph)
     remove_analog_chains(graph, ("clamp",), ranges=True)
