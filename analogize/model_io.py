@@ -7,6 +7,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import onnx
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
@@ -34,6 +35,7 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
+    _check_initializers(model.graph, path)
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if has_external:
         try:
@@ -83,6 +85,36 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return path
+
+
+_TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
+_SUB_BYTE_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1")
+                   if hasattr(onnx.TensorProto, name)}
+_COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+
+
+def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:
+    """Refuse initializers whose stored values do not fill their declared shape (a damaged file), before any
+    pass reads them."""
+    for tensor in graph.initializer:
+        if external_data_helper.uses_external_data(tensor) or tensor.data_type in _SUB_BYTE_TYPES:
+            continue
+        declared = 1
+        for size in tensor.dims:
+            declared *= size
+        try:
+            width = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+        except (KeyError, ValueError, TypeError):  # a type numpy has no width for: left to the reader
+            continue
+        if tensor.raw_data:
+            held = len(tensor.raw_data) // width
+        else:
+            held = max(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
+            held = held // 2 if tensor.data_type in _COMPLEX_TYPES else held
+        if min(tensor.dims, default=0) < 0 or held != declared:
+            shown = declared if 0 <= declared < 10**15 else "an impossible number of"
+            raise AnalogizeError(f"{path}: initializer {tensor.name!r} declares {shown} values but holds {held}; the "
+                                 f"file is damaged, re-export it")
 
 
 def refuse_overwrites(inputs: dict, outputs: dict) -> None:

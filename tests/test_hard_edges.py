@@ -207,3 +207,12 @@ def test_rebuild_takes_only_the_spec_written_with_the_export():
     with pytest.raises(AnalogizeError, match="not an analogize export"):
         rebuild(onnx.load(DEFAULT_MODEL), spec_six)
     assert rebuild(six, spec_six).graph.node
+
+
+def test_an_initializer_that_does_not_fill_its_shape_is_a_damaged_file(tmp_path, capsys):
+    """A bit flip in a shape made numpy raise deep inside a pass (found by the 200-copy fuzz)."""
+    model = onnx.load(DEFAULT_MODEL)
+    model.graph.initializer[0].dims[0] = 10**12
+    onnx.save(model, tmp_path / "damaged.onnx")
+    code, _, err = analogize(capsys, "convert", tmp_path / "damaged.onnx", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "declares" in err and "the file is damaged" in err and len(err.strip().splitlines()) == 1
