@@ -24,6 +24,7 @@ from ..passes.model import fed_inputs
 
 DIGITS_TEST_FRACTION = 0.25
 SPLITS = ("train", "test", "all")
+INPUTS, LABELS = "x", "y"  # the npz arrays of a dataset: its samples (images or feature vectors) and labels
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 LAYOUTS = ("auto", "nchw", "nhwc")
 _CHANNEL_COUNTS = (1, 3, 4)
@@ -155,10 +156,10 @@ def _load_npz(path: Path, split, image_size, channels) -> Dataset:
     try:
         with npz_archive(path, f"npz:{path}") as arrays:
             names = list(arrays.keys())
-            if "x" not in names:
-                raise AnalogizeError(f"{path} holds arrays {', '.join(names) or '(none)'}; expected 'x' (inputs) "
-                                     f"and optionally 'y' (labels)")
-            x, y = arrays["x"], arrays["y"] if "y" in names else None
+            if INPUTS not in names:
+                raise AnalogizeError(f"{path} holds arrays {', '.join(names) or '(none)'}; expected '{INPUTS}' "
+                                     f"(inputs) and optionally '{LABELS}' (labels)")
+            x, y = arrays[INPUTS], arrays[LABELS] if LABELS in names else None
     except AnalogizeError:
         raise
     except (OSError, ValueError) as error:

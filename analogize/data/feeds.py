@@ -18,10 +18,9 @@ import onnx
 
 from ..errors import AnalogizeError
 from ..passes.model import fed_inputs
-from .datasets import (Dataset, Preprocessing, class_labels, evenly_spaced, fit_to_input, input_dims, load_for_model,
-                       npz_archive)
+from .datasets import (INPUTS, LABELS, Dataset, Preprocessing, class_labels, evenly_spaced, fit_to_input, input_dims,
+                       load_for_model, npz_archive)
 
-LABELS = "y"  # the npz array that holds labels beside the named inputs
 
 
 @dataclass
@@ -93,7 +92,7 @@ def _names_its_input(spec: str, name: str) -> bool:
     """Whether ``spec`` is an npz holding an array named after the model's lone input (other than ``x``, the
     name datasets give images): then it is fed as it is, not adapted as images."""
     kind, _, argument = spec.partition(":")
-    if kind != "npz" or name == "x" or not Path(argument).expanduser().is_file():
+    if kind != "npz" or name == INPUTS or not Path(argument).expanduser().is_file():
         return False
     try:
         with npz_archive(Path(argument).expanduser(), spec) as stored:
@@ -194,8 +193,8 @@ def _named_arrays(spec: str, inputs: list, what: str) -> tuple[dict, np.ndarray 
     try:
         with npz_archive(path, spec, what) as stored:
             present = set(stored.files)
-            if len(names) == 1 and names[0] not in present and "x" in present:
-                arrays = {names[0]: stored["x"]}
+            if len(names) == 1 and names[0] not in present and INPUTS in present:
+                arrays = {names[0]: stored[INPUTS]}
             else:
                 missing = [name for name in names if name not in present]
                 if missing:
