@@ -14,7 +14,8 @@ from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision,
 from .ops.spec import OPS
 from .passes.activations import ACTIVATIONS, swap_activations
 from .passes.attributes import seed_random_ops
-from .passes.chains import CLAMP_RANGE, PLACEMENTS, ChainSettings, insert_analog_chains
+from .passes.chains import CLAMP_RANGE, KEPT_DIGITAL, PLACEMENTS, ChainSettings, insert_analog_chains
+from .planning.plan_file import Plan, read_plan
 from .passes.graph import bodies, export_model, import_model
 from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, inline_analog_functions,
                            is_converted, raise_ir_version, store_settings, sync_analog_functions)
@@ -27,6 +28,8 @@ from .ranges.modes import (DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_METHOD,
 #: what convert records in the model's settings besides ``ConvertOptions.summary()``: each site's range, and
 #: the calibration that set them
 RANGE_RECORDS = ("ranges", "calibration")
+#: what the settings record keeps of each chain site (``chain`` and ``owners`` let evaluate vary it alone)
+STORED_SITE_KEYS = ("site", "tensor", "layer", "owners", "chain", "range")
 #: the paper's fixed [-1, 1] range everywhere: what train and sweep use, for networks trained inside it
 PAPER_RANGES = {"weight_range": "unit", "activation_range": "unit"}
 
@@ -62,6 +65,7 @@ class ConvertOptions:
     calibration_samples: int = DEFAULT_CALIBRATION_SAMPLES
     calibration_method: str = DEFAULT_CALIBRATION_METHOD
     percentile: float = DEFAULT_PERCENTILE
+    plan: dict | None = None  # per-layer settings over these (an analogize.plan document; see read_plan)
 
     def resolved_precision(self) -> float:
         if self.precision is not None:
@@ -95,6 +99,44 @@ class ConvertOptions:
         return ChainSettings(precision=precision if self.quantize else None, std=std, clamp=self.clamp,
                              divide=self.divide, stochastic_rounding=self.stochastic_rounding, seed=self.seed,
                              ranges=self.range_settings())
+
+    def planned_settings(self, base: ChainSettings, entry: dict) -> ChainSettings:
+        """One site's chain settings: ``base`` (the global flags') with a plan entry's values put in. A site
+        given other bits keeps the global EP (a smaller std at its finer steps) unless the flags set a std."""
+        if not entry:
+            return base
+        precision, std = base.precision, base.std
+        if "bits" in entry or "precision" in entry:
+            if not self.quantize:
+                raise AnalogizeError("the plan sets bits or precision, but --no-quantize leaves no reduce-precision "
+                                     "to set them on")
+            precision = entry["precision"] if "precision" in entry else \
+                bits_to_precision(entry["bits"], self.bit_convention)
+        if "ep" in entry or "std" in entry:
+            if not self.noise:
+                raise AnalogizeError("the plan sets ep or std, but --no-noise leaves no noise to set them on")
+            std = entry["std"] if "std" in entry else ep_to_std(entry["ep"], precision or self.resolved_precision())
+        elif self.noise and self.std is None and precision != base.precision:
+            std = ep_to_std(DEFAULT_EP if self.ep is None else self.ep, precision)
+        ranges = RangeSettings(entry.get("weight_range", base.ranges.weights),
+                               entry.get("activation_range", base.ranges.activations))
+        if ranges.activations == "calibrated" and not self.calibrate:
+            raise AnalogizeError("the plan asks for calibrated ranges: add --calibrate DATA (a data spec as "
+                                 "evaluate's --data)")
+        return replace(base, precision=precision, std=std, ranges=ranges)
+
+    def site_settings(self, base: ChainSettings, plan: Plan | None):
+        """Each chain site's settings from its owners and site kind (convert's ``site_settings`` pass input)."""
+        if plan is None:
+            return None
+
+        def settings_of(owners: tuple, site: str) -> ChainSettings | None:
+            entry = plan.entry(owners[0] if owners else None, site)
+            return None if entry is None else self.planned_settings(base, entry)
+        return settings_of
+
+    def resolved_plan(self) -> Plan | None:
+        return None if self.plan is None else read_plan(self.plan)
 
     def activation_parameters(self) -> dict:
         """The swapped activations' parameters as given (None: the op's declared default)."""
@@ -164,13 +206,21 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
         raise AnalogizeError("the model is already converted (it contains ai.analogize ops or settings); "
                              "convert the original model instead")
     settings = options.chain_settings()
-    random_ops = settings.std > 0 or settings.stochastic_rounding
+    plan = options.resolved_plan()
+    if plan is not None:
+        plan.check_model(model)
+    random_ops = settings.std > 0 or settings.stochastic_rounding or plan is not None and plan.adds_noise()
     working, upgrades = fit_opset(model, maximum=MAX_OPSET_WITH_RANDOM_OPS if random_ops else None)
     if options.analog_products:  # a product's operands take their DAC gains by row and column: ranks needed
         working = _with_shapes(working)
     graph = import_model(working)
     chains = insert_analog_chains(graph, settings, options.where, options.exclude, options.analog_products,
-                                  options.data_inputs)
+                                  options.data_inputs, options.site_settings(settings, plan),
+                                  plan.digital_units() if plan else ())
+    if plan is not None:
+        skipped = {layer["node"]: layer["reason"] for layer in chains["skipped_layers"]}
+        plan.check_units(chains["layers"] + [name for name, reason in skipped.items() if reason == KEPT_DIGITAL],
+                         [value.name for value in graph.inputs], skipped)
     swaps = swap_activations(graph, options.activation, options.activation_parameters(), options.exclude)
     if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
         raise AnalogizeError(_nothing_to_convert(chains["skipped_layers"]))
@@ -187,13 +237,14 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     sync_analog_functions(converted)
     raise_ir_version(converted)
     summary = options.summary()
-    summary["ranges"] = [{key: site[key] for key in ("site", "tensor", "layer", "range")} for site in chains["sites"]]
+    summary["ranges"] = [{key: site[key] for key in STORED_SITE_KEYS} for site in chains["sites"]]
     if calibrated:
         summary["calibration"] = calibrated
     store_settings(converted, summary)
     if options.inline:
         converted = inline_analog_functions(converted)
     report = {"settings": summary, "opset_upgrades": upgrades, "layers": chains["layers"],
+              "layer_op_types": chains["layer_op_types"],
               "skipped_layers": chains["skipped_layers"], "notes": chains["notes"],
               "digital_inputs": chains["digital_inputs"], "inserted": chains["sites"],
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},

@@ -298,7 +298,8 @@ def test_convert_reaches_into_bodies_lists_what_it_leaves_digital_and_says_when_
     with pytest.raises(AnalogizeError, match=r"the model's 1 layers stay digital \(1 x an integer"):
         convert(integer_only)
     report = convert(model(True), activation="gelu").report
-    assert sorted(report["layers"]) == ["If/else_branch/branch_out", "If/then_branch/branch_out", "MatMul"]
+    # unnamed layers are named <op>_<position> (in their own graph), so plans and reports can address them
+    assert sorted(report["layers"]) == ["If/else_branch/MatMul_0", "If/then_branch/MatMul_0", "MatMul_2"]
     assert [(entry["op_type"], entry["reason"].split(":")[0]) for entry in report["skipped_layers"]] == [
         ("MatMulInteger", "an integer (quantised) layer")]
     assert any("--activation gelu: the model has no ReLU to swap" in line for line in report["warnings"])

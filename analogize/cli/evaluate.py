@@ -7,10 +7,10 @@ import click
 
 from .. import noise_model
 from ..model_io import refuse_overwrites
-from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options, class_axes,
-                      comma_separated_floats, csv_file_option, error_probabilities_option, height_by_width,
-                      json_file_option, noise_draws_option, plot_file_option, quiet_option, range_options,
-                      seed_option, torch_options, writable_file)
+from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
+                      csv_file_option, error_probabilities_option, fidelity_option, json_file_option,
+                      noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
+                      scoring_data_options, seed_option, shard_option, torch_options, workers_option, writable_file)
 
 
 def _renamed_output(context, parameter, value):
@@ -21,24 +21,9 @@ def _renamed_output(context, parameter, value):
 
 @click.command()
 @click.argument("model", type=click.Path(dir_okay=False))
-@click.option("--data", required=True,
-              help="digits | npz:PATH (arrays x, y; or one array per model input, named after it, and y) | "
-                   "cifar10:DIR (python batches) | imagefolder:DIR.")
-@click.option("--split", type=click.Choice(["test", "train", "all"]),
-              help="digits and cifar10 only [default: test].")
-@click.option("--primary-output", "output_name",
-              help="The primary graph output: the headline numbers, and what labels are scored against "
-                   "[default: the first float output]. Every output is scored.")
+@scoring_data_options
+@output_scoring_options
 @click.option("--output", hidden=True, expose_value=False, callback=_renamed_output)
-@click.option("--score-outputs", callback=lambda context, parameter, text: None if text in (None, "all") else
-              tuple(name for name in text.split(",") if name),
-              help="Comma-separated outputs to score besides the primary one, or 'all' [default: all]. Each scored "
-                   "output's clean values are held in memory for the whole data.")
-@click.option("--class-axis", callback=class_axes,
-              help="The axis argmax agreement (and accuracy) reads classes along: AXIS for the primary output, or "
-                   "OUTPUT=AXIS, comma-separated [default: 1, or the last for rank-3 sequence outputs].")
-@click.option("--limit", type=click.IntRange(min=1),
-              help="Use only N samples, evenly spaced over the data (a quick look that still sees every class).")
 @bit_widths_option(help="Comma-separated bit widths [default: 8, or the converted model's own].")
 @error_probabilities_option(help=f"Comma-separated error probabilities in [0, 1) [default: {noise_model.DEFAULT_EP}, "
                                  f"or the converted model's own].")
@@ -49,22 +34,9 @@ def _renamed_output(context, parameter, value):
 @seed_option("Sweep seed: same seed, same numbers (each cell and node draws its own stream).")
 @click.option("--baseline/--no-baseline", default=True, show_default=True,
               help="Add EP 0 to the grid: the ranges and rounding without noise, what quantisation alone costs.")
-@click.option("--fidelity", is_flag=True,
-              help="Ignore labels: score top-1 agreement with the clean model and output SNR only.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
-@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Processes to spread the cells over (they share the cores).")
-@click.option("--shard", help="Compute only shard I of N (I/N, I from 0) and write a partial result for "
-                              "'analogize merge'.")
-@click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
-              help="The model's input layout (auto: from its input shape).")
-@click.option("--resize", callback=height_by_width, help="Resize images to HxW [default: the model's input size].")
-@click.option("--channels", type=click.IntRange(min=1),
-              help="Channels the model takes (1: grayscale, 3: RGB) [default: from its input].")
-@click.option("--input-mean", callback=comma_separated_floats,
-              help="Subtract this mean (one value or one per channel).")
-@click.option("--input-std", callback=comma_separated_floats,
-              help="Then divide by this std (one value or one per channel).")
+@fidelity_option
+@workers_option
+@shard_option
 @json_file_option("Write the result as JSON ('-': to stdout, no table).")
 @csv_file_option("Write one CSV row per cell and baseline.")
 @plot_file_option("Write accuracy against EP as a PNG (or .pdf, .svg).")
@@ -72,24 +44,20 @@ def _renamed_output(context, parameter, value):
 @chain_options
 @range_options
 @torch_options
-def evaluate(model, data, split, output_name, score_outputs, class_axis, limit, bits_list, eps, activations, repeats,
-             seed, baseline, fidelity, batch_size, workers, shard, layout, resize, channels, input_mean, input_std,
-             json_path, csv_path, plot_path, quiet, chain, ranges, torch_import):
+def evaluate(model, data_source, scoring, bits_list, eps, activations, repeats, seed, baseline, fidelity, workers,
+             shard, json_path, csv_path, plot_path, quiet, chain, ranges, torch_import):
     """Accuracy of MODEL (clean or converted ONNX, or a torch model) under analog noise over a grid of bits x EP x
     activation."""
     from ..convert import ConvertOptions
-    from ..data import Preprocessing
     from ..evaluate.engine import Grid, evaluate_file, parse_shard
 
     refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path})
     grid = Grid(bits=bits_list, ep=eps, activations=activations, repeats=repeats, seed=seed)
     if baseline and chain["noise"]:
         grid = grid.with_baseline()
-    preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
-    result = evaluate_file(model, data, grid, ConvertOptions(**chain, **ranges), split=split, limit=limit,
-                           preprocessing=preprocessing, batch_size=batch_size, fidelity=fidelity, workers=workers,
-                           shard=parse_shard(shard) if shard else None, output=output_name, class_axis=class_axis,
-                           outputs=score_outputs, torch_import=torch_import, progress=not quiet)
+    result = evaluate_file(model, grid=grid, options=ConvertOptions(**chain, **ranges), **data_source, **scoring,
+                           fidelity=fidelity, workers=workers, shard=parse_shard(shard) if shard else None,
+                           torch_import=torch_import, progress=not quiet)
     _write_and_print(result, json_path, csv_path, plot_path)
 
 

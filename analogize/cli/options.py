@@ -167,6 +167,18 @@ def zoo_model_config(items) -> dict:
     return config
 
 
+def _plan_document(path):
+    """The plan file as the checked document ConvertOptions.plan holds (read as data, never run)."""
+    if path is None:
+        return None
+    from ..planning.plan_file import read_plan
+
+    try:
+        return read_plan(path).to_document()
+    except AnalogizeError as error:
+        raise click.BadParameter(str(error)) from None
+
+
 def _convert_fields(flags: dict) -> dict:
     """The chain flags as ConvertOptions fields: each --no-X flag switches field X off."""
     fields = dict(flags)
@@ -203,6 +215,9 @@ chain_options = packed_option_group(
                      name for name in text.split(",") if name),
                  help="Comma-separated graph inputs the input placement chains [default: the float inputs that "
                       "reach a layer's data operand, not scales, thresholds, masks or recurrent states]."),
+    click.option("--plan", callback=lambda context, parameter, path: _plan_document(path), metavar="PLAN.json",
+                 help="Per-layer settings over these flags: layers kept digital, their own bits, EP or ranges "
+                      "(docs/plan.md; 'analogize plan' writes one)."),
     click.option("--analog-products", is_flag=True,
                  help="Also make activation-by-activation MatMuls (attention's Q K^T and A V) analog, as photonic "
                       "chips compute them [default: digital]."),
@@ -243,6 +258,61 @@ torch_options = packed_option_group(
                  help="Torch models: the ONNX opset to export to."),
     click.option("--static-batch", is_flag=True, help="Torch models: export with a fixed batch axis."),
 )
+
+
+def _data_source(values: dict) -> dict:
+    from ..data import Preprocessing
+
+    return {"data": values["data"], "split": values["split"], "limit": values["limit"],
+            "preprocessing": Preprocessing(layout=values["layout"], size=values["resize"], channels=values["channels"],
+                                           mean=values["input_mean"], std=values["input_std"])}
+
+
+# The data a model is scored on and how images are fitted to it (evaluate, sensitivity, plan): the command gets
+# ``data_source``, the data, split, limit and preprocessing keywords of the ``*_file`` functions.
+scoring_data_options = packed_option_group(
+    "data_source", _data_source,
+    click.option("--data", required=True,
+                 help="digits | npz:PATH (arrays x, y; or one array per model input, named after it, and y) | "
+                      "cifar10:DIR (python batches) | imagefolder:DIR."),
+    click.option("--split", type=click.Choice(["test", "train", "all"]),
+                 help="digits and cifar10 only [default: test]."),
+    click.option("--limit", type=click.IntRange(min=1),
+                 help="Use only N samples, evenly spaced over the data (a quick look that still sees every class)."),
+    click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
+                 help="The model's input layout (auto: from its input shape)."),
+    click.option("--resize", callback=height_by_width, help="Resize images to HxW [default: the model's input size]."),
+    click.option("--channels", type=click.IntRange(min=1),
+                 help="Channels the model takes (1: grayscale, 3: RGB) [default: from its input]."),
+    click.option("--input-mean", callback=comma_separated_floats,
+                 help="Subtract this mean (one value or one per channel)."),
+    click.option("--input-std", callback=comma_separated_floats,
+                 help="Then divide by this std (one value or one per channel)."),
+)
+
+# Which outputs are scored and how (evaluate, sensitivity, plan): the command gets ``scoring``, keywords of
+# evaluate's.
+output_scoring_options = packed_option_group(
+    "scoring", lambda values: {"output": values.pop("output_name"), **values},
+    click.option("--primary-output", "output_name",
+                 help="The primary graph output: the headline numbers, and what labels are scored against "
+                      "[default: the first float output]. Every output is scored."),
+    click.option("--score-outputs", "outputs", callback=lambda context, parameter, text: None
+                 if text in (None, "all") else tuple(name for name in text.split(",") if name),
+                 help="Comma-separated outputs to score besides the primary one, or 'all' [default: all]. Each scored "
+                      "output's clean values are held in memory for the whole data."),
+    click.option("--class-axis", callback=class_axes,
+                 help="The axis argmax agreement (and accuracy) reads classes along: AXIS for the primary output, or "
+                      "OUTPUT=AXIS, comma-separated [default: 1, or the last for rank-3 sequence outputs]."),
+    click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True),
+)
+
+fidelity_option = click.option("--fidelity", is_flag=True,
+                               help="Ignore labels: score top-1 agreement with the clean model and output SNR only.")
+workers_option = click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+                              help="Processes to spread the cells over (they share the cores).")
+shard_option = click.option("--shard", help="Compute only shard I of N (I/N, I from 0) and write a partial result "
+                                            "for 'analogize merge'.")
 
 
 # How each chain's full scale is set (convert, evaluate, finetune): the command gets them as ``ranges``, a

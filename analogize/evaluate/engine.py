@@ -14,13 +14,14 @@ from __future__ import annotations
 import copy
 
 import hashlib
+import json
 import math
 import multiprocessing
 import os
 import zlib
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -36,6 +37,7 @@ from ..passes.attributes import SEED_LIMIT, analog_nodes, seed_random_ops, set_a
 from ..passes.chains import CHAIN_ELEMENTS, remove_analog_chains
 from ..passes.deterministic import noise_free
 from ..passes.graph import import_model, is_default_domain
+from ..planning.plan_file import Plan
 from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fed_inputs, fit_opset, is_converted,
                             store_settings, stored_settings)
 from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
@@ -89,10 +91,13 @@ class Cell:
     variant: ActivationVariant
     bits: int | None
     ep: float | None
+    plan: Plan | None = field(default=None, compare=False)  # per-layer settings of this cell (sensitivity, plan)
+    label: str = ""  # what the cell stands for, where a plan sets it
 
     @property
     def key(self) -> str:
-        return f"{self.variant.label}|bits={self.bits}|ep={self.ep!r}"
+        planned = "" if self.plan is None else "|plan=" + json.dumps(self.plan.to_document(), sort_keys=True)
+        return f"{self.variant.label}|bits={self.bits}|ep={self.ep!r}{planned}"
 
     def seed(self, sweep_seed: int) -> int:
         """The cell's noise entropy: a function of the sweep seed and the cell alone."""
@@ -113,6 +118,8 @@ class Grid:
     activations: tuple = ("keep",)
     repeats: int = 5
     seed: int = 0
+    #: (label, Plan): per-layer settings as a grid axis (sensitivity and plan search); None: the options' own
+    plans: tuple = (("", None),)
 
     def check(self) -> "Grid":
         for values, what in ((self.bits, "bits"), (self.ep, "ep"), (self.activations, "activation")):
@@ -141,12 +148,14 @@ class Grid:
         return self if 0.0 in self.ep else replace(self, ep=(0.0, *self.ep))
 
     def cells(self) -> list[Cell]:
-        combos = [(v, b, e) for v in self.variants() for b in self.bits for e in self.ep]
-        return [Cell(k, v, b, e) for k, (v, b, e) in enumerate(combos)]
+        combos = [(v, b, e, plan) for v in self.variants() for b in self.bits for e in self.ep for plan in self.plans]
+        return [Cell(k, v, b, e, plan, label) for k, (v, b, e, (label, plan)) in enumerate(combos)]
 
     def as_dict(self) -> dict:
+        planned = {"plans": [{"label": label, "plan": None if plan is None else plan.to_document()}
+                             for label, plan in self.plans]} if self.plans != Grid.plans else {}
         return {"bits": list(self.bits), "ep": list(self.ep), "activation": list(self.activations),
-                "repeats": self.repeats, "seed": self.seed}
+                "repeats": self.repeats, "seed": self.seed, **planned}
 
 
 def cell_convert_options(base: ConvertOptions, variant: ActivationVariant, bits, ep, seed) -> ConvertOptions:
@@ -455,20 +464,27 @@ class _CellModels:
         skeleton = self.skeleton(cell.variant)
         graph = import_model(skeleton)
         seed = cell.seed(self.grid.seed)
-        if self.converted:
+        recorded = stored_settings(skeleton) if not self.converted else {}
+        if self.converted:  # its own values where the cell sets none (a planned model's differ from site to site)
             precision, std = self._converted_precision_and_std(graph, cell)
+            if cell.plan is not None:
+                apply_plan(graph, stored_settings(skeleton).get("ranges", []), cell.plan)
+            if cell.bits is not None:
+                set_analog_attributes(graph, _QUANTIZE_OPS, precision=precision)
+            if cell.ep is not None:
+                _set_noise(graph, std)
         else:
             options = cell_convert_options(self.options, cell.variant, cell.bits, cell.ep, None)
             precision, std = options.resolved_precision(), options.chain_settings().std
-        if precision is not None:
-            set_analog_attributes(graph, _QUANTIZE_OPS, precision=precision)
-        if std:
-            set_analog_attributes(graph, _NOISE_OPS, std=std)
-        else:
-            remove_analog_chains(graph, ("noise",))
+            plan = cell.plan if cell.plan is not None else options.resolved_plan()
+            if plan is None:
+                if precision is not None:
+                    set_analog_attributes(graph, _QUANTIZE_OPS, precision=precision)
+                _set_noise(graph, std)
+            else:
+                recorded["ranges"] = apply_plan(graph, recorded["ranges"], plan, options)
         random_nodes = [n for n in analog_nodes(graph) if OPS[n.op].random]
         seed_random_ops(graph, node_seeds(seed, len(random_nodes)))
-        recorded = stored_settings(skeleton) if not self.converted else {}
         seen = self._calibration_values.get(cell.variant.label)
         if seen is not None:  # calibrated ranges chosen for this cell's precision and noise, as convert would
             recorded["ranges"] = copy.deepcopy(recorded["ranges"])
@@ -504,7 +520,7 @@ class _CellModels:
 
 
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.
-_FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "analog_products",
+_FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "analog_products", "plan",
                        "data_inputs",
                        "divide", "scale", "alpha", "temperature", "weight_range", "activation_range", "calibrate")
 
@@ -522,6 +538,47 @@ def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
                              f"original model to change them (use --ep 0 for no noise)")
 
 
+def _set_noise(graph, std: float) -> None:
+    if std:
+        set_analog_attributes(graph, _NOISE_OPS, std=std)
+    else:
+        remove_analog_chains(graph, ("noise",))
+
+
+def apply_plan(graph, sites: list[dict], plan: Plan, options: ConvertOptions | None = None) -> list[dict]:
+    """A graph pass over a graph converted with a chain at every site: take out the chains ``plan`` keeps digital
+    (a layer input shared by several layers stays while one of them is analog), and with ``options`` give every
+    other chain the precision and noise std the plan and options set for it. Returns the records of the chains
+    that remain, each with its precision and std where set (calibration chooses their ranges for them)."""
+    if sites and "chain" not in sites[0]:
+        raise AnalogizeError("the converted model records no chain names (converted by an older analogize); "
+                             "convert the original model again")
+    digital = plan.digital_units()
+    settings_of = options.site_settings(options.chain_settings(), plan) if options is not None else None
+    removed, kept, values = set(), [], {}
+    for site in sites:
+        owners = tuple(owner for owner in site["owners"] if owner not in digital)
+        if not owners or plan.entry(owners[0], site["site"]) is None:
+            removed.add(site["chain"])
+            continue
+        if settings_of is not None:
+            values[site["chain"]] = chain_settings = settings_of(owners, site["site"])
+            site = {**site, "precision": chain_settings.precision, "std": chain_settings.std}
+        kept.append(site)
+    remove_analog_chains(graph, chains=removed)
+    quiet = {chain for chain, chain_settings in values.items() if not chain_settings.std}
+    remove_analog_chains(graph, ("noise",), chains=quiet)
+    for node in analog_nodes(graph, set(_QUANTIZE_OPS) | set(_NOISE_OPS)):
+        chain_settings = values.get(node.name.rpartition("/")[0])
+        if chain_settings is None:
+            continue
+        if node.op in _QUANTIZE_OPS and chain_settings.precision is not None:
+            node.attrs["precision"] = OPS[node.op].attribute("precision").check(node.op, chain_settings.precision)
+        elif node.op in _NOISE_OPS:
+            node.attrs["std"] = OPS[node.op].attribute("std").check(node.op, chain_settings.std)
+    return kept
+
+
 def _first_attribute(graph, op_types, name: str) -> float | None:
     return next((node.attrs[name] for node in analog_nodes(graph, set(op_types)) if name in node.attrs), None)
 
@@ -536,6 +593,105 @@ def _start_worker(workload: _Workload) -> None:
 
 def _evaluate_in_worker(model: bytes, reference: bytes | None, repeats: int) -> list[dict]:
     return _WORKER_WORKLOAD.repeats(model, repeats, reference)
+
+
+class Evaluation:
+    """What every cell of a sweep shares, set up once: the data fitted to the model, the outputs scored, the cell
+    models' builder; then the clean pass, and cells evaluated in as many calls as the caller likes (evaluate runs
+    its grid in one, plan's search one candidate at a time). Arguments as :func:`evaluate`'s."""
+
+    def __init__(self, model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid, options: ConvertOptions | None,
+                 *, preprocessing: Preprocessing = Preprocessing(), batch_size: int = 256, fidelity: bool = False,
+                 output: str | None = None, class_axis: int | dict | None = None, outputs: list | None = None):
+        grid.check()
+        self.model, self.grid = model, grid
+        self.options = options or ConvertOptions()
+        self.fidelity = fidelity
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise AnalogizeError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+        if not len(data):
+            raise AnalogizeError(f"{data.name}: the dataset is empty")
+        self.builder = _CellModels(model, self.options, grid)
+        feeds = checked_feeds(dataset_feeds(data, model, preprocessing), fed_inputs(model), data.name) \
+            if isinstance(data, Dataset) else data
+        self.data_name = data.name
+        labels = None if fidelity else feeds.labels
+        self.adaptations = list(feeds.notes)
+        fixed_batch = fixed_batch_size(model)
+        if feeds.whole:
+            self.adaptations.append(f"one sample per run: {', '.join(sorted(feeds.whole))} hold one whole input per "
+                                    f"sample")
+            batch_size, fixed_batch = 1, None
+        elif fixed_batch:
+            self.adaptations.append(f"fed in batches of {fixed_batch}, the model's fixed batch size")
+            batch_size = fixed_batch
+        output_names = [value.name for value in model.graph.output]
+        if output is not None and output not in output_names:
+            raise AnalogizeError(f"the model has no output {output!r}; its outputs are {', '.join(output_names)}")
+        floating = [value.name for value in model.graph.output
+                    if value.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                            onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)]
+        self.primary = output or (floating or output_names)[0]
+        if output is None and len(output_names) > 1:
+            which = "the first float one" if self.primary != output_names[0] else "the first"
+            self.adaptations.append(f"headline numbers from output {self.primary!r}, {which} of {len(output_names)} "
+                                    f"(choose with --primary-output; every output is scored)")
+        unknown = [name for name in outputs or () if name not in output_names]
+        if unknown:
+            raise AnalogizeError(f"the model has no output {unknown[0]!r}; its outputs are {', '.join(output_names)}")
+        scored = [self.primary] + [name for name in output_names
+                                   if name != self.primary and (outputs is None or name in outputs)]
+        self.axes = _requested_axes(class_axis, self.primary, scored)
+        self.workload = _Workload(feeds, scored, labels, batch_size, pad_batches=bool(fixed_batch))
+        self.described: list[dict] = []
+        self.clean: dict = {}
+        self.baselines: list[dict] = []
+
+    def digital_variants(self) -> list[ActivationVariant]:
+        return [variant for variant in self.grid.variants() if variant.activation != "keep"]
+
+    def clean_pass(self, bar) -> None:
+        """The clean model's outputs (what every cell is scored against), and each swapped activation's digital
+        baseline; one step of ``bar`` each."""
+        workload = self.workload
+        workload.clean = workload.outputs_of(self.builder.clean().SerializeToString())
+        bar.update()
+        self.described = _describe_outputs(workload, self.axes)
+        _check_labels_fit(workload, self.data_name)
+        self.clean = _summarise([_score_outputs(workload, workload.clean, against_clean=False)]) \
+            if workload.labels is not None else {}
+        for variant in self.digital_variants():
+            outputs = workload.outputs_of(self.builder.digital(variant).SerializeToString())
+            self.baselines.append({"activation": variant.label, **_summarise([_score_outputs(workload, outputs)])})
+            bar.update()
+
+    def run(self, cells: list[Cell], workers: int = 1, bar=None) -> list[dict]:
+        """Each cell's record, over the grid's repeats (one step of ``bar`` per repeat)."""
+        if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+            raise AnalogizeError(f"workers must be a whole number >= 1, got {workers!r}")
+        return _run_cells(self.builder, self.workload, cells, self.grid.repeats, workers,
+                          bar or progress_bar(len(cells) * self.grid.repeats, "evaluate", False))
+
+    def result(self, records: list[dict], shard: tuple[int, int] | None = None) -> dict:
+        """The result document (schema ``analogize.evaluate``) of the cells ``records``."""
+        feeds, workload = self.workload.feeds, self.workload
+        shapes = feeds.shapes()
+        return {
+            "format": RESULT_FORMAT, "version": RESULT_VERSION,
+            "model_sha256": hashlib.sha256(self.model.SerializeToString()).hexdigest(), "output": self.primary,
+            "kernels": kernels_in_use(),
+            "data": {"name": feeds.name, "samples": len(feeds), "classes": workload.classes(),
+                     "labels": workload.labels is not None,
+                     "input_shape": next(iter(shapes.values())) if len(shapes) == 1 else None, "inputs": shapes,
+                     "outputs": self.described, "adaptations": self.adaptations},
+            "grid": self.grid.as_dict(), "options": asdict(self.options), "converted_input": self.builder.converted,
+            "fidelity": self.fidelity or workload.labels is None, "batch_size": workload.batch_size,
+            "clean": self.clean,
+            "baselines": self.baselines, "cells": records, "cell_count": len(self.grid.cells()),
+            "warnings": self.builder.warnings + _output_warnings(self.described, [*self.baselines, *records],
+                                                                 self.primary),
+            "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
+        }
 
 
 def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
@@ -556,78 +712,16 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
     ``outputs`` limits the outputs scored besides the primary (default: all; every scored output's clean and
     noise-free values are held in memory for the whole data). ``fidelity`` ignores labels.
     """
-    grid.check()
-    options = options or ConvertOptions()
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AnalogizeError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise AnalogizeError(f"workers must be a whole number >= 1, got {workers!r}")
-    if not len(data):
-        raise AnalogizeError(f"{data.name}: the dataset is empty")
-    builder = _CellModels(model, options, grid)
-    feeds = checked_feeds(dataset_feeds(data, model, preprocessing), fed_inputs(model), data.name) \
-        if isinstance(data, Dataset) else data
-    labels = None if fidelity else feeds.labels
-    adaptations = list(feeds.notes)
-    fixed_batch = fixed_batch_size(model)
-    if feeds.whole:
-        adaptations.append(f"one sample per run: {', '.join(sorted(feeds.whole))} hold one whole input per sample")
-        batch_size, fixed_batch = 1, None
-    elif fixed_batch:
-        adaptations.append(f"fed in batches of {fixed_batch}, the model's fixed batch size")
-        batch_size = fixed_batch
-    output_names = [value.name for value in model.graph.output]
-    if output is not None and output not in output_names:
-        raise AnalogizeError(f"the model has no output {output!r}; its outputs are {', '.join(output_names)}")
-    floating = [value.name for value in model.graph.output
-                if value.type.tensor_type.elem_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
-                                                        onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)]
-    primary = output or (floating or output_names)[0]
-    if output is None and len(output_names) > 1:
-        which = "the first float one" if primary != output_names[0] else "the first"
-        adaptations.append(f"headline numbers from output {primary!r}, {which} of {len(output_names)} (choose with "
-                           f"--primary-output; every output is scored)")
-    unknown = [name for name in outputs or () if name not in output_names]
-    if unknown:
-        raise AnalogizeError(f"the model has no output {unknown[0]!r}; its outputs are {', '.join(output_names)}")
-    scored = [primary] + [name for name in output_names if name != primary and (outputs is None or name in outputs)]
-    axes = _requested_axes(class_axis, primary, scored)
-    workload = _Workload(feeds, scored, labels, batch_size, pad_batches=bool(fixed_batch))
-
-    cells = grid.cells()
-    mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
-    variants = grid.variants()
-    digital_variants = [v for v in variants if v.activation != "keep"]
-    bar = progress_bar(1 + len(digital_variants) + len(mine) * grid.repeats, "evaluate", progress)
+    sweep = Evaluation(model, data, grid, options, preprocessing=preprocessing, batch_size=batch_size,
+                       fidelity=fidelity, output=output, class_axis=class_axis, outputs=outputs)
+    mine = [c for c in grid.cells() if shard is None or c.index % shard[1] == shard[0]]
+    bar = progress_bar(1 + len(sweep.digital_variants()) + len(mine) * grid.repeats, "evaluate", progress)
     with bar:
-        workload.clean = workload.outputs_of(builder.clean().SerializeToString())
-        bar.update()
-        described = _describe_outputs(workload, axes)
-        _check_labels_fit(workload, data.name)
-        clean = _summarise([_score_outputs(workload, workload.clean, against_clean=False)]) if labels is not None \
-            else {}
-        baselines = []
-        for variant in digital_variants:
-            outputs = workload.outputs_of(builder.digital(variant).SerializeToString())
-            baselines.append({"activation": variant.label, **_summarise([_score_outputs(workload, outputs)])})
-            bar.update()
-        records = _run_cells(builder, workload, mine, grid.repeats, workers, bar)
-
-    shapes = feeds.shapes()
-    return {
-        "format": RESULT_FORMAT, "version": RESULT_VERSION,
-        "model_sha256": hashlib.sha256(model.SerializeToString()).hexdigest(), "output": primary,
-        "kernels": kernels_in_use(),
-        "data": {"name": feeds.name, "samples": len(feeds), "classes": workload.classes(), "labels": labels is not None,
-                 "input_shape": next(iter(shapes.values())) if len(shapes) == 1 else None, "inputs": shapes,
-                 "outputs": described, "adaptations": adaptations},
-        "grid": grid.as_dict(), "options": asdict(options), "converted_input": builder.converted,
-        "fidelity": fidelity or labels is None, "batch_size": batch_size,
-        "clean": clean,
-        "baselines": baselines, "cells": records, "cell_count": len(cells),
-        "warnings": builder.warnings + _output_warnings(described, [*baselines, *records], primary),
-        "shard": None if shard is None else {"index": shard[0], "count": shard[1]},
-    }
+        sweep.clean_pass(bar)
+        records = sweep.run(mine, workers, bar)
+    return sweep.result(records, shard)
 
 
 def _requested_axes(class_axis, primary: str, output_names: list[str]) -> dict:
@@ -734,7 +828,8 @@ def _run_cells(builder: _CellModels, workload: _Workload, cells: list[Cell], rep
     records: dict[int, dict] = {}
 
     def record(cell: Cell, settings: dict, per_repeat: list[dict]) -> None:
-        records[cell.index] = {"cell": cell.index, "activation": cell.variant.label, **settings,
+        records[cell.index] = {"cell": cell.index, "activation": cell.variant.label,
+                               **({"plan": cell.label} if cell.plan is not None else {}), **settings,
                                "repeats": repeats, **_summarise(per_repeat)}
 
     def prepared(cell: Cell) -> tuple[bytes, bytes | None, dict]:

@@ -7,6 +7,7 @@ its weights and biases, an AOD chain AnalogNoise -> Clip -> ReducePrecision afte
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -31,6 +32,7 @@ RECURRENT_NOTE = ("recurrent: W, R and B carry weight chains and the input X a l
                   "since the ONNX op exposes no tensor inside its recurrence")
 PRODUCT_NOTE = ("activation-by-activation product: both operands carry layer-input chains (one DAC gain per row "
                 "of the left, per column of the right), the result a layer-output chain")
+KEPT_DIGITAL = "kept digital by the plan"
 DOA_ORDER = ("clamp", "quantize", "noise")
 AOD_ORDER = ("noise", "clamp", "quantize")
 CLAMP_RANGE = (-1.0, 1.0)
@@ -48,10 +50,12 @@ def is_chain_element(node: gs.Node, elements) -> bool:
     return node.domain == DOMAIN
 
 
-def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS), ranges: bool | None = None) -> int:
+def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS), ranges: bool | None = None,
+                         chains: set | None = None) -> int:
     """Take the inserted chain elements (noise, quantize, clamp) out, wiring their consumers to their inputs;
     returns how many nodes went. ``ranges`` (default: when every element goes) takes the chains' range nodes
-    out too (x / r * r is not x in float32).
+    out too (x / r * r is not x in float32). ``chains`` limits it to the chains of those names (the sites'
+    ``chain`` records).
 
     Activation swaps stay. An element that writes a graph (or body) output becomes an Identity. Bound constants
     that nothing reads any more are not exported; :func:`analogize.passes.model.sync_analog_functions` drops the
@@ -62,16 +66,19 @@ def remove_analog_chains(graph: gs.Graph, elements=tuple(CHAIN_ELEMENTS), ranges
         raise AnalogizeError(f"unknown chain element(s) {', '.join(sorted(unknown))}: "
                              f"choose from {', '.join(CHAIN_ELEMENTS)}")
     with_ranges = set(elements) == set(CHAIN_ELEMENTS) if ranges is None else ranges
-    return sum(_remove_from(body, elements, with_ranges) for body in (graph, *bodies(graph)))
+    if chains is not None and not chains:
+        return 0
+    return sum(_remove_from(body, elements, with_ranges, chains) for body in (graph, *bodies(graph)))
 
 
-def _remove_from(graph: gs.Graph, elements, with_ranges: bool) -> int:
+def _remove_from(graph: gs.Graph, elements, with_ranges: bool, chains: set | None) -> int:
     """:func:`remove_analog_chains` on one graph's own nodes; a consumer in a body is rewired all the same."""
     graph_outputs = {id(tensor) for tensor in graph.outputs}
     kept, removed = [], 0
     for node in graph.nodes:
         range_node = with_ranges and is_range_node(node)
-        if not (range_node or is_chain_element(node, elements)):
+        if not (range_node or is_chain_element(node, elements)) or \
+                chains is not None and node.name.rpartition("/")[0] not in chains:
             kept.append(node)
             continue
         removed += 1
@@ -133,8 +140,8 @@ class Layer:
     def output_node(self) -> gs.Node:
         return self.bias_node or self.node
 
-    def scope(self, site: str, weight_mode: str) -> Scope:
-        """Which values of this layer's ``site`` tensor share one range."""
+    def scope(self, site: str, weight_mode: str = "") -> Scope:
+        """Which values of this layer's ``site`` tensor share one range (``weight_mode``: of a weight site)."""
         if site == "weight":
             return weight_scope(weight_mode, self.node.op, self.node.attrs, self.weight_shape, self.weight_first)
         if site == "bias":
@@ -152,11 +159,21 @@ class Layer:
 
 
 def _label(path: str, node: gs.Node) -> str:
-    """How the report names a node: by name at the top level (as reports always did, so readers of them keep
-    working), by path in a body (names repeat across branches), an unnamed body node by its first output."""
-    if not path:
-        return node.name
-    return f"{path}{node.name or (node.outputs[0].name if node.outputs and node.outputs[0].name else node.op)}"
+    """How the report (and a plan) names a node: by name at the top level, by path in a body (names repeat across
+    branches). Layers convert finds are named first (:func:`_name_layer`); another unnamed node goes by its op."""
+    return f"{path}{node.name or node.op}"
+
+
+def _name_layer(node: gs.Node, position: int, taken: set) -> None:
+    """Give an unnamed layer node the name ``<op>_<position>``: reports, plans and export/rebuild pairs then name
+    it the same way (its output tensor is renamed on the way)."""
+    if node.name:
+        return
+    name, count = f"{node.op}_{position}", 1
+    while name in taken:
+        name, count = f"{node.op}_{position}_{count}", count + 1
+    node.name = name
+    taken.add(name)
 
 
 class _Scope:
@@ -218,16 +235,21 @@ def _scopes(graph: gs.Graph, path: str = "", outer: tuple[set, set] = (set(), se
     return scopes, skipped
 
 
-def _find_layers(scope: _Scope, exclude, activation_mode: str, products: bool = False
+def _find_layers(scope: _Scope, exclude, activation_mode: str, products: bool = False, kept_digital=frozenset()
                  ) -> tuple[list[Layer], list[dict]]:
     """Linear layers with a constant float weight operand; the rest are reported with the reason."""
     layers, skipped = [], []
+    taken = {node.name for node in scope.graph.nodes if node.name}
     for position, node in enumerate(scope.graph.nodes):
+        if (node.op in LAYER_OP_TYPES and is_default_domain(node)) or node.op in DIGITAL_LAYERS:
+            _name_layer(node, position, taken)
         if node.op in DIGITAL_LAYERS:
             skipped.append({"node": _label(scope.path, node), "op_type": node.op, "reason": DIGITAL_LAYERS[node.op]})
         if node.op not in LAYER_OP_TYPES or not is_default_domain(node):
             continue
         reason, layer = _classify_layer(node, position, scope, exclude, products)
+        if layer is not None and layer.label in kept_digital:
+            reason, layer = KEPT_DIGITAL, None
         if layer is not None and scope.path and activation_mode == "calibrated":
             reason, layer = ("inside an If/Loop/Scan body: calibration reads top-level tensors only (use "
                              "--activation-range dynamic or unit)"), None
@@ -307,29 +329,35 @@ def _attach_bias_add(layer: Layer, scope: _Scope) -> None:
         layer.bias, layer.bias_node, layer.bias_position, layer.bias_slot = other, add, position, 1 - slot
 
 
+#: a site's chain settings from the units that own it (layer names, or ``input:NAME``) and the site; None keeps
+#: the site digital (a plan's per-layer settings; by default every site takes the global settings)
+SiteSettings = Callable[[tuple, str], "ChainSettings | None"]
+INPUT_UNIT_PREFIX = "input:"
+
+
 class _ChainBuilder:
     """Makes the chain nodes of one graph, and collects them by the position they go before or after; :meth:`place`
     then rebuilds the node list once. Each graph gets its own builder, so a body holds its own shared constants
     (a body initializer named as an outer one would shadow it). The report's site records go to ``sites``."""
 
-    def __init__(self, graph: gs.Graph, names: Names, settings: ChainSettings, sites: list):
-        self.graph, self.names, self.settings, self.sites = graph, names, settings, sites
+    def __init__(self, graph: gs.Graph, names: Names, site_settings: SiteSettings, sites: list):
+        self.graph, self.names, self.site_settings, self.sites = graph, names, site_settings, sites
         self.ranges = RangeBuilder(names, graph.opset)
         self.before: dict[int, list] = {}
         self.after: dict[int, list] = {}
         self.op_types: set[str] = set()
         self._clip_bounds: list[gs.Constant] | None = None
-        self._attributes: dict[str, tuple[str, dict]] = {}
+        self._attributes: dict[tuple, tuple[str, dict]] = {}
 
-    def chain(self, source: gs.Tensor, target: gs.Tensor, order: tuple[str, ...], site: str,
-              scope: Scope) -> tuple[list[gs.Node], dict]:
+    def chain(self, source: gs.Tensor, target: gs.Tensor, order: tuple[str, ...], site: str, scope: Scope,
+              settings: ChainSettings) -> tuple[list[gs.Node], dict, str]:
         """The chain's nodes from ``source`` to ``target``, inside its range's Div and Mul unless the range is
-        ``unit``, and the report's record of the range."""
-        elements = self.settings.elements(order)
-        if not elements:
-            return [], {}
+        ``unit``, the report's record of the range, and the prefix every node of the chain is named by."""
+        elements = settings.elements(order)
         prefix = f"analogize/{site}/{target.name}"
-        mode = self.settings.ranges.mode(site)
+        if not elements:
+            return [], {}, prefix
+        mode = settings.ranges.mode(site)
         nodes, current, end, record, rescale = [], source, target, {"mode": mode}, []
         if mode != "unit":
             nodes, value, record = self.ranges.range_of(source, mode, scope, prefix)
@@ -339,35 +367,48 @@ class _ChainBuilder:
         for k, element in enumerate(elements):
             output = end if k == len(elements) - 1 else \
                 gs.Variable(self.names.unique(f"{target.name}::{element}"))
-            nodes.append(self._element(element, current, output, f"{prefix}/{element}"))
+            nodes.append(self._element(element, current, output, f"{prefix}/{element}", settings))
             current = output
-        return nodes + rescale, record
+        return nodes + rescale, record, prefix
 
-    def rewire(self, source: gs.Tensor, uses: list, order: tuple[str, ...], site: str, layer: str | None,
+    def rewire(self, source: gs.Tensor, uses: list, order: tuple[str, ...], site: str, owners: tuple,
                scope: Scope) -> None:
         """Put a chain from ``source`` before its ``uses`` ((position, node, slot): the node reads the chain's
-        output there instead), placed before the first of them."""
+        output there instead), placed before the first of them; ``owners`` are the units it belongs to."""
+        settings = self.site_settings(owners, site)
+        if settings is None:
+            return
         target = gs.Variable(self.names.unique(f"{source.name}::analog"))
-        nodes, record = self.chain(source, target, order, site, scope)
+        nodes, record, prefix = self.chain(source, target, order, site, scope, settings)
         if not nodes:
             return
         for _, node, slot in uses:
             node.inputs[slot] = target
         self.before.setdefault(min(position for position, _, _ in uses), []).extend(nodes)
-        self.sites.append({"site": site, "tensor": source.name, "layer": layer, "ops": _chain_ops(nodes),
-                           "range": record})
+        self.record(site, source.name, owners, nodes, record, prefix, settings)
 
-    def _element(self, element: str, source: gs.Tensor, output: gs.Tensor, name: str) -> gs.Node:
+    def record(self, site: str, tensor: str, owners: tuple, nodes: list, range_record: dict, prefix: str,
+               settings: ChainSettings) -> None:
+        """The report's record of one chain: ``layer`` joins the owning layers' names (None for a graph input),
+        ``owners`` lists the units, ``chain`` is the prefix of its nodes' names (what evaluate varies by), and
+        its precision and noise std (a plan sets them per site)."""
+        layers = [owner for owner in owners if not owner.startswith(INPUT_UNIT_PREFIX)]
+        self.sites.append({"site": site, "tensor": tensor, "layer": ",".join(layers) if layers else None,
+                           "owners": list(owners), "chain": prefix, "ops": _chain_ops(nodes), "range": range_record,
+                           "precision": settings.precision, "std": settings.std})
+
+    def _element(self, element: str, source: gs.Tensor, output: gs.Tensor, name: str,
+                 settings: ChainSettings) -> gs.Node:
         if element == "clamp":
             return gs.Node("Clip", name=name, inputs=[source, *self._clip_inputs()], outputs=[output])
-        if element not in self._attributes:
-            self._attributes[element] = self._op(element)
-        op_name, attributes = self._attributes[element]
+        key = (element, settings.precision, settings.std, settings.stochastic_rounding, settings.divide)
+        if key not in self._attributes:
+            self._attributes[key] = self._op(element, settings)
+        op_name, attributes = self._attributes[key]
         return gs.Node(op_name, name=name, attrs=dict(attributes), inputs=[source], outputs=[output], domain=DOMAIN)
 
-    def _op(self, element: str) -> tuple[str, dict]:
-        """The analog op of an element and its attributes, checked once against the op set."""
-        settings = self.settings
+    def _op(self, element: str, settings: ChainSettings) -> tuple[str, dict]:
+        """The analog op of an element and its attributes, checked once per setting against the op set."""
         if element == "quantize":
             op_name = "StochasticReducePrecision" if settings.stochastic_rounding else "ReducePrecision"
             attributes = {"precision": settings.precision}
@@ -400,7 +441,7 @@ def _input_scope(value: gs.Variable, layers: list[Layer]) -> Scope:
     samples in columns); otherwise one range per sample, taking axis 0 as the batch."""
     for layer in layers:
         if layer.data == value.name:
-            return layer.scope("layer-input", "channel")
+            return layer.scope("layer-input")
     return per_sample(len(value.shape) if value.shape is not None else None)
 
 
@@ -410,12 +451,14 @@ def _chain_ops(nodes: list) -> list[str]:
 
 
 def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEMENTS, exclude=(),
-                         products: bool = False, data_inputs=None) -> dict:
+                         products: bool = False, data_inputs=None, site_settings: SiteSettings | None = None,
+                         kept_digital=()) -> dict:
     """Insert clamp / reduce-precision / noise chains at the ``where`` placements, in the graph and in its
     If/Loop/Scan bodies; report what went where (body layers by path, e.g. ``If_0/then_branch/Conv_3``).
     ``products``: activation-by-activation MatMuls are layers too (both operands are layer inputs).
     ``data_inputs``: the graph inputs the ``input`` placement chains (default: the float inputs that reach a
-    layer's data operand)."""
+    layer's data operand). ``site_settings`` gives each site its own settings (default: ``settings`` everywhere);
+    the layers named in ``kept_digital`` stay digital, as a plan says."""
     unknown = set(where) - set(PLACEMENTS)
     if unknown:
         raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
@@ -426,7 +469,8 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
             raise AnalogizeError(f"--data-inputs {', '.join(strangers)}: not a float32 graph input; the model's are "
                                  f"{', '.join(sorted(floats)) or 'none'}")
     scopes, unreachable = _scopes(graph)
-    found = [_find_layers(scope, set(exclude), settings.ranges.activations, products) for scope in scopes]
+    found = [_find_layers(scope, set(exclude), settings.ranges.activations, products, set(kept_digital))
+             for scope in scopes]
     layers = [layer for scope_layers, _ in found for layer in scope_layers]
     names = Names(graph, scopes[0].tensors)
     sites: list[dict] = []
@@ -434,17 +478,18 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
     chained_inputs: set[str] = set()
     digital_inputs: list[dict] = []
     for scope, (scope_layers, _) in zip(scopes, found):
-        builder = _ChainBuilder(scope.graph, names, settings, sites)
+        builder = _ChainBuilder(scope.graph, names, site_settings or (lambda owners, site: settings), sites)
         if "input" in where and not scope.path:
             chained_inputs, digital_inputs = _chain_inputs(scope, builder, layers, data_inputs)
         _chain_layers(scope, scope_layers, builder, where, chained_inputs)
         builder.place()
         op_types |= builder.op_types
-    return {"layers": [layer.label or layer.node.op for layer in layers],
+    return {"layers": [layer.label for layer in layers],
+            "layer_op_types": {layer.label: layer.node.op for layer in layers},
             "skipped_layers": [entry for _, skipped in found for entry in skipped] + unreachable,
-            "notes": [{"layer": layer.label or layer.node.op, "note": RECURRENT_NOTE} for layer in layers
+            "notes": [{"layer": layer.label, "note": RECURRENT_NOTE} for layer in layers
                       if layer.node.op in RECURRENT_OPS]
-            + [{"layer": layer.label or layer.node.op, "note": PRODUCT_NOTE} for layer in layers if layer.second],
+            + [{"layer": layer.label, "note": PRODUCT_NOTE} for layer in layers if layer.second],
             "digital_inputs": digital_inputs, "sites": sites, "op_types": sorted(op_types)}
 
 
@@ -497,20 +542,20 @@ def _chain_inputs(scope: _Scope, builder: _ChainBuilder, layers: list[Layer], ch
                          "scales, thresholds or an additive mask, or a recurrent state): name it with "
                          "--data-inputs to chain it"})
             continue
-        builder.rewire(value, uses, DOA_ORDER, "input", None, _input_scope(value, layers))
+        builder.rewire(value, uses, DOA_ORDER, "input", (INPUT_UNIT_PREFIX + value.name,),
+                       _input_scope(value, layers))
         chained.add(value.name)
     return chained, left
 
 
 def _chain_layers(scope: _Scope, layers: list[Layer], builder: _ChainBuilder, where, chained_inputs: set) -> None:
     """Chain the inputs, weights, biases and outputs of one graph's ``layers``."""
-    weight_mode = builder.settings.ranges.weights
     if "layer-inputs" in where:
         layer_uses: dict[str, list] = {}
         owners: dict[str, list] = {}
         scopes: dict[str, Scope] = {}  # a tensor several layers read shares the first one's scope
         for layer in layers:
-            operands = [(layer.data, 0, layer.scope("layer-input", weight_mode))]
+            operands = [(layer.data, 0, layer.scope("layer-input"))]
             if layer.second is not None:
                 operands.append((layer.second, 1, layer.second_scope()))
             for name, slot, operand_scope in operands:
@@ -522,7 +567,7 @@ def _chain_layers(scope: _Scope, layers: list[Layer], builder: _ChainBuilder, wh
                 scopes.setdefault(name, operand_scope)
         for name, uses in layer_uses.items():
             builder.rewire(scope.tensors[name], uses, DOA_ORDER, "layer-input",
-                           ",".join(layer.label for layer in owners[name]), scopes[name])
+                           tuple(layer.label for layer in owners[name]), scopes[name])
 
     for kind, placement in (("weight", "weights"), ("bias", "biases")):
         if placement not in where:
@@ -535,18 +580,22 @@ def _chain_layers(scope: _Scope, layers: list[Layer], builder: _ChainBuilder, wh
                     uses = [(layer.bias_position, layer.bias_node, layer.bias_slot)]
                 else:
                     uses = [(layer.position, layer.node, [tensor.name for tensor in layer.node.inputs].index(name))]
-                builder.rewire(scope.tensors[name], uses, DOA_ORDER, kind, layer.label, layer.scope(kind, weight_mode))
+                settings = builder.site_settings((layer.label,), kind)
+                if settings is not None:
+                    builder.rewire(scope.tensors[name], uses, DOA_ORDER, kind, (layer.label,),
+                                   layer.scope(kind, settings.ranges.weights))
 
-    if "layer-outputs" in where and builder.settings.elements(AOD_ORDER):
+    if "layer-outputs" in where:
         for layer in layers:
-            if layer.node.op in RECURRENT_OPS:  # its matrix-vector outputs lie inside the op (RECURRENT_NOTE)
+            settings = builder.site_settings((layer.label,), "layer-output")
+            # a recurrent layer's matrix-vector outputs lie inside the op (RECURRENT_NOTE)
+            if layer.node.op in RECURRENT_OPS or settings is None or not settings.elements(AOD_ORDER):
                 continue
             producer = layer.output_node
             tensor = producer.outputs[0]
             source = gs.Variable(builder.names.unique(f"{tensor.name}::pre_analog"))
-            nodes, record = builder.chain(source, tensor, AOD_ORDER, "layer-output",
-                                          layer.scope("layer-output", weight_mode))
+            nodes, record, prefix = builder.chain(source, tensor, AOD_ORDER, "layer-output",
+                                                  layer.scope("layer-output"), settings)
             producer.outputs[0] = source
             builder.after.setdefault(scope.producer[tensor.name], []).extend(nodes)
-            builder.sites.append({"site": "layer-output", "tensor": tensor.name, "layer": layer.label,
-                                  "ops": _chain_ops(nodes), "range": record})
+            builder.record("layer-output", tensor.name, (layer.label,), nodes, record, prefix, settings)

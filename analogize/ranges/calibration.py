@@ -191,7 +191,9 @@ def choose_calibrated_ranges(graph, sites: list[dict], seen: dict, options: Cali
         record = site["range"]
         if record["mode"] != "calibrated" or site["tensor"] not in seen:
             continue
-        r = np.float32(choose_range(seen[site["tensor"]], options, precision, std))
+        # a planned site's own precision and noise where it has them
+        r = np.float32(choose_range(seen[site["tensor"]], options, site.get("precision", precision),
+                                    site.get("std", std)))
         tensors[record["range_tensor"]].values = np.array(r, np.float32)
         record.update(value=float(r), method=options.method,  # the value the model holds
                       clipped=clipped_fraction(seen[site["tensor"]], float(r)))

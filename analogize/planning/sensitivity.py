@@ -1,0 +1,193 @@
+"""``sensitivity``: where a model loses accuracy on analog hardware, unit by unit (an analog layer, or a graph
+input's DAC).
+
+For each unit it measures the **loss** when only that unit is analog (the clean model's metric minus that cell's)
+and the **recovery** when only that unit is kept digital (that cell's metric minus the all-analog one's); units
+are ranked by their mean, so a unit that costs accuracy alone and in company comes first. The metric is accuracy
+when the data has labels, else top-1 agreement with the clean model.
+
+It is one evaluate sweep: the graph is converted once, and each of the 1 + 2 L cells takes chains out of that one
+graph by a per-cell plan (:func:`analogize.evaluate.engine.apply_plan`), with evaluate's noise draws, error bars,
+workers and shards. Per site it also reports what the clean signal does inside its range, measured on the
+noise-free converted model (at most :data:`STATISTICS_SAMPLES` samples): the fraction clipped at the full scale,
+the fraction of non-zero values that round to zero (drowned below half a step), the RMS in units of the range,
+and the noise std against that RMS.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import onnx
+
+from ..convert import ConvertOptions, convert
+from ..data import Dataset, Feeds, Preprocessing, dataset_feeds, fixed_batch_size, model_feeds
+from ..data.feeds import checked_feeds
+from ..errors import AnalogizeError
+from ..evaluate.engine import Grid, evaluate
+from ..passes.deterministic import noise_free
+from ..passes.model import fed_inputs, is_converted
+from ..ranges.calibration import site_values
+from .plan_file import INPUT_PREFIX, Plan
+
+SENSITIVITY_FORMAT, SENSITIVITY_VERSION = "analogize.sensitivity", 1
+STATISTICS_SAMPLES = 256
+ALL_ANALOG = "all analog"
+#: the keys of the evaluate result a sensitivity result carries over as they are
+_CARRIED = ("model_sha256", "output", "kernels", "data", "grid", "options", "fidelity", "batch_size", "cell_count")
+
+
+def analog_units(model: onnx.ModelProto, options: ConvertOptions) -> tuple[list[dict], list[dict]]:
+    """The units convert makes analog (layers, then graph inputs with a DAC) and its chain sites."""
+    report = convert(model, replace(options, seed=None)).report
+    units = [{"unit": name, "kind": "layer", "op_type": report["layer_op_types"][name]} for name in report["layers"]]
+    units += [{"unit": INPUT_PREFIX + site["tensor"], "kind": "input", "op_type": None}
+              for site in report["inserted"] if site["site"] == "input"]
+    if not units:
+        raise AnalogizeError("sensitivity: convert finds no analog layer or input in this model (convert --json "
+                             "says why)")
+    return units, report["inserted"]
+
+
+def unit_plans(units: list[dict], base: Plan | None) -> tuple:
+    """The grid's plans: all analog, then per unit only it analog, then per unit only it digital; each over the
+    user's plan ``base`` (whose digital layers are no units)."""
+    names = [unit["unit"] for unit in units]
+    base_units = dict(base.units) if base else {}
+    base_sites = dict(base.sites) if base else {}
+
+    def plan(digital) -> Plan:
+        return Plan({**base_units, **{name: {"digital": True} for name in digital}}, base_sites)
+
+    return ((ALL_ANALOG, plan(())),
+            *((f"only {name} analog", plan([other for other in names if other != name])) for name in names),
+            *((f"only {name} digital", plan([name])) for name in names))
+
+
+def sensitivity(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertOptions | None = None, *,
+                repeats: int = 5, seed: int = 0, preprocessing: Preprocessing = Preprocessing(),
+                statistics: bool = True, **settings) -> dict:
+    """Rank the analog units of ``model`` by what they cost (see the module's docstring). ``settings`` are
+    evaluate's (batch_size, fidelity, workers, shard, output, class_axis, outputs, progress); with a shard, the
+    result is evaluate's partial result carrying what :func:`finish` needs after ``merge``."""
+    options = options or ConvertOptions()
+    if is_converted(model):
+        raise AnalogizeError("sensitivity takes the original (unconverted) model and convert's flags; it converts "
+                             "it once itself")
+    feeds = checked_feeds(dataset_feeds(data, model, preprocessing), fed_inputs(model), data.name) \
+        if isinstance(data, Dataset) else data
+    units, sites = analog_units(model, options)
+    grid = Grid(repeats=repeats, seed=seed, plans=unit_plans(units, options.resolved_plan()))
+    result = evaluate(model, feeds, grid, options, **settings)
+    result["sensitivity"] = {"units": units, "sites": site_statistics(model, options, feeds) if statistics
+                             else _without_statistics(sites)}
+    return result if result.get("shard") else finish(result)
+
+
+def _without_statistics(sites: list[dict]) -> list[dict]:
+    return [{**_site_entry(site), "max_abs": None, "rms": None, "clipped_fraction": None, "zero_fraction": None,
+             "noise_to_signal": None} for site in sites]
+
+
+def _site_entry(site: dict) -> dict:
+    return {"site": site["site"], "tensor": site["tensor"], "owners": site["owners"],
+            "range_mode": site["range"].get("mode", "unit"), "range": site["range"], "precision": site["precision"],
+            "std": site["std"]}
+
+
+def site_statistics(model: onnx.ModelProto, options: ConvertOptions, feeds: Feeds) -> list[dict]:
+    """Each chain site's clean signal in units of its range, on the noise-free converted model: its largest and
+    RMS magnitude, the fraction clipped (above 1) and the fraction of non-zero values below half a step."""
+    converted = convert(model, replace(options, seed=None))
+    sites = converted.report["inserted"]
+    probe = noise_free(converted.model)
+    nodes = {node.name: node for node in probe.graph.node}
+    tapped = {}  # chain -> the tensor its first clamp or rounding reads: the value over its range
+    for site in sites:
+        for element in ("clamp", "quantize"):
+            node = nodes.get(f"{site['chain']}/{element}")
+            if node is not None:
+                tapped[site["chain"]] = node.input[0]
+                break
+    fixed = fixed_batch_size(model)
+    batch = 1 if feeds.whole else fixed or min(len(feeds), 64)
+    used = min(len(feeds), max(STATISTICS_SAMPLES, batch))
+    batches = [feeds.batch(start, batch) for start in range(0, used - (used % batch if fixed else 0), batch)]
+    seen = site_values(probe, list(tapped.values()), batches) if tapped else {}
+    entries = []
+    for site in sites:
+        values = seen.get(tapped.get(site["chain"]))
+        entry = _site_entry(site)
+        magnitudes = values.magnitudes().astype(np.float64) if values is not None else None
+        if magnitudes is None or not magnitudes.size:
+            entries.append({**entry, "max_abs": None, "rms": None, "clipped_fraction": None, "zero_fraction": None,
+                            "noise_to_signal": None})
+            continue
+        rms = math.sqrt(float(np.mean(magnitudes**2)))
+        nonzero = magnitudes[magnitudes > 0]
+        step = 0.5 / site["precision"] if site["precision"] else None
+        entries.append({**entry, "max_abs": values.largest, "rms": rms,
+                        "clipped_fraction": float(np.mean(magnitudes > 1.0)),
+                        "zero_fraction": float(np.mean(nonzero < step)) if step and nonzero.size else None,
+                        "noise_to_signal": site["std"] / rms if rms > 0 else None})
+    return entries
+
+
+def finish(result: dict) -> dict:
+    """The sensitivity result of a whole evaluate result (one run, or merged shards) carrying ``sensitivity``."""
+    carried = result["sensitivity"]
+    by_plan = {cell["plan"]: cell for cell in result["cells"]}
+    labelled = result["data"]["labels"] and not result["fidelity"]
+    metric = "accuracy" if labelled else "agreement"
+    digital = {f"{metric}_mean": result["clean"]["accuracy_mean"], f"{metric}_std": 0.0} if labelled \
+        else {"agreement_mean": 1.0, "agreement_std": 0.0}
+    analog = by_plan[ALL_ANALOG]
+    units = []
+    for unit in carried["units"]:
+        alone, without = by_plan[f"only {unit['unit']} analog"], by_plan[f"only {unit['unit']} digital"]
+        loss = _difference(digital, alone, metric)
+        recovery = _difference(without, analog, metric)
+        units.append({**unit, "loss": loss[0], "loss_std": loss[1], "recovery": recovery[0],
+                      "recovery_std": recovery[1], "cost": None if None in (loss[0], recovery[0])
+                      else (loss[0] + recovery[0]) / 2, "only_analog": _metrics(alone),
+                      "only_digital": _metrics(without),
+                      "sites": [site for site in carried["sites"] if unit["unit"] in site["owners"]]})
+    ranked = sorted(units, key=lambda unit: -math.inf if unit["cost"] is None else unit["cost"], reverse=True)
+    for rank, unit in enumerate(ranked, start=1):
+        unit["rank"] = rank
+    return {"format": SENSITIVITY_FORMAT, "version": SENSITIVITY_VERSION, "model": result.get("model"),
+            **{key: result[key] for key in _CARRIED}, "settings": ConvertOptions.from_dict(result["options"]).summary(),
+            "metric": metric, "repeats": result["grid"]["repeats"], "seed": result["grid"]["seed"],
+            "reference": {"analog": _metrics(analog), "digital": digital},
+            "units": ranked, "cells": len(result["cells"]), "warnings": result["warnings"]}
+
+
+def _difference(better: dict, worse: dict, metric: str) -> tuple:
+    """Mean difference of ``metric`` and its spread: the two cells' std over noise draws, added in quadrature."""
+    high, low = better.get(f"{metric}_mean"), worse.get(f"{metric}_mean")
+    if high is None or low is None:
+        return None, None
+    return high - low, math.hypot(better.get(f"{metric}_std") or 0.0, worse.get(f"{metric}_std") or 0.0)
+
+
+def _metrics(cell: dict) -> dict:
+    return {key: value for key, value in cell.items() if key.endswith(("_mean", "_std"))}
+
+
+
+
+def sensitivity_file(model_path, data: str, options: ConvertOptions | None = None, *, split: str | None = None,
+                     limit: int | None = None, preprocessing: Preprocessing = Preprocessing(), torch_import=None,
+                     **settings) -> dict:
+    """:func:`sensitivity` on the model ``model_path`` and the data spec ``data`` (what the CLI runs)."""
+    from ..torch_import import load_any_model
+
+    model, _, exported = load_any_model(model_path, torch_import)
+    feeds = model_feeds(data, model, preprocessing, split=split, limit=limit, labels=not settings.get("fidelity"))
+    result = sensitivity(model, feeds, options, preprocessing=preprocessing, **settings)
+    result["model"] = str(model_path)
+    result["data"].update(spec=data, split=split, limit=limit)
+    if exported:
+        result["exported"] = exported
+    return result
