@@ -138,6 +138,13 @@ class ConvertOptions:
     def resolved_plan(self) -> Plan | None:
         return None if self.plan is None else read_plan(self.plan)
 
+    def without_plan_check(self) -> "ConvertOptions":
+        """These options with the plan's model fingerprint dropped: for a model derived from the one it was
+        checked against (an opset move, an export being rebuilt)."""
+        if self.plan is None or "model_sha256" not in self.plan:
+            return self
+        return replace(self, plan={key: value for key, value in self.plan.items() if key != "model_sha256"})
+
     def activation_parameters(self) -> dict:
         """The swapped activations' parameters as given (None: the op's declared default)."""
         return {"factor": self.factor, "scale": self.scale, "alpha": self.alpha, "temperature": self.temperature}

@@ -68,11 +68,19 @@ def evaluate(model, data_source, scoring, bits_list, eps, activations, repeats, 
 @csv_file_option("Also write the CSV.")
 @plot_file_option("Also write the plot.")
 def merge(parts, json_path, csv_path, plot_path):
-    """Merge the shard results of one 'analogize evaluate --shard' sweep into the full result."""
+    """Merge the shard results of one 'analogize evaluate --shard' (or 'analogize sensitivity --shard') sweep into
+    the full result."""
     from ..evaluate.results import load_result, merge_results
 
     refuse_overwrites({f"part {p}": p for p in parts}, {"-o": json_path, "--csv": csv_path, "--plot": plot_path})
-    _write_and_print(merge_results([load_result(p) for p in parts]), json_path, csv_path, plot_path)
+    merged = merge_results([load_result(p) for p in parts])
+    if "sensitivity" in merged:
+        from ..planning.sensitivity import finish
+        from .planning import write_sensitivity
+
+        write_sensitivity(finish(merged), json_path, csv_path, plot_path)
+        return
+    _write_and_print(merged, json_path, csv_path, plot_path)
 
 
 def _write_and_print(result: dict, json_path, csv_path, plot_path) -> None:

@@ -14,8 +14,9 @@ from .options import json_flag
 @click.command()
 @click.option("--markdown", is_flag=True, help="Print the full reference page (docs/ops.md).")
 @click.option("--ranges-markdown", is_flag=True, help="Print the range-mode reference page (docs/ranges.md).")
+@click.option("--plan-markdown", is_flag=True, help="Print the plan file reference page (docs/plan.md).")
 @json_flag("Print the op set as JSON (an unbounded min or max is null).")
-def ops(markdown, ranges_markdown, as_json):
+def ops(markdown, ranges_markdown, plan_markdown, as_json):
     """List the analog op set."""
     if markdown:
         click.echo(markdown_reference(), nl=False)
@@ -24,6 +25,11 @@ def ops(markdown, ranges_markdown, as_json):
         from ..ranges.modes import markdown_reference as ranges_reference
 
         click.echo(ranges_reference(), nl=False)
+        return
+    if plan_markdown:
+        from ..planning.plan_file import markdown_reference as plan_reference
+
+        click.echo(plan_reference(), nl=False)
         return
     if as_json:
         bound = lambda value: value if math.isfinite(value) else None  # noqa: E731 (strict JSON has no Infinity)

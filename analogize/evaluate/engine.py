@@ -404,7 +404,11 @@ class _CellModels:
             self.current_precision = options.precision or _first_attribute(
                 import_model(model), _QUANTIZE_OPS, "precision") or stored_settings(model).get("precision")
         else:
-            noisy = options.noise and any(ep != 0 for ep in grid.ep)
+            plan = options.resolved_plan()
+            if plan is not None:  # checked on the model as given; the skeleton is converted after an opset move
+                plan.check_model(model)
+                self.options = options = options.without_plan_check()
+            noisy = options.noise and (any(ep != 0 for ep in grid.ep) or plan is not None and plan.adds_noise())
             if not options.noise and any(ep not in (None, 0) for ep in grid.ep):
                 raise AnalogizeError("--no-noise leaves no noise for --ep to set; drop one of them")
             self.base, _ = fit_opset(

@@ -215,5 +215,6 @@ def markdown_reference() -> str:
               + "; ".join(f"`{first}` and `{second}` exclude each other" for first, second in EXCLUSIVE)
               + ". A layer input that several layers read takes the first layer's settings, and stays analog while "
               "any of them is. `model_sha256`, when present, must be the SHA-256 of the unconverted model's "
-              "bytes as onnx serialises it (the `model_sha256` evaluate reports): a plan for another model is refused. Unknown layer names and settings are refused.", ""]
+              "bytes as onnx serialises it (the `model_sha256` evaluate reports): a plan for another model is "
+              "refused. Unknown layer names and settings are refused; `note` may hold free text.", ""]
     return "\n".join(lines)
