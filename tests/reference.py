@@ -1,10 +1,14 @@
-"""Independent numpy statements of the reference semantics (shared/reference/analog-semantics.md).
+"""Independent numpy statements of the reference semantics (shared/reference/analog-semantics.md), and
+reference models built from the shipped one (tests and benches share them).
 
 Written from the reference text, not from analogize.ops.spec, so tests compare two separate implementations.
 """
 import math
+from pathlib import Path
 
 import numpy as np
+import onnx
+from onnx import numpy_helper
 from scipy.special import erf, erfinv
 
 SQRT2 = math.sqrt(2.0)
@@ -80,3 +84,17 @@ def glu_interp(x, i=1.0, s=1.0, alpha=0.0):
 def clamp_then_reduce(x, p):
     """The noise-free DOA/AOD chain: clamp to [-1, 1], then reduce precision."""
     return reduce_precision(clamp(x), p)
+
+
+def fragile_digits(outlier: float = 1000.0) -> onnx.ModelProto:
+    """The shipped ConvNet with /2/Conv made fragile and its clean function kept: /0/Conv's channel 0 is dead
+    (always 0 after its ReLU) and /2/Conv weighs that channel by an outlier, so /2/Conv's per-channel weight range
+    is ``outlier`` times its real weights, which then round to zero."""
+    model = onnx.load(Path(__file__).resolve().parents[1] / "models" / "digits_convnet.onnx")
+    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
+    w0, b0, w2 = (numpy_helper.to_array(tensors[name]).copy() for name in ("0.weight", "0.bias", "2.weight"))
+    w0[0], b0[0] = 0.0, -1.0
+    w2[:, 0] = outlier * np.abs(w2).max()
+    for name, values in (("0.weight", w0), ("0.bias", b0), ("2.weight", w2)):
+        tensors[name].CopyFrom(numpy_helper.from_array(values.astype(np.float32), name))
+    return model

@@ -1,7 +1,6 @@
 """Per-layer plans in convert, sensitivity and plan search (issue 20), against independent references: the
 noise-model formulas of tests/reference.py, numpy statistics of the weights, ONNX Runtime runs of the converted
 files, and an exhaustive enumeration of plans on a small model."""
-import itertools
 import json
 
 import numpy as np
@@ -14,30 +13,17 @@ from analogize.cli import main
 from analogize.convert import ConvertOptions, convert
 from analogize.data import model_feeds
 from analogize.errors import AnalogizeError
-from analogize.evaluate.engine import ActivationVariant, Cell, Evaluation, Grid, evaluate
+from analogize.evaluate.engine import Evaluation, Grid, evaluate
 from analogize.planning.plan_file import PLAN_FORMAT, Plan, markdown_reference, model_fingerprint, read_plan
-from analogize.planning.search import DIGITAL, SearchBounds, _cost, search_plan, state_plan
+from analogize.planning.search import SearchBounds, enumerated_optimum, search_plan
+from analogize.progress import progress_bar
 from analogize.planning.sensitivity import sensitivity
 
 from conftest import DEFAULT_MODEL, ROOT, session
-from reference import ep_to_std
+from reference import ep_to_std, fragile_digits
 
 FRAGILE = "/2/Conv"
 LIMIT = 240
-
-
-def fragile_digits(outlier: float = 1000.0) -> onnx.ModelProto:
-    """The shipped ConvNet with /2/Conv made fragile and its clean function kept: /0/Conv's channel 0 is dead
-    (always 0 after its ReLU) and /2/Conv weighs that channel by an outlier, so /2/Conv's per-channel weight range
-    is ``outlier`` times its real weights, which then round to zero."""
-    model = onnx.load(DEFAULT_MODEL)
-    tensors = {tensor.name: tensor for tensor in model.graph.initializer}
-    w0, b0, w2 = (numpy_helper.to_array(tensors[name]).copy() for name in ("0.weight", "0.bias", "2.weight"))
-    w0[0], b0[0] = 0.0, -1.0
-    w2[:, 0] = outlier * np.abs(w2).max()
-    for name, values in (("0.weight", w0), ("0.bias", b0), ("2.weight", w2)):
-        tensors[name].CopyFrom(numpy_helper.from_array(values.astype(np.float32), name))
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +97,8 @@ def test_convert_applies_per_layer_and_per_site_settings_with_the_ep_kept_at_eac
     report = result.report
     assert "/0/Conv" not in report["layers"]
     assert {"node": "/0/Conv", "op_type": "Conv", "reason": "kept digital by the plan"} in report["skipped_layers"]
-    assert not any(site["site"] == "input" for site in report["inserted"])  # it fed only the digital layer
+    # the input's DAC is a unit of its own: analog unless the plan names input:input digital
+    assert [site["owners"] for site in report["inserted"] if site["site"] == "input"] == [["input:input"]]
     by_site = {(site["layer"], site["site"]): site for site in report["inserted"]}
     assert ("/6/Gemm", "layer-output") not in by_site
     attributes = analog_attributes(result.model)
@@ -280,18 +267,8 @@ def test_the_greedy_plan_costs_what_the_enumerated_optimum_costs_on_a_small_mode
     result = search_plan(model, feeds, options, target=target, bounds=bounds, repeats=2, verify_repeats=2)
 
     sweep = Evaluation(model, feeds, Grid(repeats=2, seed=0), options, fidelity=True)
-    sweep.clean_pass(_NoBar())
-    units = ["fc1", "fc2", "input:x"]
-    met = []
-    for values in itertools.product((DIGITAL, 2, 5), repeat=len(units)):
-        state = dict(zip(units, values))
-        cell = Cell(0, ActivationVariant.parse("keep"), None, None, state_plan(state), "")
-        if sweep.run([cell])[0]["agreement_mean"] >= target:
-            met.append(_cost(state))
+    sweep.clean_pass(progress_bar(1, "", False))
+    optimum, _, measured = enumerated_optimum(sweep, ["fc1", "fc2", "input:x"], bounds, "agreement", target)
+    assert measured == 27
     found = (result["cost"]["digital_layers"], result["cost"]["total_bits"])
-    assert found == min(met)
-
-
-class _NoBar:
-    def update(self, *_):
-        pass
+    assert found == optimum

@@ -86,6 +86,9 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path) -> None:
               help="Top-1 agreement with the clean model to reach (a fraction, e.g. 0.99); needs no labels.")
 @click.option("--target-accuracy", type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Accuracy against the labels to reach (a fraction).")
+@click.option("--target-rel-error", type=click.FloatRange(0.0, 1.0, min_open=True),
+              help="Relative error of the primary output against the clean model's to stay at or below (for outputs "
+                   "without classes: regressions, detectors' boxes, states).")
 @click.option("--bits-choices", callback=lambda context, parameter, text: None if text is None else tuple(
                   int(item) if item.strip().isdigit() else _not_bits(item) for item in text.split(",")),
               help="Comma-separated bit widths a unit may take [default: --bits alone].")
@@ -105,9 +108,9 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path) -> None:
 @chain_options
 @range_options
 @torch_options
-def plan(model, data_source, scoring, plan_path, target_agreement, target_accuracy, bits_choices, max_digital,
-         no_digital, bits, ep, std, repeats, verify_repeats, seed, json_path, plot_path, quiet, chain, ranges,
-         torch_import):
+def plan(model, data_source, scoring, plan_path, target_agreement, target_accuracy, target_rel_error, bits_choices,
+         max_digital, no_digital, bits, ep, std, repeats, verify_repeats, seed, json_path, plot_path, quiet, chain,
+         ranges, torch_import):
     """Search the cheapest per-layer settings of MODEL (fewest digital units, then fewest bits) that meet a target,
     verify them with a plain evaluate, and write the plan convert --plan takes."""
     from ..convert import ConvertOptions
@@ -115,12 +118,14 @@ def plan(model, data_source, scoring, plan_path, target_agreement, target_accura
     from ..planning import outputs
     from ..planning.search import SearchBounds, search_plan_file
 
-    if (target_agreement is None) == (target_accuracy is None):
-        raise click.UsageError("give one target: --target-agreement or --target-accuracy")
+    targets = {metric: value for metric, value in (("agreement", target_agreement), ("accuracy", target_accuracy),
+                                                   ("rel_error", target_rel_error)) if value is not None}
+    if len(targets) != 1:
+        raise click.UsageError("give one target: --target-agreement, --target-accuracy or --target-rel-error")
     refuse_overwrites({"the model": model}, {"-o": plan_path, "--json": json_path, "--plot": plot_path})
     options = ConvertOptions(bits=bits, ep=ep, std=std, **chain, **ranges)
     bounds = SearchBounds(bits=bits_choices or (bits,), digital=not no_digital, max_digital=max_digital)
-    metric, target = ("agreement", target_agreement) if target_accuracy is None else ("accuracy", target_accuracy)
+    (metric, target), = targets.items()
     result = search_plan_file(model, options=options, **data_source, **scoring, metric=metric, target=target,
                               bounds=bounds, repeats=repeats, verify_repeats=verify_repeats, seed=seed,
                               torch_import=torch_import, progress=not quiet)

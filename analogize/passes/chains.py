@@ -236,9 +236,10 @@ def _scopes(graph: gs.Graph, path: str = "", outer: tuple[set, set] = (set(), se
 
 
 def _find_layers(scope: _Scope, exclude, activation_mode: str, products: bool = False, kept_digital=frozenset()
-                 ) -> tuple[list[Layer], list[dict]]:
-    """Linear layers with a constant float weight operand; the rest are reported with the reason."""
-    layers, skipped = [], []
+                 ) -> tuple[list[Layer], list[dict], list[Layer]]:
+    """Linear layers with a constant float weight operand; the rest are reported with the reason; and the layers
+    the plan keeps digital (the data-input rule still counts them: an input's DAC is a unit of its own)."""
+    layers, skipped, planned_digital = [], [], []
     taken = {node.name for node in scope.graph.nodes if node.name}
     for position, node in enumerate(scope.graph.nodes):
         if (node.op in LAYER_OP_TYPES and is_default_domain(node)) or node.op in DIGITAL_LAYERS:
@@ -249,6 +250,7 @@ def _find_layers(scope: _Scope, exclude, activation_mode: str, products: bool = 
             continue
         reason, layer = _classify_layer(node, position, scope, exclude, products)
         if layer is not None and layer.label in kept_digital:
+            planned_digital.append(layer)
             reason, layer = KEPT_DIGITAL, None
         if layer is not None and scope.path and activation_mode == "calibrated":
             reason, layer = ("inside an If/Loop/Scan body: calibration reads top-level tensors only (use "
@@ -257,7 +259,7 @@ def _find_layers(scope: _Scope, exclude, activation_mode: str, products: bool = 
             skipped.append({"node": _label(scope.path, node), "op_type": node.op, "reason": reason})
         else:
             layers.append(layer)
-    return layers, skipped
+    return layers, skipped, planned_digital
 
 
 def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude, products: bool = False):
@@ -471,22 +473,23 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
     scopes, unreachable = _scopes(graph)
     found = [_find_layers(scope, set(exclude), settings.ranges.activations, products, set(kept_digital))
              for scope in scopes]
-    layers = [layer for scope_layers, _ in found for layer in scope_layers]
+    layers = [layer for scope_layers, _, _ in found for layer in scope_layers]
+    planned_digital = [layer for _, _, digital in found for layer in digital]
     names = Names(graph, scopes[0].tensors)
     sites: list[dict] = []
     op_types: set[str] = set()
     chained_inputs: set[str] = set()
     digital_inputs: list[dict] = []
-    for scope, (scope_layers, _) in zip(scopes, found):
+    for scope, (scope_layers, _, _) in zip(scopes, found):
         builder = _ChainBuilder(scope.graph, names, site_settings or (lambda owners, site: settings), sites)
         if "input" in where and not scope.path:
-            chained_inputs, digital_inputs = _chain_inputs(scope, builder, layers, data_inputs)
+            chained_inputs, digital_inputs = _chain_inputs(scope, builder, layers + planned_digital, data_inputs)
         _chain_layers(scope, scope_layers, builder, where, chained_inputs)
         builder.place()
         op_types |= builder.op_types
     return {"layers": [layer.label for layer in layers],
             "layer_op_types": {layer.label: layer.node.op for layer in layers},
-            "skipped_layers": [entry for _, skipped in found for entry in skipped] + unreachable,
+            "skipped_layers": [entry for _, skipped, _ in found for entry in skipped] + unreachable,
             "notes": [{"layer": layer.label, "note": RECURRENT_NOTE} for layer in layers
                       if layer.node.op in RECURRENT_OPS]
             + [{"layer": layer.label, "note": PRODUCT_NOTE} for layer in layers if layer.second],

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..evaluate.results import pyplot, save_figure
 from ..model_io import atomic_output
+from .sensitivity import LOWER_IS_BETTER
 
 SENSITIVITY_CSV_COLUMNS = ("rank", "unit", "kind", "op_type", "cost", "loss", "loss_std", "recovery", "recovery_std",
                            "worst_clipped_fraction", "worst_zero_fraction", "worst_noise_to_signal")
@@ -132,7 +133,8 @@ def plan_figure(result: dict):
     axis.set_ylabel(f"{target['metric']} %")
     axis.grid(alpha=0.3, zorder=0)
     axis.legend(loc="lower right")
-    axis.set_title(f"{Path(str(result.get('model') or 'model')).name}: plan search for {target['metric']} >= "
+    comparison = "<=" if target["metric"] in LOWER_IS_BETTER else ">="
+    axis.set_title(f"{Path(str(result.get('model') or 'model')).name}: plan search for {target['metric']} {comparison} "
                    f"{100 * target['value']:g} %\n{settings_line(result['settings'])}, bits "
                    f"{result['bounds']['bits']}", fontsize=10)
     figure.tight_layout()

@@ -11,13 +11,15 @@ lowest bit width allowed, where units differ most):
 
 Every candidate is one cell of one evaluate sweep (:class:`~analogize.evaluate.engine.Evaluation`: the graph is
 converted once, a candidate only takes chains out and sets attributes), scored over ``repeats`` noise draws; the
-target counts as met when the mean over the draws reaches it. The plan found is then converted as ``convert
+target counts as met when the mean over the draws reaches it (a relative-error target: stays at or below it). The plan found is then converted as ``convert
 --plan`` would and evaluated plainly, over ``verify_repeats`` draws: that verification is what the result
 reports as met or not. ``bench/plan_optimality.py`` compares the greedy cost with the optimum found by
 enumerating every candidate on a small model.
 """
 from __future__ import annotations
 
+import itertools
+import math
 from dataclasses import dataclass, replace
 
 import onnx
@@ -31,11 +33,11 @@ from ..noise_model import MAX_BITS
 from ..passes.model import fed_inputs, is_converted
 from ..progress import progress_bar
 from .plan_file import Plan, model_fingerprint
-from .sensitivity import sensitivity
+from .sensitivity import LOWER_IS_BETTER, sensitivity
 
 PLAN_SEARCH_FORMAT, PLAN_SEARCH_VERSION = "analogize.plan-search", 1
 COST_DEFINITION = "number of digital units (layers and input DACs kept digital), then total bits over the analog units"
-TARGET_METRICS = ("agreement", "accuracy")
+TARGET_METRICS = ("agreement", "accuracy", "rel_error")  # the last a ceiling, the others floors
 DIGITAL = "digital"
 
 
@@ -93,13 +95,21 @@ class _Candidates:
             digital, bits = _cost(state)
             self._seen[key] = {"step": len(self.steps), "change": change, "metric_mean": mean,
                                "metric_std": record.get(f"{self.metric}_std"), "digital_layers": digital,
-                               "total_bits": bits, "met": mean is not None and mean >= self.target,
+                               "total_bits": bits, "met": _meets(mean, self.metric, self.target),
                                "state": dict(state)}
             self.steps.append(self._seen[key])
         return self._seen[key]["met"]
 
     def best(self) -> dict:
-        return max(self.steps, key=lambda step: -1.0 if step["metric_mean"] is None else step["metric_mean"])
+        sign = -1.0 if self.metric in LOWER_IS_BETTER else 1.0
+        return max(self.steps, key=lambda step: -math.inf if step["metric_mean"] is None
+                   else sign * step["metric_mean"])
+
+
+def _meets(value, metric: str, target: float) -> bool:
+    if value is None:
+        return False
+    return value <= target if metric in LOWER_IS_BETTER else value >= target
 
 
 def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertOptions | None = None, *,
@@ -115,6 +125,7 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
         raise AnalogizeError(f"plan: the target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise AnalogizeError(f"plan: the target {metric} must be a fraction in (0, 1], got {target!r}")
+    comparison = "<=" if metric in LOWER_IS_BETTER else ">="
     if options.plan is not None:
         raise AnalogizeError("plan writes a plan rather than reading one: drop --plan")
     if options.precision is not None:
@@ -125,7 +136,7 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
         if isinstance(data, Dataset) else data
     if metric == "accuracy" and feeds.labels is None:
         raise AnalogizeError("plan: --target-accuracy needs labelled data; use --target-agreement without labels")
-    fidelity = metric == "agreement"
+    fidelity = metric != "accuracy"
     ranking_options = replace(options, bits=bounds.bits[0])
     ranking = sensitivity(model, feeds, ranking_options, repeats=repeats, seed=seed, statistics=False,
                           fidelity=fidelity, **scoring)
@@ -138,22 +149,22 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
         candidates = _Candidates(sweep, metric, target, bar)
         state = _search(order, bounds, candidates)
     if state is None:
-        raise AnalogizeError(_unmet(metric, target, candidates.best(), order, bounds))
+        raise AnalogizeError(_unmet(metric, comparison, target, candidates.best(), order, bounds))
     plan = state_plan(state, model)
     verification = verify_plan(model, feeds, options, plan, Grid(repeats=verify_repeats, seed=seed),
                                fidelity=fidelity, **scoring)
     verified = verification["cells"][0].get(f"{metric}_mean")
     digital, bits = _cost(state)
     warnings = list(ranking["warnings"])
-    if verified is None or verified < target:
+    if not _meets(verified, metric, target):
         warnings.append(f"the verification evaluate ({verify_repeats} draws) gives {metric} "
-                        f"{_fraction(verified)}, below the target {target:g} the search's {repeats} draws met: the "
-                        f"plan sits at the edge of the noise; raise --repeats or the target")
+                        f"{_fraction(verified)}, missing the target {comparison} {target:g} that the search's "
+                        f"{repeats} draws met: the plan sits at the edge of the noise; raise --repeats or the target")
     return {"format": PLAN_SEARCH_FORMAT, "version": PLAN_SEARCH_VERSION, "model": None,
             "model_sha256": plan.model_sha256, "target": {"metric": metric, "value": target},
             "bounds": bounds.as_dict(), "settings": options.summary(),
             "cost": {"definition": COST_DEFINITION, "digital_layers": digital, "total_bits": bits},
-            "met": verified is not None and verified >= target, "ranking": order,
+            "met": _meets(verified, metric, target), "ranking": order,
             "steps": [{key: value for key, value in step.items() if key != "state"} for step in candidates.steps],
             "plan": plan.to_document(), "verification": verification, "repeats": repeats,
             "verify_repeats": verify_repeats, "seed": seed, "limits": [], "warnings": warnings}
@@ -188,14 +199,31 @@ def _search(order: list[str], bounds: SearchBounds, candidates: _Candidates) -> 
     return state
 
 
+def enumerated_optimum(sweep: Evaluation, units: list[str], bounds: SearchBounds, metric: str, target: float,
+                       bar=None) -> tuple[tuple | None, dict | None, int]:
+    """The cheapest state meeting the target among all states within ``bounds`` ((bits choices + 1) ** units of
+    them), each measured as :func:`search_plan` measures its candidates (same cells, same seeds): the reference
+    the greedy search is compared with on small models. Returns its cost, the state, and how many were measured."""
+    candidates = _Candidates(sweep, metric, target, bar)
+    choices = (*([DIGITAL] if bounds.digital else []), *bounds.bits)
+    best = None
+    for values in itertools.product(choices, repeat=len(units)):
+        state = dict(zip(units, values))
+        if _cost(state)[0] > bounds.digital_allowed():
+            continue
+        if candidates.measure(state, "") and (best is None or _cost(state) < _cost(best)):
+            best = state
+    return (None if best is None else _cost(best)), best, len(candidates.steps)
+
+
 def _fraction(value) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def _unmet(metric: str, target: float, best: dict, order: list[str], bounds: SearchBounds) -> str:
+def _unmet(metric: str, comparison: str, target: float, best: dict, order: list[str], bounds: SearchBounds) -> str:
     analog = [unit for unit in order if best["state"].get(unit) != DIGITAL]
     limit = "; allow more digital units (--max-digital)" if bounds.digital else "; allow digital units"
-    return (f"plan: no plan within the bounds meets {metric} >= {target:g}: the best reached is "
+    return (f"plan: no plan within the bounds meets {metric} {comparison} {target:g}: the best reached is "
             f"{_fraction(best['metric_mean'])} ({best['change']}: {best['digital_layers']} digital units); the units "
             f"that limit it, most costly first: {', '.join(analog[:3]) or 'none'}{limit}, or lower the target")
 

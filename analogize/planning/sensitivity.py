@@ -3,8 +3,10 @@ input's DAC).
 
 For each unit it measures the **loss** when only that unit is analog (the clean model's metric minus that cell's)
 and the **recovery** when only that unit is kept digital (that cell's metric minus the all-analog one's); units
-are ranked by their mean, so a unit that costs accuracy alone and in company comes first. The metric is accuracy
-when the data has labels, else top-1 agreement with the clean model.
+are ranked by their mean (``cost``), so a unit that costs accuracy alone and in company comes first, and where
+that ties (a metric that saturates: robust models, few samples) by the same mean of the primary output's relative
+error (``error_cost``). The metric is accuracy when the data has labels, else top-1 agreement with the clean
+model, else (an output without classes) the relative error, where loss and recovery are rises and drops in error.
 
 It is one evaluate sweep: the graph is converted once, and each of the 1 + 2 L cells takes chains out of that one
 graph by a per-cell plan (:func:`analogize.evaluate.engine.apply_plan`), with evaluate's noise draws, error bars,
@@ -34,6 +36,8 @@ from .plan_file import INPUT_PREFIX, Plan
 SENSITIVITY_FORMAT, SENSITIVITY_VERSION = "analogize.sensitivity", 1
 STATISTICS_SAMPLES = 256
 ALL_ANALOG = "all analog"
+LOWER_IS_BETTER = ("rel_error",)
+CLEAN_VALUE = {"agreement": 1.0, "rel_error": 0.0}  # the clean model's own, against itself
 #: the keys of the evaluate result a sensitivity result carries over as they are
 _CARRIED = ("model_sha256", "output", "kernels", "data", "grid", "options", "fidelity", "batch_size", "cell_count")
 
@@ -138,22 +142,25 @@ def finish(result: dict) -> dict:
     """The sensitivity result of a whole evaluate result (one run, or merged shards) carrying ``sensitivity``."""
     carried = result["sensitivity"]
     by_plan = {cell["plan"]: cell for cell in result["cells"]}
-    labelled = result["data"]["labels"] and not result["fidelity"]
-    metric = "accuracy" if labelled else "agreement"
-    digital = {f"{metric}_mean": result["clean"]["accuracy_mean"], f"{metric}_std": 0.0} if labelled \
-        else {"agreement_mean": 1.0, "agreement_std": 0.0}
     analog = by_plan[ALL_ANALOG]
+    metric = scored_metric(result["data"]["labels"] and not result["fidelity"], analog)
+    digital = {"accuracy_mean": result["clean"]["accuracy_mean"], "accuracy_std": 0.0} if metric == "accuracy" \
+        else {f"{metric}_mean": CLEAN_VALUE[metric], f"{metric}_std": 0.0}
     units = []
     for unit in carried["units"]:
         alone, without = by_plan[f"only {unit['unit']} analog"], by_plan[f"only {unit['unit']} digital"]
         loss = _difference(digital, alone, metric)
         recovery = _difference(without, analog, metric)
+        error_loss, error_recovery = alone.get("rel_error_mean"), _difference(analog, without, "rel_error")[0]
         units.append({**unit, "loss": loss[0], "loss_std": loss[1], "recovery": recovery[0],
                       "recovery_std": recovery[1], "cost": None if None in (loss[0], recovery[0])
-                      else (loss[0] + recovery[0]) / 2, "only_analog": _metrics(alone),
+                      else (loss[0] + recovery[0]) / 2,
+                      "error_cost": None if None in (error_loss, error_recovery) else (error_loss + error_recovery) / 2,
+                      "only_analog": _metrics(alone),
                       "only_digital": _metrics(without),
                       "sites": [site for site in carried["sites"] if unit["unit"] in site["owners"]]})
-    ranked = sorted(units, key=lambda unit: -math.inf if unit["cost"] is None else unit["cost"], reverse=True)
+    ranked = sorted(units, key=lambda unit: tuple(-math.inf if unit[key] is None else unit[key]
+                                                  for key in ("cost", "error_cost")), reverse=True)
     for rank, unit in enumerate(ranked, start=1):
         unit["rank"] = rank
     return {"format": SENSITIVITY_FORMAT, "version": SENSITIVITY_VERSION, "model": result.get("model"),
@@ -163,12 +170,22 @@ def finish(result: dict) -> dict:
             "units": ranked, "cells": len(result["cells"]), "warnings": result["warnings"]}
 
 
+def scored_metric(labelled: bool, record: dict) -> str:
+    """What sensitivity and plan score: accuracy with labels, else top-1 agreement with the clean model, else (an
+    output without classes: a regression, a state) its relative error."""
+    if labelled:
+        return "accuracy"
+    return "agreement" if record.get("agreement_mean") is not None else "rel_error"
+
+
 def _difference(better: dict, worse: dict, metric: str) -> tuple:
-    """Mean difference of ``metric`` and its spread: the two cells' std over noise draws, added in quadrature."""
+    """How much better ``better`` is in ``metric`` (an error metric is better lower) and the spread: the two cells'
+    std over noise draws, added in quadrature."""
     high, low = better.get(f"{metric}_mean"), worse.get(f"{metric}_mean")
     if high is None or low is None:
         return None, None
-    return high - low, math.hypot(better.get(f"{metric}_std") or 0.0, worse.get(f"{metric}_std") or 0.0)
+    gain = low - high if metric in LOWER_IS_BETTER else high - low
+    return gain, math.hypot(better.get(f"{metric}_std") or 0.0, worse.get(f"{metric}_std") or 0.0)
 
 
 def _metrics(cell: dict) -> dict:
