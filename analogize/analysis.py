@@ -223,7 +223,7 @@ def minibatch_bias(activations, std: float, batch_sizes=(1, 10, 100, 1000, 10000
                 rows.append({"activation": activation.label, "x": label, "batch_size": int(size),
                              "true_derivative": true, "batch_mean": float(estimates.mean()),
                              "batch_spread": float(estimates.std(ddof=1)), "bias": float(estimates.mean() - true)})
-    return {"analysis": "minibatch-bias", "std": std, "repeats": repeats, "rows": rows}
+    return {"analysis": "minibatch-bias", "std": std, "repeats": repeats, "seed": seed, "rows": rows}
 
 
 def effective_bits(scales, precision: float = 64.0) -> dict:
@@ -356,48 +356,80 @@ def to_json(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "maps"}
 
 
-def plot(result: dict, path) -> None:
+def analysis_figure(result: dict):
     """The analysis's figure: error vs factor with the ReLU and smoothest maps (gradient-error); derivative
-    estimate vs batch size (minibatch-bias); effective bits vs scale; GSD per activation."""
-    from .evaluate.results import pyplot, save_figure
+    estimate vs batch size beside the true derivatives (minibatch-bias); effective bits vs scale beside the
+    input's own bits; GSD per activation. The title names the settings."""
+    from .evaluate.results import Series, counted, draw_series, listed, pyplot, reference_line, set_title
 
     kind, rows = result["analysis"], result["rows"]
     if kind == "gradient-error":
-        figure, axes = pyplot().subplots(1, 3, figsize=(13, 3.8))
+        figure, axes = pyplot().subplots(1, 3, figsize=(13, 4.2))
         factors = [r["factor"] for r in rows]
         axes[0].semilogy(factors, [r["mean_error_near_zero"] for r in rows], marker="o",
                          label=f"|product| < {result['near_zero']:g}")
         axes[0].semilogy(factors, [r["mean_error"] for r in rows], marker="s", label="whole map")
         axes[0].set(xlabel="interpolation factor i", ylabel="mean gradient error", title="a) error vs i")
         axes[0].legend(fontsize=8)
+        # one colour scale for both maps: each on its own, the smooth map's far smaller errors would fill the
+        # scale as brightly as ReLU's
+        largest = max(float(result["maps"][f].max()) for f in (factors[0], factors[-1]))
         for axis, factor, title in ((axes[1], factors[0], "b)"), (axes[2], factors[-1], "c)")):
-            image = axis.imshow(result["maps"][factor], extent=(-1, 1, -1, 1), origin="lower", cmap="viridis")
+            image = axis.imshow(result["maps"][factor], extent=(-1, 1, -1, 1), origin="lower", cmap="viridis",
+                                vmin=0.0, vmax=largest)
             axis.set(xlabel="weight", ylabel="input", title=f"{title} i = {factor:g}")
             figure.colorbar(image, ax=axis, label="gradient error")
-        figure.suptitle(f"{result['smooth'].upper()} interpolation, p = {result['precision']:g}, "
-                        f"EP {result['ep']:g}, {result['repeats']} draws", fontsize=10)
+        set_title(figure, f"gradient error of the ReLU-{result['smooth'].upper()} interpolation behind a noisy "
+                          f"analog product: p = {result['precision']:g}, EP {result['ep']:g} (noise std "
+                          f"{result['std']:.3g}), {result['points']} x {result['points']} grid, "
+                          f"{counted(result['repeats'], 'noise draw')}, seed {result['seed']}")
     elif kind == "minibatch-bias":
-        figure, axis = pyplot().subplots(figsize=(6, 4))
-        for label in dict.fromkeys(r["activation"] for r in rows):
-            for side, marker in (("0-", "v"), ("0+", "^")):
-                mine = [r for r in rows if r["activation"] == label and r["x"] == side]
-                axis.errorbar([r["batch_size"] for r in mine], [r["batch_mean"] for r in mine],
-                              yerr=[r["batch_spread"] for r in mine], marker=marker, capsize=3,
-                              label=f"{label} at {side} (true {mine[0]['true_derivative']:.3g})")
+        figure, axis = pyplot().subplots(figsize=(9.5, 4.6))
+        activations = list(dict.fromkeys(r["activation"] for r in rows))
+        sides = (("0-", "v", "--"), ("0+", "^", ":"))
+        series = [Series(f"{label} at {side}", [r["batch_size"] for r in mine], [r["batch_mean"] for r in mine],
+                         [r["batch_spread"] for r in mine], marker)
+                  for label in activations for side, marker, _ in sides
+                  for mine in [[r for r in rows if r["activation"] == label and r["x"] == side]]]
+        containers = draw_series(axis, series, log_x=True)
+        # the true derivative does not depend on the batch size: a line each, in its estimate's colour
+        references = [(label, side, style) for label in activations for side, _, style in sides]
+        for (label, side, style), container in zip(references, containers):
+            true = next(r["true_derivative"] for r in rows if r["activation"] == label and r["x"] == side)
+            reference_line(axis, true, f"{label}: true f'({side}) = {true:.3g}", linestyle=style,
+                           color=container.lines[0].get_color())
         axis.set(xscale="log", xlabel="mini-batch size n", ylabel="mean of f'(x + eps) over the batch",
-                 title=f"eq. 12-13: noise std {result['std']:.3g}")
-        axis.legend(fontsize=7)
+                 title="eq. 12-13: batch estimates (mean ± std) and true derivatives")
+        axis.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))  # beside: inside, it hides lines
+        set_title(figure, f"{', '.join(activations)} at x = 0- and 0+: noise std {result['std']:.3g}, "
+                          f"batch sizes {listed(r['batch_size'] for r in rows)}, "
+                          f"{result['repeats']} batches per size, seed {result['seed']}")
     elif kind == "effective-bits":
-        figure, axis = pyplot().subplots(figsize=(6, 4))
+        figure, axis = pyplot().subplots(figsize=(6, 4.4))
         axis.plot([r["scale"] for r in rows], [r["effective_bits"] for r in rows], marker="o")
-        axis.set(xlabel="GELU scale s", ylabel="effective bits of G_s' near 0",
-                 title=f"input precision p = {result['precision']:g}")
+        reference_line(axis, math.log2(result["precision"]),
+                       f"input precision: log2 p = {math.log2(result['precision']):.3g} bits")
+        # from 0 bits, so that the fall with the scale reads at its true size
+        axis.set_ylim(bottom=min(0.0, *(r["effective_bits"] for r in rows)))
+        axis.set(xlabel="GELU scale s", ylabel="effective bits of G_s' near 0")
+        axis.legend(fontsize=8)
+        set_title(figure, f"effective bits of the scaled GELU's derivative over the first step (Fig. 2c): "
+                          f"input precision p = {result['precision']:g}, scales {listed(r['scale'] for r in rows)}")
     elif kind == "gsd":
-        figure, axis = pyplot().subplots(figsize=(max(5, 0.8 * len(rows)), 4))
-        axis.bar(range(len(rows)), [r["gsd"] for r in rows])
+        figure, axis = pyplot().subplots(figsize=(max(5, 0.8 * len(rows)), 4.4))
+        bars = axis.bar(range(len(rows)), [r["gsd"] for r in rows])
+        axis.bar_label(bars, fmt="%.3f", fontsize=8)  # a bar of height 0 shows as its number
         axis.set_xticks(range(len(rows)), [r["activation"] for r in rows], rotation=45, ha="right", fontsize=8)
         axis.set(ylabel=f"GSD at x0 = {rows[0]['x0']:g}")
+        set_title(figure, f"gradient step discontinuity |f'(x0-) - f'(x0+)| at x0 = {rows[0]['x0']:g}")
     else:
         raise AnalogizeError(f"the {kind} analysis has no figure; use --json")
     figure.tight_layout()
-    save_figure(figure, path)
+    return figure
+
+
+def plot(result: dict, path) -> None:
+    """Write :func:`analysis_figure` to ``path``."""
+    from .evaluate.results import save_figure
+
+    save_figure(analysis_figure(result), path)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import reference as ref
+from conftest import error_bars_on_top, series_positions, suptitle
 from analogize import analysis
 from analogize.cli import main
 from analogize.errors import AnalogizeError
@@ -77,6 +78,37 @@ def test_minibatch_bias_matches_eq_13():
         assert abs(rows["relu", side]["bias"]) == pytest.approx(0.5, abs=0.01)
         assert rows["gelu", side]["true_derivative"] == pytest.approx(0.5, abs=1e-9)
         assert abs(rows["gelu", side]["bias"]) < 1e-3
+
+
+def test_minibatch_bias_figure_draws_the_true_derivatives_beside_the_estimates():
+    result = analysis.minibatch_bias(["relu", "gelu"], std=0.01, batch_sizes=(1, 10, 100), repeats=5, seed=3)
+    figure = analysis.analysis_figure(result)
+    title = suptitle(figure)
+    for words in ("relu, gelu at x = 0- and 0+", "noise std 0.01", "batch sizes 1, 10, 100", "5 batches per size",
+                  "seed 3"):
+        assert words in title
+    (axis,) = figure.axes
+    truths = {line.get_label(): line.get_ydata()[0] for line in axis.lines if "true" in line.get_label()}
+    assert truths == {"relu: true f'(0-) = 0": 0.0, "relu: true f'(0+) = 1": 1.0,
+                      "gelu: true f'(0-) = 0.5": pytest.approx(0.5), "gelu: true f'(0+) = 0.5": pytest.approx(0.5)}
+    assert error_bars_on_top(axis)
+    positions = series_positions(axis)  # four estimates at each batch size: side by side, not on top
+    assert len(set(positions)) == len(positions) == 12
+
+
+def test_figures_of_the_analyses_name_their_settings_and_keep_a_fair_scale():
+    errors = analysis.analysis_figure(analysis.gradient_error_map(factors=(0, 1), points=9, repeats=1, seed=2))
+    assert "p = 256, EP 0.5 (noise std 0.0029), 9 x 9 grid, 1 noise draw, seed 2" in suptitle(errors)
+    relu_map, gelu_map = (image for axis in errors.axes for image in axis.images)
+    assert relu_map.get_clim() == gelu_map.get_clim() and relu_map.get_clim()[0] == 0  # one colour scale for both
+    bits = analysis.analysis_figure(analysis.effective_bits([1.0, 2.0], precision=64))
+    assert "input precision p = 64, scales 1, 2" in suptitle(bits)
+    (axis,) = bits.axes
+    assert axis.get_ylim()[0] == 0 and [line.get_ydata()[0] for line in axis.lines
+                                        if line.get_label().startswith("input precision")] == [6.0]
+    steps = analysis.analysis_figure(analysis.step_discontinuity(["relu", "gelu"], at=0.0))
+    assert "at x0 = 0" in suptitle(steps)
+    assert [text.get_text() for text in steps.axes[0].texts] == ["1.000", "0.000"]  # a zero bar shows its number
 
 
 def test_effective_bits_matches_closed_form():

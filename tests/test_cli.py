@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from analogize.cli import main
-from conftest import DEFAULT_MODEL, LIGHT_MODELS, run
+from conftest import DEFAULT_MODEL, LIGHT_MODELS, error_bars_on_top, run, series_positions, suptitle
 
 
 def analogize(capsys, *argv):
@@ -169,6 +169,28 @@ def test_evaluate_writes_table_json_csv_and_plot(tmp_path, capsys):
     assert rows[0].startswith("kind,activation,bits,precision,ep,std") and len(rows) == 1 + 1 + 1 + 8
     assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_evaluate_figure_names_model_and_settings_on_an_unzoomed_axis_with_every_bar_visible():
+    from analogize.evaluate.engine import Grid, evaluate_file
+    from analogize.evaluate.results import evaluation_figure
+
+    result = evaluate_file(DEFAULT_MODEL, "digits", Grid(bits=(4, 6), ep=(0.0, 0.5), activations=(
+        "keep", "interp-gelu:0.5"), repeats=2), limit=200)
+    figure = evaluation_figure(result)
+    title = suptitle(figure)
+    for words in ("digits_convnet", "output 'logits' on digits", "4 bits, 6 bits", "EP 0, 0.5",
+                  "ranges: weights channel, activations dynamic", "2 noise draws per", "seed 0"):
+        assert words in title
+    for axis in figure.axes:
+        low, high = axis.get_ylim()
+        assert low == 0 and high >= 100  # whole percent scale, the clean model's line included
+        assert low <= 100 * result["clean"]["accuracy_mean"] <= high and "clean" in [
+            line.get_label() for line in axis.lines]
+        assert error_bars_on_top(axis)
+        positions = series_positions(axis)  # 4 and 6 bits share each EP: drawn side by side, not on top
+        assert len(set(positions)) == len(positions) and all(min(abs(x), abs(x - 0.5)) < 0.05 for x in positions)
+    assert "without noise or quantisation" in [line.get_label() for line in figure.axes[1].lines][-1]
 
 
 def test_evaluate_json_to_stdout_is_the_only_output(capsys):

@@ -13,7 +13,7 @@ from analogize.data import Dataset
 from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import Grid, evaluate
 from analogize.training.finetune import FinetuneOptions, finetune, split_data
-from conftest import DEFAULT_MODEL
+from conftest import DEFAULT_MODEL, suptitle
 from test_cli import analogize
 
 HEAVY = dict(bits=4, ep=0.8, seed=0, **PAPER_RANGES)  # 4 bits at EP 0.8 costs the digits model about 40 points
@@ -120,6 +120,30 @@ def test_cli_writes_tuned_model_report_and_curves(tmp_path, capsys):
     assert (tmp_path / "curves.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = analogize(capsys, "finetune", DEFAULT_MODEL, "--data", "npz:/no/such.npz", "-o", output)
     assert code == 2 and "does not exist" in err
+
+
+def test_curves_name_model_and_settings_with_whole_epochs_and_an_unzoomed_accuracy_axis(tuned):
+    from analogize.training.finetune import curves_figure
+
+    _, _, report = tuned
+    short = {**report, "history": report["history"][:3], "input": str(DEFAULT_MODEL), "data": "digits"}
+    figure = curves_figure(short)
+    title = suptitle(figure)
+    for words in ("digits_convnet fine-tuned under noise on digits", "4 bits (p = 16)", "EP 0.8",
+                  "ranges: weights unit, activations unit", "adam, lr 0.001"):
+        assert words in title
+    loss_axis, accuracy_axis = figure.axes
+    for axis in (loss_axis, accuracy_axis):
+        ticks = [t for t in axis.get_xticks() if axis.get_xlim()[0] <= t <= axis.get_xlim()[1]]
+        assert ticks == [1, 2, 3]  # epochs are whole: no 1.5
+        assert axis.get_ylim()[0] == 0
+    assert accuracy_axis.get_ylim()[1] >= 100
+    series, *references = accuracy_axis.lines
+    assert [line.get_label() for line in references] == ["before: 5 draws (ONNX Runtime)",
+                                                         "after: 5 draws (ONNX Runtime)"]
+    assert all(series.get_zorder() > line.get_zorder() for line in references)
+    trained = suptitle(curves_figure({**short, "built": {"model": "convnet", "init": "critical"}}))
+    assert trained.startswith("convnet (zoo, critical initialisation) trained under noise")
 
 
 def test_torchrun_trains_data_parallel_on_two_cpu_processes(tmp_path):

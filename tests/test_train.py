@@ -14,10 +14,10 @@ from analogize.data import load_dataset
 from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import Grid, evaluate
 from analogize.training.finetune import FinetuneOptions
-from analogize.training.sweep import SweepGrid, summarise, sweep
+from analogize.training.sweep import SweepGrid, summarise, sweep, sweep_figure
 from analogize.training.train import TrainSetup, activation_setting, initialise_critically, train
 from analogize.zoo import create_model
-from conftest import run
+from conftest import error_bars_on_top, run, series_positions, suptitle
 
 MLP = {"stages": 0, "dropout": False}
 
@@ -110,6 +110,20 @@ def test_sweep_cli_writes_summary_and_figure(tmp_path, capsys):
     assert summary["complete"] and {(p["factor"], p["depth"]) for p in summary["points"]} == {
         (0.0, 1), (0.0, 2), (1.0, 1), (1.0, 2)}
     assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG" and "4 of 4 cells done" in out
+
+    figure = sweep_figure(summary)
+    title = suptitle(figure)
+    for words in ("convnet trained under noise on digits (limit 200): 1 epoch,", "bits 4; EP 0.3",
+                  "ranges: weights unit, activations unit", "over 1 seed, each over 1 noise draw"):
+        assert words in title
+    factor_panels, depth_panel = figure.axes[:2], figure.axes[2]
+    assert [axis.get_xlabel() for axis in factor_panels] == ["interpolation factor i"] * 2
+    for axis in figure.axes[:3]:
+        assert axis.get_ylim()[0] == 0 and axis.get_ylim()[1] >= 100
+    assert all(float(t).is_integer() for t in depth_panel.get_xticks())
+    positions = series_positions(depth_panel)  # both factors at each depth: side by side, not on top
+    assert len(set(positions)) == len(positions) == 4 and all(min(abs(x - 1), abs(x - 2)) < 0.1 for x in positions)
+    assert error_bars_on_top(depth_panel)
 
 
 def test_train_cli_writes_model_and_report(tmp_path, capsys):

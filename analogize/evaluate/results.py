@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from ..errors import AnalogizeError
 from .engine import RESULT_FORMAT, RESULT_VERSION
 from ..model_io import atomic_output
+from ..noise_model import DEFAULT_BIT_CONVENTION
 
 PLOT_FORMATS = ("png", "pdf", "svg")
 METRICS = ("accuracy", "top5", "agreement", "rel_error", "cosine", "snr_db")
@@ -201,11 +205,114 @@ def save_figure(figure, path) -> None:
     pyplot().close(figure)
 
 
-def plot(result: dict, path) -> None:
+# Reference lines (the clean model, accuracy before and after training, true derivatives) lie under the
+# measured series, and the series draw their error bars over their own and every other series' lines, so no
+# bar is hidden.
+REFERENCE_ZORDER = 1.8
+SERIES_ZORDER = 2.5
+# Series that share x values are spread sideways over this share of the smallest gap between x values (of
+# the decades on a log axis): drawn at the same x, the last series would cover the others' error bars.
+_DODGE_SHARE = 0.08
+
+
+@dataclass(frozen=True)
+class Series:
+    """One line of a figure: its means with their spread (one std) as error bars."""
+
+    label: str
+    x: list
+    y: list
+    spread: list
+    marker: str = "o"
+
+
+def draw_series(axis, series: list[Series], *, log_x: bool = False) -> list:
+    """Draw each series as markers and error bars joined by a line, nudged apart sideways; return their
+    containers."""
+    places = np.unique(np.concatenate([np.asarray(s.x, dtype=float) for s in series]))
+    places = np.log10(places) if log_x else places
+    gap = float(np.diff(places).min()) if len(places) > 1 else 1.0
+    step = _DODGE_SHARE * gap / max(len(series) - 1, 1)
+    containers = []
+    for index, line in enumerate(series):
+        shift = step * (index - (len(series) - 1) / 2)
+        x = np.asarray(line.x, dtype=float)
+        containers.append(axis.errorbar(x * 10**shift if log_x else x + shift, line.y, yerr=line.spread,
+                                        marker=line.marker, capsize=3, barsabove=True, zorder=SERIES_ZORDER,
+                                        label=line.label))
+    return containers
+
+
+def reference_line(axis, value: float, label: str, **style) -> None:
+    axis.axhline(value, zorder=REFERENCE_ZORDER, label=label, **{"color": "grey", "linestyle": "--", **style})
+
+
+def percent_axis(axis) -> None:
+    """Accuracy and agreement on their whole scale, 0 to 100 %: zoomed to the data, a spread of a fraction of
+    a point fills the panel and looks like a collapse (the tables carry the exact numbers). The top leaves
+    room for the error bars of points at 100 %."""
+    axis.set_ylim(0, 103)
+
+
+def integer_ticks(axis) -> None:
+    """Whole-number ticks on the x axis (epochs, bits, depths have no values between)."""
+    from matplotlib.ticker import MaxNLocator
+
+    axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+_CONVENTION_TEXT = {"pow2": "p = 2^bits", "pow2-minus-1": "p = 2^bits - 1"}
+_CHAIN_PARTS = {"noise": "noise", "quantize": "quantisation", "clamp": "clamping"}
+
+
+def chain_text(options: dict) -> str:
+    """Convert's options (as ``asdict(ConvertOptions)`` records them) in the words a figure title has room
+    for: the range modes (resolved, so a default is named), the bit convention where bits set the precision,
+    and parts of the chain turned off."""
+    from ..convert import ConvertOptions
+
+    ranges = ConvertOptions.from_dict(options).range_settings()
+    words = [f"ranges: weights {ranges.weights}, activations {ranges.activations}"]
+    if options.get("quantize", True) and options.get("precision") is None:
+        words.append(_CONVENTION_TEXT[options.get("bit_convention", DEFAULT_BIT_CONVENTION)])
+    off = [name for part, name in _CHAIN_PARTS.items() if options.get(part) is False]
+    return "; ".join(words + ([f"without {', '.join(off)}"] if off else []))
+
+
+def set_title(figure, *lines: str) -> None:
+    """``lines`` as the figure's title, each wrapped to the figure's width (a title cut at the edge loses the
+    settings at its end)."""
+    import textwrap
+
+    width = int(13 * figure.get_figwidth())  # characters of the 9-point title per inch
+    figure.suptitle("\n".join(textwrap.fill(line, width) for line in lines), fontsize=9)
+
+
+def listed(values) -> str:
+    """Distinct numbers in order, as a title lists them."""
+    return ", ".join(f"{v:g}" for v in sorted(set(values)))
+
+
+def counted(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
+
+
+def _model_name(result: dict) -> str:
+    """The model's file stem, or for a result of the Python API (no path) its hash's start."""
+    return Path(result["model"]).stem if result.get("model") else f"model sha256 {result['model_sha256'][:12]}"
+
+
+def _bits_label(cell: dict) -> str:
+    if cell["bits"] is not None:
+        return f"{cell['bits']} bits"
+    return "unquantised" if cell["precision"] is None else f"p = {cell['precision']:g}"
+
+
+def evaluation_figure(result: dict):
     """Accuracy (or agreement, or for outputs without classes the relative error) of the primary output against
-    EP, one line per bit width, one panel per activation; the clean model dashed, as in the paper's
-    accuracy-vs-EP figures. With one EP value, bits go on the x axis. The title names the model, the output, the
-    data and the settings."""
+    EP, one line per bit width, one panel per activation; the clean model and the activation's noise-free
+    baseline as references, as in the paper's accuracy-vs-EP figures. With one EP value, bits go on the x axis.
+    The title names the model, the output, the data and the settings."""
     activations = list(dict.fromkeys(c["activation"] for c in result["cells"]))
     if not activations:
         raise AnalogizeError("the result has no cells to plot")
@@ -217,33 +324,52 @@ def plot(result: dict, path) -> None:
         metric, scale, label = "rel_error", 1, "relative error against clean"
     eps = sorted({c["ep"] for c in result["cells"]})
     along_ep = len(eps) > 1 or any(c["bits"] is None for c in result["cells"])
-    figure, axes = pyplot().subplots(1, len(activations), figsize=(4.2 * len(activations), 3.9), sharey=True,
+    figure, axes = pyplot().subplots(1, len(activations), figsize=(4.2 * len(activations), 4.2), sharey=True,
                                      squeeze=False)
     for axis, activation in zip(axes[0], activations):
         cells = [c for c in result["cells"] if c["activation"] == activation]
         groups = sorted({c["bits"] if along_ep else c["ep"] for c in cells}, key=lambda v: (v is None, v))
+        series = []
         for group in groups:
             members = sorted((c for c in cells if (c["bits"] if along_ep else c["ep"]) == group
                               and c.get(f"{metric}_mean") is not None),
-                             key=lambda c: c["ep"] if along_ep else (c["bits"] or 0))
-            xs = [c["ep"] if along_ep else c["bits"] for c in members]
-            axis.errorbar(xs, [scale * c[f"{metric}_mean"] for c in members],
-                          yerr=[scale * c[f"{metric}_std"] for c in members], marker="o", capsize=3,
-                          label=(f"{group} bits" if group is not None else "as converted") if along_ep
-                          else f"EP {group:g}")
+                             key=lambda c: c["ep"] if along_ep else c["bits"])
+            if members:
+                series.append(Series(_bits_label(members[0]) if along_ep else f"EP {group:g}",
+                                     [c["ep"] if along_ep else c["bits"] for c in members],
+                                     [scale * c[f"{metric}_mean"] for c in members],
+                                     [scale * c[f"{metric}_std"] for c in members]))
+        if series:
+            draw_series(axis, series)
         if metric == "accuracy":
-            axis.axhline(100 * result["clean"]["accuracy_mean"], color="grey", linestyle="--", label="clean")
+            reference_line(axis, 100 * result["clean"]["accuracy_mean"], "clean")
+        baseline = next((b for b in result["baselines"] if b["activation"] == activation), None)
+        if baseline is not None and baseline.get(f"{metric}_mean") is not None:
+            reference_line(axis, scale * baseline[f"{metric}_mean"], f"{activation} without noise or quantisation",
+                           linestyle=":")
+        if metric == "rel_error":
+            axis.set_ylim(bottom=0)  # an error's natural base: zoomed, a small change would look large
+        else:
+            percent_axis(axis)
+        if not along_ep:
+            integer_ticks(axis)
         axis.set_title(activation)
         axis.set_xlabel("error probability (EP)" if along_ep else "bits")
         axis.grid(alpha=0.3)
-        axis.legend(fontsize=8)
+        axis.legend(fontsize=7)
     axes[0][0].set_ylabel(label)
-    options = result.get("options", {})
-    model = Path(result["model"]).name if result.get("model") else "model"
-    ranges = f"ranges: weights {options.get('weight_range')}, " \
-             f"activations {options.get('activation_range') or 'default'}" \
-        if options and not result["converted_input"] else "as converted"
-    figure.suptitle(f"{model}, output {result['output']!r} on {result['data']['name']}; {ranges}; "
-                    f"{result['grid']['repeats']} noise draws per point (mean ± std)", fontsize=9)
+    data = result["data"]
+    bits = ", ".join(dict.fromkeys(_bits_label(c) for c in sorted(
+        result["cells"], key=lambda c: (c["bits"] is None, c["bits"] or 0, c["precision"] or 0))))
+    chain = "settings as converted" if result["converted_input"] else chain_text(result["options"])
+    set_title(figure,
+              f"{_model_name(result)}: output {result['output']!r} on {data['name']} ({data['samples']} samples)",
+              f"{bits}; EP {listed(eps)}; {chain}; {counted(result['grid']['repeats'], 'noise draw')} per point "
+              f"(mean ± std), seed {result['grid']['seed']}")
     figure.tight_layout()
-    save_figure(figure, path)
+    return figure
+
+
+def plot(result: dict, path) -> None:
+    """Write :func:`evaluation_figure` to ``path``."""
+    save_figure(evaluation_figure(result), path)

@@ -377,20 +377,68 @@ def finetune_file(source, destination, data: str, options: FinetuneOptions = Fin
     return report
 
 
-def plot_curves(report: dict, path) -> None:
-    """Training loss and noisy validation accuracy per epoch, with the before/after ORT accuracies."""
-    from ..evaluate.results import pyplot, save_figure
+def _activation_text(options: dict) -> str:
+    if options["activation"] == "keep":
+        return "activations as in the model"
+    parameters = [f"{k}={options[k]:g}" for k in ("factor", "alpha", "scale", "temperature")
+                  if options.get(k) is not None]
+    return f"activation {options['activation']}" + (f" ({', '.join(parameters)})" if parameters else "")
+
+
+def _settings_text(settings: dict) -> str:
+    """The analog settings a converted model records, in the words a figure title has room for."""
+    from ..evaluate.results import chain_text
+
+    if not settings:
+        return "analog settings not recorded in the model"
+    options, precision = settings["options"], settings.get("precision")
+    words = [] if precision is None else [f"p = {precision:g}" if options.get("bits") is None
+                                          else f"{options['bits']} bits (p = {precision:g})"]
+    words.append(f"noise std {settings['std']:.3g}" if settings.get("ep") is None else f"EP {settings['ep']:.3g}")
+    return "; ".join(words + [_activation_text(options), chain_text(options)])
+
+
+def curves_figure(report: dict):
+    """Training loss and noisy validation accuracy per epoch, with the before/after ORT accuracies; the title
+    names the model, the data and the settings."""
+    from ..evaluate.results import (SERIES_ZORDER, counted, integer_ticks, percent_axis, pyplot, reference_line,
+                                    set_title)
 
     epochs = [h["epoch"] for h in report["history"]]
-    figure, (loss_axis, accuracy_axis) = pyplot().subplots(1, 2, figsize=(8.4, 3.4))
-    loss_axis.plot(epochs, [h["train_loss"] for h in report["history"]], marker="o")
+    figure, (loss_axis, accuracy_axis) = pyplot().subplots(1, 2, figsize=(8.4, 4.0))
+    losses = [h["train_loss"] for h in report["history"]]
+    loss_axis.plot(epochs, losses, marker="o", zorder=SERIES_ZORDER)
     loss_axis.set(xlabel="epoch", ylabel="training loss (under noise)")
+    loss_axis.set_ylim(0, 1.05 * max(losses))  # from a loss's natural base: zoomed, a small change looks large
     accuracy_axis.plot(epochs, [100 * h["noisy_accuracy"] for h in report["history"]], marker="o",
-                       label="noisy, one draw (torch)")
+                       zorder=SERIES_ZORDER, label="noisy, one draw (torch)")
+    trained_from_scratch = "built" in report  # train's report: "before" is the untrained model
     for key, style in (("before", ":"), ("after", "--")):
-        accuracy_axis.axhline(100 * report[key]["noisy_mean"], linestyle=style, color="grey",
-                              label=f"{key}: {report[key]['repeats']} draws (ONNX Runtime)")
+        name = "untrained" if key == "before" and trained_from_scratch else key
+        reference_line(accuracy_axis, 100 * report[key]["noisy_mean"], linestyle=style,
+                       label=f"{name}: {counted(report[key]['repeats'], 'draw')} (ONNX Runtime)")
     accuracy_axis.set(xlabel="epoch", ylabel="validation accuracy (%)")
+    percent_axis(accuracy_axis)
     accuracy_axis.legend(fontsize=8)
+    for axis in (loss_axis, accuracy_axis):
+        integer_ticks(axis)
+        axis.grid(alpha=0.3)
+    if trained_from_scratch:
+        model, verb = f"{report['built']['model']} (zoo, {report['built']['init']} initialisation)", "trained"
+    else:
+        model, verb = Path(report["input"]).stem if report.get("input") else "model", "fine-tuned"
+    options, samples = report["options"], report["samples"]
+    data = f" on {report['data']}" if report.get("data") else ""
+    set_title(figure, f"{model} {verb} under noise{data} ({samples['train']} training, {samples['validation']} "
+                      f"validation samples)",
+              f"{_settings_text(report['settings'])}; {options['optimizer']}, lr {options['lr']:g}, "
+              f"batch {options['batch_size']}, {options['schedule']} schedule, seed {options['seed']}")
     figure.tight_layout()
-    save_figure(figure, path)
+    return figure
+
+
+def plot_curves(report: dict, path) -> None:
+    """Write :func:`curves_figure` to ``path``."""
+    from ..evaluate.results import save_figure
+
+    save_figure(curves_figure(report), path)

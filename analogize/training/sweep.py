@@ -264,27 +264,36 @@ def _views(points: list[dict]) -> list[tuple]:
 _AXIS_LABELS = {"factor": "interpolation factor i", "alpha": "LeakyReLU slope alpha", "depth": "depth"}
 
 
-def plot(result: dict, path) -> None:
+def sweep_figure(result: dict):
     """The paper's figure types from the points: accuracy against the interpolation factor (one line per
     EP), against the leaky slope, and against depth (one line per activation), each panel one setting of
-    the remaining axes; a row per axis that varies in the sweep."""
-    from ..evaluate.results import pyplot, save_figure
+    the remaining axes; a row per axis that varies in the sweep. The title names the model, the data and the
+    settings."""
+    from ..evaluate.results import (Series, chain_text, counted, draw_series, integer_ticks, listed, percent_axis,
+                                    pyplot, set_title)
 
     views = _views(result["points"])
     if not views:
         raise AnalogizeError("nothing varies along the factor, slope or depth axes: no figure to draw")
     panels = [sorted({tuple(p[k] for k in by) for p in members}, key=str) for _, members, by, _ in views]
     columns = max(len(p) for p in panels)
-    figure, axes = pyplot().subplots(len(views), columns, figsize=(4.4 * columns, 3.6 * len(views)), squeeze=False)
-    depth_kind = result["settings"]["grid"]["depth_kind"]
+    figure, axes = pyplot().subplots(len(views), columns, figsize=(4.4 * columns, 3.6 * len(views) + 0.6),
+                                     squeeze=False)
+    settings = result["settings"]
+    depth_kind = settings["grid"]["depth_kind"]
     for row, ((axis_key, members, by, line_of), keys) in enumerate(zip(views, panels)):
         for column, panel in enumerate(keys):
             axis = axes[row][column]
             inside = [p for p in members if tuple(p[k] for k in by) == panel]
+            series = []
             for line in dict.fromkeys(line_of(p) for p in sorted(inside, key=lambda p: str(line_of(p)))):
                 mine = sorted((p for p in inside if line_of(p) == line), key=lambda p: p[axis_key])
-                axis.errorbar([p[axis_key] for p in mine], [100 * p["accuracy_mean"] for p in mine],
-                              yerr=[100 * p["accuracy_std"] for p in mine], marker="o", capsize=3, label=line)
+                series.append(Series(line, [p[axis_key] for p in mine], [100 * p["accuracy_mean"] for p in mine],
+                                     [100 * p["accuracy_std"] for p in mine]))
+            draw_series(axis, series)
+            percent_axis(axis)
+            if axis_key == "depth":
+                integer_ticks(axis)
             label = _AXIS_LABELS[axis_key] + (f" ({depth_kind} layers)" if axis_key == "depth" else "")
             axis.set(xlabel=label, ylabel="noisy test accuracy (%)",
                      title=", ".join(f"{k} {'-' if v is None else v}" for k, v in zip(by, panel)))
@@ -292,5 +301,19 @@ def plot(result: dict, path) -> None:
             axis.legend(fontsize=7)
         for column in range(len(keys), columns):
             axes[row][column].set_visible(False)
+    grid, options = settings["grid"], settings["options"]
+    limit = f" (limit {settings['limit']})" if settings.get("limit") else ""
+    set_title(figure, f"{settings['setup']['model']} trained under noise on {settings['data']}{limit}: "
+                      f"{counted(options['epochs'], 'epoch')}, {settings['setup']['init']} initialisation",
+              f"bits {listed(grid['bits'])}; EP {listed(grid['eps'])}; {chain_text(settings['convert_options'])}; "
+              f"accuracy mean ± std over {counted(grid['seeds'], 'seed')}, each over "
+              f"{counted(options['repeats'], 'noise draw')}")
     figure.tight_layout()
-    save_figure(figure, path)
+    return figure
+
+
+def plot(result: dict, path) -> None:
+    """Write :func:`sweep_figure` to ``path``."""
+    from ..evaluate.results import save_figure
+
+    save_figure(sweep_figure(result), path)
