@@ -63,7 +63,8 @@ def main() -> None:
     if arguments.json:
         print(json.dumps(figures, indent=2))
         return
-    print(f"{len(units)} units x {{digital, {', '.join(map(str, bounds.bits))} bits}}, agreement >= {arguments.target}, "
+    choices = ", ".join(map(str, bounds.bits))
+    print(f"{len(units)} units x {{digital, {choices} bits}}, agreement >= {arguments.target}, "
           f"{arguments.repeats} draws, {figures['threads']} threads")
     print(f"greedy:    cost {greedy} (digital units, total bits) from {len(found['steps'])} cells in "
           f"{greedy_seconds:.1f} s (sensitivity ranking included)")

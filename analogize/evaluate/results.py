@@ -297,7 +297,7 @@ def counted(number: int, noun: str) -> str:
     return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
-def _model_name(result: dict) -> str:
+def model_name(result: dict) -> str:
     """The model's file stem, or for a result of the Python API (no path) its hash's start."""
     return Path(result["model"]).stem if result.get("model") else f"model sha256 {result['model_sha256'][:12]}"
 
@@ -363,7 +363,7 @@ def evaluation_figure(result: dict):
         result["cells"], key=lambda c: (c["bits"] is None, c["bits"] or 0, c["precision"] or 0))))
     chain = "settings as converted" if result["converted_input"] else chain_text(result["options"])
     set_title(figure,
-              f"{_model_name(result)}: output {result['output']!r} on {data['name']} ({data['samples']} samples)",
+              f"{model_name(result)}: output {result['output']!r} on {data['name']} ({data['samples']} samples)",
               f"{bits}; EP {listed(eps)}; {chain}; {counted(result['grid']['repeats'], 'noise draw')} per point "
               f"(mean ± std), seed {result['grid']['seed']}")
     figure.tight_layout()

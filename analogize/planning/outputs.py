@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
-from ..evaluate.results import pyplot, save_figure
+from ..evaluate.results import chain_text, model_name, percent_axis, pyplot, save_figure, set_title
 from ..model_io import atomic_output
 from .sensitivity import LOWER_IS_BETTER
 
@@ -61,11 +60,11 @@ def sensitivity_table(result: dict) -> str:
 
 
 def settings_line(settings: dict) -> str:
-    """Bits, EP and ranges, as every figure's title gives them."""
-    options, modes = settings["options"], settings["range_modes"]
-    bits = f"{options['bits']} bits" if options.get("bits") is not None else f"p={settings['precision']:g}"
-    ep = f"EP {settings['ep']:.3g}" if settings.get("ep") is not None else f"std {settings['std']:.3g}"
-    return f"{bits}, {ep}, ranges {modes['weights']}/{modes['activations']}"
+    """Bits, EP, ranges and the chain's parts, as every figure's title gives them."""
+    options = settings["options"]
+    bits = f"{options['bits']} bits" if options.get("bits") is not None else f"p = {settings['precision']:g}"
+    ep = f"EP {settings['ep']:.3g}" if settings.get("ep") is not None else f"noise std {settings['std']:.3g}"
+    return f"{bits}, {ep}; {chain_text(options)}"
 
 
 def plot_sensitivity(result: dict, path) -> None:
@@ -89,8 +88,8 @@ def sensitivity_figure(result: dict):
     axis.grid(axis="x", alpha=0.3, zorder=0)
     axis.set_xlabel(f"points of {metric}")
     axis.legend(loc="lower right")
-    axis.set_title(f"{Path(str(result.get('model') or 'model')).name}: per-unit sensitivity\n"
-                   f"{settings_line(result['settings'])}, {result['repeats']} draws", fontsize=10)
+    set_title(figure, f"{model_name(result)}: per-unit sensitivity ({result['data']['name']}, "
+              f"{result['data']['samples']} samples, {result['repeats']} draws)", settings_line(result["settings"]))
     figure.tight_layout()
     return figure
 
@@ -126,16 +125,16 @@ def plan_figure(result: dict):
     axis.errorbar(range(len(steps)), values, yerr=[100 * (step["metric_std"] or 0.0) for step in steps], fmt="o-",
                   capsize=3, zorder=3, label=target["metric"])
     axis.axhline(100 * target["value"], color="tab:red", linestyle="--", zorder=2, label="target")
-    # from 0: the steps' differences shown at their true size, not a zoomed window
-    axis.set_ylim(0, 100.5)
+    percent_axis(axis)
     axis.set_xticks(range(len(steps)), [str(step["step"]) for step in steps])
     axis.set_xlabel("search step")
     axis.set_ylabel(f"{target['metric']} %")
     axis.grid(alpha=0.3, zorder=0)
     axis.legend(loc="lower right")
     comparison = "<=" if target["metric"] in LOWER_IS_BETTER else ">="
-    axis.set_title(f"{Path(str(result.get('model') or 'model')).name}: plan search for {target['metric']} {comparison} "
-                   f"{100 * target['value']:g} %\n{settings_line(result['settings'])}, bits "
-                   f"{result['bounds']['bits']}", fontsize=10)
+    set_title(figure, f"{model_name(result)}: plan search for {target['metric']} {comparison} "
+              f"{100 * target['value']:g} % ({result['repeats']} draws per step)",
+              f"{settings_line(result['settings'])}; bits per unit among "
+              f"{', '.join(map(str, result['bounds']['bits']))}")
     figure.tight_layout()
     return figure

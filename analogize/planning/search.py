@@ -11,10 +11,10 @@ lowest bit width allowed, where units differ most):
 
 Every candidate is one cell of one evaluate sweep (:class:`~analogize.evaluate.engine.Evaluation`: the graph is
 converted once, a candidate only takes chains out and sets attributes), scored over ``repeats`` noise draws; the
-target counts as met when the mean over the draws reaches it (a relative-error target: stays at or below it). The plan found is then converted as ``convert
---plan`` would and evaluated plainly, over ``verify_repeats`` draws: that verification is what the result
-reports as met or not. ``bench/plan_optimality.py`` compares the greedy cost with the optimum found by
-enumerating every candidate on a small model.
+target counts as met when the mean over the draws reaches it (a relative-error target: stays at or below it). The
+plan found is then converted as ``convert --plan`` would and evaluated plainly, over ``verify_repeats`` draws: that
+verification is what the result reports as met or not. ``bench/plan_optimality.py`` compares the greedy cost with
+the optimum found by enumerating every candidate on a small model.
 """
 from __future__ import annotations
 
