@@ -9,7 +9,7 @@ import sys
 import click
 
 from ..errors import AnalogizeError
-from . import analyze, convert, evaluate, export, finetune, info, training, zoo
+from . import analyze, convert, evaluate, export, finetune, info, report, training, zoo
 
 
 def main(argv=None) -> int:
@@ -51,5 +51,6 @@ def cli(debug):
 
 
 for command in (convert.convert, info.ops, info.native, zoo.zoo, evaluate.evaluate, evaluate.merge, export.export,
-                export.rebuild, finetune.finetune, analyze.analyze, training.train, training.sweep):
+                export.rebuild, finetune.finetune, analyze.analyze, training.train, training.sweep,
+                report.report):
     cli.add_command(command)
