@@ -155,6 +155,11 @@ def evaluate_section(result: dict) -> Section:
     return Section("evaluation", model_name(result), settings, tables, plots, notes, list(result["warnings"]))
 
 
+_TRAINING_SETTINGS = {"lr": "learning rate", "batch_size": "batch size", "optimizer": "optimizer",
+                      "schedule": "learning-rate schedule", "weight_decay": "weight decay",
+                      "patience": "patience (epochs)", "seed": "seed", "device": "device"}
+
+
 def training_section(report: dict) -> Section:
     """The report of ``analogize finetune`` (or ``train``): accuracy before and after, the epochs, the curves."""
     options, converted = report["options"], report["settings"]
@@ -166,11 +171,10 @@ def training_section(report: dict) -> Section:
                 ("samples", f"{report['samples']['train']} for training, {report['samples']['validation']} "
                             f"for validation"),
                 ("epochs", f"{report['epochs_run']} of {options['epochs']}{stopped}"),
-                *((name.replace("_", " "), _text(options[name]))
-                  for name in ("lr", "batch_size", "optimizer", "schedule", "weight_decay", "patience", "seed",
-                               "device")),
+                *((label, _text(options[name])) for name, label in _TRAINING_SETTINGS.items()),
                 ("processes", _text(report.get("processes", 1))),
-                ("precision p", _text(converted["precision"])), ("noise std", _text(converted["std"])),
+                ("bits", _text(converted["options"].get("bits"))), ("precision p", _text(converted["precision"])),
+                ("noise std", _text(converted["std"])),
                 ("error probability (EP)", _text(converted["ep"])),
                 ("ranges", _text(converted.get("range_modes")))]
     before, after = report["before"], report["after"]
