@@ -216,6 +216,7 @@ def test_every_string_from_a_result_is_escaped():
     hostile = "<script>alert(1)</script>"
     result = sensitivity_example(model=f"models/{hostile}.onnx")
     result["units"][0]["unit"] = 'fc"><img src=x onerror=alert(2)>'
+    result["units"][1]["kind"] = 7  # a number where text belongs is shown, not a crash
     result["warnings"] = [hostile]
     result["settings"]["options"][hostile] = hostile
     text = render_report([result], title=hostile)

@@ -36,33 +36,38 @@ nav ol { padding-left: 1.4em; }
 """
 
 
+def _escaped(value) -> str:
+    """``value`` as HTML text: a field of an untrusted file may hold a number, or markup, where text belongs."""
+    return escape(str(value))
+
+
 def _table_html(table: Table) -> str:
-    head = "".join(f"<th>{escape(name)}</th>" for name in table.header)
-    body = "".join("<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row) + "</tr>" for row in table.rows)
+    head = "".join(f"<th>{_escaped(name)}</th>" for name in table.header)
+    body = "".join("<tr>" + "".join(f"<td>{_escaped(cell)}</td>" for cell in row) + "</tr>" for row in table.rows)
     if not table.rows:
         body = f'<tr><td colspan="{len(table.header)}">none</td></tr>'
-    markup = f"<table><caption>{escape(table.caption)}</caption><thead><tr>{head}</tr></thead>" \
+    markup = f"<table><caption>{_escaped(table.caption)}</caption><thead><tr>{head}</tr></thead>" \
              f"<tbody>{body}</tbody></table>"
     # folded tables need no script: the browser opens a <details> element itself
-    return f"<details><summary>{escape(table.caption)}</summary>{markup}</details>" if table.folded else markup
+    return f"<details><summary>{_escaped(table.caption)}</summary>{markup}</details>" if table.folded else markup
 
 
 def _plot_html(plot: Plot, model: str) -> str:
     image = base64.b64encode(plot.png).decode("ascii")
     caption = f"{plot.caption} ({model})"
-    return f'<figure><img src="data:image/png;base64,{image}" alt="{escape(caption)}">' \
-           f"<figcaption>{escape(caption)}</figcaption></figure>"
+    return f'<figure><img src="data:image/png;base64,{image}" alt="{_escaped(caption)}">' \
+           f"<figcaption>{_escaped(caption)}</figcaption></figure>"
 
 
 def _list_html(items: list[str], css_class: str) -> str:
-    return f'<ul class="{css_class}">' + "".join(f"<li>{escape(item)}</li>" for item in items) + "</ul>"
+    return f'<ul class="{css_class}">' + "".join(f"<li>{_escaped(item)}</li>" for item in items) + "</ul>"
 
 
 def _section_html(part: Section, anchor: str, level: int) -> str:
     heading = f"{part.kind[:1].upper()}{part.kind[1:]}: {part.model}"
-    settings = "".join(f'<tr><th scope="row">{escape(name)}</th><td>{escape(value)}</td></tr>'
+    settings = "".join(f'<tr><th scope="row">{_escaped(name)}</th><td>{_escaped(value)}</td></tr>'
                        for name, value in part.settings)
-    markup = [f'<section id="{anchor}">', f"<h{level}>{escape(heading)}</h{level}>",
+    markup = [f'<section id="{anchor}">', f"<h{level}>{_escaped(heading)}</h{level}>",
               f'<table class="settings"><caption>settings</caption><tbody>{settings}</tbody></table>']
     if part.warnings:
         markup.append(f'<div class="warnings"><h{level + 1}>Warnings</h{level + 1}>'
@@ -99,13 +104,13 @@ def render_report(results: list[dict], title: str | None = None, sources: list |
     contents = ""
     if len(sections) > 1:
         contents = "<nav><h2>Contents</h2><ol>" + "".join(
-            f'<li><a href="#result-{number}">{escape(part.kind)}: {escape(part.model)}</a></li>'
+            f'<li><a href="#result-{number}">{_escaped(part.kind)}: {_escaped(part.model)}</a></li>'
             for number, part in enumerate(sections, start=1)) + "</ol></nav>"
     body = "\n".join(_section_html(part, f"result-{number}", 2) for number, part in enumerate(sections, start=1))
     return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-            f"<title>{escape(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
-            f"<h1>{escape(title)}</h1>\n<p class=\"meta\">written by analogize {escape(__version__)}</p>\n"
+            f"<title>{_escaped(title)}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+            f"<h1>{_escaped(title)}</h1>\n<p class=\"meta\">written by analogize {_escaped(__version__)}</p>\n"
             f"{contents}\n{body}\n</body>\n</html>\n")
 
 
