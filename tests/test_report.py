@@ -331,3 +331,34 @@ def test_a_headless_browser_shows_the_tables_and_plots(evaluate_result, tmp_path
     page = _Page(dom)
     assert dom.count("<table") >= 12 and "units ranked by the accuracy lost" in dom
     assert len(page.images) == 4 and all(src.startswith("data:image/png;base64,") for src in page.images)
+
+
+def _leaf_paths(value, path=()):
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaf_paths(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaf_paths(item, path + (index,))
+    if path:
+        yield path
+
+
+def test_crafted_fields_render_or_are_refused_in_one_line():
+    """Any field of a result replaced by a value of another type: the report renders it, or refuses the file in
+    one line; never another exception."""
+    rng = np.random.default_rng(7)
+    replacements = ["<b>x</b>", None, [], {}, -1, 1e308, float("nan"), True, "", [1, "a"], {"a": 1}]
+    for base in (sensitivity_example(), plan_search_example(None)):
+        paths = list(_leaf_paths(base))
+        for index in rng.choice(len(paths), 8, replace=False):
+            result = copy.deepcopy(base)
+            *parents, last = paths[index]
+            target = result
+            for key in parents:
+                target = target[key]
+            target[last] = replacements[rng.integers(len(replacements))]
+            try:
+                render_report([result])
+            except AnalogizeError as refusal:
+                assert "\n" not in str(refusal)
