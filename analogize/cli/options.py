@@ -421,6 +421,7 @@ def plot_file_option(help):
     return click.option("--plot", "plot_path", callback=plot_file, help=help)
 
 
+# --report PATH.html as ``report_path`` (evaluate, merge, finetune): the command's own result as an HTML report.
 report_option = click.option("--report", "report_path", callback=report_file, metavar="PATH.html",
                              help="Write a self-contained HTML report of the result: settings, tables, plots and "
                                   "warnings, readable offline.")
