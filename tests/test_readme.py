@@ -31,7 +31,10 @@ SLOW = {
 # commands that need another's output first: what to run before them
 NEEDS = {"analogize merge part-*.json -o result.json --csv result.csv --plot result.png": [
     "analogize evaluate models/digits_convnet.onnx --data digits --limit 60 --bits 4 --ep 0.1,0.3 --repeats 1 "
-    f"--shard {k}/2 --json part-{k}.json --quiet" for k in range(2)]}
+    f"--shard {k}/2 --json part-{k}.json --quiet" for k in range(2)],
+    'analogize report eval.json -o report.html --title "digits at 4 and 6 bits"': [
+        "analogize evaluate models/digits_convnet.onnx --data digits --limit 40 --bits 4 --ep 0.3 --repeats 1 "
+        "--json eval.json --quiet"]}
 
 
 def readme_commands() -> list[str]:
@@ -75,7 +78,7 @@ def run_in_copy(command: str, folder) -> subprocess.CompletedProcess:
 def written_files(command: str) -> list[str]:
     words = shlex.split(command)
     return [words[k + 1] for k, word in enumerate(words[:-1])
-            if word in ("-o", "--output", "--json", "--csv", "--plot") and words[k + 1] != "-"]
+            if word in ("-o", "--output", "--json", "--csv", "--plot", "--report") and words[k + 1] != "-"]
 
 
 @pytest.mark.parametrize("command", FAST)

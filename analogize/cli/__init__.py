@@ -9,7 +9,7 @@ import sys
 import click
 
 from ..errors import AnalogizeError
-from . import analyze, convert, evaluate, export, finetune, info, planning, training, zoo
+from . import analyze, convert, evaluate, export, finetune, info, planning, report, training, zoo
 
 
 def main(argv=None) -> int:
@@ -52,5 +52,5 @@ def cli(debug):
 
 for command in (convert.convert, info.ops, info.native, zoo.zoo, evaluate.evaluate, evaluate.merge, export.export,
                 export.rebuild, finetune.finetune, analyze.analyze, training.train, training.sweep,
-                planning.sensitivity, planning.plan):
+                planning.sensitivity, planning.plan, report.report):
     cli.add_command(command)

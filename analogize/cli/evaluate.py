@@ -10,7 +10,8 @@ from ..model_io import refuse_overwrites
 from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
                       csv_file_option, error_probabilities_option, fidelity_option, json_file_option,
                       noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
-                      scoring_data_options, seed_option, shard_option, torch_options, workers_option, writable_file)
+                      report_option, scoring_data_options, seed_option, shard_option, torch_options, workers_option,
+                      writable_file)
 
 
 def _renamed_output(context, parameter, value):
@@ -40,25 +41,27 @@ def _renamed_output(context, parameter, value):
 @json_file_option("Write the result as JSON ('-': to stdout, no table).")
 @csv_file_option("Write one CSV row per cell and baseline.")
 @plot_file_option("Write accuracy against EP as a PNG (or .pdf, .svg).")
+@report_option
 @quiet_option
 @chain_options
 @range_options
 @torch_options
 def evaluate(model, data_source, scoring, bits_list, eps, activations, repeats, seed, baseline, fidelity, workers,
-             shard, json_path, csv_path, plot_path, quiet, chain, ranges, torch_import):
+             shard, json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
     """Accuracy of MODEL (clean or converted ONNX, or a torch model) under analog noise over a grid of bits x EP x
     activation."""
     from ..convert import ConvertOptions
     from ..evaluate.engine import Grid, evaluate_file, parse_shard
 
-    refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path})
+    refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path,
+                                             "--report": report_path})
     grid = Grid(bits=bits_list, ep=eps, activations=activations, repeats=repeats, seed=seed)
     if baseline and chain["noise"]:
         grid = grid.with_baseline()
     result = evaluate_file(model, grid=grid, options=ConvertOptions(**chain, **ranges), **data_source, **scoring,
                            fidelity=fidelity, workers=workers, shard=parse_shard(shard) if shard else None,
                            torch_import=torch_import, progress=not quiet)
-    _write_and_print(result, json_path, csv_path, plot_path)
+    _write_and_print(result, json_path, csv_path, plot_path, report_path)
 
 
 @click.command()
@@ -67,25 +70,28 @@ def evaluate(model, data_source, scoring, bits_list, eps, activations, repeats, 
               help="The merged result (JSON; '-': to stdout).")
 @csv_file_option("Also write the CSV.")
 @plot_file_option("Also write the plot.")
-def merge(parts, json_path, csv_path, plot_path):
+@report_option
+def merge(parts, json_path, csv_path, plot_path, report_path):
     """Merge the shard results of one 'analogize evaluate --shard' (or 'analogize sensitivity --shard') sweep into
     the full result."""
     from ..evaluate.results import load_result, merge_results
 
-    refuse_overwrites({f"part {p}": p for p in parts}, {"-o": json_path, "--csv": csv_path, "--plot": plot_path})
+    refuse_overwrites({f"part {p}": p for p in parts}, {"-o": json_path, "--csv": csv_path, "--plot": plot_path,
+                                                        "--report": report_path})
     merged = merge_results([load_result(p) for p in parts])
     if "sensitivity" in merged:
         from ..planning.sensitivity import finish
         from .planning import write_sensitivity
 
-        write_sensitivity(finish(merged), json_path, csv_path, plot_path)
+        write_sensitivity(finish(merged), json_path, csv_path, plot_path, report_path)
         return
-    _write_and_print(merged, json_path, csv_path, plot_path)
+    _write_and_print(merged, json_path, csv_path, plot_path, report_path)
 
 
-def _write_and_print(result: dict, json_path, csv_path, plot_path) -> None:
+def _write_and_print(result: dict, json_path, csv_path, plot_path, report_path) -> None:
     """Write the result's files, then print its table unless the JSON went to stdout."""
     from ..evaluate import results
+    from ..report import write_report
 
     if json_path:
         results.write_json(result, json_path)
@@ -96,7 +102,9 @@ def _write_and_print(result: dict, json_path, csv_path, plot_path) -> None:
     elif plot_path:
         click.echo(f"no cells in this shard: {plot_path} not written", err=True)
         plot_path = None
+    if report_path:
+        write_report([result], report_path)
     if json_path != "-":
         click.echo(results.table(result))
-        for path in filter(None, (json_path, csv_path, plot_path)):
+        for path in filter(None, (json_path, csv_path, plot_path, report_path)):
             click.echo(f"wrote {path}")

@@ -8,8 +8,8 @@ import click
 
 from ..model_io import refuse_overwrites
 from .options import (activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
-                      quiet_option, range_options, torch_options, training_data_options, training_loop_options,
-                      writable_file)
+                      quiet_option, range_options, report_option, torch_options, training_data_options,
+                      training_loop_options, writable_file)
 
 
 @click.command()
@@ -24,30 +24,35 @@ from .options import (activation_options, bits_option, chain_options, checkpoint
 @training_loop_options(epochs=10, lr=1e-3, repeats_help="Noise draws of the before/after evaluations.",
                        early_stopping=True)
 @checkpoint_and_report_options
+@report_option
 @quiet_option
 @chain_options
 @range_options
 @torch_options
 def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor, checkpoint_dir, resume, json_path,
-             plot_path, quiet, training, chain, ranges, torch_import):
+             plot_path, report_path, quiet, training, chain, ranges, torch_import):
     """Fine-tune MODEL (clean or converted ONNX, or a torch model) under analog noise and write the tuned model."""
     from ..convert import ConvertOptions
     from ..training.finetune import FinetuneOptions, finetune_file
 
-    refuse_overwrites({"the model": model}, {"--json": json_path, "--plot": plot_path})
-    refuse_overwrites({}, {"-o": output, "--json": json_path, "--plot": plot_path})
+    refuse_overwrites({"the model": model}, {"--json": json_path, "--plot": plot_path, "--report": report_path})
+    refuse_overwrites({}, {"-o": output, "--json": json_path, "--plot": plot_path, "--report": report_path})
     convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, seed=training["seed"],
                                      **chain, **ranges)
     report = finetune_file(model, output, data, FinetuneOptions(**training), convert_options, eval_data=eval_data,
                            limit=limit, checkpoint_dir=checkpoint_dir, resume=resume, progress=not quiet,
                            plot=plot_path, torch_import=torch_import)
-    print_training_report(report, json_path)
+    print_training_report(report, json_path, report_path)
 
 
-def print_training_report(report: dict, json_path) -> None:
-    """The report of finetune or train: as JSON, and as two lines before/after."""
+def print_training_report(report: dict, json_path, report_path=None) -> None:
+    """The report of finetune or train: as JSON, as an HTML report, and as two lines before/after."""
     if "rank" in report:  # not process 0 of a torchrun job
         return
+    if report_path:
+        from ..report.html import write_report as write_html_report
+
+        write_html_report([report], report_path)
     if json_path:
         from ..training.finetune import write_report
 
@@ -61,3 +66,5 @@ def print_training_report(report: dict, json_path) -> None:
                f"digital (chains removed) {100 * before['digital']:.1f} % -> {100 * after['digital']:.1f} %")
     click.echo(f"wrote {report['output']} after {report['epochs_run']} epochs"
                + (" (stopped early)" if report["stopped_early"] else ""))
+    if report_path:
+        click.echo(f"wrote {report_path}")

@@ -151,6 +151,19 @@ def plot_file(ctx, param, value):
     return value
 
 
+def report_file(ctx, param, value):
+    """Callback: a writable file for an HTML report, named as one."""
+    value = writable_file(ctx, param, value)
+    if value is None:
+        return value
+    from ..report import REPORT_SUFFIXES
+
+    if not value.lower().endswith(REPORT_SUFFIXES):
+        raise click.BadParameter(f"{value}: the report is an HTML file; give a name ending in "
+                                 f"{' or '.join(REPORT_SUFFIXES)}")
+    return value
+
+
 def zoo_model_config(items) -> dict:
     """``--option KEY=VALUE`` items as zoo model options (values are Python literals)."""
     import ast
@@ -477,6 +490,11 @@ def plot_file_option(help):
     """--plot FILE as ``plot_path`` (evaluate, merge, finetune, train, sweep, analyze)."""
     return click.option("--plot", "plot_path", callback=plot_file, help=help)
 
+
+# --report PATH.html as ``report_path`` (evaluate, merge, finetune): the command's own result as an HTML report.
+report_option = click.option("--report", "report_path", callback=report_file, metavar="PATH.html",
+                             help="Write a self-contained HTML report of the result: settings, tables, plots and "
+                                  "warnings, readable offline.")
 
 # What finetune and train keep besides the model: checkpoints, the report, the training curves.
 checkpoint_and_report_options = option_group(

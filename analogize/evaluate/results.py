@@ -199,9 +199,13 @@ def pyplot():
 
 
 def save_figure(figure, path) -> None:
-    """Write ``figure`` atomically, in the format its suffix names (PNG by default), and release it."""
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    """Write ``figure`` atomically, in the format its suffix names (PNG by default), and release it. ``path`` may
+    also be a binary file object, which gets a PNG: so every plot function can draw into memory for a report."""
+    if hasattr(path, "write"):
+        figure.savefig(path, dpi=120, format="png")
+    else:
+        with atomic_output(path) as temporary:
+            figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     pyplot().close(figure)
 
 

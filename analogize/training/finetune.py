@@ -24,6 +24,7 @@ from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..errors import AnalogizeError
 from ..model_io import copy_model
 from ..progress import progress_bar
+from . import REPORT_FORMAT, REPORT_VERSION
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("cosine", "constant")
@@ -282,7 +283,8 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     if not distributed.leader:
         return tuned, {"rank": distributed.rank}
     after = _accuracy(tuned, x_valid, y_valid, options.repeats, options.seed)
-    report = {"accuracy_before": before["noisy_mean"], "accuracy_after": after["noisy_mean"],
+    report = {"format": REPORT_FORMAT, "version": REPORT_VERSION,
+              "accuracy_before": before["noisy_mean"], "accuracy_after": after["noisy_mean"],
               "processes": distributed.size,
               "before": before, "after": after, "history": history, "epochs_run": len(history),
               "stopped_early": len(history) < options.epochs and options.patience is not None,
