@@ -197,7 +197,9 @@ def test_sensitivity_in_shards_merges_to_the_unsharded_result(fragile, tmp_path,
     for index in range(2):
         assert main([*common, "--shard", f"{index}/2", "--json", str(tmp_path / f"part{index}.json")]) == 0
     assert main(["merge", str(tmp_path / "part0.json"), str(tmp_path / "part1.json"), "-o",
-                 str(tmp_path / "merged.json"), "--csv", str(tmp_path / "merged.csv")]) == 0
+                 str(tmp_path / "merged.json"), "--csv", str(tmp_path / "merged.csv"), "--report",
+                 str(tmp_path / "merged.html")]) == 0
+    assert "units ranked" in (tmp_path / "merged.html").read_text()
     whole, merged = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "merged.json"))
     assert merged["format"] == "analogize.sensitivity"
     for key in ("units", "reference", "cells"):
@@ -212,8 +214,12 @@ def test_plan_keeps_the_fragile_layer_digital_meets_the_target_and_its_verificat
     model = tmp_path / "fragile.onnx"
     onnx.save(fragile, model)
     plan_path, result_path = tmp_path / "plan.json", tmp_path / "search.json"
+    report = tmp_path / "search.html"
     assert main(["plan", str(model), "--data", "digits", "--limit", str(LIMIT), "--ep", "0.1", "--bits-choices", "4,8",
-                 "--target-agreement", "0.97", "-o", str(plan_path), "--json", str(result_path), "-q"]) == 0
+                 "--target-agreement", "0.97", "-o", str(plan_path), "--json", str(result_path), "-q",
+                 "--report", str(report)]) == 0
+    page = report.read_text()  # the report renders this command's own result (schema shared with the renderer)
+    assert "the plan found" in page and page.count('<img src="data:image/png;base64,') == 2
     result = json.loads(result_path.read_text())
     plan = json.loads(plan_path.read_text())
     assert result["met"] and plan == result["plan"]

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image, ImageStat
 
 from analogize.cli import main
+from analogize.convert import ConvertOptions
 from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import Grid, evaluate_file
 from analogize.report import FORMATS, read_result, render_report, write_report
@@ -102,8 +103,7 @@ def sensitivity_example(model="models/digits_convnet.onnx", metric="accuracy") -
                 "sites": sites}
 
     return {"format": "analogize.sensitivity", "version": 1, "model": model, "model_sha256": "ab" * 32,
-            "settings": {"options": {"bits": 6, "weight_range": "channel"}, "precision": 64.0, "std": 0.01,
-                         "ep": 0.3, "range_modes": {"weights": "channel", "activations": "dynamic"}},
+            "settings": ConvertOptions(bits=6, ep=0.3).summary(),
             "data": {"name": "digits", "samples": 450, "labels": True}, "metric": metric, "repeats": 5, "seed": 0,
             "reference": {"analog": {"accuracy_mean": 0.9, "accuracy_std": 0.01, "agreement_mean": 0.95,
                                      "agreement_std": 0.01, "snr_db_mean": 20.0},
@@ -135,7 +135,8 @@ def plan_search_example(verification, model="models/digits_convnet.onnx") -> dic
                       step(2, "conv1 digital", 0.993, 1, 30, True)],
             "plan": {"format": "analogize.plan", "version": 1,
                      "layers": {"conv1": {"digital": True}, "fc": {"bits": 8}}},
-            "verification": verification, "limits": ["greedy from the sensitivity ranking"], "warnings": []}
+            "verification": verification, "limits": ["greedy from the sensitivity ranking"], "warnings": [],
+            "settings": ConvertOptions(ep=0.3).summary(), "repeats": 3, "verify_repeats": 5, "seed": 0}
 
 
 def test_evaluate_section_has_settings_a_row_per_cell_and_the_plot(evaluate_result):
@@ -218,7 +219,7 @@ def test_every_string_from_a_result_is_escaped():
     result["units"][0]["unit"] = 'fc"><img src=x onerror=alert(2)>'
     result["units"][1]["kind"] = 7  # a number where text belongs is shown, not a crash
     result["warnings"] = [hostile]
-    result["settings"]["options"][hostile] = hostile
+    result["data"]["name"] = hostile
     text = render_report([result], title=hostile)
     assert "<script" not in text and "<img src=x" not in text
     assert "&lt;script&gt;alert(1)&lt;/script&gt;.onnx" in text
@@ -230,7 +231,7 @@ def test_every_string_from_a_result_is_escaped():
     (lambda r: r.update(version=99), "analogize.sensitivity version 99, but this analogize reads version 1"),
     (lambda r: r.pop("format"), "not an analogize result"),
     (lambda r: r.pop("units"), "malformed analogize.sensitivity result (no field 'units')"),
-    (lambda r: r["settings"].update(precision="high"), "malformed analogize.sensitivity result"),
+    (lambda r: r["settings"].update(ep="high"), "malformed analogize.sensitivity result"),
 ])
 def test_unknown_or_malformed_results_are_refused_in_one_line(change, message):
     result = sensitivity_example()

@@ -8,7 +8,8 @@ from .. import noise_model
 from ..model_io import refuse_overwrites
 from .options import (bits_option, chain_options, csv_file_option, ep_option, fidelity_option, json_file_option,
                       noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
-                      scoring_data_options, seed_option, shard_option, torch_options, workers_option, writable_file)
+                      report_option, scoring_data_options, seed_option, shard_option, torch_options, workers_option,
+                      writable_file)
 
 
 @click.command()
@@ -28,31 +29,34 @@ from .options import (bits_option, chain_options, csv_file_option, ep_option, fi
 @json_file_option("Write the result as JSON ('-': to stdout, no table).")
 @csv_file_option("Write one CSV row per unit, ranked.")
 @plot_file_option("Write loss and recovery per unit as a PNG (or .pdf, .svg).")
+@report_option
 @quiet_option
 @chain_options
 @range_options
 @torch_options
 def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, statistics, fidelity, workers, shard,
-                json_path, csv_path, plot_path, quiet, chain, ranges, torch_import):
+                json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
     """Rank MODEL's analog layers and input DACs by the accuracy they cost: the loss when only that unit is
     analog, the recovery when only it is kept digital, and each site's clipping and range statistics."""
     from ..convert import ConvertOptions
     from ..evaluate.engine import parse_shard
     from ..planning.sensitivity import sensitivity_file
 
-    refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path})
+    refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path,
+                                             "--report": report_path})
     options = ConvertOptions(bits=bits, ep=ep, std=std, **chain, **ranges)
     result = sensitivity_file(model, options=options, **data_source, **scoring, repeats=repeats, seed=seed,
                               statistics=statistics, fidelity=fidelity, workers=workers,
                               shard=parse_shard(shard) if shard else None, torch_import=torch_import,
                               progress=not quiet)
-    write_sensitivity(result, json_path, csv_path, plot_path)
+    write_sensitivity(result, json_path, csv_path, plot_path, report_path)
 
 
-def write_sensitivity(result: dict, json_path, csv_path, plot_path) -> None:
+def write_sensitivity(result: dict, json_path, csv_path, plot_path, report_path) -> None:
     """Write a sensitivity result's files (a shard's partial result: its JSON only), then print its table."""
     from ..evaluate.results import write_json
     from ..planning import outputs
+    from ..report import write_report
 
     if result.get("shard"):
         if not json_path:
@@ -68,11 +72,13 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path) -> None:
         outputs.write_sensitivity_csv(result, csv_path)
     if plot_path:
         outputs.plot_sensitivity(result, plot_path)
+    if report_path:
+        write_report([result], report_path)
     if json_path != "-":
         for line in result["warnings"]:
             click.echo(line, err=True)
         click.echo(outputs.sensitivity_table(result))
-        for path in filter(None, (json_path, csv_path, plot_path)):
+        for path in filter(None, (json_path, csv_path, plot_path, report_path)):
             click.echo(f"wrote {path}")
 
 
@@ -104,25 +110,28 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path) -> None:
 @seed_option("Seed of every candidate's noise.")
 @json_file_option("Write the search (steps, plan, verification) as JSON ('-': to stdout, no table).")
 @plot_file_option("Write the metric of each search step as a PNG (or .pdf, .svg).")
+@report_option
 @quiet_option
 @chain_options
 @range_options
 @torch_options
 def plan(model, data_source, scoring, plan_path, target_agreement, target_accuracy, target_rel_error, bits_choices,
-         max_digital, no_digital, bits, ep, std, repeats, verify_repeats, seed, json_path, plot_path, quiet, chain,
-         ranges, torch_import):
+         max_digital, no_digital, bits, ep, std, repeats, verify_repeats, seed, json_path, plot_path, report_path,
+         quiet, chain, ranges, torch_import):
     """Search the cheapest per-layer settings of MODEL (fewest digital units, then fewest bits) that meet a target,
     verify them with a plain evaluate, and write the plan convert --plan takes."""
     from ..convert import ConvertOptions
     from ..evaluate.results import write_json
     from ..planning import outputs
     from ..planning.search import SearchBounds, search_plan_file
+    from ..report import write_report
 
     targets = {metric: value for metric, value in (("agreement", target_agreement), ("accuracy", target_accuracy),
                                                    ("rel_error", target_rel_error)) if value is not None}
     if len(targets) != 1:
         raise click.UsageError("give one target: --target-agreement, --target-accuracy or --target-rel-error")
-    refuse_overwrites({"the model": model}, {"-o": plan_path, "--json": json_path, "--plot": plot_path})
+    refuse_overwrites({"the model": model}, {"-o": plan_path, "--json": json_path, "--plot": plot_path,
+                                             "--report": report_path})
     options = ConvertOptions(bits=bits, ep=ep, std=std, **chain, **ranges)
     bounds = SearchBounds(bits=bits_choices or (bits,), digital=not no_digital, max_digital=max_digital)
     (metric, target), = targets.items()
@@ -134,11 +143,13 @@ def plan(model, data_source, scoring, plan_path, target_agreement, target_accura
         write_json(result, json_path)
     if plot_path:
         outputs.plot_plan(result, plot_path)
+    if report_path:
+        write_report([result], report_path)
     if json_path != "-":
         for line in result["warnings"]:
             click.echo(line, err=True)
         click.echo(outputs.plan_table(result))
-        for path in filter(None, (plan_path, json_path, plot_path)):
+        for path in filter(None, (plan_path, json_path, plot_path, report_path)):
             click.echo(f"wrote {path}")
         click.echo(f"analogize convert {model} with this command's chain flags and --plan {plan_path} writes the "
                    f"model verified above (analogize evaluate on it, --seed {seed}, gives the same numbers)")

@@ -302,8 +302,10 @@ def counted(number: int, noun: str) -> str:
 
 
 def model_name(result: dict) -> str:
-    """The model's file stem, or for a result of the Python API (no path) its hash's start."""
-    return Path(result["model"]).stem if result.get("model") else f"model sha256 {result['model_sha256'][:12]}"
+    """The model's file stem, or for a result of the Python API (no path) its hash's start; a ``$`` in a file name
+    is escaped, since matplotlib would read it as the start of mathtext."""
+    name = Path(result["model"]).stem if result.get("model") else f"model sha256 {result['model_sha256'][:12]}"
+    return name.replace("$", r"\$")
 
 
 def _bits_label(cell: dict) -> str:

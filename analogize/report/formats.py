@@ -13,7 +13,9 @@ from typing import Callable
 from ..errors import AnalogizeError
 from ..evaluate.engine import RESULT_FORMAT, RESULT_VERSION
 from ..training import REPORT_FORMAT as TRAINING_FORMAT, REPORT_VERSION as TRAINING_VERSION
-from .plots import file_name, model_name, plot_plan_search, plot_sensitivity
+from ..planning.outputs import plot_plan, plot_sensitivity
+from ..planning.search import PLAN_SEARCH_FORMAT, PLAN_SEARCH_VERSION
+from ..planning.sensitivity import SENSITIVITY_FORMAT, SENSITIVITY_VERSION
 
 
 @dataclass
@@ -43,6 +45,15 @@ class Section:
     notes: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     parts: list["Section"] = field(default_factory=list)
+
+
+def file_name(path) -> str:
+    """A model's file name without its folders, or a placeholder for a model that was in memory."""
+    return Path(path).name if path else "model in memory"
+
+
+def model_name(result: dict) -> str:
+    return file_name(result.get("model"))
 
 
 def _png(plot: Callable, result: dict) -> bytes:
@@ -287,7 +298,7 @@ def plan_search_section(result: dict) -> Section:
               Table(f"each step of the search: {target['metric']} %, mean ± std over the noise draws",
                     ["step", "change", f"{target['metric']} %", "digital layers", "total bits", "target met"],
                     steps)]
-    plots = [Plot(f"{target['metric']} after each step, and the target", _png(plot_plan_search, result))] \
+    plots = [Plot(f"{target['metric']} after each step, and the target", _png(plot_plan, result))] \
         if result["steps"] else []
     notes = [f"limit of this search: {line}" for line in result.get("limits") or []]
     parts = []
@@ -308,8 +319,8 @@ class Format:
 FORMATS = {
     RESULT_FORMAT: Format(RESULT_VERSION, evaluate_section),
     TRAINING_FORMAT: Format(TRAINING_VERSION, training_section),
-    "analogize.sensitivity": Format(1, sensitivity_section),
-    "analogize.plan-search": Format(1, plan_search_section),
+    SENSITIVITY_FORMAT: Format(SENSITIVITY_VERSION, sensitivity_section),
+    PLAN_SEARCH_FORMAT: Format(PLAN_SEARCH_VERSION, plan_search_section),
 }
 
 
