@@ -26,7 +26,7 @@ SLOW = {
     "analogize finetune models/digits_convnet.onnx --data digits --bits 4 --ep 0.8 --epochs 8 -o tuned.onnx",
     "analogize zoo export resnet18 -o r18.onnx --option width=0.5 --image-size 32 --exporter dynamo",
     "python bench/calibration_vs_ort.py", "python bench/evaluate_sweep.py", "python bench/native_kernels.py",
-    "python models/train_digits.py",
+    "python models/train_digits.py", "python bench/sensitivity_cost.py", "python bench/plan_optimality.py",
 }
 # commands that need another's output first: what to run before them
 NEEDS = {"analogize merge part-*.json -o result.json --csv result.csv --plot result.png": [
