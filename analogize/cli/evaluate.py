@@ -8,9 +8,9 @@ import click
 from .. import noise_model
 from ..model_io import refuse_overwrites
 from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options, class_axes,
-                      comma_separated_floats, csv_file_option, error_probabilities_option, height_by_width,
-                      json_file_option, noise_draws_option, plot_file_option, quiet_option, range_options,
-                      seed_option, torch_options, writable_file)
+                      comma_separated_floats, csv_file_option, device_option, error_probabilities_option,
+                      height_by_width, json_file_option, noise_draws_option, plot_file_option, quiet_option,
+                      range_options, seed_option, torch_options, writable_file)
 
 
 def _renamed_output(context, parameter, value):
@@ -54,6 +54,8 @@ def _renamed_output(context, parameter, value):
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
               help="Processes to spread the cells over (they share the cores).")
+@device_option("Where ONNX Runtime runs the model: cpu, or cuda / cuda:N (its CUDA provider with the native CUDA "
+               "kernels; onnxruntime-gpu).")
 @click.option("--shard", help="Compute only shard I of N (I/N, I from 0) and write a partial result for "
                               "'analogize merge'.")
 @click.option("--layout", type=click.Choice(["auto", "nchw", "nhwc"]), default="auto", show_default=True,
@@ -73,8 +75,8 @@ def _renamed_output(context, parameter, value):
 @range_options
 @torch_options
 def evaluate(model, data, split, output_name, score_outputs, class_axis, limit, bits_list, eps, activations, repeats,
-             seed, baseline, fidelity, batch_size, workers, shard, layout, resize, channels, input_mean, input_std,
-             json_path, csv_path, plot_path, quiet, chain, ranges, torch_import):
+             seed, baseline, fidelity, batch_size, workers, device, shard, layout, resize, channels, input_mean,
+             input_std, json_path, csv_path, plot_path, quiet, chain, ranges, torch_import):
     """Accuracy of MODEL (clean or converted ONNX, or a torch model) under analog noise over a grid of bits x EP x
     activation."""
     from ..convert import ConvertOptions
@@ -88,8 +90,9 @@ def evaluate(model, data, split, output_name, score_outputs, class_axis, limit, 
     preprocessing = Preprocessing(layout=layout, size=resize, channels=channels, mean=input_mean, std=input_std)
     result = evaluate_file(model, data, grid, ConvertOptions(**chain, **ranges), split=split, limit=limit,
                            preprocessing=preprocessing, batch_size=batch_size, fidelity=fidelity, workers=workers,
-                           shard=parse_shard(shard) if shard else None, output=output_name, class_axis=class_axis,
-                           outputs=score_outputs, torch_import=torch_import, progress=not quiet)
+                           device=device, shard=parse_shard(shard) if shard else None, output=output_name,
+                           class_axis=class_axis, outputs=score_outputs, torch_import=torch_import,
+                           progress=not quiet)
     _write_and_print(result, json_path, csv_path, plot_path)
 
 
