@@ -1,6 +1,7 @@
 """--device: the device names, ONNX Runtime's providers as sessions ask for them (a CPU session stands in for the
 GPU where the tests have none), and the one-line refusals when CUDA is asked for and absent."""
 import json
+import os
 import subprocess
 import sys
 
@@ -258,3 +259,12 @@ def test_shards_computed_on_other_devices_do_not_merge(noisy):
     parts[1]["device"] = "cuda"
     with pytest.raises(AnalogizeError, match="differs from result 1 in 'device'"):
         merge_results(parts)
+
+
+def test_the_gpu_check_refuses_in_one_line_without_a_gpu():
+    if cuda_usable():
+        pytest.skip("ONNX Runtime runs sessions on a GPU here")
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py")], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.startswith("gpu_check: no usable GPU: ") and done.stderr.count("\n") == 1
