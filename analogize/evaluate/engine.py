@@ -545,7 +545,7 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
              options: ConvertOptions | None = None, *, preprocessing: Preprocessing = Preprocessing(),
              batch_size: int = 256, fidelity: bool = False, workers: int = 1, shard: tuple[int, int] | None = None,
              output: str | None = None, class_axis: int | dict | None = None, outputs: list | None = None,
-             device: str = "cpu", progress: bool = False) -> dict:
+             device: str = "cpu", threads: int | None = None, progress: bool = False) -> dict:
     """Evaluate the clean model and every grid cell (of ``shard`` ``(i, n)`` when given) on ``data``: a dataset
     (fitted to the model's one float input as ``preprocessing`` says) or :class:`~analogize.data.Feeds` (one
     array per input, as :func:`~analogize.data.model_feeds` reads them).
@@ -558,7 +558,9 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
     primary output's class axis, or a dict of axes by output name (default: :func:`default_class_axis`).
     ``outputs`` limits the outputs scored besides the primary (default: all; every scored output's clean and
     noise-free values are held in memory for the whole data). ``fidelity`` ignores labels. ``device``: where
-    ONNX Runtime runs every session (``cpu``, ``cuda`` or ``cuda:N``; worker processes too).
+    ONNX Runtime runs every session (``cpu``, ``cuda`` or ``cuda:N``; worker processes too). ``threads``: each
+    session's intra-op threads (default: ONNX Runtime's own count, one per physical core; with ``workers``, the
+    cores shared out among them).
     """
     grid.check()
     check_cuda_usable(device)  # before the data is read and the cells are built
@@ -567,6 +569,8 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
         raise AnalogizeError(f"batch size must be a whole number >= 1, got {batch_size!r}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise AnalogizeError(f"workers must be a whole number >= 1, got {workers!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise AnalogizeError(f"threads must be a whole number >= 1, got {threads!r}")
     if not len(data):
         raise AnalogizeError(f"{data.name}: the dataset is empty")
     builder = _CellModels(model, options, grid)
@@ -597,7 +601,8 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
         raise AnalogizeError(f"the model has no output {unknown[0]!r}; its outputs are {', '.join(output_names)}")
     scored = [primary] + [name for name in output_names if name != primary and (outputs is None or name in outputs)]
     axes = _requested_axes(class_axis, primary, scored)
-    workload = _Workload(feeds, scored, labels, batch_size, pad_batches=bool(fixed_batch), device=device)
+    workload = _Workload(feeds, scored, labels, batch_size, pad_batches=bool(fixed_batch), threads=threads,
+                         device=device)
 
     cells = grid.cells()
     mine = [c for c in cells if shard is None or c.index % shard[1] == shard[0]]
@@ -753,7 +758,7 @@ def _run_cells(builder: _CellModels, workload: _Workload, cells: list[Cell], rep
         return [records[c.index] for c in cells]
 
     workers = min(workers, len(cells))
-    shared = replace(workload, threads=max(1, (os.cpu_count() or 1) // workers))
+    shared = replace(workload, threads=workload.threads or max(1, (os.cpu_count() or 1) // workers))
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
