@@ -38,6 +38,7 @@ from analogize.convert import PAPER_RANGES, convert
 from analogize.data import digits
 from analogize.runtime.sessions import create_session
 
+THREADS = os.cpu_count()  # every session's intra-op threads (the numbers compared do not depend on them)
 GOAL_AGREEMENT = 0.99
 GOAL_ERROR_RATIO = 1.2
 RAW_DIGITS_SCALE = 16.0  # digits() gives values / 16; the raw pixels are 0..16
@@ -82,7 +83,7 @@ def ort_int8(model_path: Path, output: Path, calibration: np.ndarray, input_name
 
 
 def outputs(model: onnx.ModelProto, x: np.ndarray, input_name: str) -> np.ndarray:
-    session = create_session(model)
+    session = create_session(model, THREADS)
     return np.concatenate([session.run(None, {input_name: x[k:k + 64]})[0] for k in range(0, len(x), 64)])
 
 
@@ -136,12 +137,12 @@ def main(argv=None) -> int:
             x, _ = fit_to_input(load_for_model(args.data or "digits", model), model)
             model_path, label = args.model, str(args.model)
             calibration, test = x[:args.calibration_samples], x[args.calibration_samples:]
-        result = {"model": label, "threads": os.cpu_count(), **compare(model_path, calibration, test, work)}
+        result = {"model": label, "threads": THREADS, **compare(model_path, calibration, test, work)}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     print(f"{result['model']}: {result['samples']['calibration']} calibration samples, "
-          f"{result['samples']['test']} test samples")
+          f"{result['samples']['test']} test samples, {result['threads']} thread(s)")
     print(f"{'form':26s} {'rel. error':>12s} {'top-1 agreement':>16s}")
     for name, row in result["forms"].items():
         print(f"{name:26s} {row['relative_error']:12.5f} {100 * row['agreement']:15.1f}%")

@@ -5,7 +5,8 @@ baseline: 19 evaluations in all. The one-by-one run makes those same 19 evaluati
 sweep would: 18 calls of ``evaluate_file`` for one cell and one draw each (every call loads the model and the
 data, converts, and scores the clean model, which its agreement column needs) and one plain ONNX Runtime
 evaluation of the clean model. Both run in this process, alternately, several rounds; the ratio of the
-medians is printed. Goal: sweep / one-by-one <= 1.0.
+medians is printed, with every session on one intra-op thread and then on one per core (os.cpu_count()).
+Goal: sweep / one-by-one <= 1.0.
 
     python bench/evaluate_sweep.py [--model models/digits_convnet.onnx] [--data digits] [--rounds 3] [--json]
 """
@@ -21,23 +22,24 @@ from analogize.data import InputSpec, load_dataset
 from analogize.evaluate.engine import Grid, evaluate_file
 from analogize.model_io import load_model
 from analogize.runtime.sessions import create_session
+from timing import thread_counts
 
 BITS, EPS, REPEATS = (4, 6), (0.1, 0.3, 0.5), 3
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def sweep(model, data):
-    evaluate_file(model, data, Grid(bits=BITS, ep=EPS, repeats=REPEATS))
+def sweep(model, data, threads):
+    evaluate_file(model, data, Grid(bits=BITS, ep=EPS, repeats=REPEATS), threads=threads)
 
 
-def one_by_one(model, data):
+def one_by_one(model, data, threads):
     for bits in BITS:
         for ep in EPS:
             for draw in range(REPEATS):
-                evaluate_file(model, data, Grid(bits=(bits,), ep=(ep,), repeats=1, seed=draw))
+                evaluate_file(model, data, Grid(bits=(bits,), ep=(ep,), repeats=1, seed=draw), threads=threads)
     clean, _ = load_model(model)
     dataset = load_dataset(data)
-    session = create_session(clean)
+    session = create_session(clean, threads)
     logits = session.run(None, {InputSpec.of(clean).name: dataset.x})[0]
     return float(np.mean(logits.argmax(1) == dataset.y))
 
@@ -55,22 +57,26 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     arguments = parser.parse_args()
-    sweep(arguments.model, arguments.data)  # warm imports and caches for both sides
-    sweeps, singles = [], []
-    for _ in range(arguments.rounds):
-        sweeps.append(timed(sweep, arguments.model, arguments.data))
-        singles.append(timed(one_by_one, arguments.model, arguments.data))
     figures = {"model": arguments.model, "data": arguments.data, "evaluations": len(BITS) * len(EPS) * REPEATS + 1,
-               "sweep_s": statistics.median(sweeps), "one_by_one_s": statistics.median(singles),
-               "ratio": statistics.median(sweeps) / statistics.median(singles),
-               "ratio_range": [min(s / o for s, o in zip(sweeps, singles)), max(s / o for s, o in zip(sweeps, singles))]}
+               "rounds": arguments.rounds, "by_threads": {}}
+    for threads in thread_counts():
+        sweep(arguments.model, arguments.data, threads)  # warm imports and caches for both sides
+        sweeps, singles = [], []
+        for _ in range(arguments.rounds):
+            sweeps.append(timed(sweep, arguments.model, arguments.data, threads))
+            singles.append(timed(one_by_one, arguments.model, arguments.data, threads))
+        figures["by_threads"][threads] = {
+            "sweep_s": statistics.median(sweeps), "one_by_one_s": statistics.median(singles),
+            "ratio": statistics.median(sweeps) / statistics.median(singles),
+            "ratio_range": [min(s / o for s, o in zip(sweeps, singles)), max(s / o for s, o in zip(sweeps, singles))]}
     if arguments.json:
         print(json.dumps(figures, indent=2))
         return
     print(f"{figures['evaluations']} evaluations of {Path(arguments.model).name} on {arguments.data}, "
           f"median of {arguments.rounds} rounds")
-    print(f"  sweep / one-by-one = {figures['ratio']:.3f} (per-round range {figures['ratio_range'][0]:.3f}"
-          f"-{figures['ratio_range'][1]:.3f}; goal <= 1.0)")
+    for threads, row in figures["by_threads"].items():
+        print(f"  {threads} thread(s): sweep / one-by-one = {row['ratio']:.3f} (per-round range "
+              f"{row['ratio_range'][0]:.3f}-{row['ratio_range'][1]:.3f}; goal <= 1.0)")
 
 
 if __name__ == "__main__":

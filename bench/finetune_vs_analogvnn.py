@@ -32,6 +32,7 @@ from analogize.training.onnx_torch import to_torch
 from analogize.zoo import export_onnx
 
 PRECISION, EP, SIZES, BATCH, LR = 16, 0.5, (64, 64, 32, 10), 64, 1e-3
+TORCH_THREADS = 1  # small steps: one thread each, so both libraries run alike
 
 
 def clean_mlp() -> nn.Sequential:
@@ -154,13 +155,13 @@ def main():
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     arguments = parser.parse_args()
-    torch.set_num_threads(1)  # small steps: one thread each, so both libraries run alike
+    torch.set_num_threads(TORCH_THREADS)
     data = []
     for split in ("train", "test"):
         x, y = digits(split)
         data.append((torch.from_numpy(x.reshape(len(x), -1)), torch.from_numpy(y)))
     runs = [train_both(seed, arguments.epochs, data) for seed in range(arguments.seeds)]
-    figures = {"runs": runs, "epochs": arguments.epochs}
+    figures = {"runs": runs, "epochs": arguments.epochs, "torch_threads": TORCH_THREADS}
     for key in ("analogize_accuracy", "analogvnn_accuracy"):
         values = [r[key] for r in runs]
         figures[key] = {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
@@ -173,7 +174,7 @@ def main():
         print(json.dumps(figures, indent=2))
         return
     print(f"digits MLP {'-'.join(map(str, SIZES))}, p = {PRECISION}, EP {EP}, {arguments.epochs} epochs, "
-          f"{arguments.seeds} seeds")
+          f"{arguments.seeds} seeds, {TORCH_THREADS} torch thread(s)")
     for name in ("analogize", "analogvnn"):
         stats = figures[f"{name}_accuracy"]
         print(f"  {name:10s} noisy test accuracy {100 * stats['mean']:.1f} ± {100 * stats['std']:.1f} %")

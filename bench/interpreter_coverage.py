@@ -15,6 +15,8 @@ import json
 import sys
 import time
 
+import torch
+
 from analogize.training.coverage import MODEL_OPS, coverage
 
 
@@ -33,13 +35,14 @@ def main(argv=None) -> int:
     rows = [entry.as_dict() for entry in report.values()]
     totals = {key: sum(row[key] for row in rows) for key in ("cases", "passed", "failed", "skipped")}
     if args.json:
-        print(json.dumps({"ops": rows, "totals": totals, "seconds": round(seconds, 2)}, indent=2))
+        print(json.dumps({"ops": rows, "totals": totals, "seconds": round(seconds, 2),
+                          "torch_threads": torch.get_num_threads()}, indent=2))
         return 0
     print(f"{'op':24s}{'cases':>7s}{'passed':>8s}{'failed':>8s}{'skipped':>9s}")
     for row in rows:
         print(f"{row['op']:24s}{row['cases']:7d}{row['passed']:8d}{row['failed']:8d}{row['skipped']:9d}")
     print(f"{'total':24s}{totals['cases']:7d}{totals['passed']:8d}{totals['failed']:8d}{totals['skipped']:9d}"
-          f"   ({len(rows)} ops, {seconds:.1f} s)")
+          f"   ({len(rows)} ops, {seconds:.1f} s, {torch.get_num_threads()} torch thread(s))")
     if args.reasons:
         for row in rows:
             for outcome, cases in (("failed", row["failures"]), ("skipped", row["skips"])):

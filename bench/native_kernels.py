@@ -13,7 +13,8 @@
    with the copy. Goal: within 2x of the copy.
 
 Best of N runs for each, the compared runs timed in turn (the machine is shared; the minimum is the least
-disturbed).
+disturbed). Every session runs with one intra-op thread, then with one per core (os.cpu_count()); both are
+printed, each row with its thread count (the memory copy is one thread throughout).
 
     python bench/native_kernels.py [--repeats 5] [--json]
 """
@@ -31,23 +32,24 @@ from analogize.convert import PAPER_RANGES
 from analogize.data import InputSpec
 from analogize.ops.spec import DOMAIN, OPS
 from analogize.runtime.sessions import create_session
-from timing import best_time, interleaved_best
+from timing import best_time, interleaved_best, thread_counts
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_densenet121.onnx"
 
 
-def model_rows(name, model, x, repeats, ranges=None):
+def model_rows(name, model, x, repeats, threads, ranges=None):
     feed = {InputSpec.of(model).name: x}
     converted = convert(model, bits=6, ep=0.3, seed=0, **(ranges or {})).model
-    sessions = {"clean": create_session(model, native=False),
-                "function bodies": create_session(converted, native=False),
-                "native, fused, blocked layout": create_session(converted, native=True),
-                "native, fused, plain layout": create_session(converted, native=True, blocked_layout=False)}
+    sessions = {"clean": create_session(model, threads, native=False),
+                "function bodies": create_session(converted, threads, native=False),
+                "native, fused, blocked layout": create_session(converted, threads, native=True),
+                "native, fused, plain layout": create_session(converted, threads, native=True, blocked_layout=False)}
     times = dict(zip(sessions, interleaved_best(
         [(lambda session: lambda: session.run(None, feed))(s) for s in sessions.values()], repeats)))
     clean = times.pop("clean")
     label = "unit ranges" if ranges else "default ranges"
-    return {"model": f"{name}, {label}", "clean_ms": 1000 * clean, **{k: v / clean for k, v in times.items()}}
+    return {"model": f"{name}, {label}", "threads": threads, "clean_ms": 1000 * clean,
+            **{k: v / clean for k, v in times.items()}}
 
 
 def kernel_model(nodes, initializers=()):
@@ -60,7 +62,7 @@ def kernel_model(nodes, initializers=()):
     return model
 
 
-def throughput_rows(repeats):
+def throughput_rows(repeats, threads):
     x = np.random.default_rng(0).uniform(-1.5, 1.5, 12 * 2**20).astype(np.float32)
     moved = 2 * x.nbytes
     target = np.empty_like(x)
@@ -80,7 +82,7 @@ def throughput_rows(repeats):
     rows = {"memory copy": copy}
     ratios = {}
     for name, model in kernels.items():
-        session = create_session(model, native=True)
+        session = create_session(model, threads, native=True)
         kernel, copied = interleaved_best([lambda: session.run(None, {"x": x}), lambda: np.copyto(target, x)], repeats)
         rows[name] = moved / kernel / 1e9
         ratios[name] = kernel / copied
@@ -103,23 +105,29 @@ def main():
         convnet = onnx.load(path)
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (256, 3, 32, 32)).astype(np.float32)
-    figures = {"latency": [model_rows("zoo ConvNet, batch 256", convnet, images, arguments.repeats, PAPER_RANGES),
-                           model_rows("zoo ConvNet, batch 256", convnet, images, arguments.repeats),
-                           model_rows("DenseNet-121 (light), batch 1", onnx.load(LIGHT),
-                                      rng.uniform(0, 1, (1, 3, 224, 224)).astype(np.float32), arguments.repeats,
-                                      PAPER_RANGES)],
-               }
-    figures["throughput_gb_s"], figures["kernel_over_copy_time"] = throughput_rows(arguments.repeats)
+    densenet = onnx.load(LIGHT)
+    one_image = rng.uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)
+    figures = {"threads": thread_counts(), "latency": [], "throughput_gb_s": {}, "kernel_over_copy_time": {}}
+    for threads in figures["threads"]:
+        figures["latency"] += [
+            model_rows("zoo ConvNet, batch 256", convnet, images, arguments.repeats, threads, PAPER_RANGES),
+            model_rows("zoo ConvNet, batch 256", convnet, images, arguments.repeats, threads),
+            model_rows("DenseNet-121 (light), batch 1", densenet, one_image, arguments.repeats, threads,
+                       PAPER_RANGES)]
+        figures["throughput_gb_s"][threads], figures["kernel_over_copy_time"][threads] = throughput_rows(
+            arguments.repeats, threads)
     if arguments.json:
         print(json.dumps(figures, indent=2))
         return
     for row in figures["latency"]:
-        print(f"{row['model']} (clean {row['clean_ms']:.0f} ms): converted / clean = "
-              + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k not in ("model", "clean_ms")))
-    for name, rate in figures["throughput_gb_s"].items():
-        ratio = figures["kernel_over_copy_time"].get(name)
-        print(f"  {name:42s} {rate:6.1f} GB/s" + ("" if ratio is None else
-                                                  f"  (kernel / copy time {ratio:.2f}, timed in turn)"))
+        print(f"{row['model']}, {row['threads']} thread(s) (clean {row['clean_ms']:.0f} ms): converted / clean = "
+              + ", ".join(f"{k} {v:.2f}" for k, v in row.items() if k not in ("model", "threads", "clean_ms")))
+    for threads, rates in figures["throughput_gb_s"].items():
+        print(f"kernels with {threads} thread(s), the memory copy with one:")
+        for name, rate in rates.items():
+            ratio = figures["kernel_over_copy_time"][threads].get(name)
+            print(f"  {name:42s} {rate:6.1f} GB/s" + ("" if ratio is None else
+                                                      f"  (kernel / copy time {ratio:.2f}, timed in turn)"))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from analogize.errors import AnalogizeError
 from analogize.passes.model import fed_inputs
 from analogize.runtime.sessions import create_session
 
+THREADS = os.cpu_count()  # every session's intra-op threads (the numbers compared do not depend on them)
 SETTINGS = {
     "unit": dict(PAPER_RANGES),
     "clamp-only": {**PAPER_RANGES, "quantize": False},
@@ -53,7 +54,7 @@ def random_feeds(model: onnx.ModelProto, samples: int, size: int, seed: int) -> 
 
 
 def fidelity(model: onnx.ModelProto, feeds: dict, clean: np.ndarray) -> dict:
-    got = np.concatenate([create_session(model).run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
+    got = np.concatenate([create_session(model, THREADS).run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
                           for i in range(len(next(iter(feeds.values()))))])
     error = float(np.linalg.norm(got - clean) / max(np.linalg.norm(clean), 1e-30))
     agreement = float(np.mean(got.argmax(-1) == clean.argmax(-1))) if clean.ndim >= 1 and clean.shape[-1] > 1 else None
@@ -67,7 +68,7 @@ def model_row(path: Path, bits: int, samples: int, size: int, work: Path) -> dic
         return {"model": path.name, "skipped": "an input is not float32"}
     calibration = random_feeds(model, max(samples, 8), size, 1)
     np.savez(work / "calibration.npz", **calibration)
-    clean_session = create_session(model)
+    clean_session = create_session(model, THREADS)
     clean = np.concatenate([clean_session.run(None, {k: v[i:i + 1] for k, v in feeds.items()})[0]
                             for i in range(samples)])
     row = {"model": path.name}
@@ -94,11 +95,12 @@ def main(argv=None) -> int:
     paths = sorted(p for given in args.model for p in ([given] if given.is_file() else given.glob("*.onnx")))
     with tempfile.TemporaryDirectory() as directory:
         rows = [model_row(path, args.bits, args.samples, args.size, Path(directory)) for path in paths]
-    result = {"bits": args.bits, "samples": args.samples, "threads": os.cpu_count(), "models": rows}
+    result = {"bits": args.bits, "samples": args.samples, "threads": THREADS, "models": rows}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"--no-noise --bits {args.bits}, {args.samples} random inputs: relative error / top-1 agreement (last axis)")
+    print(f"--no-noise --bits {args.bits}, {args.samples} random inputs, {THREADS} thread(s): relative error / "
+          f"top-1 agreement (last axis)")
     print(f"{'model':58s}" + "".join(f"{name:>22s}" for name in SETTINGS))
     for row in rows:
         cells = []

@@ -1,5 +1,12 @@
-"""Best-of-N wall time, shared by the benchmarks (the minimum is the run the shared machine disturbed least)."""
+"""Best-of-N wall time, shared by the benchmarks (the minimum is the run the shared machine disturbed least), and
+the thread counts they time sessions at."""
+import os
 import time
+
+
+def thread_counts() -> list[int]:
+    """ONNX Runtime intra-op threads a bench times sessions at: one, and every core the machine has."""
+    return sorted({1, os.cpu_count() or 1})
 
 
 def best_time(function, repeats: int, warm_up: bool = True) -> float:

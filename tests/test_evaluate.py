@@ -159,6 +159,7 @@ def test_workers_and_shards_reproduce_the_single_process_sweep(model, digits):
     grid = Grid(bits=(4, 6), ep=(0.2, 0.5), activations=("keep", "gelu"), repeats=2)
     whole = evaluate(model, digits, grid)
     assert evaluate(model, digits, grid, workers=2) == whole
+    assert evaluate(model, digits, grid, threads=1) == whole
     parts = [evaluate(model, digits, grid, shard=(k, 3)) for k in (2, 0, 1)]
     assert sum(len(p["cells"]) for p in parts) == 8
     assert merge_results(parts) == whole
@@ -236,6 +237,8 @@ def test_bad_settings_are_refused(model, digits):
     assert parse_shard("2/4") == (2, 4)
     with pytest.raises(AnalogizeError, match="batch size"):
         evaluate(model, digits, Grid(repeats=1), batch_size=0)
+    with pytest.raises(AnalogizeError, match="threads must be a whole number >= 1"):
+        evaluate(model, digits, Grid(repeats=1), threads=0)
     wrong = load_dataset("digits")
     wrong.y = wrong.y + 5
     with pytest.raises(AnalogizeError, match="labels go up to 14 but the model has 10 outputs"):

@@ -214,7 +214,7 @@ def test_a_missing_compiler_is_a_clear_error_and_sessions_fall_back(tmp_path, mo
     with pytest.raises(AnalogizeError, match="no C\\+\\+ compiler"):
         native.build()
     monkeypatch.setattr(native, "_LIBRARIES", {})
-    monkeypatch.setattr(runtime, "_NATIVE_UNAVAILABLE", [])
+    monkeypatch.setattr(runtime, "_NATIVE_UNAVAILABLE", {})
     model = convert(onnx.load(DEFAULT_MODEL), bits=6, noise=False).model
     session = runtime.create_session(model)
     assert session.run(None, {"input": rng.uniform(0, 1, (2, 1, 8, 8)).astype(np.float32)})[0].shape == (2, 10)

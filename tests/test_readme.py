@@ -14,13 +14,14 @@ from conftest import ROOT
 
 # a command that shows a form, not an example: an upper-case placeholder, an option list, an ellipsis
 _PLACEHOLDER = re.compile(r"\b[A-Z]{2,}\b|\[|\.\.\.|\||\$\{")
-USER_FILES = {  # examples about files a user has, not the repository
+USER_FILES = {  # not run here: examples about files a user has, not the repository, or hardware the tests lack
     "analogize convert model.pt2 -o model.analog.onnx": "a user's torch.export program (tests/test_torch_import.py)",
     "analogize convert model.ts.pt --input-shape 3,32,32 -o model.analog.onnx": "a user's TorchScript file "
                                                                                  "(tests/test_torch_import.py)",
     "analogize convert mypackage.nets:make_resnet --state-dict ckpt.pt --input-shape 3,32,32 -o model.analog.onnx":
         "a user's factory and checkpoint (tests/test_torch_import.py)",
     "python -m pytest": "the test run itself", "python -m pytest -m slow": "the slow test run itself",
+    "python bench/gpu_check.py": "needs an NVIDIA GPU (tests/test_devices.py: without one it refuses in one line)",
 }
 SLOW = {
     "analogize finetune models/digits_convnet.onnx --data digits --bits 4 --ep 0.8 --epochs 8 -o tuned.onnx",

@@ -10,8 +10,8 @@ from ..model_io import refuse_overwrites
 from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
                       csv_file_option, error_probabilities_option, fidelity_option, json_file_option,
                       noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
-                      report_option, scoring_data_options, seed_option, shard_option, torch_options, workers_option,
-                      writable_file)
+                      report_option, scoring_data_options, seed_option, session_device_option, shard_option,
+                      torch_options, workers_option, writable_file)
 
 
 def _renamed_output(context, parameter, value):
@@ -37,6 +37,7 @@ def _renamed_output(context, parameter, value):
               help="Add EP 0 to the grid: the ranges and rounding without noise, what quantisation alone costs.")
 @fidelity_option
 @workers_option
+@session_device_option
 @shard_option
 @json_file_option("Write the result as JSON ('-': to stdout, no table).")
 @csv_file_option("Write one CSV row per cell and baseline.")
@@ -47,7 +48,7 @@ def _renamed_output(context, parameter, value):
 @range_options
 @torch_options
 def evaluate(model, data_source, scoring, bits_list, eps, activations, repeats, seed, baseline, fidelity, workers,
-             shard, json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
+             device, shard, json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
     """Accuracy of MODEL (clean or converted ONNX, or a torch model) under analog noise over a grid of bits x EP x
     activation."""
     from ..convert import ConvertOptions
@@ -59,8 +60,8 @@ def evaluate(model, data_source, scoring, bits_list, eps, activations, repeats, 
     if baseline and chain["noise"]:
         grid = grid.with_baseline()
     result = evaluate_file(model, grid=grid, options=ConvertOptions(**chain, **ranges), **data_source, **scoring,
-                           fidelity=fidelity, workers=workers, shard=parse_shard(shard) if shard else None,
-                           torch_import=torch_import, progress=not quiet)
+                           fidelity=fidelity, workers=workers, device=device,
+                           shard=parse_shard(shard) if shard else None, torch_import=torch_import, progress=not quiet)
     _write_and_print(result, json_path, csv_path, plot_path, report_path)
 
 

@@ -462,9 +462,30 @@ def training_loop_options(epochs, lr, repeats_help, early_stopping=False):
                         help="Stop after N epochs without a better noisy accuracy.")] if early_stopping else []),
         noise_draws_option(repeats_help),
         seed_option(),
-        click.option("--device", default="cpu", show_default=True, help="torch device, e.g. cpu or cuda:0."),
+        device_option("Where torch trains: cpu, cuda or cuda:N (the before/after accuracy runs in ONNX Runtime on "
+                      "the CPU)."),
     )
 
+
+def _device(context, parameter, text):
+    from ..devices import gpu_index
+
+    try:
+        gpu_index(text)
+    except AnalogizeError as error:
+        raise click.BadParameter(str(error)) from None
+    return text
+
+
+def device_option(help):
+    """--device cpu | cuda | cuda:N (:mod:`analogize.devices`): ONNX Runtime's provider (evaluate), torch's
+    device (finetune, train, sweep)."""
+    return click.option("--device", default="cpu", show_default=True, callback=_device, help=help)
+
+
+# where the commands that score a model run ONNX Runtime (evaluate, sensitivity, plan)
+session_device_option = device_option("Where ONNX Runtime runs the model: cpu, or cuda / cuda:N (its CUDA provider "
+                                      "with the native CUDA kernels; onnxruntime-gpu).")
 
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 

@@ -8,8 +8,8 @@ from .. import noise_model
 from ..model_io import refuse_overwrites
 from .options import (bits_option, chain_options, csv_file_option, ep_option, fidelity_option, json_file_option,
                       noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
-                      report_option, scoring_data_options, seed_option, shard_option, torch_options, workers_option,
-                      writable_file)
+                      report_option, scoring_data_options, seed_option, session_device_option, shard_option,
+                      torch_options, workers_option, writable_file)
 
 
 @click.command()
@@ -25,6 +25,7 @@ from .options import (bits_option, chain_options, csv_file_option, ep_option, fi
               help="Measure each site's clipping, rounding to zero and noise against its signal (one extra pass).")
 @fidelity_option
 @workers_option
+@session_device_option
 @shard_option
 @json_file_option("Write the result as JSON ('-': to stdout, no table).")
 @csv_file_option("Write one CSV row per unit, ranked.")
@@ -34,8 +35,8 @@ from .options import (bits_option, chain_options, csv_file_option, ep_option, fi
 @chain_options
 @range_options
 @torch_options
-def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, statistics, fidelity, workers, shard,
-                json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
+def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, statistics, fidelity, workers, device,
+                shard, json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
     """Rank MODEL's analog layers and input DACs by the accuracy they cost: the loss when only that unit is
     analog, the recovery when only it is kept digital, and each site's clipping and range statistics."""
     from ..convert import ConvertOptions
@@ -46,7 +47,7 @@ def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, stati
                                              "--report": report_path})
     options = ConvertOptions(bits=bits, ep=ep, std=std, **chain, **ranges)
     result = sensitivity_file(model, options=options, **data_source, **scoring, repeats=repeats, seed=seed,
-                              statistics=statistics, fidelity=fidelity, workers=workers,
+                              statistics=statistics, fidelity=fidelity, workers=workers, device=device,
                               shard=parse_shard(shard) if shard else None, torch_import=torch_import,
                               progress=not quiet)
     write_sensitivity(result, json_path, csv_path, plot_path, report_path)
@@ -108,6 +109,7 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path, report_path)
 @click.option("--verify-repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Noise draws of the verification evaluate of the plan found.")
 @seed_option("Seed of every candidate's noise.")
+@session_device_option
 @json_file_option("Write the search (steps, plan, verification) as JSON ('-': to stdout, no table).")
 @plot_file_option("Write the metric of each search step as a PNG (or .pdf, .svg).")
 @report_option
@@ -116,8 +118,8 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path, report_path)
 @range_options
 @torch_options
 def plan(model, data_source, scoring, plan_path, target_agreement, target_accuracy, target_rel_error, bits_choices,
-         max_digital, no_digital, bits, ep, std, repeats, verify_repeats, seed, json_path, plot_path, report_path,
-         quiet, chain, ranges, torch_import):
+         max_digital, no_digital, bits, ep, std, repeats, verify_repeats, seed, device, json_path, plot_path,
+         report_path, quiet, chain, ranges, torch_import):
     """Search the cheapest per-layer settings of MODEL (fewest digital units, then fewest bits) that meet a target,
     verify them with a plain evaluate, and write the plan convert --plan takes."""
     from ..convert import ConvertOptions
@@ -136,7 +138,7 @@ def plan(model, data_source, scoring, plan_path, target_agreement, target_accura
     bounds = SearchBounds(bits=bits_choices or (bits,), digital=not no_digital, max_digital=max_digital)
     (metric, target), = targets.items()
     result = search_plan_file(model, options=options, **data_source, **scoring, metric=metric, target=target,
-                              bounds=bounds, repeats=repeats, verify_repeats=verify_repeats, seed=seed,
+                              bounds=bounds, repeats=repeats, verify_repeats=verify_repeats, seed=seed, device=device,
                               torch_import=torch_import, progress=not quiet)
     write_json(result["plan"], plan_path)
     if json_path:

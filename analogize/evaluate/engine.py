@@ -30,6 +30,7 @@ from ..convert import RANGE_RECORDS, ConvertOptions, convert
 from ..ranges.calibration import choose_calibrated_ranges
 from ..data import Dataset, Feeds, Preprocessing, dataset_feeds, fixed_batch_size, model_feeds
 from ..data.feeds import checked_feeds
+from ..devices import device_kind
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from ..passes.activations import ACTIVATIONS, swap_activations
@@ -42,7 +43,7 @@ from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fe
                             store_settings, stored_settings)
 from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
 from ..progress import progress_bar
-from ..runtime.sessions import kernels_in_use
+from ..runtime.sessions import check_cuda_usable, kernels_in_use
 
 RESULT_FORMAT = "analogize.evaluate"
 RESULT_VERSION = 2  # 2: every output scored (outputs, data.outputs, data.inputs, rel_error, cosine)
@@ -203,18 +204,20 @@ class _Workload:
     class_axes: dict | None = None  # output -> axis or None, settled on the clean pass
     clean: list | None = None  # the clean model's outputs: per batch, per output
     threads: int | None = None
+    device: str = "cpu"
 
-    def outputs_of(self, model: bytes) -> list[list[np.ndarray]]:
+    def session(self, model: bytes):
         from ..runtime.sessions import create_session
 
-        return list(self._batches(create_session(model, self.threads)))
+        return create_session(model, self.threads, device=self.device)
+
+    def outputs_of(self, model: bytes) -> list[list[np.ndarray]]:
+        return list(self._batches(self.session(model)))
 
     def repeats(self, model: bytes, count: int, reference: bytes | None = None, on_repeat=None) -> list[dict]:
         """Metrics of ``count`` passes; SNR is measured against ``reference`` (the model without its noise)."""
-        from ..runtime.sessions import create_session
-
         noise_free = self.outputs_of(reference) if reference is not None else None
-        session = create_session(model, self.threads)
+        session = self.session(model)
         results = []
         for _ in range(count):
             tally = _Tally(self)
@@ -524,9 +527,8 @@ class _CellModels:
 
 
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.
-_FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "analog_products", "plan",
-                       "data_inputs",
-                       "divide", "scale", "alpha", "temperature", "weight_range", "activation_range", "calibrate")
+_FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "analog_products",
+                       "plan", "data_inputs", "divide", "scale", "alpha", "temperature", "weight_range", "activation_range", "calibrate")
 
 
 def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
@@ -606,13 +608,17 @@ class Evaluation:
 
     def __init__(self, model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid, options: ConvertOptions | None,
                  *, preprocessing: Preprocessing = Preprocessing(), batch_size: int = 256, fidelity: bool = False,
-                 output: str | None = None, class_axis: int | dict | None = None, outputs: list | None = None):
+                 output: str | None = None, class_axis: int | dict | None = None, outputs: list | None = None,
+                 device: str = "cpu", threads: int | None = None):
         grid.check()
-        self.model, self.grid = model, grid
+        check_cuda_usable(device)  # before the data is read and the cells are built
+        self.model, self.grid, self.device = model, grid, device
         self.options = options or ConvertOptions()
         self.fidelity = fidelity
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise AnalogizeError(f"batch size must be a whole number >= 1, got {batch_size!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise AnalogizeError(f"threads must be a whole number >= 1, got {threads!r}")
         if not len(data):
             raise AnalogizeError(f"{data.name}: the dataset is empty")
         self.builder = _CellModels(model, self.options, grid)
@@ -646,7 +652,8 @@ class Evaluation:
         scored = [self.primary] + [name for name in output_names
                                    if name != self.primary and (outputs is None or name in outputs)]
         self.axes = _requested_axes(class_axis, self.primary, scored)
-        self.workload = _Workload(feeds, scored, labels, batch_size, pad_batches=bool(fixed_batch))
+        self.workload = _Workload(feeds, scored, labels, batch_size, pad_batches=bool(fixed_batch), threads=threads,
+                                  device=device)
         self.described: list[dict] = []
         self.clean: dict = {}
         self.baselines: list[dict] = []
@@ -683,7 +690,7 @@ class Evaluation:
         return {
             "format": RESULT_FORMAT, "version": RESULT_VERSION,
             "model_sha256": hashlib.sha256(self.model.SerializeToString()).hexdigest(), "output": self.primary,
-            "kernels": kernels_in_use(),
+            "kernels": kernels_in_use(), "device": device_kind(self.device),
             "data": {"name": feeds.name, "samples": len(feeds), "classes": workload.classes(),
                      "labels": workload.labels is not None,
                      "input_shape": next(iter(shapes.values())) if len(shapes) == 1 else None, "inputs": shapes,
@@ -702,7 +709,7 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
              options: ConvertOptions | None = None, *, preprocessing: Preprocessing = Preprocessing(),
              batch_size: int = 256, fidelity: bool = False, workers: int = 1, shard: tuple[int, int] | None = None,
              output: str | None = None, class_axis: int | dict | None = None, outputs: list | None = None,
-             progress: bool = False) -> dict:
+             device: str = "cpu", threads: int | None = None, progress: bool = False) -> dict:
     """Evaluate the clean model and every grid cell (of ``shard`` ``(i, n)`` when given) on ``data``: a dataset
     (fitted to the model's one float input as ``preprocessing`` says) or :class:`~analogize.data.Feeds` (one
     array per input, as :func:`~analogize.data.model_feeds` reads them).
@@ -714,12 +721,16 @@ def evaluate(model: onnx.ModelProto, data: Dataset | Feeds, grid: Grid = Grid(),
     the first), whose numbers head the result and which labels are scored against. ``class_axis`` is the
     primary output's class axis, or a dict of axes by output name (default: :func:`default_class_axis`).
     ``outputs`` limits the outputs scored besides the primary (default: all; every scored output's clean and
-    noise-free values are held in memory for the whole data). ``fidelity`` ignores labels.
+    noise-free values are held in memory for the whole data). ``fidelity`` ignores labels. ``device``: where
+    ONNX Runtime runs every session (``cpu``, ``cuda`` or ``cuda:N``; worker processes too). ``threads``: each
+    session's intra-op threads (default: ONNX Runtime's own count, one per physical core; with ``workers``, the
+    cores shared out among them).
     """
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise AnalogizeError(f"workers must be a whole number >= 1, got {workers!r}")
     sweep = Evaluation(model, data, grid, options, preprocessing=preprocessing, batch_size=batch_size,
-                       fidelity=fidelity, output=output, class_axis=class_axis, outputs=outputs)
+                       fidelity=fidelity, output=output, class_axis=class_axis, outputs=outputs, device=device,
+                       threads=threads)
     mine = [c for c in grid.cells() if shard is None or c.index % shard[1] == shard[0]]
     bar = progress_bar(1 + len(sweep.digital_variants()) + len(mine) * grid.repeats, "evaluate", progress)
     with bar:
@@ -847,7 +858,7 @@ def _run_cells(builder: _CellModels, workload: _Workload, cells: list[Cell], rep
         return [records[c.index] for c in cells]
 
     workers = min(workers, len(cells))
-    shared = replace(workload, threads=max(1, (os.cpu_count() or 1) // workers))
+    shared = replace(workload, threads=workload.threads or max(1, (os.cpu_count() or 1) // workers))
     context = multiprocessing.get_context("spawn")
     try:
         with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(shared,)) as pool:
@@ -882,6 +893,7 @@ def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOp
     from ..torch_import import load_any_model
 
     grid.check()
+    check_cuda_usable(settings.get("device", "cpu"))
     model, _, exported = load_any_model(model_path, torch_import)
     feeds = model_feeds(data, model, preprocessing, split=split, limit=limit, labels=not settings.get("fidelity"))
     result = evaluate(model, feeds, grid, options, preprocessing=preprocessing, **settings)

@@ -28,7 +28,7 @@ CSV_COLUMNS = ("kind", "activation", "bits", "precision", "ep", "std", "repeats"
                *(f"{m}_{s}" for m in METRICS for s in ("mean", "std")), "snr_note", "output")
 _SETTING_COLUMNS = ("activation", "bits", "precision", "ep", "std", "repeats", "seed")
 # Everything but the cells and the shard position must agree between shards of one sweep.
-_SWEEP_KEYS = ("format", "version", "model_sha256", "output", "kernels", "data", "grid", "options",
+_SWEEP_KEYS = ("format", "version", "model_sha256", "output", "kernels", "device", "data", "grid", "options",
                "converted_input", "fidelity", "batch_size", "clean", "baselines", "cell_count")
 
 

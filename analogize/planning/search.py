@@ -117,7 +117,7 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
                 repeats: int = 3, verify_repeats: int = 5, seed: int = 0,
                 preprocessing: Preprocessing = Preprocessing(), progress: bool = False, **scoring) -> dict:
     """Search the cheapest plan meeting ``target`` for ``metric`` (see the module's docstring); ``scoring`` takes
-    evaluate's batch_size, output, class_axis and outputs. Raises when the target cannot be met in ``bounds``,
+    evaluate's batch_size, output, class_axis, outputs and device. Raises when the target cannot be met in ``bounds``,
     saying the best reached and which units limit it."""
     options = options or ConvertOptions()
     bounds = (bounds or SearchBounds(bits=(options.bits or ConvertOptions.bits,))).check()

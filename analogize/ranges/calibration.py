@@ -99,6 +99,7 @@ def site_values(model: onnx.ModelProto, names: list[str], feeds: list[dict]) -> 
     present = {value.name for value in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in wanted
                               if name not in fed and name not in present)
+    # on the CPU even for --device cuda: the ranges, and so the converted model, do not depend on the device
     session = create_session(probe, native=False)
     outputs = [name for name in wanted if name not in fed]
     budget = max(1, KEPT_VALUES // max(1, len(feeds)))

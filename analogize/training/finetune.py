@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from ..passes.model import is_converted, stored_settings
 from ..convert import ConvertOptions, convert
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
+from ..devices import gpu_index
 from ..errors import AnalogizeError
 from ..model_io import copy_model
 from ..progress import progress_bar
@@ -61,8 +62,14 @@ class FinetuneOptions:
             raise AnalogizeError(f"weight-decay must be >= 0, got {self.weight_decay!r}")
         if self.patience is not None and (not isinstance(self.patience, int) or self.patience < 1):
             raise AnalogizeError(f"patience must be a whole number >= 1, got {self.patience!r}")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise AnalogizeError(f"device {self.device!r} asked for, but torch sees no CUDA GPU; use --device cpu")
+        gpu = gpu_index(self.device)
+        if gpu is not None and not torch.cuda.is_available():
+            raise AnalogizeError(f"--device {self.device}: torch {torch.__version__} sees no CUDA GPU (a CPU-only "
+                                 f"build, or no GPU or driver here); use a machine with an NVIDIA GPU and a CUDA "
+                                 f"build of torch, or --device cpu")
+        if gpu is not None and gpu >= torch.cuda.device_count():
+            raise AnalogizeError(f"--device {self.device}: torch sees {torch.cuda.device_count()} CUDA GPU(s), "
+                                 f"numbered from 0")
         return self
 
 
