@@ -188,6 +188,22 @@ def test_sensitivity_ranks_the_fragile_layer_first_and_its_statistics_say_why(fr
     assert site["zero_fraction"] > 0.9
 
 
+def test_sensitivity_measures_in_the_metric_asked_for(fragile, fragile_feeds):
+    """Relative error (for outputs without classes, e.g. embeddings): loss and recovery are rises and drops in
+    error, so the fragile layer still comes first with positive numbers; accuracy needs labels."""
+    result = sensitivity(fragile, fragile_feeds, ConvertOptions(bits=6, ep=0.1), repeats=1, statistics=False,
+                         metric="rel_error")
+    assert result["metric"] == "rel_error" and result["reference"]["digital"]["rel_error_mean"] == 0.0
+    first = result["units"][0]
+    assert first["unit"] == FRAGILE and first["loss"] == pytest.approx(first["only_analog"]["rel_error_mean"])
+    assert first["recovery"] == pytest.approx(result["reference"]["analog"]["rel_error_mean"]
+                                              - first["only_digital"]["rel_error_mean"]) and first["recovery"] > 0
+    with pytest.raises(AnalogizeError, match="--metric accuracy needs labelled data"):
+        sensitivity(fragile, fragile_feeds, metric="accuracy", fidelity=True)
+    with pytest.raises(AnalogizeError, match="unknown metric 'cosine'"):
+        sensitivity(fragile, fragile_feeds, metric="cosine")
+
+
 def test_sensitivity_in_shards_merges_to_the_unsharded_result(fragile, tmp_path, capsys):
     model = tmp_path / "fragile.onnx"
     onnx.save(fragile, model)

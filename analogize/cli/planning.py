@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from .. import noise_model
+from ..planning.metrics import METRICS
 from ..model_io import refuse_overwrites
 from .options import (bits_option, chain_options, csv_file_option, ep_option, fidelity_option, json_file_option,
                       noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
@@ -21,6 +22,9 @@ from .options import (bits_option, chain_options, csv_file_option, ep_option, fi
 @click.option("--std", type=click.FloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
 @noise_draws_option("Independent noise draws per cell.")
 @seed_option("Sweep seed: same seed, same numbers.")
+@click.option("--metric", type=click.Choice(list(METRICS)),
+              help="What loss and recovery are measured in [default: accuracy with labels, else top-1 agreement with "
+                   "the clean model, else (outputs without classes, such as embeddings) the relative error].")
 @click.option("--statistics/--no-statistics", default=True, show_default=True,
               help="Measure each site's clipping, rounding to zero and noise against its signal (one extra pass).")
 @fidelity_option
@@ -35,7 +39,7 @@ from .options import (bits_option, chain_options, csv_file_option, ep_option, fi
 @chain_options
 @range_options
 @torch_options
-def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, statistics, fidelity, workers, device,
+def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, metric, statistics, fidelity, workers, device,
                 shard, json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
     """Rank MODEL's analog layers and input DACs by the accuracy they cost: the loss when only that unit is
     analog, the recovery when only it is kept digital, and each site's clipping and range statistics."""
@@ -47,7 +51,7 @@ def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, stati
                                              "--report": report_path})
     options = ConvertOptions(bits=bits, ep=ep, std=std, **chain, **ranges)
     result = sensitivity_file(model, options=options, **data_source, **scoring, repeats=repeats, seed=seed,
-                              statistics=statistics, fidelity=fidelity, workers=workers, device=device,
+                              metric=metric, statistics=statistics, fidelity=fidelity, workers=workers, device=device,
                               shard=parse_shard(shard) if shard else None, torch_import=torch_import,
                               progress=not quiet)
     write_sensitivity(result, json_path, csv_path, plot_path, report_path)

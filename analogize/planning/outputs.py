@@ -6,7 +6,7 @@ import csv
 
 from ..evaluate.results import chain_text, model_name, percent_axis, pyplot, save_figure, set_title
 from ..model_io import atomic_output
-from .sensitivity import LOWER_IS_BETTER
+from .metrics import LOWER_IS_BETTER
 
 SENSITIVITY_CSV_COLUMNS = ("rank", "unit", "kind", "op_type", "cost", "loss", "loss_std", "recovery", "recovery_std",
                            "worst_clipped_fraction", "worst_zero_fraction", "worst_noise_to_signal")

@@ -33,11 +33,11 @@ from ..noise_model import MAX_BITS
 from ..passes.model import fed_inputs, is_converted
 from ..progress import progress_bar
 from .plan_file import Plan, model_fingerprint
-from .sensitivity import LOWER_IS_BETTER, sensitivity
+from .metrics import LOWER_IS_BETTER, METRICS
+from .sensitivity import sensitivity
 
 PLAN_SEARCH_FORMAT, PLAN_SEARCH_VERSION = "analogize.plan-search", 1
 COST_DEFINITION = "number of digital units (layers and input DACs kept digital), then total bits over the analog units"
-TARGET_METRICS = ("agreement", "accuracy", "rel_error")  # the last a ceiling, the others floors
 DIGITAL = "digital"
 
 
@@ -121,8 +121,8 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
     saying the best reached and which units limit it."""
     options = options or ConvertOptions()
     bounds = (bounds or SearchBounds(bits=(options.bits or ConvertOptions.bits,))).check()
-    if metric not in TARGET_METRICS:
-        raise AnalogizeError(f"plan: the target metric must be one of {', '.join(TARGET_METRICS)}, got {metric!r}")
+    if metric not in METRICS:
+        raise AnalogizeError(f"plan: the target metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if isinstance(target, bool) or not isinstance(target, (int, float)) or not 0 < target <= 1:
         raise AnalogizeError(f"plan: the target {metric} must be a fraction in (0, 1], got {target!r}")
     comparison = "<=" if metric in LOWER_IS_BETTER else ">="

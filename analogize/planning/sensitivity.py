@@ -31,13 +31,12 @@ from ..evaluate.engine import Grid, evaluate
 from ..passes.deterministic import noise_free
 from ..passes.model import fed_inputs, is_converted
 from ..ranges.calibration import site_values
+from .metrics import CLEAN_VALUE, LOWER_IS_BETTER, METRICS, scored_metric
 from .plan_file import INPUT_PREFIX, Plan
 
 SENSITIVITY_FORMAT, SENSITIVITY_VERSION = "analogize.sensitivity", 1
 STATISTICS_SAMPLES = 256
 ALL_ANALOG = "all analog"
-LOWER_IS_BETTER = ("rel_error",)
-CLEAN_VALUE = {"agreement": 1.0, "rel_error": 0.0}  # the clean model's own, against itself
 #: the keys of the evaluate result a sensitivity result carries over as they are
 _CARRIED = ("model_sha256", "output", "kernels", "data", "grid", "options", "fidelity", "batch_size", "cell_count")
 
@@ -71,11 +70,16 @@ def unit_plans(units: list[dict], base: Plan | None) -> tuple:
 
 def sensitivity(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertOptions | None = None, *,
                 repeats: int = 5, seed: int = 0, preprocessing: Preprocessing = Preprocessing(),
-                statistics: bool = True, **settings) -> dict:
-    """Rank the analog units of ``model`` by what they cost (see the module's docstring). ``settings`` are
-    evaluate's (batch_size, fidelity, workers, shard, output, class_axis, outputs, progress); with a shard, the
-    result is evaluate's partial result carrying what :func:`finish` needs after ``merge``."""
+                statistics: bool = True, metric: str | None = None, **settings) -> dict:
+    """Rank the analog units of ``model`` by what they cost (see the module's docstring). ``metric`` (one of
+    :data:`METRICS`; default: :func:`scored_metric`'s choice) is what loss and recovery are measured in. ``settings``
+    are evaluate's (batch_size, fidelity, workers, shard, output, class_axis, outputs, device, progress); with a
+    shard, the result is evaluate's partial result carrying what :func:`finish` needs after ``merge``."""
     options = options or ConvertOptions()
+    if metric is not None and metric not in METRICS:
+        raise AnalogizeError(f"sensitivity: unknown metric {metric!r}; choose from {', '.join(METRICS)}")
+    if metric == "accuracy" and (settings.get("fidelity") or getattr(data, "labels", True) is None):
+        raise AnalogizeError("sensitivity: --metric accuracy needs labelled data (and no --fidelity)")
     if is_converted(model):
         raise AnalogizeError("sensitivity takes the original (unconverted) model and convert's flags; it converts "
                              "it once itself")
@@ -84,8 +88,8 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
     units, sites = analog_units(model, options)
     grid = Grid(repeats=repeats, seed=seed, plans=unit_plans(units, options.resolved_plan()))
     result = evaluate(model, feeds, grid, options, **settings)
-    result["sensitivity"] = {"units": units, "sites": site_statistics(model, options, feeds) if statistics
-                             else _without_statistics(sites)}
+    result["sensitivity"] = {"units": units, "metric": metric, "sites": site_statistics(model, options, feeds)
+                             if statistics else _without_statistics(sites)}
     return result if result.get("shard") else finish(result)
 
 
@@ -143,7 +147,7 @@ def finish(result: dict) -> dict:
     carried = result["sensitivity"]
     by_plan = {cell["plan"]: cell for cell in result["cells"]}
     analog = by_plan[ALL_ANALOG]
-    metric = scored_metric(result["data"]["labels"] and not result["fidelity"], analog)
+    metric = carried.get("metric") or scored_metric(result["data"]["labels"] and not result["fidelity"], analog)
     digital = {"accuracy_mean": result["clean"]["accuracy_mean"], "accuracy_std": 0.0} if metric == "accuracy" \
         else {f"{metric}_mean": CLEAN_VALUE[metric], f"{metric}_std": 0.0}
     units = []
@@ -168,14 +172,6 @@ def finish(result: dict) -> dict:
             "metric": metric, "repeats": result["grid"]["repeats"], "seed": result["grid"]["seed"],
             "reference": {"analog": _metrics(analog), "digital": digital},
             "units": ranked, "cells": len(result["cells"]), "warnings": result["warnings"]}
-
-
-def scored_metric(labelled: bool, record: dict) -> str:
-    """What sensitivity and plan score: accuracy with labels, else top-1 agreement with the clean model, else (an
-    output without classes: a regression, a state) its relative error."""
-    if labelled:
-        return "accuracy"
-    return "agreement" if record.get("agreement_mean") is not None else "rel_error"
 
 
 def _difference(better: dict, worse: dict, metric: str) -> tuple:
