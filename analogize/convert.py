@@ -15,7 +15,7 @@ from .ops.spec import OPS
 from .passes.activations import ACTIVATIONS, swap_activations
 from .passes.attributes import seed_random_ops
 from .passes.chains import CLAMP_RANGE, KEPT_DIGITAL, PLACEMENTS, ChainSettings, insert_analog_chains
-from .planning.plan_file import Plan, read_plan
+from .plans import Plan, read_plan
 from .passes.graph import bodies, export_model, import_model
 from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, inline_analog_functions,
                            is_converted, raise_ir_version, store_settings, sync_analog_functions)
@@ -227,7 +227,7 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
     if plan is not None:
         skipped = {layer["node"]: layer["reason"] for layer in chains["skipped_layers"]}
         plan.check_units(chains["layers"] + [name for name, reason in skipped.items() if reason == KEPT_DIGITAL],
-                         [value.name for value in graph.inputs], skipped)
+                         chains["input_units"], skipped)
     swaps = swap_activations(graph, options.activation, options.activation_parameters(), options.exclude)
     if not chains["layers"] and not swaps["swapped"] and not chains["sites"]:
         raise AnalogizeError(_nothing_to_convert(chains["skipped_layers"]))

@@ -9,6 +9,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from analogize.convert import PAPER_RANGES, ConvertOptions, convert
 from analogize.data import Dataset
+from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import Grid, _CellModels, evaluate
 from analogize.ops.spec import DOMAIN
 from analogize.passes.chains import RECURRENT_NOTE, remove_analog_chains
@@ -404,3 +405,19 @@ def test_the_interpreter_sizes_resize_outputs_in_float32_as_onnx_runtime_does():
     theirs = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     ours = to_torch(model, native=False)(torch.from_numpy(x))
     assert tuple(ours.shape) == theirs.shape == (1, 1, 13, 7)
+
+
+def test_calibration_data_with_dynamic_ranges_reads_only_top_level_tensors_and_a_plan_cannot_calibrate_a_body(
+        rng, tmp_path):
+    """--calibrate with --activation-range dynamic records what the data did at the top-level sites (body tensors
+    are not the model's outputs to read); a plan asking for calibrated ranges on a body layer is refused."""
+    np.savez(tmp_path / "cal.npz", x=rng.uniform(-1, 1, (16, 3, 6, 6)).astype(np.float32))
+    data = f"npz:{tmp_path / 'cal.npz'}"
+    report = convert(if_model(rng), calibrate=data, activation_range="dynamic", seed=1).report
+    assert len(report["layers"]) == 4
+    seen = {site["tensor"] for site in report["inserted"] if "largest_seen" in site["range"]}
+    assert seen and seen <= {"x", "h", "y"}
+    plan = {"format": "analogize.plan", "version": 1,
+            "layers": {"If_0/then_branch/Conv_3": {"activation_range": "calibrated"}}}
+    with pytest.raises(AnalogizeError, match=r"calibrated ranges inside an If/Loop/Scan body \(If_0/then_branch/\)"):
+        convert(if_model(rng), calibrate=data, activation_range="dynamic", plan=plan)

@@ -14,10 +14,10 @@ from analogize.convert import ConvertOptions, convert
 from analogize.data import model_feeds
 from analogize.errors import AnalogizeError
 from analogize.evaluate.engine import Evaluation, Grid, evaluate
-from analogize.planning.plan_file import PLAN_FORMAT, Plan, markdown_reference, model_fingerprint, read_plan
+from analogize.plans import PLAN_FORMAT, Plan, markdown_reference, model_fingerprint, read_plan
 from analogize.planning.search import SearchBounds, enumerated_optimum, search_plan
 from analogize.progress import progress_bar
-from analogize.planning.sensitivity import sensitivity
+from analogize.planning.sensitivity import analog_units, sensitivity
 
 from conftest import DEFAULT_MODEL, ROOT, session
 from reference import ep_to_std, fragile_digits
@@ -65,6 +65,13 @@ def analog_attributes(model) -> dict:
     (plan_document({"input:x": {"sites": {"weight": {}}}}), "a graph input has no sites"),
     (plan_document({"a": 3}), "its settings must be an object"),
     (plan_document({}, model_sha256="abc"), "64 hex digits"),
+    (plan_document({}, model_sha256="z" * 64), "64 hex digits"),
+    ({"format": PLAN_FORMAT, "version": 1.0, "layers": {}}, "version 1.0 is not supported"),
+    ({"format": PLAN_FORMAT, "version": True, "layers": {}}, "version True is not supported"),
+    (plan_document({"a": {"bits": [4]}}), "bits must be a whole number"),
+    (plan_document({"a": {"weight_range": ["unit"]}}), "weight_range must be one of"),
+    (plan_document({"a": {"sites": {"weight": {"activation_range": "unit"}}}}), "sets the input, layer-input"),
+    (plan_document({"input:x": {"weight_range": "unit"}}), "sets the weight, bias sites only"),
 ])
 def test_plan_files_are_checked_with_one_line_saying_what_is_wrong(document, message):
     with pytest.raises(AnalogizeError, match=message):
@@ -79,6 +86,9 @@ def test_a_plan_file_reads_as_data_and_round_trips(tmp_path):
     (tmp_path / "broken.json").write_text("{\"format\": ")
     with pytest.raises(AnalogizeError, match="is not JSON"):
         read_plan(tmp_path / "broken.json")
+    (tmp_path / "deep.json").write_text("[" * 100000 + "]" * 100000)
+    with pytest.raises(AnalogizeError, match="nests too deeply"):
+        read_plan(tmp_path / "deep.json")
 
 
 def test_the_plan_reference_page_is_generated_from_the_declarations():
@@ -128,6 +138,33 @@ def test_convert_refuses_a_plan_for_another_model_unknown_layers_and_non_analog_
         convert(model, ConvertOptions(quantize=False, std=0.01, plan=plan_document({"/0/Conv": {"bits": 4}})))
     with pytest.raises(AnalogizeError, match="add --calibrate DATA"):
         convert(model, ConvertOptions(plan=plan_document({"/0/Conv": {"activation_range": "calibrated"}})))
+
+
+def test_evaluate_of_a_planned_model_at_another_ep_is_convert_at_that_ep():
+    """A converted planned model evaluated at --ep X: each site keeps what the plan sets and takes X at its own
+    precision otherwise, as converting the original with --ep X and the plan gives."""
+    from analogize.evaluate.engine import ActivationVariant, Cell, _CellModels
+
+    model = onnx.load(DEFAULT_MODEL)
+    plan = plan_document({"input:input": {"bits": 2}, "/6/Gemm": {"std": 0.02}})
+    converted = convert(model, ConvertOptions(bits=8, ep=0.1, plan=plan)).model
+    built, settings = _CellModels(converted, ConvertOptions(), Grid(ep=(0.3,))).build(
+        Cell(0, ActivationVariant.parse("keep"), None, 0.3))
+    reference = convert(model, ConvertOptions(bits=8, ep=0.3, plan=plan)).model
+    stds = {name: values.get("std") for name, values in analog_attributes(built).items() if name.endswith("/noise")}
+    assert stds == {name: values.get("std") for name, values in analog_attributes(reference).items()
+                    if name.endswith("/noise")}
+    assert settings["precision"] == 256.0 and settings["ep"] == 0.3
+
+
+def test_plan_input_units_must_be_chained_inputs():
+    model = onnx.load(DEFAULT_MODEL)
+    with pytest.raises(AnalogizeError, match="no analog layer or chained input named 'input:input'"):
+        convert(model, ConvertOptions(where=("weights",), plan=plan_document({"input:input": {"bits": 2}})))
+    report = convert(model, ConvertOptions(plan=plan_document({"input:input": {"digital": True}}))).report
+    assert not any(site["site"] == "input" for site in report["inserted"])
+    # /0/Conv reads the digital input directly: no layer-input DAC there either
+    assert not any(site["site"] == "layer-input" and "/0/Conv" in site["owners"] for site in report["inserted"])
 
 
 def test_the_cli_refuses_a_bad_plan_in_one_line_and_writes_nothing(tmp_path, capsys):
@@ -196,12 +233,24 @@ def test_sensitivity_measures_in_the_metric_asked_for(fragile, fragile_feeds):
     assert result["metric"] == "rel_error" and result["reference"]["digital"]["rel_error_mean"] == 0.0
     first = result["units"][0]
     assert first["unit"] == FRAGILE and first["loss"] == pytest.approx(first["only_analog"]["rel_error_mean"])
+    assert all(unit["error_cost"] == pytest.approx(unit["cost"]) for unit in result["units"])
     assert first["recovery"] == pytest.approx(result["reference"]["analog"]["rel_error_mean"]
                                               - first["only_digital"]["rel_error_mean"]) and first["recovery"] > 0
     with pytest.raises(AnalogizeError, match="--metric accuracy needs labelled data"):
         sensitivity(fragile, fragile_feeds, metric="accuracy", fidelity=True)
     with pytest.raises(AnalogizeError, match="unknown metric 'cosine'"):
         sensitivity(fragile, fragile_feeds, metric="cosine")
+
+
+def test_sensitivity_cells_run_at_the_noise_asked_for_and_units_are_those_with_chains(fragile, fragile_feeds):
+    """The cells take --ep / --std from the options (a grid EP of None keeps them); --where leaves layers
+    without chains, which are no units."""
+    for options, std in ((ConvertOptions(bits=6, ep=0.1), ep_to_std(0.1, 64)),
+                         (ConvertOptions(bits=6, std=0.02), 0.02)):
+        partial = sensitivity(fragile, fragile_feeds, options, repeats=1, statistics=False, shard=(0, 4))
+        assert [cell["std"] for cell in partial["cells"]] == pytest.approx([std] * len(partial["cells"]))
+    units, _ = analog_units(fragile, ConvertOptions(where=("input",)))
+    assert [unit["unit"] for unit in units] == ["input:input"]
 
 
 def test_sensitivity_in_shards_merges_to_the_unsharded_result(fragile, tmp_path, capsys):
@@ -212,6 +261,8 @@ def test_sensitivity_in_shards_merges_to_the_unsharded_result(fragile, tmp_path,
     assert main([*common, "--json", str(tmp_path / "whole.json")]) == 0
     for index in range(2):
         assert main([*common, "--shard", f"{index}/2", "--json", str(tmp_path / f"part{index}.json")]) == 0
+    assert main([*common, "--shard", "0/2"]) == 2  # refused before the work: a shard needs --json
+    assert "give --json" in capsys.readouterr().err
     assert main(["merge", str(tmp_path / "part0.json"), str(tmp_path / "part1.json"), "-o",
                  str(tmp_path / "merged.json"), "--csv", str(tmp_path / "merged.csv"), "--report",
                  str(tmp_path / "merged.html")]) == 0
@@ -261,6 +312,9 @@ def test_plan_says_the_best_reached_and_the_limiting_layers_when_the_target_is_o
         search_plan(fragile, fragile_feeds, ConvertOptions(plan=plan_document({})), target=0.9)
     with pytest.raises(AnalogizeError, match="fraction in"):
         search_plan(fragile, fragile_feeds, ConvertOptions(), target=99)
+    with pytest.raises(AnalogizeError, match="only keeping every analog unit digital meets"):
+        search_plan(fragile, fragile_feeds, ConvertOptions(ep=0.5), target=1.0, bounds=SearchBounds(bits=(1,)),
+                    repeats=1)
 
 
 def tiny_mlp(seed: int = 3) -> onnx.ModelProto:

@@ -9,7 +9,7 @@ import click
 from .. import noise_model
 from ..ops.spec import OPS
 from .options import (activation_options, bits_option, chain_options, ep_option, json_flag, overwrite_option,
-                      range_options, torch_options, writable_file)
+                      range_options, std_option, torch_options, writable_file)
 
 
 @click.command()
@@ -20,7 +20,7 @@ from .options import (activation_options, bits_option, chain_options, ep_option,
 @bits_option(8, help="Bit width B; precision p = 2^B (see --bit-convention).")
 @ep_option(help="Error probability: chance that noise moves a value past half a step "
                 f"[default: {noise_model.DEFAULT_EP}].")
-@click.option("--std", type=click.FloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
+@std_option
 @activation_options(activation_help="Replacement for every ReLU.",
                     factor_help="Interpolation factor i in [0, 1] "
                                 f"[default: {OPS['ReluGeluInterpolation'].attribute('factor').default}].")

@@ -27,7 +27,7 @@ def ops(markdown, ranges_markdown, plan_markdown, as_json):
         click.echo(ranges_reference(), nl=False)
         return
     if plan_markdown:
-        from ..planning.plan_file import markdown_reference as plan_reference
+        from ..plans import markdown_reference as plan_reference
 
         click.echo(plan_reference(), nl=False)
         return

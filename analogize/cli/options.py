@@ -184,7 +184,7 @@ def _plan_document(path):
     """The plan file as the checked document ConvertOptions.plan holds (read as data, never run)."""
     if path is None:
         return None
-    from ..planning.plan_file import read_plan
+    from ..plans import read_plan
 
     try:
         return read_plan(path).to_document()
@@ -356,6 +356,10 @@ def bits_option(default, help=None):
     """--bits, one bit width (convert, finetune, train, and ``precision_options``)."""
     return click.option("--bits", type=click.IntRange(1, noise_model.MAX_BITS), default=default, show_default=True,
                         help=help)
+
+
+# --std, one noise std instead of --ep (convert, sensitivity, plan)
+std_option = click.option("--std", type=click.FloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
 
 
 def ep_option(default=None, help=None):

@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from .. import noise_model
-from ..planning.metrics import METRICS
 from ..model_io import refuse_overwrites
+from ..planning.metrics import METRICS
 from .options import (bits_option, chain_options, csv_file_option, ep_option, fidelity_option, json_file_option,
                       noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
                       report_option, scoring_data_options, seed_option, session_device_option, shard_option,
-                      torch_options, workers_option, writable_file)
+                      std_option, torch_options, workers_option, writable_file)
 
 
 @click.command()
@@ -19,7 +19,7 @@ from .options import (bits_option, chain_options, csv_file_option, ep_option, fi
 @output_scoring_options
 @bits_option(8, help="Bit width B of every analog unit (a --plan may set others).")
 @ep_option(help=f"Error probability [default: {noise_model.DEFAULT_EP}].")
-@click.option("--std", type=click.FloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
+@std_option
 @noise_draws_option("Independent noise draws per cell.")
 @seed_option("Sweep seed: same seed, same numbers.")
 @click.option("--metric", type=click.Choice(list(METRICS)),
@@ -39,8 +39,8 @@ from .options import (bits_option, chain_options, csv_file_option, ep_option, fi
 @chain_options
 @range_options
 @torch_options
-def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, metric, statistics, fidelity, workers, device,
-                shard, json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
+def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, metric, statistics, fidelity, workers,
+                device, shard, json_path, csv_path, plot_path, report_path, quiet, chain, ranges, torch_import):
     """Rank MODEL's analog layers and input DACs by the accuracy they cost: the loss when only that unit is
     analog, the recovery when only it is kept digital, and each site's clipping and range statistics."""
     from ..convert import ConvertOptions
@@ -49,6 +49,9 @@ def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, metri
 
     refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path,
                                              "--report": report_path})
+    if shard and (not json_path or csv_path or plot_path or report_path):
+        raise click.UsageError("--shard writes only a partial result for 'analogize merge': give --json, and "
+                               "--csv, --plot or --report to merge")
     options = ConvertOptions(bits=bits, ep=ep, std=std, **chain, **ranges)
     result = sensitivity_file(model, options=options, **data_source, **scoring, repeats=repeats, seed=seed,
                               metric=metric, statistics=statistics, fidelity=fidelity, workers=workers, device=device,
@@ -64,8 +67,6 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path, report_path)
     from ..report import write_report
 
     if result.get("shard"):
-        if not json_path:
-            raise click.UsageError("--shard writes a partial result for 'analogize merge': give --json")
         write_json(result, json_path)
         if json_path != "-":
             click.echo(f"shard {result['shard']['index']}/{result['shard']['count']}: {len(result['cells'])} of "
@@ -108,7 +109,7 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path, report_path)
 @click.option("--no-digital", is_flag=True, help="Keep every unit analog (search bit widths only).")
 @bits_option(8, help="Bit width when --bits-choices is not given.")
 @ep_option(help=f"Error probability of every analog unit [default: {noise_model.DEFAULT_EP}].")
-@click.option("--std", type=click.FloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
+@std_option
 @noise_draws_option("Noise draws per candidate.", default=3)
 @click.option("--verify-repeats", type=click.IntRange(min=1), default=5, show_default=True,
               help="Noise draws of the verification evaluate of the plan found.")

@@ -38,7 +38,7 @@ from ..passes.attributes import SEED_LIMIT, analog_nodes, seed_random_ops, set_a
 from ..passes.chains import CHAIN_ELEMENTS, remove_analog_chains
 from ..passes.deterministic import noise_free
 from ..passes.graph import import_model, is_default_domain
-from ..planning.plan_file import Plan
+from ..plans import Plan, read_plan
 from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fed_inputs, fit_opset, is_converted,
                             store_settings, stored_settings)
 from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
@@ -160,9 +160,10 @@ class Grid:
 
 
 def cell_convert_options(base: ConvertOptions, variant: ActivationVariant, bits, ep, seed) -> ConvertOptions:
-    """Convert's options for one cell of a grid over a clean model: ``base``, with the cell's values put in."""
-    options = replace(base, **{"activation": variant.activation, "ep": ep, "std": None, "seed": seed,
-                               **dict(variant.parameters)})
+    """Convert's options for one cell of a grid over a clean model: ``base``, with the cell's values put in (an EP
+    of None keeps ``base``'s own EP or std)."""
+    noise = {} if ep is None else {"ep": ep, "std": None}
+    options = replace(base, **{"activation": variant.activation, **noise, "seed": seed, **dict(variant.parameters)})
     if bits is not None:
         return replace(options, bits=bits)
     if options.precision is None and options.bits is None:
@@ -403,6 +404,9 @@ class _CellModels:
             raise AnalogizeError("give --bits or --precision, not both")
         if self.converted:
             _check_variable(model, options)
+            if grid.plans != Grid.plans:
+                raise AnalogizeError("per-cell plans (sensitivity, plan search) need the original model: a converted "
+                                     "model has its chains in place")
             self.base = model
             self.current_precision = options.precision or _first_attribute(
                 import_model(model), _QUANTIZE_OPS, "precision") or stored_settings(model).get("precision")
@@ -474,12 +478,19 @@ class _CellModels:
         recorded = stored_settings(skeleton) if not self.converted else {}
         if self.converted:  # its own values where the cell sets none (a planned model's differ from site to site)
             precision, std = self._converted_precision_and_std(graph, cell)
-            if cell.plan is not None:
-                apply_plan(graph, stored_settings(skeleton).get("ranges", []), cell.plan)
-            if cell.bits is not None:
-                set_analog_attributes(graph, _QUANTIZE_OPS, precision=precision)
-            if cell.ep is not None:
-                _set_noise(graph, std)
+            stored = stored_settings(skeleton)
+            planned = stored.get("options", {}).get("plan")
+            if planned is not None and (cell.bits is not None or cell.ep is not None):
+                # the sites the plan sets keep their values, the others take the cell's: convert --plan at them
+                options = cell_convert_options(ConvertOptions.from_dict(stored["options"]).without_plan_check(),
+                                               cell.variant, cell.bits, cell.ep, None)
+                precision, std = options.resolved_precision(), options.chain_settings().std
+                apply_plan(graph, stored.get("ranges", []), read_plan(planned), options)
+            else:
+                if cell.bits is not None:
+                    set_analog_attributes(graph, _QUANTIZE_OPS, precision=precision)
+                if cell.ep is not None:
+                    _set_noise(graph, std)
         else:
             options = cell_convert_options(self.options, cell.variant, cell.bits, cell.ep, None)
             precision, std = options.resolved_precision(), options.chain_settings().std
@@ -528,7 +539,8 @@ class _CellModels:
 
 # Flags that shape the chains convert inserts; a converted model's chains are already in place.
 _FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "analog_products",
-                       "plan", "data_inputs", "divide", "scale", "alpha", "temperature", "weight_range", "activation_range", "calibrate")
+                       "plan", "data_inputs", "divide", "scale", "alpha", "temperature", "weight_range",
+                       "activation_range", "calibrate")
 
 
 def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:

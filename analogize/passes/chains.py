@@ -166,7 +166,7 @@ def _label(path: str, node: gs.Node) -> str:
 
 def _name_layer(node: gs.Node, position: int, taken: set) -> None:
     """Give an unnamed layer node the name ``<op>_<position>``: reports, plans and export/rebuild pairs then name
-    it the same way (its output tensor is renamed on the way)."""
+    it the same way (an export renames the layer's output tensor, not the node)."""
     if node.name:
         return
     name, count = f"{node.op}_{position}", 1
@@ -334,7 +334,8 @@ def _attach_bias_add(layer: Layer, scope: _Scope) -> None:
 #: a site's chain settings from the units that own it (layer names, or ``input:NAME``) and the site; None keeps
 #: the site digital (a plan's per-layer settings; by default every site takes the global settings)
 SiteSettings = Callable[[tuple, str], "ChainSettings | None"]
-INPUT_UNIT_PREFIX = "input:"
+INPUT_UNIT_PREFIX = "input:"  # a graph input's unit name (its DAC belongs to no layer)
+LAYER_SITES = ("layer-input", "weight", "bias", "layer-output")  # the chain sites of a layer
 
 
 class _ChainBuilder:
@@ -342,8 +343,8 @@ class _ChainBuilder:
     then rebuilds the node list once. Each graph gets its own builder, so a body holds its own shared constants
     (a body initializer named as an outer one would shadow it). The report's site records go to ``sites``."""
 
-    def __init__(self, graph: gs.Graph, names: Names, site_settings: SiteSettings, sites: list):
-        self.graph, self.names, self.site_settings, self.sites = graph, names, site_settings, sites
+    def __init__(self, graph: gs.Graph, names: Names, site_settings: SiteSettings, sites: list, path: str = ""):
+        self.graph, self.names, self.site_settings, self.sites, self.path = graph, names, site_settings, sites, path
         self.ranges = RangeBuilder(names, graph.opset)
         self.before: dict[int, list] = {}
         self.after: dict[int, list] = {}
@@ -360,6 +361,9 @@ class _ChainBuilder:
         if not elements:
             return [], {}, prefix
         mode = settings.ranges.mode(site)
+        if mode == "calibrated" and self.path:  # a plan's per-layer mode; the global one is refused earlier
+            raise AnalogizeError(f"calibrated ranges inside an If/Loop/Scan body ({self.path}): calibration reads "
+                                 f"top-level tensors only; give that layer activation_range dynamic or unit")
         nodes, current, end, record, rescale = [], source, target, {"mode": mode}, []
         if mode != "unit":
             nodes, value, record = self.ranges.range_of(source, mode, scope, prefix)
@@ -481,7 +485,8 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
     chained_inputs: set[str] = set()
     digital_inputs: list[dict] = []
     for scope, (scope_layers, _, _) in zip(scopes, found):
-        builder = _ChainBuilder(scope.graph, names, site_settings or (lambda owners, site: settings), sites)
+        builder = _ChainBuilder(scope.graph, names, site_settings or (lambda owners, site: settings), sites,
+                                scope.path)
         if "input" in where and not scope.path:
             chained_inputs, digital_inputs = _chain_inputs(scope, builder, layers + planned_digital, data_inputs)
         _chain_layers(scope, scope_layers, builder, where, chained_inputs)
@@ -493,7 +498,9 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
             "notes": [{"layer": layer.label, "note": RECURRENT_NOTE} for layer in layers
                       if layer.node.op in RECURRENT_OPS]
             + [{"layer": layer.label, "note": PRODUCT_NOTE} for layer in layers if layer.second],
-            "digital_inputs": digital_inputs, "sites": sites, "op_types": sorted(op_types)}
+            "digital_inputs": digital_inputs,
+            "input_units": [INPUT_UNIT_PREFIX + name for name in sorted(chained_inputs)],
+            "sites": sites, "op_types": sorted(op_types)}
 
 
 # ops a data tensor flows through on its way to a layer: by their first input (layout, normalisation,

@@ -32,7 +32,7 @@ from ..evaluate.engine import ActivationVariant, Cell, Evaluation, Grid, evaluat
 from ..noise_model import MAX_BITS
 from ..passes.model import fed_inputs, is_converted
 from ..progress import progress_bar
-from .plan_file import Plan, model_fingerprint
+from ..plans import Plan, model_fingerprint
 from .metrics import LOWER_IS_BETTER, METRICS
 from .sensitivity import sensitivity
 
@@ -139,7 +139,10 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
     fidelity = metric != "accuracy"
     ranking_options = replace(options, bits=bounds.bits[0])
     ranking = sensitivity(model, feeds, ranking_options, repeats=repeats, seed=seed, statistics=False,
-                          fidelity=fidelity, **scoring)
+                          fidelity=fidelity, metric=metric, **scoring)
+    if ranking["reference"]["analog"].get(f"{metric}_mean") is None:
+        raise AnalogizeError(f"plan: output {ranking['output']!r} has no {metric} (no class axis to take an argmax "
+                             f"along); use --target-rel-error, or name its class axis with --class-axis")
     order = [unit["unit"] for unit in ranking["units"]]  # most costly first
 
     sweep = Evaluation(model, feeds, Grid(repeats=repeats, seed=seed), options, fidelity=fidelity, **scoring)
@@ -150,6 +153,9 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
         state = _search(order, bounds, candidates)
     if state is None:
         raise AnalogizeError(_unmet(metric, comparison, target, candidates.best(), order, bounds))
+    if all(value == DIGITAL for value in state.values()):
+        raise AnalogizeError(f"plan: only keeping every analog unit digital meets {metric} {comparison} {target:g} "
+                             f"(the clean model); lower the target or allow more bits (--bits-choices)")
     plan = state_plan(state, model)
     verification = verify_plan(model, feeds, options, plan, Grid(repeats=verify_repeats, seed=seed),
                                fidelity=fidelity, **scoring)
@@ -167,7 +173,7 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
             "met": _meets(verified, metric, target), "ranking": order,
             "steps": [{key: value for key, value in step.items() if key != "state"} for step in candidates.steps],
             "plan": plan.to_document(), "verification": verification, "repeats": repeats,
-            "verify_repeats": verify_repeats, "seed": seed, "limits": [], "warnings": warnings}
+            "verify_repeats": verify_repeats, "seed": seed, "warnings": warnings}
 
 
 def _search(order: list[str], bounds: SearchBounds, candidates: _Candidates) -> dict | None:

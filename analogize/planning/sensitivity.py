@@ -32,7 +32,8 @@ from ..passes.deterministic import noise_free
 from ..passes.model import fed_inputs, is_converted
 from ..ranges.calibration import site_values
 from .metrics import CLEAN_VALUE, LOWER_IS_BETTER, METRICS, scored_metric
-from .plan_file import INPUT_PREFIX, Plan
+from ..passes.chains import INPUT_UNIT_PREFIX
+from ..plans import Plan
 
 SENSITIVITY_FORMAT, SENSITIVITY_VERSION = "analogize.sensitivity", 1
 STATISTICS_SAMPLES = 256
@@ -42,14 +43,16 @@ _CARRIED = ("model_sha256", "output", "kernels", "data", "grid", "options", "fid
 
 
 def analog_units(model: onnx.ModelProto, options: ConvertOptions) -> tuple[list[dict], list[dict]]:
-    """The units convert makes analog (layers, then graph inputs with a DAC) and its chain sites."""
+    """The units convert makes analog, those that own a chain (layers, then graph inputs with a DAC: ``--where``
+    may leave a layer without any), and its chain sites."""
     report = convert(model, replace(options, seed=None)).report
-    units = [{"unit": name, "kind": "layer", "op_type": report["layer_op_types"][name]} for name in report["layers"]]
-    units += [{"unit": INPUT_PREFIX + site["tensor"], "kind": "input", "op_type": None}
+    owning = {owner for site in report["inserted"] for owner in site["owners"]}
+    units = [{"unit": name, "kind": "layer", "op_type": report["layer_op_types"][name]} for name in report["layers"]
+             if name in owning]
+    units += [{"unit": INPUT_UNIT_PREFIX + site["tensor"], "kind": "input", "op_type": None}
               for site in report["inserted"] if site["site"] == "input"]
     if not units:
-        raise AnalogizeError("sensitivity: convert finds no analog layer or input in this model (convert --json "
-                             "says why)")
+        raise AnalogizeError("sensitivity: convert inserts no chain in this model (convert --json says why)")
     return units, report["inserted"]
 
 
@@ -155,7 +158,7 @@ def finish(result: dict) -> dict:
         alone, without = by_plan[f"only {unit['unit']} analog"], by_plan[f"only {unit['unit']} digital"]
         loss = _difference(digital, alone, metric)
         recovery = _difference(without, analog, metric)
-        error_loss, error_recovery = alone.get("rel_error_mean"), _difference(analog, without, "rel_error")[0]
+        error_loss, error_recovery = alone.get("rel_error_mean"), _difference(without, analog, "rel_error")[0]
         units.append({**unit, "loss": loss[0], "loss_std": loss[1], "recovery": recovery[0],
                       "recovery_std": recovery[1], "cost": None if None in (loss[0], recovery[0])
                       else (loss[0] + recovery[0]) / 2,

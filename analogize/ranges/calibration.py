@@ -167,7 +167,9 @@ def calibrate_sites(graph, sites: list[dict], model: onnx.ModelProto, options: C
     ``range`` what the data did there (largest |x|, fraction clipped). ``model`` is the clean model the sites'
     tensors belong to. Returns the calibration's own record, and the values seen per tensor (from which
     :func:`choose_calibrated_ranges` chooses again for another precision or noise)."""
-    activation = [site for site in sites if site["site"] in ACTIVATION_SITES]
+    top_level = {name for node in model.graph.node for name in node.output} | {value.name for value in model.graph.input}
+    # a body's tensors are not the model's to read: those sites are dynamic or unit (chains refuses calibrated there)
+    activation = [site for site in sites if site["site"] in ACTIVATION_SITES and site["tensor"] in top_level]
     feeds = calibration_feeds(options.data, model, options.samples)
     seen = site_values(model, [site["tensor"] for site in activation], feeds)
     choose_calibrated_ranges(graph, activation, seen, options, precision, std)  # records their clipping

@@ -13,6 +13,7 @@ from typing import Callable
 from ..errors import AnalogizeError
 from ..evaluate.engine import RESULT_FORMAT, RESULT_VERSION
 from ..training import REPORT_FORMAT as TRAINING_FORMAT, REPORT_VERSION as TRAINING_VERSION
+from ..planning.metrics import LOWER_IS_BETTER
 from ..planning.outputs import plot_plan, plot_sensitivity
 from ..planning.search import PLAN_SEARCH_FORMAT, PLAN_SEARCH_VERSION
 from ..planning.sensitivity import SENSITIVITY_FORMAT, SENSITIVITY_VERSION
@@ -249,7 +250,7 @@ def sensitivity_section(result: dict) -> Section:
             ("cells evaluated", _text(result.get("cells")))]
     reference = result["reference"]
     references = [[name, _mean_std(reference[key], "accuracy"), _mean_std(reference[key], "agreement"),
-                   _mean_std(reference[key], "snr_db", scale=1.0)]
+                   _mean_std(reference[key], "rel_error"), _mean_std(reference[key], "snr_db", scale=1.0)]
                   for key, name in (("digital", "every unit digital"), ("analog", "every unit analog"))
                   if key in reference]
     units = sorted(result["units"], key=lambda unit: unit["rank"])
@@ -262,9 +263,9 @@ def sensitivity_section(result: dict) -> Section:
               _text(s.get("max_abs")), _text(s.get("rms")), _percent(s.get("clipped_fraction")),
               _percent(s.get("zero_fraction"))] for u in units for s in u.get("sites") or []]
     tables = [Table(f"reference {metric}: mean ± std over the noise draws, %",
-                    ["model", "accuracy %", "agreement with clean %", "SNR dB"], references),
-              Table(f"units ranked by the {metric} lost when only that unit is analog (percentage points, mean ± "
-                    f"std over the draws)",
+                    ["model", "accuracy %", "agreement with clean %", "relative error %", "SNR dB"], references),
+              Table(f"units ranked by the mean of their loss (the {metric} lost when only that unit is analog) and "
+                    f"recovery (regained when only it is digital); percentage points, mean ± std over the draws",
                     ["rank", "unit", "kind", "op type", "loss", "recovery", f"{metric} % only this analog",
                      f"{metric} % only this digital", "worst clipped", "worst zero"], ranked),
               Table("the analog sites of each unit", ["unit", "site", "tensor", "range mode", "range", "max |x|",
@@ -280,7 +281,8 @@ def plan_search_section(result: dict) -> Section:
     that verified the plan."""
     target, bounds, cost = result["target"], result["bounds"], result["cost"]
     settings = [("model", result.get("model") or "in memory"), ("model SHA-256", result.get("model_sha256")),
-                ("target", f"{target['metric']} ≥ {100 * target['value']:g} %"),
+                ("target", f"{target['metric']} {'≤' if target['metric'] in LOWER_IS_BETTER else '≥'} "
+                           f"{100 * target['value']:g} %"),
                 ("bit widths allowed", _text(bounds.get("bits"))),
                 ("layers may be digital", _text(bounds.get("digital"))),
                 ("at most digital layers", _text(bounds.get("max_digital"))),
@@ -300,14 +302,12 @@ def plan_search_section(result: dict) -> Section:
                     steps)]
     plots = [Plot(f"{target['metric']} after each step, and the target", _png(plot_plan, result))] \
         if result["steps"] else []
-    notes = [f"limit of this search: {line}" for line in result.get("limits") or []]
     parts = []
     if result.get("verification") is not None:
         verification = section(result["verification"], "its verification")
         verification.kind = "verification of the plan (a full evaluate)"
         parts.append(verification)
-    return Section("plan search", model_name(result), settings, tables, plots, notes,
-                   list(result["warnings"]), parts)
+    return Section("plan search", model_name(result), settings, tables, plots, [], list(result["warnings"]), parts)
 
 
 @dataclass(frozen=True)

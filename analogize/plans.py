@@ -13,17 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import dataclass
 
 import onnx
 
-from ..errors import AnalogizeError
-from ..noise_model import MAX_BITS
-from ..ranges.modes import ACTIVATION_RANGE_MODES, WEIGHT_RANGE_MODES
+from .errors import AnalogizeError
+from .noise_model import MAX_BITS
+from .passes.chains import INPUT_UNIT_PREFIX, LAYER_SITES
+from .ranges.modes import ACTIVATION_RANGE_MODES, WEIGHT_RANGE_MODES, WEIGHT_SITES
 
 PLAN_FORMAT, PLAN_VERSION = "analogize.plan", 1
-INPUT_PREFIX = "input:"  # a graph input's unit name: its DAC is not any layer's
-LAYER_SITES = ("layer-input", "weight", "bias", "layer-output")
+MAX_PLAN_BYTES = 64 << 20  # a plan names layers: anything larger is not one
 
 
 @dataclass(frozen=True)
@@ -31,25 +32,28 @@ class PlanField:
     name: str
     kind: str  # what the value is, for the docs and the one-line errors
     doc: str
-    layer_only: bool = False
+    sites: tuple | None = None  # the sites it applies to (None: all)
 
     def check(self, value, where: str):
-        valid = {
-            "boolean": isinstance(value, bool),
-            "bits": isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BITS,
-            "precision": _is_number(value) and value >= 1,
-            "probability": _is_number(value) and 0 <= value < 1,
-            "std": _is_number(value) and value >= 0,
-            "weight range": value in WEIGHT_RANGE_MODES,
-            "activation range": value in ACTIVATION_RANGE_MODES,
-        }[self.kind]
-        if not valid:
+        if not _VALID[self.kind](value):
             raise AnalogizeError(f"plan: {where}: {self.name} must be {_KIND_TEXT[self.kind]}, got {value!r}")
         return float(value) if self.kind in ("precision", "probability", "std") else value
 
 
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_VALID = {  # each reads its value only after the type test, so a list or an object is refused, not hashed
+    "boolean": lambda value: isinstance(value, bool),
+    "bits": lambda value: isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= MAX_BITS,
+    "precision": lambda value: _is_number(value) and value >= 1,
+    "probability": lambda value: _is_number(value) and 0 <= value < 1,
+    "std": lambda value: _is_number(value) and value >= 0,
+    "weight range": lambda value: isinstance(value, str) and value in WEIGHT_RANGE_MODES,
+    "activation range": lambda value: isinstance(value, str) and value in ACTIVATION_RANGE_MODES,
+}
+ACTIVATION_SITES = ("input", "layer-input", "layer-output")
 
 
 _KIND_TEXT = {"boolean": "true or false", "bits": f"a whole number from 1 to {MAX_BITS}",
@@ -63,9 +67,10 @@ FIELDS = {field.name: field for field in (
     PlanField("precision", "precision", "precision p directly (instead of bits)"),
     PlanField("ep", "probability", "error probability, turned into a std at the site's precision"),
     PlanField("std", "std", "noise std in units of the range (instead of ep)"),
-    PlanField("weight_range", "weight range", "range mode of the weight and bias sites"),
+    PlanField("weight_range", "weight range", "range mode of the weight and bias sites", WEIGHT_SITES),
     PlanField("activation_range", "activation range",
-              "range mode of the input, layer-input and layer-output sites (calibrated needs --calibrate)"),
+              "range mode of the input, layer-input and layer-output sites (calibrated needs --calibrate)",
+              ACTIVATION_SITES),
 )}
 EXCLUSIVE = (("bits", "precision"), ("ep", "std"))
 
@@ -83,7 +88,8 @@ class Plan:
         if not isinstance(document, dict) or document.get("format") != PLAN_FORMAT:
             raise AnalogizeError(f"not an {PLAN_FORMAT} file (its 'format' must be {PLAN_FORMAT!r}); write one as "
                                  f"docs/plan.md describes, or let 'analogize plan' write it")
-        if document.get("version") != PLAN_VERSION:
+        version = document.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version != PLAN_VERSION:
             raise AnalogizeError(f"{PLAN_FORMAT} version {document.get('version')!r} is not supported; this "
                                  f"analogize reads version {PLAN_VERSION}")
         unknown = set(document) - {"format", "version", "model_sha256", "layers", "note"}
@@ -91,7 +97,7 @@ class Plan:
             raise AnalogizeError(f"plan: unknown top-level key(s) {', '.join(sorted(map(str, unknown)))}; a plan "
                                  f"has format, version, layers and optionally model_sha256 and note")
         sha = document.get("model_sha256")
-        if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+        if sha is not None and not (isinstance(sha, str) and re.fullmatch("[0-9a-f]{64}", sha)):
             raise AnalogizeError("plan: model_sha256 must be the 64 hex digits of the model's SHA-256")
         layers = document.get("layers")
         if not isinstance(layers, dict):
@@ -99,14 +105,15 @@ class Plan:
         units, sites = {}, {}
         for unit, entry in layers.items():
             sites_entry = entry.get("sites", {}) if isinstance(entry, dict) else {}
-            units[unit] = _checked_entry(entry, f"layer {unit!r}", layer=True)
+            is_input = unit.startswith(INPUT_UNIT_PREFIX)
+            units[unit] = _checked_entry(entry, f"layer {unit!r}", ("input",) if is_input else None)
             if not isinstance(sites_entry, dict):
                 raise AnalogizeError(f"plan: layer {unit!r}: 'sites' must be an object of site names to settings")
             for site, site_entry in sites_entry.items():
-                if site not in LAYER_SITES or unit.startswith(INPUT_PREFIX):
+                if site not in LAYER_SITES or is_input:
                     raise AnalogizeError(f"plan: layer {unit!r}: unknown site {site!r}; a layer's sites are "
                                          f"{', '.join(LAYER_SITES)} (a graph input has no sites)")
-                sites[(unit, site)] = _checked_entry(site_entry, f"layer {unit!r} site {site!r}", layer=False)
+                sites[(unit, site)] = _checked_entry(site_entry, f"layer {unit!r} site {site!r}", (site,))
         return cls(units, sites, sha)
 
     def to_document(self) -> dict:
@@ -150,8 +157,9 @@ class Plan:
                                  "anyway")
 
     def check_units(self, layers: list[str], inputs: list[str], skipped: dict) -> None:
-        """Every unit the plan names must be one of the model's analog layers or chained inputs."""
-        known = set(layers) | {INPUT_PREFIX + name for name in inputs}
+        """Every unit the plan names must be one of the model's analog layers or the graph inputs the ``input``
+        placement chains (``input:NAME``; chained, or kept digital by the plan)."""
+        known = set(layers) | set(inputs)
         for unit in self.units:
             if unit in known:
                 continue
@@ -162,16 +170,23 @@ class Plan:
                                  f"are {shown or 'none'} (convert --json lists them)")
 
 
-def _checked_entry(entry, where: str, layer: bool) -> dict:
+def _checked_entry(entry, where: str, sites: tuple | None) -> dict:
+    """One entry's settings, checked; ``sites``: those it sets (None: a layer's, which settings of any site
+    reach)."""
     if not isinstance(entry, dict):
         raise AnalogizeError(f"plan: {where}: its settings must be an object, got {type(entry).__name__}")
     values = {}
     for name, value in entry.items():
-        if name == "sites" and layer:
-            continue
+        if name == "sites":
+            if sites is None:
+                continue
+            raise AnalogizeError(f"plan: {where}: only a layer has sites (a graph input has no sites, nor has a site)")
         if name not in FIELDS:
             raise AnalogizeError(f"plan: {where}: unknown setting {name!r}; choose from {', '.join(FIELDS)}")
-        values[name] = FIELDS[name].check(value, where)
+        field = FIELDS[name]
+        if sites is not None and field.sites is not None and not set(sites) & set(field.sites):
+            raise AnalogizeError(f"plan: {where}: {name} sets the {', '.join(field.sites)} sites only; drop it here")
+        values[name] = field.check(value, where)
     for first, second in EXCLUSIVE:
         if first in values and second in values:
             raise AnalogizeError(f"plan: {where}: give {first} or {second}, not both")
@@ -190,25 +205,30 @@ def read_plan(source) -> Plan:
     if isinstance(source, dict):
         return Plan.parse(source)
     try:
-        with open(source, encoding="utf-8") as handle:
-            document = json.load(handle)
+        with open(source, "rb") as handle:
+            text = handle.read(MAX_PLAN_BYTES + 1)
+        if len(text) > MAX_PLAN_BYTES:
+            raise AnalogizeError(f"the plan {source} is over {MAX_PLAN_BYTES >> 20} MiB: not a plan file")
+        document = json.loads(text.decode("utf-8"))
     except OSError as error:
         raise AnalogizeError(f"cannot read the plan {source}: {error.strerror or error}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise AnalogizeError(f"the plan {source} is not JSON ({error}); give the file 'analogize plan' wrote") \
             from None
+    except RecursionError:
+        raise AnalogizeError(f"the plan {source} nests too deeply to be a plan file") from None
     return Plan.parse(document)
 
 
 def markdown_reference() -> str:
     """The plan file reference page (``docs/plan.md`` is this text; a test keeps them equal)."""
     lines = ["# Plan files", "",
-             "Generated from `analogize/planning/plan_file.py` by `analogize ops --plan-markdown`; do not edit by "
+             "Generated from `analogize/plans.py` by `analogize ops --plan-markdown`; do not edit by "
              "hand.", "", (__doc__ or "").split("\n\n", 1)[1].strip().replace("\n", " "), "",
              "```json", json.dumps({"format": PLAN_FORMAT, "version": PLAN_VERSION, "model_sha256": "(optional)",
                                     "layers": {"conv1": {"digital": True},
                                                "fc": {"bits": 8, "sites": {"weight": {"bits": 6, "ep": 0.1}}},
-                                               f"{INPUT_PREFIX}x": {"bits": 8}}}, indent=2), "```", "",
+                                               f"{INPUT_UNIT_PREFIX}x": {"bits": 8}}}, indent=2), "```", "",
              "| setting | value | meaning |", "|---|---|---|"]
     lines += [f"| `{field.name}` | {_KIND_TEXT[field.kind]} | {field.doc} |" for field in FIELDS.values()]
     lines += ["", f"Sites: {', '.join(f'`{site}`' for site in LAYER_SITES)}. "
