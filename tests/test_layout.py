@@ -65,7 +65,7 @@ def test_no_import_cycles():
 
 
 @pytest.mark.parametrize("package", ["ops", "native", "runtime", "passes", "export", "evaluate", "training", "report",
-                                     "cli"])
+                                     "planning", "cli"])
 def test_each_subpackage_says_what_it_is(package):
     init = PACKAGE / package / "__init__.py"
     assert init.exists() and ast.get_docstring(ast.parse(init.read_text()))

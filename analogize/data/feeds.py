@@ -114,6 +114,14 @@ def dataset_feeds(dataset: Dataset, model: onnx.ModelProto, preprocessing: Prepr
     return Feeds(dataset.name, {fed_inputs(model)[0].name: x}, dataset.y, notes)
 
 
+def as_feeds(data: "Dataset | Feeds", model: onnx.ModelProto, preprocessing: Preprocessing = Preprocessing()) -> Feeds:
+    """What the model is fed: ``data`` as it is when it is feeds already, else the dataset fitted to the model's
+    one float input and checked against it."""
+    if not isinstance(data, Dataset):
+        return data
+    return checked_feeds(dataset_feeds(data, model, preprocessing), fed_inputs(model), data.name)
+
+
 def checked_feeds(feeds: Feeds, inputs: list, what: str) -> Feeds:
     """``feeds`` refused in one line unless every array has the same sample count, finite values, and the rank,
     fixed sizes and element type of its input (arrays are cast to that type where no value changes)."""

@@ -28,8 +28,8 @@ import onnx
 
 from ..convert import RANGE_RECORDS, ConvertOptions, convert
 from ..ranges.calibration import choose_calibrated_ranges
-from ..data import Dataset, Feeds, Preprocessing, dataset_feeds, fixed_batch_size, model_feeds
-from ..data.feeds import checked_feeds
+from ..data import Dataset, Feeds, Preprocessing, fixed_batch_size, model_feeds
+from ..data.feeds import as_feeds
 from ..devices import device_kind
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
@@ -39,7 +39,7 @@ from ..passes.chains import CHAIN_ELEMENTS, remove_analog_chains
 from ..passes.deterministic import noise_free
 from ..passes.graph import import_model, is_default_domain
 from ..plans import Plan, read_plan
-from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fed_inputs, fit_opset, is_converted,
+from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, is_converted,
                             store_settings, stored_settings)
 from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
 from ..progress import progress_bar
@@ -634,8 +634,7 @@ class Evaluation:
         if not len(data):
             raise AnalogizeError(f"{data.name}: the dataset is empty")
         self.builder = _CellModels(model, self.options, grid)
-        feeds = checked_feeds(dataset_feeds(data, model, preprocessing), fed_inputs(model), data.name) \
-            if isinstance(data, Dataset) else data
+        feeds = as_feeds(data, model, preprocessing)
         self.data_name = data.name
         labels = None if fidelity else feeds.labels
         self.adaptations = list(feeds.notes)
@@ -897,20 +896,28 @@ def _drain(pool, cells, prepared, record, repeats: int, workers: int, bar) -> No
             bar.update(repeats)
 
 
-def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOptions | None = None, *,
-                  split: str | None = None, limit: int | None = None, preprocessing: Preprocessing = Preprocessing(),
-                  torch_import=None, **settings) -> dict:
-    """:func:`evaluate` on the model ``model_path`` (an ONNX file, or a torch model exported with
-    ``torch_import``) and the data spec ``data`` (what the CLI runs)."""
+def on_model_file(run, model_path, data: str, *args, split: str | None = None, limit: int | None = None,
+                  preprocessing: Preprocessing = Preprocessing(), torch_import=None, labels: bool = True,
+                  **settings) -> dict:
+    """``run(model, feeds, *args, preprocessing=..., **settings)`` (evaluate, sensitivity, plan) on the model
+    ``model_path`` (an ONNX file, or a torch model exported with ``torch_import``) and the data spec ``data``, with
+    the model's path, the data spec and what was exported recorded in the result: what the CLI runs."""
     from ..torch_import import load_any_model
 
-    grid.check()
-    check_cuda_usable(settings.get("device", "cpu"))
+    check_cuda_usable(settings.get("device", "cpu"))  # before a possibly long load
     model, _, exported = load_any_model(model_path, torch_import)
-    feeds = model_feeds(data, model, preprocessing, split=split, limit=limit, labels=not settings.get("fidelity"))
-    result = evaluate(model, feeds, grid, options, preprocessing=preprocessing, **settings)
+    feeds = model_feeds(data, model, preprocessing, split=split, limit=limit, labels=labels)
+    result = run(model, feeds, *args, preprocessing=preprocessing, **settings)
     result["model"] = str(model_path)
-    result["data"].update(spec=data, split=split, limit=limit)
+    if "data" in result:
+        result["data"].update(spec=data, split=split, limit=limit)
     if exported:
         result["exported"] = exported
     return result
+
+
+def evaluate_file(model_path, data: str, grid: Grid = Grid(), options: ConvertOptions | None = None,
+                  **settings) -> dict:
+    """:func:`evaluate` on a model file and a data spec (see :func:`on_model_file`)."""
+    grid.check()
+    return on_model_file(evaluate, model_path, data, grid, options, labels=not settings.get("fidelity"), **settings)

@@ -41,6 +41,11 @@ def _share(value) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _tail(name: str, width: int) -> str:
+    """Long layer names share their start (an exporter's scope path): their end tells them apart."""
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def sensitivity_table(result: dict) -> str:
     metric = result["metric"]
     reference = result["reference"]
@@ -53,7 +58,7 @@ def sensitivity_table(result: dict) -> str:
         loss = f"{_points(row['loss'])} ± {100 * (row['loss_std'] or 0):.1f}"
         recovery = f"{_points(row['recovery'])} ± {100 * (row['recovery_std'] or 0):.1f}"
         ratio = "-" if row["worst_noise_to_signal"] is None else f"{row['worst_noise_to_signal']:.3f}"
-        lines.append(f"{row['rank']:>4}  {row['unit'][:32]:<32} {(row['op_type'] or 'input')[:8]:<8} {loss:>12} "
+        lines.append(f"{row['rank']:>4}  {_tail(row['unit'], 32):<32} {(row['op_type'] or 'input')[:8]:<8} {loss:>12} "
                      f"{recovery:>12} {_share(row['worst_clipped_fraction']):>7} "
                      f"{_share(row['worst_zero_fraction']):>7} {ratio:>9}")
     return "\n".join(lines)

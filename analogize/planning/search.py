@@ -25,12 +25,12 @@ from dataclasses import dataclass, replace
 import onnx
 
 from ..convert import ConvertOptions, convert
-from ..data import Dataset, Feeds, Preprocessing, dataset_feeds, model_feeds
-from ..data.feeds import checked_feeds
+from ..data import Dataset, Feeds, Preprocessing
+from ..data.feeds import as_feeds
 from ..errors import AnalogizeError
-from ..evaluate.engine import ActivationVariant, Cell, Evaluation, Grid, evaluate
+from ..evaluate.engine import ActivationVariant, Cell, Evaluation, Grid, evaluate, on_model_file
 from ..noise_model import MAX_BITS
-from ..passes.model import fed_inputs, is_converted
+from ..passes.model import is_converted
 from ..progress import progress_bar
 from ..plans import Plan, model_fingerprint
 from .metrics import LOWER_IS_BETTER, METRICS
@@ -132,8 +132,7 @@ def search_plan(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
         raise AnalogizeError("plan chooses bit widths from --bits-choices: drop --precision")
     if is_converted(model):
         raise AnalogizeError("plan takes the original (unconverted) model and convert's flags")
-    feeds = checked_feeds(dataset_feeds(data, model, preprocessing), fed_inputs(model), data.name) \
-        if isinstance(data, Dataset) else data
+    feeds = as_feeds(data, model, preprocessing)
     if metric == "accuracy" and feeds.labels is None:
         raise AnalogizeError("plan: --target-accuracy needs labelled data; use --target-agreement without labels")
     fidelity = metric != "accuracy"
@@ -242,17 +241,7 @@ def verify_plan(model: onnx.ModelProto, feeds: Feeds, options: ConvertOptions, p
     return evaluate(converted, feeds, grid, **scoring)
 
 
-def search_plan_file(model_path, data: str, options: ConvertOptions | None = None, *, split: str | None = None,
-                     limit: int | None = None, preprocessing: Preprocessing = Preprocessing(), torch_import=None,
-                     **settings) -> dict:
-    """:func:`search_plan` on the model ``model_path`` and the data spec ``data`` (what the CLI runs)."""
-    from ..torch_import import load_any_model
-
-    model, _, exported = load_any_model(model_path, torch_import)
-    feeds = model_feeds(data, model, preprocessing, split=split, limit=limit,
-                        labels=settings.get("metric") == "accuracy")
-    result = search_plan(model, feeds, options, preprocessing=preprocessing, **settings)
-    result["model"] = str(model_path)
-    if exported:
-        result["exported"] = exported
-    return result
+def search_plan_file(model_path, data: str, options: ConvertOptions | None = None, **settings) -> dict:
+    """:func:`search_plan` on a model file and a data spec (see :func:`~analogize.evaluate.engine.on_model_file`)."""
+    return on_model_file(search_plan, model_path, data, options, labels=settings.get("metric") == "accuracy",
+                         **settings)

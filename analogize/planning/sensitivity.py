@@ -24,12 +24,12 @@ import numpy as np
 import onnx
 
 from ..convert import ConvertOptions, convert
-from ..data import Dataset, Feeds, Preprocessing, dataset_feeds, fixed_batch_size, model_feeds
-from ..data.feeds import checked_feeds
+from ..data import Dataset, Feeds, Preprocessing, fixed_batch_size
+from ..data.feeds import as_feeds
 from ..errors import AnalogizeError
-from ..evaluate.engine import Grid, evaluate
+from ..evaluate.engine import Grid, evaluate, on_model_file
 from ..passes.deterministic import noise_free
-from ..passes.model import fed_inputs, is_converted
+from ..passes.model import is_converted
 from ..ranges.calibration import site_values
 from .metrics import CLEAN_VALUE, LOWER_IS_BETTER, METRICS, scored_metric
 from ..passes.chains import INPUT_UNIT_PREFIX
@@ -86,8 +86,7 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
     if is_converted(model):
         raise AnalogizeError("sensitivity takes the original (unconverted) model and convert's flags; it converts "
                              "it once itself")
-    feeds = checked_feeds(dataset_feeds(data, model, preprocessing), fed_inputs(model), data.name) \
-        if isinstance(data, Dataset) else data
+    feeds = as_feeds(data, model, preprocessing)
     units, sites = analog_units(model, options)
     grid = Grid(repeats=repeats, seed=seed, plans=unit_plans(units, options.resolved_plan()))
     result = evaluate(model, feeds, grid, options, **settings)
@@ -96,9 +95,11 @@ def sensitivity(model: onnx.ModelProto, data: Dataset | Feeds, options: ConvertO
     return result if result.get("shard") else finish(result)
 
 
+UNMEASURED = {"max_abs": None, "rms": None, "clipped_fraction": None, "zero_fraction": None, "noise_to_signal": None}
+
+
 def _without_statistics(sites: list[dict]) -> list[dict]:
-    return [{**_site_entry(site), "max_abs": None, "rms": None, "clipped_fraction": None, "zero_fraction": None,
-             "noise_to_signal": None} for site in sites]
+    return [{**_site_entry(site), **UNMEASURED} for site in sites]
 
 
 def _site_entry(site: dict) -> dict:
@@ -132,8 +133,7 @@ def site_statistics(model: onnx.ModelProto, options: ConvertOptions, feeds: Feed
         entry = _site_entry(site)
         magnitudes = values.magnitudes().astype(np.float64) if values is not None else None
         if magnitudes is None or not magnitudes.size:
-            entries.append({**entry, "max_abs": None, "rms": None, "clipped_fraction": None, "zero_fraction": None,
-                            "noise_to_signal": None})
+            entries.append({**entry, **UNMEASURED})
             continue
         rms = math.sqrt(float(np.mean(magnitudes**2)))
         nonzero = magnitudes[magnitudes > 0]
@@ -193,17 +193,6 @@ def _metrics(cell: dict) -> dict:
 
 
 
-def sensitivity_file(model_path, data: str, options: ConvertOptions | None = None, *, split: str | None = None,
-                     limit: int | None = None, preprocessing: Preprocessing = Preprocessing(), torch_import=None,
-                     **settings) -> dict:
-    """:func:`sensitivity` on the model ``model_path`` and the data spec ``data`` (what the CLI runs)."""
-    from ..torch_import import load_any_model
-
-    model, _, exported = load_any_model(model_path, torch_import)
-    feeds = model_feeds(data, model, preprocessing, split=split, limit=limit, labels=not settings.get("fidelity"))
-    result = sensitivity(model, feeds, options, preprocessing=preprocessing, **settings)
-    result["model"] = str(model_path)
-    result["data"].update(spec=data, split=split, limit=limit)
-    if exported:
-        result["exported"] = exported
-    return result
+def sensitivity_file(model_path, data: str, options: ConvertOptions | None = None, **settings) -> dict:
+    """:func:`sensitivity` on a model file and a data spec (see :func:`~analogize.evaluate.engine.on_model_file`)."""
+    return on_model_file(sensitivity, model_path, data, options, labels=not settings.get("fidelity"), **settings)
