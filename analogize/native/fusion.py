@@ -6,11 +6,12 @@ callers that hold a model: :func:`~analogize.passes.graph.import_model`, the pas
 :func:`~analogize.passes.graph.export_model` (which imports the native domain the new nodes use, once), followed
 for the second by :func:`~analogize.passes.model.sync_analog_functions` (the domain's import goes with its nodes).
 
-A portable FusedChain node (the fast form of a file) calls its own overload
-of a local function ``FusedChain`` whose body is the chain it replaced, node for node: names, attributes and
-seeds as they were, each Clip bound a Constant of the initializer's name. ONNX Runtime runs the registered kernel
-where the library is loaded (a registered custom op takes precedence over a local function of the same domain
-and name, overload or not) and the body where it is not; :func:`unfuse_chains` puts the body back in the graph.
+A portable FusedChain node (the fast form of a file, :mod:`analogize.runtime.fast_form`) calls its own
+overload of a local function ``FusedChain`` whose body is the chain it replaced, node for node: names,
+attributes and seeds as they were, each Clip bound a Constant of the initializer's name. ONNX Runtime runs the
+registered kernel where the library is loaded (a registered custom op takes precedence over a local function of
+the same domain and name, overload or not) and the body where it is not; :func:`unfuse_chains` puts the body
+back in the graph.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from onnx_graphsurgeon.ir.tensor import SparseValues
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS, OpSpec
 from ..passes.graph import Names, bodies, constant_values, export_model, import_model, is_default_domain
-from ..passes.model import export_with_functions
+from ..passes.model import export_with_functions, refuse_machine_form
 from .build import FUSED_DOMAIN, _kernel_source
 
 
@@ -274,6 +275,7 @@ def unfuse_model_chains(model: onnx.ModelProto) -> onnx.ModelProto:
     (a new model), or ``model`` itself where it has none."""
     if not any(node.domain == FUSED_DOMAIN for node in model.graph.node):
         return model
+    refuse_machine_form(model)
     graph = import_model(model)
     unfuse_chains(graph)
     return export_with_functions(graph, model)

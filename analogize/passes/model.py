@@ -5,8 +5,8 @@ holds, so it runs before :func:`analogize.passes.graph.import_model` or after
 - the opset move (:func:`fit_opset`) is ONNX's version converter, which reads and writes whole models;
 - function bodies (:func:`sync_analog_functions`, :func:`inline_analog_functions`)
   are ``FunctionProto`` messages generated from the op set, kept byte for byte, and inlined by ONNX's inliner;
-- the IR version, metadata and settings record (:func:`raise_ir_version`, :func:`store_settings`) are fields
-  of the model, not of its graph.
+- the IR version, metadata and settings record (:func:`raise_ir_version`, :func:`store_settings`,
+  :func:`machine_form_record`) are fields of the model, not of its graph.
 """
 from __future__ import annotations
 
@@ -154,3 +154,22 @@ def store_settings(model: onnx.ModelProto, summary: dict) -> None:
             return
     model.metadata_props.add(key=METADATA_KEY, value=value)
 
+
+FORM_KEY = "analogize.form"
+
+
+def machine_form_record(model: onnx.ModelProto) -> dict | None:
+    """What an ONNX Runtime graph optimised for one machine (``analogize fast --for-this-machine``) is tied to:
+    the ONNX Runtime version, CPU features and native library it was made with; None for any other model."""
+    for entry in model.metadata_props:
+        if entry.key == FORM_KEY:
+            return json.loads(entry.value)
+    return None
+
+
+def refuse_machine_form(model: onnx.ModelProto) -> None:
+    """Only ONNX Runtime reads its optimised graph (internal ops, reordered weights, no function bodies)."""
+    record = machine_form_record(model)
+    if record is not None:
+        raise AnalogizeError(f"the model is ONNX Runtime {record['onnxruntime']}'s optimised graph for one machine "
+                             f"(analogize fast --for-this-machine); give the converted file it was made from")
