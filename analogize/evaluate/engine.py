@@ -31,6 +31,7 @@ from ..ranges.calibration import choose_calibrated_ranges
 from ..data import Dataset, Feeds, Preprocessing, dataset_feeds, fixed_batch_size, model_feeds
 from ..data.feeds import checked_feeds
 from ..errors import AnalogizeError
+from ..native.fusion import unfuse_model_chains
 from ..ops.spec import DOMAIN, OPS
 from ..passes.activations import ACTIVATIONS, swap_activations
 from ..passes.attributes import SEED_LIMIT, analog_nodes, seed_random_ops, set_analog_attributes
@@ -399,6 +400,7 @@ class _CellModels:
         if options.precision is not None and grid.bits != (None,):
             raise AnalogizeError("give --bits or --precision, not both")
         if self.converted:
+            model = unfuse_model_chains(model)  # a fast-form file: its nodes, whose values each cell sets
             _check_variable(model, options)
             self.base = model
             self.current_precision = options.precision or _first_attribute(
