@@ -1,8 +1,12 @@
 """The fast form in a file: fused chains that keep their function bodies give the plain file's numbers in a user's
-own ONNX Runtime session (with the native library or without); export, rebuild and evaluate read it as the plain
-file; ONNX Runtime's optimised graph of it for this machine runs as the package's own sessions do, and is refused
-wherever more than ONNX Runtime would have to read it."""
+own ONNX Runtime session (with the native library or without, from Python or from the C API); export, rebuild
+and evaluate read it as the plain file; ONNX Runtime's optimised graph of it for this machine runs as the
+package's own sessions do, and is refused wherever more than ONNX Runtime would have to read it."""
+import glob
 import json
+import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +206,27 @@ def test_cli_fast_writes_both_forms_and_refuses_a_clean_model(plain, tmp_path, c
     assert code == 2 and err.count("\n") == 1 and "convert it first" in err
     assert not (tmp_path / "clean.onnx").exists()
 
+
+C_COMPILER = shutil.which("cc") or shutil.which("gcc")
+ONNX_RUNTIME = sorted(glob.glob(os.path.join(os.path.dirname(ort.__file__), "capi", "libonnxruntime.so*")))
+
+
+@pytest.mark.skipif(not C_COMPILER, reason="no C compiler (cc or gcc) to build docs/examples/run_fast.c")
+@pytest.mark.skipif(not ONNX_RUNTIME, reason="the onnxruntime package ships no libonnxruntime.so here")
+def test_the_c_api_example_runs_the_fast_file_with_python_s_numbers(fast, blocked_pair, images, tmp_path):
+    program = tmp_path / "run_fast"
+    source = Path(__file__).resolve().parents[1] / "docs" / "examples" / "run_fast.c"
+    subprocess.run([C_COMPILER, "-O2", "-Wall", "-Werror", "-std=c99", "-o", str(program), str(source), "-ldl"],
+                   check=True, capture_output=True)
+    cases = [(fast, images, "input", "logits", []),
+             (blocked_pair[1], np.random.default_rng(0).uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32), "x", "y",
+              ["--no-optimisation"])]
+    for model, x, input_name, output_name, flags in cases:
+        onnx.save(model, tmp_path / "model.onnx")
+        x.tofile(tmp_path / "in.f32")
+        finished = subprocess.run([str(program), *flags, ONNX_RUNTIME[0], str(tmp_path / "model.onnx"),
+                                   str(native_library_path()), input_name, output_name, str(tmp_path / "in.f32"),
+                                   str(tmp_path / "out.f32"), *map(str, x.shape)], capture_output=True, text=True)
+        assert finished.returncode == 0, finished.stderr
+        expected = user_runs(model, x, library=True, optimise=not flags)[0]  # a fresh session's first run
+        np.testing.assert_array_equal(np.fromfile(tmp_path / "out.f32", np.float32), expected.ravel())
