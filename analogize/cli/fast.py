@@ -18,17 +18,15 @@ from .options import json_flag, overwrite_option, writable_file
                    "own sessions run them). It ties the file to this ONNX Runtime version, this CPU's vector "
                    "features and the native library: it has no function bodies and loads only where the library is "
                    "registered; load it with graph optimisations off.")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="--for-this-machine: the intra-op thread count to optimise for [default: ONNX Runtime's].")
 @overwrite_option
 @json_flag("Print the report as JSON.")
-def fast(model, output, for_this_machine, threads, overwrite, as_json):
+def fast(model, output, for_this_machine, overwrite, as_json):
     """Write the converted MODEL with each chain of element-wise analog nodes as one fused native node that keeps
     the chain as its ONNX function body: fast in any ONNX Runtime session that registers the native library
     (analogize native prints its path), and the same numbers without it, in any runtime."""
     from ..runtime.fast_form import fast_file
 
-    report = fast_file(model, output, for_this_machine, threads, overwrite)
+    report = fast_file(model, output, for_this_machine, overwrite)
     if as_json:
         click.echo(json.dumps(report, indent=2))
         return

@@ -64,14 +64,14 @@ def _cpu_features() -> str:
     return " ".join([platform.machine(), *(flag for flag in wanted if flag in flags)])
 
 
-def machine_form(fast: onnx.ModelProto, threads: int | None = None) -> onnx.ModelProto:
+def machine_form(fast: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX Runtime's optimised graph of the fast-form ``fast`` for this machine, in the blocked layout where it
     applies, with what it is tied to recorded in its metadata."""
     library = native_library_path()
-    optimised = blocked_layout_model(fast, session_options(threads, library))
+    optimised = blocked_layout_model(fast, session_options(None, library))
     blocked = optimised is not None
     if not blocked:  # no convolution to block: ONNX Runtime's optimised graph all the same
-        options = session_options(threads, library)
+        options = session_options(None, library)
         with tempfile.TemporaryDirectory() as work:
             options.optimized_model_filepath = str(Path(work) / "optimised.onnx")
             try:
@@ -88,13 +88,12 @@ def machine_form(fast: onnx.ModelProto, threads: int | None = None) -> onnx.Mode
     return optimised
 
 
-def fast_file(source, destination, for_this_machine: bool = False, threads: int | None = None,
-              overwrite: bool = False) -> dict:
+def fast_file(source, destination, for_this_machine: bool = False, overwrite: bool = False) -> dict:
     """The fast form (or, ``for_this_machine``, ONNX Runtime's optimised graph of it) of the converted model at
     ``source`` written to ``destination``; returns what was written."""
     model, external = load_model(source)
     fast, fused = fast_form(model)
-    written = machine_form(fast, threads) if for_this_machine else fast
+    written = machine_form(fast) if for_this_machine else fast
     save_model(written, destination, external_data=external, overwrite_input=None if overwrite else source)
     report = {"input": str(source), "output": str(destination), "fused_chains": fused,
               "form": "onnxruntime-optimised" if for_this_machine else "fast"}
