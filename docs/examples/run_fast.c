@@ -8,8 +8,7 @@
 // loaded by path: the wheels ship libonnxruntime.so.<version> without the libonnxruntime.so.1 its soname names.
 //
 //   cc -O2 -o run_fast docs/examples/run_fast.c -ldl
-//   ORT=$(python -c "import onnxruntime, glob, os; print(glob.glob(os.path.dirname(onnxruntime.__file__)
-//                    + '/capi/libonnxruntime.so*')[0])")
+//   ORT=$(python -c "import glob, onnxruntime as o; print(glob.glob(o.__path__[0] + '/capi/libonnxruntime.so*')[0])")
 //   ./run_fast [--no-optimisation] $ORT MODEL.onnx $(analogize native) INPUT OUTPUT in.f32 out.f32 64 1 8 8
 //
 // --no-optimisation turns ONNX Runtime's graph optimisations off, as a file written with
