@@ -10,9 +10,9 @@ override them, used or not), and initializers that only control-flow bodies read
 into every body). The caller's model is left as it was. Initializers that nothing reads and no input names are
 not written.
 
-Local functions (graphsurgeon models none of them with its overload) are in ``graph.functions``, each with its
-``overload``: a source function is written back byte for byte while the graph still holds it; a pass adds one
-(a ``gs.Function`` with an ``overload`` attribute) or takes one out, and the export follows.
+Local functions are in ``graph.functions``, each with an ``overload`` attribute (graphsurgeon imports them without
+it): a source function is written back byte for byte while the graph still holds it; a pass adds one (a
+``gs.Function`` with its ``overload``) or takes one out, and the export follows.
 
 :class:`Names` hands out tensor names no graph or body of the model uses yet, and :func:`constant_tensors`
 says which tensors are known before the model runs (initializers and what constant nodes compute from them).
