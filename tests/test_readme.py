@@ -28,11 +28,16 @@ SLOW = {
     "analogize zoo export resnet18 -o r18.onnx --option width=0.5 --image-size 32 --exporter dynamo",
     "python bench/calibration_vs_ort.py", "python bench/evaluate_sweep.py", "python bench/native_kernels.py",
     "python models/train_digits.py", "python bench/sensitivity_cost.py", "python bench/plan_optimality.py",
+    "python bench/fast_file.py",
 }
 # commands that need another's output first: what to run before them
-NEEDS = {"analogize merge part-*.json -o result.json --csv result.csv --plot result.png": [
-    "analogize evaluate models/digits_convnet.onnx --data digits --limit 60 --bits 4 --ep 0.1,0.3 --repeats 1 "
-    f"--shard {k}/2 --json part-{k}.json --quiet" for k in range(2)],
+CONVERTED_DIGITS = "analogize convert models/digits_convnet.onnx -o digits_analog.onnx --bits 6 --ep 0.3 --seed 0"
+NEEDS = {
+    "analogize fast digits_analog.onnx -o digits_fast.onnx": [CONVERTED_DIGITS],
+    "analogize fast digits_analog.onnx -o digits_machine.onnx --for-this-machine": [CONVERTED_DIGITS],
+    "analogize merge part-*.json -o result.json --csv result.csv --plot result.png": [
+        "analogize evaluate models/digits_convnet.onnx --data digits --limit 60 --bits 4 --ep 0.1,0.3 --repeats 1 "
+        f"--shard {k}/2 --json part-{k}.json --quiet" for k in range(2)],
     'analogize report eval.json -o report.html --title "digits at 4 and 6 bits"': [
         "analogize evaluate models/digits_convnet.onnx --data digits --limit 40 --bits 4 --ep 0.3 --repeats 1 "
         "--json eval.json --quiet"]}

@@ -9,7 +9,7 @@ import sys
 import click
 
 from ..errors import AnalogizeError
-from . import analyze, convert, evaluate, export, finetune, info, planning, report, training, zoo
+from . import analyze, convert, evaluate, export, fast, finetune, info, planning, report, training, zoo
 
 
 def main(argv=None) -> int:
@@ -50,7 +50,7 @@ def cli(debug):
     """Prepare ONNX neural networks for noisy, low-precision analog accelerators."""
 
 
-for command in (convert.convert, info.ops, info.native, zoo.zoo, evaluate.evaluate, evaluate.merge, export.export,
-                export.rebuild, finetune.finetune, analyze.analyze, training.train, training.sweep,
+for command in (convert.convert, fast.fast, info.ops, info.native, zoo.zoo, evaluate.evaluate, evaluate.merge,
+                export.export, export.rebuild, finetune.finetune, analyze.analyze, training.train, training.sweep,
                 planning.sensitivity, planning.plan, report.report):
     cli.add_command(command)

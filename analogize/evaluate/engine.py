@@ -32,6 +32,7 @@ from ..data import Dataset, Feeds, Preprocessing, fixed_batch_size, model_feeds
 from ..data.feeds import as_feeds
 from ..devices import device_kind
 from ..errors import AnalogizeError
+from ..native.fusion import unfuse_model_chains
 from ..ops.spec import DOMAIN, OPS
 from ..passes.activations import ACTIVATIONS, swap_activations
 from ..passes.attributes import SEED_LIMIT, analog_nodes, seed_random_ops, set_analog_attributes
@@ -403,6 +404,7 @@ class _CellModels:
         if options.precision is not None and grid.bits != (None,):
             raise AnalogizeError("give --bits or --precision, not both")
         if self.converted:
+            model = unfuse_model_chains(model)  # a fast-form file: its nodes, whose values each cell sets
             _check_variable(model, options)
             if grid.plans != Grid.plans:
                 raise AnalogizeError("per-cell plans (sensitivity, plan search) need the original model: a converted "

@@ -4,6 +4,7 @@ from __future__ import annotations
 import onnx
 
 from ..errors import AnalogizeError
+from ..native.fusion import unfuse_chains
 from ..passes.graph import export_model, import_model
 from .plain import plain_model_steps, plain_passes
 from .qdq import qdq_model_steps, qdq_passes
@@ -33,17 +34,19 @@ def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False
 
     1. model level: :func:`check_request`; :func:`~.spec.exportable_settings` (the settings record is metadata);
     2. :func:`~analogize.passes.graph.import_model`;
-    3. :func:`~.spec.describe`: the spec, read before any edit;
-    4. the format's graph passes (:func:`~.qdq.qdq_passes`, :func:`~.qonnx.qonnx_passes`,
+    3. :func:`~analogize.native.fusion.unfuse_chains`: a fast-form file's fused chains, node by node again;
+    4. :func:`~.spec.describe`: the spec, read before any other edit;
+    5. the format's graph passes (:func:`~.qdq.qdq_passes`, :func:`~.qonnx.qonnx_passes`,
        :func:`~.plain.plain_passes`); the hardware formats fold static ranges into their scales
        (:mod:`.folding`), which the spec records per tensor;
-    5. :func:`~analogize.passes.graph.export_model`;
-    6. model level: the format's steps (function bodies, ONNX's inliner, the opset move: see each
+    6. :func:`~analogize.passes.graph.export_model`;
+    7. model level: the format's steps (function bodies, ONNX's inliner, the opset move: see each
        ``*_model_steps``), the format recorded in the metadata, ONNX's checker.
     """
     check_request(format, keep_noise)
     settings = exportable_settings(model)
     graph = import_model(model)
+    unfuse_chains(graph)
     spec = describe(graph, settings)
     graph_passes, model_steps = _PIPELINES[format]
     state = graph_passes(graph, keep_noise=True) if keep_noise else graph_passes(graph)  # plain only

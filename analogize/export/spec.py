@@ -19,7 +19,7 @@ from ..ops.spec import DOMAIN
 from ..passes.chains import CHAIN_ELEMENTS, CLAMP_RANGE, is_chain_element
 from ..passes.graph import import_model
 from ..ranges.mapping import is_range_node
-from ..passes.model import is_converted, stored_settings
+from ..passes.model import is_converted, refuse_machine_form, stored_settings
 
 SPEC_FORMAT, SPEC_VERSION = "analogize.spec", 1
 EXPORT_KEY = "analogize.export"  # metadata: the format a model was exported in
@@ -36,7 +36,8 @@ def integer_bits(precision: float) -> int | None:
 
 def exportable_settings(model: onnx.ModelProto) -> dict:
     """Convert's settings as recorded in the model, once the model is known to be converted with its chains
-    apart (not ``--inline``)."""
+    apart (not ``--inline``) and portable (not ONNX Runtime's graph optimised for one machine)."""
+    refuse_machine_form(model)
     if not is_converted(model):
         raise AnalogizeError("the model has no analog ops or settings: convert it first (analogize convert)")
     settings = stored_settings(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..native.fusion import unfuse_chains
 from .attributes import round_deterministically
 from .chains import remove_analog_chains
 from .graph import import_model
@@ -19,8 +20,10 @@ def make_deterministic(graph: gs.Graph) -> dict:
 def noise_free(model: onnx.ModelProto) -> onnx.ModelProto:
     """The converted model without its noise, still in the analog op set.
 
-    Pipeline: import; :func:`make_deterministic`; :func:`~.model.export_with_functions` (ReducePrecision's body
+    Pipeline: import; :func:`~analogize.native.fusion.unfuse_chains` (a fast-form model's noise is inside its
+    fused chains); :func:`make_deterministic`; :func:`~.model.export_with_functions` (ReducePrecision's body
     added, the noise's dropped)."""
     graph = import_model(model)
+    unfuse_chains(graph)
     make_deterministic(graph)
     return export_with_functions(graph, model)

@@ -3,11 +3,16 @@
 :func:`import_model` and :func:`export_model` are the only crossings between ``onnx.ModelProto`` and
 ``gs.Graph``. The export carries back what graphsurgeon does not model or cannot write: the model's metadata,
 documentation, domain and version, its local functions (byte for byte), the order of its opset imports, the
-graph's inputs, outputs and shape annotations as the source wrote them, node documentation, attributes
-graphsurgeon does not import (sparse tensors, lists of tensors or graphs, type protos) or cannot type back
-(empty lists), the initializers a model lists as inputs (callers may override them, used or not), and
-initializers that only control-flow bodies read (graphsurgeon would copy them into every body). The
-caller's model is left as it was. Initializers that nothing reads and no input names are not written.
+graph's inputs, outputs and shape annotations as the source wrote them, node documentation, which overload of
+a local function a node calls, attributes graphsurgeon does not import (sparse tensors, lists of tensors or
+graphs, type protos) or cannot type back (empty lists), the initializers a model lists as inputs (callers may
+override them, used or not), and initializers that only control-flow bodies read (graphsurgeon would copy them
+into every body). The caller's model is left as it was. Initializers that nothing reads and no input names are
+not written.
+
+Local functions are in ``graph.functions``, each with an ``overload`` attribute (graphsurgeon imports them without
+it): a source function is written back byte for byte while the graph still holds it; a pass adds one (a
+``gs.Function`` with its ``overload``) or takes one out, and the export follows.
 
 :class:`Names` hands out tensor names no graph or body of the model uses yet, and :func:`constant_tensors`
 says which tensors are known before the model runs (initializers and what constant nodes compute from them).
@@ -41,6 +46,9 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
                              f"optional-typed inputs and outputs are not supported") from None
     graph.unnamed_attribute_tensors = []
     graph.has_source_extras = _note_source(model.graph, graph, graph.unnamed_attribute_tensors)
+    for function, proto in zip(graph.functions, model.functions):
+        function.overload, function.source_proto = proto.overload, proto
+    graph.imported_functions = list(graph.functions)
     # listed as inputs too: defaults a caller may override, so no pass may take their values as fixed
     graph.overridable_initializers = graph.source_initializers & {value.name for value in model.graph.input}
     return graph
@@ -71,6 +79,8 @@ def _note_source(proto: onnx.GraphProto, graph: gs.Graph, unnamed: list) -> bool
     for proto_node, node in zip(proto.node, graph.nodes):
         if proto_node.doc_string:
             node.source_doc, extras = proto_node.doc_string, True
+        if proto_node.overload:
+            node.overload, extras = proto_node.overload, True
         for attribute in proto_node.attribute:
             value = node.attrs.get(attribute.name)
             if attribute.name not in node.attrs:
@@ -128,6 +138,7 @@ def export_model(graph: gs.Graph, source: onnx.ModelProto, in_place: bool = Fals
         _put_back_verbatim(graph, model.graph)
     if nested:
         _lift_outer_initializers(graph, model.graph)
+    _write_functions(graph, model)
     model.opset_import.extend(new_domains)
     if overridable:
         _restore_overridable_inputs(model.graph, description, overridable)
@@ -180,6 +191,9 @@ def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphPro
         return exporter.export_value_info_proto(tensor, False)
 
     proto.node.extend(exporter.export_node(node) for node in graph.nodes)
+    for node, proto_node in zip(graph.nodes, proto.node):
+        if getattr(node, "overload", ""):  # a pass's own calls too, not only the source's
+            proto_node.overload = node.overload
     proto.input.extend(value_info(tensor) for tensor in graph.inputs)
     proto.output.extend(value_info(tensor) for tensor in graph.outputs)
     tensors = graph.tensors()
@@ -273,6 +287,8 @@ def _put_back_verbatim(graph: gs.Graph, proto: onnx.GraphProto) -> None:
     for node, proto_node in zip(graph.nodes, proto.node):
         if getattr(node, "source_doc", ""):
             proto_node.doc_string = node.source_doc
+        if getattr(node, "overload", ""):
+            proto_node.overload = node.overload
         for attribute in proto_node.attribute:
             if attribute.type == onnx.AttributeProto.GRAPH:
                 _put_back_verbatim(node.attrs[attribute.name], attribute.g)
@@ -283,6 +299,23 @@ def _put_back_verbatim(graph: gs.Graph, proto: onnx.GraphProto) -> None:
                    for name, value in node.attrs.items()]
         proto_node.ClearField("attribute")
         proto_node.attribute.extend(ordered)
+
+
+def _write_functions(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """The model's local functions become those ``graph.functions`` holds, where a pass changed them: the
+    source's byte for byte, a pass's own through graphsurgeon's exporter with its overload."""
+    held, imported = getattr(graph, "functions", []), getattr(graph, "imported_functions", [])
+    if len(held) == len(imported) and all(a is b for a, b in zip(held, imported)):
+        return
+    functions = []
+    for function in held:
+        source = getattr(function, "source_proto", None)
+        if source is None:
+            source = OnnxExporter.export_function(function)
+            source.overload = getattr(function, "overload", "")
+        functions.append(_copy(source))  # copied: in place, the source's own are about to be cleared
+    model.ClearField("functions")
+    model.functions.extend(functions)
 
 
 def _lift_outer_initializers(graph: gs.Graph, proto: onnx.GraphProto) -> None:
@@ -313,9 +346,9 @@ def _lift_outer_initializers(graph: gs.Graph, proto: onnx.GraphProto) -> None:
     proto.initializer.extend(tensor for name, tensor in lifted.items() if name not in present)
 
 
-def _copy(tensor: onnx.TensorProto) -> onnx.TensorProto:
-    duplicate = onnx.TensorProto()
-    duplicate.CopyFrom(tensor)
+def _copy(message):
+    duplicate = type(message)()
+    duplicate.CopyFrom(message)
     return duplicate
 
 

@@ -5,8 +5,8 @@ holds, so it runs before :func:`analogize.passes.graph.import_model` or after
 - the opset move (:func:`fit_opset`) is ONNX's version converter, which reads and writes whole models;
 - function bodies (:func:`sync_analog_functions`, :func:`inline_analog_functions`)
   are ``FunctionProto`` messages generated from the op set, kept byte for byte, and inlined by ONNX's inliner;
-- the IR version, metadata and settings record (:func:`raise_ir_version`, :func:`store_settings`) are fields
-  of the model, not of its graph.
+- the IR version, metadata and settings record (:func:`raise_ir_version`, :func:`store_settings`,
+  :func:`machine_form_record`) are fields of the model, not of its graph.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import onnx
 from onnx import helper, inliner, version_converter
 
 from ..errors import AnalogizeError
+from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
 from ..ops.spec import DOMAIN, DOMAIN_VERSION
 from .graph import export_model
@@ -52,11 +53,14 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
 
 
 def sync_analog_functions(model: onnx.ModelProto) -> None:
-    """Function bodies follow the nodes: each analog op the graph uses (in control-flow bodies too: functions
-    live at model level only) gets its body (at the model's opset) and the domain import; bodies and the import
-    that nothing uses any more go. The bodies are always the op set's own: a model that brought bodies of its
-    own for the domain (an identity for ReducePrecision, say) does not keep them."""
-    in_use = _analog_ops(model.graph)
+    """Function bodies follow the nodes: each analog op the graph uses (in control-flow bodies and in the
+    bodies of other local functions too, such as the fast form's fused chains: functions live at model level
+    only) gets its body (at the model's opset) and the domain import; bodies and the import that nothing uses any
+    more go, and so does the native domain's import once no fused chain is left. The bodies are always the op
+    set's own: a model that brought bodies of its own for the domain (an identity for ReducePrecision, say)
+    does not keep them."""
+    in_use = _ops_of(model.graph, DOMAIN) | {node.op_type for function in model.functions if function.domain != DOMAIN
+                                         for node in function.node if node.domain == DOMAIN}
     ours = {(f.name, f.SerializeToString()) for f in function_protos(sorted(in_use), default_opset(model))}
     for function in [f for f in model.functions if f.domain == DOMAIN and
                      (f.name, f.SerializeToString()) not in ours]:
@@ -71,14 +75,17 @@ def sync_analog_functions(model: onnx.ModelProto) -> None:
     elif not in_use:
         for entry in imported:
             model.opset_import.remove(entry)
+    if not _ops_of(model.graph, FUSED_DOMAIN):  # its fused chains taken apart: the native domain goes too
+        for entry in [e for e in model.opset_import if e.domain == FUSED_DOMAIN]:
+            model.opset_import.remove(entry)
 
 
-def _analog_ops(graph: onnx.GraphProto) -> set[str]:
-    used = {node.op_type for node in graph.node if node.domain == DOMAIN}
+def _ops_of(graph: onnx.GraphProto, domain: str) -> set[str]:
+    used = {node.op_type for node in graph.node if node.domain == domain}
     for node in graph.node:
         for attribute in node.attribute:
             for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                used |= _analog_ops(body)
+                used |= _ops_of(body, domain)
     return used
 
 
@@ -146,3 +153,23 @@ def store_settings(model: onnx.ModelProto, summary: dict) -> None:
             entry.value = value
             return
     model.metadata_props.add(key=METADATA_KEY, value=value)
+
+
+FORM_KEY = "analogize.form"
+
+
+def machine_form_record(model: onnx.ModelProto) -> dict | None:
+    """What an ONNX Runtime graph optimised for one machine (``analogize fast --for-this-machine``) is tied to:
+    the ONNX Runtime version, CPU features and native library it was made with; None for any other model."""
+    for entry in model.metadata_props:
+        if entry.key == FORM_KEY:
+            return json.loads(entry.value)
+    return None
+
+
+def refuse_machine_form(model: onnx.ModelProto) -> None:
+    """Only ONNX Runtime reads its optimised graph (internal ops, reordered weights, no function bodies)."""
+    record = machine_form_record(model)
+    if record is not None:
+        raise AnalogizeError(f"the model is ONNX Runtime {record['onnxruntime']}'s optimised graph for one machine "
+                             f"(analogize fast --for-this-machine); give the converted file it was made from")

@@ -18,6 +18,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from ..native.fusion import unfuse_model_chains
 from ..passes.model import is_converted, stored_settings
 from ..convert import ConvertOptions, convert
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
@@ -189,7 +190,10 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
               distributed: _Distributed):
     from .onnx_torch import to_torch
 
-    converted = model if is_converted(model) else convert(model, convert_options or ConvertOptions()).model
+    if is_converted(model):
+        converted = unfuse_model_chains(model)  # a fast-form file trains, and is written, node by node
+    else:
+        converted = convert(model, convert_options or ConvertOptions()).model
     converted = constants_as_initializers(converted)
     x_train, _ = fit_to_input(train, converted, preprocessing)
     x_valid, _ = fit_to_input(validation, converted, preprocessing)
