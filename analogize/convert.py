@@ -1,7 +1,7 @@
 """``convert``: a model in, its analog-hardware simulation out. The CLI's ``analogize convert`` calls this."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import onnx
@@ -179,6 +179,18 @@ class ConvertOptions:
                 "ep": std_to_ep(settings.std, precision) if precision else None,
                 "clamp_range": list(CLAMP_RANGE),
                 "range_modes": {"weights": settings.ranges.weights, "activations": settings.ranges.activations}}
+
+    def refuse_on_converted(self, command: str, varied: tuple[str, ...] = (), hint: str = "") -> None:
+        """Refuse every option set away from its default but the ``varied`` ones, which ``command`` still applies
+        to a converted model: the rest shaped chains the model already has, and would be ignored."""
+        defaults = ConvertOptions()
+        fixed = [name for name in (f.name for f in fields(self))
+                 if name not in varied and getattr(self, name) != getattr(defaults, name)]
+        if fixed:
+            flags = ", ".join(("--no-" if getattr(defaults, name) is True else "--") + name.replace("_", "-")
+                              for name in fixed)
+            raise AnalogizeError(f"{flags}: a converted model keeps the chains it was converted with; {command} "
+                                 f"the original model to change them" + (f" ({hint})" if hint else ""))
 
     @classmethod
     def from_dict(cls, options: dict) -> "ConvertOptions":

@@ -189,7 +189,12 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
               distributed: _Distributed):
     from .onnx_torch import to_torch
 
-    converted = model if is_converted(model) else convert(model, convert_options or ConvertOptions()).model
+    if not is_converted(model):
+        converted = convert(model, convert_options or ConvertOptions()).model
+    else:
+        if convert_options is not None:  # the seed is the training's own
+            convert_options.refuse_on_converted("finetune", varied=("seed",))
+        converted = model
     converted = constants_as_initializers(converted)
     x_train, _ = fit_to_input(train, converted, preprocessing)
     x_valid, _ = fit_to_input(validation, converted, preprocessing)
