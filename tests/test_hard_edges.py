@@ -228,3 +228,13 @@ def test_finetune_refuses_convert_flags_on_a_converted_model(tmp_path, capsys):
                                  "-o", tmp_path / "tuned.onnx", *flags)
         assert code == 2 and err.startswith(f"analogize: error: {named}: a converted model keeps the chains")
         assert len(err.strip().splitlines()) == 1 and not (tmp_path / "tuned.onnx").exists()
+
+
+def test_an_opset_move_that_changes_the_interface_is_refused(tmp_path, capsys):
+    """ONNX's converter moves Scan-8 to 9 by dropping the batch axis from the graph's inputs and outputs: the
+    converted model took and gave other shapes than the original, exit 0."""
+    case = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "node", "test_scan_sum")
+    code, _, err = analogize(capsys, "convert", os.path.join(case, "model.onnx"), "-o", tmp_path / "x.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
+    assert "changes its interface moving it to 13 (input 'initial' changes its type or shape: FLOAT, 1x2 becomes " \
+           "FLOAT, 2)" in err
