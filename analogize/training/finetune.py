@@ -325,11 +325,16 @@ def _model_signature(module, converted: onnx.ModelProto) -> dict:
 def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options, model) -> None:
     from ..model_io import atomic_output
 
-    with atomic_output(path) as temporary:
-        torch.save({"model": model, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
-                    "best_accuracy": best[0], "best_weights": best[1], "options": asdict(options),
-                    "rng": torch.get_rng_state()}, temporary)
+    with atomic_output(path, keep_on_failure=True) as temporary, open(temporary, "wb") as handle:
+        try:
+            torch.save({"model": model, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
+                        "best_accuracy": best[0], "best_weights": best[1], "options": asdict(options),
+                        "rng": torch.get_rng_state()}, handle)
+        except RuntimeError as error:  # torch's zip writer hides a failed write (a full disk) behind its own error
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def write_report(report: dict, path) -> None:
