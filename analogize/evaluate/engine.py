@@ -551,7 +551,7 @@ def apply_plan(graph, sites: list[dict], plan: Plan, options: ConvertOptions | N
     (a layer input shared by several layers stays while one of them is analog), and with ``options`` give every
     other chain the precision and noise std the plan and options set for it. Returns the records of the chains
     that remain, each with its precision and std where set (calibration chooses their ranges for them)."""
-    if sites and "chain" not in sites[0]:
+    if any("chain" not in site or "owners" not in site for site in sites):
         raise AnalogizeError("the converted model records no chain names (converted by an older analogize); "
                              "convert the original model again")
     digital = plan.digital_units()

@@ -20,6 +20,7 @@ import onnx
 from ..errors import AnalogizeError
 from ..noise_model import MAX_BITS
 from ..ranges.modes import ACTIVATION_RANGE_MODES, WEIGHT_RANGE_MODES
+from ..untrusted import read_json
 
 PLAN_FORMAT, PLAN_VERSION = "analogize.plan", 1
 INPUT_PREFIX = "input:"  # a graph input's unit name: its DAC is not any layer's
@@ -40,8 +41,8 @@ class PlanField:
             "precision": _is_number(value) and value >= 1,
             "probability": _is_number(value) and 0 <= value < 1,
             "std": _is_number(value) and value >= 0,
-            "weight range": value in WEIGHT_RANGE_MODES,
-            "activation range": value in ACTIVATION_RANGE_MODES,
+            "weight range": isinstance(value, str) and value in WEIGHT_RANGE_MODES,
+            "activation range": isinstance(value, str) and value in ACTIVATION_RANGE_MODES,
         }[self.kind]
         if not valid:
             raise AnalogizeError(f"plan: {where}: {self.name} must be {_KIND_TEXT[self.kind]}, got {value!r}")
@@ -189,15 +190,7 @@ def read_plan(source) -> Plan:
         return source
     if isinstance(source, dict):
         return Plan.parse(source)
-    try:
-        with open(source, encoding="utf-8") as handle:
-            document = json.load(handle)
-    except OSError as error:
-        raise AnalogizeError(f"cannot read the plan {source}: {error.strerror or error}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AnalogizeError(f"the plan {source} is not JSON ({error}); give the file 'analogize plan' wrote") \
-            from None
-    return Plan.parse(document)
+    return Plan.parse(read_json(source, "the plan", "give the file 'analogize plan' wrote"))
 
 
 def markdown_reference() -> str:
