@@ -1,7 +1,9 @@
 """``convert``: a model in, its analog-hardware simulation out. The CLI's ``analogize convert`` calls this."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import onnx
@@ -21,6 +23,7 @@ from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit
                            is_converted, raise_ir_version, store_settings, sync_analog_functions)
 from .ranges.calibration import CalibrationOptions, apply_recorded_ranges, calibrate_sites, clipping_warning
 from .ranges.mapping import RangeSettings
+from .untrusted import Integer, Number
 from .ranges.modes import (DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_METHOD, DEFAULT_CALIBRATION_SAMPLES,
                            DEFAULT_PERCENTILE, DEFAULT_WEIGHT_RANGE)
 
@@ -180,6 +183,18 @@ class ConvertOptions:
                 "clamp_range": list(CLAMP_RANGE),
                 "range_modes": {"weights": settings.ranges.weights, "activations": settings.ranges.activations}}
 
+    def refuse_on_converted(self, command: str, varied: tuple[str, ...] = (), hint: str = "") -> None:
+        """Refuse every option set away from its default but the ``varied`` ones, which ``command`` still applies
+        to a converted model: the rest shaped chains the model already has, and would be ignored."""
+        defaults = ConvertOptions()
+        fixed = [name for name in (f.name for f in fields(self))
+                 if name not in varied and getattr(self, name) != getattr(defaults, name)]
+        if fixed:
+            flags = ", ".join(("--no-" if getattr(defaults, name) is True else "--") + name.replace("_", "-")
+                              for name in fixed)
+            raise AnalogizeError(f"{flags}: a converted model keeps the chains it was converted with; {command} "
+                                 f"the original model to change them" + (f" ({hint})" if hint else ""))
+
     @classmethod
     def from_dict(cls, options: dict) -> "ConvertOptions":
         """Rebuild options from ``summary()["options"]`` (JSON turns tuples into lists); models converted
@@ -187,6 +202,28 @@ class ConvertOptions:
         fields = {"weight_range": "unit", "activation_range": "unit",
                   **{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}}
         return cls(**fields)
+
+
+def _field_schema(hint):
+    """The schema (:mod:`analogize.untrusted`) of a ConvertOptions field of type ``hint`` as JSON holds it."""
+    if isinstance(hint, types.UnionType):
+        return tuple(_field_schema(option) for option in hint.__args__)
+    if typing.get_origin(hint) is tuple:
+        return [_field_schema(typing.get_args(hint)[0])]
+    return {int: Integer, float: Number, type(None): None}.get(hint, hint)
+
+
+# Every field optional: models converted before a field existed do not record it.
+OPTIONS_SCHEMA = {f"{name}?": _field_schema(hint) for name, hint in typing.get_type_hints(ConvertOptions).items()}
+#: convert's settings record (``summary()`` and the chain sites) as :mod:`analogize.untrusted` checks it where a
+#: model's metadata or a spec is read: a model comes from outside like any file
+SETTINGS_SCHEMA = {
+    "options": OPTIONS_SCHEMA, "precision": (Number, None), "std": Number, "ep": (Number, None),
+    "clamp_range?": [Number], "range_modes?": {"weights": str, "activations": str},
+    "ranges?": [{"site": str, "tensor": str, "layer?": (str, None), "owners?": [str], "chain?": str,
+                 "range?": {"mode": str, "scope?": str, "value?": Number, "clipped?": Number, "largest_seen?": Number,
+                            "method?": str, "range_tensor?": str}}],
+    "calibration?": {"data": str, "method?": str, "samples?": Integer, "recorded?": bool}}
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -47,7 +48,8 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
 
 
 def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwrite_input=None) -> Path:
-    """Write ``model`` to ``path`` atomically: nothing appears at ``path`` unless the whole write succeeds.
+    """Write ``model`` to ``path`` as :func:`atomic_output` writes: nothing appears at ``path`` unless the whole
+    write succeeds.
 
     With ``external_data`` (forced for models over 2 GiB) weights go to ``<path>.data`` beside it.
     ``overwrite_input`` names the input model, which is never replaced unless it is ``path`` itself and the
@@ -56,34 +58,24 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
     path = Path(path)
     if overwrite_input is not None and path.resolve() == Path(overwrite_input).resolve():
         raise AnalogizeError(f"output {path} is the input model; choose another -o path (or pass --overwrite)")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise AnalogizeError(f"cannot write {path}: directory {directory} does not exist")
     serialized = None
     if not external_data:
         try:  # serialised once: protobuf refuses messages over 2 GiB, which then need external data
             serialized = model.SerializeToString()
         except (ValueError, EncodeError):
             external_data = True
-    try:
-        staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=directory))
-    except OSError as error:
-        raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
-    try:
+    data = path.with_name(f"{path.name}.data")
+    with _staged(path) as staging:
         staged = staging / path.name
         if external_data:
             model = copy_model(model)  # writing external data rewrites the tensors in place
             onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=f"{path.name}.data", size_threshold=1024)
-            if (staging / f"{path.name}.data").exists():
-                os.replace(staging / f"{path.name}.data", directory / f"{path.name}.data")
+                            location=data.name, size_threshold=1024)
         else:
             staged.write_bytes(serialized)
-        os.replace(staged, path)
-    except OSError as error:
-        raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        moves = [(staging / data.name, data)] if (staging / data.name).exists() else []
+        moves.append((staged, path))
+    _hand_over(staging, moves)
     return path
 
 
@@ -140,22 +132,98 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @contextlib.contextmanager
-def atomic_output(path):
-    """Yield a temporary path beside ``path``; it becomes ``path`` only if the block completes."""
+def atomic_output(path, keep_on_failure: bool = False):
+    """Yield a path to write ``path``'s content to; it becomes ``path`` only if the block completes, and inside
+    :func:`outputs_together` only when that block completes too, unless ``keep_on_failure`` (a checkpoint, which
+    must outlive a later failure)."""
     path = Path(path)
+    with _staged(path) as staging:
+        yield staging / path.name
+    _hand_over(staging, [(staging / path.name, path)], keep_on_failure)
+
+
+# The staged outputs of the open outputs_together block: (staging directory, its (staged, final) moves)
+_held: list | None = None
+
+
+@contextlib.contextmanager
+def outputs_together():
+    """Within the block, the files :func:`atomic_output` and :func:`save_model` write appear only when the whole
+    block completes, all at once: a command that fails leaves none of its outputs, not the first few."""
+    global _held
+    outer, _held = _held, []
+    try:
+        yield
+        _commit(_held)
+    finally:
+        for staging, _ in _held:
+            shutil.rmtree(staging, ignore_errors=True)
+        _held = outer
+
+
+def _hand_over(staging: Path, moves: list, now: bool = False) -> None:
+    if _held is None or now:
+        _commit([(staging, moves)])
+    else:
+        _held.append((staging, moves))
+
+
+def _commit(staged: list) -> None:
+    done = []
+    try:
+        for _, moves in staged:
+            for source, target in moves:
+                os.replace(source, target)
+                done.append(target)
+    except OSError as error:
+        for target in done:  # all or nothing: they were written together
+            target.unlink(missing_ok=True)
+        raise AnalogizeError(f"cannot write {target}: {error.strerror or error}") from None
+    finally:
+        for staging, _ in staged:
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _staged(path: Path):
+    """A new hidden directory beside ``path`` to write it in, removed with what it holds if the block fails. Its
+    name holds this host and process, so that the next write of ``path`` can remove what a killed process left."""
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise AnalogizeError(f"cannot write {path}: directory {directory} does not exist")
+    prefix = f".{path.name}.staging-"
+    _remove_abandoned_staging(directory, prefix)
     try:
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=directory)
+        staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{socket.gethostname()}-{os.getpid()}-", dir=directory))
     except OSError as error:
         raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
-    os.close(handle)
     try:
-        yield Path(temporary)
-        os.replace(temporary, path)
-    except OSError as error:
-        raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+        yield staging
+    except BaseException as error:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
+        raise
+
+
+def _remove_abandoned_staging(directory: Path, prefix: str) -> None:
+    """Remove the staging directories of ``prefix`` that a process of this host left when it was killed."""
+    try:
+        names = [name for name in os.listdir(directory) if name.startswith(prefix)]
+    except OSError:
+        return
+    for name in names:
+        owner = name[len(prefix):].rpartition("-")[0]  # HOST-PID, before mkdtemp's random part
+        host, _, pid = owner.rpartition("-")
+        if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
+            shutil.rmtree(directory / name, ignore_errors=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:  # another user's process
+        return True
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True

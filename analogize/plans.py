@@ -22,9 +22,9 @@ from .errors import AnalogizeError
 from .noise_model import MAX_BITS
 from .passes.chains import INPUT_UNIT_PREFIX, LAYER_SITES
 from .ranges.modes import ACTIVATION_RANGE_MODES, WEIGHT_RANGE_MODES, WEIGHT_SITES
+from .untrusted import read_json
 
 PLAN_FORMAT, PLAN_VERSION = "analogize.plan", 1
-MAX_PLAN_BYTES = 64 << 20  # a plan names layers: anything larger is not one
 
 
 @dataclass(frozen=True)
@@ -204,20 +204,7 @@ def read_plan(source) -> Plan:
         return source
     if isinstance(source, dict):
         return Plan.parse(source)
-    try:
-        with open(source, "rb") as handle:
-            text = handle.read(MAX_PLAN_BYTES + 1)
-        if len(text) > MAX_PLAN_BYTES:
-            raise AnalogizeError(f"the plan {source} is over {MAX_PLAN_BYTES >> 20} MiB: not a plan file")
-        document = json.loads(text.decode("utf-8"))
-    except OSError as error:
-        raise AnalogizeError(f"cannot read the plan {source}: {error.strerror or error}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise AnalogizeError(f"the plan {source} is not JSON ({error}); give the file 'analogize plan' wrote") \
-            from None
-    except RecursionError:
-        raise AnalogizeError(f"the plan {source} nests too deeply to be a plan file") from None
-    return Plan.parse(document)
+    return Plan.parse(read_json(source, "the plan", "give the file 'analogize plan' wrote"))
 
 
 def markdown_reference() -> str:

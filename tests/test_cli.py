@@ -216,7 +216,7 @@ def test_evaluate_shards_merge_into_the_whole_sweep(tmp_path, capsys):
     assert code == 2 and "missing 1/3, 2/3" in err and not (tmp_path / "bad.json").exists()
     (tmp_path / "junk.json").write_text("{not json")
     code, _, err = analogize(capsys, "merge", tmp_path / "junk.json", "-o", tmp_path / "bad.json")
-    assert code == 2 and "not a JSON evaluation result" in err
+    assert code == 2 and "is not JSON" in err
 
 
 @pytest.mark.parametrize("extra, message", [

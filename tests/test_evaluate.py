@@ -306,7 +306,7 @@ def test_converted_models_refuse_what_cannot_be_varied_and_apply_what_can(model,
     with pytest.raises(AnalogizeError, match="--inline"):
         evaluate(inlined, digits, Grid(repeats=1))
     converted = convert(model, bits=6, ep=0.3, seed=1).model
-    for options, flag in ((ConvertOptions(noise=False), "--noise"), (ConvertOptions(clamp=False), "--clamp"),
+    for options, flag in ((ConvertOptions(noise=False), "--no-noise"), (ConvertOptions(clamp=False), "--no-clamp"),
                           (ConvertOptions(where=("input",)), "--where")):
         with pytest.raises(AnalogizeError, match=f"{flag}.*keeps the chains"):
             evaluate(converted, digits, Grid(repeats=1), options)

@@ -44,7 +44,7 @@ def clamped_quantizer_model(precision, opset=17):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])], bounds)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
     sync_analog_functions(model)
-    store_settings(model, {"options": {"bit_convention": "pow2"}, "precision": precision})
+    store_settings(model, {"options": {"bit_convention": "pow2"}, "precision": precision, "std": 0.0, "ep": None})
     return model
 
 

@@ -216,3 +216,25 @@ def test_an_initializer_that_does_not_fill_its_shape_is_a_damaged_file(tmp_path,
     onnx.save(model, tmp_path / "damaged.onnx")
     code, _, err = analogize(capsys, "convert", tmp_path / "damaged.onnx", "-o", tmp_path / "x.onnx")
     assert code == 2 and "declares" in err and "the file is damaged" in err and len(err.strip().splitlines()) == 1
+
+
+def test_finetune_refuses_convert_flags_on_a_converted_model(tmp_path, capsys):
+    """They shaped chains the model already has, and were ignored without a word; the refusal is evaluate's."""
+    converted = tmp_path / "converted.onnx"
+    assert analogize(capsys, "convert", DEFAULT_MODEL, "-o", converted, "--bits", "6", "--ep", "0.3")[0] == 0
+    for flags, named in ((["--bits", "4", "--ep", "0.1"], "--bits, --ep"), (["--activation", "gelu"], "--activation"),
+                         (["--no-clamp", "--weight-range", "unit"], "--no-clamp, --weight-range")):
+        code, _, err = analogize(capsys, "finetune", converted, "--data", "digits", "--limit", "50", "--epochs", "1",
+                                 "-o", tmp_path / "tuned.onnx", *flags)
+        assert code == 2 and err.startswith(f"analogize: error: {named}: a converted model keeps the chains")
+        assert len(err.strip().splitlines()) == 1 and not (tmp_path / "tuned.onnx").exists()
+
+
+def test_an_opset_move_that_changes_the_interface_is_refused(tmp_path, capsys):
+    """ONNX's converter moves Scan-8 to 9 by dropping the batch axis from the graph's inputs and outputs: the
+    converted model took and gave other shapes than the original, exit 0."""
+    case = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "node", "test_scan_sum")
+    code, _, err = analogize(capsys, "convert", os.path.join(case, "model.onnx"), "-o", tmp_path / "x.onnx")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
+    assert "changes its interface moving it to 13 (input 'initial' changes its type or shape: FLOAT, 1x2 becomes " \
+           "FLOAT, 2)" in err

@@ -503,13 +503,16 @@ def test_hand_edited_specs_are_refused_in_one_line(tmp_path, rng):
     model = gemm_model(rng.normal(size=(3, 4)).astype(np.float32), np.zeros(3, np.float32))
     np.savez(tmp_path / "c.npz", x=rng.normal(size=(16, 4)).astype(np.float32))
     exported, spec = export(convert(model, ConvertOptions(calibrate=f"npz:{tmp_path / 'c.npz'}")).model, "qdq")
-    # an edited spec no longer matches the settings the export records: refused before its ranges are read
+    # an edited spec is refused by its schema, or no longer matches the settings the export records: refused
+    # before its ranges are read
     for edit, message in ((lambda s: s["settings"]["ranges"][0]["range"].update(value=0), "does not belong"),
-                          (lambda s: s["settings"]["ranges"][0]["range"].update(value="abc"), "does not belong"),
+                          (lambda s: s["settings"]["ranges"][0]["range"].update(value="abc"),
+                           r"settings\.ranges\[0\]\.range\.value must be a finite number"),
                           (lambda s: s["settings"].pop("ranges"), "does not belong"),
-                          (lambda s: s["settings"].update(ranges={"a": 1}), "not a list"),
-                          (lambda s: s["settings"].pop("options"), "settings.options"),
-                          (lambda s: s["settings"]["ranges"].__setitem__(0, 5), "does not belong")):
+                          (lambda s: s["settings"].update(ranges={"a": 1}), "settings.ranges must be an array"),
+                          (lambda s: s["settings"].pop("options"), "settings.options is missing"),
+                          (lambda s: s["settings"]["ranges"].__setitem__(0, 5),
+                           r"settings\.ranges\[0\] must be an object")):
         edited = json.loads(json.dumps(spec))
         edit(edited)
         with pytest.raises(AnalogizeError, match=message):

@@ -263,13 +263,13 @@ def _bad_inputs(folder):
     (folder / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (folder / "input.html").write_text(json.dumps(sensitivity_example()))
     return [
-        (["model.onnx", "-o", "r.html"], "is not a JSON result file"),
+        (["model.onnx", "-o", "r.html"], "is not JSON"),
         (["list.json", "-o", "r.html"], "is not an analogize result"),
-        (["broken.json", "-o", "r.html"], "is not a JSON result file"),
+        (["broken.json", "-o", "r.html"], "is not JSON"),
         (["other.json", "-o", "r.html"], "known formats"),
         (["old.json", "-o", "r.html"], "reads version 1"),
         (["partial.json", "-o", "r.html"], "no field"),
-        (["deep.json", "-o", "r.html"], "is not a JSON result file"),
+        (["deep.json", "-o", "r.html"], "is not JSON"),
         (["missing.json", "-o", "r.html"], "no such file"),
         (["input.html", "-o", "input.html"], "would replace the result"),
         (["list.json", "-o", "r.pdf"], "give a name ending in .html"),

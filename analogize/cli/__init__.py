@@ -1,7 +1,8 @@
 """The ``analogize`` command: a thin layer over the Python API, where each flag maps to an option of the same
 name. Each command or command group is a module of this package; the option groups they share, and the parsers
 of option values, are in ``options``. ``main`` runs the command and turns user errors into one line on stderr
-and exit code 2 (a traceback only with ``--debug``)."""
+and exit code 2 (a traceback only with ``--debug``); a command's output files appear together when it succeeds,
+and none when it fails."""
 from __future__ import annotations
 
 import sys
@@ -9,6 +10,7 @@ import sys
 import click
 
 from ..errors import AnalogizeError
+from ..model_io import outputs_together
 from . import analyze, convert, evaluate, export, fast, finetune, info, planning, report, training, zoo
 
 
@@ -16,7 +18,8 @@ def main(argv=None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 2 (``--debug``: traceback)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        cli.main(argv, prog_name="analogize", standalone_mode=False)
+        with outputs_together():
+            cli.main(argv, prog_name="analogize", standalone_mode=False)
     except click.exceptions.NoArgsIsHelpError as error:  # a bare group: its help is the answer, not an error
         click.echo(error.ctx.get_help() if error.ctx else error.format_message())
         return 0

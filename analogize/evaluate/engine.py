@@ -539,10 +539,9 @@ class _CellModels:
         return precision, ep_to_std(cell.ep, precision) if cell.ep > 0 else 0.0
 
 
-# Flags that shape the chains convert inserts; a converted model's chains are already in place.
-_FIXED_IN_CONVERTED = ("noise", "quantize", "clamp", "stochastic_rounding", "where", "exclude", "analog_products",
-                       "plan", "data_inputs", "divide", "scale", "alpha", "temperature", "weight_range",
-                       "activation_range", "calibrate")
+# What evaluate still sets on a converted model: the precision (--precision and --bit-convention here, or the
+# grid's bits) and, through the grid, the noise, activations and seeds.
+_VARIED_IN_CONVERTED = ("bits", "precision", "bit_convention", "ep", "std", "activation", "factor", "seed")
 
 
 def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
@@ -550,12 +549,7 @@ def _check_variable(model: onnx.ModelProto, options: ConvertOptions) -> None:
     if stored_settings(model).get("options", {}).get("inline"):
         raise AnalogizeError("the model was converted with --inline, so its analog ops are standard ops that "
                              "cannot be told apart; evaluate the original model (or one converted without --inline)")
-    defaults = ConvertOptions()
-    fixed = [name for name in _FIXED_IN_CONVERTED if getattr(options, name) != getattr(defaults, name)]
-    if fixed:
-        flags = ", ".join("--" + name.replace("_", "-") for name in fixed)
-        raise AnalogizeError(f"{flags}: a converted model keeps the chains it was converted with; evaluate the "
-                             f"original model to change them (use --ep 0 for no noise)")
+    options.refuse_on_converted("evaluate", _VARIED_IN_CONVERTED, hint="use --ep 0 for no noise")
 
 
 def _set_noise(graph, std: float) -> None:
@@ -570,7 +564,7 @@ def apply_plan(graph, sites: list[dict], plan: Plan, options: ConvertOptions | N
     (a layer input shared by several layers stays while one of them is analog), and with ``options`` give every
     other chain the precision and noise std the plan and options set for it. Returns the records of the chains
     that remain, each with its precision and std where set (calibration chooses their ranges for them)."""
-    if sites and "chain" not in sites[0]:
+    if any("chain" not in site or "owners" not in site for site in sites):
         raise AnalogizeError("the converted model records no chain names (converted by an older analogize); "
                              "convert the original model again")
     digital = plan.digital_units()

@@ -19,8 +19,10 @@ import numpy as np
 
 from ..errors import AnalogizeError
 from .engine import RESULT_FORMAT, RESULT_VERSION
+from ..convert import OPTIONS_SCHEMA
 from ..model_io import atomic_output
 from ..noise_model import DEFAULT_BIT_CONVENTION
+from ..untrusted import Integer, Number, check, read_json
 
 PLOT_FORMATS = ("png", "pdf", "svg")
 METRICS = ("accuracy", "top5", "agreement", "rel_error", "cosine", "snr_db")
@@ -32,20 +34,29 @@ _SWEEP_KEYS = ("format", "version", "model_sha256", "output", "kernels", "device
                "converted_input", "fidelity", "batch_size", "clean", "baselines", "cell_count")
 
 
+_MEASURED = {**{f"{metric}_{statistic}?": (Number, None) for metric in (*METRICS, "invalid_batches")
+                for statistic in ("mean", "std")}, "snr_note?": str, "note?": str}
+_BASELINE = {**_MEASURED, "activation": str, "outputs?": {str: _MEASURED}}
+_CELL = {**_BASELINE, "bits": (Integer, None), "precision": (Number, None), "ep": Number, "std": Number,
+         "repeats": Integer, "seed?": Integer, "cell?": Integer}
+#: what merge and the result's table, CSV and plot read of a result, as analogize.untrusted checks it
+RESULT_SCHEMA = {
+    "format": str, "version": Integer, "model?": str, "model_sha256": str, "output": str, "converted_input": bool,
+    "data": {"name": str, "samples": Integer, "classes?": (Integer, None), "labels": bool, "adaptations?": [str]},
+    "grid": {"repeats": Integer, "seed": Integer}, "options": OPTIONS_SCHEMA, "clean": _MEASURED,
+    "baselines": [_BASELINE], "cells": [_CELL], "cell_count": Integer, "warnings?": [str],
+    "shard?": ({"index": Integer, "count": Integer}, None)}
+
+
 def load_result(path) -> dict:
-    path = Path(path)
-    try:
-        result = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise AnalogizeError(f"{path}: no such file") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AnalogizeError(f"{path} is not a JSON evaluation result ({error})") from None
+    hint = "give the --json result of 'analogize evaluate --shard'"
+    result = read_json(path, "the result", hint)
     if not isinstance(result, dict) or result.get("format") != RESULT_FORMAT:
         raise AnalogizeError(f"{path} is not an 'analogize evaluate' result (no format {RESULT_FORMAT!r})")
     if result.get("version") != RESULT_VERSION:
         raise AnalogizeError(f"{path} has result version {result.get('version')}; this analogize reads "
                              f"version {RESULT_VERSION}")
-    return result
+    return check(result, RESULT_SCHEMA, f"the result {path}", hint)
 
 
 def merge_results(parts: list[dict]) -> dict:

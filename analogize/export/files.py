@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..errors import AnalogizeError
 from ..model_io import atomic_output, load_model, refuse_overwrites, save_model
 from .pipeline import export
 from .rebuild import rebuild
 from .verify import compare_outputs
+from ..untrusted import read_json
 
 
 def export_file(source, destination, format: str = "qdq", spec=None, keep_noise: bool = False,
@@ -38,8 +38,5 @@ def export_file(source, destination, format: str = "qdq", spec=None, keep_noise:
 def rebuild_file(exported_path, spec_path, destination):
     """:func:`~.rebuild.rebuild` from files (export and spec) to a file."""
     exported, external = load_model(exported_path)
-    try:
-        spec = json.loads(Path(spec_path).read_text())
-    except (OSError, ValueError) as error:
-        raise AnalogizeError(f"cannot read the spec {spec_path}: {error}") from None
+    spec = read_json(spec_path, "the spec", "give the spec 'analogize export' wrote with the model")
     return save_model(rebuild(exported, spec), destination, external_data=external, overwrite_input=exported_path)

@@ -14,18 +14,15 @@ from ..passes.chains import remove_analog_chains
 from ..passes.graph import Names, export_model, import_model, known_values
 from ..passes.model import METADATA_KEY, stored_settings
 from .qonnx import QONNX_DOMAIN
-from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_VERSION
+from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_SCHEMA, SPEC_VERSION
+from ..untrusted import check
 
 
-def check_spec(spec: dict) -> None:
+def check_spec(spec) -> None:
     if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT or spec.get("version") != SPEC_VERSION:
         raise AnalogizeError(f"not an {SPEC_FORMAT} version {SPEC_VERSION} spec")
-    settings = spec.get("settings")
-    if not isinstance(settings, dict) or not isinstance(settings.get("options"), dict) or \
-            not isinstance(settings.get("ranges", []), list):
-        raise AnalogizeError("the spec has no settings.options (or its settings.ranges is not a list); rebuild "
-                             "needs the spec export wrote")
-    if spec.get("export", {}).get("format") not in ("qdq", "qonnx"):
+    check(spec, SPEC_SCHEMA, "the spec", "give the spec 'analogize export' wrote with the model")
+    if spec["export"]["format"] not in ("qdq", "qonnx"):
         raise AnalogizeError("rebuild takes a qdq or qonnx export (a plain export's chains are inlined beyond "
                              "recovery)")
 

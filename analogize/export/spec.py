@@ -13,6 +13,7 @@ import math
 import onnx
 import onnx_graphsurgeon as gs
 
+from ..convert import SETTINGS_SCHEMA
 from ..errors import AnalogizeError
 from ..noise_model import BIT_CONVENTIONS, precision_to_bits, std_to_ep
 from ..ops.spec import DOMAIN
@@ -20,8 +21,11 @@ from ..passes.chains import CHAIN_ELEMENTS, CLAMP_RANGE, is_chain_element
 from ..passes.graph import import_model
 from ..ranges.mapping import is_range_node
 from ..passes.model import is_converted, refuse_machine_form, stored_settings
+from ..untrusted import Integer
 
 SPEC_FORMAT, SPEC_VERSION = "analogize.spec", 1
+#: what rebuild reads of a spec, as :mod:`analogize.untrusted` checks it
+SPEC_SCHEMA = {"format": str, "version": Integer, "export": {"format": str}, "settings": SETTINGS_SCHEMA}
 EXPORT_KEY = "analogize.export"  # metadata: the format a model was exported in
 QUANTIZE_OPS = CHAIN_ELEMENTS["quantize"]
 ELEMENT_OF_OP = {op: element for element, ops in CHAIN_ELEMENTS.items() for op in ops}

@@ -15,6 +15,7 @@ import json
 import onnx
 from onnx import helper, inliner, version_converter
 
+from .. import untrusted
 from ..errors import AnalogizeError
 from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
@@ -49,7 +50,46 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
     except Exception as error:  # the converter raises bare RuntimeErrors/ValueErrors per op adapter
         raise AnalogizeError(f"the model uses opset {current} and ONNX's version converter could not move it to "
                              f"{target} ({str(error).splitlines()[0]}); re-export it at opset {target}") from None
+    changed = _interface_change(model.graph, converted.graph)
+    if changed:  # Scan-8's batch axis, for one, goes from the graph's inputs and outputs in the move to 9
+        raise AnalogizeError(f"the model uses opset {current}, and ONNX's version converter changes its interface "
+                             f"moving it to {target} ({changed}); re-export it at opset {target}")
     return converted, [{"pass": "fit_opset", "from": current, "to": target}]
+
+
+def _interface_change(declared: onnx.GraphProto, moved: onnx.GraphProto) -> str | None:
+    """What the move changed of the graph's inputs and outputs, or None; types the converter's shape inference
+    filled in where the model left them open are no change."""
+    for kind in ("input", "output"):
+        before, after = getattr(declared, kind), getattr(moved, kind)
+        if [v.name for v in before] != [v.name for v in after]:
+            return f"its {kind}s become {', '.join(v.name for v in after) or 'none'}"
+        for old, new in zip(before, after):
+            if _contradicts(old.type, new.type):
+                shown = (f": {helper.printable_type(old.type)} becomes {helper.printable_type(new.type)}"
+                         if old.type.HasField("tensor_type") and new.type.HasField("tensor_type") else "")
+                return f"{kind} {old.name!r} changes its type or shape{shown}"
+    return None
+
+
+def _contradicts(declared: onnx.TypeProto, moved: onnx.TypeProto) -> bool:
+    kind = declared.WhichOneof("value")
+    if kind is None:
+        return False
+    if kind != moved.WhichOneof("value"):
+        return True
+    declared, moved = getattr(declared, kind), getattr(moved, kind)
+    if kind in ("tensor_type", "sparse_tensor_type"):
+        if declared.elem_type != moved.elem_type:
+            return True
+        if not declared.HasField("shape"):
+            return False
+        return len(declared.shape.dim) != len(moved.shape.dim) or any(
+            old.HasField("dim_value") and old.dim_value != new.dim_value
+            for old, new in zip(declared.shape.dim, moved.shape.dim))
+    if kind == "map_type":
+        return declared.key_type != moved.key_type or _contradicts(declared.value_type, moved.value_type)
+    return _contradicts(declared.elem_type, moved.elem_type)  # a sequence's or an optional's element
 
 
 def sync_analog_functions(model: onnx.ModelProto) -> None:
@@ -138,10 +178,13 @@ METADATA_KEY = "analogize.settings"
 
 
 def stored_settings(model: onnx.ModelProto) -> dict:
-    """Convert's settings as recorded in the model ({} when it has none)."""
+    """Convert's settings as recorded in the model ({} when it has none), checked as a file from outside is."""
+    from ..convert import SETTINGS_SCHEMA  # convert, which writes the record, imports this module
+
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
-            return json.loads(entry.value)
+            what, hint = f"the model's {METADATA_KEY} metadata", "convert the original model again"
+            return untrusted.check(untrusted.parse_json(entry.value, what, hint), SETTINGS_SCHEMA, what, hint)
     return {}
 
 

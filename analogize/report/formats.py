@@ -5,12 +5,12 @@ known format and version, or when a field a section needs is missing or of the w
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 from ..errors import AnalogizeError
+from ..untrusted import read_json
 from ..evaluate.engine import RESULT_FORMAT, RESULT_VERSION
 from ..training import REPORT_FORMAT as TRAINING_FORMAT, REPORT_VERSION as TRAINING_VERSION
 from ..planning.metrics import LOWER_IS_BETTER
@@ -366,16 +366,6 @@ def section(result, name: str = "the result") -> Section:
 def read_result(path) -> dict:
     """The result in the JSON file ``path``, checked to be of a known format and version. The file is parsed
     as JSON and nothing else, so that a crafted file cannot run code."""
-    path = Path(path)
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise AnalogizeError(f"{path}: no such file") from None
-    except IsADirectoryError:
-        raise AnalogizeError(f"{path} is a directory; give a result file (JSON)") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0][:100] or type(error).__name__
-        raise AnalogizeError(f"{path} is not a JSON result file ({reason}); give the --json output of an "
-                             f"analogize command") from None
+    result = read_json(path, "the result", "give the --json output of an analogize command")
     check_format(result, str(path))
     return result

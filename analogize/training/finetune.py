@@ -26,6 +26,7 @@ from ..devices import gpu_index
 from ..errors import AnalogizeError
 from ..model_io import copy_model
 from ..progress import progress_bar
+from ..untrusted import Integer, Number, check, json_data
 from . import REPORT_FORMAT, REPORT_VERSION
 
 OPTIMIZERS = ("adam", "sgd")
@@ -190,10 +191,12 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
               distributed: _Distributed):
     from .onnx_torch import to_torch
 
-    if is_converted(model):
-        converted = unfuse_model_chains(model)  # a fast-form file trains, and is written, node by node
-    else:
+    if not is_converted(model):
         converted = convert(model, convert_options or ConvertOptions()).model
+    else:
+        if convert_options is not None:  # the seed is the training's own
+            convert_options.refuse_on_converted("finetune", varied=("seed",))
+        converted = unfuse_model_chains(model)  # a fast-form file trains, and is written, node by node
     converted = constants_as_initializers(converted)
     x_train, _ = fit_to_input(train, converted, preprocessing)
     x_valid, _ = fit_to_input(validation, converted, preprocessing)
@@ -223,26 +226,8 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     if resume:
         if checkpoint is None or not checkpoint.exists():
             raise AnalogizeError(f"nothing to resume: no checkpoint at {checkpoint or '(no --checkpoint-dir given)'}")
-        try:  # tensors and plain containers only: a crafted checkpoint must not run code
-            state = torch.load(checkpoint, weights_only=True)
-        except Exception as error:  # torch raises many types for foreign, truncated or code-carrying files
-            raise AnalogizeError(f"{checkpoint} is not a finetune checkpoint analogize can read as data "
-                                 f"({type(error).__name__}); start afresh in a new --checkpoint-dir") from None
-        if not isinstance(state, dict) or not {"options", "model", "module"} <= set(state):
-            raise AnalogizeError(f"{checkpoint} is not a finetune checkpoint; start afresh in a new --checkpoint-dir")
-        changeable = ("epochs", "patience", "repeats")
-        if {k: v for k, v in state["options"].items() if k not in changeable} != \
-                {k: v for k, v in asdict(options).items() if k not in changeable}:
-            raise AnalogizeError("the checkpoint was made with other training options; resume with the same flags "
-                                 "(only --epochs, --patience and --repeats may change)")
-        if state.get("model") != _model_signature(module, converted):
-            raise AnalogizeError("the checkpoint was made for another model or other convert settings; resume with "
-                                 "the same model and flags, or start afresh in a new --checkpoint-dir")
-        module.load_state_dict(state["module"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        history, start, best = state["history"], state["epoch"], (state["best_accuracy"], state["best_weights"])
-        torch.set_rng_state(state["rng"])
+        history, start, best = _resume(checkpoint, module, optimizer, schedule, options,
+                                       _model_signature(module, converted))
 
     before = _accuracy(converted, x_valid, y_valid, options.repeats, options.seed) if distributed.leader else None
     trained = distributed.wrap(module, options.device)
@@ -304,6 +289,83 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     return tuned, report
 
 
+# What _save_checkpoint writes, as analogize.untrusted checks a checkpoint read back (the torch states are checked
+# against this run's own by _fits)
+CHECKPOINT_SCHEMA = {
+    "options": {str: (str, Number, bool, None)}, "model": {"weights": {str: [Integer]}, "settings": json_data},
+    "module": dict, "optimizer": {"state": {str: {str: torch.Tensor}}, "param_groups": list}, "schedule": dict,
+    "history": [{"epoch": Integer, "train_loss": Number, "noisy_accuracy": Number, "lr": Number}], "epoch": Integer,
+    "best_accuracy": Number, "best_weights": dict, "rng": torch.Tensor}
+
+
+def _resume(checkpoint: Path, module, optimizer, schedule, options: FinetuneOptions, signature: dict):
+    """Restore module, optimizer, schedule and random state from ``checkpoint``, read as data and checked to be
+    this run's own: the history, the next epoch and the best (accuracy, weights) so far."""
+    what, hint = str(checkpoint), "start afresh in a new --checkpoint-dir"
+    try:  # tensors and plain containers only: a crafted checkpoint must not run code
+        state = torch.load(checkpoint, weights_only=True)
+    except Exception as error:  # torch raises many types for foreign, truncated or code-carrying files
+        raise AnalogizeError(f"{checkpoint} is not a finetune checkpoint analogize can read as data "
+                             f"({type(error).__name__}); {hint}") from None
+    if not isinstance(state, dict) or not {"options", "model", "module"} <= set(state):
+        raise AnalogizeError(f"{checkpoint} is not a finetune checkpoint; {hint}")
+    check(state, CHECKPOINT_SCHEMA, what, hint)
+    changeable = ("epochs", "patience", "repeats")
+    if {k: v for k, v in state["options"].items() if k not in changeable} != \
+            {k: v for k, v in asdict(options).items() if k not in changeable}:
+        raise AnalogizeError("the checkpoint was made with other training options; resume with the same flags "
+                             "(only --epochs, --patience and --repeats may change)")
+    if state["model"] != signature:
+        raise AnalogizeError("the checkpoint was made for another model or other convert settings; resume with "
+                             "the same model and flags, or start afresh in a new --checkpoint-dir")
+    if state["epoch"] != len(state["history"]):
+        raise AnalogizeError(f"{what}: epoch {state['epoch']} with {len(state['history'])} epochs of history; {hint}")
+    weights = module.state_dict()
+    for name, saved, own in (("module", state["module"], weights), ("best_weights", state["best_weights"], weights),
+                             ("schedule", state["schedule"], schedule.state_dict()),
+                             ("optimizer.param_groups", state["optimizer"]["param_groups"],
+                              optimizer.state_dict()["param_groups"])):
+        if not _fits(saved, own):
+            raise AnalogizeError(f"{what}: its {name} does not fit this run (another model, or torch?); {hint}")
+    module.load_state_dict(state["module"])
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError, AttributeError) as error:
+        raise AnalogizeError(f"{what}: its optimizer or random state does not fit this run ("
+                             f"{str(error).splitlines()[0][:100]}); {hint}") from None
+    kept = _state_per_weight(optimizer)
+    if not all(torch.is_tensor(weight) and set(entries) == kept and all(
+            value.shape == weight.shape or value.dim() == 0 and math.isfinite(value) and value >= 0  # a step count
+            for value in entries.values()) for weight, entries in optimizer.state.items()):
+        raise AnalogizeError(f"{what}: its optimizer state does not fit this model's weights; {hint}")
+    schedule.load_state_dict(state["schedule"])
+    return state["history"], state["epoch"], (state["best_accuracy"], state["best_weights"])
+
+
+def _state_per_weight(optimizer) -> set:
+    """The names of what an optimizer of this kind and these settings keeps per weight, from one step on a weight of
+    its own."""
+    weight = torch.zeros(1, requires_grad=True)
+    weight.grad = torch.zeros(1)
+    probe = type(optimizer)([weight], **optimizer.defaults)
+    probe.step()
+    return set(probe.state[weight])
+
+
+def _fits(saved, own) -> bool:
+    """Whether ``saved`` has the structure of ``own``: the same keys, lengths, tensor shapes and kinds of value."""
+    if isinstance(own, dict):
+        return isinstance(saved, dict) and saved.keys() == own.keys() and all(_fits(saved[k], own[k]) for k in own)
+    if isinstance(own, (list, tuple)):
+        return isinstance(saved, (list, tuple)) and len(saved) == len(own) and all(map(_fits, saved, own))
+    if torch.is_tensor(own):
+        return torch.is_tensor(saved) and saved.shape == own.shape and saved.dtype == own.dtype
+    if isinstance(own, (int, float)) and not isinstance(own, bool):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+    return type(saved) is type(own)
+
+
 def _torch_accuracy(module, x, y, options: FinetuneOptions) -> float:
     """Noisy validation accuracy of one draw, in torch (quick; the report's final numbers come from ORT)."""
     module.eval()
@@ -324,11 +386,16 @@ def _model_signature(module, converted: onnx.ModelProto) -> dict:
 def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options, model) -> None:
     from ..model_io import atomic_output
 
-    with atomic_output(path) as temporary:
-        torch.save({"model": model, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
-                    "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
-                    "best_accuracy": best[0], "best_weights": best[1], "options": asdict(options),
-                    "rng": torch.get_rng_state()}, temporary)
+    with atomic_output(path, keep_on_failure=True) as temporary, open(temporary, "wb") as handle:
+        try:
+            torch.save({"model": model, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
+                        "schedule": schedule.state_dict(), "history": history, "epoch": epoch,
+                        "best_accuracy": best[0], "best_weights": best[1], "options": asdict(options),
+                        "rng": torch.get_rng_state()}, handle)
+        except RuntimeError as error:  # torch's zip writer hides a failed write (a full disk) behind its own error
+            if isinstance(error.__context__, OSError):
+                raise error.__context__ from None
+            raise
 
 
 def write_report(report: dict, path) -> None:

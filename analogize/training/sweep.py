@@ -143,7 +143,7 @@ def sweep(directory, data: str, grid: SweepGrid, setup: TrainSetup = TrainSetup(
                       "accuracy_untrained": report["before"]["noisy_mean"], "epochs_run": report["epochs_run"],
                       "final_train_loss": report["history"][-1]["train_loss"], "built": report["built"],
                       "settings": report["settings"], "seconds": time.perf_counter() - started}
-            with atomic_output(_cell_path(directory, cell)) as temporary:
+            with atomic_output(_cell_path(directory, cell), keep_on_failure=True) as temporary:  # resumable
                 temporary.write_text(json.dumps(record, indent=1, default=float) + "\n")
             bar.set_postfix(last_accuracy=f"{record['accuracy']:.1%}")
             bar.update()
