@@ -114,11 +114,16 @@ def _metric_columns(record: dict) -> dict:
 
 
 def write_csv(result: dict, path) -> None:
+    write_rows(csv_rows(result), CSV_COLUMNS, path)
+
+
+def write_rows(rows: list[dict], columns, path) -> None:
+    """``rows`` as a CSV file with a header of ``columns``, written atomically."""
     with atomic_output(path) as temporary:
         with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+            writer = csv.DictWriter(handle, fieldnames=columns)
             writer.writeheader()
-            writer.writerows(csv_rows(result))
+            writer.writerows(rows)
 
 
 def _percent(record: dict, metric: str) -> str:

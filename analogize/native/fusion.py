@@ -26,7 +26,7 @@ from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS, OpSpec
-from ..passes.graph import Names, bodies, constant_values, export_model, import_model, is_default_domain
+from ..passes.graph import Names, UniqueNames, bodies, constant_values, export_model, import_model, is_default_domain
 from ..passes.model import export_with_functions, refuse_machine_form
 from .build import FUSED_DOMAIN, _kernel_source
 
@@ -126,7 +126,9 @@ def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False
     scalar = _scalars(getattr(graph, "overridable_initializers", frozenset()))
     steps = [_step(node, scalar, straight_through_only) for node in nodes]
     taken = [False] * len(nodes)
-    overloads = _Overloads(graph)
+    # FusedChain overload names no local function of the graph uses yet
+    overloads = UniqueNames(getattr(function, "overload", "") for function in graph.functions
+                            if _is_chain_body(function))
     replacement: dict[int, gs.Node] = {}
     for start, node in enumerate(nodes):
         if taken[start] or steps[start] is None:
@@ -170,20 +172,6 @@ def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False
         graph.nodes = [replacement.get(position, node) for position, node in enumerate(nodes)
                        if position in replacement or not taken[position]]
     return len(replacement)
-
-
-class _Overloads:
-    """FusedChain overload names no local function of the graph uses yet."""
-
-    def __init__(self, graph: gs.Graph):
-        self._taken = {getattr(function, "overload", "") for function in graph.functions if _is_chain_body(function)}
-
-    def unique(self, name: str) -> str:
-        candidate, count = name, 1
-        while candidate in self._taken:
-            candidate, count = f"{name}_{count}", count + 1
-        self._taken.add(candidate)
-        return candidate
 
 
 def _is_chain_body(function: gs.Function) -> bool:

@@ -363,14 +363,11 @@ def _restore_overridable_inputs(proto: onnx.GraphProto, source: onnx.GraphProto,
     proto.input.extend(inputs)
 
 
-class Names:
-    """Tensor names unused anywhere in a graph and its bodies; :meth:`unique` reserves one. ``tensors``:
-    ``graph.tensors()`` where the caller has it already."""
+class UniqueNames:
+    """Names not in ``taken``; :meth:`unique` reserves one (``name``, else ``name_1``, ``name_2``...)."""
 
-    def __init__(self, graph: gs.Graph, tensors: dict | None = None):
-        self._taken = set(graph.tensors() if tensors is None else tensors)
-        for body in bodies(graph):
-            self._taken.update(body.tensors())
+    def __init__(self, taken):
+        self._taken = set(taken)
 
     def unique(self, name: str) -> str:
         candidate, count = name, 1
@@ -378,6 +375,16 @@ class Names:
             candidate, count = f"{name}_{count}", count + 1
         self._taken.add(candidate)
         return candidate
+
+
+class Names(UniqueNames):
+    """Tensor names unused anywhere in a graph and its bodies. ``tensors``: ``graph.tensors()`` where the caller
+    has it already."""
+
+    def __init__(self, graph: gs.Graph, tensors: dict | None = None):
+        super().__init__(graph.tensors() if tensors is None else tensors)
+        for body in bodies(graph):
+            self._taken.update(body.tensors())
 
 
 def is_default_domain(node: gs.Node) -> bool:

@@ -2,10 +2,7 @@
 :func:`analogize.evaluate.results.write_json`)."""
 from __future__ import annotations
 
-import csv
-
-from ..evaluate.results import chain_text, model_name, percent_axis, pyplot, save_figure, set_title
-from ..model_io import atomic_output
+from ..evaluate.results import chain_text, model_name, percent_axis, pyplot, save_figure, set_title, write_rows
 from .metrics import LOWER_IS_BETTER
 
 SENSITIVITY_CSV_COLUMNS = ("rank", "unit", "kind", "op_type", "cost", "loss", "loss_std", "recovery", "recovery_std",
@@ -26,11 +23,7 @@ def sensitivity_rows(result: dict) -> list[dict]:
 
 
 def write_sensitivity_csv(result: dict, path) -> None:
-    with atomic_output(path) as temporary:
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=SENSITIVITY_CSV_COLUMNS)
-            writer.writeheader()
-            writer.writerows(sensitivity_rows(result))
+    write_rows(sensitivity_rows(result), SENSITIVITY_CSV_COLUMNS, path)
 
 
 def _points(value, scale: float = 100.0) -> str:
