@@ -19,10 +19,12 @@ from .passes.attributes import seed_random_ops
 from .passes.chains import CLAMP_RANGE, KEPT_DIGITAL, PLACEMENTS, ChainSettings, insert_analog_chains
 from .plans import Plan, read_plan
 from .passes.graph import bodies, export_model, import_model
-from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, inline_analog_functions,
-                           is_converted, raise_ir_version, store_settings, sync_analog_functions)
+from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, METADATA_KEY, export_with_functions, fit_opset,
+                           inline_analog_functions, is_converted, raise_ir_version, store_settings,
+                           sync_analog_functions)
 from .ranges.calibration import CalibrationOptions, apply_recorded_ranges, calibrate_sites, clipping_warning
 from .ranges.mapping import RangeSettings
+from . import untrusted
 from .untrusted import Integer, Number
 from .ranges.modes import (DEFAULT_ACTIVATION_RANGE, DEFAULT_CALIBRATION_METHOD, DEFAULT_CALIBRATION_SAMPLES,
                            DEFAULT_PERCENTILE, DEFAULT_WEIGHT_RANGE)
@@ -224,6 +226,16 @@ SETTINGS_SCHEMA = {
                  "range?": {"mode": str, "scope?": str, "value?": Number, "clipped?": Number, "largest_seen?": Number,
                             "method?": str, "range_tensor?": str}}],
     "calibration?": {"data": str, "method?": str, "samples?": Integer, "recorded?": bool}}
+
+
+
+def stored_settings(model: onnx.ModelProto) -> dict:
+    """Convert's settings as recorded in the model ({} when it has none), checked as a file from outside is."""
+    for entry in model.metadata_props:
+        if entry.key == METADATA_KEY:
+            what, hint = f"the model's {METADATA_KEY} metadata", "convert the original model again"
+            return untrusted.check(untrusted.parse_json(entry.value, what, hint), SETTINGS_SCHEMA, what, hint)
+    return {}
 
 
 @dataclass

@@ -144,7 +144,7 @@ def real_files(tmp_path_factory):
     from analogize.cli import main
     from analogize.convert import convert
     from analogize.export import export
-    from analogize.passes.model import stored_settings
+    from analogize.convert import stored_settings
 
     folder = tmp_path_factory.mktemp("real")
     result = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3, seed=1)

@@ -14,7 +14,7 @@ from analogize import ConvertOptions
 from analogize.cli import main
 from analogize.convert import PAPER_RANGES, convert
 from analogize.errors import AnalogizeError
-from analogize.passes.model import stored_settings
+from analogize.convert import stored_settings
 from analogize.ranges.calibration import CalibrationOptions, SiteValues, choose_range
 from analogize.ranges.modes import MIN_RANGE, UNSEEN_RANGE, markdown_reference
 from analogize.runtime.sessions import create_session

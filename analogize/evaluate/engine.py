@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 import onnx
 
-from ..convert import RANGE_RECORDS, ConvertOptions, convert
+from ..convert import RANGE_RECORDS, ConvertOptions, convert, stored_settings
 from ..ranges.calibration import choose_calibrated_ranges
 from ..data import Dataset, Feeds, Preprocessing, fixed_batch_size, model_feeds
 from ..data.feeds import as_feeds
@@ -41,7 +41,7 @@ from ..passes.deterministic import noise_free
 from ..passes.graph import import_model, is_default_domain
 from ..plans import Plan, read_plan
 from ..passes.model import (MAX_OPSET_WITH_RANDOM_OPS, export_with_functions, fit_opset, is_converted,
-                            store_settings, stored_settings)
+                            store_settings)
 from ..noise_model import MAX_BITS, bits_to_precision, ep_to_std, std_to_ep
 from ..progress import progress_bar
 from ..runtime.sessions import check_cuda_usable, kernels_in_use

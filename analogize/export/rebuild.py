@@ -8,11 +8,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..convert import ConvertOptions, convert
+from ..convert import ConvertOptions, convert, stored_settings
 from ..errors import AnalogizeError
 from ..passes.chains import remove_analog_chains
 from ..passes.graph import Names, export_model, import_model, known_values
-from ..passes.model import METADATA_KEY, stored_settings
+from ..passes.model import METADATA_KEY
 from .qonnx import QONNX_DOMAIN
 from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_SCHEMA, SPEC_VERSION
 from ..untrusted import check

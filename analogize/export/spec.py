@@ -13,14 +13,14 @@ import math
 import onnx
 import onnx_graphsurgeon as gs
 
-from ..convert import SETTINGS_SCHEMA
+from ..convert import SETTINGS_SCHEMA, stored_settings
 from ..errors import AnalogizeError
 from ..noise_model import BIT_CONVENTIONS, precision_to_bits, std_to_ep
 from ..ops.spec import DOMAIN
 from ..passes.chains import CHAIN_ELEMENTS, CLAMP_RANGE, is_chain_element
 from ..passes.graph import import_model
 from ..ranges.mapping import is_range_node
-from ..passes.model import is_converted, refuse_machine_form, stored_settings
+from ..passes.model import is_converted, refuse_machine_form
 from ..untrusted import Integer
 
 SPEC_FORMAT, SPEC_VERSION = "analogize.spec", 1

@@ -15,7 +15,6 @@ import json
 import onnx
 from onnx import helper, inliner, version_converter
 
-from .. import untrusted
 from ..errors import AnalogizeError
 from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
@@ -175,17 +174,6 @@ def is_converted(model: onnx.ModelProto) -> bool:
 
 
 METADATA_KEY = "analogize.settings"
-
-
-def stored_settings(model: onnx.ModelProto) -> dict:
-    """Convert's settings as recorded in the model ({} when it has none), checked as a file from outside is."""
-    from ..convert import SETTINGS_SCHEMA  # convert, which writes the record, imports this module
-
-    for entry in model.metadata_props:
-        if entry.key == METADATA_KEY:
-            what, hint = f"the model's {METADATA_KEY} metadata", "convert the original model again"
-            return untrusted.check(untrusted.parse_json(entry.value, what, hint), SETTINGS_SCHEMA, what, hint)
-    return {}
 
 
 def store_settings(model: onnx.ModelProto, summary: dict) -> None:

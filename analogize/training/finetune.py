@@ -19,8 +19,8 @@ import torch
 from onnx import numpy_helper
 
 from ..native.fusion import unfuse_model_chains
-from ..passes.model import is_converted, stored_settings
-from ..convert import ConvertOptions, convert
+from ..passes.model import is_converted
+from ..convert import ConvertOptions, convert, stored_settings
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..devices import gpu_index
 from ..errors import AnalogizeError
