@@ -11,6 +11,7 @@ each output by name.
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,7 @@ _MEASURED = {**{f"{metric}_{statistic}?": (Number, None) for metric in (*METRICS
                 for statistic in ("mean", "std")}, "snr_note?": str, "note?": str}
 _BASELINE = {**_MEASURED, "activation": str, "outputs?": {str: _MEASURED}}
 _CELL = {**_BASELINE, "bits": (Integer, None), "precision": (Number, None), "ep": Number, "std": Number,
-         "repeats": Integer, "seed?": Integer, "cell?": Integer}
+         "repeats": Integer, "seed?": Integer, "cell": Integer}
 #: what merge and the result's table, CSV and plot read of a result, as analogize.untrusted checks it
 RESULT_SCHEMA = {
     "format": str, "version": Integer, "model?": str, "model_sha256": str, "output": str, "converted_input": bool,
@@ -74,8 +75,9 @@ def merge_results(parts: list[dict]) -> dict:
         raise AnalogizeError("merge takes shard results (written with --shard I/N) of one N")
     count = counts.pop()
     indices = sorted(p["shard"]["index"] for p in parts)
-    if indices != list(range(count)):
-        missing = sorted(set(range(count)) - set(indices))
+    if count != len(parts) or indices != list(range(count)):
+        present = set(indices)  # the first few missing only: the count is the file's to choose
+        missing = list(itertools.islice((i for i in range(count) if i not in present), 8))
         repeated = sorted({i for i in indices if indices.count(i) > 1})
         raise AnalogizeError(f"shards of {count}: " + "; ".join(filter(None, [
             f"missing {', '.join(f'{i}/{count}' for i in missing)}" if missing else "",
@@ -149,7 +151,7 @@ def _decibels(record: dict) -> str:
     if record.get("snr_note"):
         return _SNR_NOTES.get(record["snr_note"], "see JSON")
     mean = record.get("snr_db_mean")
-    return "-" if mean is None else f"{mean:5.1f} ± {record['snr_db_std']:3.1f}"
+    return "-" if mean is None else f"{mean:5.1f} ± {record.get('snr_db_std') or 0.0:3.1f}"
 
 
 def _columns(header: list[str], rows: list[list[str]]) -> list[str]:
