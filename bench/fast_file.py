@@ -22,8 +22,6 @@ the compared sessions timed in turn (the machine is shared; the minimum is the l
 import argparse
 import json
 import os
-import tempfile
-from pathlib import Path
 
 import numpy as np
 import onnx
@@ -35,6 +33,7 @@ from analogize.data import InputSpec
 from analogize.runtime.fast_form import fast_form, machine_form
 from analogize.runtime.sessions import create_session
 from timing import interleaved_best
+from zoo_models import paper_convnet
 
 BATCHES = (64, 256)
 
@@ -49,18 +48,6 @@ def user_session(model: onnx.ModelProto, threads: int, library: bool, optimise: 
     if not optimise:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def zoo_convnet() -> onnx.ModelProto:
-    import torch
-
-    from analogize.zoo import create_model, export_onnx
-
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "convnet.onnx"
-        export_onnx(create_model("convnet"), path, (3, 32, 32))
-        return onnx.load(path)
 
 
 def with_run_time_weights(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -106,7 +93,7 @@ def main():
     parser.add_argument("--model", help="an ONNX model with a dynamic batch axis [default: the zoo ConvNet]")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     arguments = parser.parse_args()
-    clean = onnx.load(arguments.model) if arguments.model else zoo_convnet()
+    clean = onnx.load(arguments.model) if arguments.model else paper_convnet()
     load_before = os.getloadavg()[0]
     rows = measure(clean, PAPER_RANGES if arguments.ranges == "unit" else {}, arguments.repeats)
     load = (load_before, os.getloadavg()[0])  # a shared machine: how busy it was says how far to trust the figures

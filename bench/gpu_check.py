@@ -46,8 +46,8 @@ from analogize.ops.spec import DOMAIN, OPS
 from analogize.runtime.options import session_options
 from analogize.runtime.sessions import check_cuda_usable, create_session
 from analogize.training.finetune import FinetuneOptions, finetune
-from analogize.zoo import create_model, export_onnx
 from timing import interleaved_best
+from zoo_models import paper_convnet
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_MODEL = ROOT / "models" / "digits_convnet.onnx"
@@ -141,14 +141,6 @@ def check_converted_model(library: Path, converted: onnx.ModelProto, feed: dict,
                 "noisy_accuracy_std": cell["accuracy_std"], "kernels": result["kernels"]})
 
 
-def zoo_convnet() -> onnx.ModelProto:
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "convnet.onnx"
-        export_onnx(create_model("convnet"), path, (3, 32, 32))
-        return onnx.load(path)
-
-
 def check_latency(convnet: onnx.ModelProto, repeats: int) -> None:
     rng = np.random.default_rng(0)
     clean = create_session(convnet, THREADS, device="cuda")
@@ -202,7 +194,7 @@ def main():
     feed = feeds.batch(0, 256)
     check_kernels(library, converted, feed)
     check_converted_model(library, converted, feed, feeds)
-    convnet = zoo_convnet()
+    convnet = paper_convnet()
     check_latency(convnet, arguments.repeats)
     check_finetune(convnet)
     if FAILED:

@@ -20,7 +20,6 @@ printed, each row with its thread count (the memory copy is one thread throughou
 """
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ from analogize.data import InputSpec
 from analogize.ops.spec import DOMAIN, OPS
 from analogize.runtime.sessions import create_session
 from timing import best_time, interleaved_best, thread_counts
+from zoo_models import paper_convnet
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_densenet121.onnx"
 
@@ -94,15 +94,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     arguments = parser.parse_args()
-    import torch
-
-    from analogize.zoo import create_model, export_onnx
-
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as work:
-        path = Path(work) / "convnet.onnx"
-        export_onnx(create_model("convnet"), path, (3, 32, 32))
-        convnet = onnx.load(path)
+    convnet = paper_convnet()
     rng = np.random.default_rng(0)
     images = rng.uniform(0, 1, (256, 3, 32, 32)).astype(np.float32)
     densenet = onnx.load(LIGHT)
