@@ -267,6 +267,18 @@ def test_sensitivity_in_shards_merges_to_the_unsharded_result(fragile, tmp_path,
                  str(tmp_path / "merged.json"), "--csv", str(tmp_path / "merged.csv"), "--report",
                  str(tmp_path / "merged.html")]) == 0
     assert "units ranked" in (tmp_path / "merged.html").read_text()
+    capsys.readouterr()
+    for forge in (lambda record: record.update(units=5), lambda record: record["units"].append(
+            {"unit": "ghost", "kind": "layer", "op_type": None})):  # shard parts are files from outside
+        for index in range(2):
+            part = json.loads((tmp_path / f"part{index}.json").read_text())
+            forge(part["sensitivity"])
+            (tmp_path / f"forged{index}.json").write_text(json.dumps(part))
+        assert main(["merge", str(tmp_path / "forged0.json"), str(tmp_path / "forged1.json"), "-o",
+                     str(tmp_path / "forged.json")]) == 2
+        error = capsys.readouterr().err.strip()
+        assert "sensitivity record" in error and len(error.splitlines()) == 1
+        assert not (tmp_path / "forged.json").exists()
     whole, merged = (json.loads((tmp_path / name).read_text()) for name in ("whole.json", "merged.json"))
     assert merged["format"] == "analogize.sensitivity"
     for key in ("units", "reference", "cells"):

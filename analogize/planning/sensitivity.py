@@ -26,6 +26,7 @@ import onnx
 from ..convert import ConvertOptions, convert
 from ..data import Dataset, Feeds, Preprocessing, fixed_batch_size
 from ..data.feeds import as_feeds
+from .. import untrusted
 from ..errors import AnalogizeError
 from ..evaluate.engine import Grid, evaluate, on_model_file
 from ..passes.deterministic import noise_free
@@ -145,10 +146,22 @@ def site_statistics(model: onnx.ModelProto, options: ConvertOptions, feeds: Feed
     return entries
 
 
+#: what a shard carries for :func:`finish` (checked as a file from outside is: merge reads it from shard parts)
+CARRIED_SCHEMA = {"units": [{"unit": str, "kind": str, "op_type": (str, None)}], "metric": (str, None),
+                  "sites": [{"site": str, "owners": [str]}]}
+
+
 def finish(result: dict) -> dict:
     """The sensitivity result of a whole evaluate result (one run, or merged shards) carrying ``sensitivity``."""
-    carried = result["sensitivity"]
-    by_plan = {cell["plan"]: cell for cell in result["cells"]}
+    hint = "write the shards again with analogize sensitivity --shard"
+    carried = untrusted.check(result["sensitivity"], CARRIED_SCHEMA, "the shards' sensitivity record", hint)
+    if carried["metric"] not in (None, *METRICS):
+        raise AnalogizeError(f"the shards' sensitivity record names an unknown metric; {hint}")
+    by_plan = {cell.get("plan"): cell for cell in result["cells"]}
+    expected = [ALL_ANALOG, *(f"only {unit['unit']} {state}" for state in ("analog", "digital")
+                              for unit in carried["units"])]
+    if sorted(expected) != sorted(label for label in by_plan if isinstance(label, str)):
+        raise AnalogizeError(f"the shards' cells are not the cells of their sensitivity record; {hint}")
     analog = by_plan[ALL_ANALOG]
     metric = carried.get("metric") or scored_metric(result["data"]["labels"] and not result["fidelity"], analog)
     digital = {"accuracy_mean": result["clean"]["accuracy_mean"], "accuracy_std": 0.0} if metric == "accuracy" \
