@@ -81,11 +81,7 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path, report_path)
     if report_path:
         write_report([result], report_path)
     if json_path != "-":
-        for line in result["warnings"]:
-            click.echo(line, err=True)
-        click.echo(outputs.sensitivity_table(result))
-        for path in filter(None, (json_path, csv_path, plot_path, report_path)):
-            click.echo(f"wrote {path}")
+        _print(result, outputs.sensitivity_table(result), (json_path, csv_path, plot_path, report_path))
 
 
 @click.command()
@@ -153,13 +149,18 @@ def plan(model, data_source, scoring, plan_path, target_agreement, target_accura
     if report_path:
         write_report([result], report_path)
     if json_path != "-":
-        for line in result["warnings"]:
-            click.echo(line, err=True)
-        click.echo(outputs.plan_table(result))
-        for path in filter(None, (plan_path, json_path, plot_path, report_path)):
-            click.echo(f"wrote {path}")
+        _print(result, outputs.plan_table(result), (plan_path, json_path, plot_path, report_path))
         click.echo(f"analogize convert {model} with this command's chain flags and --plan {plan_path} writes the "
                    f"model verified above (analogize evaluate on it, --seed {seed}, gives the same numbers)")
+
+
+def _print(result: dict, table: str, paths) -> None:
+    """A result's warnings on stderr, its table, and the files written."""
+    for line in result["warnings"]:
+        click.echo(line, err=True)
+    click.echo(table)
+    for path in filter(None, paths):
+        click.echo(f"wrote {path}")
 
 
 def _not_bits(text: str):

@@ -559,33 +559,29 @@ def _set_noise(graph, std: float) -> None:
         remove_analog_chains(graph, ("noise",))
 
 
-def apply_plan(graph, sites: list[dict], plan: Plan, options: ConvertOptions | None = None) -> list[dict]:
+def apply_plan(graph, sites: list[dict], plan: Plan, options: ConvertOptions) -> list[dict]:
     """A graph pass over a graph converted with a chain at every site: take out the chains ``plan`` keeps digital
-    (a layer input shared by several layers stays while one of them is analog), and with ``options`` give every
-    other chain the precision and noise std the plan and options set for it. Returns the records of the chains
-    that remain, each with its precision and std where set (calibration chooses their ranges for them)."""
+    (a layer input shared by several layers stays while one of them is analog), and give every other chain the
+    precision and noise std the plan and ``options`` set for it. Returns the records of the chains that remain,
+    each with its precision and std (calibration chooses their ranges for them)."""
     if any("chain" not in site or "owners" not in site for site in sites):
         raise AnalogizeError("the converted model records no chain names (converted by an older analogize); "
                              "convert the original model again")
     digital = plan.digital_units()
-    settings_of = options.site_settings(options.chain_settings(), plan) if options is not None else None
+    settings_of = options.site_settings(options.chain_settings(), plan)
     removed, kept, values = set(), [], {}
     for site in sites:
         owners = tuple(owner for owner in site["owners"] if owner not in digital)
         if not owners or plan.entry(owners[0], site["site"]) is None:
             removed.add(site["chain"])
             continue
-        if settings_of is not None:
-            values[site["chain"]] = chain_settings = settings_of(owners, site["site"])
-            site = {**site, "precision": chain_settings.precision, "std": chain_settings.std}
-        kept.append(site)
+        values[site["chain"]] = chain_settings = settings_of(owners, site["site"])
+        kept.append({**site, "precision": chain_settings.precision, "std": chain_settings.std})
     remove_analog_chains(graph, chains=removed)
     quiet = {chain for chain, chain_settings in values.items() if not chain_settings.std}
     remove_analog_chains(graph, ("noise",), chains=quiet)
     for node in analog_nodes(graph, set(_QUANTIZE_OPS) | set(_NOISE_OPS)):
-        chain_settings = values.get(node.name.rpartition("/")[0])
-        if chain_settings is None:
-            continue
+        chain_settings = values[node.name.rpartition("/")[0]]  # every chain left is one of the plan's sites
         if node.op in _QUANTIZE_OPS and chain_settings.precision is not None:
             node.attrs["precision"] = OPS[node.op].attribute("precision").check(node.op, chain_settings.precision)
         elif node.op in _NOISE_OPS:
