@@ -158,7 +158,8 @@ def test_evaluate_writes_table_json_csv_and_plot(tmp_path, capsys):
     code, out, err = analogize(capsys, *EVALUATE, "--json", paths["json"], "--csv", paths["csv"],
                                "--plot", paths["png"])
     assert code == 0, err
-    assert "clean model: top-1  96.7" in out and "interp-gelu:0.5  6" in out
+    shipped_accuracy = json.loads(DEFAULT_MODEL.with_suffix(".json").read_text())["test_accuracy"]
+    assert f"clean model: top-1  {100 * shipped_accuracy:.1f}" in out and "interp-gelu:0.5  6" in out
     result = json.loads(paths["json"].read_text())
     assert result["data"]["spec"] == "digits" and result["model"] == str(DEFAULT_MODEL)
     assert len(result["cells"]) == 8
