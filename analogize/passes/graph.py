@@ -190,10 +190,8 @@ def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphPro
             return described[tensor.name]
         return exporter.export_value_info_proto(tensor, False)
 
-    proto.node.extend(exporter.export_node(node) for node in graph.nodes)
-    for node, proto_node in zip(graph.nodes, proto.node):
-        if getattr(node, "overload", ""):  # a pass's own calls too, not only the source's
-            proto_node.overload = node.overload
+    for node in graph.nodes:
+        _write_node(node, proto.node.add())
     proto.input.extend(value_info(tensor) for tensor in graph.inputs)
     proto.output.extend(value_info(tensor) for tensor in graph.outputs)
     tensors = graph.tensors()
@@ -216,6 +214,22 @@ def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphPro
     present = {*tensors, *(tensor.name for tensor in graph.inputs + graph.outputs)}
     proto.quantization_annotation.extend(annotation for annotation in source.quantization_annotation
                                          if annotation.tensor_name in present)
+
+
+def _write_node(node: gs.Node, proto: onnx.NodeProto) -> None:
+    """graphsurgeon's node export, field for field, written into the graph's own new node: its ``export_node``
+    builds a node apart, which the graph's ``extend`` then copies."""
+    proto.op_type = node.op
+    proto.input.extend([tensor.name for tensor in node.inputs])
+    proto.output.extend([tensor.name for tensor in node.outputs])
+    if node.name:
+        proto.name = node.name
+    if node.domain is not None:
+        proto.domain = node.domain
+    if getattr(node, "overload", ""):  # a pass's own calls too, not only the source's
+        proto.overload = node.overload
+    if node.attrs:
+        proto.attribute.extend(OnnxExporter.export_attributes(node.attrs))
 
 
 def _write_initializers(constants: list, target, source_initializers, overridable: set, in_place: bool) -> None:
