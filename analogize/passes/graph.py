@@ -19,6 +19,8 @@ says which tensors are known before the model runs (initializers and what consta
 """
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
@@ -190,8 +192,9 @@ def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphPro
             return described[tensor.name]
         return exporter.export_value_info_proto(tensor, False)
 
+    made: dict = {}  # the attributes exported so far, by _attribute_key: chains repeat the same few
     for node in graph.nodes:
-        _write_node(node, proto.node.add())
+        _write_node(node, proto.node.add(), made)
     proto.input.extend(value_info(tensor) for tensor in graph.inputs)
     proto.output.extend(value_info(tensor) for tensor in graph.outputs)
     tensors = graph.tensors()
@@ -216,7 +219,7 @@ def _export_graph(graph: gs.Graph, proto: onnx.GraphProto, source: onnx.GraphPro
                                          if annotation.tensor_name in present)
 
 
-def _write_node(node: gs.Node, proto: onnx.NodeProto) -> None:
+def _write_node(node: gs.Node, proto: onnx.NodeProto, made: dict) -> None:
     """graphsurgeon's node export, field for field, written into the graph's own new node: its ``export_node``
     builds a node apart, which the graph's ``extend`` then copies."""
     proto.op_type = node.op
@@ -228,8 +231,27 @@ def _write_node(node: gs.Node, proto: onnx.NodeProto) -> None:
         proto.domain = node.domain
     if getattr(node, "overload", ""):  # a pass's own calls too, not only the source's
         proto.overload = node.overload
-    if node.attrs:
-        proto.attribute.extend(OnnxExporter.export_attributes(node.attrs))
+    for name, value in node.attrs.items():
+        key = _attribute_key(name, value)
+        if key is None:
+            proto.attribute.extend(OnnxExporter.export_attributes({name: value}))
+            continue
+        if key not in made:
+            made[key] = OnnxExporter.export_attributes({name: value})[0]
+        proto.attribute.append(made[key])
+
+
+def _attribute_key(name: str, value) -> tuple | None:
+    """What decides the ``AttributeProto`` of a plain value (a number, a string, a list of ints); None for other
+    values, which are exported each time."""
+    kind = type(value)
+    if kind in (int, bool, str):
+        return name, kind, value
+    if kind is float:  # by its bits: -0.0 == 0.0, and NaN equals nothing
+        return name, kind, struct.pack("<d", value)
+    if kind is list and all(type(item) is int for item in value):
+        return name, kind, tuple(value)
+    return None
 
 
 def _write_initializers(constants: list, target, source_initializers, overridable: set, in_place: bool) -> None:
