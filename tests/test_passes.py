@@ -4,13 +4,14 @@ import json
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from analogize import convert
 from analogize.cli import main
-from analogize.passes.graph import export_model, import_model
+from analogize.passes.graph import export_model, import_model, new_node, new_variable
 from conftest import DEFAULT_MODEL
 
 
@@ -155,8 +156,6 @@ def test_an_optional_input_is_a_one_line_error_or_converts(elem_type, tmp_path, 
 
 def _with_pass_edits(graph):
     """A changed weight, a new constant and a weight no node reads any more, as passes make them."""
-    import onnx_graphsurgeon as gs
-
     tensors = graph.tensors()
     tensors["w1"].values = np.full(tensors["w1"].shape, 0.25, np.float32)
     graph.nodes[0].inputs[1] = gs.Constant("new", np.ones(tensors["w0"].shape, np.float32))
@@ -189,3 +188,22 @@ def test_an_export_written_into_its_source_equals_a_fresh_export():
     given_up.CopyFrom(digits)
     assert convert(given_up, bits=6, ep=0.3, seed=1, reuse_input=True).model.SerializeToString() == \
         convert(digits, bits=6, ep=0.3, seed=1).model.SerializeToString()
+
+
+def _state(item):
+    """An IR object's fields, its io lists by the names they hold and the side they keep in step."""
+    return {key: (type(value), [entry.name for entry in value], value.field_name) if key in ("inputs", "outputs")
+            else (type(value), value) for key, value in vars(item).items()}
+
+
+def test_the_quick_node_and_variable_are_graphsurgeons_own():
+    """new_node and new_variable skip graphsurgeon's constructors (the passes' hot path): they must build what
+    those build, io lists kept in step included."""
+    for attrs, domain in ((None, None), ({"std": 0.1}, "ai.analogize")):
+        made_in, made_out = new_variable("a"), new_variable("b")
+        made = new_node("AnalogNoise", "n", [made_in], [made_out], attrs, domain)
+        given_in, given_out = gs.Variable("a"), gs.Variable("b")
+        given = gs.Node("AnalogNoise", name="n", attrs=attrs, inputs=[given_in], outputs=[given_out], domain=domain)
+        assert _state(made) == _state(given)
+        assert _state(made_in) == _state(given_in) and _state(made_out) == _state(given_out)
+        assert made_in.outputs == [made] and made_out.inputs == [made]

@@ -16,16 +16,20 @@ it): a source function is written back byte for byte while the graph still holds
 
 :class:`Names` hands out tensor names no graph or body of the model uses yet, and :func:`constant_tensors`
 says which tensors are known before the model runs (initializers and what constant nodes compute from them).
+:func:`new_node` and :func:`new_variable` make graphsurgeon's own nodes and variables, several times faster than
+its constructors, for the passes that add hundreds.
 """
 from __future__ import annotations
 
 import struct
+from collections import OrderedDict
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
+from onnx_graphsurgeon.util.misc import SynchronizedList
 
 from ..errors import AnalogizeError
 
@@ -54,6 +58,26 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
     # listed as inputs too: defaults a caller may override, so no pass may take their values as fixed
     graph.overridable_initializers = graph.source_initializers & {value.name for value in model.graph.input}
     return graph
+
+
+def new_variable(name: str) -> gs.Variable:
+    """``gs.Variable(name)``, made without graphsurgeon's attribute hooks: each first looks up, and fails to find,
+    the io list a new object does not have yet, which made up most of the time passes spent building nodes."""
+    variable = object.__new__(gs.Variable)
+    variable.__dict__.update(name=name, inputs=SynchronizedList(variable, "outputs", []),
+                             outputs=SynchronizedList(variable, "inputs", []), dtype=None, shape=None,
+                             type="tensor_type")
+    return variable
+
+
+def new_node(op: str, name: str, inputs: list, outputs: list, attrs: dict | None = None,
+             domain: str | None = None) -> gs.Node:
+    """``gs.Node(op, name, attrs, inputs, outputs, domain)``, made as :func:`new_variable` makes a variable."""
+    node = object.__new__(gs.Node)
+    node.__dict__.update(op=op, name=name, attrs=OrderedDict() if attrs is None else attrs,
+                         inputs=SynchronizedList(node, "outputs", inputs),
+                         outputs=SynchronizedList(node, "inputs", outputs), domain=domain)
+    return node
 
 
 class _Verbatim:
