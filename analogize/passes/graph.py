@@ -28,6 +28,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
+from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 from onnx_graphsurgeon.util.misc import SynchronizedList
 
@@ -46,7 +47,7 @@ gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.CRITICAL
 def import_model(model: onnx.ModelProto) -> gs.Graph:
     """The model's graph as graphsurgeon's IR; the weights are shared with ``model``, not copied."""
     try:
-        graph = gs.import_onnx(model)
+        graph = _import_onnx(model)
     except Exception as error:  # graphsurgeon fails with bare errors on types it does not model
         raise AnalogizeError(f"onnx-graphsurgeon cannot read this model ({type(error).__name__}: {error}); "
                              f"optional-typed inputs and outputs are not supported") from None
@@ -58,6 +59,52 @@ def import_model(model: onnx.ModelProto) -> gs.Graph:
     # listed as inputs too: defaults a caller may override, so no pass may take their values as fixed
     graph.overridable_initializers = graph.source_initializers & {value.name for value in model.graph.input}
     return graph
+
+
+def _import_onnx(model: onnx.ModelProto) -> gs.Graph:
+    """graphsurgeon's ``import_onnx``, step for step (its warnings aside), with the top-level graph's nodes and
+    the variables they bring made by :func:`new_node` and :func:`new_variable` (graphsurgeon's constructors took
+    most of the import's time). Tensors, attributes, bodies and functions are graphsurgeon's own imports."""
+    opset, domains = OnnxImporter.get_opset(model), OnnxImporter.get_import_domains(model)
+    functions = [OnnxImporter.import_function(function, model_opset=opset, model_import_domains=domains)
+                 for function in model.functions]
+    proto, tensors = model.graph, OrderedDict()
+
+    def imported(value, overwrite: bool = False) -> gs.Tensor:
+        name = value.values.name if isinstance(value, onnx.SparseTensorProto) else value.name
+        known = tensors.get(name)
+        if known is None:
+            known = tensors[name] = OnnxImporter.import_tensor(value)
+        elif overwrite:
+            again = OnnxImporter.import_tensor(value)
+            if isinstance(known, gs.Variable):  # a repeated annotation adds what the first lacked
+                known.dtype, known.shape = known.dtype or again.dtype, known.shape or again.shape
+        return known
+
+    def named(name: str) -> gs.Tensor:
+        if name in tensors:
+            return tensors[name]
+        if not name:  # an omitted optional input or output: each its own, untracked
+            return new_variable("")
+        tensors[name] = new_variable(name)
+        return tensors[name]
+
+    for value in (*proto.initializer, *proto.sparse_initializer):
+        imported(value)
+    for value in proto.value_info:
+        imported(value, overwrite=True)
+    stored = {tensor.name for tensor in proto.initializer} | {tensor.values.name for tensor in proto.sparse_initializer}
+    inputs = [imported(value) for value in proto.input if value.name not in stored]
+    outputs = [imported(value) for value in proto.output]
+    nodes = []
+    for node in proto.node:
+        attrs = OnnxImporter.import_attributes(node.attribute, OrderedDict(), tensors, opset, domains)
+        nodes.append(new_node(node.op_type, node.name, [named(name) for name in node.input],
+                              [named(name) for name in node.output], attrs,
+                              node.domain if node.HasField("domain") else None))
+    return gs.Graph(nodes=nodes, inputs=inputs, outputs=outputs, name=proto.name, doc_string=proto.doc_string,
+                    opset=opset, import_domains=domains, producer_name=model.producer_name,
+                    producer_version=model.producer_version, functions=functions, ir_version=model.ir_version)
 
 
 def new_variable(name: str) -> gs.Variable:
