@@ -27,6 +27,7 @@ from collections import OrderedDict
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.importers.onnx_importer import OnnxImporter
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
@@ -355,9 +356,11 @@ def _write_initializers(constants: list, target, source_initializers, overridabl
 
 def constant_values(tensor: gs.Constant) -> np.ndarray:
     """A dense constant's values, read without loading them into the tensor (a loaded tensor no longer counts
-    as the source's weight, and the export would re-encode it)."""
+    as the source's weight, and the export would re-encode it). Stored values come as ``numpy_helper.to_array``
+    reads them (read-only where they are raw bytes): graphsurgeon's ``LazyValues.load`` copies them once more,
+    and callers only read them."""
     stored = tensor._values  # graphsurgeon's LazyValues until something loads them
-    return stored.load() if isinstance(stored, LazyValues) else stored
+    return numpy_helper.to_array(stored.tensor) if isinstance(stored, LazyValues) else stored
 
 
 def known_values(tensor: gs.Tensor) -> np.ndarray | None:
