@@ -306,8 +306,8 @@ def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse
               "activations": {k: swaps[k] for k in ("swapped", "to", "attributes") if k in swaps},
               "op_types": sorted(set(chains["op_types"] + swaps["op_types"])),
               "warnings": [line for line in [clipping_warning(chains["sites"]), _unswapped(options, swaps, graph)]
-                           if line] + _ignored_flags(options, _node_names(graph, chains["skipped_layers"]),
-                                                     chains["layers"], chains["sites"])}
+                           if line] + _ignored_flags(options, graph, chains["skipped_layers"], chains["layers"],
+                                                     chains["sites"])}
     return ConversionResult(converted, report, seen)
 
 
@@ -336,9 +336,9 @@ def _node_names(graph, skipped: list[dict]) -> set[str]:
         {layer["node"] for layer in skipped}
 
 
-def _ignored_flags(options: ConvertOptions, graph_names: set, layers: list, sites: list) -> list[str]:
+def _ignored_flags(options: ConvertOptions, graph, skipped: list, layers: list, sites: list) -> list[str]:
     """Flags that had nothing to act on: activation parameters the chosen activation does not take, and
-    --exclude names that match no node name or op type."""
+    --exclude names that match no node name or op type (the names are gathered only when --exclude is given)."""
     settable = ACTIVATIONS[options.activation].settable
     lines = [f"--{name} does not apply to --activation {options.activation} (it takes "
              f"{', '.join('--' + k for k in settable) or 'no parameters'}); ignored"
@@ -346,6 +346,7 @@ def _ignored_flags(options: ConvertOptions, graph_names: set, layers: list, site
     if layers and not sites:
         lines.append(f"--where {','.join(options.where)}: no chain was inserted (recurrent layers have no "
                      f"layer-output chain); the model is unchanged but for its settings record")
+    graph_names = _node_names(graph, skipped) if options.exclude else set()
     unmatched = [name for name in options.exclude if name not in graph_names]
     if unmatched:
         lines.append(f"--exclude {', '.join(unmatched)}: no node or op type of that name; nothing was excluded by it")

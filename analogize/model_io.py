@@ -98,8 +98,9 @@ def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:
             width = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
         except (KeyError, ValueError, TypeError):  # a type numpy has no width for: left to the reader
             continue
-        if tensor.raw_data:
-            held = len(tensor.raw_data) // width
+        stored = len(tensor.raw_data)  # read once: protobuf (upb) copies the bytes out on every read
+        if stored:
+            held = stored // width
         else:
             held = max(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
             held = held // 2 if tensor.data_type in _COMPLEX_TYPES else held

@@ -4,13 +4,14 @@ import json
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from analogize import convert
 from analogize.cli import main
-from analogize.passes.graph import export_model, import_model
+from analogize.passes.graph import export_model, import_model, new_node, new_variable
 from conftest import DEFAULT_MODEL
 
 
@@ -155,8 +156,6 @@ def test_an_optional_input_is_a_one_line_error_or_converts(elem_type, tmp_path, 
 
 def _with_pass_edits(graph):
     """A changed weight, a new constant and a weight no node reads any more, as passes make them."""
-    import onnx_graphsurgeon as gs
-
     tensors = graph.tensors()
     tensors["w1"].values = np.full(tensors["w1"].shape, 0.25, np.float32)
     graph.nodes[0].inputs[1] = gs.Constant("new", np.ones(tensors["w0"].shape, np.float32))
@@ -189,3 +188,72 @@ def test_an_export_written_into_its_source_equals_a_fresh_export():
     given_up.CopyFrom(digits)
     assert convert(given_up, bits=6, ep=0.3, seed=1, reuse_input=True).model.SerializeToString() == \
         convert(digits, bits=6, ep=0.3, seed=1).model.SerializeToString()
+
+
+def _state(item):
+    """An IR object's fields, its io lists by the names they hold and the side they keep in step."""
+    return {key: (type(value), [entry.name for entry in value], value.field_name) if key in ("inputs", "outputs")
+            else (type(value), value) for key, value in vars(item).items()}
+
+
+def test_the_quick_node_and_variable_are_graphsurgeons_own():
+    """new_node and new_variable skip graphsurgeon's constructors (the passes' hot path): they must build what
+    those build, io lists kept in step included."""
+    for attrs, domain in ((None, None), ({"std": 0.1}, "ai.analogize")):
+        made_in, made_out = new_variable("a"), new_variable("b")
+        made = new_node("AnalogNoise", "n", [made_in], [made_out], attrs, domain)
+        given_in, given_out = gs.Variable("a"), gs.Variable("b")
+        given = gs.Node("AnalogNoise", name="n", attrs=attrs, inputs=[given_in], outputs=[given_out], domain=domain)
+        assert _state(made) == _state(given)
+        assert _state(made_in) == _state(given_in) and _state(made_out) == _state(given_out)
+        assert made_in.outputs == [made] and made_out.inputs == [made]
+
+
+def _tensor_state(tensor):
+    return (type(tensor), tensor.name, str(tensor.dtype), tensor.shape, getattr(tensor, "type", None),
+            [node.name for node in tensor.inputs], [node.name for node in tensor.outputs])
+
+
+def _graph_state(graph):
+    """What graphsurgeon's import makes of a graph: its nodes, their attributes (bodies and tensors by their own
+    state), the tensors they share and the graph's fields."""
+    def attribute(value):
+        if isinstance(value, gs.Graph):
+            return _graph_state(value)
+        return _tensor_state(value) if isinstance(value, gs.Tensor) else value
+
+    return ([(node.op, node.name, node.domain, {key: attribute(value) for key, value in node.attrs.items()},
+              [_tensor_state(tensor) for tensor in node.inputs], [_tensor_state(tensor) for tensor in node.outputs])
+             for node in graph.nodes],
+            [_tensor_state(tensor) for tensor in graph.inputs], [_tensor_state(tensor) for tensor in graph.outputs],
+            {name: _tensor_state(tensor) for name, tensor in graph.tensors().items()},
+            (graph.name, graph.doc_string, graph.opset, graph.producer_name, graph.producer_version, graph.ir_version,
+             [function.unique_id for function in graph.functions]))
+
+
+def test_the_import_builds_what_graphsurgeons_import_builds():
+    """import_model imports the top-level nodes itself (graphsurgeon's constructors cost most of the time): the
+    graph must be graphsurgeon's, on a model with the corners of its import."""
+    sparse = helper.make_sparse_tensor(numpy_helper.from_array(np.array([2.0], np.float32), "sparse"),
+                                       numpy_helper.from_array(np.array([0], np.int64), "sparse_indices"), [2])
+    branch = helper.make_graph([helper.make_node("Add", ["x", "w"], ["b"])], "branch", [], [float_input("b", [2])])
+    body = helper.make_function("local", "twice", ["t"], ["u"], [helper.make_node("Add", ["t", "t"], ["u"])],
+                                [helper.make_opsetid("", 17)])
+    nodes = [helper.make_node("Clip", ["x", "", "high"], ["c"], name="clip", doc_string="kept"),
+             helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.ones(2, np.float32))),
+             helper.make_node("If", ["flag"], ["i"], then_branch=branch, else_branch=branch),
+             helper.make_node("twice", ["c"], ["d"], domain="local"),
+             helper.make_node("Add", ["d", "unmade"], ["e"], domain=""),
+             helper.make_node("Concat", ["e", "k", "i", "sparse"], ["y"], axis=0, name="join")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+                                           float_input("x", [2]), float_input("w", [2])],
+                              [float_input("y", None)],
+                              [numpy_helper.from_array(np.ones(2, np.float32), "w"),
+                               numpy_helper.from_array(np.array(1.0, np.float32), "high")],
+                              doc_string="doc", value_info=[helper.make_value_info("c", onnx.TypeProto()),
+                                                            float_input("c", ["n"]), float_input("e", [2])],
+                              sparse_initializer=[sparse])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
+                              functions=[body], producer_name="test")
+    for source in (model, onnx.load(DEFAULT_MODEL)):
+        assert _graph_state(import_model(source)) == _graph_state(gs.import_onnx(source))

@@ -16,7 +16,8 @@ from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from ..ranges.mapping import (RECURRENT_OPS, UNIT_RANGES, WHOLE_TENSOR, RangeBuilder, RangeSettings, Scope,
                               activation_scope, is_range_node, per_sample, weight_scope)
-from .graph import Names, bodies, constant_tensors, is_default_domain, known_values, node_bodies
+from .graph import (Names, bodies, constant_tensors, is_default_domain, known_values, new_node, new_variable,
+                    node_bodies)
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
 LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", *RECURRENT_OPS)
@@ -372,7 +373,7 @@ class _ChainBuilder:
             rescale = [multiply]
         for k, element in enumerate(elements):
             output = end if k == len(elements) - 1 else \
-                gs.Variable(self.names.unique(f"{target.name}::{element}"))
+                new_variable(self.names.unique(f"{target.name}::{element}"))
             nodes.append(self._element(element, current, output, f"{prefix}/{element}", settings))
             current = output
         return nodes + rescale, record, prefix
@@ -384,7 +385,7 @@ class _ChainBuilder:
         settings = self.site_settings(owners, site)
         if settings is None:
             return
-        target = gs.Variable(self.names.unique(f"{source.name}::analog"))
+        target = new_variable(self.names.unique(f"{source.name}::analog"))
         nodes, record, prefix = self.chain(source, target, order, site, scope, settings)
         if not nodes:
             return
@@ -406,12 +407,12 @@ class _ChainBuilder:
     def _element(self, element: str, source: gs.Tensor, output: gs.Tensor, name: str,
                  settings: ChainSettings) -> gs.Node:
         if element == "clamp":
-            return gs.Node("Clip", name=name, inputs=[source, *self._clip_inputs()], outputs=[output])
+            return new_node("Clip", name, inputs=[source, *self._clip_inputs()], outputs=[output])
         key = (element, settings.precision, settings.std, settings.stochastic_rounding, settings.divide)
         if key not in self._attributes:
             self._attributes[key] = self._op(element, settings)
         op_name, attributes = self._attributes[key]
-        return gs.Node(op_name, name=name, attrs=dict(attributes), inputs=[source], outputs=[output], domain=DOMAIN)
+        return new_node(op_name, name, attrs=dict(attributes), inputs=[source], outputs=[output], domain=DOMAIN)
 
     def _op(self, element: str, settings: ChainSettings) -> tuple[str, dict]:
         """The analog op of an element and its attributes, checked once per setting against the op set."""
@@ -603,7 +604,7 @@ def _chain_layers(scope: _Scope, layers: list[Layer], builder: _ChainBuilder, wh
                 continue
             producer = layer.output_node
             tensor = producer.outputs[0]
-            source = gs.Variable(builder.names.unique(f"{tensor.name}::pre_analog"))
+            source = new_variable(builder.names.unique(f"{tensor.name}::pre_analog"))
             nodes, record, prefix = builder.chain(source, tensor, AOD_ORDER, "layer-output",
                                                   layer.scope("layer-output"), settings)
             producer.outputs[0] = source

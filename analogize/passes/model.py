@@ -98,7 +98,8 @@ def sync_analog_functions(model: onnx.ModelProto) -> None:
     more go, and so does the native domain's import once no fused chain is left. The bodies are always the op
     set's own: a model that brought bodies of its own for the domain (an identity for ReducePrecision, say)
     does not keep them."""
-    in_use = _ops_of(model.graph, DOMAIN) | {node.op_type for function in model.functions if function.domain != DOMAIN
+    used = _ops_by_domain(model.graph)
+    in_use = used.get(DOMAIN, set()) | {node.op_type for function in model.functions if function.domain != DOMAIN
                                          for node in function.node if node.domain == DOMAIN}
     ours = {(f.name, f.SerializeToString()) for f in function_protos(sorted(in_use), default_opset(model))}
     for function in [f for f in model.functions if f.domain == DOMAIN and
@@ -114,17 +115,23 @@ def sync_analog_functions(model: onnx.ModelProto) -> None:
     elif not in_use:
         for entry in imported:
             model.opset_import.remove(entry)
-    if not _ops_of(model.graph, FUSED_DOMAIN):  # its fused chains taken apart: the native domain goes too
+    if FUSED_DOMAIN not in used:  # its fused chains taken apart: the native domain goes too
         for entry in [e for e in model.opset_import if e.domain == FUSED_DOMAIN]:
             model.opset_import.remove(entry)
 
 
-def _ops_of(graph: onnx.GraphProto, domain: str) -> set[str]:
-    used = {node.op_type for node in graph.node if node.domain == domain}
+def _ops_by_domain(graph: onnx.GraphProto, used: dict | None = None) -> dict[str, set[str]]:
+    """The op types of the graph's nodes and of its bodies' nodes, by domain, in one walk of the nodes."""
+    used = {} if used is None else used
     for node in graph.node:
+        used.setdefault(node.domain, set()).add(node.op_type)
         for attribute in node.attribute:
-            for body in [attribute.g] if attribute.type == onnx.AttributeProto.GRAPH else attribute.graphs:
-                used |= _ops_of(body, domain)
+            kind = attribute.type  # read first: protobuf builds a wrapper for every field read, g and graphs too
+            if kind == onnx.AttributeProto.GRAPH:
+                _ops_by_domain(attribute.g, used)
+            elif kind == onnx.AttributeProto.GRAPHS:
+                for body in attribute.graphs:
+                    _ops_by_domain(body, used)
     return used
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ..errors import AnalogizeError
-from ..passes.graph import known_values
+from ..passes.graph import known_values, new_node, new_variable
 from .modes import (ACTIVATION_RANGE_MODES, DEFAULT_ACTIVATION_RANGE, DEFAULT_WEIGHT_RANGE, MIN_RANGE,
                     UNSEEN_RANGE, WEIGHT_RANGE_MODES, WEIGHT_SITES)
 
@@ -182,12 +182,12 @@ class RangeBuilder:
         values = known_values(source)
         if values is not None:
             record.update(_weight_range(values, scope))
-        magnitude = gs.Variable(self.names.unique(f"{source.name}::abs"))
-        largest = gs.Variable(self.names.unique(f"{source.name}::absmax"))
-        value = gs.Variable(self.names.unique(f"{source.name}::range"))
+        magnitude = new_variable(self.names.unique(f"{source.name}::abs"))
+        largest = new_variable(self.names.unique(f"{source.name}::absmax"))
+        value = new_variable(self.names.unique(f"{source.name}::range"))
         if scope.axes == ():  # each value its own range: no reduction
-            nodes = [gs.Node("Abs", name=f"{prefix}/range_abs", inputs=[source], outputs=[magnitude]),
-                     gs.Node("Max", name=f"{prefix}/range_floor", inputs=[magnitude, self._floor], outputs=[value])]
+            nodes = [new_node("Abs", f"{prefix}/range_abs", inputs=[source], outputs=[magnitude]),
+                     new_node("Max", f"{prefix}/range_floor", inputs=[magnitude, self._floor], outputs=[value])]
             return nodes, value, record
         reduce_inputs, reduce_attrs = [magnitude], {"keepdims": 1}
         if scope.axes is not None:
@@ -196,17 +196,17 @@ class RangeBuilder:
                                                  np.array(scope.axes, np.int64)))
             else:
                 reduce_attrs["axes"] = list(scope.axes)
-        nodes = [gs.Node("Abs", name=f"{prefix}/range_abs", inputs=[source], outputs=[magnitude]),
-                 gs.Node("ReduceMax", name=f"{prefix}/range_max", attrs=reduce_attrs, inputs=reduce_inputs,
-                         outputs=[largest]),
-                 gs.Node("Max", name=f"{prefix}/range_floor", inputs=[largest, self._floor], outputs=[value])]
+        nodes = [new_node("Abs", f"{prefix}/range_abs", inputs=[source], outputs=[magnitude]),
+                 new_node("ReduceMax", f"{prefix}/range_max", attrs=reduce_attrs, inputs=reduce_inputs,
+                          outputs=[largest]),
+                 new_node("Max", f"{prefix}/range_floor", inputs=[largest, self._floor], outputs=[value])]
         return nodes, value, record
 
     def wrap(self, source: gs.Tensor, target: gs.Tensor, value: gs.Tensor, prefix: str):
         """The tensors a chain runs between inside ``Div(source, r) -> chain -> Mul(., r) -> target``, and the
         two nodes."""
-        normalised = gs.Variable(self.names.unique(f"{target.name}::normalised"))
-        scaled = gs.Variable(self.names.unique(f"{target.name}::unscaled"))
+        normalised = new_variable(self.names.unique(f"{target.name}::normalised"))
+        scaled = new_variable(self.names.unique(f"{target.name}::unscaled"))
         return normalised, scaled, [
-            gs.Node("Div", name=f"{prefix}/normalise", inputs=[source, value], outputs=[normalised]),
-            gs.Node("Mul", name=f"{prefix}/rescale", inputs=[scaled, value], outputs=[target])]
+            new_node("Div", f"{prefix}/normalise", inputs=[source, value], outputs=[normalised]),
+            new_node("Mul", f"{prefix}/rescale", inputs=[scaled, value], outputs=[target])]
