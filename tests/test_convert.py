@@ -3,7 +3,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper, numpy_helper, version_converter
 
 import reference as ref
 from analogize import zoo
@@ -176,6 +176,37 @@ def test_opset_is_fitted_and_reported(mlp):
     report = convert(mlp_model(weights, biases, opset=23)).report
     assert report["opset_upgrades"] == [{"pass": "fit_opset", "from": 23, "to": 21}]
     assert convert(mlp_model(weights, biases, opset=23), noise=False).report["opset_upgrades"] == []
+
+
+@pytest.mark.parametrize("source, target", [(11, 13), (9, 13), (23, 21)])
+def test_the_opset_move_without_weights_gives_the_version_converters_model(source, target, rng):
+    """fit_opset keeps large float weights out of ONNX's version converter and puts them back: the moved model is
+    the converter's own, byte for byte, whatever its adapters read (here Reshape's shape, Split's sizes, a small
+    float tensor, two weights of one name), and the caller's model is left as it was."""
+    from analogize.passes.model import fit_opset
+    weight = rng.normal(size=(64, 32)).astype(np.float32)
+    split_sizes = [8, 24] if source >= 13 else None
+    nodes = [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "small"], ["a"]),
+             helper.make_node("Reshape", ["a", "shape"], ["r"]),
+             helper.make_node("Split", ["r", "sizes"] if split_sizes else ["r"], ["s0", "s1"], axis=1,
+                              **({} if split_sizes else {"split": [8, 24]})),
+             helper.make_node("Add", ["s1", "W2"], ["y"]), helper.make_node("MatMul", ["h", "W3"], ["z"])]
+    initializers = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.ones(32, np.float32), "small"),
+                    numpy_helper.from_array(np.array([-1, 32], np.int64), "shape"),
+                    numpy_helper.from_array(rng.normal(size=(1, 24)).astype(np.float32), "W2"),
+                    *(numpy_helper.from_array(rng.normal(size=(32, 32)).astype(np.float32), "W3") for _ in range(2))]
+    if split_sizes:
+        initializers.append(numpy_helper.from_array(np.array(split_sizes, np.int64), "sizes"))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("s0", TensorProto.FLOAT, None),
+                               helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", source)])
+    before = model.SerializeToString()
+    moved, _ = fit_opset(model, minimum=13, maximum=21)
+    assert model.SerializeToString() == before
+    assert moved.SerializeToString() == version_converter.convert_version(model, target).SerializeToString()
+    assert [i for i in moved.graph.initializer if i.name == "W"][0].raw_data == weight.tobytes()
 
 
 def test_dynamic_batch(rng):

@@ -11,6 +11,7 @@ holds, so it runs before :func:`analogize.passes.graph.import_model` or after
 from __future__ import annotations
 
 import json
+from collections import Counter
 
 import onnx
 from onnx import helper, inliner, version_converter
@@ -45,7 +46,7 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
                              f"version converter drops when moving it to opset {target}; re-export it at opset "
                              f"{target} (analogize needs {minimum}-{maximum or 'newest'} for this conversion)")
     try:
-        converted = version_converter.convert_version(model, target)
+        converted = _convert_version_without_weights(model, target)
     except Exception as error:  # the converter raises bare RuntimeErrors/ValueErrors per op adapter
         raise AnalogizeError(f"the model uses opset {current} and ONNX's version converter could not move it to "
                              f"{target} ({str(error).splitlines()[0]}); re-export it at opset {target}") from None
@@ -54,6 +55,37 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
         raise AnalogizeError(f"the model uses opset {current}, and ONNX's version converter changes its interface "
                              f"moving it to {target} ({changed}); re-export it at opset {target}")
     return converted, [{"pass": "fit_opset", "from": current, "to": target}]
+
+
+# Float tensors at least this large are weights: no adapter of ONNX's version converter reads them (those that
+# read initializers read shapes, axes, split sizes: integers; and Upsample's scales: a few floats).
+_LEAST_WEIGHT_BYTES = 4096
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+
+
+def _convert_version_without_weights(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """``version_converter.convert_version``, with the weights' bytes kept out of it: the converter serialises
+    the whole model into its own IR and back, which took most of a convert's time on a 54 MB opset-12 model.
+    Each weight goes back into the moved model under its name where the converter left its type and shape."""
+    weights, counts = {}, Counter(tensor.name for tensor in model.graph.initializer)
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type in _FLOAT_TYPES and tensor.HasField("raw_data") and counts[tensor.name] == 1:
+            data = tensor.raw_data  # protobuf copies the bytes on each read: once here
+            if len(data) >= _LEAST_WEIGHT_BYTES:
+                weights[index] = data
+                tensor.ClearField("raw_data")
+    try:
+        converted = version_converter.convert_version(model, target)
+    finally:
+        for index, data in weights.items():
+            model.graph.initializer[index].raw_data = data
+    moved = {model.graph.initializer[index].name: index for index in weights}
+    for tensor in converted.graph.initializer:
+        source = model.graph.initializer[moved[tensor.name]] if tensor.name in moved else None
+        if source is not None and not tensor.HasField("raw_data") and \
+                (source.data_type, source.dims) == (tensor.data_type, tensor.dims):
+            tensor.raw_data = weights[moved[tensor.name]]
+    return converted
 
 
 def _interface_change(declared: onnx.GraphProto, moved: onnx.GraphProto) -> str | None:
