@@ -14,18 +14,13 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
 from .errors import AnalogizeError
-
+from .untrusted import check_regular_file
 
 
 def load_model(path) -> tuple[onnx.ModelProto, bool]:
     """The model at ``path`` with its weights, and whether it stored them as external data."""
     path = Path(path)
-    if not path.exists():
-        raise AnalogizeError(f"{path}: no such file; check the model path")
-    if path.is_dir():
-        raise AnalogizeError(f"{path} is a directory; give the path of an .onnx file")
-    if not path.is_file():  # a pipe would hang the read, a device never end it
-        raise AnalogizeError(f"{path} is not a regular file (a pipe or a device); give the path of an .onnx file")
+    check_regular_file(path, "the model", "give the path of an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError) as error:
