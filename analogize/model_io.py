@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -31,6 +32,7 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
+    _check_text_and_nodes(model, path)
     _check_initializers(model.graph, path)
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if has_external:
@@ -78,6 +80,40 @@ _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint6
 _SUB_BYTE_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1")
                    if hasattr(onnx.TensorProto, name)}
 _COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+
+
+_TEXT, _MESSAGE = onnx.NodeProto.DESCRIPTOR.fields[0].TYPE_STRING, onnx.NodeProto.DESCRIPTOR.fields[0].TYPE_MESSAGE
+
+
+@functools.cache
+def _text_and_message_fields(descriptor) -> tuple:
+    """(name, holds messages, repeated) of each text or message field of a message type: bytes fields (weights)
+    are never read."""
+    return tuple((field.name, field.type == _MESSAGE,
+                  field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED)
+                 for field in descriptor.fields if field.type in (_TEXT, _MESSAGE))  # protobuf 7 has no label
+
+
+def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse text that is not UTF-8 (protobuf hands such a name over as bytes, which every pass trips on) and
+    nodes without outputs, anywhere in the model, before any pass reads it."""
+    pending = [model]
+    while pending:  # a loop, not recursion: the nesting of subgraphs is the file's to choose
+        message = pending.pop()
+        if isinstance(message, onnx.NodeProto) and not message.output:
+            raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which no ONNX "
+                                 f"op allows; the file is damaged or was written wrongly, re-export it")
+        for name, holds_messages, repeated in _text_and_message_fields(message.DESCRIPTOR):
+            if not repeated and not message.HasField(name):
+                continue
+            values = getattr(message, name) if repeated else (getattr(message, name),)
+            if holds_messages:
+                pending.extend(values)
+                continue
+            text = next((value for value in values if isinstance(value, bytes)), None)
+            if text is not None:
+                raise AnalogizeError(f"{path}: a {message.DESCRIPTOR.name} {name} is not UTF-8 text ({text[:40]!r}); "
+                                     f"the file is damaged, re-export it")
 
 
 def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:
