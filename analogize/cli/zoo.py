@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import json_flag, zoo_model_config, zoo_model_option, writable_file
+from .options import SEEDS, json_flag, zoo_model_config, zoo_model_option, writable_file
 
 
 @click.group()
@@ -39,7 +39,7 @@ def zoo_list(as_json):
 @click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=1),
               help="Input height and width [default: the model's image_size option, else 32].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initial weights.")
+@click.option("--seed", type=SEEDS, default=0, show_default=True, help="Seed of the random initial weights.")
 def zoo_export(name, output, model_options, exporter, opset, image_size, seed):
     """Export zoo model NAME (randomly initialised, eval mode) with a dynamic batch axis."""
     import torch
