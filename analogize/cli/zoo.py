@@ -42,11 +42,18 @@ def zoo_list(as_json):
 @click.option("--seed", type=SEEDS, default=0, show_default=True, help="Seed of the random initial weights.")
 def zoo_export(name, output, model_options, exporter, opset, image_size, seed):
     """Export zoo model NAME (randomly initialised, eval mode) with a dynamic batch axis."""
+    import inspect
+
     import torch
 
-    from ..zoo import create_model, export_onnx
+    from ..zoo import MODELS, create_model, export_onnx
 
     config = zoo_model_config(model_options)
+    if image_size is not None:
+        if config.get("image_size", image_size) != image_size:
+            raise click.UsageError("--image-size and --option image_size differ; give the size once")
+        if name in MODELS and "image_size" in inspect.signature(MODELS[name]).parameters:
+            config["image_size"] = image_size  # built for the size it is exported at: its layers' sizes follow
     torch.manual_seed(seed)
     model = create_model(name, **config)
     channels, size = config.get("in_channels", 3), image_size or config.get("image_size", 32)
