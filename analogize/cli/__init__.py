@@ -32,6 +32,12 @@ def main(argv=None) -> int:
             raise
         click.echo(f"analogize: error: {error}", err=True)
         return 2
+    except MemoryError as error:  # numpy says how much it could not allocate, and for what shape
+        if "--debug" in argv:
+            raise
+        click.echo(f"analogize: error: out of memory ({str(error).strip() or 'no detail'}); use less data at once "
+                   f"(--limit, --batch-size, a smaller --resize) or a machine with more memory", err=True)
+        return 2
     except click.exceptions.Exit as done:
         return done.exit_code
     except click.Abort as error:

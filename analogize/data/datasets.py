@@ -357,9 +357,20 @@ def decode_hints(model: onnx.ModelProto, preprocessing: Preprocessing) -> tuple[
     if layout == "flat":
         return preprocessing.size, preprocessing.channels
     channels = spec.shape[1] if layout == "nchw" else spec.shape[3]
-    size = spec.shape[2:4] if layout == "nchw" else spec.shape[1:3]
-    return (preprocessing.size or (tuple(size) if None not in size else None),
-            preprocessing.channels or channels)
+    size = _image_size(spec, layout, preprocessing)
+    return size if None not in size else None, preprocessing.channels or channels
+
+
+def _image_size(spec: InputSpec, layout: str, preprocessing: Preprocessing) -> tuple:
+    """The height and width images are fed at: --resize, else the model's (None where it leaves a side open). A
+    --resize the model's fixed size refuses is refused before any image is decoded or resized to it."""
+    fixed = tuple(spec.shape[2:4] if layout == "nchw" else spec.shape[1:3])
+    size = preprocessing.size
+    if size is not None and any(side is not None and side != wanted for side, wanted in zip(fixed, size)):
+        shown = "x".join("?" if side is None else str(side) for side in fixed)
+        raise AnalogizeError(f"--resize {size[0]}x{size[1]}: the model's input {spec.name!r} takes {shown} images; "
+                             f"leave out --resize (images are resized to the model's size)")
+    return tuple(size or fixed)
 
 
 def load_for_model(spec: str, model: onnx.ModelProto, preprocessing: Preprocessing = Preprocessing(),
@@ -406,7 +417,7 @@ def _fit(dataset: Dataset, x: np.ndarray, spec: InputSpec, layout: str, preproce
     if channels is not None and channels != x.shape[1]:
         notes.append(f"{x.shape[1]} -> {channels} channels" + (" (BT.601 luma)" if channels == 1 else ""))
         x = _adapt_channels(x, channels, dataset.name)
-    size = preprocessing.size or tuple(spec.shape[2:4] if layout == "nchw" else spec.shape[1:3])
+    size = _image_size(spec, layout, preprocessing)
     if None not in size and tuple(x.shape[2:]) != tuple(size):
         notes.append(f"resized {x.shape[2]}x{x.shape[3]} -> {size[0]}x{size[1]} (bilinear)")
         x = _resize(x, size)
