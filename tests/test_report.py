@@ -247,6 +247,28 @@ def test_a_malformed_verification_is_refused(evaluate_result):
         render_report([plan_search_example(verification)])
 
 
+@pytest.mark.parametrize("kind, forge, message", [
+    ("evaluate", lambda r: r["cells"][0].update(repeats="2"), 'cells[0].repeats must be a whole number, got "2"'),
+    ("evaluate", lambda r: r["grid"].update(activation=[None]), "grid.activation[0] must be a string, got null"),
+    ("evaluate", lambda r: r["data"].update(samples=True), "data.samples must be a whole number, got true"),
+    ("sensitivity", lambda r: r["units"][0].update(kind=7), "units[0].kind must be a string, got 7"),
+    ("sensitivity", lambda r: r["settings"].update(precision="64"), 'settings.precision must be a finite number or '
+                                                                     'null, got "64"'),
+    ("sensitivity", lambda r: r.update(seed=[0]), "seed must be a whole number, got an array"),
+])
+def test_a_forged_result_file_is_refused_naming_the_field(kind, forge, message, evaluate_result, tmp_path, capsys):
+    """Each forgery rendered as it was before the files were checked against their format's schema: a report
+    of garbage, exit 0. The same file unforged is reported."""
+    result = json.loads(json.dumps(evaluate_result if kind == "evaluate" else sensitivity_example()))
+    (tmp_path / "real.json").write_text(json.dumps(result))
+    forge(result)
+    (tmp_path / "forged.json").write_text(json.dumps(result))
+    assert analogize(capsys, "report", tmp_path / "real.json", "-o", tmp_path / "real.html")[0] == 0
+    code, _, err = analogize(capsys, "report", tmp_path / "forged.json", "-o", tmp_path / "forged.html")
+    assert code == 2 and err.startswith(f"analogize: error: {tmp_path / 'forged.json'} (analogize.{kind}): {message}")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "forged.html").exists()
+
+
 def test_a_failed_report_leaves_no_file(tmp_path):
     with pytest.raises(AnalogizeError):
         write_report([{"format": "analogize.sensitivity", "version": 1}], tmp_path / "report.html")
@@ -268,7 +290,7 @@ def _bad_inputs(folder):
         (["broken.json", "-o", "r.html"], "is not JSON"),
         (["other.json", "-o", "r.html"], "known formats"),
         (["old.json", "-o", "r.html"], "reads version 1"),
-        (["partial.json", "-o", "r.html"], "no field"),
+        (["partial.json", "-o", "r.html"], "model_sha256 is missing"),
         (["deep.json", "-o", "r.html"], "is not JSON"),
         (["missing.json", "-o", "r.html"], "no such file"),
         (["input.html", "-o", "input.html"], "would replace the result"),

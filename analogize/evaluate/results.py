@@ -40,11 +40,12 @@ _MEASURED = {**{f"{metric}_{statistic}?": (Number, None) for metric in (*METRICS
 _BASELINE = {**_MEASURED, "activation": str, "outputs?": {str: _MEASURED}}
 _CELL = {**_BASELINE, "bits": (Integer, None), "precision": (Number, None), "ep": Number, "std": Number,
          "repeats": Integer, "seed?": Integer, "cell": Integer}
-#: what merge and the result's table, CSV and plot read of a result, as analogize.untrusted checks it
+#: what merge, the report and the result's table, CSV and plot read of a result, as analogize.untrusted checks it
 RESULT_SCHEMA = {
     "format": str, "version": Integer, "model?": str, "model_sha256": str, "output": str, "converted_input": bool,
     "data": {"name": str, "samples": Integer, "classes?": (Integer, None), "labels": bool, "adaptations?": [str]},
-    "grid": {"repeats": Integer, "seed": Integer}, "options": OPTIONS_SCHEMA, "clean": _MEASURED,
+    "grid": {"bits": [(Integer, None)], "ep": [(Number, None)], "activation": [str], "repeats": Integer,
+             "seed": Integer}, "options": OPTIONS_SCHEMA, "clean": _MEASURED,
     "baselines": [_BASELINE], "cells": [_CELL], "cell_count": Integer, "warnings?": [str],
     "shard?": ({"index": Integer, "count": Integer}, None)}
 
