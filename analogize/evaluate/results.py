@@ -11,6 +11,7 @@ each output by name.
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 from dataclasses import dataclass
@@ -217,15 +218,35 @@ def pyplot():
     return module
 
 
+def figure_maker(draw):
+    """Decorator of every function that draws a figure and returns it: pyplot keeps each figure it opened until
+    it is closed, so when drawing fails halfway (a field of a forged result), the figures the call opened are
+    closed before the error goes on."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        plt = pyplot()
+        before = set(plt.get_fignums())
+        try:
+            return draw(*args, **kwargs)
+        except BaseException:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+            raise
+    return drawn
+
+
 def save_figure(figure, path) -> None:
-    """Write ``figure`` atomically, in the format its suffix names (PNG by default), and release it. ``path`` may
-    also be a binary file object, which gets a PNG: so every plot function can draw into memory for a report."""
-    if hasattr(path, "write"):
-        figure.savefig(path, dpi=120, format="png")
-    else:
-        with atomic_output(path) as temporary:
-            figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
-    pyplot().close(figure)
+    """Write ``figure`` atomically, in the format its suffix names (PNG by default), and release it, written or
+    not. ``path`` may also be a binary file object, which gets a PNG: so every plot function can draw into memory
+    for a report."""
+    try:
+        if hasattr(path, "write"):
+            figure.savefig(path, dpi=120, format="png")
+        else:
+            with atomic_output(path) as temporary:
+                figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        pyplot().close(figure)
 
 
 # Reference lines (the clean model, accuracy before and after training, true derivatives) lie under the
@@ -333,6 +354,7 @@ def _bits_label(cell: dict) -> str:
     return "unquantised" if cell["precision"] is None else f"p = {cell['precision']:g}"
 
 
+@figure_maker
 def evaluation_figure(result: dict):
     """Accuracy (or agreement, or for outputs without classes the relative error) of the primary output against
     EP, one line per bit width, one panel per activation; the clean model and the activation's noise-free

@@ -24,6 +24,7 @@ from ..convert import ConvertOptions, convert, stored_settings
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..devices import gpu_index
 from ..errors import AnalogizeError
+from ..evaluate.results import figure_maker
 from ..model_io import copy_model
 from ..progress import progress_bar
 from ..untrusted import Integer, Number, check, check_regular_file, json_data
@@ -479,6 +480,7 @@ def _settings_text(settings: dict) -> str:
     return "; ".join(words + [_activation_text(options), chain_text(options)])
 
 
+@figure_maker
 def curves_figure(report: dict):
     """Training loss and noisy validation accuracy per epoch, with the before/after ORT accuracies; the title
     names the model, the data and the settings."""

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..convert import PAPER_RANGES, ConvertOptions
 from ..errors import AnalogizeError
+from ..evaluate.results import figure_maker
 from .finetune import FinetuneOptions, split_data
 from ..model_io import atomic_output
 from ..progress import progress_bar
@@ -279,6 +280,7 @@ def _views(points: list[dict]) -> list[tuple]:
 _AXIS_LABELS = {"factor": "interpolation factor i", "alpha": "LeakyReLU slope alpha", "depth": "depth"}
 
 
+@figure_maker
 def sweep_figure(result: dict):
     """The paper's figure types from the points: accuracy against the interpolation factor (one line per
     EP), against the leaky slope, and against depth (one line per activation), each panel one setting of
