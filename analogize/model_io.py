@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
@@ -82,16 +83,14 @@ _SUB_BYTE_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4",
 _COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
 
 
-_TEXT, _MESSAGE = onnx.NodeProto.DESCRIPTOR.fields[0].TYPE_STRING, onnx.NodeProto.DESCRIPTOR.fields[0].TYPE_MESSAGE
-
-
 @functools.cache
 def _text_and_message_fields(descriptor) -> tuple:
     """(name, holds messages, repeated) of each text or message field of a message type: bytes fields (weights)
     are never read."""
-    return tuple((field.name, field.type == _MESSAGE,
+    kinds = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)
+    return tuple((field.name, field.type == FieldDescriptor.TYPE_MESSAGE,
                   field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED)
-                 for field in descriptor.fields if field.type in (_TEXT, _MESSAGE))  # protobuf 7 has no label
+                 for field in descriptor.fields if field.type in kinds)  # protobuf 7 has is_repeated, no label
 
 
 def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> None:
