@@ -22,6 +22,7 @@ import torch
 
 from . import noise_model
 from .errors import AnalogizeError
+from .evaluate.results import figure_maker
 from .ops.spec import OPS
 from .ops.torch_ops import apply_op
 
@@ -356,6 +357,7 @@ def to_json(result: dict) -> dict:
     return {k: v for k, v in result.items() if k != "maps"}
 
 
+@figure_maker
 def analysis_figure(result: dict):
     """The analysis's figure: error vs factor with the ReLU and smoothest maps (gradient-error); derivative
     estimate vs batch size beside the true derivatives (minibatch-bias); effective bits vs scale beside the

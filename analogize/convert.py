@@ -14,9 +14,10 @@ from .torch_import import load_any_model
 from .noise_model import (DEFAULT_BIT_CONVENTION, DEFAULT_EP, bits_to_precision, check_precision, check_std,
                           ep_to_std, std_to_ep)
 from .ops.spec import OPS
-from .passes.activations import ACTIVATIONS, swap_activations
+from .passes.activations import ACTIVATIONS, activation_choice, swap_activations
 from .passes.attributes import seed_random_ops
-from .passes.chains import CLAMP_RANGE, KEPT_DIGITAL, PLACEMENTS, ChainSettings, insert_analog_chains
+from .passes.chains import (CLAMP_RANGE, KEPT_DIGITAL, PLACEMENTS, ChainSettings, check_placements,
+                            insert_analog_chains)
 from .plans import Plan, read_plan
 from .passes.graph import bodies, export_model, import_model
 from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, METADATA_KEY, export_with_functions, fit_opset,
@@ -234,8 +235,32 @@ def stored_settings(model: onnx.ModelProto) -> dict:
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
             what, hint = f"the model's {METADATA_KEY} metadata", "convert the original model again"
-            return untrusted.check(untrusted.parse_json(entry.value, what, hint), SETTINGS_SCHEMA, what, hint)
+            return _checked_record(untrusted.parse_json(entry.value, what, hint), what, hint)
     return {}
+
+
+def _checked_record(document, what: str, hint: str) -> dict:
+    """A settings record checked as convert writes one: of :data:`SETTINGS_SCHEMA`, with options convert takes
+    (the fields a record lacks taking their defaults) and a precision and noise std chains can have. Of the right
+    shape alone, a record could hold options no conversion had (bits -3, an unknown activation), which evaluate
+    and export would pass on as the model's."""
+    settings = untrusted.check(document, SETTINGS_SCHEMA, what, hint)
+    unknown = sorted(set(settings["options"]) - {option.name for option in fields(ConvertOptions)})
+    if unknown:
+        raise AnalogizeError(f"{what}: options holds {', '.join(unknown)}, which convert has no option for; {hint}")
+    try:
+        options = ConvertOptions.from_dict(settings["options"])
+        options.summary()  # bits or precision, EP or std, seed, divide, range modes
+        options.calibration_options()
+        options.resolved_plan()
+        activation_choice(options.activation)
+        check_placements(options.where)
+        if settings["precision"] is not None:
+            check_precision(settings["precision"])
+        check_std(settings["std"])
+    except AnalogizeError as error:
+        raise AnalogizeError(f"{what}: {error}; {hint}") from None
+    return settings
 
 
 @dataclass

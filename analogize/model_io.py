@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import socket
@@ -10,22 +11,18 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
 from .errors import AnalogizeError
-
+from .untrusted import check_regular_file
 
 
 def load_model(path) -> tuple[onnx.ModelProto, bool]:
     """The model at ``path`` with its weights, and whether it stored them as external data."""
     path = Path(path)
-    if not path.exists():
-        raise AnalogizeError(f"{path}: no such file; check the model path")
-    if path.is_dir():
-        raise AnalogizeError(f"{path} is a directory; give the path of an .onnx file")
-    if not path.is_file():  # a pipe would hang the read, a device never end it
-        raise AnalogizeError(f"{path} is not a regular file (a pipe or a device); give the path of an .onnx file")
+    check_regular_file(path, "the model", "give the path of an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError) as error:
@@ -36,6 +33,7 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
+    _check_text_and_nodes(model, path)
     _check_initializers(model.graph, path)
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if has_external:
@@ -83,6 +81,38 @@ _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint6
 _SUB_BYTE_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4", "FLOAT4E2M1")
                    if hasattr(onnx.TensorProto, name)}
 _COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
+
+
+@functools.cache
+def _text_and_message_fields(descriptor) -> tuple:
+    """(name, holds messages, repeated) of each text or message field of a message type: bytes fields (weights)
+    are never read."""
+    kinds = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)
+    return tuple((field.name, field.type == FieldDescriptor.TYPE_MESSAGE,
+                  field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED)
+                 for field in descriptor.fields if field.type in kinds)  # protobuf 7 has is_repeated, no label
+
+
+def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse text that is not UTF-8 (protobuf hands such a name over as bytes, which every pass trips on) and
+    nodes without outputs, anywhere in the model, before any pass reads it."""
+    pending = [model]
+    while pending:  # a loop, not recursion: the nesting of subgraphs is the file's to choose
+        message = pending.pop()
+        if isinstance(message, onnx.NodeProto) and not message.output:
+            raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which no ONNX "
+                                 f"op allows; the file is damaged or was written wrongly, re-export it")
+        for name, holds_messages, repeated in _text_and_message_fields(message.DESCRIPTOR):
+            if not repeated and not message.HasField(name):
+                continue
+            values = getattr(message, name) if repeated else (getattr(message, name),)
+            if holds_messages:
+                pending.extend(values)
+                continue
+            text = next((value for value in values if isinstance(value, bytes)), None)
+            if text is not None:
+                raise AnalogizeError(f"{path}: a {message.DESCRIPTOR.name} {name} is not UTF-8 text ({text[:40]!r}); "
+                                     f"the file is damaged, re-export it")
 
 
 def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:

@@ -33,6 +33,7 @@ import onnx
 
 from .errors import AnalogizeError
 from .model_io import load_model
+from .untrusted import check_regular_file
 
 EXPORTERS = ("legacy", "dynamo")
 DEFAULT_OPSET = 18
@@ -275,10 +276,9 @@ def _from_factory(torch, source: str, state_dict: str):
             sys.path.remove(os.getcwd())
     if not isinstance(module, torch.nn.Module):
         raise AnalogizeError(f"{source} returned a {type(module).__name__}, not a torch.nn.Module")
+    check_regular_file(state_dict, "--state-dict", "give the file torch.save(model.state_dict(), path) wrote")
     try:
         weights = torch.load(state_dict, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise AnalogizeError(f"--state-dict {state_dict}: no such file") from None
     except Exception as error:
         raise AnalogizeError(f"--state-dict {state_dict} is not a checkpoint of tensors ({type(error).__name__}: "
                              f"{_first_line(error)}); save it with torch.save(model.state_dict(), path)") from None

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 from types import FunctionType
 
 from .errors import AnalogizeError
@@ -42,15 +44,27 @@ def _not_json(constant: str):
     raise ValueError(f"{constant} is not a JSON number")  # Python reads it, and would write it back into results
 
 
+def check_regular_file(path, what: str, hint: str) -> None:
+    """Refuse in one line a ``path`` that is missing, a directory or no regular file, before it is opened: a named
+    pipe blocks the open until some writer comes, and a device such as /dev/zero never ends."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise AnalogizeError(f"{what} {path}: no such file; {hint}") from None
+    except OSError as error:
+        raise AnalogizeError(f"cannot read {what} {path}: {error.strerror or error}") from None
+    if stat.S_ISDIR(mode):
+        raise AnalogizeError(f"{what} {path} is a directory; {hint}")
+    if not stat.S_ISREG(mode):
+        raise AnalogizeError(f"{what} {path} is not a regular file (a pipe or a device); {hint}")
+
+
 def read_json(path, what: str, hint: str):
     """The JSON document in the file ``path``."""
+    check_regular_file(path, what, hint)
     try:
         with open(path, "rb") as handle:
             text = handle.read()
-    except FileNotFoundError:
-        raise AnalogizeError(f"{what} {path}: no such file") from None
-    except IsADirectoryError:
-        raise AnalogizeError(f"{what} {path} is a directory; {hint}") from None
     except OSError as error:
         raise AnalogizeError(f"cannot read {what} {path}: {error.strerror or error}") from None
     return parse_json(text, f"{what} {path}", hint)

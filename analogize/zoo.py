@@ -85,7 +85,11 @@ def vgg_a(num_classes: int = 10, in_channels: int = 3, image_size: int = 32, wid
             channels = out
     if size < 1:
         raise AnalogizeError(f"vgg_a: image_size {image_size} is too small for five max-pools; use >= 32")
-    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(pool_size), nn.Flatten(),
+    # torch's legacy exporter has no adaptive pooling to a size the input's does not divide; to a multiple of it
+    # (1x1 to 7x7 from 32-pixel images) the pooling is a nearest upsampling, which it has
+    pool = nn.Upsample(scale_factor=pool_size // size) if pool_size > size and pool_size % size == 0 else \
+        nn.AdaptiveAvgPool2d(pool_size)
+    return nn.Sequential(*layers, pool, nn.Flatten(),
                          nn.Linear(channels * pool_size * pool_size, classifier_width), nn.ReLU(), nn.Dropout(0.5),
                          nn.Linear(classifier_width, classifier_width), nn.ReLU(), nn.Dropout(0.5),
                          nn.Linear(classifier_width, num_classes))
@@ -230,6 +234,10 @@ def export_onnx(model: nn.Module, path, input_shape: tuple, exporter: str = "leg
                                         dynamo=True, verbose=False)
             program.save(str(staging))
         os.replace(staging, path)
+    except RuntimeError as error:  # tracing the model at this input, or an op the exporter has no ONNX for
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise AnalogizeError(f"torch cannot export the model at input {'x'.join(map(str, input_shape))} ({reason}); "
+                             f"choose other size options, or the other exporter") from error
     finally:
         staging.unlink(missing_ok=True)
     return path

@@ -1,6 +1,7 @@
 """The HTML report: each format's section from real results (evaluate, finetune) and from example dicts of the
-sensitivity and plan-search schemas, escaping of untrusted strings, bad input through the CLI, and the page as a
-real headless browser shows it."""
+sensitivity and plan-search schemas, escaping of untrusted strings, bad input through the CLI (forged result
+files refused by their format's schema), figures released when drawing them fails, and the page as a real
+headless browser shows it."""
 import base64
 import copy
 import json
@@ -15,8 +16,13 @@ from PIL import Image, ImageStat
 from analogize.cli import main
 from analogize.convert import ConvertOptions
 from analogize.errors import AnalogizeError
+from analogize.analysis import analysis_figure
 from analogize.evaluate.engine import Grid, evaluate_file
+from analogize.evaluate.results import evaluation_figure, pyplot, save_figure
+from analogize.planning.outputs import plan_figure, sensitivity_figure
 from analogize.report import FORMATS, read_result, render_report, write_report
+from analogize.training.finetune import curves_figure
+from analogize.training.sweep import sweep_figure
 from conftest import DEFAULT_MODEL
 
 IMAGE_PREFIX = '<img src="data:image/png;base64,'
@@ -247,6 +253,78 @@ def test_a_malformed_verification_is_refused(evaluate_result):
         render_report([plan_search_example(verification)])
 
 
+@pytest.mark.parametrize("kind, forge, message", [
+    ("evaluate", lambda r: r["cells"][0].update(repeats="2"), 'cells[0].repeats must be a whole number, got "2"'),
+    ("evaluate", lambda r: r["grid"].update(activation=[None]), "grid.activation[0] must be a string, got null"),
+    ("evaluate", lambda r: r["data"].update(samples=True), "data.samples must be a whole number, got true"),
+    ("sensitivity", lambda r: r["units"][0].update(kind=7), "units[0].kind must be a string, got 7"),
+    ("sensitivity", lambda r: r["settings"].update(precision="64"), 'settings.precision must be a finite number or '
+                                                                     'null, got "64"'),
+    ("sensitivity", lambda r: r.update(seed=[0]), "seed must be a whole number, got an array"),
+])
+def test_a_forged_result_file_is_refused_naming_the_field(kind, forge, message, evaluate_result, tmp_path, capsys):
+    """Each forgery rendered as it was before the files were checked against their format's schema: a report
+    of garbage, exit 0. The same file unforged is reported."""
+    result = json.loads(json.dumps(evaluate_result if kind == "evaluate" else sensitivity_example()))
+    (tmp_path / "real.json").write_text(json.dumps(result))
+    forge(result)
+    (tmp_path / "forged.json").write_text(json.dumps(result))
+    assert analogize(capsys, "report", tmp_path / "real.json", "-o", tmp_path / "real.html")[0] == 0
+    code, _, err = analogize(capsys, "report", tmp_path / "forged.json", "-o", tmp_path / "forged.html")
+    assert code == 2 and err.startswith(f"analogize: error: {tmp_path / 'forged.json'} (analogize.{kind}): {message}")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "forged.html").exists()
+
+
+def _forged_sweep(_):
+    """Sweep points along depth (the figure's one axis), without the accuracies the figure draws."""
+    return {"points": [{"activation": "relu", "family": "rectifier", "factor": 0.0, "alpha": 0.0, "depth": depth,
+                        "bits": 4, "ep": 0.5} for depth in (1, 2)], "settings": {}}
+
+
+def _without(document: dict, path: tuple) -> dict:
+    forged = copy.deepcopy(document)
+    parent = forged
+    for key in path[:-1]:
+        parent = parent[key]
+    del parent[path[-1]]
+    return forged
+
+
+FORGED_FIGURES = {
+    "evaluation": (evaluation_figure, lambda r: _without(r, ("cells", 0, "accuracy_std"))),
+    "sensitivity": (sensitivity_figure, lambda _: _without(sensitivity_example(), ("units", 1, "recovery"))),
+    "plan": (plan_figure, lambda r: _without(plan_search_example(r), ("steps", 0, "step"))),
+    "analysis": (analysis_figure, lambda _: {"analysis": "gsd", "rows": [{"activation": "relu"}]}),
+    "curves": (curves_figure, lambda _: {"history": [{"epoch": 1}]}),
+    "sweep": (sweep_figure, _forged_sweep),
+}
+
+
+@pytest.mark.parametrize("name", FORGED_FIGURES)
+def test_a_figure_that_fails_halfway_is_closed(name, evaluate_result):
+    """Each forgery fails after its figure was opened: called without the guard, the figure stays open in pyplot
+    (what every failed plot of a long-lived process kept); with it, none does."""
+    draw, forge = FORGED_FIGURES[name]
+    forged = forge(evaluate_result)
+    plt = pyplot()
+    before = set(plt.get_fignums())
+    with pytest.raises(KeyError):
+        draw.__wrapped__(forged)
+    left = set(plt.get_fignums()) - before
+    assert len(left) == 1
+    plt.close(left.pop())
+    with pytest.raises(KeyError):
+        draw(forged)
+    assert set(plt.get_fignums()) == before
+
+
+def test_a_figure_that_cannot_be_written_is_closed(tmp_path):
+    figure = pyplot().figure()
+    with pytest.raises(AnalogizeError, match="does not exist"):
+        save_figure(figure, tmp_path / "missing" / "plot.png")
+    assert figure.number not in pyplot().get_fignums()
+
+
 def test_a_failed_report_leaves_no_file(tmp_path):
     with pytest.raises(AnalogizeError):
         write_report([{"format": "analogize.sensitivity", "version": 1}], tmp_path / "report.html")
@@ -268,7 +346,7 @@ def _bad_inputs(folder):
         (["broken.json", "-o", "r.html"], "is not JSON"),
         (["other.json", "-o", "r.html"], "known formats"),
         (["old.json", "-o", "r.html"], "reads version 1"),
-        (["partial.json", "-o", "r.html"], "no field"),
+        (["partial.json", "-o", "r.html"], "model_sha256 is missing"),
         (["deep.json", "-o", "r.html"], "is not JSON"),
         (["missing.json", "-o", "r.html"], "no such file"),
         (["input.html", "-o", "input.html"], "would replace the result"),

@@ -32,21 +32,30 @@ def main(argv=None) -> int:
             raise
         click.echo(f"analogize: error: {error}", err=True)
         return 2
+    except MemoryError as error:  # numpy says how much it could not allocate, and for what shape
+        if "--debug" in argv:
+            raise
+        click.echo(f"analogize: error: out of memory ({str(error).strip() or 'no detail'}); use less data at once "
+                   f"(--limit, --batch-size, a smaller --resize) or a machine with more memory", err=True)
+        return 2
     except click.exceptions.Exit as done:
         return done.exit_code
-    except click.Abort as error:
-        if isinstance(error.__cause__, EOFError):  # click reports a truncated input as if the user had quit
-            if "--debug" in argv:
-                raise
-            click.echo(f"analogize: error: an input ended early ({error.__cause__ or 'end of file'}): a truncated "
-                       f"file?", err=True)
-            return 2
+    except click.Abort:
         click.echo("analogize: interrupted", err=True)
         return 130
     return 0
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+class _Commands(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except EOFError as error:  # click's main would take it for Ctrl-C: an Abort, 'interrupted', exit 130
+            raise AnalogizeError(f"an input ended early ({error or 'end of file'}); a file it read is truncated: "
+                                 f"write it again") from error
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
 @click.version_option(package_name="analogize")
 def cli(debug):

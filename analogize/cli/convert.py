@@ -8,8 +8,8 @@ import click
 
 from .. import noise_model
 from ..ops.spec import OPS
-from .options import (activation_options, bits_option, chain_options, ep_option, json_flag, overwrite_option,
-                      range_options, std_option, torch_options, writable_file)
+from .options import (SEEDS, activation_options, bits_option, chain_options, ep_option, json_flag,
+                      overwrite_option, range_options, std_option, torch_options, writable_file)
 
 
 @click.command()
@@ -24,7 +24,7 @@ from .options import (activation_options, bits_option, chain_options, ep_option,
 @activation_options(activation_help="Replacement for every ReLU.",
                     factor_help="Interpolation factor i in [0, 1] "
                                 f"[default: {OPS['ReluGeluInterpolation'].attribute('factor').default}].")
-@click.option("--seed", type=click.IntRange(min=0), help="Base seed: reproducible noise (each node its own stream).")
+@click.option("--seed", type=SEEDS, help="Base seed: reproducible noise (each node its own stream).")
 @click.option("--inline", is_flag=True, help="Write standard ONNX ops only (no custom domain).")
 @json_flag("Print the report as JSON.")
 @chain_options

@@ -431,9 +431,14 @@ def noise_draws_option(help, default=5):
     return click.option("--repeats", type=click.IntRange(min=1), default=default, show_default=True, help=help)
 
 
+#: every --seed: numpy, torch (up to 2^64 - 1), and the seeds derived from one (a finetune epoch's is seed * 100003
+#: + epoch) take it; a negative seed torch took and numpy refused
+SEEDS = click.IntRange(0, 2**32 - 1)
+
+
 def seed_option(help=None):
     """--seed with default 0 (evaluate, finetune, train, sweep, analyze gradient-error and minibatch-bias)."""
-    return click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help=help)
+    return click.option("--seed", type=SEEDS, default=0, show_default=True, help=help)
 
 
 def zoo_model_option(help):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from .options import json_flag, zoo_model_config, zoo_model_option, writable_file
+from .options import SEEDS, json_flag, zoo_model_config, zoo_model_option, writable_file
 
 
 @click.group()
@@ -39,14 +39,21 @@ def zoo_list(as_json):
 @click.option("--opset", type=click.IntRange(13, 23), default=18, show_default=True)
 @click.option("--image-size", type=click.IntRange(min=1),
               help="Input height and width [default: the model's image_size option, else 32].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random initial weights.")
+@click.option("--seed", type=SEEDS, default=0, show_default=True, help="Seed of the random initial weights.")
 def zoo_export(name, output, model_options, exporter, opset, image_size, seed):
     """Export zoo model NAME (randomly initialised, eval mode) with a dynamic batch axis."""
+    import inspect
+
     import torch
 
-    from ..zoo import create_model, export_onnx
+    from ..zoo import MODELS, create_model, export_onnx
 
     config = zoo_model_config(model_options)
+    if image_size is not None:
+        if config.get("image_size", image_size) != image_size:
+            raise click.UsageError("--image-size and --option image_size differ; give the size once")
+        if name in MODELS and "image_size" in inspect.signature(MODELS[name]).parameters:
+            config["image_size"] = image_size  # built for the size it is exported at: its layers' sizes follow
     torch.manual_seed(seed)
     model = create_model(name, **config)
     channels, size = config.get("in_channels", 3), image_size or config.get("image_size", 32)

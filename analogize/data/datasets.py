@@ -12,7 +12,11 @@ gives nothing. Specs:
 """
 from __future__ import annotations
 
+import contextlib
+import math
 import pickle
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +25,7 @@ import onnx
 
 from ..errors import AnalogizeError
 from ..passes.model import fed_inputs
+from ..untrusted import check_regular_file
 
 DIGITS_TEST_FRACTION = 0.25
 SPLITS = ("train", "test", "all")
@@ -153,17 +158,12 @@ def digits(split: str = "test", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_npz(path: Path, split, image_size, channels) -> Dataset:
-    try:
-        with npz_archive(path, f"npz:{path}") as arrays:
-            names = list(arrays.keys())
-            if INPUTS not in names:
-                raise AnalogizeError(f"{path} holds arrays {', '.join(names) or '(none)'}; expected '{INPUTS}' "
-                                     f"(inputs) and optionally '{LABELS}' (labels)")
-            x, y = arrays[INPUTS], arrays[LABELS] if LABELS in names else None
-    except AnalogizeError:
-        raise
-    except (OSError, ValueError) as error:
-        raise AnalogizeError(f"{path} is not a readable .npz archive ({error}); save it with numpy.savez") from None
+    with npz_archive(path, f"npz:{path}") as arrays:
+        names = list(arrays.keys())
+        if INPUTS not in names:
+            raise AnalogizeError(f"{path} holds arrays {', '.join(names) or '(none)'}; expected '{INPUTS}' "
+                                 f"(inputs) and optionally '{LABELS}' (labels)")
+        x, y = arrays[INPUTS], arrays[LABELS] if LABELS in names else None
     if not 2 <= x.ndim <= 4 or not len(x):
         raise AnalogizeError(f"{path}: 'x' has shape {x.shape}; expected (N, C, H, W), (N, H, W, C), (N, H, W) "
                              f"or (N, features)")
@@ -175,13 +175,55 @@ def _load_npz(path: Path, split, image_size, channels) -> Dataset:
     return Dataset(path.name, _to_unit_float(x), None if y is None else y, layout, notes=notes)
 
 
+_NPY_MAGIC = b"\x93NUMPY"
+_DEFLATE_MOST = 1032  # the most DEFLATE expands: 258 bytes from one code of about 2 bits
+
+
+@contextlib.contextmanager
 def npz_archive(path: Path, spec: str, what: str = "data"):
-    """``np.load`` of an archive, data only; a ``.npy`` (one bare array) is refused in one line."""
-    stored = np.load(path, allow_pickle=False)
-    if not isinstance(stored, np.lib.npyio.NpzFile):
-        raise AnalogizeError(f"{what} {spec!r}: {path} holds one bare array, not an .npz archive of named arrays; "
-                             f"save it with numpy.savez(path, x=...)")
-    return stored
+    """The named arrays of the .npz archive at ``path`` (``np.load``, data only), refused in one line when it is
+    missing, no regular file, a bare .npy, or damaged, also where the damage shows only as an array is read; and
+    when an array's header claims more values than the archive stores, since numpy allocates what the header
+    claims before it reads."""
+    hint = "save it with numpy.savez(path, x=...)"
+    check_regular_file(path, f"{what} file", f"check the spec {spec!r}")
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(len(_NPY_MAGIC))
+        if start == _NPY_MAGIC:
+            raise AnalogizeError(f"{what} {spec!r}: {path} holds one bare array, not an .npz archive of named "
+                                 f"arrays; {hint}")
+        if not start.startswith(b"PK"):
+            raise AnalogizeError(f"{what} {spec!r}: {path} is not a readable .npz archive (no zip file of .npy "
+                                 f"arrays); {hint}")
+        with np.load(path, allow_pickle=False) as stored:
+            size = path.stat().st_size
+            for info in stored.zip.infolist():
+                _check_claim(stored.zip, info, size)
+            yield stored
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        reason = str(error).splitlines()[0][:150] if str(error) else type(error).__name__
+        raise AnalogizeError(f"{what} {spec!r}: {path} is not a readable .npz archive ({reason}); {hint}") from None
+
+
+def _check_claim(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int) -> None:
+    """ValueError when the .npy member ``info`` claims more bytes than the archive can hold for it."""
+    if not info.filename.endswith(".npy"):
+        return
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = header(member)
+        # the zip's own size field is the file's to claim too: bound it by what the archive's bytes can hold
+        stored = info.file_size
+        if info.compress_type == zipfile.ZIP_STORED:
+            stored = min(stored, archive_size)
+        elif info.compress_type == zipfile.ZIP_DEFLATED:
+            stored = min(stored, min(info.compress_size, archive_size) * _DEFLATE_MOST)
+        claimed = math.prod(shape) * dtype.itemsize
+        if claimed > stored - member.tell():
+            raise ValueError(f"{info.filename} claims shape {shape}, {claimed} bytes, but the archive holds at most "
+                             f"{max(stored - member.tell(), 0)} for it")
 
 
 def _guess_layout(shape) -> str:
@@ -261,7 +303,7 @@ def _load_image_folder(path: Path, split, image_size, channels) -> Dataset:
                 if image_size is not None and image.size != (image_size[1], image_size[0]):
                     image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
                 array = np.asarray(image, np.uint8)
-        except (UnidentifiedImageError, OSError) as error:
+        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
             raise AnalogizeError(f"cannot read image {file}: {error}") from None
         if images and array.shape != images[0].shape:
             raise AnalogizeError(f"{file} is {array.shape[1]}x{array.shape[0]} but {files[0][0]} is "
@@ -315,9 +357,20 @@ def decode_hints(model: onnx.ModelProto, preprocessing: Preprocessing) -> tuple[
     if layout == "flat":
         return preprocessing.size, preprocessing.channels
     channels = spec.shape[1] if layout == "nchw" else spec.shape[3]
-    size = spec.shape[2:4] if layout == "nchw" else spec.shape[1:3]
-    return (preprocessing.size or (tuple(size) if None not in size else None),
-            preprocessing.channels or channels)
+    size = _image_size(spec, layout, preprocessing)
+    return size if None not in size else None, preprocessing.channels or channels
+
+
+def _image_size(spec: InputSpec, layout: str, preprocessing: Preprocessing) -> tuple:
+    """The height and width images are fed at: --resize, else the model's (None where it leaves a side open). A
+    --resize the model's fixed size refuses is refused before any image is decoded or resized to it."""
+    fixed = tuple(spec.shape[2:4] if layout == "nchw" else spec.shape[1:3])
+    size = preprocessing.size
+    if size is not None and any(side is not None and side != wanted for side, wanted in zip(fixed, size)):
+        shown = "x".join("?" if side is None else str(side) for side in fixed)
+        raise AnalogizeError(f"--resize {size[0]}x{size[1]}: the model's input {spec.name!r} takes {shown} images; "
+                             f"leave out --resize (images are resized to the model's size)")
+    return tuple(size or fixed)
 
 
 def load_for_model(spec: str, model: onnx.ModelProto, preprocessing: Preprocessing = Preprocessing(),
@@ -364,7 +417,7 @@ def _fit(dataset: Dataset, x: np.ndarray, spec: InputSpec, layout: str, preproce
     if channels is not None and channels != x.shape[1]:
         notes.append(f"{x.shape[1]} -> {channels} channels" + (" (BT.601 luma)" if channels == 1 else ""))
         x = _adapt_channels(x, channels, dataset.name)
-    size = preprocessing.size or tuple(spec.shape[2:4] if layout == "nchw" else spec.shape[1:3])
+    size = _image_size(spec, layout, preprocessing)
     if None not in size and tuple(x.shape[2:]) != tuple(size):
         notes.append(f"resized {x.shape[2]}x{x.shape[3]} -> {size[0]}x{size[1]} (bilinear)")
         x = _resize(x, size)

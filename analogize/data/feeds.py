@@ -97,7 +97,7 @@ def _names_its_input(spec: str, name: str) -> bool:
     try:
         with npz_archive(Path(argument).expanduser(), spec) as stored:
             return name in stored.files
-    except (OSError, ValueError):
+    except AnalogizeError:  # the loader that reads it next says what is wrong
         return False
 
 
@@ -198,24 +198,16 @@ def _named_arrays(spec: str, inputs: list, what: str) -> tuple[dict, np.ndarray 
         raise AnalogizeError(f"the model's input {names[0]!r} takes {element} values, not images; give {what} as "
                              f"npz:PATH holding an array named {names[0]!r} (or 'x'; optionally y: labels)")
     path = Path(argument).expanduser()
-    try:
-        with npz_archive(path, spec, what) as stored:
-            present = set(stored.files)
-            if len(names) == 1 and names[0] not in present and INPUTS in present:
-                arrays = {names[0]: stored[INPUTS]}
-            else:
-                missing = [name for name in names if name not in present]
-                if missing:
-                    raise AnalogizeError(f"{what} {spec!r}: no array for the model's input(s) {', '.join(missing)}; "
-                                         f"the archive holds {', '.join(sorted(present)) or 'nothing'}")
-                arrays = {name: stored[name] for name in names}
-            labels = stored[LABELS] if LABELS in present and LABELS not in names else None
-    except AnalogizeError:
-        raise
-    except FileNotFoundError:
-        raise AnalogizeError(f"data path {path} does not exist; check the spec {spec!r}") from None
-    except (OSError, ValueError) as error:
-        raise AnalogizeError(f"{what} {spec!r}: {path} is not a readable .npz archive ({error}); save it with "
-                             f"numpy.savez") from None
+    with npz_archive(path, spec, what) as stored:
+        present = set(stored.files)
+        if len(names) == 1 and names[0] not in present and INPUTS in present:
+            arrays = {names[0]: stored[INPUTS]}
+        else:
+            missing = [name for name in names if name not in present]
+            if missing:
+                raise AnalogizeError(f"{what} {spec!r}: no array for the model's input(s) {', '.join(missing)}; "
+                                     f"the archive holds {', '.join(sorted(present)) or 'nothing'}")
+            arrays = {name: stored[name] for name in names}
+        labels = stored[LABELS] if LABELS in present and LABELS not in names else None
     return arrays, labels
 

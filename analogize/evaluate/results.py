@@ -11,6 +11,7 @@ each output by name.
 from __future__ import annotations
 
 import csv
+import functools
 import itertools
 import json
 from dataclasses import dataclass
@@ -40,11 +41,12 @@ _MEASURED = {**{f"{metric}_{statistic}?": (Number, None) for metric in (*METRICS
 _BASELINE = {**_MEASURED, "activation": str, "outputs?": {str: _MEASURED}}
 _CELL = {**_BASELINE, "bits": (Integer, None), "precision": (Number, None), "ep": Number, "std": Number,
          "repeats": Integer, "seed?": Integer, "cell": Integer}
-#: what merge and the result's table, CSV and plot read of a result, as analogize.untrusted checks it
+#: what merge, the report and the result's table, CSV and plot read of a result, as analogize.untrusted checks it
 RESULT_SCHEMA = {
     "format": str, "version": Integer, "model?": str, "model_sha256": str, "output": str, "converted_input": bool,
     "data": {"name": str, "samples": Integer, "classes?": (Integer, None), "labels": bool, "adaptations?": [str]},
-    "grid": {"repeats": Integer, "seed": Integer}, "options": OPTIONS_SCHEMA, "clean": _MEASURED,
+    "grid": {"bits": [(Integer, None)], "ep": [(Number, None)], "activation": [str], "repeats": Integer,
+             "seed": Integer}, "options": OPTIONS_SCHEMA, "clean": _MEASURED,
     "baselines": [_BASELINE], "cells": [_CELL], "cell_count": Integer, "warnings?": [str],
     "shard?": ({"index": Integer, "count": Integer}, None)}
 
@@ -216,15 +218,35 @@ def pyplot():
     return module
 
 
+def figure_maker(draw):
+    """Decorator of every function that draws a figure and returns it: pyplot keeps each figure it opened until
+    it is closed, so when drawing fails halfway (a field of a forged result), the figures the call opened are
+    closed before the error goes on."""
+    @functools.wraps(draw)
+    def drawn(*args, **kwargs):
+        plt = pyplot()
+        before = set(plt.get_fignums())
+        try:
+            return draw(*args, **kwargs)
+        except BaseException:
+            for number in set(plt.get_fignums()) - before:
+                plt.close(number)
+            raise
+    return drawn
+
+
 def save_figure(figure, path) -> None:
-    """Write ``figure`` atomically, in the format its suffix names (PNG by default), and release it. ``path`` may
-    also be a binary file object, which gets a PNG: so every plot function can draw into memory for a report."""
-    if hasattr(path, "write"):
-        figure.savefig(path, dpi=120, format="png")
-    else:
-        with atomic_output(path) as temporary:
-            figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
-    pyplot().close(figure)
+    """Write ``figure`` atomically, in the format its suffix names (PNG by default), and release it, written or
+    not. ``path`` may also be a binary file object, which gets a PNG: so every plot function can draw into memory
+    for a report."""
+    try:
+        if hasattr(path, "write"):
+            figure.savefig(path, dpi=120, format="png")
+        else:
+            with atomic_output(path) as temporary:
+                figure.savefig(temporary, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
+    finally:
+        pyplot().close(figure)
 
 
 # Reference lines (the clean model, accuracy before and after training, true derivatives) lie under the
@@ -332,6 +354,7 @@ def _bits_label(cell: dict) -> str:
     return "unquantised" if cell["precision"] is None else f"p = {cell['precision']:g}"
 
 
+@figure_maker
 def evaluation_figure(result: dict):
     """Accuracy (or agreement, or for outputs without classes the relative error) of the primary output against
     EP, one line per bit width, one panel per activation; the clean model and the activation's noise-free

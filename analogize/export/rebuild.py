@@ -19,9 +19,10 @@ from ..untrusted import check
 
 
 def check_spec(spec) -> None:
+    hint = "give the spec 'analogize export' wrote with the model"
     if not isinstance(spec, dict) or spec.get("format") != SPEC_FORMAT or spec.get("version") != SPEC_VERSION:
-        raise AnalogizeError(f"not an {SPEC_FORMAT} version {SPEC_VERSION} spec")
-    check(spec, SPEC_SCHEMA, "the spec", "give the spec 'analogize export' wrote with the model")
+        raise AnalogizeError(f"the spec is not an {SPEC_FORMAT} version {SPEC_VERSION} spec; {hint}")
+    check(spec, SPEC_SCHEMA, "the spec", hint)
     if spec["export"]["format"] not in ("qdq", "qonnx"):
         raise AnalogizeError("rebuild takes a qdq or qonnx export (a plain export's chains are inlined beyond "
                              "recovery)")

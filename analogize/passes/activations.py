@@ -32,11 +32,16 @@ ACTIVATIONS: dict[str, ActivationChoice] = {
 }
 
 
-def swap_activations(graph: gs.Graph, activation: str, parameters: dict, exclude=()) -> dict:
-    """Replace every ReLU of the top-level graph (not in ``exclude``) by ``activation``."""
+def activation_choice(activation: str) -> ActivationChoice:
+    """The swap ``activation`` names, or a one-line refusal of a name that names none."""
     if activation not in ACTIVATIONS:
         raise AnalogizeError(f"unknown activation {activation!r}: choose from {', '.join(ACTIVATIONS)}")
-    choice = ACTIVATIONS[activation]
+    return ACTIVATIONS[activation]
+
+
+def swap_activations(graph: gs.Graph, activation: str, parameters: dict, exclude=()) -> dict:
+    """Replace every ReLU of the top-level graph (not in ``exclude``) by ``activation``."""
+    choice = activation_choice(activation)
     if choice.op_type is None:
         return {"swapped": [], "op_types": []}
     attributes = dict(choice.fixed)

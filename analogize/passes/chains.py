@@ -457,6 +457,12 @@ def _chain_ops(nodes: list) -> list[str]:
     return [node.op for node in nodes if not is_range_node(node)]
 
 
+def check_placements(where) -> None:
+    unknown = set(where) - set(PLACEMENTS)
+    if unknown:
+        raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
+
+
 def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEMENTS, exclude=(),
                          products: bool = False, data_inputs=None, site_settings: SiteSettings | None = None,
                          kept_digital=()) -> dict:
@@ -466,9 +472,7 @@ def insert_analog_chains(graph: gs.Graph, settings: ChainSettings, where=PLACEME
     ``data_inputs``: the graph inputs the ``input`` placement chains (default: the float inputs that reach a
     layer's data operand). ``site_settings`` gives each site its own settings (default: ``settings`` everywhere);
     the layers named in ``kept_digital`` stay digital, as a plan says."""
-    unknown = set(where) - set(PLACEMENTS)
-    if unknown:
-        raise AnalogizeError(f"unknown placement(s) {', '.join(sorted(unknown))}: choose from {', '.join(PLACEMENTS)}")
+    check_placements(where)
     if data_inputs is not None:
         floats = {value.name for value in graph.inputs if value.dtype == np.float32}
         strangers = [name for name in data_inputs if name not in floats]

@@ -2,7 +2,8 @@
 :func:`analogize.evaluate.results.write_json`)."""
 from __future__ import annotations
 
-from ..evaluate.results import chain_text, model_name, percent_axis, pyplot, save_figure, set_title, write_rows
+from ..evaluate.results import (chain_text, figure_maker, model_name, percent_axis, pyplot, save_figure, set_title,
+                                write_rows)
 from .metrics import LOWER_IS_BETTER
 
 SENSITIVITY_CSV_COLUMNS = ("rank", "unit", "kind", "op_type", "cost", "loss", "loss_std", "recovery", "recovery_std",
@@ -69,6 +70,7 @@ def plot_sensitivity(result: dict, path) -> None:
     save_figure(sensitivity_figure(result), path)
 
 
+@figure_maker
 def sensitivity_figure(result: dict):
     """Loss and recovery per unit, ranked, with their spread over noise draws as error bars."""
     plt = pyplot()
@@ -113,6 +115,7 @@ def plot_plan(result: dict, path) -> None:
     save_figure(plan_figure(result), path)
 
 
+@figure_maker
 def plan_figure(result: dict):
     """The metric of each search step with its spread, and the target."""
     plt = pyplot()

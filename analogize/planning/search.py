@@ -24,19 +24,30 @@ from dataclasses import dataclass, replace
 
 import onnx
 
-from ..convert import ConvertOptions, convert
+from ..convert import SETTINGS_SCHEMA, ConvertOptions, convert
 from ..data import Dataset, Feeds, Preprocessing
 from ..data.feeds import as_feeds
 from ..errors import AnalogizeError
 from ..evaluate.engine import ActivationVariant, Cell, Evaluation, Grid, evaluate, on_model_file
+from ..evaluate.results import RESULT_SCHEMA
 from ..noise_model import MAX_BITS
 from ..passes.model import is_converted
 from ..progress import progress_bar
+from ..untrusted import Integer, Number
 from ..plans import Plan, model_fingerprint
 from .metrics import LOWER_IS_BETTER, METRICS
 from .sensitivity import sensitivity
 
 PLAN_SEARCH_FORMAT, PLAN_SEARCH_VERSION = "analogize.plan-search", 1
+#: what the report's section and the figure read of a plan search, as :mod:`analogize.untrusted` checks it
+PLAN_SEARCH_SCHEMA = {
+    "model?": (str, None), "model_sha256?": (str, None), "target": {"metric": str, "value": Number},
+    "bounds": {"bits": [Integer], "digital?": bool, "max_digital?": (Integer, None)},
+    "cost": {"definition?": str, "digital_layers?": (Integer, None), "total_bits?": (Integer, None)}, "met": bool,
+    "plan": {"layers": {str: {"digital?": bool, "bits?": Integer}}}, "repeats": Integer, "settings": SETTINGS_SCHEMA,
+    "steps": [{"step": Integer, "change": str, "metric_mean": (Number, None), "metric_std?": (Number, None),
+               "digital_layers?": (Integer, None), "total_bits?": (Integer, None), "met?": bool}],
+    "verification?": (RESULT_SCHEMA, None), "warnings": [str]}
 COST_DEFINITION = "number of digital units (layers and input DACs kept digital), then total bits over the analog units"
 DIGITAL = "digital"
 

@@ -23,10 +23,11 @@ from dataclasses import replace
 import numpy as np
 import onnx
 
-from ..convert import ConvertOptions, convert
+from ..convert import SETTINGS_SCHEMA, ConvertOptions, convert
 from ..data import Dataset, Feeds, Preprocessing, fixed_batch_size
 from ..data.feeds import as_feeds
 from .. import untrusted
+from ..untrusted import Integer, Number
 from ..errors import AnalogizeError
 from ..evaluate.engine import Grid, evaluate, on_model_file
 from ..passes.deterministic import noise_free
@@ -149,6 +150,21 @@ def site_statistics(model: onnx.ModelProto, options: ConvertOptions, feeds: Feed
 #: what a shard carries for :func:`finish` (checked as a file from outside is: merge reads it from shard parts)
 CARRIED_SCHEMA = {"units": [{"unit": str, "kind": str, "op_type": (str, None)}], "metric": (str, None),
                   "sites": [{"site": str, "owners": [str]}]}
+
+
+_MEASURES = {str: (Number, None)}  # <metric>_mean and <metric>_std
+_SITE = {"site": str, "tensor?": (str, None), "range_mode?": (str, None), "max_abs?": (Number, None),
+         "rms?": (Number, None), "clipped_fraction?": (Number, None), "zero_fraction?": (Number, None),
+         "range?": ({"mode?": str, "value?": Number, "min?": Number, "max?": Number, "channels?": Integer}, None)}
+#: what the report's section and the figure read of a sensitivity result, as :mod:`analogize.untrusted` checks it
+SENSITIVITY_SCHEMA = {
+    "model?": (str, None), "model_sha256?": (str, None), "settings": SETTINGS_SCHEMA,
+    "data": {"name": str, "samples": Integer, "labels?": bool}, "metric": str, "repeats": Integer, "seed": Integer,
+    "cells?": Integer, "reference": {"analog?": _MEASURES, "digital?": _MEASURES},
+    "units": [{"rank": Integer, "unit": str, "kind": str, "op_type?": (str, None), "loss": (Number, None),
+               "loss_std?": (Number, None), "recovery": (Number, None), "recovery_std?": (Number, None),
+               "only_analog?": _MEASURES, "only_digital?": _MEASURES, "sites?": [_SITE]}],
+    "warnings": [str]}
 
 
 def finish(result: dict) -> dict:

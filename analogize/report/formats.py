@@ -1,7 +1,8 @@
 """The result formats a report renders, each declared once in :data:`FORMATS` with the version it reads and the
 function that turns a result into a :class:`Section` (settings, tables, plots, notes, warnings); and reading
 result files, which are untrusted: parsed as JSON only, and refused in one line when they are not a result of a
-known format and version, or when a field a section needs is missing or of the wrong type."""
+known format and version, not of the schema its format declares, or when a field a section needs is missing or
+of the wrong type."""
 from __future__ import annotations
 
 import io
@@ -10,13 +11,15 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import AnalogizeError
-from ..untrusted import read_json
+from ..untrusted import check, read_json
 from ..evaluate.engine import RESULT_FORMAT, RESULT_VERSION
-from ..training import REPORT_FORMAT as TRAINING_FORMAT, REPORT_VERSION as TRAINING_VERSION
+from ..evaluate.results import RESULT_SCHEMA
+from ..training import REPORT_FORMAT as TRAINING_FORMAT, REPORT_SCHEMA as TRAINING_SCHEMA, \
+    REPORT_VERSION as TRAINING_VERSION
 from ..planning.metrics import LOWER_IS_BETTER
 from ..planning.outputs import plot_plan, plot_sensitivity
-from ..planning.search import PLAN_SEARCH_FORMAT, PLAN_SEARCH_VERSION
-from ..planning.sensitivity import SENSITIVITY_FORMAT, SENSITIVITY_VERSION
+from ..planning.search import PLAN_SEARCH_FORMAT, PLAN_SEARCH_SCHEMA, PLAN_SEARCH_VERSION
+from ..planning.sensitivity import SENSITIVITY_FORMAT, SENSITIVITY_SCHEMA, SENSITIVITY_VERSION
 
 
 @dataclass
@@ -314,13 +317,14 @@ def plan_search_section(result: dict) -> Section:
 class Format:
     version: int  # the one version of the format this analogize reads
     section: Callable[[dict], Section]
+    schema: dict  # what the section and its figure read, as analogize.untrusted checks it
 
 
 FORMATS = {
-    RESULT_FORMAT: Format(RESULT_VERSION, evaluate_section),
-    TRAINING_FORMAT: Format(TRAINING_VERSION, training_section),
-    SENSITIVITY_FORMAT: Format(SENSITIVITY_VERSION, sensitivity_section),
-    PLAN_SEARCH_FORMAT: Format(PLAN_SEARCH_VERSION, plan_search_section),
+    RESULT_FORMAT: Format(RESULT_VERSION, evaluate_section, RESULT_SCHEMA),
+    TRAINING_FORMAT: Format(TRAINING_VERSION, training_section, TRAINING_SCHEMA),
+    SENSITIVITY_FORMAT: Format(SENSITIVITY_VERSION, sensitivity_section, SENSITIVITY_SCHEMA),
+    PLAN_SEARCH_FORMAT: Format(PLAN_SEARCH_VERSION, plan_search_section, PLAN_SEARCH_SCHEMA),
 }
 
 
@@ -364,8 +368,10 @@ def section(result, name: str = "the result") -> Section:
 
 
 def read_result(path) -> dict:
-    """The result in the JSON file ``path``, checked to be of a known format and version. The file is parsed
-    as JSON and nothing else, so that a crafted file cannot run code."""
+    """The result in the JSON file ``path``, checked to be of a known format and version and of that format's
+    schema, which names the field a forged or damaged file has wrong. The file is parsed as JSON and nothing else,
+    so that a crafted file cannot run code."""
     result = read_json(path, "the result", "give the --json output of an analogize command")
-    check_format(result, str(path))
-    return result
+    kind = check_format(result, str(path))
+    return check(result, kind.schema, f"{path} ({result['format']})",
+                 "write it again with the analogize command that made it")

@@ -24,9 +24,10 @@ from ..convert import ConvertOptions, convert, stored_settings
 from ..data import Dataset, InputSpec, Preprocessing, fit_to_input
 from ..devices import gpu_index
 from ..errors import AnalogizeError
+from ..evaluate.results import figure_maker
 from ..model_io import copy_model
 from ..progress import progress_bar
-from ..untrusted import Integer, Number, check, json_data
+from ..untrusted import Integer, Number, check, check_regular_file, json_data
 from . import REPORT_FORMAT, REPORT_VERSION
 
 OPTIMIZERS = ("adam", "sgd")
@@ -302,6 +303,7 @@ def _resume(checkpoint: Path, module, optimizer, schedule, options: FinetuneOpti
     """Restore module, optimizer, schedule and random state from ``checkpoint``, read as data and checked to be
     this run's own: the history, the next epoch and the best (accuracy, weights) so far."""
     what, hint = str(checkpoint), "start afresh in a new --checkpoint-dir"
+    check_regular_file(checkpoint, "the checkpoint", hint)
     try:  # tensors and plain containers only: a crafted checkpoint must not run code
         state = torch.load(checkpoint, weights_only=True)
     except Exception as error:  # torch raises many types for foreign, truncated or code-carrying files
@@ -478,6 +480,7 @@ def _settings_text(settings: dict) -> str:
     return "; ".join(words + [_activation_text(options), chain_text(options)])
 
 
+@figure_maker
 def curves_figure(report: dict):
     """Training loss and noisy validation accuracy per epoch, with the before/after ORT accuracies; the title
     names the model, the data and the settings."""

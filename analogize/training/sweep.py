@@ -12,16 +12,18 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 
 from ..convert import PAPER_RANGES, ConvertOptions
 from ..errors import AnalogizeError
+from ..evaluate.results import figure_maker
 from .finetune import FinetuneOptions, split_data
 from ..model_io import atomic_output
 from ..progress import progress_bar
+from ..untrusted import Integer, Number, check, read_json
 from .train import TrainSetup, train
 
 SCHEMA = {"name": "analogize.sweep", "version": 1}
@@ -178,13 +180,21 @@ def _claim(directory: Path, settings: dict) -> None:
     try:
         os.link(staging, marker)
     except FileExistsError:
-        stored = json.loads(marker.read_text())
+        hint = "use another directory"
+        stored = check(read_json(marker, "the sweep's settings", hint), dict, str(marker), hint)
         if _fingerprint(stored) != _fingerprint(settings):
             changed = sorted(k for k in settings if stored.get(k) != settings.get(k))
             raise AnalogizeError(f"{directory} holds a sweep with other settings ({', '.join(changed)} differ); "
                                  f"use another directory, or the same flags to resume it") from None
     finally:
         staging.unlink()
+
+
+# What summarise reads of the sweep's files, as analogize.untrusted checks them
+_SETTINGS_SCHEMA = {"grid": {"activations": [str], "depths": [(Integer, None)], "depth_kind": str, "width": Integer,
+                             "bits": [Integer], "eps": [Number], "seeds": Integer}}
+_CELL_SCHEMA = {"cell": {"activation": str, "depth": (Integer, None), "bits": Integer, "ep": Number, "seed": Integer},
+                "accuracy": Number, "digital": Number}
 
 
 def summarise(directory) -> dict:
@@ -194,14 +204,20 @@ def summarise(directory) -> dict:
     marker = directory / SETTINGS_FILE
     if not marker.exists():
         raise AnalogizeError(f"{directory} holds no sweep (no {SETTINGS_FILE}); run 'analogize sweep' into it first")
-    settings = json.loads(marker.read_text())
-    grid = SweepGrid(**{**settings["grid"], **{k: tuple(v) for k, v in settings["grid"].items()
-                                                 if isinstance(v, list)}})
+    hint = "use another directory"
+    settings = check(read_json(marker, "the sweep's settings", hint), _SETTINGS_SCHEMA, str(marker), hint)
+    axes = settings["grid"]
+    grid = SweepGrid(**{axis.name: tuple(axes[axis.name]) if isinstance(axes[axis.name], list) else axes[axis.name]
+                        for axis in fields(SweepGrid)})
     records = []
     for cell in grid.cells():
         path = _cell_path(directory, cell)
         if path.exists():
-            records.append(json.loads(path.read_text()))
+            hint = "delete it to run that cell again"
+            record = check(read_json(path, "the sweep's cell result", hint), _CELL_SCHEMA, str(path), hint)
+            if record["cell"] != cell:
+                raise AnalogizeError(f"{path} holds the result of another cell; {hint}")
+            records.append(record)
     points = {}
     for record in records:
         cell = record["cell"]
@@ -264,6 +280,7 @@ def _views(points: list[dict]) -> list[tuple]:
 _AXIS_LABELS = {"factor": "interpolation factor i", "alpha": "LeakyReLU slope alpha", "depth": "depth"}
 
 
+@figure_maker
 def sweep_figure(result: dict):
     """The paper's figure types from the points: accuracy against the interpolation factor (one line per
     EP), against the leaky slope, and against depth (one line per activation), each panel one setting of
