@@ -42,8 +42,8 @@ import onnxruntime as ort
 from onnx import numpy_helper
 
 from ..model_io import copy_model
-from ..native.fusion import ELEMENTWISE_OPS
-from ..native.build import FUSED_DOMAIN
+from ..native.fusion import ELEMENTWISE_OPS, chain_attributes
+from ..native.build import FUSED_DOMAIN, StepKind
 from ..ops.spec import DOMAIN
 from .options import ORT_ERRORS
 
@@ -52,8 +52,11 @@ BLOCK_SIZES_LCM = 16  # ONNX Runtime's blocks are 8 (AVX2) or 16 (AVX-512) chann
 
 
 def _elementwise(node) -> bool:
-    return (node.domain == FUSED_DOMAIN and node.op_type == "FusedChain") or (
-        node.domain == DOMAIN and node.op_type in ELEMENTWISE_OPS and len(node.input) == 1)
+    """An element-wise chain whose numbers do not depend on where its elements lie (a range would)."""
+    if node.domain == FUSED_DOMAIN and node.op_type == "FusedChain":
+        kinds = chain_attributes(node)["kinds"]
+        return len(node.input) == 1 and not (kinds and kinds[0] == StepKind.RANGE)
+    return node.domain == DOMAIN and node.op_type in ELEMENTWISE_OPS and len(node.input) == 1
 
 
 def _uses(graph) -> Counter:
