@@ -32,7 +32,11 @@ LIBRARY_NAME = "libanalogize_ops.so"
 CXX_FLAGS = ("-O3", "-std=c++17", "-fPIC", "-shared", "-march=native", "-fno-math-errno", "-fno-trapping-math",
              # ONNX Runtime's Mul and Add round separately; a fused multiply-add would change the last bit (and
              # GCC 12's straight-line vectoriser emits vfmaddsub even under -ffp-contract=off)
-             "-ffp-contract=off", "-fno-tree-slp-vectorize", "-fvisibility=hidden", "-pthread")
+             "-ffp-contract=off", "-fno-tree-slp-vectorize", "-fvisibility=hidden", "-pthread",
+             # -march=native tunes the first Zen cores (znver1) for 128-bit vectors, their units' width; the chains
+             # run 10-15 % faster there with 256-bit ones all the same (half the instructions), as on every other
+             # x86 core with AVX2. The same IEEE operations per lane: the numbers do not change.
+             *(("-mprefer-vector-width=256",) if platform.machine() in ("x86_64", "AMD64") else ()))
 FUSED_DOMAIN = "ai.analogize.native"
 RANDOM_NONE, RANDOM_NORMAL, RANDOM_UNIFORM = 0, 1, 2
 
