@@ -96,18 +96,56 @@ void fill_random(const Step& step, size_t first, size_t count, uint64_t run, flo
     }
 }
 
-// `range` holds each element's r for the steps that read it (kRange measured it before the tile was read).
-void apply_step(const Step& step, float* __restrict values, const float* gates, const float* __restrict range,
+// The r of a tile's elements: element i's is values[(i + lane) / block], one r per element where block is 1,
+// one per pixel of `block` lanes in the blocked layout (the tile starting at lane `lane` of its first pixel).
+struct TileRange {
+    const float* values = nullptr;
+    size_t block = 1;
+    size_t lane = 0;
+};
+
+template <bool kDivide>
+ANALOGIZE_HD float scaled(float x, float r) { return kDivide ? x / r : x * r; }
+
+// Whole pixels of a compile-time width, each one vector of lanes scaled by its r: a loop over a pixel's lanes
+// would be unrolled before the vectoriser saw it, and left scalar (the library builds without SLP vectorising).
+template <size_t kBlock, bool kDivide>
+void scale_pixels(float* __restrict values, const float* __restrict range, size_t count) {
+    typedef float Pixel __attribute__((vector_size(kBlock * sizeof(float))));
+    for (size_t p = 0; p < count / kBlock; ++p) {
+        Pixel lanes;
+        std::memcpy(&lanes, values + p * kBlock, sizeof lanes);
+        lanes = kDivide ? lanes / range[p] : lanes * range[p];
+        std::memcpy(values + p * kBlock, &lanes, sizeof lanes);
+    }
+}
+
+template <bool kDivide>
+void scale_by(float* __restrict values, const TileRange& range, size_t count) {
+    const float* __restrict r = range.values;
+    if (range.block == 1) {
+        for (size_t i = 0; i < count; ++i) values[i] = scaled<kDivide>(values[i], r[i]);
+        return;
+    }
+    if (range.lane == 0 && count % range.block == 0 && range.block == 8) {  // ONNX Runtime's blocks (AVX2,
+        return scale_pixels<8, kDivide>(values, r, count);                    // AVX-512)
+    }
+    if (range.lane == 0 && count % range.block == 0 && range.block == 16) {
+        return scale_pixels<16, kDivide>(values, r, count);
+    }
+    for (size_t i = 0; i < count; ++i) values[i] = scaled<kDivide>(values[i], r[(i + range.lane) / range.block]);
+}
+
+// `range` holds the elements' r for the steps that read it (kRange measured it before the tile was read).
+void apply_step(const Step& step, float* __restrict values, const float* gates, const TileRange& range,
                 size_t first, size_t count, uint64_t run) {
     switch (step.kind) {
         case kRange:
             return;
         case kNormalise:
-            for (size_t i = 0; i < count; ++i) values[i] = values[i] / range[i];
-            return;
+            return scale_by<true>(values, range, count);
         case kRescale:
-            for (size_t i = 0; i < count; ++i) values[i] = values[i] * range[i];
-            return;
+            return scale_by<false>(values, range, count);
         case kClip:
             for (size_t i = 0; i < count; ++i) values[i] = clip(values[i], step.attr[0], step.attr[1]);
             return;
@@ -162,7 +200,7 @@ struct Job {
 
 // The steps on the `count` elements from `first` (at most a tile, inside one random group), from the input
 // to the output; `range` holds their r where the chain reads one.
-void run_tile(const Job& job, size_t first, size_t count, const float* range) {
+void run_tile(const Job& job, size_t first, size_t count, const TileRange& range) {
     float values[kTile], gates[kTile], slope[kTile];
     const float* gate_pointer = nullptr;
     if (job.kernel->gated) {
@@ -201,23 +239,8 @@ void run_chunk(void* data, size_t chunk) {
     if (job.range_scalar) std::fill(scalar_range, scalar_range + kTile, job.range[0]);
     for (size_t first = begin; first < end; first += kTile) {
         const float* range = job.range_scalar ? scalar_range : job.range ? job.range + first : nullptr;
-        run_tile(job, first, std::min(kTile, end - first), range);
+        run_tile(job, first, std::min(kTile, end - first), TileRange{range});
     }
-}
-
-// Each pixel's r over its `block` lanes, the first pixel from `lane` on: with ONNX Runtime's block sizes as
-// constants, the copies are whole vector stores.
-template <size_t kBlock>
-void spread_whole_pixels(const float* pixels, size_t count, float* out) {
-    for (size_t p = 0; p < count / kBlock; ++p) {
-        for (size_t lane = 0; lane < kBlock; ++lane) out[p * kBlock + lane] = pixels[p];
-    }
-}
-
-void spread_lanes(const float* pixels, size_t lane, size_t block, size_t count, float* out) {
-    if (lane == 0 && count % block == 0 && block == 8) return spread_whole_pixels<8>(pixels, count, out);
-    if (lane == 0 && count % block == 0 && block == 16) return spread_whole_pixels<16>(pixels, count, out);
-    for (size_t j = 0; j < count; ++j) out[j] = pixels[(j + lane) / block];
 }
 
 // A chain that measures its range, on one task's share: `slabs_per_task` whole slabs [mid, inner] of the input,
@@ -238,7 +261,7 @@ void run_measured_task(void* data, size_t task) {
     const float floor = job.kernel->steps[0].attr[0];
     std::vector<uint32_t> lanes(width * block);
     std::vector<float> ranges(width);
-    float gathered[kTile];
+    float gathered[kTile];  // a tile's r, one per element or per pixel
     for (size_t s = first_slab; s < last_slab; ++s) {
         const size_t base = s * slab;
         std::fill(lanes.begin(), lanes.end(), 0u);
@@ -255,27 +278,25 @@ void run_measured_task(void* data, size_t task) {
         const auto chain = [&](size_t from, size_t to) {
             for (size_t first = from; first < to;) {
                 const size_t count = std::min(kTile - first % kTile, to - first);
-                size_t position = (first - base) / block % inner, lane = (first - base) % block;
-                const float* range = ranges.data() + (position - begin);
+                size_t position = (first - base) / block % inner;
+                TileRange range{ranges.data() + (position - begin), block, (first - base) % block};
                 if (inner == 1) {  // one r for the slab
                     std::fill_n(gathered, count, ranges[0]);
-                    range = gathered;
-                } else if (block > 1) {  // one r for each run of `block` lanes
-                    float pixels[kTile];
-                    size_t taken = 0;
-                    for (size_t j = 0; j < count; j += block - (j ? 0 : lane)) {
-                        pixels[taken++] = ranges[position - begin];
+                    range = TileRange{gathered};
+                } else if (block > 1) {  // the tile's pixels, wrapping around the slab
+                    size_t pixels = 0;
+                    for (size_t j = 0; j < count; j += block - (j ? 0 : range.lane)) {
+                        gathered[pixels++] = ranges[position - begin];
                         if (++position == inner) position = 0;
                     }
-                    spread_lanes(pixels, lane, block, count, gathered);
-                    range = gathered;
+                    range.values = gathered;
                 } else if (position + count > inner) {  // the positions wrap around within the tile
                     for (size_t j = 0; j < count; position = 0) {
                         const size_t length = std::min(inner - position, count - j);
                         std::copy_n(ranges.data() + (position - begin), length, gathered + j);
                         j += length;
                     }
-                    range = gathered;
+                    range.values = gathered;
                 }
                 run_tile(job, first, count, range);
                 first += count;
