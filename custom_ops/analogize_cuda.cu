@@ -30,8 +30,10 @@ __global__ void range_kernel(const float* __restrict__ input, float* __restrict_
     }
 }
 
-__global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input, const float* __restrict__ range,
-                             float* __restrict__ output, size_t count, size_t half, uint64_t run) {
+// Steps [begin, end) of the chain; `input` is the output itself for a stage after the first (each thread reads
+// and writes its own elements).
+__global__ void chain_kernel(DeviceChain chain, int begin, int end, const float* input,
+                             const float* __restrict__ range, float* output, size_t count, size_t half, uint64_t run) {
     const size_t words = counter_rng::words_covering(count);
     for (size_t w = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; w < words;
          w += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -53,7 +55,7 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
                 ranges[lane] = range[chain.range_count == 1 ? 0 : index[lane]];
             }
         }
-        for (int s = 0; s < chain.count; ++s) {
+        for (int s = begin; s < end; ++s) {
             const ChainStep& step = chain.steps[s];
             float random[2] = {0, 0};
             if (step.kind == kAnalogOp && step.random) {
@@ -66,7 +68,7 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
                     case kClip: x = clip(x, step.attr[0], step.attr[1]); break;
                     case kRelu: x = relu(x); break;
                     case kLeakyRelu: x = leaky_relu(x, step.attr[0]); break;
-                    case kRange: break;  // measured by range_kernel before
+                    case kRange: break;  // measured by range_kernel before the stage
                     case kNormalise: x = x / ranges[lane]; break;
                     case kRescale: x = x * ranges[lane]; break;
                     default: x = apply_op_element(step.op, x, gates[lane], step.attr, random[lane]); break;
@@ -91,18 +93,25 @@ unsigned grid_for(size_t work) {
 const char* launch_chain(const DeviceChain& chain, const float* input, const float* range, float* output,
                          size_t count, size_t half, uint64_t run, void* stream) {
     const cudaStream_t on = static_cast<cudaStream_t>(stream);
+    const size_t vectors = chain.range_mid ? count / chain.range_mid : 0;
     float* measured = nullptr;
-    if (chain.range_mid) {  // in stream order: the memory is the stream's until the chain has read it
-        const size_t vectors = count / chain.range_mid;
-        cudaError_t status = cudaMallocAsync(reinterpret_cast<void**>(&measured), vectors * sizeof(float), on);
+    if (vectors) {  // in stream order: the memory is the stream's until the chain has read it
+        const cudaError_t status = cudaMallocAsync(reinterpret_cast<void**>(&measured), vectors * sizeof(float), on);
         if (status != cudaSuccess) return cudaGetErrorString(status);
-        range_kernel<<<grid_for(vectors), kThreads, 0, on>>>(input, measured, vectors, chain.range_mid,
-                                                             chain.range_inner, chain.range_block,
-                                                             chain.steps[0].attr[0]);
         range = measured;
     }
-    chain_kernel<<<grid_for(counter_rng::words_covering(count)), kThreads, 0, on>>>(chain, input, range, output,
-                                                                                   count, half, run);
+    // one stage from each kRange step to the next, each measuring its range on what the stage before wrote
+    for (int start = 0, next = 0; start < chain.count; start = next) {
+        for (next = start + 1; next < chain.count && chain.steps[next].kind != kRange;) ++next;
+        const float* source = start ? output : input;
+        if (vectors) {
+            range_kernel<<<grid_for(vectors), kThreads, 0, on>>>(source, measured, vectors, chain.range_mid,
+                                                                 chain.range_inner, chain.range_block,
+                                                                 chain.steps[start].attr[0]);
+        }
+        chain_kernel<<<grid_for(counter_rng::words_covering(count)), kThreads, 0, on>>>(
+            chain, start, next, source, range, output, count, half, run);
+    }
     cudaError_t status = cudaGetLastError();
     if (measured) {
         const cudaError_t freed = cudaFreeAsync(measured, on);

@@ -198,9 +198,17 @@ struct Job {
     size_t slabs_per_task = 1, piece = 0, pieces = 1;
 };
 
-// The steps on the `count` elements from `first` (at most a tile, inside one random group), from the input
-// to the output; `range` holds their r where the chain reads one.
-void run_tile(const Job& job, size_t first, size_t count, const TileRange& range) {
+// Steps [begin, end) of a chain, read from `source`: the input, or the output that the chain's earlier stages
+// wrote (a chain that measures its range again after a step measures it on that step's output).
+struct Stage {
+    const Step* begin;
+    const Step* end;
+    const float* source;
+};
+
+// A stage's steps on the `count` elements from `first` (at most a tile, inside one random group), from its
+// source to the output; `range` holds their r where the steps read one.
+void run_tile(const Job& job, const Stage& stage, size_t first, size_t count, const TileRange& range) {
     float values[kTile], gates[kTile], slope[kTile];
     const float* gate_pointer = nullptr;
     if (job.kernel->gated) {
@@ -208,25 +216,25 @@ void run_tile(const Job& job, size_t first, size_t count, const TileRange& range
         size_t row = first / job.half, column = first % job.half;
         for (size_t done = 0; done < count; ++row, column = 0) {
             const size_t length = std::min(count - done, job.half - column);
-            const float* source = job.input + row * 2 * job.half + column;
+            const float* source = stage.source + row * 2 * job.half + column;
             std::memcpy(values + done, source, length * sizeof(float));
             std::memcpy(gates + done, source + job.half, length * sizeof(float));
             done += length;
         }
         gate_pointer = gates;
     } else {
-        std::memcpy(values, job.input + first, count * sizeof(float));
+        std::memcpy(values, stage.source + first, count * sizeof(float));
     }
     // The steps of a random chain take long enough per tile that the hardware prefetcher stops running
     // ahead; ask for the next tile's input (and output lines, which are written) while this one computes.
     for (size_t ahead = first + count; ahead < std::min(job.count, first + count + kTile); ahead += kLineFloats) {
-        __builtin_prefetch(job.input + ahead, 0);
+        __builtin_prefetch(stage.source + ahead, 0);
         __builtin_prefetch(job.output + ahead, 1);
     }
     if (job.slope) std::fill(slope, slope + count, 1.0f);
-    for (const Step& step : job.kernel->steps) {
-        if (job.slope) multiply_slope(step, values, slope, count);
-        apply_step(step, values, gate_pointer, range, first, count, job.run);
+    for (const Step* step = stage.begin; step != stage.end; ++step) {
+        if (job.slope) multiply_slope(*step, values, slope, count);
+        apply_step(*step, values, gate_pointer, range, first, count, job.run);
     }
     std::memcpy(job.output + first, values, count * sizeof(float));
     if (job.slope) std::memcpy(job.slope + first, slope, count * sizeof(float));
@@ -237,15 +245,29 @@ void run_chunk(void* data, size_t chunk) {
     const size_t begin = chunk * kChunk, end = std::min(job.count, begin + kChunk);
     float scalar_range[kTile];
     if (job.range_scalar) std::fill(scalar_range, scalar_range + kTile, job.range[0]);
+    const std::vector<Step>& steps = job.kernel->steps;
+    const Stage stage{steps.data(), steps.data() + steps.size(), job.input};
     for (size_t first = begin; first < end; first += kTile) {
         const float* range = job.range_scalar ? scalar_range : job.range ? job.range + first : nullptr;
-        run_tile(job, first, std::min(kTile, end - first), TileRange{range});
+        run_tile(job, stage, first, std::min(kTile, end - first), TileRange{range});
+    }
+}
+
+// The maxima of |x| that a vector's lanes have seen (`lanes`, `span` of them, the share's positions times
+// the block), taken further over `count` values from lane `lane` on, wrapping around the share.
+void measure(uint32_t* __restrict lanes, size_t span, size_t lane, const float* __restrict values, size_t count) {
+    for (size_t j = 0; j < count; lane = 0) {
+        const size_t length = std::min(span - lane, count - j);
+        for (size_t k = 0; k < length; ++k) lanes[lane + k] = std::max(lanes[lane + k], magnitude_bits(values[j + k]));
+        j += length;
     }
 }
 
 // A chain that measures its range, on one task's share: `slabs_per_task` whole slabs [mid, inner] of the input,
 // or where one slab is larger than a chunk, `piece` of its inner positions. Each vector's r is measured in a
-// first pass over the share, and the chain runs in a second, which finds the share still in cache.
+// first pass over the share, and the chain runs in a second, which finds the share still in cache. A chain
+// that measures a range again (a stage from each kRange step to the next) measures it on the output the stage
+// before writes, as it writes it, and runs the next stage on that output in place, still in cache.
 void run_measured_task(void* data, size_t task) {
     const Job& job = *static_cast<const Job*>(data);
     const size_t mid = job.range_mid, inner = job.range_inner, block = job.range_block, slab = mid * inner;
@@ -257,25 +279,19 @@ void run_measured_task(void* data, size_t task) {
         first_slab = task * job.slabs_per_task;
         last_slab = std::min(job.count / slab, first_slab + job.slabs_per_task);
     }
-    const size_t width = end - begin;
-    const float floor = job.kernel->steps[0].attr[0];
-    std::vector<uint32_t> lanes(width * block);
+    const size_t width = end - begin, span = width * block;
+    const std::vector<Step>& steps = job.kernel->steps;
+    std::vector<uint32_t> lanes(span);
     std::vector<float> ranges(width);
     float gathered[kTile];  // a tile's r, one per element or per pixel
     for (size_t s = first_slab; s < last_slab; ++s) {
         const size_t base = s * slab;
         std::fill(lanes.begin(), lanes.end(), 0u);
-        for (size_t row = 0; row < mid / block; ++row) {  // each row of the share: width * block contiguous values
-            const float* x = job.input + base + (row * inner + begin) * block;
-            uint32_t* largest = lanes.data();
-            for (size_t q = 0; q < width * block; ++q) largest[q] = std::max(largest[q], magnitude_bits(x[q]));
-        }
-        for (size_t i = 0; i < width; ++i) {
-            const uint32_t* pixel = lanes.data() + i * block;
-            ranges[i] = at_least(*std::max_element(pixel, pixel + block), floor);
+        for (size_t row = 0; row < mid / block; ++row) {  // each row of the share: span contiguous values
+            measure(lanes.data(), span, 0, job.input + base + (row * inner + begin) * block, span);
         }
         // Tiles end where random groups do, so that no group's draws are made twice.
-        const auto chain = [&](size_t from, size_t to) {
+        const auto chain = [&](const Stage& stage, bool measuring, size_t from, size_t to) {
             for (size_t first = from; first < to;) {
                 const size_t count = std::min(kTile - first % kTile, to - first);
                 size_t position = (first - base) / block % inner;
@@ -298,16 +314,30 @@ void run_measured_task(void* data, size_t task) {
                     }
                     range.values = gathered;
                 }
-                run_tile(job, first, count, range);
+                run_tile(job, stage, first, count, range);
+                if (measuring) measure(lanes.data(), span, (first - base) % (inner * block) - begin * block,
+                                       job.output + first, count);
                 first += count;
             }
         };
-        if (width == inner) {
-            chain(base, base + slab);
-        } else {
-            for (size_t row = 0; row < mid / block; ++row) {
-                chain(base + (row * inner + begin) * block, base + (row * inner + end) * block);
+        for (size_t start = 0; start < steps.size();) {
+            const size_t next = std::find_if(steps.begin() + start + 1, steps.end(),
+                                             [](const Step& step) { return step.kind == kRange; }) - steps.begin();
+            for (size_t i = 0; i < width; ++i) {
+                const uint32_t* pixel = lanes.data() + i * block;
+                ranges[i] = at_least(*std::max_element(pixel, pixel + block), steps[start].attr[0]);
             }
+            const bool measuring = next < steps.size();
+            if (measuring) std::fill(lanes.begin(), lanes.end(), 0u);
+            const Stage stage{steps.data() + start, steps.data() + next, start ? job.output : job.input};
+            if (width == inner) {
+                chain(stage, measuring, base, base + slab);
+            } else {
+                for (size_t row = 0; row < mid / block; ++row) {
+                    chain(stage, measuring, base + (row * inner + begin) * block, base + (row * inner + end) * block);
+                }
+            }
+            start = next;
         }
     }
 }
@@ -537,7 +567,9 @@ std::string make_chain(const int64_t* kinds, const int64_t* ops, const float* pa
             return "step " + std::to_string(s) + " names no element-wise analog op";
         }
         if (kind < kAnalogOp || kind > kRescale) return "unknown step kind " + std::to_string(kind);
-        if (kind == kRange && s != 0) return "a range is measured by the first step only";
+        if (kind == kRange && s != 0 && kinds[0] != kRange) {
+            return "a chain measures a range again only after measuring one first";
+        }
         Step step = make_step(kind, kind == kAnalogOp ? static_cast<int>(ops[s]) : -1);
         if (kind == kAnalogOp) step.key = key_of(seeds[s]);
         std::copy(parameters + s * kMaxAttributes, parameters + (s + 1) * kMaxAttributes, step.attr);

@@ -46,8 +46,8 @@ struct DeviceChain {
     int count;
     int gated;
     ChainStep steps[kMaxDeviceSteps];
-    // the chain's r: measured (range_mid > 0, the layout of range_index; floor in the kRange step), or an input
-    // of range_count values (1: one for all, else one per element), or none
+    // the chain's r: measured (range_mid > 0, the layout of range_index; the floor in each stage's kRange step),
+    // or an input of range_count values (1: one for all, else one per element), or none
     size_t range_mid, range_inner, range_block, range_count;
 };
 

@@ -103,11 +103,11 @@ def test_each_fused_chain_keeps_the_nodes_it_replaced_as_its_own_function_body(p
         body = bodies[node.overload]
         steps = [n for n in body.node if n.op_type != "Constant"]
         kinds = helper.get_attribute_value(node.attribute[0])
-        if kinds[0] == StepKind.RANGE:  # one step for the Abs, ReduceMax and Max that measure the range
+        if kinds[0] == StepKind.RANGE:  # one step for the Abs, ReduceMax and Max that measure a range
             measured += 1
             assert [n.op_type for n in steps[:4]] == ["Abs", "ReduceMax", "Max", "Div"]
             assert steps[kinds.index(StepKind.RESCALE) + 2].op_type == "Mul"
-        assert len(steps) == len(kinds) + 2 * (kinds[0] == StepKind.RANGE)
+        assert len(steps) == len(kinds) + 2 * kinds.count(StepKind.RANGE)
         assert {n.name for n in steps} <= {n.name for n in plain.graph.node}, "the chain's own nodes, names and all"
     assert measured >= 10, "the default ranges are fused with their chains"
     analog_bodies = {f.name: f.SerializeToString() for f in plain.functions}

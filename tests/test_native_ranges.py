@@ -17,30 +17,47 @@ from analogize.ranges.modes import MIN_RANGE
 RANGE_NODES = {"Abs", "ReduceMax", "Max", "Div", "Mul"}
 
 
-def ranged_model(shape, axes, opset=18, noise=False, calibrated=None):
-    """y = r * RP(clip(x / r)) (with noise after the rounding where asked), r = max(max |x| over ``axes``,
-    MIN_RANGE), or the initializer ``calibrated``; the nodes as convert writes them."""
-    nodes, initializers = [], [numpy_helper.from_array(np.float32(MIN_RANGE), "floor"),
-                               numpy_helper.from_array(np.float32(-1), "low"),
-                               numpy_helper.from_array(np.float32(1), "high")]
+def ranged_nodes(source, target, axes, opset, noise, calibrated, initializers, prefix=""):
+    """The nodes of ``target = r * RP(clip(source / r))`` (noise after the rounding where asked), r = max(max |x|
+    over ``axes``, MIN_RANGE), or the initializer ``calibrated``, as convert writes them."""
+    nodes, r = [], f"{prefix}r"
     if calibrated is not None:
-        initializers.append(numpy_helper.from_array(np.float32(calibrated), "r"))
+        initializers.append(numpy_helper.from_array(np.float32(calibrated), r))
     else:
-        reduce_inputs, reduce_attributes = ["magnitude"], {"keepdims": 1}
+        reduce_inputs, reduce_attributes = [f"{prefix}magnitude"], {"keepdims": 1}
         if axes is not None and opset >= 18:
-            initializers.append(numpy_helper.from_array(np.array(axes, np.int64), "axes"))
-            reduce_inputs.append("axes")
+            initializers.append(numpy_helper.from_array(np.array(axes, np.int64), f"{prefix}axes"))
+            reduce_inputs.append(f"{prefix}axes")
         elif axes is not None:
             reduce_attributes["axes"] = list(axes)
-        nodes += [helper.make_node("Abs", ["x"], ["magnitude"], name="range_abs"),
-                  helper.make_node("ReduceMax", reduce_inputs, ["largest"], name="range_max", **reduce_attributes),
-                  helper.make_node("Max", ["largest", "floor"], ["r"], name="range_floor")]
-    nodes += [helper.make_node("Div", ["x", "r"], ["n"], name="normalise"),
-              helper.make_node("Clip", ["n", "low", "high"], ["c"], name="clamp"),
-              helper.make_node("ReducePrecision", ["c"], ["q"], domain=DOMAIN, precision=16.0, name="quantize")]
+        nodes += [helper.make_node("Abs", [source], [f"{prefix}magnitude"], name=f"{prefix}range_abs"),
+                  helper.make_node("ReduceMax", reduce_inputs, [f"{prefix}largest"], name=f"{prefix}range_max",
+                                   **reduce_attributes),
+                  helper.make_node("Max", [f"{prefix}largest", "floor"], [r], name=f"{prefix}range_floor")]
+    nodes += [helper.make_node("Div", [source, r], [f"{prefix}n"], name=f"{prefix}normalise"),
+              helper.make_node("Clip", [f"{prefix}n", "low", "high"], [f"{prefix}c"], name=f"{prefix}clamp"),
+              helper.make_node("ReducePrecision", [f"{prefix}c"], [f"{prefix}q"], domain=DOMAIN, precision=16.0,
+                               name=f"{prefix}quantize")]
     if noise:
-        nodes.append(helper.make_node("AnalogNoise", ["q"], ["z"], domain=DOMAIN, std=0.05, seed=3.0, name="noise"))
-    nodes.append(helper.make_node("Mul", ["z" if noise else "q", "r"], ["y"], name="rescale"))
+        nodes.append(helper.make_node("AnalogNoise", [f"{prefix}q"], [f"{prefix}z"], domain=DOMAIN, std=0.05,
+                                      seed=3.0 + len(prefix), name=f"{prefix}noise"))
+    nodes.append(helper.make_node("Mul", [f"{prefix}z" if noise else f"{prefix}q", r], [target],
+                                  name=f"{prefix}rescale"))
+    return nodes
+
+
+def ranged_model(shape, axes, opset=18, noise=False, calibrated=None, again=None):
+    """``ranged_nodes`` from x to y; with ``again`` (the axes of a second range), those nodes, a Relu, and a second
+    chain like the first, with a range measured on the Relu's output: convert's chains around a layer's output
+    and the next layer's input."""
+    initializers = [numpy_helper.from_array(np.float32(MIN_RANGE), "floor"),
+                    numpy_helper.from_array(np.float32(-1), "low"), numpy_helper.from_array(np.float32(1), "high")]
+    if again is None:
+        nodes = ranged_nodes("x", "y", axes, opset, noise, calibrated, initializers)
+    else:
+        nodes = [*ranged_nodes("x", "out", axes, opset, noise, calibrated, initializers),
+                 helper.make_node("Relu", ["out"], ["relu"], name="relu"),
+                 *ranged_nodes("relu", "y", again, opset, noise, None, initializers, "next/")]
     graph = helper.make_graph(nodes, "ranged", [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=10)
@@ -110,6 +127,32 @@ def test_with_noise_a_fused_ranged_chain_draws_the_unfused_kernels_streams(shape
     assert not np.array_equal(*run(fused(model), x, runs=2)), "fresh noise on every run"
 
 
+TWO_STAGES = [((4, 16, 5, 6), (1,)), ((2, 48, 30, 30), (1,)), ((3, 700), (-1,)), ((1, 8, 300, 300), (1,))]
+
+
+@pytest.mark.parametrize("shape, axes", TWO_STAGES)
+def test_a_range_measured_again_on_the_chain_s_output_is_one_more_stage_of_the_same_node(shape, axes, rng):
+    model = ranged_model(shape, axes, again=axes)
+    chain = fused(model)
+    kinds = helper.get_attribute_value(chain.graph.node[0].attribute[0])
+    assert [n.op_type for n in chain.graph.node] == ["FusedChain"]
+    stage = [StepKind.RANGE, StepKind.NORMALISE, StepKind.CLIP, StepKind.ANALOG_OP, StepKind.RESCALE]
+    assert kinds == [*stage, StepKind.RELU, *stage]
+    x = values(shape, rng)
+    np.testing.assert_array_equal(run(chain, x), run(model, x, library=False))
+    noisy = ranged_model(shape, axes, noise=True, again=axes)
+    for ours, theirs in zip(run(fused(noisy), x, runs=2), run(noisy, x, runs=2)):
+        np.testing.assert_array_equal(ours, theirs)  # the unfused kernels' streams
+
+
+def test_a_range_measured_again_over_other_axes_is_a_chain_of_its_own(rng):
+    model = ranged_model((4, 16, 5, 6), (1,), again=(1, 2, 3))
+    result, count = fuse_model_chains(model)
+    assert count == 2 and [n.op_type for n in result.graph.node] == ["FusedChain"] * 2
+    x = values((4, 16, 5, 6), rng)
+    np.testing.assert_array_equal(run(result, x), run(model, x, library=False))
+
+
 def test_a_calibrated_range_is_the_chain_s_second_input(rng):
     model = ranged_model((3, 50), None, calibrated=2.5)
     chain = fused(model)
@@ -147,10 +190,12 @@ def steps(*kinds, floor=MIN_RANGE):
 
 
 @pytest.mark.parametrize("block", [8, 16])
-def test_a_range_per_pixel_is_measured_across_blocked_channels(block, rng):
+@pytest.mark.parametrize("stages", [1, 2])
+def test_a_range_per_pixel_is_measured_across_blocked_channels(block, stages, rng):
     plain = values((3, 32, 7, 5), rng)
     blocked = plain.reshape(3, 32 // block, block, 7, 5).transpose(0, 1, 3, 4, 2).reshape(plain.shape).copy()
-    chain = steps(StepKind.RANGE, StepKind.NORMALISE, StepKind.ANALOG_OP, StepKind.RESCALE)
+    stage = (StepKind.RANGE, StepKind.NORMALISE, StepKind.ANALOG_OP, StepKind.RESCALE)
+    chain = steps(*stage, *((StepKind.RELU, *stage) if stages == 2 else ()))
     expected = run(chain_node_model({**chain, RANGE_AXES: [1]}), plain)
     ours = run(chain_node_model({**chain, RANGE_AXES: [1], RANGE_BLOCK: block}), blocked)
     unblocked = ours.reshape(3, 32 // block, 7, 5, block).transpose(0, 1, 4, 2, 3).reshape(plain.shape)
@@ -182,7 +227,7 @@ def test_ranges_the_kernel_cannot_take_are_one_line_errors(attributes, inputs, m
 def test_a_chain_without_a_range_to_scale_by_and_a_late_range_step_are_refused():
     with pytest.raises(Exception, match="neither measures one nor has a second input"):
         run(chain_node_model(steps(StepKind.NORMALISE, StepKind.ANALOG_OP)), np.ones(4, np.float32))
-    with pytest.raises(Exception, match="a range is measured by the first step only"):
+    with pytest.raises(Exception, match="a chain measures a range again only after measuring one first"):
         run(chain_node_model(steps(StepKind.ANALOG_OP, StepKind.RANGE)), np.ones(4, np.float32))
     wrong = chain_node_model(steps(StepKind.NORMALISE, StepKind.RESCALE), ("x", "r"),
                              [numpy_helper.from_array(np.ones(3, np.float32), "r")])

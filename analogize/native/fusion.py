@@ -164,6 +164,66 @@ def _rescales(node: gs.Node, scale: _Range | None) -> bool:
     return scale is not None and _standard(node, "Mul", 2) and not node.attrs and node.inputs[1] is scale.value
 
 
+class _ChainWalk:
+    """Chains from a start node: each node with a step that reads only the one before, and ranged stages (a Div
+    whose range :func:`_range_of` takes, the chain inside, and the Mul by the same r). A chain whose range is
+    measured runs on into a range measured again on its output, over the same axes, as one more stage."""
+
+    def __init__(self, nodes: list, steps: list, uses: dict, consumers: dict, taken: list, range_of):
+        self.nodes, self.steps, self.uses, self.consumers, self.taken = nodes, steps, uses, consumers, taken
+        self.range_of = range_of
+
+    def _next(self, output: str) -> int | None:
+        """The position of the one node that reads ``output``, as its first input, where that is so."""
+        readers = self.consumers.get(output, [])
+        if self.uses.get(output) != 1 or len(readers) != 1 or self.taken[readers[0]] \
+                or self.nodes[readers[0]].inputs[0].name != output:
+            return None
+        return readers[0]
+
+    def _measured_again(self, output: str, first: _Range) -> tuple[int, _Range] | None:
+        """The Div of a range measured on ``output`` (its only readers: that range's Abs and the Div), over
+        ``first``'s axes."""
+        readers = self.consumers.get(output, [])
+        if self.uses.get(output) != 2 or len(readers) != 2 or any(self.taken[p] for p in readers):
+            return None
+        for position in readers:
+            scale = self.range_of(self.nodes[position])
+            if scale is not None and scale.measured and scale.axes == first.axes and \
+                    self.nodes[position].inputs[0].name == output and \
+                    any(scale.nodes[0] is self.nodes[reader] for reader in readers):
+                return position, scale
+        return None
+
+    def chain_from(self, start: int) -> tuple[list[int], dict]:
+        """The longest chain from ``start`` whose every range is closed by its Mul (none: empty), and the range
+        each of its Divs opens, by position."""
+        scale = None if self.steps[start] is not None else self.range_of(self.nodes[start])
+        if self.steps[start] is None and scale is None:
+            return [], {}
+        chain, opened = [start], ({start: scale} if scale is not None else {})
+        open_scale, length = scale, 1 + (scale is not None and scale.measured)  # a RANGE step counts too
+        closed = [] if scale is not None else list(chain)
+        while True:
+            output = self.nodes[chain[-1]].outputs[0].name
+            following = self._next(output)
+            if following is not None and self.steps[following] is not None and length < MAX_CHAIN_STEPS:
+                length += 1
+            elif following is not None and _rescales(self.nodes[following], open_scale) and length < MAX_CHAIN_STEPS:
+                open_scale, length = None, length + 1
+            else:
+                again = self._measured_again(output, scale) if scale is not None and scale.measured and \
+                    open_scale is None and length + 2 <= MAX_CHAIN_STEPS else None
+                if again is None:
+                    break
+                following, open_scale = again
+                opened[following], length = open_scale, length + 2
+            chain.append(following)
+            if open_scale is None:
+                closed = list(chain)
+        return closed, {position: stage for position, stage in opened.items() if position in closed}
+
+
 def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False, portable: bool = False) -> int:
     """Replace each run of two or more element-wise nodes (analog ops, Clip with constant bounds, Relu,
     LeakyRelu), where each feeds only the next, by one FusedChain node: one pass over memory instead of one
@@ -181,14 +241,14 @@ def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False
     """
     nodes = graph.nodes
     uses: dict[str, int] = {}
-    consumer: dict[str, int] = {}
+    consumers: dict[str, list[int]] = {}
     producer: dict[str, gs.Node] = {}
     position_of = {id(node): position for position, node in enumerate(nodes)}
     for position, node in enumerate(nodes):
         for tensor in node.inputs:
             name = tensor.name
             uses[name] = uses.get(name, 0) + 1
-            consumer[name] = position
+            consumers.setdefault(name, []).append(position)
         producer.update((tensor.name, node) for tensor in node.outputs)
     kept_names = {tensor.name for tensor in graph.outputs}
     for body in bodies(graph):  # reading values of outer graphs, too
@@ -204,36 +264,31 @@ def fuse_elementwise_chains(graph: gs.Graph, straight_through_only: bool = False
     overloads = UniqueNames(getattr(function, "overload", "") for function in graph.functions
                             if _is_chain_body(function))
     replacement: dict[int, gs.Node] = {}
+    walk = _ChainWalk(nodes, steps, uses, consumers, taken, lambda node: None if straight_through_only else
+                      _range_of(node, producer, uses, scalar, overridable))
     for start, node in enumerate(nodes):
-        scale = None if taken[start] or steps[start] is not None or straight_through_only else \
-            _range_of(node, producer, uses, scalar, overridable)
-        if taken[start] or (steps[start] is None and scale is None):
+        if taken[start]:
             continue
-        chain, rescaled = [start], scale is None
-        measured = scale is not None and scale.measured
-        while len(chain) + measured < MAX_CHAIN_STEPS:  # a measured range adds its RANGE step
-            output = nodes[chain[-1]].outputs[0].name
-            following = consumer.get(output)
-            if uses.get(output) != 1 or following is None or taken[following] \
-                    or nodes[following].inputs[0].name != output:
-                break
-            if steps[following] is None:
-                if rescaled or not _rescales(nodes[following], scale):
-                    break
-                rescaled = True
-            chain.append(following)
+        chain, opened = walk.chain_from(start)
         # Analog ops take float32 only, so a chain with one of them is all float32, as FusedChain requires.
-        if len(chain) < 2 or not rescaled or all(steps[p] is None or steps[p][0] != StepKind.ANALOG_OP
-                                                 for p in chain):
+        if len(chain) < 2 or all(steps[p] is None or steps[p][0] != StepKind.ANALOG_OP for p in chain):
             continue  # a Div whose chain stops before its Mul: the chain inside is fused from its own start
-        fused_nodes = [*(scale.nodes if measured else ()), *(nodes[position] for position in chain)]
+        scale = opened.get(start)
+        measured = scale is not None and scale.measured
+        described, fused_nodes = [], []
+        for position in chain:
+            stage = opened.get(position)
+            if stage is not None and stage.measured:
+                described.append((StepKind.RANGE, -1, [stage.floor], -1.0))
+                fused_nodes += stage.nodes
+            if stage is not None:
+                described.append((StepKind.NORMALISE, -1, [], -1.0))
+            else:  # the chain's only other node without a step of its own is a stage's Mul
+                described.append(steps[position] or (StepKind.RESCALE, -1, [], -1.0))
+            fused_nodes.append(nodes[position])
         for node_in_chain in fused_nodes:
             taken[position_of[id(node_in_chain)]] = True
         kinds, ops, parameters, seeds = [], [], [], []
-        described = [(StepKind.RANGE, -1, [scale.floor], -1.0)] if measured else []
-        # the chain's only nodes without a step of their own are its Div (first) and its Mul
-        described += [steps[position] or ((StepKind.NORMALISE if position == start else StepKind.RESCALE), -1, [],
-                                          -1.0) for position in chain]
         for kind, op, values, seed in described:
             kinds.append(kind)
             ops.append(op)

@@ -170,6 +170,8 @@ def detach_weight_chains(model: onnx.ModelProto, keep: frozenset = frozenset()) 
                 else _constant_output(producer.get(source), stored, producer)
             if values is None or values.dtype != np.float32 or values.size == 0:
                 continue
+            if _measures_range(chain) and chain_attributes(chain)["kinds"].count(StepKind.RANGE) > 1:
+                continue  # a range measured again on what the chain computed: no constant of the weights
             ranges = _measured_ranges(chain, values) if _measures_range(chain) else None
             if source not in stored:
                 removed.add(id(producer[source]))
