@@ -172,10 +172,12 @@ def test_evaluate_reads_a_fast_file_as_the_plain_file(plain, fast, tmp_path, cap
     assert results[0] == results[1]
 
 
-@pytest.fixture(scope="module")
-def blocked_pair():
-    """A converted model whose convolutions ONNX Runtime blocks, and its form for this machine."""
-    plain = convert(conv_model(np.random.default_rng(3)), bits=6, ep=0.3, seed=1, **PAPER_RANGES).model
+@pytest.fixture(scope="module", params=["unit", "default"])
+def blocked_pair(request):
+    """A converted model whose convolutions ONNX Runtime blocks (with the paper's ranges, and with the default
+    ranges, measured in the chains), and its form for this machine."""
+    ranges = PAPER_RANGES if request.param == "unit" else {}
+    plain = convert(conv_model(np.random.default_rng(3)), bits=6, ep=0.3, seed=1, **ranges).model
     return plain, machine_form(fast_form(plain)[0])
 
 
