@@ -14,7 +14,7 @@ Noisy over clean latency (bits 6, EP 0.3, every placement, seed 0) of the paper'
 
 Each clean time is a user's session on the clean model at the same thread count. Goal: (b) <= 1.5. Ranges:
 the paper's unit ranges by default, ``--ranges default`` for analogize's defaults (per-channel weights, dynamic
-activations, whose Div, Mul and run-time maxima are standard ops outside the fused chains). Best of N runs,
+activations, whose Div, Mul and run-time maxima the fused chains take in). Best of N runs,
 the compared sessions timed in turn (the machine is shared; the minimum is the least disturbed).
 
     python bench/fast_file.py [--repeats 5] [--ranges unit|default] [--model PATH] [--json]

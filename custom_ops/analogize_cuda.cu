@@ -1,5 +1,6 @@
 // CUDA kernels of the ai.analogize op set: the same generated element code and the same random streams as
-// the CPU kernels (counter_rng.h: the word of the stream each element draws from), one thread per word.
+// the CPU kernels (counter_rng.h: the word of the stream each element draws from), one thread per word; a
+// chain that measures its range runs a kernel with one thread per vector first.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -13,14 +14,32 @@
 
 namespace {
 
-__global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input, float* __restrict__ output,
-                             size_t count, size_t half, uint64_t run) {
+// One thread per vector of a measured range: its r = max(max |x|, floor) (chain.h's range_index layout).
+__global__ void range_kernel(const float* __restrict__ input, float* __restrict__ ranges, size_t vectors, size_t mid,
+                             size_t inner, size_t block, float floor) {
+    for (size_t v = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; v < vectors;
+         v += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        const size_t base = v / inner * mid * inner, position = v % inner;
+        uint32_t largest = 0;
+        for (size_t row = 0; row < mid / block; ++row) {
+            for (size_t lane = 0; lane < block; ++lane) {
+                largest = max(largest, magnitude_bits(input[base + (row * inner + position) * block + lane]));
+            }
+        }
+        ranges[v] = at_least(largest, floor);
+    }
+}
+
+// Steps [begin, end) of the chain; `input` is the output itself for a stage after the first (each thread reads
+// and writes its own elements).
+__global__ void chain_kernel(DeviceChain chain, int begin, int end, const float* input,
+                             const float* __restrict__ range, float* output, size_t count, size_t half, uint64_t run) {
     const size_t words = counter_rng::words_covering(count);
     for (size_t w = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; w < words;
          w += static_cast<size_t>(gridDim.x) * blockDim.x) {
         // the two elements that share word w: neighbouring threads read and write neighbouring elements
         const size_t first = counter_rng::first_element_of(w), index[2] = {first, first + counter_rng::kHalfGroup};
-        float values[2] = {0, 0}, gates[2] = {0, 0};
+        float values[2] = {0, 0}, gates[2] = {0, 0}, ranges[2] = {0, 0};
         for (int lane = 0; lane < 2; ++lane) {
             if (index[lane] >= count) break;
             if (chain.gated) {
@@ -30,8 +49,13 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
             } else {
                 values[lane] = input[index[lane]];
             }
+            if (chain.range_mid) {
+                ranges[lane] = range[range_index(index[lane], chain.range_mid, chain.range_inner, chain.range_block)];
+            } else if (chain.range_count) {
+                ranges[lane] = range[chain.range_count == 1 ? 0 : index[lane]];
+            }
         }
-        for (int s = 0; s < chain.count; ++s) {
+        for (int s = begin; s < end; ++s) {
             const ChainStep& step = chain.steps[s];
             float random[2] = {0, 0};
             if (step.kind == kAnalogOp && step.random) {
@@ -44,6 +68,9 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
                     case kClip: x = clip(x, step.attr[0], step.attr[1]); break;
                     case kRelu: x = relu(x); break;
                     case kLeakyRelu: x = leaky_relu(x, step.attr[0]); break;
+                    case kRange: break;  // measured by range_kernel before the stage
+                    case kNormalise: x = x / ranges[lane]; break;
+                    case kRescale: x = x * ranges[lane]; break;
                     default: x = apply_op_element(step.op, x, gates[lane], step.attr, random[lane]); break;
                 }
                 values[lane] = x;
@@ -55,14 +82,40 @@ __global__ void chain_kernel(DeviceChain chain, const float* __restrict__ input,
     }
 }
 
+constexpr int kThreads = 256;
+
+unsigned grid_for(size_t work) {
+    return static_cast<unsigned>(std::min<size_t>((work + kThreads - 1) / kThreads, 65535u * 16));
+}
+
 }  // namespace
 
-const char* launch_chain(const DeviceChain& chain, const float* input, float* output, size_t count, size_t half,
-                         uint64_t run, void* stream) {
-    constexpr int kThreads = 256;
-    const size_t words = counter_rng::words_covering(count);
-    const unsigned grid = static_cast<unsigned>(std::min<size_t>((words + kThreads - 1) / kThreads, 65535u * 16));
-    chain_kernel<<<grid, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(chain, input, output, count, half, run);
-    const cudaError_t status = cudaGetLastError();
+const char* launch_chain(const DeviceChain& chain, const float* input, const float* range, float* output,
+                         size_t count, size_t half, uint64_t run, void* stream) {
+    const cudaStream_t on = static_cast<cudaStream_t>(stream);
+    const size_t vectors = chain.range_mid ? count / chain.range_mid : 0;
+    float* measured = nullptr;
+    if (vectors) {  // in stream order: the memory is the stream's until the chain has read it
+        const cudaError_t status = cudaMallocAsync(reinterpret_cast<void**>(&measured), vectors * sizeof(float), on);
+        if (status != cudaSuccess) return cudaGetErrorString(status);
+        range = measured;
+    }
+    // one stage from each kRange step to the next, each measuring its range on what the stage before wrote
+    for (int start = 0, next = 0; start < chain.count; start = next) {
+        for (next = start + 1; next < chain.count && chain.steps[next].kind != kRange;) ++next;
+        const float* source = start ? output : input;
+        if (vectors) {
+            range_kernel<<<grid_for(vectors), kThreads, 0, on>>>(source, measured, vectors, chain.range_mid,
+                                                                 chain.range_inner, chain.range_block,
+                                                                 chain.steps[start].attr[0]);
+        }
+        chain_kernel<<<grid_for(counter_rng::words_covering(count)), kThreads, 0, on>>>(
+            chain, start, next, source, range, output, count, half, run);
+    }
+    cudaError_t status = cudaGetLastError();
+    if (measured) {
+        const cudaError_t freed = cudaFreeAsync(measured, on);
+        if (status == cudaSuccess) status = freed;
+    }
     return status == cudaSuccess ? nullptr : cudaGetErrorString(status);
 }

@@ -1,5 +1,7 @@
 // CPU kernels of the ai.analogize op set for ONNX Runtime, plus FusedChain (domain ai.analogize.native):
-// a run of element-wise nodes (analog ops, Clip, Relu, LeakyRelu) computed in one pass over memory.
+// a run of element-wise nodes (analog ops, Clip, Relu, LeakyRelu) computed in one pass over memory, and with
+// them the nodes that set the run's full scale r (x / r before it, * r after it, and r = max |x| over each
+// vector measured at run time), which would otherwise take a pass over memory each.
 //
 // Every kernel is a chain of steps applied tile by tile: a tile of the input is read once, every step
 // transforms it in cache, and it is written once. A single op is a chain of one step. Random steps draw
@@ -51,7 +53,15 @@ struct Kernel {
     std::vector<Step> steps;
     bool gated = false;
     bool cuda = false;
+    std::vector<int64_t> range_axes;  // the axes of a measured range's vectors (none: all)
+    int64_t range_block = 1;          // > 1: the input is in ONNX Runtime's blocked channel layout (range_index)
     std::atomic<uint64_t> runs{0};
+
+    bool measures_range() const { return !steps.empty() && steps[0].kind == kRange; }
+    bool uses_range() const {
+        return std::any_of(steps.begin(), steps.end(),
+                           [](const Step& step) { return step.kind == kNormalise || step.kind == kRescale; });
+    }
 };
 
 const ort::Api* g_api = nullptr;
@@ -86,8 +96,56 @@ void fill_random(const Step& step, size_t first, size_t count, uint64_t run, flo
     }
 }
 
-void apply_step(const Step& step, float* values, const float* gates, size_t first, size_t count, uint64_t run) {
+// The r of a tile's elements: element i's is values[(i + lane) / block], one r per element where block is 1,
+// one per pixel of `block` lanes in the blocked layout (the tile starting at lane `lane` of its first pixel).
+struct TileRange {
+    const float* values = nullptr;
+    size_t block = 1;
+    size_t lane = 0;
+};
+
+template <bool kDivide>
+ANALOGIZE_HD float scaled(float x, float r) { return kDivide ? x / r : x * r; }
+
+// Whole pixels of a compile-time width, each one vector of lanes scaled by its r: a loop over a pixel's lanes
+// would be unrolled before the vectoriser saw it, and left scalar (the library builds without SLP vectorising).
+template <size_t kBlock, bool kDivide>
+void scale_pixels(float* __restrict values, const float* __restrict range, size_t count) {
+    typedef float Pixel __attribute__((vector_size(kBlock * sizeof(float))));
+    for (size_t p = 0; p < count / kBlock; ++p) {
+        Pixel lanes;
+        std::memcpy(&lanes, values + p * kBlock, sizeof lanes);
+        lanes = kDivide ? lanes / range[p] : lanes * range[p];
+        std::memcpy(values + p * kBlock, &lanes, sizeof lanes);
+    }
+}
+
+template <bool kDivide>
+void scale_by(float* __restrict values, const TileRange& range, size_t count) {
+    const float* __restrict r = range.values;
+    if (range.block == 1) {
+        for (size_t i = 0; i < count; ++i) values[i] = scaled<kDivide>(values[i], r[i]);
+        return;
+    }
+    if (range.lane == 0 && count % range.block == 0 && range.block == 8) {  // ONNX Runtime's blocks (AVX2,
+        return scale_pixels<8, kDivide>(values, r, count);                    // AVX-512)
+    }
+    if (range.lane == 0 && count % range.block == 0 && range.block == 16) {
+        return scale_pixels<16, kDivide>(values, r, count);
+    }
+    for (size_t i = 0; i < count; ++i) values[i] = scaled<kDivide>(values[i], r[(i + range.lane) / range.block]);
+}
+
+// `range` holds the elements' r for the steps that read it (kRange measured it before the tile was read).
+void apply_step(const Step& step, float* __restrict values, const float* gates, const TileRange& range,
+                size_t first, size_t count, uint64_t run) {
     switch (step.kind) {
+        case kRange:
+            return;
+        case kNormalise:
+            return scale_by<true>(values, range, count);
+        case kRescale:
+            return scale_by<false>(values, range, count);
         case kClip:
             for (size_t i = 0; i < count; ++i) values[i] = clip(values[i], step.attr[0], step.attr[1]);
             return;
@@ -133,42 +191,154 @@ struct Job {
     size_t half;   // gated ops: width of each half of the last axis
     uint64_t run;
     float* slope = nullptr;  // where given, d output / d input under training's gradient rules
+    const float* range = nullptr;  // a range input: one value for all elements, or one per element
+    bool range_scalar = false;
+    // a measured range: its layout (range_index), and the share of each task (run_measured_task)
+    size_t range_mid = 0, range_inner = 0, range_block = 1;
+    size_t slabs_per_task = 1, piece = 0, pieces = 1;
 };
+
+// Steps [begin, end) of a chain, read from `source`: the input, or the output that the chain's earlier stages
+// wrote (a chain that measures its range again after a step measures it on that step's output).
+struct Stage {
+    const Step* begin;
+    const Step* end;
+    const float* source;
+};
+
+// A stage's steps on the `count` elements from `first` (at most a tile, inside one random group), from its
+// source to the output; `range` holds their r where the steps read one.
+void run_tile(const Job& job, const Stage& stage, size_t first, size_t count, const TileRange& range) {
+    float values[kTile], gates[kTile], slope[kTile];
+    const float* gate_pointer = nullptr;
+    if (job.kernel->gated) {
+        // Row by row: each output row takes the first half of an input row as values and the second as gates.
+        size_t row = first / job.half, column = first % job.half;
+        for (size_t done = 0; done < count; ++row, column = 0) {
+            const size_t length = std::min(count - done, job.half - column);
+            const float* source = stage.source + row * 2 * job.half + column;
+            std::memcpy(values + done, source, length * sizeof(float));
+            std::memcpy(gates + done, source + job.half, length * sizeof(float));
+            done += length;
+        }
+        gate_pointer = gates;
+    } else {
+        std::memcpy(values, stage.source + first, count * sizeof(float));
+    }
+    // The steps of a random chain take long enough per tile that the hardware prefetcher stops running
+    // ahead; ask for the next tile's input (and output lines, which are written) while this one computes.
+    for (size_t ahead = first + count; ahead < std::min(job.count, first + count + kTile); ahead += kLineFloats) {
+        __builtin_prefetch(stage.source + ahead, 0);
+        __builtin_prefetch(job.output + ahead, 1);
+    }
+    if (job.slope) std::fill(slope, slope + count, 1.0f);
+    for (const Step* step = stage.begin; step != stage.end; ++step) {
+        if (job.slope) multiply_slope(*step, values, slope, count);
+        apply_step(*step, values, gate_pointer, range, first, count, job.run);
+    }
+    std::memcpy(job.output + first, values, count * sizeof(float));
+    if (job.slope) std::memcpy(job.slope + first, slope, count * sizeof(float));
+}
 
 void run_chunk(void* data, size_t chunk) {
     const Job& job = *static_cast<const Job*>(data);
     const size_t begin = chunk * kChunk, end = std::min(job.count, begin + kChunk);
-    float values[kTile], gates[kTile], slope[kTile];
+    float scalar_range[kTile];
+    if (job.range_scalar) std::fill(scalar_range, scalar_range + kTile, job.range[0]);
+    const std::vector<Step>& steps = job.kernel->steps;
+    const Stage stage{steps.data(), steps.data() + steps.size(), job.input};
     for (size_t first = begin; first < end; first += kTile) {
-        const size_t count = std::min(kTile, end - first);
-        const float* gate_pointer = nullptr;
-        if (job.kernel->gated) {
-            // Row by row: each output row takes the first half of an input row as values and the second as gates.
-            size_t row = first / job.half, column = first % job.half;
-            for (size_t done = 0; done < count; ++row, column = 0) {
-                const size_t length = std::min(count - done, job.half - column);
-                const float* source = job.input + row * 2 * job.half + column;
-                std::memcpy(values + done, source, length * sizeof(float));
-                std::memcpy(gates + done, source + job.half, length * sizeof(float));
-                done += length;
+        const float* range = job.range_scalar ? scalar_range : job.range ? job.range + first : nullptr;
+        run_tile(job, stage, first, std::min(kTile, end - first), TileRange{range});
+    }
+}
+
+// The maxima of |x| that a vector's lanes have seen (`lanes`, `span` of them, the share's positions times
+// the block), taken further over `count` values from lane `lane` on, wrapping around the share.
+void measure(uint32_t* __restrict lanes, size_t span, size_t lane, const float* __restrict values, size_t count) {
+    for (size_t j = 0; j < count; lane = 0) {
+        const size_t length = std::min(span - lane, count - j);
+        for (size_t k = 0; k < length; ++k) lanes[lane + k] = std::max(lanes[lane + k], magnitude_bits(values[j + k]));
+        j += length;
+    }
+}
+
+// A chain that measures its range, on one task's share: `slabs_per_task` whole slabs [mid, inner] of the input,
+// or where one slab is larger than a chunk, `piece` of its inner positions. Each vector's r is measured in a
+// first pass over the share, and the chain runs in a second, which finds the share still in cache. A chain
+// that measures a range again (a stage from each kRange step to the next) measures it on the output the stage
+// before writes, as it writes it, and runs the next stage on that output in place, still in cache.
+void run_measured_task(void* data, size_t task) {
+    const Job& job = *static_cast<const Job*>(data);
+    const size_t mid = job.range_mid, inner = job.range_inner, block = job.range_block, slab = mid * inner;
+    size_t first_slab = task / job.pieces, last_slab = first_slab + 1, begin = 0, end = inner;
+    if (job.pieces > 1) {
+        begin = task % job.pieces * job.piece;
+        end = std::min(inner, begin + job.piece);
+    } else {
+        first_slab = task * job.slabs_per_task;
+        last_slab = std::min(job.count / slab, first_slab + job.slabs_per_task);
+    }
+    const size_t width = end - begin, span = width * block;
+    const std::vector<Step>& steps = job.kernel->steps;
+    std::vector<uint32_t> lanes(span);
+    std::vector<float> ranges(width);
+    float gathered[kTile];  // a tile's r, one per element or per pixel
+    for (size_t s = first_slab; s < last_slab; ++s) {
+        const size_t base = s * slab;
+        std::fill(lanes.begin(), lanes.end(), 0u);
+        for (size_t row = 0; row < mid / block; ++row) {  // each row of the share: span contiguous values
+            measure(lanes.data(), span, 0, job.input + base + (row * inner + begin) * block, span);
+        }
+        // Tiles end where random groups do, so that no group's draws are made twice.
+        const auto chain = [&](const Stage& stage, bool measuring, size_t from, size_t to) {
+            for (size_t first = from; first < to;) {
+                const size_t count = std::min(kTile - first % kTile, to - first);
+                size_t position = (first - base) / block % inner;
+                TileRange range{ranges.data() + (position - begin), block, (first - base) % block};
+                if (inner == 1) {  // one r for the slab
+                    std::fill_n(gathered, count, ranges[0]);
+                    range = TileRange{gathered};
+                } else if (block > 1) {  // the tile's pixels, wrapping around the slab
+                    size_t pixels = 0;
+                    for (size_t j = 0; j < count; j += block - (j ? 0 : range.lane)) {
+                        gathered[pixels++] = ranges[position - begin];
+                        if (++position == inner) position = 0;
+                    }
+                    range.values = gathered;
+                } else if (position + count > inner) {  // the positions wrap around within the tile
+                    for (size_t j = 0; j < count; position = 0) {
+                        const size_t length = std::min(inner - position, count - j);
+                        std::copy_n(ranges.data() + (position - begin), length, gathered + j);
+                        j += length;
+                    }
+                    range.values = gathered;
+                }
+                run_tile(job, stage, first, count, range);
+                if (measuring) measure(lanes.data(), span, (first - base) % (inner * block) - begin * block,
+                                       job.output + first, count);
+                first += count;
             }
-            gate_pointer = gates;
-        } else {
-            std::memcpy(values, job.input + first, count * sizeof(float));
+        };
+        for (size_t start = 0; start < steps.size();) {
+            const size_t next = std::find_if(steps.begin() + start + 1, steps.end(),
+                                             [](const Step& step) { return step.kind == kRange; }) - steps.begin();
+            for (size_t i = 0; i < width; ++i) {
+                const uint32_t* pixel = lanes.data() + i * block;
+                ranges[i] = at_least(*std::max_element(pixel, pixel + block), steps[start].attr[0]);
+            }
+            const bool measuring = next < steps.size();
+            if (measuring) std::fill(lanes.begin(), lanes.end(), 0u);
+            const Stage stage{steps.data() + start, steps.data() + next, start ? job.output : job.input};
+            if (width == inner) {
+                chain(stage, measuring, base, base + slab);
+            } else {
+                for (size_t row = 0; row < mid / block; ++row) {
+                    chain(stage, measuring, base + (row * inner + begin) * block, base + (row * inner + end) * block);
+                }
+            }
+            start = next;
         }
-        // The steps of a random chain take long enough per tile that the hardware prefetcher stops running
-        // ahead; ask for the next tile's input (and output lines, which are written) while this one computes.
-        for (size_t ahead = first + kTile; ahead < std::min(end, first + 2 * kTile); ahead += kLineFloats) {
-            __builtin_prefetch(job.input + ahead, 0);
-            __builtin_prefetch(job.output + ahead, 1);
-        }
-        if (job.slope) std::fill(slope, slope + count, 1.0f);
-        for (const Step& step : job.kernel->steps) {
-            if (job.slope) multiply_slope(step, values, slope, count);
-            apply_step(step, values, gate_pointer, first, count, job.run);
-        }
-        std::memcpy(job.output + first, values, count * sizeof(float));
-        if (job.slope) std::memcpy(job.slope + first, slope, count * sizeof(float));
     }
 }
 
@@ -185,8 +355,7 @@ OrtStatus* error(const Kernel& kernel, const std::string& message) {
 #ifdef ANALOGIZE_WITH_CUDA
 const char* const kProviders[] = {nullptr, "CUDAExecutionProvider"};
 
-OrtStatus* compute_on_gpu(const Kernel& kernel, OrtKernelContext* context, const float* input, float* output,
-                          size_t count, size_t half, uint64_t run) {
+OrtStatus* compute_on_gpu(const Kernel& kernel, OrtKernelContext* context, const Job& job, size_t range_count) {
     if (kernel.steps.size() > static_cast<size_t>(kMaxDeviceSteps)) {
         return error(kernel, "more than " + std::to_string(kMaxDeviceSteps) + " steps in one chain on the GPU");
     }
@@ -194,14 +363,77 @@ OrtStatus* compute_on_gpu(const Kernel& kernel, OrtKernelContext* context, const
     chain.count = static_cast<int>(kernel.steps.size());
     chain.gated = kernel.gated;
     std::copy(kernel.steps.begin(), kernel.steps.end(), chain.steps);
+    chain.range_mid = job.range_mid;
+    chain.range_inner = job.range_inner;
+    chain.range_block = job.range_block;
+    chain.range_count = range_count;
     void* stream = nullptr;
     RETURN_IF_ERROR(g_api->KernelContext_GetGPUComputeStream(context, &stream));
-    const char* failure = launch_chain(chain, input, output, count, half, run, stream);
+    const char* failure = launch_chain(chain, job.input, job.range, job.output, job.count, job.half, job.run,
+                                       stream);
     return failure ? error(kernel, std::string("CUDA launch failed: ") + failure) : nullptr;
 }
 #else
 const char* const kProviders[] = {nullptr};
 #endif
+
+// Where a FusedChain's r comes from: the layout of a measured range over the input `dims` (its axes must be
+// one contiguous run), or its second input. Sets `job` and the range input's element count.
+OrtStatus* read_range(const Kernel& kernel, OrtKernelContext* context, const std::vector<int64_t>& dims, Job& job,
+                      size_t& range_count) {
+    size_t inputs = 1;
+    RETURN_IF_ERROR(g_api->KernelContext_GetInputCount(context, &inputs));
+    const OrtValue* range = nullptr;
+    if (inputs > 1) RETURN_IF_ERROR(g_api->KernelContext_GetInput(context, 1, &range));
+    if (kernel.measures_range()) {
+        if (range) return error(kernel, "a chain measures its range or reads it from its second input, not both");
+        const int64_t rank = static_cast<int64_t>(dims.size());
+        std::vector<int64_t> axes;
+        for (int64_t axis : kernel.range_axes) axes.push_back(axis < 0 ? axis + rank : axis);
+        if (axes.empty()) {  // all of them
+            for (int64_t axis = 0; axis < rank; ++axis) axes.push_back(axis);
+        }
+        std::sort(axes.begin(), axes.end());
+        for (size_t k = 0; k < axes.size(); ++k) {
+            if (axes[k] < 0 || axes[k] >= rank || (k > 0 && axes[k] != axes[k - 1] + 1)) {
+                return error(kernel, "range_axes must name one contiguous run of the input's " +
+                                         std::to_string(rank) + " axes");
+            }
+        }
+        size_t mid = 1, inner = 1;  // a scalar: one vector of one value
+        for (int64_t axis = 0; axis < rank; ++axis) {
+            if (axis >= axes.front() && axis <= axes.back()) mid *= static_cast<size_t>(dims[axis]);
+            if (axis > axes.back()) inner *= static_cast<size_t>(dims[axis]);
+        }
+        const size_t block = static_cast<size_t>(kernel.range_block);
+        if (block > 1 && (axes.size() != 1 || mid % block != 0)) {
+            return error(kernel, "a blocked range needs one range axis whose size is a multiple of range_block");
+        }
+        job.range_mid = mid;
+        job.range_inner = inner;
+        job.range_block = block;
+        return nullptr;
+    }
+    if (!range) {
+        return kernel.uses_range() ? error(kernel, "the chain scales by a range r but neither measures one nor has "
+                                                   "a second input") : nullptr;
+    }
+    OrtTensorTypeAndShapeInfo* info = nullptr;
+    RETURN_IF_ERROR(g_api->GetTensorTypeAndShape(range, &info));
+    int type = 0;
+    OrtStatus* status = g_api->GetTensorElementType(info, &type);
+    if (!status) status = g_api->GetTensorShapeElementCount(info, &range_count);
+    g_api->ReleaseTensorTypeAndShapeInfo(info);
+    RETURN_IF_ERROR(status);
+    if (type != kElementFloat || (range_count != 1 && range_count != job.count)) {
+        return error(kernel, "the range input must be float32 with one value or one per element");
+    }
+    void* values = nullptr;
+    RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(range), &values));
+    job.range = static_cast<const float*>(values);
+    job.range_scalar = range_count == 1;
+    return nullptr;
+}
 
 OrtStatus* compute(void* state, OrtKernelContext* context) {
     Kernel& kernel = *static_cast<Kernel*>(state);
@@ -238,14 +470,30 @@ OrtStatus* compute(void* state, OrtKernelContext* context) {
     void* target = nullptr;
     RETURN_IF_ERROR(g_api->GetTensorMutableData(const_cast<OrtValue*>(input), &source));
     RETURN_IF_ERROR(g_api->GetTensorMutableData(output, &target));
-    const uint64_t run = kernel.runs.fetch_add(1);
+    Job job{&kernel, static_cast<const float*>(source), static_cast<float*>(target), count, half, 0};
+    size_t range_count = 0;
+    RETURN_IF_ERROR(read_range(kernel, context, dims, job, range_count));
+    job.run = kernel.runs.fetch_add(1);
 #ifdef ANALOGIZE_WITH_CUDA
-    if (kernel.cuda) {
-        return compute_on_gpu(kernel, context, static_cast<const float*>(source), static_cast<float*>(target), count,
-                              half, run);
-    }
+    if (kernel.cuda) return compute_on_gpu(kernel, context, job, range_count);
 #endif
-    Job job{&kernel, static_cast<const float*>(source), static_cast<float*>(target), count, half, run};
+    if (job.range_mid) {
+        const size_t slab = job.range_mid * job.range_inner;
+        if (slab <= kChunk) {
+            job.slabs_per_task = kChunk / slab;
+        } else {
+            job.piece = std::max<size_t>(1, kChunk / job.range_mid);
+            job.pieces = (job.range_inner + job.piece - 1) / job.piece;
+        }
+        const size_t slabs = count / slab;
+        const size_t tasks = job.pieces > 1 ? slabs * job.pieces
+                                            : (slabs + job.slabs_per_task - 1) / job.slabs_per_task;
+        if (tasks == 1) {
+            run_measured_task(&job, 0);
+            return nullptr;
+        }
+        return g_api->KernelContext_ParallelFor(context, run_measured_task, tasks, 0, &job);
+    }
     const size_t chunks = (count + kChunk - 1) / kChunk;
     if (chunks == 1) {
         run_chunk(&job, 0);
@@ -318,8 +566,9 @@ std::string make_chain(const int64_t* kinds, const int64_t* ops, const float* pa
         if (kind == kAnalogOp && (ops[s] < 0 || static_cast<size_t>(ops[s]) >= kOpCount || kOps[ops[s]].gated)) {
             return "step " + std::to_string(s) + " names no element-wise analog op";
         }
-        if (kind != kAnalogOp && kind != kClip && kind != kRelu && kind != kLeakyRelu) {
-            return "unknown step kind " + std::to_string(kind);
+        if (kind < kAnalogOp || kind > kRescale) return "unknown step kind " + std::to_string(kind);
+        if (kind == kRange && s != 0 && kinds[0] != kRange) {
+            return "a chain measures a range again only after measuring one first";
         }
         Step step = make_step(kind, kind == kAnalogOp ? static_cast<int>(ops[s]) : -1);
         if (kind == kAnalogOp) step.key = key_of(seeds[s]);
@@ -336,6 +585,15 @@ OrtStatus* read_fused_chain(const OrtKernelInfo* info, Kernel& kernel) {
     RETURN_IF_ERROR(read_array(info, "ops", ops));
     RETURN_IF_ERROR(read_array(info, "parameters", parameters));
     RETURN_IF_ERROR(read_array(info, "seeds", seeds));
+    // optional: absent, a measured range spans all axes, in the plain layout
+    if (OrtStatus* absent = read_array(info, "range_axes", kernel.range_axes)) g_api->ReleaseStatus(absent);
+    int64_t block = 1;
+    if (OrtStatus* absent = g_api->KernelInfoGetAttribute_int64(info, "range_block", &block)) {
+        g_api->ReleaseStatus(absent);
+        block = 1;
+    }
+    if (block < 1) return error(kernel, "range_block must be at least 1");
+    kernel.range_block = block;
     const size_t steps = kinds.size();
     if (ops.size() != steps || seeds.size() != steps || parameters.size() != steps * kMaxAttributes) {
         return error(kernel, "kinds, ops, seeds and parameters (4 per step) must describe the same steps");
@@ -395,7 +653,11 @@ const char* provider(const OrtCustomOp* op) { return registration(op).provider; 
 int any_type(const OrtCustomOp*, size_t) { return 0; }  // checked in compute, with a clear message
 int float_type(const OrtCustomOp*, size_t) { return kElementFloat; }
 size_t one(const OrtCustomOp*) { return 1; }
-int required(const OrtCustomOp*, size_t) { return 0; }
+size_t input_count(const OrtCustomOp* op) { return registration(op).description ? 1 : 2; }  // FusedChain: X, r
+int required(const OrtCustomOp*, size_t) { return kInputOutputRequired; }
+int optional_after_first(const OrtCustomOp*, size_t index) {
+    return index == 0 ? kInputOutputRequired : kInputOutputOptional;
+}
 int default_memory(const OrtCustomOp*, size_t) { return 0; }
 int arity_one(const OrtCustomOp*) { return 1; }
 
@@ -430,12 +692,12 @@ Registration make_registration(const OpDescription* description, const char* nam
     op.GetName = op_name;
     op.GetExecutionProviderType = provider;
     op.GetInputType = any_type;
-    op.GetInputTypeCount = one;
+    op.GetInputTypeCount = input_count;
     op.GetOutputType = float_type;
     op.GetOutputTypeCount = one;
     op.KernelCompute = compute_legacy;
     op.KernelDestroy = destroy_kernel;
-    op.GetInputCharacteristic = required;
+    op.GetInputCharacteristic = optional_after_first;
     op.GetOutputCharacteristic = required;
     op.GetInputMemoryType = default_memory;
     op.GetVariadicInputMinArity = arity_one;
@@ -515,8 +777,8 @@ extern "C" __attribute__((visibility("default"))) void* analogize_torch_chain_ne
         auto kernel = std::make_unique<Kernel>();
         const std::string problem = make_chain(kinds, ops, parameters, seeds, steps, kernel->steps);
         const bool straight_through = std::all_of(kernel->steps.begin(), kernel->steps.end(), [](const Step& step) {
-            return step.kind != kAnalogOp || kOps[step.op].straight_through;
-        });
+            return step.kind == kAnalogOp ? kOps[step.op].straight_through != 0 : step.kind <= kLeakyRelu;
+        });  // a range's gradient is no slope of the chain's own: training keeps its nodes
         return problem.empty() && straight_through ? kernel.release() : nullptr;
     } catch (...) {  // nothing may unwind into the caller's C frames
         return nullptr;

@@ -23,6 +23,7 @@ struct OrtApiBase {
 
 enum { kOrtFail = 1, kOrtInvalidArgument = 2 };  // OrtErrorCode values
 enum { kElementFloat = 1 };                        // ONNXTensorElementDataType values
+enum { kInputOutputRequired = 0, kInputOutputOptional = 1 };  // OrtCustomOpInputOutputCharacteristic values
 
 // Fields up to GetEndVersion are read by ORT for version 17, the version declared below (each null-checked
 // from InferOutputShapeFn on).
@@ -97,6 +98,9 @@ public:
     OrtStatus* GetSymbolicDimensions(const OrtTensorTypeAndShapeInfo* info, const char** names, size_t count) const {
         return call<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, const char**, size_t)>(63)(info, names, count);
     }
+    OrtStatus* GetTensorShapeElementCount(const OrtTensorTypeAndShapeInfo* info, size_t* out) const {
+        return call<OrtStatus* (*)(const OrtTensorTypeAndShapeInfo*, size_t*)>(64)(info, out);
+    }
     OrtStatus* GetTensorTypeAndShape(const OrtValue* value, OrtTensorTypeAndShapeInfo** out) const {
         return call<OrtStatus* (*)(const OrtValue*, OrtTensorTypeAndShapeInfo**)>(65)(value, out);
     }
@@ -106,6 +110,10 @@ public:
     OrtStatus* KernelInfoGetAttribute_int64(const OrtKernelInfo* info, const char* name, int64_t* out) const {
         return call<OrtStatus* (*)(const OrtKernelInfo*, const char*, int64_t*)>(86)(info, name, out);
     }
+    OrtStatus* KernelContext_GetInputCount(const OrtKernelContext* context, size_t* out) const {
+        return call<OrtStatus* (*)(const OrtKernelContext*, size_t*)>(88)(context, out);
+    }
+    // An optional input that the node leaves out comes back as nullptr.
     OrtStatus* KernelContext_GetInput(const OrtKernelContext* context, size_t index, const OrtValue** out) const {
         return call<OrtStatus* (*)(const OrtKernelContext*, size_t, const OrtValue**)>(90)(context, index, out);
     }

@@ -8,10 +8,11 @@ from onnx import TensorProto, helper, numpy_helper
 
 from analogize import convert, native_library_path
 from analogize.convert import PAPER_RANGES
+from analogize.native.build import StepKind
 from analogize.runtime.blocked_layout import (NCHWC_DOMAIN, SENTINEL_CAPACITY, _elementwise, blocked_layout_model,
-                                       sentinel_numbers, sentinels)
+                                              nchwc_block_size, sentinel_numbers, sentinels)
 from analogize.model_io import copy_model
-from analogize.native.fusion import fuse_model_chains
+from analogize.native.fusion import RANGE_BLOCK, fuse_model_chains
 from analogize.runtime.options import session_options
 from analogize.runtime.sessions import create_session
 
@@ -64,6 +65,45 @@ def test_without_noise_the_blocked_session_equals_the_function_bodies_bit_for_bi
     native = create_session(model, native=True).run(None, {"x": x})[0]
     bodies = create_session(model, native=False).run(None, {"x": x})[0]
     np.testing.assert_array_equal(native, bodies)
+
+
+def test_with_the_default_ranges_weights_take_their_ranges_as_inputs_and_activations_are_measured_blocked(rng):
+    # per-channel weight ranges computed once from the stored weights, reordered with them; per-pixel activation
+    # ranges measured across the blocked channels
+    model = convert(conv_model(rng), bits=6, noise=False).model
+    blocked = blocked_layout_model(fused(model), optimiser_options())
+    producer = {name: node for node in blocked.graph.node for name in node.output}
+    stored = {t.name: numpy_helper.to_array(t) for t in blocked.graph.initializer}
+    convolutions = [n for n in blocked.graph.node if n.op_type == "Conv"]
+    assert len(convolutions) == 2 and all(n.domain == NCHWC_DOMAIN for n in convolutions)
+    for conv in convolutions:
+        for name in conv.input[1:3]:
+            chain = producer[name]
+            attributes = {a.name: helper.get_attribute_value(a) for a in chain.attribute}
+            assert attributes["kinds"][0] == StepKind.NORMALISE and stored[chain.input[1]].shape == stored[
+                chain.input[0]].shape
+    between = producer[convolutions[1].input[0]]
+    attributes = {a.name: helper.get_attribute_value(a) for a in between.attribute}
+    assert attributes["kinds"][0] == StepKind.RANGE and attributes[RANGE_BLOCK] in (8, 16)
+    assert attributes[RANGE_BLOCK] == nchwc_block_size()
+    reorders = [n.op_type for n in blocked.graph.node if n.domain == NCHWC_DOMAIN and n.op_type.startswith("Reorder")]
+    assert reorders == ["ReorderInput", "ReorderOutput"]
+    x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
+    np.testing.assert_array_equal(create_session(model, native=True).run(None, {"x": x})[0],
+                                  create_session(model, native=False).run(None, {"x": x})[0])
+
+
+def test_with_the_default_ranges_noise_is_fresh_per_run_and_reproducible_per_seed(rng):
+    base = conv_model(rng)
+    model = convert(base, bits=6, ep=0.3, seed=5).model
+    assert blocked_layout_model(fused(model), optimiser_options()) is not None
+    x = rng.uniform(-1, 1, (2, 16, 8, 8)).astype(np.float32)
+    clean = create_session(convert(base, bits=6, noise=False).model, native=False).run(None, {"x": x})[0]
+    session = create_session(model, native=True)
+    first, second = (session.run(None, {"x": x})[0] for _ in range(2))
+    assert not np.array_equal(first, second)
+    np.testing.assert_array_equal(create_session(model, native=True).run(None, {"x": x})[0], first)
+    assert 0 < np.abs(first - clean).mean() < 0.1 * np.abs(clean).mean()
 
 
 def test_weight_noise_is_fresh_per_run_with_the_declared_spread_and_reproducible_per_seed(rng):

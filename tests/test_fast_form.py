@@ -20,7 +20,7 @@ from analogize.convert import PAPER_RANGES
 from analogize.data import digits
 from analogize.errors import AnalogizeError
 from analogize.export import export, rebuild
-from analogize.native.build import FUSED_DOMAIN
+from analogize.native.build import FUSED_DOMAIN, StepKind
 from analogize.native.fusion import unfuse_model_chains
 from analogize.ops.spec import DOMAIN
 from analogize.passes.graph import export_model, import_model
@@ -98,11 +98,18 @@ def test_each_fused_chain_keeps_the_nodes_it_replaced_as_its_own_function_body(p
     assert len(fused) == fast_form(plain)[1] >= 10
     bodies = {f.overload: f for f in fast.functions if f.domain == FUSED_DOMAIN}
     assert sorted(bodies) == sorted(n.overload for n in fused), "one overload of FusedChain per node"
+    measured = 0
     for node in fused:
         body = bodies[node.overload]
         steps = [n for n in body.node if n.op_type != "Constant"]
-        assert len(steps) == len(helper.get_attribute_value(node.attribute[0]))
-        assert {n.name.split("/")[0] for n in steps} == {"analogize"}, "the chain's own nodes, names and all"
+        kinds = helper.get_attribute_value(node.attribute[0])
+        if kinds[0] == StepKind.RANGE:  # one step for the Abs, ReduceMax and Max that measure a range
+            measured += 1
+            assert [n.op_type for n in steps[:4]] == ["Abs", "ReduceMax", "Max", "Div"]
+            assert steps[kinds.index(StepKind.RESCALE) + 2].op_type == "Mul"
+        assert len(steps) == len(kinds) + 2 * kinds.count(StepKind.RANGE)
+        assert {n.name for n in steps} <= {n.name for n in plain.graph.node}, "the chain's own nodes, names and all"
+    assert measured >= 10, "the default ranges are fused with their chains"
     analog_bodies = {f.name: f.SerializeToString() for f in plain.functions}
     assert {f.name: f.SerializeToString() for f in fast.functions if f.domain == DOMAIN} == analog_bodies
     onnx.checker.check_model(fast, full_check=True)
@@ -165,10 +172,12 @@ def test_evaluate_reads_a_fast_file_as_the_plain_file(plain, fast, tmp_path, cap
     assert results[0] == results[1]
 
 
-@pytest.fixture(scope="module")
-def blocked_pair():
-    """A converted model whose convolutions ONNX Runtime blocks, and its form for this machine."""
-    plain = convert(conv_model(np.random.default_rng(3)), bits=6, ep=0.3, seed=1, **PAPER_RANGES).model
+@pytest.fixture(scope="module", params=["unit", "default"])
+def blocked_pair(request):
+    """A converted model whose convolutions ONNX Runtime blocks (with the paper's ranges, and with the default
+    ranges, measured in the chains), and its form for this machine."""
+    ranges = PAPER_RANGES if request.param == "unit" else {}
+    plain = convert(conv_model(np.random.default_rng(3)), bits=6, ep=0.3, seed=1, **ranges).model
     return plain, machine_form(fast_form(plain)[0])
 
 

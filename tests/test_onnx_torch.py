@@ -321,12 +321,12 @@ def test_chains_run_step_by_step_for_other_dtypes_and_activations_stay_out_of_na
 
 
 def test_a_native_training_chain_refuses_an_activation():
-    from analogize.native.build import FUSED_DOMAIN
-    from analogize.native.fusion import STEP_ANALOG
+    from analogize.native.build import FUSED_DOMAIN, StepKind
     from analogize.native.torch_chain import TorchChain
 
     op = list(OPS).index("ReluGeluInterpolation")
-    node = helper.make_node("FusedChain", ["x"], ["y"], name="chain", domain=FUSED_DOMAIN, kinds=[STEP_ANALOG, 1],
-                            ops=[op, -1], parameters=[1, 1, 0, 0, -1, 1, 0, 0], seeds=[-1, -1])
+    node = helper.make_node("FusedChain", ["x"], ["y"], name="chain", domain=FUSED_DOMAIN,
+                            kinds=[StepKind.ANALOG_OP, StepKind.CLIP], ops=[op, -1],
+                            parameters=[1, 1, 0, 0, -1, 1, 0, 0], seeds=[-1, -1])
     with pytest.raises(AnalogizeError, match="chain: the native library cannot run this chain in training"):
         TorchChain(node, [0.0, 1.0])

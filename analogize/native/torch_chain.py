@@ -5,7 +5,8 @@ import ctypes
 
 from ..errors import AnalogizeError
 from .build import native_library_path
-from .fusion import MAX_STEP_ATTRIBUTES, chain_attributes
+from .build import MAX_STEP_ATTRIBUTES
+from .fusion import chain_attributes
 
 
 class TorchChain:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as tf
 
 from ..native import fusion
+from ..native.build import StepKind
 from ..native.torch_chain import TorchChain
 from ..runtime import sessions
 from .spec import OPS, OpSpec
@@ -164,11 +165,11 @@ class FusedChain:
 
     def step_by_step(self, x: torch.Tensor) -> torch.Tensor:
         for kind, analog, parameters in self.steps:
-            if kind == fusion.STEP_CLIP:
+            if kind == StepKind.CLIP:
                 x = torch.clamp(x, parameters[0], parameters[1])
-            elif kind == fusion.STEP_RELU:
+            elif kind == StepKind.RELU:
                 x = tf.relu(x)
-            elif kind == fusion.STEP_LEAKY_RELU:
+            elif kind == StepKind.LEAKY_RELU:
                 x = tf.leaky_relu(x, parameters[0])
             else:
                 x = run_op(analog[0], x, None, analog[1])

@@ -17,10 +17,14 @@ Both costs go because the analog chains are element-wise:
    order, from the same distribution). The optimiser is shown distinct sentinels in place of the detached
    tensors, so what it made of each is read off exactly: a pure reordering is applied to the real values; a
    tensor padded, scaled or folded into another is no reordering, so its chain stays attached where it was
-   and the model is optimised once more without detaching it;
-4. a chain the transformer wrapped in ReorderOutput and ReorderInput runs on the blocked tensor itself where
-   the channel count is a multiple of every block size (so no padding channels, whose zeros the noise would
-   change, are read).
+   and the model is optimised once more without detaching it. A chain with a range (per output channel, as
+   convert's weight ranges are) gets each element's r, computed here from the stored weights as the kernel
+   would measure it and reordered with them, as its second input: the weights are constant, so r is too;
+4. the element-wise chains the transformer wrapped in ReorderOutput and ReorderInput run on the blocked
+   tensor itself where the channel count is a multiple of every block size (so no padding channels, whose
+   zeros the noise would change, are read). A range measured per pixel across channels is measured across
+   the blocked channels (the kernel is told the block size, which a probe session reads off ONNX Runtime);
+   one per sample or per tensor spans the same values in either layout.
 
 A model where that second optimisation still does not match exactly, where no chain is left to detach, or
 with control-flow bodies (which may read the values it would re-lay), makes :func:`blocked_layout_model`
@@ -31,6 +35,7 @@ Runtime's optimised model back and finds the detached tensors in it by their sen
 """
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -39,11 +44,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from ..model_io import copy_model
-from ..native.fusion import ELEMENTWISE_OPS
-from ..native.build import FUSED_DOMAIN
+from ..native.build import FUSED_DOMAIN, MAX_STEP_ATTRIBUTES, StepKind
+from ..native.fusion import ELEMENTWISE_OPS, FUSED_CHAIN, RANGE_AXES, RANGE_BLOCK, chain_attributes
 from ..ops.spec import DOMAIN
 from .options import ORT_ERRORS
 
@@ -52,8 +57,44 @@ BLOCK_SIZES_LCM = 16  # ONNX Runtime's blocks are 8 (AVX2) or 16 (AVX-512) chann
 
 
 def _elementwise(node) -> bool:
-    return (node.domain == FUSED_DOMAIN and node.op_type == "FusedChain") or (
+    return (node.domain == FUSED_DOMAIN and node.op_type == FUSED_CHAIN) or (
         node.domain == DOMAIN and node.op_type in ELEMENTWISE_OPS and len(node.input) == 1)
+
+
+def _measures_range(chain) -> bool:
+    kinds = chain_attributes(chain)["kinds"] if chain.op_type == FUSED_CHAIN else []
+    return bool(kinds) and kinds[0] == StepKind.RANGE
+
+
+def _reads_range(chain) -> bool:
+    return len(chain.input) > 1 and bool(chain.input[1])
+
+
+def _measured_ranges(chain, values: np.ndarray) -> np.ndarray:
+    """Each element's r as ``chain`` measures it on ``values``, with the kernel's arithmetic (|x|, maxima that
+    keep NaN, the floor)."""
+    attributes = chain_attributes(chain)
+    axes = tuple(axis % values.ndim for axis in attributes.get(RANGE_AXES) or range(values.ndim))
+    ranges = np.maximum(np.abs(values).max(axis=axes, keepdims=True), np.float32(attributes["parameters"][0]))
+    return np.broadcast_to(ranges, values.shape).astype(np.float32)
+
+
+def _reading_its_range(chain, name: str) -> None:
+    """``chain`` reading its r from the tensor ``name`` instead of measuring it; in place."""
+    attributes = chain_attributes(chain)
+    for key in ("kinds", "ops", "seeds"):
+        attributes[key] = attributes[key][1:]
+    attributes["parameters"] = attributes["parameters"][MAX_STEP_ATTRIBUTES:]
+    attributes.pop(RANGE_AXES, None)
+    del chain.attribute[:]
+    chain.attribute.extend(helper.make_attribute(key, value) for key, value in attributes.items())
+    chain.input.append(name)
+
+
+def _copy(node: onnx.NodeProto) -> onnx.NodeProto:
+    copied = onnx.NodeProto()
+    copied.CopyFrom(node)
+    return copied
 
 
 def _uses(graph) -> Counter:
@@ -100,6 +141,7 @@ class DetachedTensor:
     values: np.ndarray
     chain: onnx.NodeProto
     first_sentinel: int
+    ranges: np.ndarray | None = None  # each value's r where the chain has a range
 
 
 def detach_weight_chains(model: onnx.ModelProto, keep: frozenset = frozenset()) -> list[DetachedTensor] | None:
@@ -121,17 +163,20 @@ def detach_weight_chains(model: onnx.ModelProto, keep: frozenset = frozenset()) 
         for position in (1, 2):
             chain = producer.get(node.input[position]) if len(node.input) > position else None
             if chain is None or not _elementwise(chain) or uses[chain.output[0]] != 1 \
-                    or uses[chain.input[0]] != 1 or chain.output[0] in keep:
+                    or uses[chain.input[0]] != 1 or chain.output[0] in keep or _reads_range(chain):
                 continue
             source = chain.input[0]
             values = numpy_helper.to_array(stored[source]) if source in stored \
                 else _constant_output(producer.get(source), stored, producer)
-            if values is None or values.dtype != np.float32:
+            if values is None or values.dtype != np.float32 or values.size == 0:
                 continue
+            if _measures_range(chain) and chain_attributes(chain)["kinds"].count(StepKind.RANGE) > 1:
+                continue  # a range measured again on what the chain computed: no constant of the weights
+            ranges = _measured_ranges(chain, values) if _measures_range(chain) else None
             if source not in stored:
                 removed.add(id(producer[source]))
                 stored[source] = graph.initializer.add()
-            detached.append(DetachedTensor(values, chain, sentinels_used))
+            detached.append(DetachedTensor(values, chain, sentinels_used, ranges))
             sentinels_used += values.size
             if sentinels_used > SENTINEL_CAPACITY:
                 return None
@@ -174,9 +219,12 @@ def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor])
                     continue
                 attached.add(owner)
                 stored[name].CopyFrom(numpy_helper.from_array(entry.values.ravel()[order].reshape(numbers.shape), name))
-                chain = onnx.NodeProto()
-                chain.CopyFrom(entry.chain)
+                chain = _copy(entry.chain)
                 chain.input[0] = name
+                if entry.ranges is not None:
+                    graph.initializer.append(numpy_helper.from_array(
+                        entry.ranges.ravel()[order].reshape(numbers.shape), f"{name}::range/{node.name}"))
+                    _reading_its_range(chain, graph.initializer[-1].name)
                 chain.output[0] = f"{name}::analog/{node.name}"
                 node.input[position] = chain.output[0]
                 nodes.append(chain)
@@ -186,41 +234,89 @@ def attach_weight_chains(model: onnx.ModelProto, detached: list[DetachedTensor])
     return {entry.chain.output[0] for owner, entry in enumerate(detached) if owner not in attached}
 
 
+@functools.cache
+def nchwc_block_size() -> int | None:
+    """The channels per block of ONNX Runtime's blocked layout on this machine (8 with AVX2, 16 with AVX-512),
+    read off a ReorderInput of numbered channels; None where it has no blocked layout."""
+    channels = 2 * BLOCK_SIZES_LCM
+    graph = helper.make_graph([helper.make_node("ReorderInput", ["x"], ["y"], domain=NCHWC_DOMAIN)], "probe",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    probe = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(NCHWC_DOMAIN, 1)],
+                              ir_version=8)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    try:
+        session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        blocked = session.run(None, {"x": np.arange(2 * channels, dtype=np.float32).reshape(1, channels, 1, 2)})[0]
+    except ORT_ERRORS:
+        return None
+    # channel c of pixel p lies at (c // b, p, c % b): the second pixel's first channel comes after b values
+    block = int(np.flatnonzero(blocked.ravel() == 1.0)[0])
+    return block if block and BLOCK_SIZES_LCM % block == 0 else None
+
+
+def _runs_blocked(chain, stored: dict) -> bool:
+    """Whether ``chain`` gives the same numbers on a blocked 4-D tensor as on the plain one (the noise drawn in
+    another order): no range, a stored range input of one value, or a measured range that spans the same values
+    in both layouts or is told the block size (per pixel across channels, which this sets; in place)."""
+    if _reads_range(chain):
+        return chain.input[1] in stored and int(np.prod(stored[chain.input[1]].dims)) == 1
+    if not _measures_range(chain):
+        return True
+    axes = sorted(axis % 4 for axis in chain_attributes(chain).get(RANGE_AXES) or range(4))
+    if axes in ([0, 1, 2, 3], [1, 2, 3]):
+        return True
+    block = nchwc_block_size()
+    if axes != [1] or block is None:
+        return False
+    chain.attribute.append(helper.make_attribute(RANGE_BLOCK, block))
+    return True
+
+
 def run_chains_in_blocked_layout(model: onnx.ModelProto) -> None:
-    """Drop the ReorderOutput / ReorderInput pair around each element-wise chain between blocked operators
-    whose channel count no block size pads; in place."""
+    """Drop the ReorderOutput / ReorderInput pair around each run of element-wise chains between blocked
+    operators whose channel count no block size pads; in place."""
     graph = model.graph
-    producer = {name: node for node in graph.node for name in node.output}
     uses = _uses(graph)
+    stored = {t.name: t for t in graph.initializer}
     consumers: dict[str, list] = {}
     for node in graph.node:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
-    removed = set()
-    for chain in graph.node:
-        if not _elementwise(chain):
+    removed, chained = set(), set()
+    for before in graph.node:
+        if before.domain != NCHWC_DOMAIN or before.op_type != "ReorderOutput":
             continue
-        before, after = producer.get(chain.input[0]), consumers.get(chain.output[0], [])
-        if before is None or before.domain != NCHWC_DOMAIN or before.op_type != "ReorderOutput" \
-                or uses[before.output[0]] != 1 or uses[chain.output[0]] != 1 \
-                or after[0].domain != NCHWC_DOMAIN or after[0].op_type != "ReorderInput":
+        chains, tensor = [], before.output[0]
+        while uses[tensor] == 1 and _elementwise(consumers[tensor][0]) and consumers[tensor][0].input[0] == tensor:
+            chains.append(consumers[tensor][0])
+            tensor = chains[-1].output[0]
+        after = consumers.get(tensor, [None])[0]
+        if not chains or uses[tensor] != 1 or after.domain != NCHWC_DOMAIN or after.op_type != "ReorderInput":
             continue
         leaving, entering = ({a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-                             for node in (before, after[0]))
+                             for node in (before, after))
         if leaving.get("channels", 1) % BLOCK_SIZES_LCM or leaving.get("channels_last", 0) \
                 or entering.get("channels_last", 0):
             continue
-        chain.input[0] = before.input[0]
-        for reader in consumers.get(after[0].output[0], []):
+        blocked = [_copy(chain) for chain in chains]
+        if not all(_runs_blocked(chain, stored) for chain in blocked):
+            continue
+        for chain, changed in zip(chains, blocked):
+            chain.CopyFrom(changed)
+        chains[0].input[0] = before.input[0]
+        for reader in consumers.get(after.output[0], []):
             for k, name in enumerate(reader.input):
-                if name == after[0].output[0]:
-                    reader.input[k] = chain.output[0]
-        removed.update((id(before), id(after[0])))
+                if name == after.output[0]:
+                    reader.input[k] = tensor
+        removed.update((id(before), id(after)))
+        chained.update(chain.output[0] for chain in chains)
     kept = [node for node in graph.node if id(node) not in removed]
     graph.ClearField("node")
     graph.node.extend(kept)
     # the blocked tensors keep their NCHW shapes (no padding), but not their layout: no stale annotations
-    chained = {node.output[0] for node in kept if _elementwise(node)}
     annotations = [v for v in graph.value_info if v.name not in chained]
     graph.ClearField("value_info")
     graph.value_info.extend(annotations)
