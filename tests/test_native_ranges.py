@@ -2,17 +2,16 @@
 bit for bit the function bodies' numbers without noise, the unfused kernels' noise with it, and r measured in the
 blocked layout, given as an input, or refused in one line."""
 import numpy as np
-import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from analogize import native_library_path
 from analogize.native.build import FUSED_DOMAIN, MAX_CHAIN_STEPS, StepKind, generated_steps_header
 from analogize.native.fusion import RANGE_AXES, RANGE_BLOCK, fuse_elementwise_chains, fuse_model_chains
 from analogize.ops.spec import DOMAIN, OPS
 from analogize.passes.graph import export_model, import_model
 from analogize.passes.model import sync_analog_functions
 from analogize.ranges.modes import MIN_RANGE
+from test_native import run
 
 RANGE_NODES = {"Abs", "ReduceMax", "Max", "Div", "Mul"}
 
@@ -71,16 +70,6 @@ def fused(model):
     return result
 
 
-def run(model, x, library=True, runs=1):
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    if library:
-        options.register_custom_ops_library(str(native_library_path()))
-    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    results = [session.run(None, {"x": x})[0] for _ in range(runs)]
-    return results[0] if runs == 1 else results
-
-
 def values(shape, rng):
     """Values over many scales, a vector of zeros (r is the floor) and signed zeros."""
     x = (rng.normal(size=shape) * np.exp(rng.uniform(-8, 8, size=shape))).astype(np.float32)
@@ -106,7 +95,7 @@ def test_a_fused_ranged_chain_equals_the_function_bodies_bit_for_bit(shape, axes
     attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
     assert attributes.get(RANGE_AXES) == (None if axes is None else list(axes))
     x = values(shape, rng)
-    np.testing.assert_array_equal(run(chain, x), run(model, x, library=False))
+    np.testing.assert_array_equal(run(chain, x), run(model, x, native=False))
 
 
 @pytest.mark.parametrize("shape, axes", [((), None), ((5,), None), ((0, 5), (1,)), ((3, 0), (1,))])
@@ -115,7 +104,7 @@ def test_scalars_and_empty_tensors(shape, axes, rng):
     x = np.asarray(rng.normal(size=shape) * 3, dtype=np.float32)
     ours = run(fused(model), x)
     assert ours.shape == shape
-    np.testing.assert_array_equal(ours, run(model, x, library=False))
+    np.testing.assert_array_equal(ours, run(model, x, native=False))
 
 
 @pytest.mark.parametrize("shape, axes", [((4, 16, 5, 6), (1,)), ((2, 70000), (1,)), ((1, 8, 300, 300), (1,))])
@@ -139,7 +128,7 @@ def test_a_range_measured_again_on_the_chain_s_output_is_one_more_stage_of_the_s
     stage = [StepKind.RANGE, StepKind.NORMALISE, StepKind.CLIP, StepKind.ANALOG_OP, StepKind.RESCALE]
     assert kinds == [*stage, StepKind.RELU, *stage]
     x = values(shape, rng)
-    np.testing.assert_array_equal(run(chain, x), run(model, x, library=False))
+    np.testing.assert_array_equal(run(chain, x), run(model, x, native=False))
     noisy = ranged_model(shape, axes, noise=True, again=axes)
     for ours, theirs in zip(run(fused(noisy), x, runs=2), run(noisy, x, runs=2)):
         np.testing.assert_array_equal(ours, theirs)  # the unfused kernels' streams
@@ -150,7 +139,7 @@ def test_a_range_measured_again_over_other_axes_is_a_chain_of_its_own(rng):
     result, count = fuse_model_chains(model)
     assert count == 2 and [n.op_type for n in result.graph.node] == ["FusedChain"] * 2
     x = values((4, 16, 5, 6), rng)
-    np.testing.assert_array_equal(run(result, x), run(model, x, library=False))
+    np.testing.assert_array_equal(run(result, x), run(model, x, native=False))
 
 
 def test_a_calibrated_range_is_the_chain_s_second_input(rng):
@@ -159,14 +148,14 @@ def test_a_calibrated_range_is_the_chain_s_second_input(rng):
     node = chain.graph.node[0]
     assert list(node.input) == ["x", "r"] and RANGE_AXES not in {a.name for a in node.attribute}
     x = values((3, 50), rng)
-    np.testing.assert_array_equal(run(chain, x), run(model, x, library=False))
+    np.testing.assert_array_equal(run(chain, x), run(model, x, native=False))
 
 
 def test_a_nan_makes_its_vector_nan_and_leaves_the_others_alone(rng):
     model = ranged_model((4, 16, 5, 6), (1,))
     x = values((4, 16, 5, 6), rng)
     x[1, 9, 2, 3] = np.nan
-    ours, theirs = run(fused(model), x), run(model, x, library=False)
+    ours, theirs = run(fused(model), x), run(model, x, native=False)
     assert np.isnan(ours[1, :, 2, 3]).all()
     mask = np.ones(x.shape, bool)
     mask[1, :, 2, 3] = False
