@@ -328,8 +328,9 @@ def _optimised(model: onnx.ModelProto, options: ort.SessionOptions) -> onnx.Mode
         try:
             ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
             return onnx.load(options.optimized_model_filepath)
-        except (*ORT_ERRORS, OSError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError):
-            return None
+        except (*ORT_ERRORS, OSError, onnx.onnx_cpp2py_export.checker.ValidationError, ValueError,
+                ort.capi.onnxruntime_pybind11_state.InvalidProtobuf):  # what it says when it cannot write the file
+            return None  # the plain layout serves; a disk too full for this file is the command's to report
 
 
 def blocked_layout_model(model: onnx.ModelProto, options: ort.SessionOptions) -> onnx.ModelProto | None:
