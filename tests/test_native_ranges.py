@@ -237,6 +237,20 @@ def test_a_range_read_elsewhere_or_a_chain_that_stops_before_its_mul_keeps_the_s
         assert StepKind.RANGE not in helper.get_attribute_value(chain.attribute[0])
 
 
+@pytest.mark.parametrize("calibrated", [None, 0.5])
+def test_a_one_value_range_or_floor_of_higher_rank_than_the_chain_is_not_taken_in(calibrated, rng):
+    """A (1, 1, 1) r or floor broadcasts a rank-2 input up to rank 3, which a fused node, shaped as its input,
+    cannot give: the standard nodes stay, and the output keeps the shape the model computes."""
+    model = ranged_model((3, 5), (1,), calibrated=calibrated)
+    name = "r" if calibrated is not None else "floor"
+    tensor = next(t for t in model.graph.initializer if t.name == name)
+    tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor).reshape(1, 1, 1), name))
+    result, _ = fuse_model_chains(model)
+    assert "Div" in {n.op_type for n in result.graph.node}
+    x = values((3, 5), rng)
+    assert run(result, x).shape == run(model, x, native=False).shape == (1, 3, 5)
+
+
 def test_training_s_fusion_leaves_the_ranges_to_the_graph():
     graph = import_model(ranged_model((2, 5), (1,)))
     assert fuse_elementwise_chains(graph, straight_through_only=True) == 1

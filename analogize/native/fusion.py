@@ -127,17 +127,23 @@ def _contiguous(axes: list[int]) -> bool:
         ordered == list(range(ordered[0], ordered[0] + len(ordered)))
 
 
+def _keeps_shape(constant: gs.Tensor) -> bool:
+    """Whether a one-value constant broadcast against a chain's input leaves its shape as it is (rank 0 or 1; a
+    (1, 1, 1) r would raise a rank-2 input to rank 3, which the fused node's output, shaped as its input, is not)."""
+    return isinstance(constant, gs.Constant) and len(constant.shape) <= 1
+
+
 def _range_of(node: gs.Node, producer: dict, uses: dict, scalar, overridable) -> _Range | None:
     """The range a Div node scales its chain by (:class:`_Range`), or None where it is no such Div."""
     if not _standard(node, "Div", 2) or node.attrs:
         return None
     source, value = node.inputs
     if isinstance(value, gs.Constant):
-        return _Range(value) if scalar(value) is not None else None
+        return _Range(value) if _keeps_shape(value) and scalar(value) is not None else None
     maximum = producer.get(value.name)
     if not _standard(maximum, "Max", 2) or uses.get(value.name) != 2:  # read by this Div and its Mul alone
         return None
-    floors = [scalar(tensor) for tensor in maximum.inputs]
+    floors = [scalar(tensor) if _keeps_shape(tensor) else None for tensor in maximum.inputs]
     if floors[1] is None and floors[0] is None:
         return None
     reduced = maximum.inputs[0 if floors[1] is not None else 1]
