@@ -9,13 +9,17 @@ yet: it has only been seen refusing, in one line, on machines without one.
 (b) the converted digits model (bits 6, EP 0.3, seed 1) under the CUDA provider: where ONNX Runtime placed
     each node (its profile), its outputs beside the CPU's for the same seed (the convolutions and products
     round differently on the GPU), and evaluate --device cuda beside --device cpu on the digits test split.
-(c) converted / clean latency on the GPU (analogize's sessions, --device cuda) of the zoo ConvNet (3x32x32,
-    bits 6, EP 0.3) with unit and with default ranges, at batch 64 and 256 side by side; best of N runs, the
-    two models timed in turn.
-(d) one finetune epoch of the converted zoo ConvNet on random data, torch on the GPU beside the CPU.
+(c) the fast file (analogize fast) in a user's own session (plain onnxruntime, the CUDA library registered, CUDA
+    provider): its outputs beside the plain converted file's in the same kind of session, without and with noise.
+(d) converted / clean latency on the GPU of the zoo ConvNet (3x32x32, bits 6, EP 0.3) with unit and with
+    default ranges, at batch 64 and 256, in analogize's sessions (--device cuda) and, for the fast file, in a
+    user's own session; and of a ResNet-50-sized model (the zoo ResNet with ResNet-34's blocks, 21.8 M weights,
+    3x224x224) at batch 1 and 32. Best of N runs, the compared sessions timed in turn; inputs and outputs
+    cross between host and GPU in every run, as with any numpy caller.
+(e) one finetune epoch of the converted zoo ConvNet on random data, torch on the GPU beside the CPU.
 
-Each figure is one JSON line. Exits 1 with one line where no GPU is usable, and 1 after the figures where a
-check fails. Needs onnxruntime-gpu (its CUDA 13 build) in place of onnxruntime, nvcc (the CUDA kernels are
+Each figure is one JSON line; a check that breaks prints its error as one and the others still run. Exits 1
+with one line where no GPU is usable, and 1 after the figures where a check fails. Needs onnxruntime-gpu (its CUDA 13 build) in place of onnxruntime, nvcc (the CUDA kernels are
 built on first use) and torch with CUDA.
 
     python bench/gpu_check.py [--repeats 20]
@@ -43,11 +47,12 @@ from analogize.evaluate.engine import Grid, evaluate
 from analogize.native.build import FUSED_DOMAIN
 from analogize.native.fusion import fuse_model_chains
 from analogize.ops.spec import DOMAIN, OPS
+from analogize.runtime.fast_form import fast_form
 from analogize.runtime.options import session_options
 from analogize.runtime.sessions import check_cuda_usable, create_session
 from analogize.training.finetune import FinetuneOptions, finetune
 from timing import interleaved_best
-from zoo_models import paper_convnet
+from zoo_models import paper_convnet, resnet50_sized
 
 ROOT = Path(__file__).resolve().parent.parent
 DIGITS_MODEL = ROOT / "models" / "digits_convnet.onnx"
@@ -59,6 +64,24 @@ FAILED: list[str] = []
 
 def report(figures: dict) -> None:
     print(json.dumps(figures), flush=True)
+
+
+def run_check(name: str, check, *arguments) -> None:
+    """``check``, whose breaking is reported as a figure of its own: one run of this script must give every
+    figure it can (a GPU is lent for minutes)."""
+    try:
+        check(*arguments)
+    except Exception as error:  # noqa: BLE001 - any failure is a finding to print, not a reason to stop
+        FAILED.append(name)
+        report({"check": name, "error": f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"})
+
+
+def user_cuda_session(model: onnx.ModelProto, library: Path) -> ort.InferenceSession:
+    """A session as a user writes it for a GPU: the library registered, the CUDA provider first, nothing else."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.register_custom_ops_library(str(library))
+    return ort.InferenceSession(model.SerializeToString(), options, providers=CUDA_FIRST)
 
 
 def single_node_model(node: onnx.NodeProto, shape) -> onnx.ModelProto:
@@ -141,19 +164,39 @@ def check_converted_model(library: Path, converted: onnx.ModelProto, feed: dict,
                 "noisy_accuracy_std": cell["accuracy_std"], "kernels": result["kernels"]})
 
 
-def check_latency(convnet: onnx.ModelProto, repeats: int) -> None:
+def check_fast_file(library: Path, converted: onnx.ModelProto, feed: dict) -> None:
+    noise_free = convert(onnx.load(DIGITS_MODEL), bits=6, seed=1, noise=False).model
+    for label, model in (("without noise", noise_free), ("with noise", converted)):
+        fast, fused = fast_form(model)
+        plain = user_cuda_session(model, library).run(None, feed)[0]
+        quick = user_cuda_session(fast, library).run(None, feed)[0]
+        differing = int(np.count_nonzero(plain.view(np.uint32) != quick.view(np.uint32)))
+        if label == "without noise" and differing or np.mean(plain.argmax(1) == quick.argmax(1)) < 0.99:
+            FAILED.append(f"fast file {label}")
+        report({"check": "fast_file_in_users_cuda_session", "noise": label, "fused_chains": fused,
+                "elements": int(plain.size), "differing_elements": differing,
+                "max_abs_difference": float(np.abs(plain - quick).max()),
+                "argmax_agreement": float(np.mean(plain.argmax(1) == quick.argmax(1)))})
+
+
+def check_latency(library: Path, model: onnx.ModelProto, label: str, shape: tuple, batches: tuple,
+                  repeats: int) -> None:
     rng = np.random.default_rng(0)
-    clean = create_session(convnet, THREADS, device="cuda")
-    for label, ranges in (("unit ranges", PAPER_RANGES), ("default ranges", {})):
-        noisy = create_session(convert(convnet, bits=6, ep=0.3, seed=0, **ranges).model, THREADS, device="cuda")
-        row = {"check": "latency", "model": f"zoo ConvNet, {label}", "device": "cuda"}
-        for batch in (64, 256):
-            feed = {clean.get_inputs()[0].name: rng.uniform(0, 1, (batch, 3, 32, 32)).astype(np.float32)}
-            clean_time, noisy_time = interleaved_best([lambda: clean.run(None, feed), lambda: noisy.run(None, feed)],
-                                                      repeats)
-            row.update({f"batch_{batch}_clean_ms": round(1000 * clean_time, 3),
-                        f"batch_{batch}_noisy_ms": round(1000 * noisy_time, 3),
-                        f"batch_{batch}_noisy_over_clean": round(noisy_time / clean_time, 3)})
+    clean = create_session(model, THREADS, device="cuda")
+    clean_by_user = user_cuda_session(model, library)
+    for ranges_label, ranges in (("unit ranges", PAPER_RANGES), ("default ranges", {})):
+        converted = convert(model, bits=6, ep=0.3, seed=0, **ranges).model
+        noisy = create_session(converted, THREADS, device="cuda")
+        fast_by_user = user_cuda_session(fast_form(converted)[0], library)
+        row = {"check": "latency", "model": f"{label}, {ranges_label}", "device": "cuda"}
+        for batch in batches:
+            feed = {clean.get_inputs()[0].name: rng.uniform(0, 1, (batch, *shape)).astype(np.float32)}
+            times = interleaved_best([(lambda session: lambda: session.run(None, feed))(session)
+                                      for session in (clean, noisy, clean_by_user, fast_by_user)], repeats)
+            row.update({f"batch_{batch}_clean_ms": round(1000 * times[0], 3),
+                        f"batch_{batch}_noisy_ms": round(1000 * times[1], 3),
+                        f"batch_{batch}_noisy_over_clean": round(times[1] / times[0], 3),
+                        f"batch_{batch}_users_session_fast_file_over_clean": round(times[3] / times[2], 3)})
         report(row)
 
 
@@ -192,11 +235,16 @@ def main():
     converted = convert(onnx.load(DIGITS_MODEL), bits=6, ep=0.3, seed=1).model
     feeds = model_feeds("digits", converted, split="test")
     feed = feeds.batch(0, 256)
-    check_kernels(library, converted, feed)
-    check_converted_model(library, converted, feed, feeds)
+    run_check("kernels", check_kernels, library, converted, feed)
+    run_check("converted model", check_converted_model, library, converted, feed, feeds)
+    run_check("fast file", check_fast_file, library, converted, feed)
     convnet = paper_convnet()
-    check_latency(convnet, arguments.repeats)
-    check_finetune(convnet)
+    run_check("latency ConvNet", check_latency, library, convnet, "zoo ConvNet", (3, 32, 32), (64, 256),
+              arguments.repeats)
+    run_check("finetune", check_finetune, convnet)
+    run_check("latency ResNet-50-sized", lambda: check_latency(
+        library, resnet50_sized(), "ResNet-50-sized (zoo ResNet, ResNet-34 blocks)", (3, 224, 224), (1, 32),
+        arguments.repeats))
     if FAILED:
         sys.exit(f"gpu_check: {len(FAILED)} check(s) failed or could not run: {', '.join(FAILED)}")
 
