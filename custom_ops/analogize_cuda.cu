@@ -1,6 +1,6 @@
 // CUDA kernels of the ai.analogize op set: the same generated element code and the same random streams as
 // the CPU kernels (counter_rng.h: the word of the stream each element draws from), one thread per word; a
-// chain that measures its range runs a kernel with one thread per vector first.
+// chain that measures its range runs a kernel with one block per vector first.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -14,19 +14,33 @@
 
 namespace {
 
-// One thread per vector of a measured range: its r = max(max |x|, floor) (chain.h's range_index layout).
+__device__ uint32_t warp_max(uint32_t value) {
+    for (int offset = 16; offset > 0; offset /= 2) value = max(value, __shfl_down_sync(0xFFFFFFFFu, value, offset));
+    return value;
+}
+
+// One block per vector of a measured range: its r = max(max |x|, floor) (chain.h's range_index layout). A vector
+// can be a whole sample (hundreds of thousands of values at batch 1), so its threads share the reading; the
+// largest magnitude's bits are the same whatever order they are compared in, so r equals the CPU kernel's.
 __global__ void range_kernel(const float* __restrict__ input, float* __restrict__ ranges, size_t vectors, size_t mid,
                              size_t inner, size_t block, float floor) {
-    for (size_t v = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; v < vectors;
-         v += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    __shared__ uint32_t warp_largest[32];
+    for (size_t v = blockIdx.x; v < vectors; v += gridDim.x) {
         const size_t base = v / inner * mid * inner, position = v % inner;
         uint32_t largest = 0;
-        for (size_t row = 0; row < mid / block; ++row) {
-            for (size_t lane = 0; lane < block; ++lane) {
-                largest = max(largest, magnitude_bits(input[base + (row * inner + position) * block + lane]));
-            }
+        for (size_t j = threadIdx.x; j < mid; j += blockDim.x) {
+            const size_t row = j / block, lane = j % block;
+            largest = max(largest, magnitude_bits(input[base + (row * inner + position) * block + lane]));
         }
-        ranges[v] = at_least(largest, floor);
+        largest = warp_max(largest);
+        if (threadIdx.x % 32 == 0) warp_largest[threadIdx.x / 32] = largest;
+        __syncthreads();
+        if (threadIdx.x < 32) {
+            largest = threadIdx.x < blockDim.x / 32 ? warp_largest[threadIdx.x] : 0;
+            largest = warp_max(largest);
+            if (threadIdx.x == 0) ranges[v] = at_least(largest, floor);
+        }
+        __syncthreads();  // warp_largest is the next vector's
     }
 }
 
@@ -84,9 +98,9 @@ __global__ void chain_kernel(DeviceChain chain, int begin, int end, const float*
 
 constexpr int kThreads = 256;
 
-unsigned grid_for(size_t work) {
-    return static_cast<unsigned>(std::min<size_t>((work + kThreads - 1) / kThreads, 65535u * 16));
-}
+unsigned blocks_for(size_t work) { return static_cast<unsigned>(std::min<size_t>(work, 65535u * 16)); }
+
+unsigned grid_for(size_t threads) { return blocks_for((threads + kThreads - 1) / kThreads); }
 
 }  // namespace
 
@@ -105,9 +119,9 @@ const char* launch_chain(const DeviceChain& chain, const float* input, const flo
         for (next = start + 1; next < chain.count && chain.steps[next].kind != kRange;) ++next;
         const float* source = start ? output : input;
         if (vectors) {
-            range_kernel<<<grid_for(vectors), kThreads, 0, on>>>(source, measured, vectors, chain.range_mid,
-                                                                 chain.range_inner, chain.range_block,
-                                                                 chain.steps[start].attr[0]);
+            range_kernel<<<blocks_for(vectors), kThreads, 0, on>>>(source, measured, vectors, chain.range_mid,
+                                                                   chain.range_inner, chain.range_block,
+                                                                   chain.steps[start].attr[0]);
         }
         chain_kernel<<<grid_for(counter_rng::words_covering(count)), kThreads, 0, on>>>(
             chain, start, next, source, range, output, count, half, run);

@@ -480,9 +480,15 @@ def _device(context, parameter, text):
     from ..devices import gpu_index
 
     try:
-        gpu_index(text)
+        gpu = gpu_index(text)
     except AnalogizeError as error:
         raise click.BadParameter(str(error)) from None
+    if gpu is not None:
+        import onnxruntime
+
+        # onnxruntime-gpu 1.31 warns "No registered plugin EP device found for 'CUDAExecutionProvider'" at every
+        # session given the CUDA provider by name, which it then runs on; a failure to start is still an error
+        onnxruntime.set_default_logger_severity(3)
     return text
 
 
