@@ -19,35 +19,55 @@ __device__ uint32_t warp_max(uint32_t value) {
     return value;
 }
 
-// One block per vector of a measured range: its r = max(max |x|, floor) (chain.h's range_index layout). A vector
-// can be a whole sample (hundreds of thousands of values at batch 1), so its threads share the reading; the
-// largest magnitude's bits are the same whatever order they are compared in, so r equals the CPU kernel's.
-__global__ void range_kernel(const float* __restrict__ input, float* __restrict__ ranges, size_t vectors, size_t mid,
-                             size_t inner, size_t block, float floor) {
+// Values of one vector a block of range_kernel reads: a vector can be a whole sample (hundreds of thousands of
+// values at batch 1), so it is shared between blocks, which keep every multiprocessor reading.
+constexpr size_t kRangeChunk = 16384;
+
+// The largest |x| bits of each vector of a measured range (chain.h's range_index layout), into `largest` (zeroed
+// before): block b reads chunk b % chunks of vector b / chunks. The maximum of the bits is the same whatever
+// order they are compared in, so r equals the CPU kernel's.
+__global__ void range_kernel(const float* __restrict__ input, uint32_t* largest, size_t vectors, size_t chunks,
+                             size_t mid, size_t inner, size_t block) {
     __shared__ uint32_t warp_largest[32];
-    for (size_t v = blockIdx.x; v < vectors; v += gridDim.x) {
+    for (size_t b = blockIdx.x; b < vectors * chunks; b += gridDim.x) {
+        const size_t v = b / chunks, begin = b % chunks * kRangeChunk, end = min(begin + kRangeChunk, mid);
         const size_t base = v / inner * mid * inner, position = v % inner;
-        uint32_t largest = 0;
-        for (size_t j = threadIdx.x; j < mid; j += blockDim.x) {
-            const size_t row = j / block, lane = j % block;
-            largest = max(largest, magnitude_bits(input[base + (row * inner + position) * block + lane]));
+        uint32_t found = 0;
+        if (block == 1) {
+            for (size_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+                found = max(found, magnitude_bits(input[base + j * inner + position]));
+            }
+        } else {
+            for (size_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+                found = max(found, magnitude_bits(input[base + (j / block * inner + position) * block + j % block]));
+            }
         }
-        largest = warp_max(largest);
-        if (threadIdx.x % 32 == 0) warp_largest[threadIdx.x / 32] = largest;
+        found = warp_max(found);
+        if (threadIdx.x % 32 == 0) warp_largest[threadIdx.x / 32] = found;
         __syncthreads();
         if (threadIdx.x < 32) {
-            largest = threadIdx.x < blockDim.x / 32 ? warp_largest[threadIdx.x] : 0;
-            largest = warp_max(largest);
-            if (threadIdx.x == 0) ranges[v] = at_least(largest, floor);
+            found = warp_max(threadIdx.x < blockDim.x / 32 ? warp_largest[threadIdx.x] : 0);
+            if (threadIdx.x == 0) atomicMax(largest + v, found);
         }
-        __syncthreads();  // warp_largest is the next vector's
+        __syncthreads();  // warp_largest is the next chunk's
     }
 }
 
+__device__ size_t range_of(size_t element, const DeviceChain& chain, bool narrow) {
+    if (narrow) {
+        const auto narrowed = [](size_t value) { return static_cast<uint32_t>(value); };
+        return range_index<uint32_t>(narrowed(element), narrowed(chain.range_mid), narrowed(chain.range_inner),
+                                     narrowed(chain.range_block));
+    }
+    return range_index<size_t>(element, chain.range_mid, chain.range_inner, chain.range_block);
+}
+
 // Steps [begin, end) of the chain; `input` is the output itself for a stage after the first (each thread reads
-// and writes its own elements).
+// and writes its own elements). A measured range comes as its largest |x| bits, r = max(that, floor); `narrow`:
+// the tensor's indices fit 32 bits.
 __global__ void chain_kernel(DeviceChain chain, int begin, int end, const float* input,
-                             const float* __restrict__ range, float* output, size_t count, size_t half, uint64_t run) {
+                             const float* __restrict__ range, const uint32_t* __restrict__ largest, float floor,
+                             float* output, size_t count, size_t half, uint64_t run, bool narrow) {
     const size_t words = counter_rng::words_covering(count);
     for (size_t w = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; w < words;
          w += static_cast<size_t>(gridDim.x) * blockDim.x) {
@@ -64,7 +84,7 @@ __global__ void chain_kernel(DeviceChain chain, int begin, int end, const float*
                 values[lane] = input[index[lane]];
             }
             if (chain.range_mid) {
-                ranges[lane] = range[range_index(index[lane], chain.range_mid, chain.range_inner, chain.range_block)];
+                ranges[lane] = at_least(largest[range_of(index[lane], chain, narrow)], floor);
             } else if (chain.range_count) {
                 ranges[lane] = range[chain.range_count == 1 ? 0 : index[lane]];
             }
@@ -108,27 +128,30 @@ const char* launch_chain(const DeviceChain& chain, const float* input, const flo
                          size_t count, size_t half, uint64_t run, void* stream) {
     const cudaStream_t on = static_cast<cudaStream_t>(stream);
     const size_t vectors = chain.range_mid ? count / chain.range_mid : 0;
-    float* measured = nullptr;
+    const size_t chunks = (chain.range_mid + kRangeChunk - 1) / kRangeChunk;
+    const bool narrow = count <= UINT32_MAX;
+    uint32_t* largest = nullptr;
+    cudaError_t status = cudaSuccess;
     if (vectors) {  // in stream order: the memory is the stream's until the chain has read it
-        const cudaError_t status = cudaMallocAsync(reinterpret_cast<void**>(&measured), vectors * sizeof(float), on);
+        status = cudaMallocAsync(reinterpret_cast<void**>(&largest), vectors * sizeof(uint32_t), on);
         if (status != cudaSuccess) return cudaGetErrorString(status);
-        range = measured;
     }
     // one stage from each kRange step to the next, each measuring its range on what the stage before wrote
     for (int start = 0, next = 0; start < chain.count; start = next) {
         for (next = start + 1; next < chain.count && chain.steps[next].kind != kRange;) ++next;
         const float* source = start ? output : input;
         if (vectors) {
-            range_kernel<<<blocks_for(vectors), kThreads, 0, on>>>(source, measured, vectors, chain.range_mid,
-                                                                   chain.range_inner, chain.range_block,
-                                                                   chain.steps[start].attr[0]);
+            status = cudaMemsetAsync(largest, 0, vectors * sizeof(uint32_t), on);
+            if (status != cudaSuccess) break;
+            range_kernel<<<blocks_for(vectors * chunks), kThreads, 0, on>>>(
+                source, largest, vectors, chunks, chain.range_mid, chain.range_inner, chain.range_block);
         }
         chain_kernel<<<grid_for(counter_rng::words_covering(count)), kThreads, 0, on>>>(
-            chain, start, next, source, range, output, count, half, run);
+            chain, start, next, source, range, largest, chain.steps[start].attr[0], output, count, half, run, narrow);
     }
-    cudaError_t status = cudaGetLastError();
-    if (measured) {
-        const cudaError_t freed = cudaFreeAsync(measured, on);
+    if (status == cudaSuccess) status = cudaGetLastError();
+    if (largest) {
+        const cudaError_t freed = cudaFreeAsync(largest, on);
         if (status == cudaSuccess) status = freed;
     }
     return status == cudaSuccess ? nullptr : cudaGetErrorString(status);

@@ -37,8 +37,10 @@ ANALOGIZE_HD float at_least(uint32_t largest_bits, float floor) {
 // Where an element's r lies among a measured range's vectors. The input is [outer, mid, inner] around the
 // range's axes (their product is mid); in a blocked layout (block > 1, ONNX Runtime's NCHWc) the mid axis is
 // split as [outer, mid / block, inner, block]. One r per (outer, inner) pair.
-ANALOGIZE_HD size_t range_index(size_t element, size_t mid, size_t inner, size_t block) {
-    const size_t slab = mid * inner;
+// (Index: 32-bit on the GPU where the tensor allows, for its divisions are several times cheaper there.)
+template <typename Index>
+ANALOGIZE_HD Index range_index(Index element, Index mid, Index inner, Index block) {
+    const Index slab = mid * inner;
     return element / slab * inner + element % slab / block % inner;
 }
 

@@ -147,6 +147,13 @@ def test_onnxruntime_s_reason_is_read_off_its_log():
                                             "directory"
     assert sessions._first_cause(logged[:1]) == "No registered plugin EP device found"
     assert sessions._first_cause([]) == "ONNX Runtime gave no reason"
+    # with ONNX Runtime's log at errors only (the CLI on --device cuda), its Python layer's notice is what is left
+    fallback = ["*************** EP Error ***************",
+                "EP Error [ONNXRuntimeError] : 1 : FAIL : CUDA failure 101: invalid device ordinal when using "
+                "[('CUDAExecutionProvider', {'device_id': 3}), 'CPUExecutionProvider']",
+                "Falling back to ['CPUExecutionProvider'] and retrying.", "****************************************"]
+    assert sessions._first_cause(fallback) == "CUDA failure 101: invalid device ordinal"
+    assert sessions._first_cause(logged[:1] + fallback) == "CUDA failure 101: invalid device ordinal"
 
 
 def test_cuda_here_is_used_or_refused_in_one_line_never_a_cpu_session(noisy):

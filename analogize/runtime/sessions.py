@@ -152,16 +152,20 @@ def _captured_output():
 
 
 _COLOUR = re.compile(r"\x1b\[[0-9;]*m")
+# what onnxruntime's Python layer prints (between banners of asterisks) when a provider fails and it falls back
+_FALLBACK_NOTICE = re.compile(r"EP Error:? (?P<error>.*?) (?:when )?using \[")
 
 
 def _first_cause(lines: list[str]) -> str:
-    """The cause in ONNX Runtime's messages: that of its first error, else of its first warning, else of the
-    first message."""
-    lines = [_COLOUR.sub("", line).strip() for line in lines if line.strip()]
-    for level in ("[E:", "[W:", ""):
+    """The cause in ONNX Runtime's messages: that of its first logged error, else of its Python layer's fallback
+    notice, else of its first warning, else of the first message."""
+    lines = [_COLOUR.sub("", line).strip() for line in lines]
+    lines = [line for line in lines if line and not line.startswith("*")]  # the notice's banners
+    for level in ("[E:", "EP Error", "[W:", ""):
         line = next((line for line in lines if level in line), None)
         if line is not None:
-            return _cause(line)
+            notice = _FALLBACK_NOTICE.search(line)
+            return _cause(notice["error"] if notice else line)
     return "ONNX Runtime gave no reason"
 
 
