@@ -1,9 +1,11 @@
 // CUDA kernels of the ai.analogize op set: the same generated element code and the same random streams as
 // the CPU kernels (counter_rng.h: the word of the stream each element draws from), one thread per word; a
-// chain that measures its range runs a kernel with one block per vector first.
+// chain that measures its range runs a range kernel first.
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <map>
+#include <mutex>
 
 #include "analogize_math.h"
 #include "chain.h"
@@ -19,28 +21,40 @@ __device__ uint32_t warp_max(uint32_t value) {
     return value;
 }
 
-// Values of one vector a block of range_kernel reads: a vector can be a whole sample (hundreds of thousands of
-// values at batch 1), so it is shared between blocks, which keep every multiprocessor reading.
+// A vector of at most this many values is read by one thread (neighbouring threads read neighbouring vectors:
+// coalesced where the range's axes are not the last, as over a convolution output's channels); a longer one,
+// a whole sample at batch 1, say, by blocks of threads in chunks, so that every multiprocessor reads.
+constexpr size_t kThreadVector = 4096;
 constexpr size_t kRangeChunk = 16384;
 
-// The largest |x| bits of each vector of a measured range (chain.h's range_index layout), into `largest` (zeroed
-// before): block b reads chunk b % chunks of vector b / chunks. The maximum of the bits is the same whatever
-// order they are compared in, so r equals the CPU kernel's.
-__global__ void range_kernel(const float* __restrict__ input, uint32_t* largest, size_t vectors, size_t chunks,
-                             size_t mid, size_t inner, size_t block) {
+__device__ size_t vector_element(size_t v, size_t j, size_t mid, size_t inner, size_t block) {
+    const size_t base = v / inner * mid * inner, position = v % inner;
+    return block == 1 ? base + j * inner + position : base + (j / block * inner + position) * block + j % block;
+}
+
+// The largest |x| bits of each vector of a measured range (chain.h's range_index layout), one thread per vector.
+__global__ void thread_range_kernel(const float* __restrict__ input, uint32_t* largest, size_t vectors, size_t mid,
+                                    size_t inner, size_t block) {
+    for (size_t v = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; v < vectors;
+         v += static_cast<size_t>(gridDim.x) * blockDim.x) {
+        uint32_t found = 0;
+        for (size_t j = 0; j < mid; ++j) {
+            found = max(found, magnitude_bits(input[vector_element(v, j, mid, inner, block)]));
+        }
+        largest[v] = found;
+    }
+}
+
+// The same into `largest` zeroed before, block b reading chunk b % chunks of vector b / chunks. The maximum of the
+// bits is the same whatever order they are compared in, so r equals the CPU kernel's.
+__global__ void chunk_range_kernel(const float* __restrict__ input, uint32_t* largest, size_t vectors, size_t chunks,
+                                   size_t mid, size_t inner, size_t block) {
     __shared__ uint32_t warp_largest[32];
     for (size_t b = blockIdx.x; b < vectors * chunks; b += gridDim.x) {
         const size_t v = b / chunks, begin = b % chunks * kRangeChunk, end = min(begin + kRangeChunk, mid);
-        const size_t base = v / inner * mid * inner, position = v % inner;
         uint32_t found = 0;
-        if (block == 1) {
-            for (size_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-                found = max(found, magnitude_bits(input[base + j * inner + position]));
-            }
-        } else {
-            for (size_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
-                found = max(found, magnitude_bits(input[base + (j / block * inner + position) * block + j % block]));
-            }
+        for (size_t j = begin + threadIdx.x; j < end; j += blockDim.x) {
+            found = max(found, magnitude_bits(input[vector_element(v, j, mid, inner, block)]));
         }
         found = warp_max(found);
         if (threadIdx.x % 32 == 0) warp_largest[threadIdx.x / 32] = found;
@@ -102,7 +116,7 @@ __global__ void chain_kernel(DeviceChain chain, int begin, int end, const float*
                     case kClip: x = clip(x, step.attr[0], step.attr[1]); break;
                     case kRelu: x = relu(x); break;
                     case kLeakyRelu: x = leaky_relu(x, step.attr[0]); break;
-                    case kRange: break;  // measured by range_kernel before the stage
+                    case kRange: break;  // measured by a range kernel before the stage
                     case kNormalise: x = x / ranges[lane]; break;
                     case kRescale: x = x * ranges[lane]; break;
                     default: x = apply_op_element(step.op, x, gates[lane], step.attr, random[lane]); break;
@@ -122,6 +136,35 @@ unsigned blocks_for(size_t work) { return static_cast<unsigned>(std::min<size_t>
 
 unsigned grid_for(size_t threads) { return blocks_for((threads + kThreads - 1) / kThreads); }
 
+// The measured ranges' memory pool of the current device. The device's default pool gives its memory back at
+// every synchronisation, which ONNX Runtime does after each run, and getting it again took about 0.1 ms a
+// chain; this one keeps up to kPoolKept bytes (a few runs' ranges) and leaves other users' pools alone.
+constexpr uint64_t kPoolKept = 64ull << 20;
+
+cudaError_t range_pool(cudaMemPool_t* pool) {
+    static std::mutex guard;
+    static std::map<int, cudaMemPool_t> pools;
+    int device = 0;
+    cudaError_t status = cudaGetDevice(&device);
+    if (status != cudaSuccess) return status;
+    const std::lock_guard<std::mutex> lock(guard);
+    const auto found = pools.find(device);
+    if (found != pools.end()) {
+        *pool = found->second;
+        return cudaSuccess;
+    }
+    cudaMemPoolProps properties = {};
+    properties.allocType = cudaMemAllocationTypePinned;
+    properties.location.type = cudaMemLocationTypeDevice;
+    properties.location.id = device;
+    status = cudaMemPoolCreate(pool, &properties);
+    if (status != cudaSuccess) return status;
+    uint64_t kept = kPoolKept;
+    status = cudaMemPoolSetAttribute(*pool, cudaMemPoolAttrReleaseThreshold, &kept);
+    if (status == cudaSuccess) pools[device] = *pool;
+    return status;
+}
+
 }  // namespace
 
 const char* launch_chain(const DeviceChain& chain, const float* input, const float* range, float* output,
@@ -133,7 +176,11 @@ const char* launch_chain(const DeviceChain& chain, const float* input, const flo
     uint32_t* largest = nullptr;
     cudaError_t status = cudaSuccess;
     if (vectors) {  // in stream order: the memory is the stream's until the chain has read it
-        status = cudaMallocAsync(reinterpret_cast<void**>(&largest), vectors * sizeof(uint32_t), on);
+        cudaMemPool_t pool;
+        status = range_pool(&pool);
+        if (status == cudaSuccess) {
+            status = cudaMallocFromPoolAsync(reinterpret_cast<void**>(&largest), vectors * sizeof(uint32_t), pool, on);
+        }
         if (status != cudaSuccess) return cudaGetErrorString(status);
     }
     // one stage from each kRange step to the next, each measuring its range on what the stage before wrote
@@ -141,10 +188,15 @@ const char* launch_chain(const DeviceChain& chain, const float* input, const flo
         for (next = start + 1; next < chain.count && chain.steps[next].kind != kRange;) ++next;
         const float* source = start ? output : input;
         if (vectors) {
-            status = cudaMemsetAsync(largest, 0, vectors * sizeof(uint32_t), on);
-            if (status != cudaSuccess) break;
-            range_kernel<<<blocks_for(vectors * chunks), kThreads, 0, on>>>(
-                source, largest, vectors, chunks, chain.range_mid, chain.range_inner, chain.range_block);
+            if (chain.range_mid <= kThreadVector) {
+                thread_range_kernel<<<grid_for(vectors), kThreads, 0, on>>>(
+                    source, largest, vectors, chain.range_mid, chain.range_inner, chain.range_block);
+            } else {
+                status = cudaMemsetAsync(largest, 0, vectors * sizeof(uint32_t), on);
+                if (status != cudaSuccess) break;
+                chunk_range_kernel<<<blocks_for(vectors * chunks), kThreads, 0, on>>>(
+                    source, largest, vectors, chunks, chain.range_mid, chain.range_inner, chain.range_block);
+            }
         }
         chain_kernel<<<grid_for(counter_rng::words_covering(count)), kThreads, 0, on>>>(
             chain, start, next, source, range, largest, chain.steps[start].attr[0], output, count, half, run, narrow);
