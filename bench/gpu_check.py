@@ -133,13 +133,16 @@ def check_kernels(library: Path, converted: onnx.ModelProto, feed: dict) -> None
         kernels_agree(f"{node.op_type} {node.name or node.output[0]}", single_node_model(node, list(inputs.shape)),
                       inputs, library)
         axes = next((list(a.ints) for a in node.attribute if a.name == "range_axes"), None)
-        if axes:  # again with vectors of several of the CUDA range kernel's chunks, ragged
-            wide = [1] * inputs.ndim
-            wide[axes[0]] = 3 * 16384 + 5
-            wide[next((axis for axis in range(inputs.ndim) if axis not in axes), axes[0])] *= 2
-            x = np.random.default_rng(8).normal(0, 3, wide).astype(np.float32)
-            kernels_agree(f"{node.op_type} {node.name or node.output[0]}, vectors of {wide[axes[0]]}",
-                          single_node_model(node, wide), x, library)
+        other = next((axis for axis in range(inputs.ndim) if axis not in axes), None) if axes else None
+        if other is None:
+            continue
+        # again with each of the CUDA range kernels: few vectors of several chunks, ragged; many short vectors
+        for length, count in ((3 * 16384 + 5, 2), (7, 40000)):
+            shape = [1] * inputs.ndim
+            shape[axes[0]], shape[other] = length, count
+            x = np.random.default_rng(8).normal(0, 3, shape).astype(np.float32)
+            kernels_agree(f"{node.op_type} {node.name or node.output[0]}, {count} vectors of {length}",
+                          single_node_model(node, shape), x, library)
 
 
 def check_converted_model(library: Path, converted: onnx.ModelProto, feed: dict, feeds) -> None:

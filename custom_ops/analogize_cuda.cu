@@ -21,10 +21,11 @@ __device__ uint32_t warp_max(uint32_t value) {
     return value;
 }
 
-// A vector of at most this many values is read by one thread (neighbouring threads read neighbouring vectors:
-// coalesced where the range's axes are not the last, as over a convolution output's channels); a longer one,
-// a whole sample at batch 1, say, by blocks of threads in chunks, so that every multiprocessor reads.
-constexpr size_t kThreadVector = 4096;
+// Where there are enough vectors to fill the GPU, each of at most kThreadVector values, one thread reads each
+// (neighbouring threads read neighbouring vectors: coalesced where the range's axes are not the last, as over a
+// convolution output's channels). Otherwise blocks of threads read each vector in chunks, so that every
+// multiprocessor reads: a whole sample at batch 1, or a convolution's few positions.
+constexpr size_t kThreadVector = 4096, kThreadVectors = 32768;
 constexpr size_t kRangeChunk = 16384;
 
 __device__ size_t vector_element(size_t v, size_t j, size_t mid, size_t inner, size_t block) {
@@ -38,6 +39,7 @@ __global__ void thread_range_kernel(const float* __restrict__ input, uint32_t* l
     for (size_t v = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; v < vectors;
          v += static_cast<size_t>(gridDim.x) * blockDim.x) {
         uint32_t found = 0;
+#pragma unroll 4
         for (size_t j = 0; j < mid; ++j) {
             found = max(found, magnitude_bits(input[vector_element(v, j, mid, inner, block)]));
         }
@@ -188,13 +190,15 @@ const char* launch_chain(const DeviceChain& chain, const float* input, const flo
         for (next = start + 1; next < chain.count && chain.steps[next].kind != kRange;) ++next;
         const float* source = start ? output : input;
         if (vectors) {
-            if (chain.range_mid <= kThreadVector) {
+            if (chain.range_mid <= kThreadVector && vectors >= kThreadVectors) {
                 thread_range_kernel<<<grid_for(vectors), kThreads, 0, on>>>(
                     source, largest, vectors, chain.range_mid, chain.range_inner, chain.range_block);
             } else {
                 status = cudaMemsetAsync(largest, 0, vectors * sizeof(uint32_t), on);
                 if (status != cudaSuccess) break;
-                chunk_range_kernel<<<blocks_for(vectors * chunks), kThreads, 0, on>>>(
+                const size_t warps = (chain.range_mid + 31) / 32;
+                const unsigned threads = static_cast<unsigned>(std::min<size_t>(kThreads, warps * 32));
+                chunk_range_kernel<<<blocks_for(vectors * chunks), threads, 0, on>>>(
                     source, largest, vectors, chunks, chain.range_mid, chain.range_inner, chain.range_block);
             }
         }
