@@ -1,9 +1,10 @@
-"""analogize on an NVIDIA GPU, checked and measured in one run of a few minutes. No GPU was available to run it
-yet: it has only been seen refusing, in one line, on machines without one.
+"""analogize on an NVIDIA GPU, checked and measured in one run of about a minute (its figures on an H200 are in
+the README's Native kernels section). Without a GPU it refuses in one line.
 
 (a) kernels: every analog op, and every fused chain of the converted digits model on the values it meets
-    there, run by the CUDA kernels (CUDA provider, no CPU fallback allowed) and by the CPU kernels of the same
-    library, twice each (the second run continues the random streams). The CUDA kernels promise the CPU
+    there (each chain with a measured range again on many short vectors and on a few long ones: the CUDA
+    side's two range kernels), run by the CUDA kernels (CUDA provider, no CPU fallback allowed) and by the CPU
+    kernels of the same library, twice each (the second run continues the random streams). The CUDA kernels promise the CPU
     kernels' numbers bit for bit, noise included (custom_ops/README.md: the same counter-based streams and only
     IEEE-rounded float operations, --fmad=false), so one differing bit fails the check.
 (b) the converted digits model (bits 6, EP 0.3, seed 1) under the CUDA provider: where ONNX Runtime placed
@@ -19,8 +20,8 @@ yet: it has only been seen refusing, in one line, on machines without one.
 (e) one finetune epoch of the converted zoo ConvNet on random data, torch on the GPU beside the CPU.
 
 Each figure is one JSON line; a check that breaks prints its error as one and the others still run. Exits 1
-with one line where no GPU is usable, and 1 after the figures where a check fails. Needs onnxruntime-gpu (its CUDA 13 build) in place of onnxruntime, nvcc (the CUDA kernels are
-built on first use) and torch with CUDA.
+with one line where no GPU is usable, and 1 after the figures where a check fails. Needs onnxruntime-gpu (its
+CUDA 13 build) in place of onnxruntime, nvcc (the CUDA kernels are built on first use) and torch with CUDA.
 
     python bench/gpu_check.py [--repeats 20]
 """

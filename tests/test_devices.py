@@ -275,3 +275,13 @@ def test_the_gpu_check_refuses_in_one_line_without_a_gpu():
                           cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.startswith("gpu_check: no usable GPU: ") and done.stderr.count("\n") == 1
+
+
+def test_the_command_line_on_a_gpu_keeps_onnxruntime_s_log_to_errors(monkeypatch):
+    """onnxruntime-gpu 1.31 warns at every session given the CUDA provider by name, though it runs on it."""
+    from analogize.cli.options import _device
+
+    levels = []
+    monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
+    assert _device(None, None, "cpu") == "cpu" and levels == []
+    assert _device(None, None, "cuda:1") == "cuda:1" and levels == [3]
