@@ -1,7 +1,8 @@
 """Native kernels against the ONNX function bodies in ONNX Runtime on CPU, side by side in one run.
 
 1. Latency of a converted model over its clean model (bits 6, EP 0.3, every placement) for the zoo ConvNet
-   (3x32x32, batch 256) and the largest ONNX "light" model (DenseNet-121, its fixed batch of 1): function
+   (3x32x32, batch 256), the largest ONNX "light" model (DenseNet-121, its fixed batch of 1) and a
+   ResNet-50-sized model (the zoo ResNet with ResNet-34's blocks, 21.8 M weights, 3x224x224, batch 1): function
    bodies, native kernels with fused chains and convolutions in ONNX Runtime's blocked layout (what sessions
    do), and native kernels in the plain layout (noisy weights computed every run keep ONNX Runtime's blocked
    convolutions out unless analogize.runtime.blocked_layout puts the weight chains back after its layout pass).
@@ -12,7 +13,8 @@
    only the range work itself over the unit ones: for each element in a range, a division, a product and a
    read in the pass that measures the maxima. Either way the noise alone (some 60 million normal draws per
    batch, about 3 ns each on one core here) takes a quarter of the clean time, which leaves the goal out of
-   reach on this machine (README, "Native kernels").
+   reach on this machine (README, "Native kernels"). Goal for DenseNet-121 and the ResNet: <= 1.5 in
+   analogize's sessions (native, fused, blocked layout).
 2. Throughput of every op's kernel, and of a fused clamp + reduce-precision + noise chain, on a 48 MiB tensor
    in GB/s (bytes read + written per second) against a plain memory copy (numpy), each kernel timed in turn
    with the copy. Goal: within 2x of the copy.
@@ -37,7 +39,7 @@ from analogize.data import InputSpec
 from analogize.ops.spec import DOMAIN, OPS
 from analogize.runtime.sessions import create_session
 from timing import best_time, interleaved_best, thread_counts
-from zoo_models import paper_convnet
+from zoo_models import paper_convnet, resnet50_sized
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light" / "light_densenet121.onnx"
 
@@ -104,13 +106,16 @@ def main():
     images = rng.uniform(0, 1, (256, 3, 32, 32)).astype(np.float32)
     densenet = onnx.load(LIGHT)
     one_image = rng.uniform(0, 1, (1, 3, 224, 224)).astype(np.float32)
+    resnet = resnet50_sized()
     figures = {"threads": thread_counts(), "latency": [], "throughput_gb_s": {}, "kernel_over_copy_time": {}}
     for threads in figures["threads"]:
         figures["latency"] += [
             model_rows("zoo ConvNet, batch 256", convnet, images, arguments.repeats, threads, PAPER_RANGES),
             model_rows("zoo ConvNet, batch 256", convnet, images, arguments.repeats, threads),
             model_rows("DenseNet-121 (light), batch 1", densenet, one_image, arguments.repeats, threads,
-                       PAPER_RANGES)]
+                       PAPER_RANGES),
+            model_rows("ResNet-50-sized, batch 1", resnet, one_image, arguments.repeats, threads, PAPER_RANGES),
+            model_rows("ResNet-50-sized, batch 1", resnet, one_image, arguments.repeats, threads)]
         figures["throughput_gb_s"][threads], figures["kernel_over_copy_time"][threads] = throughput_rows(
             arguments.repeats, threads)
     if arguments.json:

@@ -172,6 +172,16 @@ def test_evaluate_reads_a_fast_file_as_the_plain_file(plain, fast, tmp_path, cap
     assert results[0] == results[1]
 
 
+@pytest.mark.parametrize("blocked_layout", [True, False])
+def test_the_package_s_own_sessions_run_a_fast_file_natively_with_the_plain_file_s_numbers(plain, fast, images,
+                                                                                          blocked_layout):
+    """A fast file has no node of the op set's own domain, only fused chains: it still takes the library (it
+    used to run its function bodies, slowly, with other noise)."""
+    feed = {plain.graph.input[0].name: images}
+    outputs = [create_session(model, blocked_layout=blocked_layout).run(None, feed)[0] for model in (plain, fast)]
+    np.testing.assert_array_equal(outputs[0], outputs[1])
+
+
 @pytest.fixture(scope="module", params=["unit", "default"])
 def blocked_pair(request):
     """A converted model whose convolutions ONNX Runtime blocks (with the paper's ranges, and with the default

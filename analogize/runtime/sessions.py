@@ -18,7 +18,7 @@ from onnx import TensorProto, helper
 
 from ..devices import gpu_index
 from ..errors import AnalogizeError
-from ..native.build import native_library_path
+from ..native.build import FUSED_DOMAIN, native_library_path
 from ..native.fusion import fuse_model_chains
 from ..ops.spec import DOMAIN
 from .blocked_layout import blocked_layout_model
@@ -70,7 +70,7 @@ def create_session(model: onnx.ModelProto | bytes, threads: int | None = None, n
     proto = model if isinstance(model, onnx.ModelProto) else onnx.load_from_string(model)
     wanted = native_enabled() if native is None else native
     library = available_native_library(cuda=gpu is not None) \
-        if wanted and any(n.domain == DOMAIN for n in proto.graph.node) else None
+        if wanted and any(n.domain in (DOMAIN, FUSED_DOMAIN) for n in proto.graph.node) else None
     providers = ["CPUExecutionProvider"] if gpu is None else [(CUDA_PROVIDER, {"device_id": gpu}),
                                                               "CPUExecutionProvider"]
     if library is not None:
