@@ -133,12 +133,14 @@ def check_kernels(library: Path, converted: onnx.ModelProto, feed: dict) -> None
         inputs = values[node.input[0]]
         kernels_agree(f"{node.op_type} {node.name or node.output[0]}", single_node_model(node, list(inputs.shape)),
                       inputs, library)
-        axes = next((list(a.ints) for a in node.attribute if a.name == "range_axes"), None)
-        other = next((axis for axis in range(inputs.ndim) if axis not in axes), None) if axes else None
-        if other is None:
+        axes = sorted(axis % inputs.ndim for a in node.attribute if a.name == "range_axes" for axis in a.ints)
+        others = [axis for axis in range(inputs.ndim) if axis not in axes] if axes else []
+        if not others:
             continue
-        # again with each of the CUDA range kernels: few vectors of several chunks, ragged; many short vectors
-        for length, count in ((3 * 16384 + 5, 2), (7, 40000)):
+        # again with each of the CUDA range kernels: few vectors of several chunks, ragged; many short vectors,
+        # one thread each where they lie across a later axis
+        later = [axis for axis in others if axis > axes[0]]
+        for length, count, other in ((3 * 16384 + 5, 2, others[0]), (7, 40000, (later or others)[0])):
             shape = [1] * inputs.ndim
             shape[axes[0]], shape[other] = length, count
             x = np.random.default_rng(8).normal(0, 3, shape).astype(np.float32)

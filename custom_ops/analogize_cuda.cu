@@ -21,9 +21,9 @@ __device__ uint32_t warp_max(uint32_t value) {
     return value;
 }
 
-// Where there are enough vectors to fill the GPU, each of at most kThreadVector values, one thread reads each
-// (neighbouring threads read neighbouring vectors: coalesced where the range's axes are not the last, as over a
-// convolution output's channels). Otherwise blocks of threads read each vector in chunks, so that every
+// Where there are enough vectors to fill the GPU, each of at most kThreadVector values and not along the last
+// axis, one thread reads each (neighbouring threads read neighbouring vectors, coalesced, as over a convolution
+// output's channels). Otherwise blocks of threads read each vector in chunks, so that every
 // multiprocessor reads: a whole sample at batch 1, or a convolution's few positions.
 constexpr size_t kThreadVector = 4096, kThreadVectors = 32768;
 constexpr size_t kRangeChunk = 16384;
@@ -163,8 +163,12 @@ cudaError_t range_pool(cudaMemPool_t* pool) {
     if (status != cudaSuccess) return status;
     uint64_t kept = kPoolKept;
     status = cudaMemPoolSetAttribute(*pool, cudaMemPoolAttrReleaseThreshold, &kept);
-    if (status == cudaSuccess) pools[device] = *pool;
-    return status;
+    if (status != cudaSuccess) {
+        cudaMemPoolDestroy(*pool);
+        return status;
+    }
+    pools[device] = *pool;
+    return cudaSuccess;
 }
 
 }  // namespace
@@ -183,14 +187,13 @@ const char* launch_chain(const DeviceChain& chain, const float* input, const flo
         if (status == cudaSuccess) {
             status = cudaMallocFromPoolAsync(reinterpret_cast<void**>(&largest), vectors * sizeof(uint32_t), pool, on);
         }
-        if (status != cudaSuccess) return cudaGetErrorString(status);
     }
     // one stage from each kRange step to the next, each measuring its range on what the stage before wrote
-    for (int start = 0, next = 0; start < chain.count; start = next) {
+    for (int start = 0, next = 0; start < chain.count && status == cudaSuccess; start = next) {
         for (next = start + 1; next < chain.count && chain.steps[next].kind != kRange;) ++next;
         const float* source = start ? output : input;
         if (vectors) {
-            if (chain.range_mid <= kThreadVector && vectors >= kThreadVectors) {
+            if (chain.range_mid <= kThreadVector && vectors >= kThreadVectors && chain.range_inner > 1) {
                 thread_range_kernel<<<grid_for(vectors), kThreads, 0, on>>>(
                     source, largest, vectors, chain.range_mid, chain.range_inner, chain.range_block);
             } else {
@@ -205,7 +208,10 @@ const char* launch_chain(const DeviceChain& chain, const float* input, const flo
         chain_kernel<<<grid_for(counter_rng::words_covering(count)), kThreads, 0, on>>>(
             chain, start, next, source, range, largest, chain.steps[start].attr[0], output, count, half, run, narrow);
     }
-    if (status == cudaSuccess) status = cudaGetLastError();
+    // the runtime keeps a call's error for the next cudaGetLastError on this thread: read it on every path, so
+    // that a failure here is not reported again by the next, healthy chain
+    const cudaError_t last = cudaGetLastError();
+    if (status == cudaSuccess) status = last;
     if (largest) {
         const cudaError_t freed = cudaFreeAsync(largest, on);
         if (status == cudaSuccess) status = freed;

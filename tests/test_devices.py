@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import click
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -279,9 +280,12 @@ def test_the_gpu_check_refuses_in_one_line_without_a_gpu():
 
 def test_the_command_line_on_a_gpu_keeps_onnxruntime_s_log_to_errors(monkeypatch):
     """onnxruntime-gpu 1.31 warns at every session given the CUDA provider by name, though it runs on it."""
-    from analogize.cli.options import _device
+    from analogize.cli.options import _device, _session_device
 
     levels = []
     monkeypatch.setattr(ort, "set_default_logger_severity", levels.append)
-    assert _device(None, None, "cpu") == "cpu" and levels == []
-    assert _device(None, None, "cuda:1") == "cuda:1" and levels == [3]
+    assert _session_device(None, None, "cpu") == "cpu" and levels == []
+    assert _session_device(None, None, "cuda:1") == "cuda:1" and levels == [3]
+    assert _device(None, None, "cuda") == "cuda" and levels == [3]  # torch's device (finetune): ONNX Runtime's log kept
+    with pytest.raises(click.BadParameter, match="cuda:x"):
+        _session_device(None, None, "cuda:x")

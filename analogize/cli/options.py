@@ -480,27 +480,33 @@ def _device(context, parameter, text):
     from ..devices import gpu_index
 
     try:
-        gpu = gpu_index(text)
+        gpu_index(text)
     except AnalogizeError as error:
         raise click.BadParameter(str(error)) from None
-    if gpu is not None:
+    return text
+
+
+def _session_device(context, parameter, text):
+    _device(context, parameter, text)
+    if text != "cpu":
         import onnxruntime
 
         # onnxruntime-gpu 1.31 warns "No registered plugin EP device found for 'CUDAExecutionProvider'" at every
-        # session given the CUDA provider by name, which it then runs on; a failure to start is still an error
+        # session given the CUDA provider by name, which it then runs on. Its other warnings go too (nodes left
+        # to the CPU provider: analogize's own run on the GPU); a provider that does not start is still an error.
         onnxruntime.set_default_logger_severity(3)
     return text
 
 
-def device_option(help):
+def device_option(help, callback=_device):
     """--device cpu | cuda | cuda:N (:mod:`analogize.devices`): ONNX Runtime's provider (evaluate), torch's
     device (finetune, train, sweep)."""
-    return click.option("--device", default="cpu", show_default=True, callback=_device, help=help)
+    return click.option("--device", default="cpu", show_default=True, callback=callback, help=help)
 
 
 # where the commands that score a model run ONNX Runtime (evaluate, sensitivity, plan)
 session_device_option = device_option("Where ONNX Runtime runs the model: cpu, or cuda / cuda:N (its CUDA provider "
-                                      "with the native CUDA kernels; onnxruntime-gpu).")
+                                      "with the native CUDA kernels; onnxruntime-gpu).", _session_device)
 
 quiet_option = click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 
