@@ -4,9 +4,9 @@ the README's Native kernels section). Without a GPU it refuses in one line.
 (a) kernels: every analog op, and every fused chain of the converted digits model on the values it meets
     there (each chain with a measured range again on many short vectors and on a few long ones: the CUDA
     side's two range kernels), run by the CUDA kernels (CUDA provider, no CPU fallback allowed) and by the CPU
-    kernels of the same library, twice each (the second run continues the random streams). The CUDA kernels promise the CPU
-    kernels' numbers bit for bit, noise included (custom_ops/README.md: the same counter-based streams and only
-    IEEE-rounded float operations, --fmad=false), so one differing bit fails the check.
+    kernels of the same library, twice each (the second run continues the random streams). The CUDA kernels
+    promise the CPU kernels' numbers bit for bit, noise included (custom_ops/README.md: the same counter-based
+    streams and only IEEE-rounded float operations, --fmad=false), so one differing bit fails the check.
 (b) the converted digits model (bits 6, EP 0.3, seed 1) under the CUDA provider: where ONNX Runtime placed
     each node (its profile), its outputs beside the CPU's for the same seed (the convolutions and products
     round differently on the GPU), and evaluate --device cuda beside --device cpu on the digits test split.
