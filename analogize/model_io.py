@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -67,14 +68,23 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
         staged = staging / path.name
         if external_data:
             model = copy_model(model)  # writing external data rewrites the tensors in place
-            onnx.save_model(model, str(staged), save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data.name, size_threshold=1024)
+            _store_weights_in(model, data.name)
+            onnx.save_model(model, str(staged))
         else:
             staged.write_bytes(serialized)
         moves = [(staging / data.name, data)] if (staging / data.name).exists() else []
         moves.append((staged, path))
     _hand_over(staging, moves)
     return path
+
+
+def _store_weights_in(model: onnx.ModelProto, location: str, size_threshold: int = 1024) -> None:
+    """Mark the weights of ``model`` (of at least ``size_threshold`` bytes) to be written to ``location``, as
+    onnx.save_model's save_as_external_data does, without its check that ``location`` does not exist relative to
+    the working directory (not the model's): it refused to write a model again from the directory it is in."""
+    for tensor in external_data_helper._get_initializer_tensors(model):
+        if tensor.HasField("raw_data") and sys.getsizeof(tensor.raw_data) >= size_threshold:
+            external_data_helper.set_external_data(tensor, location)
 
 
 _TYPED_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data")
