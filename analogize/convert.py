@@ -398,6 +398,12 @@ def _with_activations(model: onnx.ModelProto, options: ConvertOptions) -> onnx.M
     return export_with_functions(graph, model)
 
 
+def default_output(source) -> Path:
+    """Where convert writes the model ``source`` when not told: beside it, with suffix .analog.onnx."""
+    source = Path(str(source))
+    return source.with_name(f"{source.stem}.analog.onnx")
+
+
 def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,
                  torch_import=None, **overrides) -> dict:
     """Convert the model ``source`` (an ONNX file, or a torch model exported with ``torch_import``: see
@@ -405,7 +411,7 @@ def convert_file(source, destination=None, options: ConvertOptions | None = None
     if destination is None and not Path(str(source)).is_file():
         raise AnalogizeError(f"{source} is no file to name the output after: give -o")
     source = Path(str(source)) if Path(str(source)).is_file() else source
-    destination = Path(destination) if destination else source.with_name(f"{source.stem}.analog.onnx")
+    destination = Path(destination) if destination else default_output(source)
     options = replace(options or ConvertOptions(), **overrides)
     options.chain_settings()  # reject bad flags before reading a possibly large model
     options.calibration_options()

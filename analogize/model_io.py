@@ -6,6 +6,7 @@ import functools
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -50,7 +51,7 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
     """Write ``model`` to ``path`` as :func:`atomic_output` writes: nothing appears at ``path`` unless the whole
     write succeeds.
 
-    With ``external_data`` (forced for models over 2 GiB) weights go to ``<path>.data`` beside it.
+    With ``external_data`` (forced for models over 2 GiB) weights go to :func:`weight_file` beside it.
     ``overwrite_input`` names the input model, which is never replaced unless it is ``path`` itself and the
     caller passed it on purpose.
     """
@@ -63,7 +64,9 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
             serialized = model.SerializeToString()
         except (ValueError, EncodeError):
             external_data = True
-    data = path.with_name(f"{path.name}.data")
+    data = weight_file(path)
+    if external_data:
+        check_output_target(data)
     with _staged(path) as staging:
         staged = staging / path.name
         if external_data:
@@ -76,6 +79,12 @@ def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwr
         moves.append((staged, path))
     _hand_over(staging, moves)
     return path
+
+
+def weight_file(path) -> Path:
+    """Where :func:`save_model` puts the external weights of a model written to ``path``."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.data")
 
 
 def _store_weights_in(model: onnx.ModelProto, location: str, size_threshold: int = 1024) -> None:
@@ -150,20 +159,91 @@ def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:
                                  f"file is damaged, re-export it")
 
 
-def refuse_overwrites(inputs: dict, outputs: dict) -> None:
+def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str | None = None) -> None:
     """Refuse, before any work, outputs that would replace an input or each other: ``inputs`` and ``outputs`` map
-    what to call each path in the message (a flag, "the model") to the path (None or "-": not a file)."""
-    seen: dict[Path, str] = {}
+    what to call each path in the message (a flag, "the model") to the path (None or "-": not a file). Paths are
+    the same when they resolve to the same place or are the same file (a hard link). ``models`` names the inputs
+    that are ONNX models: the files their external weights are kept in are inputs too. ``replaceable`` names the
+    input that --overwrite would let the command replace, which the message then offers."""
+    seen: dict = {}  # identity -> (what to call it, the input it belongs to)
     for label, path in inputs.items():
         if path not in (None, "-"):
-            seen.setdefault(Path(path).resolve(), label)
+            seen.setdefault(_identity(path), (label, label))
+    if any(path not in (None, "-") and os.path.isfile(path) for path in outputs.values()):
+        # only a file that exists can be replaced, and a model's weight files must exist for it to load: its
+        # header (a full parse of the model) is read only when an output exists
+        for label in models:
+            for weights in external_weight_files(inputs.get(label)):
+                seen.setdefault(_identity(weights), (f"{_owner(label)} weight file {weights}", label))
+    to_stdout = [label for label, path in outputs.items() if path == "-"]
+    if len(to_stdout) > 1:
+        raise AnalogizeError(f"{' and '.join(to_stdout)} would both write to stdout ('-'); send one to a file")
     for label, path in outputs.items():
         if path in (None, "-"):
             continue
-        resolved = Path(path).resolve()
-        if resolved in seen:
-            raise AnalogizeError(f"{label} {path} would replace {seen[resolved]}; choose another path")
-        seen[resolved] = label
+        identity = _identity(path)
+        if identity in seen:
+            replaced, owner = seen[identity]
+            remedy = " (or pass --overwrite)" if owner == replaceable else ""
+            raise AnalogizeError(f"{label} {path} would replace {replaced}; choose another path{remedy}")
+        seen[identity] = (label, label)
+
+
+def model_output(label: str, path) -> dict:
+    """An output model for :func:`refuse_overwrites`: the model and the weight file :func:`save_model` may write
+    beside it."""
+    return {label: path} if path in (None, "-") else {label: path, f"{_owner(label)} weight file": weight_file(path)}
+
+
+def _owner(label: str) -> str:
+    return f"{label}'" if label.endswith("s") else f"{label}'s"
+
+
+def external_weight_files(path) -> list[Path]:
+    """The files the ONNX model at ``path`` keeps external weights in (none when it is no readable model: its
+    loader says what is wrong)."""
+    if path is None or not os.path.isfile(path):
+        return []
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # a torch file, or a damaged one (protobuf raises many types): its loader reports it
+        return []
+    locations = set()
+    for tensor in external_data_helper._get_initializer_tensors(model):
+        if external_data_helper.uses_external_data(tensor):
+            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
+            if isinstance(location, str) and location:
+                locations.add(Path(path).parent / location)
+    return sorted(locations)
+
+
+def _identity(path):
+    """What makes two paths the same file: device and inode of an existing file, else the resolved path."""
+    try:
+        status = os.stat(path)
+    except (OSError, ValueError):
+        return Path(path).resolve()
+    return status.st_dev, status.st_ino
+
+
+def check_output_target(path) -> None:
+    """Refuse an output path that is not a regular file or a new name: a device, a pipe or a socket (the atomic
+    rename would replace the node itself: as root, -o /dev/null destroyed it), or a symbolic link (the rename
+    replaces the link, not the file it names; which of the two was meant is the user's to say)."""
+    path = Path(path)
+    if path.is_symlink():
+        raise AnalogizeError(f"{path} is a symbolic link (to {os.readlink(path)}); give the path of the file itself, "
+                             f"or remove the link")
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as error:
+        raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
+    if stat.S_ISDIR(mode):
+        raise AnalogizeError(f"{path} is a directory; give a file name")
+    if not stat.S_ISREG(mode):
+        raise AnalogizeError(f"{path} is not a regular file (a device, pipe or socket); give a file path")
 
 
 def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -229,6 +309,7 @@ def _commit(staged: list) -> None:
 def _staged(path: Path):
     """A new hidden directory beside ``path`` to write it in, removed with what it holds if the block fails. Its
     name holds this host and process, so that the next write of ``path`` can remove what a killed process left."""
+    check_output_target(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise AnalogizeError(f"cannot write {path}: directory {directory} does not exist")

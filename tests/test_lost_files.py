@@ -3,6 +3,7 @@ none of its outputs (not the first few) and no staging file, says so in one line
 were; a killed one leaves nothing under an output's name, and the next write of that output removes its staging
 directory."""
 import errno
+import json
 import hashlib
 import os
 import shutil
@@ -117,3 +118,139 @@ def test_a_process_killed_while_writing_leaves_nothing_under_the_output_name(tmp
     again = analogize_process(tmp_path, "convert", DEFAULT_MODEL, "-o", "out.onnx")
     assert again.wait(timeout=300) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "out.onnx"]  # the killed run's staging went
+
+
+TRAINING_ONCE = ("--epochs", "1", "--repeats", "1", "--limit", "20", "--quiet")
+
+
+@pytest.fixture
+def files_read(tmp_path, monkeypatch):
+    """A folder of what commands read, as the working directory: a model, one that keeps its weights in
+    b.onnx.data, npz data, a plan, and an export with its spec."""
+    shutil.copy(DEFAULT_MODEL, tmp_path / "m.onnx")
+    shutil.copy(DEFAULT_MODEL, tmp_path / "e.onnx")
+    onnx.save(onnx.load(DEFAULT_MODEL), tmp_path / "ext.onnx", save_as_external_data=True, location="b.onnx.data",
+              size_threshold=0)
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((20, 1, 8, 8), np.float32), y=np.arange(20) % 10)
+    (tmp_path / "plan.json").write_text('{"format": "analogize.plan", "version": 1, "layers": {}}')
+    (tmp_path / "e.json").write_text("{}")
+    os.link(tmp_path / "m.onnx", tmp_path / "hard-link.onnx")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("argv, replaced", [
+    (["evaluate", "m.onnx", "--data", "npz:d.npz", "--json", "d.npz"], "--data"),
+    (["evaluate", "m.onnx", "--data", "digits", "--calibrate", "npz:d.npz", "--csv", "d.npz"], "--calibrate"),
+    (["evaluate", "m.onnx", "--data", "digits", "--plan", "plan.json", "--json", "plan.json"], "--plan"),
+    (["evaluate", "m.onnx", "--data", "digits", "--json", "hard-link.onnx"], "the model"),
+    (["convert", "m.onnx", "--calibrate", "npz:d.npz", "-o", "d.npz"], "--calibrate"),
+    (["convert", "m.onnx", "--plan", "plan.json", "-o", "plan.json"], "--plan"),
+    (["sensitivity", "m.onnx", "--data", "npz:d.npz", "--csv", "d.npz"], "--data"),
+    (["plan", "m.onnx", "--data", "npz:d.npz", "--target-agreement", "0.5", "-o", "d.npz"], "--data"),
+    (["finetune", "m.onnx", "--data", "digits", "--eval-data", "npz:d.npz", *TRAINING_ONCE, "-o", "t.onnx",
+      "--json", "d.npz"], "--eval-data"),
+    (["finetune", "m.onnx", "--data", "digits", *TRAINING_ONCE, "-o", "hard-link.onnx"], "the model"),
+    (["train", "convnet", "--data", "npz:d.npz", *TRAINING_ONCE, "-o", "d.npz"], "--data"),
+    (["sweep", "cells", "--data", "npz:d.npz", "--activation", "relu", "--seeds", "1", *TRAINING_ONCE, "--json",
+      "d.npz"], "--data"),
+    (["export", "m.onnx", "--verify-data", "npz:d.npz", "--limit", "5", "-o", "d.npz"], "--verify-data"),
+    (["rebuild", "e.onnx", "--spec", "e.json", "-o", "e.json"], "--spec"),
+    (["analyze", "effective-bits", "--json", "f.svg", "--plot", "f.svg"], "--json"),
+    # the model keeps its weights in b.onnx.data, which writing b.onnx (and its weights) would replace
+    (["convert", "ext.onnx", "-o", "b.onnx"], "the model's weight file b.onnx.data"),
+    (["fast", "ext.onnx", "-o", "b.onnx"], "the model's weight file b.onnx.data"),
+    (["export", "ext.onnx", "-o", "b.onnx"], "the model's weight file b.onnx.data"),
+    (["finetune", "ext.onnx", "--data", "digits", *TRAINING_ONCE, "-o", "b.onnx"], "the model's weight file"),
+    (["evaluate", "ext.onnx", "--data", "digits", "--json", "b.onnx.data"], "the model's weight file"),
+    # the weight file written beside a model is an output too
+    (["finetune", "m.onnx", "--data", "digits", *TRAINING_ONCE, "-o", "t.onnx", "--json", "t.onnx.data"],
+     "-o's weight file"),
+], ids=lambda value: " ".join(value[:1] + value[-2:]) if isinstance(value, list) else None)
+def test_an_output_never_replaces_a_file_the_command_reads(argv, replaced, files_read, capsys):
+    """Issue 17's guard knew only MODEL: data, calibration and verification npz files, plans, specs, a model's
+    external weights and hard links to inputs were written over. Refused in one line before any work."""
+    before = contents(files_read)
+    code, _, err = analogize(capsys, *argv)
+    assert code == 2 and f"would replace {replaced}" in err and len(err.splitlines()) == 1, err
+    assert contents(files_read) == before
+
+
+def test_a_model_with_external_weights_is_written_again_where_it_lies(files_read, capsys):
+    """onnx refused to write external weights whose file name existed in the working directory (not the model's):
+    the second convert into the directory it runs in failed."""
+    weights = {t.name: numpy_helper.to_array(t) for t in onnx.load(DEFAULT_MODEL).graph.initializer}
+    for _ in range(2):
+        code, _, err = analogize(capsys, "convert", "ext.onnx", "-o", "o.onnx", "--no-noise", "--no-quantize",
+                                 "--no-clamp")
+        assert code == 0, err
+    written = onnx.load("o.onnx")
+    assert {t.name: numpy_helper.to_array(t) for t in written.graph.initializer if t.name in weights}.keys() \
+        == weights.keys()
+    assert all(np.array_equal(numpy_helper.to_array(t), weights[t.name]) for t in written.graph.initializer
+               if t.name in weights)
+    assert onnx.load("ext.onnx") and (files_read / "o.onnx.data").is_file()
+
+
+@pytest.mark.parametrize("flag_and_command", [
+    ("-o", ["convert", "m.onnx"]),
+    ("--json", ["evaluate", "m.onnx", "--data", "digits"]),
+    ("-o", ["report", "e.json"]),
+], ids=lambda value: value[1][0])
+def test_an_output_onto_a_pipe_a_device_or_a_link_is_refused(flag_and_command, files_read, capsys):
+    """The atomic rename replaced whatever was at the output's name: a FIFO, a device (as root, -o /dev/null
+    destroyed /dev/null) or a symbolic link became a regular file. A link to a regular file is refused too: the
+    user says which of the two is meant."""
+    flag, command = flag_and_command
+    os.mkfifo("fifo")
+    os.symlink("fifo", "link-to-fifo")
+    Path("target.html").write_text("kept")
+    os.symlink("target.html", "link-to-file.html")
+    for target, problem in (("fifo", "not a regular file"), ("link-to-fifo", "symbolic link"),
+                            ("link-to-file.html", "symbolic link")):
+        code, _, err = analogize(capsys, *command, flag, target)
+        assert code == 2 and problem in err and len(err.splitlines()) == 1, err
+    assert Path("fifo").is_fifo() and Path("link-to-fifo").is_symlink() and Path("link-to-file.html").is_symlink()
+    assert Path("target.html").read_text() == "kept"
+
+
+def test_the_library_refuses_to_write_over_a_pipe(files_read):
+    from analogize.errors import AnalogizeError
+    from analogize.model_io import save_model
+
+    os.mkfifo("fifo")
+    with pytest.raises(AnalogizeError, match="not a regular file"):
+        save_model(onnx.load(DEFAULT_MODEL), "fifo")
+    assert Path("fifo").is_fifo()
+
+
+@pytest.mark.parametrize("argv", [
+    ["convert", "m.onnx", "-o", "-"],
+    ["export", "m.onnx", "-o", "x.onnx", "--spec", "-"],
+    ["evaluate", "m.onnx", "--data", "digits", "--csv", "-"],
+    ["finetune", "m.onnx", "--data", "digits", *TRAINING_ONCE, "-o", "-"],
+    ["merge", "e.json", "-o", "m.json", "--csv", "-"],
+], ids=lambda argv: f"{argv[0]} {argv[-2]} -")
+def test_dash_is_stdout_for_json_outputs_only(argv, files_read, capsys):
+    """-o - wrote a file named '-'; '-' is stdout for the JSON outputs (--json, merge's and plan's -o), and refused
+    for every other output, which is no text to print."""
+    code, _, err = analogize(capsys, *argv)
+    assert code == 2 and "'-' (stdout) is taken only by the JSON outputs" in err and len(err.splitlines()) == 1, err
+    assert not Path("-").exists()
+
+
+def test_two_outputs_to_stdout_are_refused(files_read, capsys):
+    code, out, err = analogize(capsys, "plan", "m.onnx", "--data", "digits", "--target-agreement", "0.5", "-o", "-",
+                               "--json", "-")
+    assert code == 2 and not out and err == ("analogize: error: -o and --json would both write to stdout ('-'); "
+                                             "send one to a file\n")
+
+
+def test_plan_writes_the_plan_alone_to_stdout(files_read, capsys):
+    """plan -o - printed the plan and then its table into the same stream: no longer JSON."""
+    code, out, err = analogize(capsys, "plan", "m.onnx", "--data", "digits", "--limit", "20", "--target-agreement",
+                               "0.5", "--repeats", "1", "--verify-repeats", "1", "-q", "-o", "-")
+    assert code == 0, err
+    plan = json.loads(out)
+    assert plan["format"] == "analogize.plan" and plan["layers"] and not Path("-").exists()

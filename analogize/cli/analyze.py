@@ -8,6 +8,7 @@ import json
 import click
 
 from .. import noise_model
+from ..model_io import refuse_overwrites
 from .options import (activation_settings_option, analysis_output_options, bit_widths_option,
                       comma_separated_floats, comma_separated_numbers, ep_option, error_probabilities_option,
                       interpolation_options, noise_draws_option, precision_from, precision_options, seed_option,
@@ -125,6 +126,8 @@ def _write_and_print(result: dict, json_path, plot_path) -> None:
     """Write the analysis's JSON and figure, then print its table unless the JSON went to stdout."""
     from .. import analysis
     from ..evaluate import results
+
+    refuse_overwrites({}, {"--json": json_path, "--plot": plot_path})
 
     if json_path:
         document = analysis.to_json(result)

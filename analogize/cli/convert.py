@@ -3,12 +3,14 @@ conversion report (or print it whole as JSON)."""
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
 from .. import noise_model
+from ..model_io import model_output, refuse_overwrites
 from ..ops.spec import OPS
-from .options import (SEEDS, activation_options, bits_option, chain_options, ep_option, json_flag,
+from .options import (SEEDS, activation_options, bits_option, chain_options, ep_option, files_read, json_flag,
                       overwrite_option, range_options, std_option, torch_options, writable_file)
 
 
@@ -34,8 +36,13 @@ def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, i
             torch_import):
     """Insert clamp, reduce-precision and noise into MODEL (ONNX, or a torch model: .pt2, TorchScript, or
     module.path:factory with --state-dict) and swap its activations."""
-    from ..convert import ConvertOptions, convert_file
+    from ..convert import ConvertOptions, convert_file, default_output
 
+    inputs = files_read(model, calibrate=ranges["calibrate"], torch_import=torch_import)
+    destination = output or (default_output(model) if os.path.isfile(model) else None)
+    if overwrite:  # -o may replace the model, its weight files with it
+        inputs.pop("the model")
+    refuse_overwrites(inputs, model_output("-o", destination), models=("the model",), replaceable="the model")
     options = ConvertOptions(bits=bits, ep=ep, std=std, activation=activation, factor=factor, seed=seed,
                              inline=inline, **chain, **ranges)
     report = convert_file(model, output, options, overwrite=overwrite, torch_import=torch_import)

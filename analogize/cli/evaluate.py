@@ -8,10 +8,10 @@ import click
 from .. import noise_model
 from ..model_io import refuse_overwrites
 from .options import (ACTIVATION_NAMES, activation_settings_option, bit_widths_option, chain_options,
-                      csv_file_option, error_probabilities_option, fidelity_option, json_file_option,
-                      noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
-                      report_option, scoring_data_options, seed_option, session_device_option, shard_option,
-                      torch_options, workers_option, writable_file)
+                      csv_file_option, error_probabilities_option, fidelity_option, files_read, json_file_option,
+                      json_output_file, noise_draws_option, output_scoring_options, plot_file_option, quiet_option,
+                      range_options, report_option, scoring_data_options, seed_option, session_device_option,
+                      shard_option, torch_options, workers_option)
 
 
 def _renamed_output(context, parameter, value):
@@ -54,8 +54,10 @@ def evaluate(model, data_source, scoring, bits_list, eps, activations, repeats, 
     from ..convert import ConvertOptions
     from ..evaluate.engine import Grid, evaluate_file, parse_shard
 
-    refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path,
-                                             "--report": report_path})
+    refuse_overwrites(files_read(model, data=data_source["data"], calibrate=ranges["calibrate"],
+                                 torch_import=torch_import),
+                      {"--json": json_path, "--csv": csv_path, "--plot": plot_path, "--report": report_path},
+                      models=("the model",))
     grid = Grid(bits=bits_list, ep=eps, activations=activations, repeats=repeats, seed=seed)
     if baseline and chain["noise"]:
         grid = grid.with_baseline()
@@ -67,7 +69,7 @@ def evaluate(model, data_source, scoring, bits_list, eps, activations, repeats, 
 
 @click.command()
 @click.argument("parts", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("-o", "--output", "json_path", callback=writable_file, required=True,
+@click.option("-o", "--output", "json_path", callback=json_output_file, required=True,
               help="The merged result (JSON; '-': to stdout).")
 @csv_file_option("Also write the CSV.")
 @plot_file_option("Also write the plot.")

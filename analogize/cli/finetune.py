@@ -6,9 +6,9 @@ import json
 
 import click
 
-from ..model_io import refuse_overwrites
+from ..model_io import model_output, refuse_overwrites
 from .options import (activation_options, bits_option, chain_options, checkpoint_and_report_options, ep_option,
-                      quiet_option, range_options, report_option, torch_options, training_data_options,
+                      files_read, quiet_option, range_options, report_option, torch_options, training_data_options,
                       training_loop_options, writable_file)
 
 
@@ -35,8 +35,10 @@ def finetune(model, data, eval_data, limit, output, bits, ep, activation, factor
     from ..convert import ConvertOptions
     from ..training.finetune import FinetuneOptions, finetune_file
 
-    refuse_overwrites({"the model": model}, {"--json": json_path, "--plot": plot_path, "--report": report_path})
-    refuse_overwrites({}, {"-o": output, "--json": json_path, "--plot": plot_path, "--report": report_path})
+    refuse_overwrites(files_read(model, data=data, eval_data=eval_data, calibrate=ranges["calibrate"],
+                                 torch_import=torch_import),
+                      {**model_output("-o", output), "--json": json_path, "--plot": plot_path, "--report": report_path},
+                      models=("the model",))
     convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, seed=training["seed"],
                                      **chain, **ranges)
     report = finetune_file(model, output, data, FinetuneOptions(**training), convert_options, eval_data=eval_data,

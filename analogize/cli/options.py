@@ -12,6 +12,7 @@ import click
 
 from .. import noise_model
 from ..errors import AnalogizeError
+from ..model_io import check_output_target
 from ..ops.spec import OPS
 from ..passes.activations import ACTIVATIONS
 from ..passes.chains import PLACEMENTS
@@ -129,9 +130,13 @@ def height_by_width(ctx, param, value):
 
 
 def writable_file(ctx, param, value):
-    """Fail before a long sweep, not after it, when an output cannot be written."""
-    if value is None or value == "-":
+    """Fail before a long sweep, not after it, when an output cannot be written: '-' is refused (only JSON goes to
+    stdout, :func:`json_output_file`), and so is a name that is no regular file (a device, a pipe, a link)."""
+    if value is None:
         return value
+    if value == "-":
+        raise click.BadParameter("'-' (stdout) is taken only by the JSON outputs; give a file name (./- for a file "
+                                 "named -)")
     if value.endswith(("/", os.sep)) or os.path.isdir(value):
         raise click.BadParameter(f"{value} is a directory; give a file name")
     directory = os.path.dirname(value) or "."
@@ -139,7 +144,38 @@ def writable_file(ctx, param, value):
         raise click.BadParameter(f"directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise click.BadParameter(f"directory {directory} is not writable")
+    try:
+        check_output_target(value)
+    except AnalogizeError as error:
+        raise click.BadParameter(str(error)) from None
     return value
+
+
+def json_output_file(ctx, param, value):
+    """Callback: a writable file for a JSON output, or '-' for stdout."""
+    return value if value == "-" else writable_file(ctx, param, value)
+
+
+def files_read(model=None, *, data=None, eval_data=None, calibrate=None, torch_import=None) -> dict:
+    """The files a command reads, by what to call them, for :func:`~analogize.model_io.refuse_overwrites` (with
+    ``models=("the model",)`` for MODEL's weight files): MODEL, the npz files its data specs name, the --plan file
+    (:func:`plan_path`) and torch's --state-dict."""
+    from ..data import spec_file
+
+    read = {"the model": model, "--plan": plan_path(),
+            "--state-dict": torch_import.state_dict if torch_import is not None else None}
+    for flag, spec in (("--data", data), ("--eval-data", eval_data), ("--calibrate", calibrate)):
+        read[flag] = spec_file(spec)
+    return read
+
+
+_PLAN_PATH = "analogize.plan_path"
+
+
+def plan_path():
+    """The --plan file of the command being run: its option hands the command the document read from it."""
+    context = click.get_current_context(silent=True)
+    return context.meta.get(_PLAN_PATH) if context is not None else None
 
 
 def plot_file(ctx, param, value):
@@ -180,10 +216,11 @@ def zoo_model_config(items) -> dict:
     return config
 
 
-def _plan_document(path):
+def _plan_document(context, path):
     """The plan file as the checked document ConvertOptions.plan holds (read as data, never run)."""
     if path is None:
         return None
+    context.meta[_PLAN_PATH] = path
     from ..plans import read_plan
 
     try:
@@ -228,7 +265,7 @@ chain_options = packed_option_group(
                      name for name in text.split(",") if name),
                  help="Comma-separated graph inputs the input placement chains [default: the float inputs that "
                       "reach a layer's data operand, not scales, thresholds, masks or recurrent states]."),
-    click.option("--plan", callback=lambda context, parameter, path: _plan_document(path), metavar="PLAN.json",
+    click.option("--plan", callback=lambda context, parameter, path: _plan_document(context, path), metavar="PLAN.json",
                  help="Per-layer settings over these flags: layers kept digital, their own bits, EP or ranges "
                       "(docs/plan.md; 'analogize plan' writes one)."),
     click.option("--analog-products", is_flag=True,
@@ -520,7 +557,7 @@ def json_flag(help):
 
 def json_file_option(help):
     """--json FILE as ``json_path``, '-' for stdout (evaluate, finetune, train, sweep, analyze)."""
-    return click.option("--json", "json_path", callback=writable_file, help=help)
+    return click.option("--json", "json_path", callback=json_output_file, help=help)
 
 
 def csv_file_option(help):

@@ -7,10 +7,10 @@ import click
 from .. import noise_model
 from ..model_io import refuse_overwrites
 from ..planning.metrics import METRICS
-from .options import (bits_option, chain_options, csv_file_option, ep_option, fidelity_option, json_file_option,
-                      noise_draws_option, output_scoring_options, plot_file_option, quiet_option, range_options,
-                      report_option, scoring_data_options, seed_option, session_device_option, shard_option,
-                      std_option, torch_options, workers_option, writable_file)
+from .options import (bits_option, chain_options, csv_file_option, ep_option, fidelity_option, files_read,
+                      json_file_option, json_output_file, noise_draws_option, output_scoring_options,
+                      plot_file_option, quiet_option, range_options, report_option, scoring_data_options, seed_option,
+                      session_device_option, shard_option, std_option, torch_options, workers_option)
 
 
 @click.command()
@@ -47,8 +47,10 @@ def sensitivity(model, data_source, scoring, bits, ep, std, repeats, seed, metri
     from ..evaluate.engine import parse_shard
     from ..planning.sensitivity import sensitivity_file
 
-    refuse_overwrites({"the model": model}, {"--json": json_path, "--csv": csv_path, "--plot": plot_path,
-                                             "--report": report_path})
+    refuse_overwrites(files_read(model, data=data_source["data"], calibrate=ranges["calibrate"],
+                                 torch_import=torch_import),
+                      {"--json": json_path, "--csv": csv_path, "--plot": plot_path, "--report": report_path},
+                      models=("the model",))
     if shard and (not json_path or csv_path or plot_path or report_path):
         raise click.UsageError("--shard writes only a partial result for 'analogize merge': give --json, and "
                                "--csv, --plot or --report to merge")
@@ -88,8 +90,8 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path, report_path)
 @click.argument("model", type=click.Path(dir_okay=False))
 @scoring_data_options
 @output_scoring_options
-@click.option("-o", "--output", "plan_path", callback=writable_file, required=True,
-              help="The plan file to write (JSON, as convert's --plan reads it).")
+@click.option("-o", "--output", "plan_path", callback=json_output_file, required=True,
+              help="The plan file to write (JSON, as convert's --plan reads it; '-': to stdout, no table).")
 @click.option("--target-agreement", type=click.FloatRange(0.0, 1.0, min_open=True),
               help="Top-1 agreement with the clean model to reach (a fraction, e.g. 0.99); needs no labels.")
 @click.option("--target-accuracy", type=click.FloatRange(0.0, 1.0, min_open=True),
@@ -133,8 +135,10 @@ def plan(model, data_source, scoring, plan_path, target_agreement, target_accura
                                                    ("rel_error", target_rel_error)) if value is not None}
     if len(targets) != 1:
         raise click.UsageError("give one target: --target-agreement, --target-accuracy or --target-rel-error")
-    refuse_overwrites({"the model": model}, {"-o": plan_path, "--json": json_path, "--plot": plot_path,
-                                             "--report": report_path})
+    refuse_overwrites(files_read(model, data=data_source["data"], calibrate=ranges["calibrate"],
+                                 torch_import=torch_import),
+                      {"-o": plan_path, "--json": json_path, "--plot": plot_path, "--report": report_path},
+                      models=("the model",))
     options = ConvertOptions(bits=bits, ep=ep, std=std, **chain, **ranges)
     bounds = SearchBounds(bits=bits_choices or (bits,), digital=not no_digital, max_digital=max_digital)
     (metric, target), = targets.items()
@@ -148,7 +152,7 @@ def plan(model, data_source, scoring, plan_path, target_agreement, target_accura
         outputs.plot_plan(result, plot_path)
     if report_path:
         write_report([result], report_path)
-    if json_path != "-":
+    if "-" not in (plan_path, json_path):
         _print(result, outputs.plan_table(result), (plan_path, json_path, plot_path, report_path))
         click.echo(f"analogize convert {model} with this command's chain flags and --plan {plan_path} writes the "
                    f"model verified above (analogize evaluate on it, --seed {seed}, gives the same numbers)")

@@ -7,10 +7,11 @@ import json
 import click
 
 from .. import noise_model
+from ..model_io import model_output, refuse_overwrites
 from .finetune import print_training_report
 from .options import (activation_options, activation_settings_option, bit_widths_option, bits_option,
                       chain_options, checkpoint_and_report_options, comma_separated_floats, comma_separated_numbers,
-                      ep_option, error_probabilities_option, interpolation_options, json_file_option,
+                      ep_option, error_probabilities_option, files_read, interpolation_options, json_file_option,
                       option_group, plot_file_option, quiet_option, training_data_options, training_loop_options,
                       writable_file, zoo_model_config, zoo_model_option)
 
@@ -42,6 +43,8 @@ def train(name, output, bits, ep, activation, factor, checkpoint_dir, resume, js
     from ..training.finetune import FinetuneOptions
     from ..training.train import TrainSetup, train_file
 
+    refuse_overwrites(files_read(data=data, eval_data=eval_data),
+                      {**model_output("-o", output), "--json": json_path, "--plot": plot_path})
     setup = TrainSetup(name, zoo_model_config(model_options), init)
     convert_options = ConvertOptions(bits=bits, ep=ep, activation=activation, factor=factor, **chain,
                                      **PAPER_RANGES)
@@ -90,6 +93,7 @@ def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_k
             raise click.UsageError(f"{flag} shapes the models of a --depths sweep; give --depths too")
     if not factors and given("smooth") != click.core.ParameterSource.DEFAULT:
         raise click.UsageError("--smooth names the smooth end of --factors; give --factors too")
+    refuse_overwrites(files_read(data=data, eval_data=eval_data), {"--json": json_path, "--plot": plot_path})
     config = zoo_model_config(model_options)
     if depths and {"stages", "hidden"} & set(config):
         raise click.UsageError("--depths sets the model's stages and hidden layers; leave them out of --option")

@@ -157,6 +157,12 @@ def digits(split: str = "test", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return x[chosen], y[chosen]
 
 
+def spec_file(spec: str | None) -> Path | None:
+    """The file a data spec reads, when it names one (npz:PATH): an output must not replace it."""
+    kind, _, argument = (spec or "").partition(":")
+    return Path(argument).expanduser() if kind == "npz" and argument else None
+
+
 def _load_npz(path: Path, split, image_size, channels) -> Dataset:
     with npz_archive(path, f"npz:{path}") as arrays:
         names = list(arrays.keys())

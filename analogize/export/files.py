@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..model_io import atomic_output, load_model, refuse_overwrites, save_model
+from ..model_io import atomic_output, load_model, model_output, refuse_overwrites, save_model
 from .pipeline import export
 from .rebuild import rebuild
 from .verify import compare_outputs
@@ -15,12 +15,16 @@ from ..untrusted import read_json
 def export_file(source, destination, format: str = "qdq", spec=None, keep_noise: bool = False,
                 verify_data: str | None = None, limit: int = 1000, overwrite: bool = False) -> dict:
     """:func:`~.pipeline.export` from file to file, optionally checked on data."""
-    from ..data import fit_to_input, load_for_model
+    from ..data import fit_to_input, load_for_model, spec_file
 
     source, destination = Path(source), Path(destination)
     spec_path = Path(spec) if spec else destination.with_suffix(".spec.json")
-    refuse_overwrites({"the model": source}, {"--spec": spec_path})
-    refuse_overwrites({}, {"-o": destination, "--spec": spec_path})
+    inputs = {"the model": source, "--verify-data": spec_file(verify_data)}
+    refuse_overwrites(inputs, {"--spec": spec_path}, models=("the model",))
+    if overwrite:  # -o may replace the model, its weight files with it; --spec may not
+        inputs.pop("the model")
+    refuse_overwrites(inputs, {**model_output("-o", destination), "--spec": spec_path}, models=("the model",),
+                      replaceable="the model")
     model, external = load_model(source)
     exported, analog = export(model, format, keep_noise)
     report = {"input": str(source), "output": str(destination), "spec": str(spec_path), "format": format,
@@ -37,6 +41,8 @@ def export_file(source, destination, format: str = "qdq", spec=None, keep_noise:
 
 def rebuild_file(exported_path, spec_path, destination):
     """:func:`~.rebuild.rebuild` from files (export and spec) to a file."""
+    refuse_overwrites({"the export": exported_path, "--spec": spec_path}, model_output("-o", destination),
+                      models=("the export",))
     exported, external = load_model(exported_path)
     spec = read_json(spec_path, "the spec", "give the spec 'analogize export' wrote with the model")
     return save_model(rebuild(exported, spec), destination, external_data=external, overwrite_input=exported_path)
