@@ -210,15 +210,29 @@ def _hand_over(staging: Path, moves: list, now: bool = False) -> None:
 
 
 def _commit(staged: list) -> None:
-    done = []
+    """Move each staged file to its final path, all or nothing: on a failure the files already moved are removed
+    and the ones they replaced are put back.
+
+    A file already at a final path is first moved into the staging directory, not renamed over: ext4 writes a
+    file renamed over another back to disk at once (its auto_da_alloc guard against empty files after a power
+    cut), which took 20 ms of a 29 MB model's 60 ms save here; moved aside, the old file is removed with the
+    staging directory."""
+    done, displaced = [], []
     try:
-        for _, moves in staged:
+        for staging, moves in staged:
             for source, target in moves:
+                if target.is_file():
+                    aside = staging / f".replaced-{len(displaced)}"
+                    os.replace(target, aside)
+                    displaced.append((aside, target))
                 os.replace(source, target)
                 done.append(target)
     except OSError as error:
-        for target in done:  # all or nothing: they were written together
-            target.unlink(missing_ok=True)
+        for moved in done:  # all or nothing: they were written together
+            moved.unlink(missing_ok=True)
+        for aside, replaced in displaced:
+            with contextlib.suppress(OSError):
+                os.replace(aside, replaced)
         raise AnalogizeError(f"cannot write {target}: {error.strerror or error}") from None
     finally:
         for staging, _ in staged:

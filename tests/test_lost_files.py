@@ -17,6 +17,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from analogize.errors import AnalogizeError
+from analogize.model_io import atomic_output, outputs_together
 from conftest import DEFAULT_MODEL, ROOT
 from test_cli import analogize
 
@@ -117,3 +119,33 @@ def test_a_process_killed_while_writing_leaves_nothing_under_the_output_name(tmp
     again = analogize_process(tmp_path, "convert", DEFAULT_MODEL, "-o", "out.onnx")
     assert again.wait(timeout=300) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "out.onnx"]  # the killed run's staging went
+
+
+def test_outputs_that_fail_to_move_in_put_back_the_files_they_replaced(tmp_path, monkeypatch):
+    """Outputs written together replace files already there; if a later one cannot be moved into place, the
+    earlier ones are taken back and the files they replaced are restored as they were, with no staging left."""
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text("old first")
+    second.write_text("old second")
+    real_replace = os.replace
+
+    def replace_failing_onto_second(source, target):
+        if Path(target) == second and Path(source).name == second.name:  # the new file, not the old one back
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", replace_failing_onto_second)
+    with pytest.raises(AnalogizeError, match="cannot write .*second.json: Permission denied"):
+        with outputs_together():
+            for path in (first, second):
+                with atomic_output(path) as staged:
+                    staged.write_text("new")
+    assert (first.read_text(), second.read_text()) == ("old first", "old second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    with outputs_together():
+        for path in (first, second):
+            with atomic_output(path) as staged:
+                staged.write_text("new")
+    assert (first.read_text(), second.read_text()) == ("new", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
