@@ -134,18 +134,18 @@ def test_outputs_that_fail_to_move_in_put_back_the_files_they_replaced(tmp_path,
             raise OSError(errno.EACCES, os.strerror(errno.EACCES))
         return real_replace(source, target)
 
-    monkeypatch.setattr(os, "replace", replace_failing_onto_second)
-    with pytest.raises(AnalogizeError, match="cannot write .*second.json: Permission denied"):
+    def write_both():
         with outputs_together():
             for path in (first, second):
                 with atomic_output(path) as staged:
                     staged.write_text("new")
+
+    monkeypatch.setattr(os, "replace", replace_failing_onto_second)
+    with pytest.raises(AnalogizeError, match="cannot write .*second.json: Permission denied"):
+        write_both()
     assert (first.read_text(), second.read_text()) == ("old first", "old second")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
     monkeypatch.setattr(os, "replace", real_replace)
-    with outputs_together():
-        for path in (first, second):
-            with atomic_output(path) as staged:
-                staged.write_text("new")
+    write_both()
     assert (first.read_text(), second.read_text()) == ("new", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
