@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import os
 import shutil
 import socket
@@ -102,14 +101,22 @@ _SUB_BYTE_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4",
 _COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
 
 
-@functools.cache
-def _text_and_message_fields(descriptor) -> tuple:
-    """(name, holds messages, repeated) of each text or message field of a message type: bytes fields (weights)
-    are never read."""
-    kinds = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE)
-    return tuple((field.name, field.type == FieldDescriptor.TYPE_MESSAGE,
-                  field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED)
-                 for field in descriptor.fields if field.type in kinds)  # protobuf 7 has is_repeated, no label
+def _repeated(field) -> bool:
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED  # protobuf 7
+
+
+_TENSOR = onnx.TensorProto.DESCRIPTOR
+_TENSOR_TEXT_AND_MESSAGE_FIELDS = tuple(field for field in _TENSOR.fields
+                                        if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE))
+
+
+def _set_fields(message) -> list:
+    """(field, value) of each field set in ``message``, for a tensor its text and message fields only:
+    ListFields, one call for all (three times faster than a field-by-field walk), would copy its weights out."""
+    if message.DESCRIPTOR is not _TENSOR:
+        return message.ListFields()
+    return [(field, getattr(message, field.name)) for field in _TENSOR_TEXT_AND_MESSAGE_FIELDS
+            if _repeated(field) or message.HasField(field.name)]
 
 
 def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> None:
@@ -121,17 +128,20 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> None:
         if isinstance(message, onnx.NodeProto) and not message.output:
             raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which no ONNX "
                                  f"op allows; the file is damaged or was written wrongly, re-export it")
-        for name, holds_messages, repeated in _text_and_message_fields(message.DESCRIPTOR):
-            if not repeated and not message.HasField(name):
+        for field, value in _set_fields(message):
+            if field.type == FieldDescriptor.TYPE_MESSAGE:
+                if _repeated(field):
+                    pending.extend(value)
+                else:
+                    pending.append(value)
                 continue
-            values = getattr(message, name) if repeated else (getattr(message, name),)
-            if holds_messages:
-                pending.extend(values)
+            if field.type != FieldDescriptor.TYPE_STRING:
                 continue
-            text = next((value for value in values if isinstance(value, bytes)), None)
+            text = next((item for item in value if isinstance(item, bytes)), None) if _repeated(field) \
+                else value if isinstance(value, bytes) else None
             if text is not None:
-                raise AnalogizeError(f"{path}: a {message.DESCRIPTOR.name} {name} is not UTF-8 text ({text[:40]!r}); "
-                                     f"the file is damaged, re-export it")
+                raise AnalogizeError(f"{path}: a {message.DESCRIPTOR.name} {field.name} is not UTF-8 text "
+                                     f"({text[:40]!r}); the file is damaged, re-export it")
 
 
 def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:
@@ -290,15 +300,29 @@ def _hand_over(staging: Path, moves: list, now: bool = False) -> None:
 
 
 def _commit(staged: list) -> None:
-    done = []
+    """Move each staged file to its final path, all or nothing: on a failure the files already moved are removed
+    and the ones they replaced are put back.
+
+    A file already at a final path is first moved into the staging directory, not renamed over: ext4 writes a
+    file renamed over another back to disk at once (its auto_da_alloc guard against empty files after a power
+    cut), which took 20 ms of a 29 MB model's 60 ms save here; moved aside, the old file is removed with the
+    staging directory."""
+    done, displaced = [], []
     try:
-        for _, moves in staged:
+        for staging, moves in staged:
             for source, target in moves:
+                if target.is_file():
+                    aside = staging / f".replaced-{len(displaced)}"
+                    os.replace(target, aside)
+                    displaced.append((aside, target))
                 os.replace(source, target)
                 done.append(target)
     except OSError as error:
-        for target in done:  # all or nothing: they were written together
-            target.unlink(missing_ok=True)
+        for moved in done:  # all or nothing: they were written together
+            moved.unlink(missing_ok=True)
+        for aside, replaced in displaced:
+            with contextlib.suppress(OSError):
+                os.replace(aside, replaced)
         raise AnalogizeError(f"cannot write {target}: {error.strerror or error}") from None
     finally:
         for staging, _ in staged:

@@ -227,6 +227,23 @@ def test_external_data_round_trip(tmp_path, rng):
     np.testing.assert_array_equal(run(out_dir / "converted.onnx", x), run(onnx.load(DEFAULT_MODEL), x))
 
 
+@pytest.mark.parametrize("where", ["WWWWWWWW", "CCCCCCCC"])
+def test_tensor_names_not_utf8_are_refused(where, tmp_path):
+    """A weight's name and a Constant node's tensor name (tensors take the load check's slower path, which skips
+    their weights) that are not UTF-8 give one line, not a pass tripping on bytes."""
+    constant = helper.make_node("Constant", [], ["c"],
+                                value=numpy_helper.from_array(np.ones(2, np.float32), "CCCCCCCC"))
+    graph = helper.make_graph([constant, helper.make_node("MatMul", ["x", "WWWWWWWW"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+                              [numpy_helper.from_array(np.ones((2, 2), np.float32), "WWWWWWWW")])
+    source = tmp_path / "bad.onnx"
+    source.write_bytes(helper.make_model(graph).SerializeToString().replace(where.encode(), b"\xff\xfe" + b"W" * 6))
+    with pytest.raises(AnalogizeError, match="TensorProto name is not UTF-8"):
+        convert_file(source, tmp_path / "out.onnx")
+    assert not (tmp_path / "out.onnx").exists()
+
+
 @pytest.mark.parametrize("exporter", zoo.EXPORTERS)
 @pytest.mark.parametrize("name,config,shape", [
     ("convnet", dict(width=0.125), (3, 32, 32)),

@@ -3,8 +3,8 @@ none of its outputs (not the first few) and no staging file, says so in one line
 were; a killed one leaves nothing under an output's name, and the next write of that output removes its staging
 directory."""
 import errno
-import json
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -18,6 +18,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from analogize.errors import AnalogizeError
+from analogize.model_io import atomic_output, outputs_together, save_model
 from conftest import DEFAULT_MODEL, ROOT
 from test_cli import analogize
 
@@ -216,9 +218,6 @@ def test_an_output_onto_a_pipe_a_device_or_a_link_is_refused(flag_and_command, f
 
 
 def test_the_library_refuses_to_write_over_a_pipe(files_read):
-    from analogize.errors import AnalogizeError
-    from analogize.model_io import save_model
-
     os.mkfifo("fifo")
     with pytest.raises(AnalogizeError, match="not a regular file"):
         save_model(onnx.load(DEFAULT_MODEL), "fifo")
@@ -254,3 +253,33 @@ def test_plan_writes_the_plan_alone_to_stdout(files_read, capsys):
     assert code == 0, err
     plan = json.loads(out)
     assert plan["format"] == "analogize.plan" and plan["layers"] and not Path("-").exists()
+
+
+def test_outputs_that_fail_to_move_in_put_back_the_files_they_replaced(tmp_path, monkeypatch):
+    """Outputs written together replace files already there; if a later one cannot be moved into place, the
+    earlier ones are taken back and the files they replaced are restored as they were, with no staging left."""
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text("old first")
+    second.write_text("old second")
+    real_replace = os.replace
+
+    def replace_failing_onto_second(source, target):
+        if Path(target) == second and Path(source).name == second.name:  # the new file, not the old one back
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_replace(source, target)
+
+    def write_both():
+        with outputs_together():
+            for path in (first, second):
+                with atomic_output(path) as staged:
+                    staged.write_text("new")
+
+    monkeypatch.setattr(os, "replace", replace_failing_onto_second)
+    with pytest.raises(AnalogizeError, match="cannot write .*second.json: Permission denied"):
+        write_both()
+    assert (first.read_text(), second.read_text()) == ("old first", "old second")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
+    monkeypatch.setattr(os, "replace", real_replace)
+    write_both()
+    assert (first.read_text(), second.read_text()) == ("new", "new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
