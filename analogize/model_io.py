@@ -35,6 +35,7 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
     _check_text_and_nodes(model, path)
     _check_initializers(model.graph, path)
+    check_graph_structure(model.graph, str(path))
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if has_external:
         try:
@@ -138,6 +139,96 @@ def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:
             shown = declared if 0 <= declared < 10**15 else "an impossible number of"
             raise AnalogizeError(f"{path}: initializer {tensor.name!r} declares {shown} values but holds {held}; the "
                                  f"file is damaged, re-export it")
+
+
+def check_graph_structure(graph: onnx.GraphProto, where: str) -> None:
+    """Refuse in one line a graph (or body, at any depth) that reads a tensor nothing produces, produces a tensor
+    twice, lists an output twice or loops back on itself: passes and ONNX's version converter (a segfault) take
+    such a graph on trust. A body may read the names of the graphs around it."""
+    pending = [(graph, frozenset())]
+    while pending:  # a loop, not recursion: the nesting of bodies is the file's to choose
+        body, outer = pending.pop()
+        problem, inner = _structure_problem(body, outer)
+        if problem:
+            raise AnalogizeError(f"{where}: {problem}; the file is damaged or was written wrongly, re-export it")
+        pending.extend(inner)
+
+
+def _structure_problem(graph: onnx.GraphProto, outer: frozenset) -> tuple[str | None, list]:
+    """What is wrong with ``graph``'s own nodes and outputs (None: nothing), and its bodies with the names they may
+    read."""
+    given = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer} | \
+        {tensor.values.name for tensor in graph.sparse_initializer}
+    producer: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in filter(None, node.output):  # "": an optional output left out
+            if name in producer or name in given:
+                return f"tensor {name!r} is produced twice (node {_node_name(node)} produces it again)", []
+            producer[name] = index
+    visible = outer | given | producer.keys() | {""}  # "": an optional input left out
+    needs, bodies = [], []
+    for node in graph.node:
+        reads = set(node.input)
+        for attribute in node.attribute:
+            for body in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else \
+                    attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else ():
+                bodies.append(body)
+                reads |= _names_read_in(body)
+        missing = next((name for name in node.input if name not in visible), None)
+        if missing is not None:
+            return f"node {_node_name(node)} reads {missing!r}, which no node, initializer or graph input produces", []
+        needs.append({producer[name] for name in reads if name in producer})
+    listed = set()
+    for value in graph.output:
+        if value.name in listed:
+            return f"graph output {value.name!r} is listed twice", []
+        if not value.name or value.name not in visible:
+            return f"graph output {value.name!r} is produced by no node, initializer or graph input", []
+        listed.add(value.name)
+    cycle = _node_in_cycle(needs)
+    if cycle is not None:
+        return f"the nodes form a cycle (node {_node_name(graph.node[cycle])} reads what it helps produce, or " \
+               f"comes after such a node)", []
+    scope = frozenset(visible)
+    return None, [(body, scope) for body in bodies]
+
+
+def _names_read_in(body: onnx.GraphProto) -> set:
+    """Every tensor name the nodes of ``body`` and of its own bodies read: those from outside tie a node with a
+    body to the nodes that produce them."""
+    names, pending = set(), [body]
+    while pending:
+        graph = pending.pop()
+        names.update(value.name for value in graph.output)
+        for node in graph.node:
+            names.update(node.input)
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    pending.append(attribute.g)
+                elif attribute.type == onnx.AttributeProto.GRAPHS:
+                    pending.extend(attribute.graphs)
+    return names
+
+
+def _node_in_cycle(needs: list) -> int | None:
+    """A node on a cycle of the graph whose node ``i`` needs the outputs of nodes ``needs[i]``, or None (Kahn's
+    topological sort: the nodes it never reaches are on a cycle or after one)."""
+    waiting = [len(needed) for needed in needs]
+    users: list[list[int]] = [[] for _ in needs]
+    for index, needed in enumerate(needs):
+        for source in needed:
+            users[source].append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    while ready:
+        for user in users[ready.pop()]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    return next((index for index, count in enumerate(waiting) if count), None)
+
+
+def _node_name(node: onnx.NodeProto) -> str:
+    return f"{node.name!r} ({node.op_type})" if node.name else node.op_type
 
 
 def refuse_overwrites(inputs: dict, outputs: dict) -> None:

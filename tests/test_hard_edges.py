@@ -3,7 +3,9 @@ ends of [0, 1) give a std or one line, and checkpoints are read as data, so a cr
 import math
 import os
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -238,3 +240,64 @@ def test_an_opset_move_that_changes_the_interface_is_refused(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
     assert "changes its interface moving it to 13 (input 'initial' changes its type or shape: FLOAT, 1x2 becomes " \
            "FLOAT, 2)" in err
+
+
+def _matmul_model(nodes, outputs, opset=17, initializers=None):
+    """x (1x4) and the 4x4 weights w, ``nodes`` and the graph outputs ``outputs``."""
+    weights = [onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")] if initializers is None \
+        else initializers
+    data = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph(nodes, "g", [data], [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                                           None) for name in outputs],
+                                   weights)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+
+
+_MATMUL = onnx.helper.make_node("MatMul", ["x", "w"], ["y"])
+
+
+@pytest.mark.parametrize("nodes, outputs, problem", [
+    ([_MATMUL], ["nothing"], "graph output 'nothing' is produced by no node"),
+    ([_MATMUL], ["y", "y"], "graph output 'y' is listed twice"),
+    ([_MATMUL, onnx.helper.make_node("Relu", ["q"], ["z"])], ["z"], "node Relu reads 'q', which no node"),
+    ([_MATMUL, onnx.helper.make_node("Relu", ["x"], ["y"])], ["y"], "tensor 'y' is produced twice"),
+    ([onnx.helper.make_node("Add", ["x", "b"], ["a"]), onnx.helper.make_node("MatMul", ["a", "w"], ["b"])], ["b"],
+     "the nodes form a cycle"),
+])
+def test_a_broken_graph_is_refused_before_any_pass(nodes, outputs, problem, tmp_path, capsys):
+    path = tmp_path / "broken.onnx"
+    onnx.save(_matmul_model(nodes, outputs), path)
+    code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / "x.onnx")
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_opset_11_graph_with_a_dangling_output_does_not_crash_the_version_converter(tmp_path):
+    """ONNX's version converter segfaulted on it (exit 139, no message): run apart so that a crash fails one test."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "dangling.onnx"
+    onnx.save(_matmul_model([_MATMUL], ["nothing"], opset=11), path)
+    script = ("import onnx, sys; from analogize.convert import convert; from analogize.errors import AnalogizeError\n"
+              "try: convert(onnx.load(sys.argv[1]))\nexcept AnalogizeError as error: print(error)")
+    finished = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert finished.returncode == 0 and "graph output 'nothing' is produced by no node" in finished.stdout
+
+
+def test_a_body_may_read_names_of_the_graph_around_it(tmp_path, capsys):
+    """An If branch reads y from the main graph: no problem; a body reading a name nowhere in scope is one."""
+    def branch(name, reads):
+        return onnx.helper.make_graph([onnx.helper.make_node("Relu", [reads], [name])], name, [],
+                                      [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)])
+
+    condition = onnx.helper.make_node("Constant", [], ["c"], value=onnx.helper.make_tensor("", 9, [], [True]))
+    for reads, code_expected in (("y", 0), ("nowhere", 2)):
+        choose = onnx.helper.make_node("If", ["c"], ["z"], then_branch=branch("t", reads),
+                                       else_branch=branch("e", "y"))
+        path = tmp_path / f"if_{reads}.onnx"
+        onnx.save(_matmul_model([_MATMUL, condition, choose], ["z"]), path)
+        code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / f"x_{reads}.onnx")
+        assert code == code_expected, err
+        assert code == 0 or "node Relu reads 'nowhere'" in err

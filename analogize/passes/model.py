@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, inliner, version_converter
 
 from ..errors import AnalogizeError
+from ..model_io import check_graph_structure
 from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
 from ..ops.spec import DOMAIN, DOMAIN_VERSION
@@ -45,6 +46,7 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
         raise AnalogizeError(f"the model uses opset {current} and carries its own local functions, which ONNX's "
                              f"version converter drops when moving it to opset {target}; re-export it at opset "
                              f"{target} (analogize needs {minimum}-{maximum or 'newest'} for this conversion)")
+    check_graph_structure(model.graph, "the model")  # the converter crashes the process on a broken graph
     try:
         converted = _convert_version_without_weights(model, target)
     except Exception as error:  # the converter raises bare RuntimeErrors/ValueErrors per op adapter
