@@ -301,3 +301,23 @@ def test_a_body_may_read_names_of_the_graph_around_it(tmp_path, capsys):
         code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / f"x_{reads}.onnx")
         assert code == code_expected, err
         assert code == 0 or "node Relu reads 'nowhere'" in err
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("weight_range", ["tensor", "channel"])
+def test_weights_without_a_finite_range_are_refused_naming_the_weight(bad, weight_range, tmp_path, capsys):
+    """They gave the settings record "max": NaN, which later commands refused as not JSON."""
+    weights = np.eye(4, dtype=np.float32)
+    weights[2, 1] = bad
+    path = tmp_path / "bad_weights.onnx"
+    onnx.save(_matmul_model([_MATMUL], ["y"], initializers=[onnx.numpy_helper.from_array(weights, "w")]), path)
+    code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / "x.onnx", "--weight-range", weight_range)
+    assert code == 2 and "weight 'w' holds NaN or infinite values" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_settings_records_are_strict_json():
+    from analogize.passes.model import store_settings
+
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        store_settings(onnx.ModelProto(), {"max": math.nan})

@@ -219,7 +219,7 @@ METADATA_KEY = "analogize.settings"
 
 def store_settings(model: onnx.ModelProto, summary: dict) -> None:
     """Record convert's settings in the model's metadata (replacing any earlier record)."""
-    value = json.dumps(summary, sort_keys=True)
+    value = json.dumps(summary, sort_keys=True, allow_nan=False)
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
             entry.value = value
