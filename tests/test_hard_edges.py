@@ -321,3 +321,39 @@ def test_settings_records_are_strict_json():
 
     with pytest.raises(ValueError, match="not JSON compliant"):
         store_settings(onnx.ModelProto(), {"max": math.nan})
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_an_image_folder_file_goes_to_raster_decoders_only(tmp_path, monkeypatch):
+    """EPS content under a .png name went to PIL's EPS plugin, which runs Ghostscript on it."""
+    from PIL import EpsImagePlugin
+
+    from analogize.data import load_dataset
+
+    consulted = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda image: consulted.append(image) or 1 / 0)
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "photo.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\nshowpage\n")
+    with pytest.raises(AnalogizeError, match="cannot read image .*photo.png: cannot identify"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    assert not consulted
+
+
+def test_an_image_whose_text_chunk_inflates_too_far_is_one_line(tmp_path, capsys):
+    import struct
+    import zlib
+
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0))
+    pixels = _png_chunk(b"IDAT", zlib.compress(b"".join(b"\0" + b"\x80" * 4 for _ in range(4))))
+    text = _png_chunk(b"zTXt", b"comment\0\0" + zlib.compress(b"a" * 2**24))  # PIL's limit is 1 MB
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + text + pixels +
+                                                  _png_chunk(b"IEND", b""))
+    code, _, err = analogize(capsys, "evaluate", DEFAULT_MODEL, "--data", f"imagefolder:{tmp_path}")
+    assert code == 2 and "cannot read image" in err and "MAX_TEXT_CHUNK" in err and len(err.strip().splitlines()) == 1

@@ -298,13 +298,16 @@ def _load_image_folder(path: Path, split, image_size, channels) -> Dataset:
     images = []
     for file, _ in files:
         try:
-            with Image.open(file) as image:
+            with Image.open(file, formats=_RASTER_FORMATS) as image:
                 image = image.convert(mode)
                 if image_size is not None and image.size != (image_size[1], image_size[0]):
                     image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
                 array = np.asarray(image, np.uint8)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise AnalogizeError(f"cannot read image {file}: {error}") from None
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+            # ValueError: PIL's limits on a PNG's text and ICC chunks, among others
+            reason = str(error).splitlines()[0][:150] if str(error) else type(error).__name__
+            raise AnalogizeError(f"cannot read image {file}: {reason}; give images in one of the formats "
+                                 f"{', '.join(_RASTER_FORMATS)}, whole and of a sane size") from None
         if images and array.shape != images[0].shape:
             raise AnalogizeError(f"{file} is {array.shape[1]}x{array.shape[0]} but {files[0][0]} is "
                                  f"{images[0].shape[1]}x{images[0].shape[0]}; give --resize HxW")
@@ -313,6 +316,11 @@ def _load_image_folder(path: Path, split, image_size, channels) -> Dataset:
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     labels = np.array([label for _, label in files], np.int64) if class_dirs else None
     return Dataset(path.name, x, labels, "nchw", tuple(d.name for d in class_dirs) if class_dirs else None)
+
+
+# The decoders an image folder's files go to, whatever their content claims: PIL would hand EPS content to
+# Ghostscript, a PostScript interpreter, under any name
+_RASTER_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
 def _is_image(path: Path) -> bool:
