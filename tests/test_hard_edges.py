@@ -357,3 +357,30 @@ def test_an_image_whose_text_chunk_inflates_too_far_is_one_line(tmp_path, capsys
                                                   _png_chunk(b"IEND", b""))
     code, _, err = analogize(capsys, "evaluate", DEFAULT_MODEL, "--data", f"imagefolder:{tmp_path}")
     assert code == 2 and "cannot read image" in err and "MAX_TEXT_CHUNK" in err and len(err.strip().splitlines()) == 1
+
+
+def _npy(header: bytes, version: int = 3) -> bytes:
+    """A .npy file of format ``version`` with the header text ``header`` (padded as numpy pads it) and no data."""
+    padded = header + b" " * (-(12 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY" + bytes([version, 0]) + len(padded).to_bytes(4, "little") + padded
+
+
+@pytest.mark.parametrize("members, problem", [
+    ({"x.npy": _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), '''")}, "array's header is damaged"),
+    ({"x.npy": _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), '''", version=2)},
+     "array's header is damaged"),
+    ({"x": b"not an array"}, "its member 'x' is not a .npy array"),  # numpy served it as bytes
+    ({"x": _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 100000), }")},
+     "claims shape (1000000, 100000)"),  # numpy allocated the 400 GB it claims
+])
+def test_every_npz_member_is_checked_as_a_npy_array(members, problem, tmp_path, capsys):
+    import zipfile
+
+    path = tmp_path / "data.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    code, _, err = analogize(capsys, "evaluate", DEFAULT_MODEL, "--data", f"npz:{path}")
+    assert code == 2 and "is not a readable .npz archive" in err and problem in err
+    assert len(err.strip().splitlines()) == 1
+

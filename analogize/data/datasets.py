@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import pickle
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -201,17 +202,23 @@ def npz_archive(path: Path, spec: str, what: str = "data"):
             for info in stored.zip.infolist():
                 _check_claim(stored.zip, info, size)
             yield stored
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        reason = str(error).splitlines()[0][:150] if str(error) else type(error).__name__
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError) as error:
+        if isinstance(error, tokenize.TokenError):  # numpy reads a .npy header as Python tokens: one ends mid-way
+            reason = f"an array's header is damaged: {error.args[0] if error.args else 'it ends mid-way'}"
+        else:
+            reason = str(error).splitlines()[0][:150] if str(error) else type(error).__name__
         raise AnalogizeError(f"{what} {spec!r}: {path} is not a readable .npz archive ({reason}); {hint}") from None
 
 
 def _check_claim(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int) -> None:
-    """ValueError when the .npy member ``info`` claims more bytes than the archive can hold for it."""
-    if not info.filename.endswith(".npy"):
-        return
+    """ValueError when the member ``info`` is no .npy array or claims more bytes than the archive can hold for
+    it: every member counts, since numpy serves one without the .npy suffix too (as an array if it holds one,
+    else as bytes)."""
     with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
+        try:
+            version = np.lib.format.read_magic(member)
+        except ValueError:
+            raise ValueError(f"its member {info.filename!r} is not a .npy array") from None
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = header(member)
         # the zip's own size field is the file's to claim too: bound it by what the archive's bytes can hold
