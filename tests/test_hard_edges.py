@@ -457,3 +457,15 @@ def test_a_string_bias_keeps_its_layer_digital(tmp_path, capsys):
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
     code, _, err = analogize(capsys, "convert", tmp_path / "m.onnx", "-o", tmp_path / "x.onnx")
     assert code == 2 and "bias is not float32" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("record, problem", [("{bad", "is not JSON"), ("[1]", "must be an object"),
+                                             ('{"onnxruntime": 1.2}', "onnxruntime must be a string")])
+def test_a_forged_machine_form_record_is_one_line(record, problem, tmp_path, capsys):
+    """json.loads read it bare: a traceback, or a KeyError further on."""
+    model = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3).model
+    model.metadata_props.add(key="analogize.form", value=record)
+    onnx.save(model, tmp_path / "m.onnx")
+    code, _, err = analogize(capsys, "export", tmp_path / "m.onnx", "--format", "qdq", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "the model's analogize.form metadata" in err and problem in err
+    assert len(err.strip().splitlines()) == 1

@@ -16,6 +16,7 @@ from collections import Counter
 import onnx
 from onnx import helper, inliner, version_converter
 
+from .. import untrusted
 from ..errors import AnalogizeError
 from ..model_io import check_graph_structure
 from ..native.build import FUSED_DOMAIN
@@ -235,8 +236,12 @@ def machine_form_record(model: onnx.ModelProto) -> dict | None:
     the ONNX Runtime version, CPU features and native library it was made with; None for any other model."""
     for entry in model.metadata_props:
         if entry.key == FORM_KEY:
-            return json.loads(entry.value)
+            what, hint = f"the model's {FORM_KEY} metadata", "make the file again with analogize fast"
+            return untrusted.check(untrusted.parse_json(entry.value, what, hint), _FORM_SCHEMA, what, hint)
     return None
+
+
+_FORM_SCHEMA = {"onnxruntime": str, "cpu": str, "blocked_layout": bool, "native_library": str}
 
 
 def refuse_machine_form(model: onnx.ModelProto) -> None:
