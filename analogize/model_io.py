@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import shutil
 import socket
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
@@ -34,15 +36,19 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
-    _check_text_and_nodes(model, path)
-    _check_initializers(model.graph, path)
+    tensors, sparse_tensors = _check_text_and_nodes(model, path)
+    external = [tensor for tensor in tensors if external_data_helper.uses_external_data(tensor)]
+    _check_tensors([tensor for tensor in tensors if not external_data_helper.uses_external_data(tensor)],
+                   sparse_tensors, path)
+    check_graph_structure(model.graph, str(path))
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
-    if has_external:
+    if external:
         try:
             external_data_helper.load_external_data_for_model(model, str(path.parent))
         except (OSError, ValueError, onnx.checker.ValidationError) as error:
             raise AnalogizeError(f"{path}: cannot read its external weight data ({str(error).splitlines()[0]}); "
                                  f"keep the data file next to the model") from None
+        _check_tensors(external, [], path)  # a length in the model's own record need not fit the shape
     return model, has_external
 
 
@@ -119,15 +125,25 @@ def _set_fields(message) -> list:
             if _repeated(field) or message.HasField(field.name)]
 
 
-def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> None:
-    """Refuse text that is not UTF-8 (protobuf hands such a name over as bytes, which every pass trips on) and
-    nodes without outputs, anywhere in the model, before any pass reads it."""
-    pending = [model]
+def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> tuple[list, list]:
+    """Refuse text that is not UTF-8 (protobuf hands such a name over as bytes, which every pass trips on),
+    nodes without outputs and unnamed initializers, anywhere in the model, before any pass reads it; the dense
+    and sparse tensors found on the way (initializers, attribute values such as a Constant's, at any depth) are
+    returned for :func:`_check_tensors`."""
+    pending, tensors, sparse_tensors = [model], [], []
     while pending:  # a loop, not recursion: the nesting of subgraphs is the file's to choose
         message = pending.pop()
         if isinstance(message, onnx.NodeProto) and not message.output:
             raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which no ONNX "
                                  f"op allows; the file is damaged or was written wrongly, re-export it")
+        if isinstance(message, onnx.GraphProto) and (any(not tensor.name for tensor in message.initializer) or
+                                                     any(not t.values.name for t in message.sparse_initializer)):
+            raise AnalogizeError(f"{path}: graph {message.name!r} has an initializer without a name, which would "
+                                 f"stand for every input left out (named ''); re-export the model")
+        if isinstance(message, onnx.TensorProto):
+            tensors.append(message)
+        elif isinstance(message, onnx.SparseTensorProto):
+            sparse_tensors.append(message)
         for field, value in _set_fields(message):
             if field.type == FieldDescriptor.TYPE_MESSAGE:
                 if _repeated(field):
@@ -142,31 +158,153 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> None:
             if text is not None:
                 raise AnalogizeError(f"{path}: a {message.DESCRIPTOR.name} {field.name} is not UTF-8 text "
                                      f"({text[:40]!r}); the file is damaged, re-export it")
+    return tensors, sparse_tensors
 
 
-def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:
-    """Refuse initializers whose stored values do not fill their declared shape (a damaged file), before any
-    pass reads them."""
-    for tensor in graph.initializer:
-        if external_data_helper.uses_external_data(tensor) or tensor.data_type in _SUB_BYTE_TYPES:
-            continue
-        declared = 1
-        for size in tensor.dims:
-            declared *= size
-        try:
-            width = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-        except (KeyError, ValueError, TypeError):  # a type numpy has no width for: left to the reader
-            continue
-        stored = len(tensor.raw_data)  # read once: protobuf (upb) copies the bytes out on every read
-        if stored:
-            held = stored // width
-        else:
-            held = max(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
-            held = held // 2 if tensor.data_type in _COMPLEX_TYPES else held
-        if min(tensor.dims, default=0) < 0 or held != declared:
-            shown = declared if 0 <= declared < 10**15 else "an impossible number of"
-            raise AnalogizeError(f"{path}: initializer {tensor.name!r} declares {shown} values but holds {held}; the "
-                                 f"file is damaged, re-export it")
+def _check_tensors(tensors: list, sparse_tensors: list, path: Path) -> None:
+    """Refuse tensors whose stored values do not fill their declared shape and sparse tensors whose indices
+    leave it (a damaged file), before any pass reads them."""
+    for tensor in tensors:
+        problem = _tensor_problem(tensor)
+        if problem:
+            raise AnalogizeError(f"{path}: tensor {tensor.name!r} {problem}; the file is damaged, re-export it")
+    for sparse in sparse_tensors:
+        problem = _sparse_problem(sparse)
+        if problem:
+            raise AnalogizeError(f"{path}: sparse tensor {sparse.values.name!r} {problem}; the file is damaged, "
+                                 f"re-export it")
+
+
+def _tensor_problem(tensor: onnx.TensorProto) -> str | None:
+    if tensor.HasField("segment"):  # a part of a tensor split over several messages: onnx cannot read one
+        return "is one segment of a tensor split over several messages, which ONNX's readers do not take"
+    if tensor.data_type in _SUB_BYTE_TYPES:
+        return None
+    declared = 1
+    for size in tensor.dims:
+        declared *= size
+    try:
+        width = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
+    except (KeyError, ValueError, TypeError):  # a type numpy has no width for: left to the reader
+        return None
+    stored = len(tensor.raw_data)  # read once: protobuf (upb) copies the bytes out on every read
+    if stored:
+        held = stored // width if stored % width == 0 else f"{stored} bytes of {width}-byte"
+    else:
+        held = max(len(getattr(tensor, field)) for field in _TYPED_FIELDS)
+        held = held // 2 if tensor.data_type in _COMPLEX_TYPES else held
+    if min(tensor.dims, default=0) < 0 or held != declared:
+        shown = declared if 0 <= declared < 10**15 else "an impossible number of"
+        return f"declares {shown} values but holds {held}"
+    return None
+
+
+def _sparse_problem(sparse: onnx.SparseTensorProto) -> str | None:
+    """What is wrong with a sparse tensor whose values and indices passed :func:`_tensor_problem`: values must be
+    a list, and the indices (linear, or one row of coordinates per value) must point inside its shape."""
+    values, indices, shape = sparse.values, sparse.indices, tuple(sparse.dims)
+    if min(shape, default=0) < 0 or len(values.dims) != 1:
+        return f"has shape {list(shape)} and values of shape {list(values.dims)}; values must be a list"
+    count = values.dims[0]
+    if indices.data_type != onnx.TensorProto.INT64 or tuple(indices.dims) not in ((count,), (count, len(shape))):
+        return (f"has {count} values but indices of shape {list(indices.dims)} and type "
+                f"{onnx.helper.tensor_dtype_to_string(indices.data_type)}; ONNX wants int64 indices of shape "
+                f"[{count}] or [{count}, {len(shape)}]")
+    at = onnx.numpy_helper.to_array(indices)
+    bounds = np.array(shape if at.ndim == 2 else [min(math.prod(shape), np.iinfo(np.int64).max)], np.int64)
+    if at.size and ((at < 0).any() or (at >= bounds).any()):
+        return f"has an index outside its shape {list(shape)}"
+    return None
+
+
+def check_graph_structure(graph: onnx.GraphProto, where: str) -> None:
+    """Refuse in one line a graph (or body, at any depth) that reads a tensor nothing produces, produces a tensor
+    twice, lists an output twice or loops back on itself: passes and ONNX's version converter (a segfault) take
+    such a graph on trust. A body may read the names of the graphs around it."""
+    pending = [(graph, frozenset())]
+    while pending:  # a loop, not recursion: the nesting of bodies is the file's to choose
+        body, outer = pending.pop()
+        problem, inner = _structure_problem(body, outer)
+        if problem:
+            raise AnalogizeError(f"{where}: {problem}; the file is damaged or was written wrongly, re-export it")
+        pending.extend(inner)
+
+
+def _structure_problem(graph: onnx.GraphProto, outer: frozenset) -> tuple[str | None, list]:
+    """What is wrong with ``graph``'s own nodes and outputs (None: nothing), and its bodies with the names they may
+    read."""
+    given = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer} | \
+        {tensor.values.name for tensor in graph.sparse_initializer}
+    producer: dict[str, int] = {}
+    for index, node in enumerate(graph.node):
+        for name in filter(None, node.output):  # "": an optional output left out
+            if name in producer or name in given:
+                return f"tensor {name!r} is produced twice (node {_node_name(node)} produces it again)", []
+            producer[name] = index
+    visible = outer | given | producer.keys() | {""}  # "": an optional input left out
+    needs, bodies = [], []
+    for node in graph.node:
+        reads = set(node.input)
+        for attribute in node.attribute:
+            for body in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else \
+                    attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else ():
+                bodies.append(body)
+                reads |= _names_read_in(body)
+        missing = next((name for name in node.input if name not in visible), None)
+        if missing is not None:
+            return f"node {_node_name(node)} reads {missing!r}, which no node, initializer or graph input produces", []
+        needs.append({producer[name] for name in reads if name in producer})
+    listed = set()
+    for value in graph.output:
+        if value.name in listed:
+            return f"graph output {value.name!r} is listed twice", []
+        if not value.name or value.name not in visible:
+            return f"graph output {value.name!r} is produced by no node, initializer or graph input", []
+        listed.add(value.name)
+    cycle = _node_in_cycle(needs)
+    if cycle is not None:
+        return f"the nodes form a cycle (node {_node_name(graph.node[cycle])} reads what it helps produce, or " \
+               f"comes after such a node)", []
+    scope = frozenset(visible)
+    return None, [(body, scope) for body in bodies]
+
+
+def _names_read_in(body: onnx.GraphProto) -> set:
+    """Every tensor name the nodes of ``body`` and of its own bodies read: those from outside tie a node with a
+    body to the nodes that produce them."""
+    names, pending = set(), [body]
+    while pending:
+        graph = pending.pop()
+        names.update(value.name for value in graph.output)
+        for node in graph.node:
+            names.update(node.input)
+            for attribute in node.attribute:
+                if attribute.type == onnx.AttributeProto.GRAPH:
+                    pending.append(attribute.g)
+                elif attribute.type == onnx.AttributeProto.GRAPHS:
+                    pending.extend(attribute.graphs)
+    return names
+
+
+def _node_in_cycle(needs: list) -> int | None:
+    """A node on a cycle of the graph whose node ``i`` needs the outputs of nodes ``needs[i]``, or None (Kahn's
+    topological sort: the nodes it never reaches are on a cycle or after one)."""
+    waiting = [len(needed) for needed in needs]
+    users: list[list[int]] = [[] for _ in needs]
+    for index, needed in enumerate(needs):
+        for source in needed:
+            users[source].append(index)
+    ready = [index for index, count in enumerate(waiting) if count == 0]
+    while ready:
+        for user in users[ready.pop()]:
+            waiting[user] -= 1
+            if waiting[user] == 0:
+                ready.append(user)
+    return next((index for index, count in enumerate(waiting) if count), None)
+
+
+def _node_name(node: onnx.NodeProto) -> str:
+    return f"{node.name!r} ({node.op_type})" if node.name else node.op_type
 
 
 def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str | None = None) -> None:

@@ -3,7 +3,9 @@ ends of [0, 1) give a std or one line, and checkpoints are read as data, so a cr
 import math
 import os
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -238,3 +240,232 @@ def test_an_opset_move_that_changes_the_interface_is_refused(tmp_path, capsys):
     assert code == 2 and len(err.strip().splitlines()) == 1 and not (tmp_path / "x.onnx").exists()
     assert "changes its interface moving it to 13 (input 'initial' changes its type or shape: FLOAT, 1x2 becomes " \
            "FLOAT, 2)" in err
+
+
+def _matmul_model(nodes, outputs, opset=17, initializers=None):
+    """x (1x4) and the 4x4 weights w, ``nodes`` and the graph outputs ``outputs``."""
+    weights = [onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")] if initializers is None \
+        else initializers
+    data = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+    graph = onnx.helper.make_graph(nodes, "g", [data], [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                                                           None) for name in outputs],
+                                   weights)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+
+
+_MATMUL = onnx.helper.make_node("MatMul", ["x", "w"], ["y"])
+
+
+@pytest.mark.parametrize("nodes, outputs, problem", [
+    ([_MATMUL], ["nothing"], "graph output 'nothing' is produced by no node"),
+    ([_MATMUL], ["y", "y"], "graph output 'y' is listed twice"),
+    ([_MATMUL, onnx.helper.make_node("Relu", ["q"], ["z"])], ["z"], "node Relu reads 'q', which no node"),
+    ([_MATMUL, onnx.helper.make_node("Relu", ["x"], ["y"])], ["y"], "tensor 'y' is produced twice"),
+    ([onnx.helper.make_node("Add", ["x", "b"], ["a"]), onnx.helper.make_node("MatMul", ["a", "w"], ["b"])], ["b"],
+     "the nodes form a cycle"),
+])
+def test_a_broken_graph_is_refused_before_any_pass(nodes, outputs, problem, tmp_path, capsys):
+    path = tmp_path / "broken.onnx"
+    onnx.save(_matmul_model(nodes, outputs), path)
+    code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / "x.onnx")
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_an_opset_11_graph_with_a_dangling_output_does_not_crash_the_version_converter(tmp_path):
+    """ONNX's version converter segfaulted on it (exit 139, no message): run apart so that a crash fails one test."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "dangling.onnx"
+    onnx.save(_matmul_model([_MATMUL], ["nothing"], opset=11), path)
+    script = ("import onnx, sys; from analogize.convert import convert; from analogize.errors import AnalogizeError\n"
+              "try: convert(onnx.load(sys.argv[1]))\nexcept AnalogizeError as error: print(error)")
+    finished = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True, timeout=60,
+                              env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert finished.returncode == 0 and "graph output 'nothing' is produced by no node" in finished.stdout
+
+
+def test_a_body_may_read_names_of_the_graph_around_it(tmp_path, capsys):
+    """An If branch reads y from the main graph: no problem; a body reading a name nowhere in scope is one."""
+    def branch(name, reads):
+        return onnx.helper.make_graph([onnx.helper.make_node("Relu", [reads], [name])], name, [],
+                                      [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)])
+
+    condition = onnx.helper.make_node("Constant", [], ["c"], value=onnx.helper.make_tensor("", 9, [], [True]))
+    for reads, code_expected in (("y", 0), ("nowhere", 2)):
+        choose = onnx.helper.make_node("If", ["c"], ["z"], then_branch=branch("t", reads),
+                                       else_branch=branch("e", "y"))
+        path = tmp_path / f"if_{reads}.onnx"
+        onnx.save(_matmul_model([_MATMUL, condition, choose], ["z"]), path)
+        code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / f"x_{reads}.onnx")
+        assert code == code_expected, err
+        assert code == 0 or "node Relu reads 'nowhere'" in err
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("weight_range", ["tensor", "channel"])
+def test_weights_without_a_finite_range_are_refused_naming_the_weight(bad, weight_range, tmp_path, capsys):
+    """They gave the settings record "max": NaN, which later commands refused as not JSON."""
+    weights = np.eye(4, dtype=np.float32)
+    weights[2, 1] = bad
+    path = tmp_path / "bad_weights.onnx"
+    onnx.save(_matmul_model([_MATMUL], ["y"], initializers=[onnx.numpy_helper.from_array(weights, "w")]), path)
+    code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / "x.onnx", "--weight-range", weight_range)
+    assert code == 2 and "weight 'w' holds NaN or infinite values" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_settings_records_are_strict_json():
+    from analogize.passes.model import store_settings
+
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        store_settings(onnx.ModelProto(), {"max": math.nan})
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def test_an_image_folder_file_goes_to_raster_decoders_only(tmp_path, monkeypatch):
+    """EPS content under a .png name went to PIL's EPS plugin, which runs Ghostscript on it."""
+    from PIL import EpsImagePlugin
+
+    from analogize.data import load_dataset
+
+    consulted = []
+    monkeypatch.setattr(EpsImagePlugin.EpsImageFile, "_open", lambda image: consulted.append(image) or 1 / 0)
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "photo.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\nshowpage\n")
+    with pytest.raises(AnalogizeError, match="cannot read image .*photo.png: cannot identify"):
+        load_dataset(f"imagefolder:{tmp_path}")
+    assert not consulted
+
+
+def test_an_image_whose_text_chunk_inflates_too_far_is_one_line(tmp_path, capsys):
+    import struct
+    import zlib
+
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4, 4, 8, 0, 0, 0, 0))
+    pixels = _png_chunk(b"IDAT", zlib.compress(b"".join(b"\0" + b"\x80" * 4 for _ in range(4))))
+    text = _png_chunk(b"zTXt", b"comment\0\0" + zlib.compress(b"a" * 2**24))  # PIL's limit is 1 MB
+    (tmp_path / "cats").mkdir()
+    (tmp_path / "cats" / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n" + header + text + pixels +
+                                                  _png_chunk(b"IEND", b""))
+    code, _, err = analogize(capsys, "evaluate", DEFAULT_MODEL, "--data", f"imagefolder:{tmp_path}")
+    assert code == 2 and "cannot read image" in err and "MAX_TEXT_CHUNK" in err and len(err.strip().splitlines()) == 1
+
+
+def _npy(header: bytes, version: int = 3) -> bytes:
+    """A .npy file of format ``version`` with the header text ``header`` (padded as numpy pads it) and no data."""
+    padded = header + b" " * (-(12 + len(header) + 1) % 64) + b"\n"
+    return b"\x93NUMPY" + bytes([version, 0]) + len(padded).to_bytes(4, "little") + padded
+
+
+@pytest.mark.parametrize("members, problem", [
+    ({"x.npy": _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), '''")}, "array's header is damaged"),
+    ({"x.npy": _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), '''", version=2)},
+     "array's header is damaged"),
+    ({"x": b"not an array"}, "its member 'x' is not a .npy array"),  # numpy served it as bytes
+    ({"x": _npy(b"{'descr': '<f4', 'fortran_order': False, 'shape': (1000000, 100000), }")},
+     "claims shape (1000000, 100000)"),  # numpy allocated the 400 GB it claims
+])
+def test_every_npz_member_is_checked_as_a_npy_array(members, problem, tmp_path, capsys):
+    import zipfile
+
+    path = tmp_path / "data.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, content in members.items():
+            archive.writestr(name, content)
+    code, _, err = analogize(capsys, "evaluate", DEFAULT_MODEL, "--data", f"npz:{path}")
+    assert code == 2 and "is not a readable .npz archive" in err and problem in err
+    assert len(err.strip().splitlines()) == 1
+
+
+
+def _sparse_weights(indices) -> onnx.SparseTensorProto:
+    values = onnx.numpy_helper.from_array(np.ones(len(indices), np.float32), "w")
+    return onnx.helper.make_sparse_tensor(values, onnx.numpy_helper.from_array(np.array(indices, np.int64), "at"),
+                                          [4, 4])
+
+
+def _short_tensor(name: str) -> onnx.TensorProto:
+    """A 4x4 float tensor that stores 4 values."""
+    tensor = onnx.numpy_helper.from_array(np.ones(4, np.float32), name)
+    tensor.dims[:] = [4, 4]
+    return tensor
+
+
+def _segment() -> onnx.TensorProto:
+    tensor = onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    tensor.segment.begin, tensor.segment.end = 0, 8
+    return tensor
+
+
+@pytest.mark.parametrize("make, problem", [
+    (lambda: _matmul_model([onnx.helper.make_node("Constant", [], ["w"], value=_short_tensor("cw")), _MATMUL], ["y"],
+                           initializers=[]), "tensor 'cw' declares 16 values but holds 4"),
+    (lambda: _matmul_model([onnx.helper.make_node("Constant", [], ["w"], sparse_value=_sparse_weights([0, 5, 16])),
+                            _MATMUL], ["y"], initializers=[]), "sparse tensor 'w' has an index outside its shape"),
+    (lambda: _matmul_model([_MATMUL], ["y"], initializers=[_segment()]), "tensor 'w' is one segment of a tensor"),
+    (lambda: _matmul_model([_MATMUL], ["y"], initializers=[
+        onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "w"),
+        onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32), "")]), "graph 'g' has an initializer without a name"),
+])
+def test_every_tensor_of_a_model_is_checked_on_load(make, problem, tmp_path, capsys):
+    """Constant values, sparse tensors, segments and unnamed initializers went to the passes unchecked (numpy's
+    reshape or onnx's 'not supporting loading segments' as a traceback)."""
+    path = tmp_path / "model.onnx"
+    onnx.save(make(), path)
+    code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / "x.onnx")
+    assert code == 2 and problem in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_sparse_initializer_with_indices_outside_its_shape_is_refused(tmp_path, capsys):
+    model = _matmul_model([_MATMUL], ["y"], initializers=[])
+    model.graph.sparse_initializer.append(_sparse_weights([[0, 1], [3, 4]]))
+    onnx.save(model, tmp_path / "model.onnx")
+    code, _, err = analogize(capsys, "evaluate", tmp_path / "model.onnx", "--data", "digits")
+    assert code == 2 and "sparse tensor 'w' has an index outside its shape [4, 4]" in err
+
+
+def test_external_weights_must_fill_their_shape_once_read(tmp_path, capsys):
+    """The model's own record of the data's length is the file's to choose: 40 bytes for 16 floats."""
+    path = tmp_path / "model.onnx"
+    onnx.save(_matmul_model([_MATMUL], ["y"]), path, save_as_external_data=True, location="model.onnx.data",
+              size_threshold=0)
+    model = onnx.load(path, load_external_data=False)
+    for entry in model.graph.initializer[0].external_data:
+        entry.value = "40" if entry.key == "length" else entry.value
+    onnx.save(model, path)
+    code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / "x.onnx")
+    assert code == 2 and "tensor 'w' declares 16 values but holds 10" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_string_bias_keeps_its_layer_digital(tmp_path, capsys):
+    """Its range was taken as for a float bias: numpy's 'bad operand type for unary -' as a traceback."""
+    data = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 1, 4, 4])
+    weights = onnx.numpy_helper.from_array(np.ones((2, 1, 3, 3), np.float32), "w")
+    bias = onnx.helper.make_tensor("b", onnx.TensorProto.STRING, [2], [b"a", b"b"])
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Conv", ["x", "w", "b"], ["y"])], "g", [data],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+                                   [weights, bias])
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    code, _, err = analogize(capsys, "convert", tmp_path / "m.onnx", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "bias is not float32" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("record, problem", [("{bad", "is not JSON"), ("[1]", "must be an object"),
+                                             ('{"onnxruntime": 1.2}', "onnxruntime must be a string")])
+def test_a_forged_machine_form_record_is_one_line(record, problem, tmp_path, capsys):
+    """json.loads read it bare: a traceback, or a KeyError further on."""
+    model = convert(onnx.load(DEFAULT_MODEL), bits=6, ep=0.3).model
+    model.metadata_props.add(key="analogize.form", value=record)
+    onnx.save(model, tmp_path / "m.onnx")
+    code, _, err = analogize(capsys, "export", tmp_path / "m.onnx", "--format", "qdq", "-o", tmp_path / "x.onnx")
+    assert code == 2 and "the model's analogize.form metadata" in err and problem in err
+    assert len(err.strip().splitlines()) == 1

@@ -132,7 +132,7 @@ def _write_and_print(result: dict, json_path, plot_path) -> None:
     if json_path:
         document = analysis.to_json(result)
         if json_path == "-":
-            click.echo(json.dumps(document, indent=2))
+            click.echo(json.dumps(document, indent=2, allow_nan=False))
         else:
             results.write_json(document, json_path)
     if plot_path:

@@ -49,7 +49,7 @@ def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, i
     for line in report["warnings"]:
         click.echo(line, err=True)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report, indent=2, allow_nan=False))
         return
     _print_summary(report)
 

@@ -32,7 +32,7 @@ def export(model, format_, output, spec_path, keep_noise, verify_data, limit, ov
     report = export_file(model, output, format_, spec=spec_path, keep_noise=keep_noise, verify_data=verify_data,
                          limit=limit, overwrite=overwrite)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report, indent=2, allow_nan=False))
         return
     click.echo(f"wrote {report['output']} ({format_}) and {report['spec']}: {report['tensors']} analog tensors, "
                f"{report['activations']} activations")

@@ -28,7 +28,7 @@ def fast(model, output, for_this_machine, overwrite, as_json):
 
     report = fast_file(model, output, for_this_machine, overwrite)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report, indent=2, allow_nan=False))
         return
     click.echo(f"wrote {report['output']}: {report['fused_chains']} chains fused")
     if for_this_machine:

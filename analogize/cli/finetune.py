@@ -59,7 +59,7 @@ def print_training_report(report: dict, json_path, report_path=None) -> None:
         from ..training.finetune import write_report
 
         if json_path == "-":
-            click.echo(json.dumps(report, indent=2, default=float))
+            click.echo(json.dumps(report, indent=2, default=float, allow_nan=False))
             return
         write_report(report, json_path)
     before, after = report["before"], report["after"]

@@ -110,7 +110,7 @@ def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_k
                             ConvertOptions(**chain, **PAPER_RANGES), eval_data=eval_data, limit=limit,
                             shard=parse_shard(shard) if shard else (0, 1), progress=not quiet)
     if json_path == "-":
-        click.echo(json.dumps(result, indent=1))
+        click.echo(json.dumps(result, indent=1, allow_nan=False))
     elif json_path:
         write_json(result, json_path)
     if plot_path and result["points"]:

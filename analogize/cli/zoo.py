@@ -24,7 +24,7 @@ def zoo_list(as_json):
 
     entries = {name: {p.name: p.default for p in inspect.signature(f).parameters.values()} for name, f in MODELS.items()}
     if as_json:
-        click.echo(json.dumps(entries, indent=2))
+        click.echo(json.dumps(entries, indent=2, allow_nan=False))
         return
     for name, options in entries.items():
         click.echo(f"{name:10s} " + " ".join(f"{k}={v}" for k, v in options.items()))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import pickle
+import tokenize
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -207,17 +208,23 @@ def npz_archive(path: Path, spec: str, what: str = "data"):
             for info in stored.zip.infolist():
                 _check_claim(stored.zip, info, size)
             yield stored
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
-        reason = str(error).splitlines()[0][:150] if str(error) else type(error).__name__
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError) as error:
+        if isinstance(error, tokenize.TokenError):  # numpy reads a .npy header as Python tokens: one ends mid-way
+            reason = f"an array's header is damaged: {error.args[0] if error.args else 'it ends mid-way'}"
+        else:
+            reason = str(error).splitlines()[0][:150] if str(error) else type(error).__name__
         raise AnalogizeError(f"{what} {spec!r}: {path} is not a readable .npz archive ({reason}); {hint}") from None
 
 
 def _check_claim(archive: zipfile.ZipFile, info: zipfile.ZipInfo, archive_size: int) -> None:
-    """ValueError when the .npy member ``info`` claims more bytes than the archive can hold for it."""
-    if not info.filename.endswith(".npy"):
-        return
+    """ValueError when the member ``info`` is no .npy array or claims more bytes than the archive can hold for
+    it: every member counts, since numpy serves one without the .npy suffix too (as an array if it holds one,
+    else as bytes)."""
     with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
+        try:
+            version = np.lib.format.read_magic(member)
+        except ValueError:
+            raise ValueError(f"its member {info.filename!r} is not a .npy array") from None
         header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = header(member)
         # the zip's own size field is the file's to claim too: bound it by what the archive's bytes can hold
@@ -304,13 +311,16 @@ def _load_image_folder(path: Path, split, image_size, channels) -> Dataset:
     images = []
     for file, _ in files:
         try:
-            with Image.open(file) as image:
+            with Image.open(file, formats=_RASTER_FORMATS) as image:
                 image = image.convert(mode)
                 if image_size is not None and image.size != (image_size[1], image_size[0]):
                     image = image.resize((image_size[1], image_size[0]), Image.BILINEAR)
                 array = np.asarray(image, np.uint8)
-        except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as error:
-            raise AnalogizeError(f"cannot read image {file}: {error}") from None
+        except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+            # ValueError: PIL's limits on a PNG's text and ICC chunks, among others
+            reason = str(error).splitlines()[0][:150] if str(error) else type(error).__name__
+            raise AnalogizeError(f"cannot read image {file}: {reason}; give images in one of the formats "
+                                 f"{', '.join(_RASTER_FORMATS)}, whole and of a sane size") from None
         if images and array.shape != images[0].shape:
             raise AnalogizeError(f"{file} is {array.shape[1]}x{array.shape[0]} but {files[0][0]} is "
                                  f"{images[0].shape[1]}x{images[0].shape[0]}; give --resize HxW")
@@ -319,6 +329,11 @@ def _load_image_folder(path: Path, split, image_size, channels) -> Dataset:
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     labels = np.array([label for _, label in files], np.int64) if class_dirs else None
     return Dataset(path.name, x, labels, "nchw", tuple(d.name for d in class_dirs) if class_dirs else None)
+
+
+# The decoders an image folder's files go to, whatever their content claims: PIL would hand EPS content to
+# Ghostscript, a PostScript interpreter, under any name
+_RASTER_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 
 
 def _is_image(path: Path) -> bool:

@@ -35,7 +35,7 @@ def export_file(source, destination, format: str = "qdq", spec=None, keep_noise:
         report["verification"] = analog["verification"] = compare_outputs(model, exported, inputs)
     save_model(exported, destination, external_data=external, overwrite_input=None if overwrite else source)
     with atomic_output(spec_path) as temporary:
-        temporary.write_text(json.dumps(analog, indent=2) + "\n")
+        temporary.write_text(json.dumps(analog, indent=2, allow_nan=False) + "\n")
     return report
 
 

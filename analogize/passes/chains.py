@@ -290,6 +290,8 @@ def _classify_layer(node: gs.Node, position: int, scope: _Scope, exclude, produc
         bias = (inputs[2] or None) if node.op == "Gemm" else None
     if weight not in scope.float_constants:
         return "weight is not float32 (only float32 models are supported)", None
+    if bias in scope.constants and bias not in scope.float_constants:  # a string bias has no range to take
+        return "bias is not float32 (only float32 models are supported)", None
     weight_tensor, data_tensor = scope.tensors[weight], scope.tensors[data]
     shape = weight_tensor.shape
     if shape is None:  # a Constant node's output carries no shape until inference runs

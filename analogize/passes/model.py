@@ -16,7 +16,9 @@ from collections import Counter
 import onnx
 from onnx import helper, inliner, version_converter
 
+from .. import untrusted
 from ..errors import AnalogizeError
+from ..model_io import check_graph_structure
 from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
 from ..ops.spec import DOMAIN, DOMAIN_VERSION
@@ -45,6 +47,7 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
         raise AnalogizeError(f"the model uses opset {current} and carries its own local functions, which ONNX's "
                              f"version converter drops when moving it to opset {target}; re-export it at opset "
                              f"{target} (analogize needs {minimum}-{maximum or 'newest'} for this conversion)")
+    check_graph_structure(model.graph, "the model")  # the converter crashes the process on a broken graph
     try:
         converted = _convert_version_without_weights(model, target)
     except Exception as error:  # the converter raises bare RuntimeErrors/ValueErrors per op adapter
@@ -217,7 +220,7 @@ METADATA_KEY = "analogize.settings"
 
 def store_settings(model: onnx.ModelProto, summary: dict) -> None:
     """Record convert's settings in the model's metadata (replacing any earlier record)."""
-    value = json.dumps(summary, sort_keys=True)
+    value = json.dumps(summary, sort_keys=True, allow_nan=False)
     for entry in model.metadata_props:
         if entry.key == METADATA_KEY:
             entry.value = value
@@ -233,8 +236,12 @@ def machine_form_record(model: onnx.ModelProto) -> dict | None:
     the ONNX Runtime version, CPU features and native library it was made with; None for any other model."""
     for entry in model.metadata_props:
         if entry.key == FORM_KEY:
-            return json.loads(entry.value)
+            what, hint = f"the model's {FORM_KEY} metadata", "make the file again with analogize fast"
+            return untrusted.check(untrusted.parse_json(entry.value, what, hint), _FORM_SCHEMA, what, hint)
     return None
+
+
+_FORM_SCHEMA = {"onnxruntime": str, "cpu": str, "blocked_layout": bool, "native_library": str}
 
 
 def refuse_machine_form(model: onnx.ModelProto) -> None:

@@ -151,12 +151,15 @@ def is_range_node(node: gs.Node) -> bool:
     return node.name.startswith(CONVERT_PREFIX) and node.name.rpartition("/")[2] in RANGE_NODE_SUFFIXES
 
 
-def _weight_range(weight: np.ndarray, scope: Scope) -> dict:
+def _weight_range(weight: np.ndarray, scope: Scope, name: str) -> dict:
     """The r a weight's range expression computes, for the report: one value, or the spread over channels."""
     axes = scope.axes if scope.axes is not None else tuple(range(weight.ndim))
     if weight.size == 0:
         return {"value": MIN_RANGE}
     largest = np.maximum(np.max(weight, axis=axes), -np.min(weight, axis=axes)).astype(np.float64)
+    if not np.isfinite(largest).all():  # max and min carry a NaN or infinity through: no array-wide scan
+        raise AnalogizeError(f"weight {name!r} holds NaN or infinite values, which give its range no size (the "
+                             f"simulation would output NaN); fix the model's weights")
     largest = np.maximum(largest, MIN_RANGE)
     if largest.size == 1:
         return {"value": float(largest.reshape(-1)[0])}
@@ -181,7 +184,7 @@ class RangeBuilder:
         record = {"mode": mode, "scope": scope.label}
         values = known_values(source)
         if values is not None:
-            record.update(_weight_range(values, scope))
+            record.update(_weight_range(values, scope, source.name))
         magnitude = new_variable(self.names.unique(f"{source.name}::abs"))
         largest = new_variable(self.names.unique(f"{source.name}::absmax"))
         value = new_variable(self.names.unique(f"{source.name}::range"))

@@ -84,7 +84,7 @@ def machine_form(fast: onnx.ModelProto) -> onnx.ModelProto:
     kept = [entry for entry in fast.metadata_props if entry.key != FORM_KEY]
     optimised.ClearField("metadata_props")
     optimised.metadata_props.extend(kept)
-    optimised.metadata_props.add(key=FORM_KEY, value=json.dumps(record, sort_keys=True))
+    optimised.metadata_props.add(key=FORM_KEY, value=json.dumps(record, sort_keys=True, allow_nan=False))
     return optimised
 
 

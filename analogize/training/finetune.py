@@ -404,7 +404,7 @@ def write_report(report: dict, path) -> None:
     from ..model_io import atomic_output
 
     with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(report, indent=2) + "\n")
+        temporary.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 def split_data(spec: str, limit: int | None = None, validation_spec: str | None = None, seed: int = 0,

@@ -146,7 +146,7 @@ def sweep(directory, data: str, grid: SweepGrid, setup: TrainSetup = TrainSetup(
                       "final_train_loss": report["history"][-1]["train_loss"], "built": report["built"],
                       "settings": report["settings"], "seconds": time.perf_counter() - started}
             with atomic_output(_cell_path(directory, cell), keep_on_failure=True) as temporary:  # resumable
-                temporary.write_text(json.dumps(record, indent=1, default=float) + "\n")
+                temporary.write_text(json.dumps(record, indent=1, default=float, allow_nan=False) + "\n")
             bar.set_postfix(last_accuracy=f"{record['accuracy']:.1%}")
             bar.update()
     return summarise(directory)
@@ -176,7 +176,7 @@ def _claim(directory: Path, settings: dict) -> None:
         raise AnalogizeError(f"cannot make the sweep directory {directory}: {error.strerror or error}") from None
     settings = json.loads(json.dumps(settings, default=list))
     staging = directory / f".{SETTINGS_FILE}.{os.getpid()}"
-    staging.write_text(json.dumps(settings, indent=1) + "\n")
+    staging.write_text(json.dumps(settings, indent=1, allow_nan=False) + "\n")
     try:
         os.link(staging, marker)
     except FileExistsError:
