@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 import shutil
@@ -107,8 +108,10 @@ _SUB_BYTE_TYPES = {getattr(onnx.TensorProto, name) for name in ("INT4", "UINT4",
 _COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
 
 
-def _repeated(field) -> bool:
-    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED  # protobuf 7
+@functools.cache
+def _field_kind(field) -> tuple[int, bool]:
+    """(type, repeated) of a field, cached: a walk meets the same few dozen fields thousands of times."""
+    return field.type, field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
 
 
 _TENSOR = onnx.TensorProto.DESCRIPTOR
@@ -122,7 +125,7 @@ def _set_fields(message) -> list:
     if message.DESCRIPTOR is not _TENSOR:
         return message.ListFields()
     return [(field, getattr(message, field.name)) for field in _TENSOR_TEXT_AND_MESSAGE_FIELDS
-            if _repeated(field) or message.HasField(field.name)]
+            if _field_kind(field)[1] or message.HasField(field.name)]
 
 
 def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> tuple[list, list]:
@@ -145,15 +148,16 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> tuple[list, lis
         elif isinstance(message, onnx.SparseTensorProto):
             sparse_tensors.append(message)
         for field, value in _set_fields(message):
-            if field.type == FieldDescriptor.TYPE_MESSAGE:
-                if _repeated(field):
+            kind, repeated = _field_kind(field)
+            if kind == FieldDescriptor.TYPE_MESSAGE:
+                if repeated:
                     pending.extend(value)
                 else:
                     pending.append(value)
                 continue
-            if field.type != FieldDescriptor.TYPE_STRING:
+            if kind != FieldDescriptor.TYPE_STRING:
                 continue
-            text = next((item for item in value if isinstance(item, bytes)), None) if _repeated(field) \
+            text = next((item for item in value if isinstance(item, bytes)), None) if repeated \
                 else value if isinstance(value, bytes) else None
             if text is not None:
                 raise AnalogizeError(f"{path}: a {message.DESCRIPTOR.name} {field.name} is not UTF-8 text "
@@ -183,9 +187,8 @@ def _tensor_problem(tensor: onnx.TensorProto) -> str | None:
     declared = 1
     for size in tensor.dims:
         declared *= size
-    try:
-        width = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)).itemsize
-    except (KeyError, ValueError, TypeError):  # a type numpy has no width for: left to the reader
+    width = _item_width(tensor.data_type)
+    if width is None:  # a type numpy has no width for: left to the reader
         return None
     stored = len(tensor.raw_data)  # read once: protobuf (upb) copies the bytes out on every read
     if stored:
@@ -197,6 +200,14 @@ def _tensor_problem(tensor: onnx.TensorProto) -> str | None:
         shown = declared if 0 <= declared < 10**15 else "an impossible number of"
         return f"declares {shown} values but holds {held}"
     return None
+
+
+@functools.cache
+def _item_width(data_type: int) -> int | None:
+    try:
+        return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(data_type)).itemsize
+    except (KeyError, ValueError, TypeError):
+        return None
 
 
 def _sparse_problem(sparse: onnx.SparseTensorProto) -> str | None:
