@@ -455,6 +455,48 @@ def test_an_input_that_ends_early_is_no_interrupt(monkeypatch, capsys):
                                       "is truncated: write it again\n"
 
 
+def test_torch_out_of_memory_is_one_line(monkeypatch, capsys):
+    """torch's CPU allocator fails with a RuntimeError, not numpy's MemoryError."""
+    import torch
+
+    from analogize.cli import main
+    from analogize.evaluate import engine
+
+    monkeypatch.setattr(engine, "evaluate_file", lambda *args, **kwargs: torch.empty(2**50, dtype=torch.uint8))
+    assert main(["evaluate", str(DEFAULT_MODEL), "--data", "digits", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("analogize: error: out of memory (") and "can't allocate memory" in err
+    assert err.count("\n") == 1
+
+
+def test_other_runtime_errors_stay_bugs(monkeypatch):
+    from analogize.cli import main
+    from analogize.evaluate import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an internal bug")
+
+    monkeypatch.setattr(engine, "evaluate_file", broken)
+    with pytest.raises(RuntimeError, match="an internal bug"):
+        main(["evaluate", str(DEFAULT_MODEL), "--data", "digits", "--quiet"])
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [("ops", "--json"), ("evaluate", "{model}", "--data", "digits", "--limit", "10",
+                                                       "--repeats", "1", "--quiet", "--json", "-", "--csv", "r.csv")])
+def test_standard_output_on_a_full_disk_is_one_line(argv, tmp_path):
+    """Writing the result to a full disk: one line, exit 2, and none of the command's files."""
+    argv = [arg.replace("{model}", str(DEFAULT_MODEL)) for arg in argv]
+    with open("/dev/full", "w") as full:
+        finished = subprocess.run([sys.executable, "-m", "analogize", *argv], cwd=tmp_path, stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=TIMEOUT_S,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert finished.returncode == 2
+    assert finished.stderr == "analogize: error: cannot write to standard output (No space left on device); send " \
+                              "it to a file on a disk with room, or to a reader that takes all of it\n"
+    assert not list(tmp_path.iterdir())
+
+
 def test_an_interrupt_is_one_line_and_exit_130(tmp_path):
     """Ctrl-C while evaluating: 'interrupted', exit 130, and no output file."""
     import fcntl
