@@ -199,6 +199,11 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
             convert_options.refuse_on_converted("finetune", varied=("seed",))
         converted = unfuse_model_chains(model)  # a fast-form file trains, and is written, node by node
     converted = constants_as_initializers(converted)
+    outputs = [value.name for value in converted.graph.output]
+    if len(outputs) != 1:
+        raise AnalogizeError(f"finetune trains a model with one output, the class scores its loss reads; this one "
+                             f"has {len(outputs)}{' (' + ', '.join(outputs) + ')' if outputs else ''}: save a "
+                             f"model whose graph lists only that output")
     x_train, _ = fit_to_input(train, converted, preprocessing)
     x_valid, _ = fit_to_input(validation, converted, preprocessing)
     torch.manual_seed(options.seed + distributed.rank)  # each process draws its own noise
