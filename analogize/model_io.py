@@ -215,6 +215,11 @@ def _commit(staged: list) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+# how much of the output's name the staging directory's holds: the whole, with this host and process added, went
+# past the 255 bytes a file name may have where the output's own name fit
+STAGED_NAME_CHARACTERS = 100
+
+
 @contextlib.contextmanager
 def _staged(path: Path):
     """A new hidden directory beside ``path`` to write it in, removed with what it holds if the block fails. Its
@@ -222,7 +227,7 @@ def _staged(path: Path):
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise AnalogizeError(f"cannot write {path}: directory {directory} does not exist")
-    prefix = f".{path.name}.staging-"
+    prefix = f".{path.name[:STAGED_NAME_CHARACTERS]}.staging-"
     _remove_abandoned_staging(directory, prefix)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{socket.gethostname()}-{os.getpid()}-", dir=directory))

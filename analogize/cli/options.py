@@ -158,6 +158,11 @@ def writable_file(ctx, param, value):
         raise click.BadParameter(f"directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise click.BadParameter(f"directory {directory} is not writable")
+    name = os.path.basename(value)
+    longest = os.pathconf(directory, "PC_NAME_MAX")
+    if len(os.fsencode(name)) > longest:
+        raise click.BadParameter(f"the file name {name[:20]}... is longer than the {longest} bytes a name may have "
+                                 f"there; give a shorter one")
     return value
 
 

@@ -164,9 +164,9 @@ def _load_npz(path: Path, split, image_size, channels) -> Dataset:
             raise AnalogizeError(f"{path} holds arrays {', '.join(names) or '(none)'}; expected '{INPUTS}' "
                                  f"(inputs) and optionally '{LABELS}' (labels)")
         x, y = arrays[INPUTS], arrays[LABELS] if LABELS in names else None
-    if not 2 <= x.ndim <= 4 or not len(x):
+    if not 2 <= x.ndim <= 4 or 0 in x.shape:  # no samples, or samples of nothing (resized, they were made up)
         raise AnalogizeError(f"{path}: 'x' has shape {x.shape}; expected (N, C, H, W), (N, H, W, C), (N, H, W) "
-                             f"or (N, features)")
+                             f"or (N, features), none of them 0")
     layout = "flat" if x.ndim == 2 else _guess_layout(x.shape)
     if x.ndim == 3:
         x = x[:, None]

@@ -224,11 +224,7 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     history, start, best = [], 0, (-1.0, None)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     if checkpoint is not None and not resume:
-        try:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise AnalogizeError(f"cannot make the checkpoint directory {checkpoint.parent}: "
-                                 f"{error.strerror or error}") from None
+        _check_checkpoint_directory(checkpoint.parent)
     if resume:
         if checkpoint is None or not checkpoint.exists():
             raise AnalogizeError(f"nothing to resume: no checkpoint at {checkpoint or '(no --checkpoint-dir given)'}")
@@ -390,9 +386,26 @@ def _model_signature(module, converted: onnx.ModelProto) -> dict:
             "settings": stored_settings(converted)}
 
 
+def _check_checkpoint_directory(directory: Path) -> None:
+    """Fail before training, not after its first epoch, where the checkpoint directory cannot be made; what this
+    makes goes again, so that a run that fails before its first checkpoint leaves no empty directory behind."""
+    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+    _make_checkpoint_directory(directory)
+    for folder in missing:  # the innermost first
+        folder.rmdir()
+
+
+def _make_checkpoint_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AnalogizeError(f"cannot make the checkpoint directory {directory}: {error.strerror or error}") from None
+
+
 def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options, model) -> None:
     from ..model_io import atomic_output
 
+    _make_checkpoint_directory(path.parent)
     with atomic_output(path, keep_on_failure=True) as temporary, open(temporary, "wb") as handle:
         try:
             torch.save({"model": model, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
