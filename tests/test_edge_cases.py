@@ -151,6 +151,28 @@ CASES = [
                                                    "width=0.0625", "--option", "classifier_width=16"),
          may_succeed=True, quick=True),
     Case("zoo export vgg_a with its defaults", ("zoo", "export", "vgg_a", "-o", "z.onnx"), may_succeed=True),
+    *(Case(f"a model {what}: {argv[0]}", argv, quick=True) for what, argv in (
+        ("with two outputs", ("finetune", "{graph_two-outputs}", "--data", "{features}", "--epochs", "1",
+                              "--repeats", "1", "--quiet", "-o", "t.onnx")),
+        ("with no output", ("evaluate", "{graph_no-output}", "--data", "{features}", "--repeats", "1", "--quiet")),
+        ("with a sequence input", ("evaluate", "{graph_sequence-input}", "--data", "digits", "--repeats", "1",
+                                   "--quiet")),
+        ("with an unknown analog op", ("evaluate", "{graph_unknown-op}", "--data", "{features}", "--repeats", "1",
+                                       "--quiet")),
+        ("that fails to run", ("evaluate", "{graph_run-fails}", "--data", "{features}", "--repeats", "1",
+                               "--quiet")))),
+    Case("--scale inf: convert", ("convert", "{model}", "-o", "c.onnx", "--scale", "inf"), quick=True),
+    Case("--input-std 1e-40: evaluate", ("evaluate", "{model}", *EVALUATION, "--input-std", "1e-40"), quick=True),
+    Case("--input-mean 1e39: evaluate", ("evaluate", "{model}", *EVALUATION, "--input-mean", "1e39")),
+    Case("labels past int64: evaluate", ("evaluate", "{graph_features}", "--data", "npz:{npz_labels-huge}",
+                                         "--repeats", "1", "--quiet"), quick=True),
+    Case("npz images 0 pixels high: evaluate", ("evaluate", "{model}", "--data", "npz:{npz_no-height}",
+                                                "--repeats", "1", "--quiet"), quick=True),
+    Case("zoo export --option width=(1,2)", ("zoo", "export", "convnet", "-o", "z.onnx", "--option", "width=(1,2)"),
+         quick=True),
+    Case("finetune whose loss diverges, with --checkpoint-dir", ("finetune", "{model}", *TRAINING, "-o", "t.onnx",
+                                                                 "--lr", "1e30", "--batch-size", "4",
+                                                                 "--checkpoint-dir", "checkpoints/run"), quick=True),
     *(Case(f"named pipe as {what}", argv, quick=what == "the model of evaluate") for what, argv in (
         ("the model of convert", ("convert", "{pipe}", "-o", "c.onnx")),
         ("the model of evaluate", ("evaluate", "{pipe}", *EVALUATION)),
@@ -289,6 +311,10 @@ class Inputs:
         elif kind == "npy":
             np.save(self.path("bare.npy"), np.zeros((4, 1, 8, 8), np.float32))
             os.replace(self.path("bare.npy"), path)
+        elif kind == "labels-huge":  # past int64: casting them to class indices overflowed, with numpy's warning
+            np.savez(path, x=np.zeros((10, 4), np.float32), y=np.full(10, 1e300))
+        elif kind == "no-height":
+            np.savez(path, x=np.zeros((10, 1, 0, 8), np.float32), y=np.zeros(10, np.int64))
         elif kind == "truncated":
             np.savez(path, x=np.zeros((30, 1, 8, 8), np.float32), y=np.zeros(30, np.int64))
             path.write_bytes(path.read_bytes()[:1000])
@@ -350,6 +376,32 @@ class Inputs:
             for cell in (folder / "cells").iterdir():
                 cell.write_text("{not json")
         return folder
+
+    def make_graph(self, variant):
+        """A tiny model of each kind the cases name: the features model, or one of its variants."""
+        model = _features_model()
+        if variant == "two-outputs":
+            model.graph.node.append(helper.make_node("Sigmoid", ["hidden"], ["z"]))
+            model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3]))
+        elif variant == "no-output":
+            del model.graph.output[:]
+        elif variant == "sequence-input":
+            model.graph.node.insert(0, helper.make_node("SequenceAt", ["s", "first"], ["x"]))
+            model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "first"))
+            del model.graph.input[:]
+            model.graph.input.append(helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None))
+        elif variant == "unknown-op":
+            model.graph.node[1].op_type, model.graph.node[1].domain = "NoSuchOp", "ai.analogize"
+            model.opset_import.append(helper.make_opsetid("ai.analogize", 1))
+        elif variant == "run-fails":  # a reshape to 7 values, which no batch of 4 features gives
+            model.graph.node.insert(0, helper.make_node("Reshape", ["x", "seven"], ["reshaped"]))
+            model.graph.node.append(helper.make_node("ReduceSum", ["reshaped"], ["total"]))
+            model.graph.node[2].output[0] = "relu"
+            model.graph.node.append(helper.make_node("Add", ["relu", "total"], ["y"]))
+            model.graph.initializer.append(numpy_helper.from_array(np.array([7], np.int64), "seven"))
+        path = self.path(f"graph-{variant}.onnx")
+        path.write_bytes(model.SerializeToString())
+        return path
 
     def make_pipe(self, _):
         os.mkfifo(self.path("pipe"))
@@ -495,6 +547,16 @@ def test_standard_output_on_a_full_disk_is_one_line(argv, tmp_path):
     assert finished.stderr == "analogize: error: cannot write to standard output (No space left on device); send " \
                               "it to a file on a disk with room, or to a reader that takes all of it\n"
     assert not list(tmp_path.iterdir())
+
+
+def test_an_output_name_that_fits_is_written(tmp_path):
+    """250 bytes fit a file name; the staging directory's, with this host and process added, did not."""
+    from analogize.cli import main
+
+    output = tmp_path / ("a" * 245 + ".onnx")
+    assert main(["convert", str(DEFAULT_MODEL), "-o", str(output)]) == 0
+    assert [path.name for path in tmp_path.iterdir()] == [output.name]
+    onnx.checker.check_model(str(output))
 
 
 def test_an_interrupt_is_one_line_and_exit_130(tmp_path):
