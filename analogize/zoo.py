@@ -43,22 +43,22 @@ def create_model(name: str, **config) -> nn.Module:
 
 
 def _is_count(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _check_option(name: str, key: str, value, default) -> None:
-    """Refuse, in one line, an option value of another kind than its default's: a count (a whole number >= 1),
-    a finite fraction or factor >= 0, a flag, or a tuple of counts."""
+    """Refuse, in one line, an option value of another kind than its default's: a count (a whole number >= 0: a
+    ConvNet may have no stages), a finite fraction or factor >= 0, a flag, or a tuple of counts."""
     if isinstance(default, bool):
         fits, kind = isinstance(value, bool), "True or False"
     elif isinstance(default, int):
-        fits, kind = _is_count(value), "a whole number >= 1"
+        fits, kind = _is_count(value), "a whole number >= 0"
     elif isinstance(default, float):
         fits = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
         kind = "a finite number >= 0"
     else:
         fits, kind = isinstance(value, tuple) and all(_is_count(item) for item in value), \
-            "a tuple of whole numbers >= 1, e.g. (2, 2)"
+            "a tuple of whole numbers >= 0, e.g. (2, 2)"
     if not fits:
         raise AnalogizeError(f"{name}: option {key} is {value!r}; give {kind} (its default is {default!r})")
 
