@@ -16,6 +16,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
 from .errors import AnalogizeError
+from .native.build import FUSED_DOMAIN
 from .untrusted import check_regular_file
 
 
@@ -35,6 +36,7 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
     _check_text_and_nodes(model, path)
     _check_initializers(model.graph, path)
+    _check_fused_chain_calls(model, path)
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if has_external:
         try:
@@ -113,6 +115,19 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> None:
             if text is not None:
                 raise AnalogizeError(f"{path}: a {message.DESCRIPTOR.name} {name} is not UTF-8 text ({text[:40]!r}); "
                                      f"the file is damaged, re-export it")
+
+
+def _check_fused_chain_calls(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a fast form's fused chain that does not give the inputs its function body reads (taking the chains
+    apart, as evaluate, finetune and export do, would look for them)."""
+    bodies = {(function.name, function.overload): function for function in model.functions
+              if function.domain == FUSED_DOMAIN}
+    for node in model.graph.node:
+        body = bodies.get((node.op_type, node.overload)) if node.domain == FUSED_DOMAIN else None
+        if body is not None and (len(node.input) < len(body.input) or not all(node.input[:len(body.input)])):
+            raise AnalogizeError(f"{path}: {node.op_type} node {node.name!r} gives {len(node.input)} of the "
+                                 f"{len(body.input)} inputs its function body reads; the file is damaged or was "
+                                 f"written wrongly, write it again (analogize fast)")
 
 
 def _check_initializers(graph: onnx.GraphProto, path: Path) -> None:

@@ -161,6 +161,10 @@ CASES = [
                                        "--quiet")),
         ("that fails to run", ("evaluate", "{graph_run-fails}", "--data", "{features}", "--repeats", "1",
                                "--quiet")))),
+    *(Case(f"fused chain with no input: {command}", argv, quick=command == "evaluate") for command, argv in (
+        ("evaluate", ("evaluate", "{fast_no-input}", *EVALUATION)),
+        ("export", ("export", "{fast_no-input}", "-o", "e.onnx")),
+        ("finetune", ("finetune", "{fast_no-input}", *TRAINING, "-o", "t.onnx")))),
     Case("--scale inf: convert", ("convert", "{model}", "-o", "c.onnx", "--scale", "inf"), quick=True),
     Case("--input-std 1e-40: evaluate", ("evaluate", "{model}", *EVALUATION, "--input-std", "1e-40"), quick=True),
     Case("--input-mean 1e39: evaluate", ("evaluate", "{model}", *EVALUATION, "--input-mean", "1e39")),
@@ -402,6 +406,20 @@ class Inputs:
         path = self.path(f"graph-{variant}.onnx")
         path.write_bytes(model.SerializeToString())
         return path
+
+    def make_fast(self, variant):
+        """The converted model's fast form; ``no-input``: its first fused chain given no input."""
+        from analogize.cli import main
+
+        path = self.path("fast.onnx")
+        if not path.exists():
+            assert main(["fast", self["converted"], "-o", str(path)]) == 0
+        if variant != "no-input":
+            return path
+        model = onnx.load(path)
+        del next(node for node in model.graph.node if node.op_type == "FusedChain").input[:]
+        onnx.save(model, self.path("fast-no-input.onnx"))
+        return self.path("fast-no-input.onnx")
 
     def make_pipe(self, _):
         os.mkfifo(self.path("pipe"))
