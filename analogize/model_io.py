@@ -20,6 +20,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from onnx import external_data_helper
 
 from .errors import AnalogizeError
+from .native.build import FUSED_DOMAIN
 from .untrusted import check_regular_file
 
 
@@ -42,6 +43,7 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
     _check_tensors([tensor for tensor in tensors if not external_data_helper.uses_external_data(tensor)],
                    sparse_tensors, path)
     check_graph_structure(model.graph, str(path))
+    _check_fused_chain_calls(model, path)
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if external:
         try:
@@ -177,6 +179,19 @@ def _check_tensors(tensors: list, sparse_tensors: list, path: Path) -> None:
         if problem:
             raise AnalogizeError(f"{path}: sparse tensor {sparse.values.name!r} {problem}; the file is damaged, "
                                  f"re-export it")
+
+
+def _check_fused_chain_calls(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse a fast form's fused chain that does not give the inputs its function body reads (taking the chains
+    apart, as evaluate, finetune and export do, would look for them)."""
+    bodies = {(function.name, function.overload): function for function in model.functions
+              if function.domain == FUSED_DOMAIN}
+    for node in model.graph.node:
+        body = bodies.get((node.op_type, node.overload)) if node.domain == FUSED_DOMAIN else None
+        if body is not None and (len(node.input) < len(body.input) or not all(node.input[:len(body.input)])):
+            raise AnalogizeError(f"{path}: {node.op_type} node {node.name!r} gives {len(node.input)} of the "
+                                 f"{len(body.input)} inputs its function body reads; the file is damaged or was "
+                                 f"written wrongly, write it again (analogize fast)")
 
 
 def _tensor_problem(tensor: onnx.TensorProto) -> str | None:
@@ -478,6 +493,11 @@ def _commit(staged: list) -> None:
             shutil.rmtree(staging, ignore_errors=True)
 
 
+# how much of the output's name the staging directory's holds: the whole, with this host and process added, went
+# past the 255 bytes a file name may have where the output's own name fit
+STAGED_NAME_CHARACTERS = 100
+
+
 @contextlib.contextmanager
 def _staged(path: Path):
     """A new hidden directory beside ``path`` to write it in, removed with what it holds if the block fails. Its
@@ -486,7 +506,7 @@ def _staged(path: Path):
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise AnalogizeError(f"cannot write {path}: directory {directory} does not exist")
-    prefix = f".{path.name}.staging-"
+    prefix = f".{path.name[:STAGED_NAME_CHARACTERS]}.staging-"
     _remove_abandoned_staging(directory, prefix)
     try:
         staging = Path(tempfile.mkdtemp(prefix=f"{prefix}{socket.gethostname()}-{os.getpid()}-", dir=directory))

@@ -7,6 +7,7 @@ Architectures follow ``shared/reference/analog-semantics.md`` section 6.
 from __future__ import annotations
 
 import inspect
+import math
 import os
 from pathlib import Path
 from typing import Callable
@@ -32,7 +33,34 @@ def create_model(name: str, **config) -> nn.Module:
     unknown = set(config) - set(accepted)
     if unknown:
         raise AnalogizeError(f"{name} takes no option(s) {', '.join(sorted(unknown))}; it takes {', '.join(accepted)}")
-    return MODELS[name](**config)
+    for key, value in config.items():
+        _check_option(name, key, value, accepted[key].default)
+    try:
+        return MODELS[name](**config)
+    except (ValueError, RuntimeError) as error:  # torch's layers refuse sizes the checks above let through
+        raise AnalogizeError(f"{name}: its options make no model ({str(error).strip().splitlines()[0]}); "
+                             f"see 'analogize zoo list' for sizes that work") from None
+
+
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _check_option(name: str, key: str, value, default) -> None:
+    """Refuse, in one line, an option value of another kind than its default's: a count (a whole number >= 0: a
+    ConvNet may have no stages), a finite fraction or factor >= 0, a flag, or a tuple of counts."""
+    if isinstance(default, bool):
+        fits, kind = isinstance(value, bool), "True or False"
+    elif isinstance(default, int):
+        fits, kind = _is_count(value), "a whole number >= 0"
+    elif isinstance(default, float):
+        fits = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        kind = "a finite number >= 0"
+    else:
+        fits, kind = isinstance(value, tuple) and all(_is_count(item) for item in value), \
+            "a tuple of whole numbers >= 0, e.g. (2, 2)"
+    if not fits:
+        raise AnalogizeError(f"{name}: option {key} is {value!r}; give {kind} (its default is {default!r})")
 
 
 def _scaled(width: int, multiplier: float) -> int:

@@ -151,6 +151,32 @@ CASES = [
                                                    "width=0.0625", "--option", "classifier_width=16"),
          may_succeed=True, quick=True),
     Case("zoo export vgg_a with its defaults", ("zoo", "export", "vgg_a", "-o", "z.onnx"), may_succeed=True),
+    *(Case(f"a model {what}: {argv[0]}", argv, quick=True) for what, argv in (
+        ("with two outputs", ("finetune", "{graph_two-outputs}", "--data", "{features}", "--epochs", "1",
+                              "--repeats", "1", "--quiet", "-o", "t.onnx")),
+        ("with no output", ("evaluate", "{graph_no-output}", "--data", "{features}", "--repeats", "1", "--quiet")),
+        ("with a sequence input", ("evaluate", "{graph_sequence-input}", "--data", "digits", "--repeats", "1",
+                                   "--quiet")),
+        ("with an unknown analog op", ("evaluate", "{graph_unknown-op}", "--data", "{features}", "--repeats", "1",
+                                       "--quiet")),
+        ("that fails to run", ("evaluate", "{graph_run-fails}", "--data", "{features}", "--repeats", "1",
+                               "--quiet")))),
+    *(Case(f"fused chain with no input: {command}", argv, quick=command == "evaluate") for command, argv in (
+        ("evaluate", ("evaluate", "{fast_no-input}", *EVALUATION)),
+        ("export", ("export", "{fast_no-input}", "-o", "e.onnx")),
+        ("finetune", ("finetune", "{fast_no-input}", *TRAINING, "-o", "t.onnx")))),
+    Case("--scale inf: convert", ("convert", "{model}", "-o", "c.onnx", "--scale", "inf"), quick=True),
+    Case("--input-std 1e-40: evaluate", ("evaluate", "{model}", *EVALUATION, "--input-std", "1e-40"), quick=True),
+    Case("--input-mean 1e39: evaluate", ("evaluate", "{model}", *EVALUATION, "--input-mean", "1e39")),
+    Case("labels past int64: evaluate", ("evaluate", "{graph_features}", "--data", "npz:{npz_labels-huge}",
+                                         "--repeats", "1", "--quiet"), quick=True),
+    Case("npz images 0 pixels high: evaluate", ("evaluate", "{model}", "--data", "npz:{npz_no-height}",
+                                                "--repeats", "1", "--quiet"), quick=True),
+    Case("zoo export --option width=(1,2)", ("zoo", "export", "convnet", "-o", "z.onnx", "--option", "width=(1,2)"),
+         quick=True),
+    Case("finetune whose loss diverges, with --checkpoint-dir", ("finetune", "{model}", *TRAINING, "-o", "t.onnx",
+                                                                 "--lr", "1e30", "--batch-size", "4",
+                                                                 "--checkpoint-dir", "checkpoints/run"), quick=True),
     *(Case(f"named pipe as {what}", argv, quick=what == "the model of evaluate") for what, argv in (
         ("the model of convert", ("convert", "{pipe}", "-o", "c.onnx")),
         ("the model of evaluate", ("evaluate", "{pipe}", *EVALUATION)),
@@ -289,6 +315,10 @@ class Inputs:
         elif kind == "npy":
             np.save(self.path("bare.npy"), np.zeros((4, 1, 8, 8), np.float32))
             os.replace(self.path("bare.npy"), path)
+        elif kind == "labels-huge":  # past int64: casting them to class indices overflowed, with numpy's warning
+            np.savez(path, x=np.zeros((10, 4), np.float32), y=np.full(10, 1e300))
+        elif kind == "no-height":
+            np.savez(path, x=np.zeros((10, 1, 0, 8), np.float32), y=np.zeros(10, np.int64))
         elif kind == "truncated":
             np.savez(path, x=np.zeros((30, 1, 8, 8), np.float32), y=np.zeros(30, np.int64))
             path.write_bytes(path.read_bytes()[:1000])
@@ -350,6 +380,46 @@ class Inputs:
             for cell in (folder / "cells").iterdir():
                 cell.write_text("{not json")
         return folder
+
+    def make_graph(self, variant):
+        """A tiny model of each kind the cases name: the features model, or one of its variants."""
+        model = _features_model()
+        if variant == "two-outputs":
+            model.graph.node.append(helper.make_node("Sigmoid", ["hidden"], ["z"]))
+            model.graph.output.append(helper.make_tensor_value_info("z", TensorProto.FLOAT, ["n", 3]))
+        elif variant == "no-output":
+            del model.graph.output[:]
+        elif variant == "sequence-input":
+            model.graph.node.insert(0, helper.make_node("SequenceAt", ["s", "first"], ["x"]))
+            model.graph.initializer.append(numpy_helper.from_array(np.array(0, np.int64), "first"))
+            del model.graph.input[:]
+            model.graph.input.append(helper.make_tensor_sequence_value_info("s", TensorProto.FLOAT, None))
+        elif variant == "unknown-op":
+            model.graph.node[1].op_type, model.graph.node[1].domain = "NoSuchOp", "ai.analogize"
+            model.opset_import.append(helper.make_opsetid("ai.analogize", 1))
+        elif variant == "run-fails":  # a reshape to 7 values, which no batch of 4 features gives
+            model.graph.node.insert(0, helper.make_node("Reshape", ["x", "seven"], ["reshaped"]))
+            model.graph.node.append(helper.make_node("ReduceSum", ["reshaped"], ["total"]))
+            model.graph.node[2].output[0] = "relu"
+            model.graph.node.append(helper.make_node("Add", ["relu", "total"], ["y"]))
+            model.graph.initializer.append(numpy_helper.from_array(np.array([7], np.int64), "seven"))
+        path = self.path(f"graph-{variant}.onnx")
+        path.write_bytes(model.SerializeToString())
+        return path
+
+    def make_fast(self, variant):
+        """The converted model's fast form; ``no-input``: its first fused chain given no input."""
+        from analogize.cli import main
+
+        path = self.path("fast.onnx")
+        if not path.exists():
+            assert main(["fast", self["converted"], "-o", str(path)]) == 0
+        if variant != "no-input":
+            return path
+        model = onnx.load(path)
+        del next(node for node in model.graph.node if node.op_type == "FusedChain").input[:]
+        onnx.save(model, self.path("fast-no-input.onnx"))
+        return self.path("fast-no-input.onnx")
 
     def make_pipe(self, _):
         os.mkfifo(self.path("pipe"))
@@ -453,6 +523,58 @@ def test_an_input_that_ends_early_is_no_interrupt(monkeypatch, capsys):
     assert main(["evaluate", str(DEFAULT_MODEL), "--data", "digits", "--quiet"]) == 2
     assert capsys.readouterr().err == "analogize: error: an input ended early (Ran out of input); a file it read " \
                                       "is truncated: write it again\n"
+
+
+def test_torch_out_of_memory_is_one_line(monkeypatch, capsys):
+    """torch's CPU allocator fails with a RuntimeError, not numpy's MemoryError."""
+    import torch
+
+    from analogize.cli import main
+    from analogize.evaluate import engine
+
+    monkeypatch.setattr(engine, "evaluate_file", lambda *args, **kwargs: torch.empty(2**50, dtype=torch.uint8))
+    assert main(["evaluate", str(DEFAULT_MODEL), "--data", "digits", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("analogize: error: out of memory (") and "can't allocate memory" in err
+    assert err.count("\n") == 1
+
+
+def test_other_runtime_errors_stay_bugs(monkeypatch):
+    from analogize.cli import main
+    from analogize.evaluate import engine
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an internal bug")
+
+    monkeypatch.setattr(engine, "evaluate_file", broken)
+    with pytest.raises(RuntimeError, match="an internal bug"):
+        main(["evaluate", str(DEFAULT_MODEL), "--data", "digits", "--quiet"])
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+@pytest.mark.parametrize("argv", [("ops", "--json"), ("evaluate", "{model}", "--data", "digits", "--limit", "10",
+                                                       "--repeats", "1", "--quiet", "--json", "-", "--csv", "r.csv")])
+def test_standard_output_on_a_full_disk_is_one_line(argv, tmp_path):
+    """Writing the result to a full disk: one line, exit 2, and none of the command's files."""
+    argv = [arg.replace("{model}", str(DEFAULT_MODEL)) for arg in argv]
+    with open("/dev/full", "w") as full:
+        finished = subprocess.run([sys.executable, "-m", "analogize", *argv], cwd=tmp_path, stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=TIMEOUT_S,
+                                  env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert finished.returncode == 2
+    assert finished.stderr == "analogize: error: cannot write to standard output (No space left on device); send " \
+                              "it to a file on a disk with room, or to a reader that takes all of it\n"
+    assert not list(tmp_path.iterdir())
+
+
+def test_an_output_name_that_fits_is_written(tmp_path):
+    """250 bytes fit a file name; the staging directory's, with this host and process added, did not."""
+    from analogize.cli import main
+
+    output = tmp_path / ("a" * 245 + ".onnx")
+    assert main(["convert", str(DEFAULT_MODEL), "-o", str(output)]) == 0
+    assert [path.name for path in tmp_path.iterdir()] == [output.name]
+    onnx.checker.check_model(str(output))
 
 
 def test_an_interrupt_is_one_line_and_exit_130(tmp_path):

@@ -5,6 +5,8 @@ and exit code 2 (a traceback only with ``--debug``); a command's output files ap
 and none when it fails."""
 from __future__ import annotations
 
+import errno
+import os
 import sys
 
 import click
@@ -20,6 +22,8 @@ def main(argv=None) -> int:
     try:
         with outputs_together():
             cli.main(argv, prog_name="analogize", standalone_mode=False)
+            if sys.stdout is not None:  # None: started with it closed, and click writes nothing there
+                sys.stdout.flush()  # a full disk shows here, before the output files appear
     except click.exceptions.NoArgsIsHelpError as error:  # a bare group: its help is the answer, not an error
         click.echo(error.ctx.get_help() if error.ctx else error.format_message())
         return 0
@@ -32,18 +36,50 @@ def main(argv=None) -> int:
             raise
         click.echo(f"analogize: error: {error}", err=True)
         return 2
-    except MemoryError as error:  # numpy says how much it could not allocate, and for what shape
-        if "--debug" in argv:
-            raise
-        click.echo(f"analogize: error: out of memory ({str(error).strip() or 'no detail'}); use less data at once "
-                   f"(--limit, --batch-size, a smaller --resize) or a machine with more memory", err=True)
-        return 2
-    except click.exceptions.Exit as done:
+    except click.exceptions.Exit as done:  # Exit and Abort are RuntimeErrors: handled before torch's
         return done.exit_code
     except click.Abort:
         click.echo("analogize: interrupted", err=True)
         return 130
+    except (MemoryError, RuntimeError) as error:  # numpy and torch say how much they could not allocate
+        if "--debug" in argv or not _out_of_memory(error):
+            raise
+        detail = str(error).strip().splitlines()[0] if str(error).strip() else "no detail"
+        click.echo(f"analogize: error: out of memory ({detail}); use less data at once "
+                   f"(--limit, --batch-size, a smaller --resize) or a machine with more memory", err=True)
+        return 2
+    except OSError as error:
+        if "--debug" in argv or not _stdout_failed(error):
+            raise
+        click.echo(f"analogize: error: cannot write to standard output ({error.strerror or error}); send it to a "
+                   f"file on a disk with room, or to a reader that takes all of it", err=True)
+        return 2
     return 0
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is an allocation that failed: numpy's MemoryError, or torch's RuntimeError (its CPU
+    allocator's "can't allocate memory", or its OutOfMemoryError on a GPU)."""
+    return isinstance(error, MemoryError) or "can't allocate memory" in str(error) or \
+        type(error).__name__ == "OutOfMemoryError"
+
+
+def _stdout_failed(error: OSError) -> bool:
+    """Whether ``error`` is a write to standard output that failed (a full disk, a reader gone): the files the
+    commands write go through model_io, which words their failures itself. Its descriptor then leads to the
+    null device, so that Python's own flush at exit does not fail again, in a message of its own."""
+    if error.filename is not None or error.errno not in _WRITE_FAILURES:
+        return False
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, sys.stdout.fileno())
+        os.close(null)
+    except (OSError, ValueError):  # a stream with no descriptor (one a test put there): nothing flushes it at exit
+        pass
+    return True
+
+
+_WRITE_FAILURES = {errno.ENOSPC, errno.EPIPE, errno.EIO, errno.EFBIG, errno.EDQUOT}
 
 
 class _Commands(click.Group):

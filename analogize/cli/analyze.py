@@ -9,10 +9,10 @@ import click
 
 from .. import noise_model
 from ..model_io import refuse_overwrites
-from .options import (activation_settings_option, analysis_output_options, bit_widths_option,
-                      comma_separated_floats, comma_separated_numbers, ep_option, error_probabilities_option,
-                      interpolation_options, noise_draws_option, precision_from, precision_options, seed_option,
-                      table_output_options)
+from .options import (FINITE_FLOAT, FiniteFloatRange, activation_settings_option, analysis_output_options,
+                      bit_widths_option, comma_separated_floats, comma_separated_numbers, ep_option,
+                      error_probabilities_option, interpolation_options, noise_draws_option, precision_from,
+                      precision_options, seed_option, table_output_options)
 
 
 @click.group()
@@ -41,7 +41,7 @@ def analyze_ep_std(bits_list, precisions, eps, stds, json_path):
 @analyze.command("gsd")
 @activation_settings_option(default="relu,leaky:0.1,interp-gelu:0.25,interp-gelu:0.5,interp-gelu:0.75,gelu,silu",
                             help="Activation settings (comma-separated), as for evaluate, plus 'relu'.")
-@click.option("--at", "at", type=float, default=0.0, show_default=True, help="The point x0.")
+@click.option("--at", "at", type=FINITE_FLOAT, default=0.0, show_default=True, help="The point x0.")
 @analysis_output_options
 def analyze_gsd(activations, at, json_path, plot_path):
     """Gradient step discontinuity |f'(x0-) - f'(x0+)| of each activation."""
@@ -56,7 +56,7 @@ def analyze_gsd(activations, at, json_path, plot_path):
 @ep_option(noise_model.DEFAULT_EP)
 @click.option("--points", type=click.IntRange(min=3), default=513, show_default=True, help="Grid points per axis.")
 @noise_draws_option("Noise draws.", default=10)
-@click.option("--near-zero", type=click.FloatRange(min=0.0, min_open=True),
+@click.option("--near-zero", type=FiniteFloatRange(min=0.0, min_open=True),
               help="Window |product| < W for the near-zero average [default: one step, 1/p].")
 @seed_option()
 @analysis_output_options
@@ -75,7 +75,7 @@ def analyze_gradient_error(factors, smooth, bits, precision, bit_convention, ep,
 @activation_settings_option(default="relu,gelu")
 @precision_options(8)
 @ep_option(help=f"Noise from EP at the precision [default: {noise_model.DEFAULT_EP}]...")
-@click.option("--std", type=click.FloatRange(min=0.0, min_open=True), help="...or this noise std.")
+@click.option("--std", type=FiniteFloatRange(min=0.0, min_open=True), help="...or this noise std.")
 @click.option("--batch-sizes", callback=comma_separated_numbers(int, 1, 10**7, "whole number"),
               default="1,10,100,1000,10000", show_default=True)
 @click.option("--repeats", type=click.IntRange(min=2), default=200, show_default=True, help="Batches per size.")
@@ -112,7 +112,7 @@ def analyze_effective_bits(scales, bits, precision, bit_convention, json_path, p
 @activation_settings_option(
     default="smooth-swish,smooth-gelu,smooth-gumbel,smooth-algebraic,smooth-guderman,smooth-mish,relu",
     help="Settings, e.g. smooth-gelu:temperature=0.5, gelu:scale=2, interp-gelu:0.5.")
-@click.option("--k-range", nargs=2, type=click.FloatRange(min=0.0, min_open=True), default=(1e-3, 1e3),
+@click.option("--k-range", nargs=2, type=FiniteFloatRange(min=0.0, min_open=True), default=(1e-3, 1e3),
               show_default=True, help="Where to look for the fixed point K*.")
 @table_output_options
 def analyze_critical_init(activations, k_range, json_path):

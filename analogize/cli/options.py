@@ -6,6 +6,7 @@ placements and activations of the graph passes, and the range modes."""
 from __future__ import annotations
 
 import functools
+import math
 import os
 
 import click
@@ -22,6 +23,21 @@ from ..ranges.modes import (ACTIVATION_RANGE_MODES, CALIBRATION_METHODS, DEFAULT
                             DEFAULT_WEIGHT_RANGE, WEIGHT_RANGE_MODES)
 
 ACTIVATION_NAMES = tuple(ACTIVATIONS)
+
+
+class FiniteFloatRange(click.FloatRange):
+    """click's FloatRange without NaN and the infinities, which it lets through (NaN fails no comparison with a
+    bound, and an open end takes an infinity): the type of every float flag."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+#: a float flag with no bounds
+FINITE_FLOAT = FiniteFloatRange()
 
 
 def option_group(*options):
@@ -85,13 +101,16 @@ def comma_separated_numbers(kind, low, high, what):
 
 
 def comma_separated_floats(ctx, param, value):
-    """Callback: comma-separated numbers as a tuple of floats."""
+    """Callback: comma-separated finite numbers as a tuple of floats."""
     if value is None:
         return None
     try:
-        return tuple(float(v) for v in value.split(","))
+        numbers = tuple(float(v) for v in value.split(","))
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers") from None
+    if not all(math.isfinite(number) for number in numbers):
+        raise click.BadParameter(f"{value!r} holds a number that is not finite")
+    return numbers
 
 
 def class_axes(context, parameter, text):
@@ -144,6 +163,11 @@ def writable_file(ctx, param, value):
         raise click.BadParameter(f"directory {directory} does not exist")
     if not os.access(directory, os.W_OK):
         raise click.BadParameter(f"directory {directory} is not writable")
+    name = os.path.basename(value)
+    longest = os.pathconf(directory, "PC_NAME_MAX")
+    if len(os.fsencode(name)) > longest:
+        raise click.BadParameter(f"the file name {name[:20]}... is longer than the {longest} bytes a name may have "
+                                 f"there; give a shorter one")
     try:
         check_output_target(value)
     except AnalogizeError as error:
@@ -241,7 +265,7 @@ def _convert_fields(flags: dict) -> dict:
 # gets them as ``chain``, a dict of ConvertOptions fields.
 chain_options = packed_option_group(
     "chain", _convert_fields,
-    click.option("--precision", type=click.FloatRange(min=1.0),
+    click.option("--precision", type=FiniteFloatRange(min=1.0),
                  help="Set p (steps per unit) directly; overrides --bits."),
     click.option("--bit-convention", type=click.Choice(noise_model.BIT_CONVENTIONS),
                  default=noise_model.DEFAULT_BIT_CONVENTION, show_default=True,
@@ -254,11 +278,11 @@ chain_options = packed_option_group(
                  help="Use StochasticReducePrecision instead of ReducePrecision."),
     click.option("--where", callback=comma_separated(PLACEMENTS), default=",".join(PLACEMENTS),
                  show_default=True, help="Comma-separated placements of the chains."),
-    click.option("--scale", type=float,
+    click.option("--scale", type=FINITE_FLOAT,
                  help="GELU/SiLU input scale s > 0 "
                       f"[default: {OPS['ReluGeluInterpolation'].attribute('scale').default}]."),
-    click.option("--alpha", type=float, help="Leaky slope in [0, 1) [default: 0; 0.01 for leaky]."),
-    click.option("--temperature", type=float, help="Temperature T > 0 of the smooth-* family [default: 1]."),
+    click.option("--alpha", type=FINITE_FLOAT, help="Leaky slope in [0, 1) [default: 0; 0.01 for leaky]."),
+    click.option("--temperature", type=FINITE_FLOAT, help="Temperature T > 0 of the smooth-* family [default: 1]."),
     click.option("--exclude", callback=comma_separated(), default="",
                  help="Comma-separated node names or op types to keep digital."),
     click.option("--data-inputs", callback=lambda context, parameter, text: None if text is None else tuple(
@@ -384,7 +408,7 @@ range_options = packed_option_group(
     click.option("--calibration-method", type=click.Choice(list(CALIBRATION_METHODS)),
                  default=DEFAULT_CALIBRATION_METHOD, show_default=True, help="; ".join(
                      f"{name}: {doc}" for name, doc in CALIBRATION_METHODS.items()) + "."),
-    click.option("--percentile", type=click.FloatRange(0.0, 100.0, min_open=True), default=DEFAULT_PERCENTILE,
+    click.option("--percentile", type=FiniteFloatRange(0.0, 100.0, min_open=True), default=DEFAULT_PERCENTILE,
                  show_default=True, help="Percentile of |x| for --calibration-method percentile."),
 )
 
@@ -396,12 +420,12 @@ def bits_option(default, help=None):
 
 
 # --std, one noise std instead of --ep (convert, sensitivity, plan)
-std_option = click.option("--std", type=click.FloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
+std_option = click.option("--std", type=FiniteFloatRange(min=0.0), help="Noise standard deviation; instead of --ep.")
 
 
 def ep_option(default=None, help=None):
     """--ep, one error probability (convert, finetune, train, analyze gradient-error and minibatch-bias)."""
-    return click.option("--ep", type=click.FloatRange(0.0, 1.0, max_open=True), default=default, show_default=True,
+    return click.option("--ep", type=FiniteFloatRange(0.0, 1.0, max_open=True), default=default, show_default=True,
                         help=help)
 
 
@@ -410,7 +434,7 @@ def activation_options(activation_help=None, factor_help="Interpolation factor o
     return option_group(
         click.option("--activation", type=click.Choice(list(ACTIVATION_NAMES)), default="keep", show_default=True,
                      help=activation_help),
-        click.option("--factor", type=float, help=factor_help),
+        click.option("--factor", type=FINITE_FLOAT, help=factor_help),
     )
 
 
@@ -419,7 +443,7 @@ def precision_options(default_bits):
     effective-bits); ``precision_from`` turns them into p."""
     return option_group(
         bits_option(default_bits),
-        click.option("--precision", type=click.FloatRange(min=1.0),
+        click.option("--precision", type=FiniteFloatRange(min=1.0),
                      help="Steps per unit p directly (overrides --bits)."),
         click.option("--bit-convention", type=click.Choice(noise_model.BIT_CONVENTIONS),
                      default=noise_model.DEFAULT_BIT_CONVENTION, show_default=True,
@@ -499,9 +523,9 @@ def training_loop_options(epochs, lr, repeats_help, early_stopping=False):
     return packed_option_group(
         "training", dict,
         click.option("--epochs", type=click.IntRange(min=1), default=epochs, show_default=True),
-        click.option("--lr", type=click.FloatRange(min=0.0, min_open=True), default=lr, show_default=True),
+        click.option("--lr", type=FiniteFloatRange(min=0.0, min_open=True), default=lr, show_default=True),
         click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True),
-        click.option("--weight-decay", type=click.FloatRange(min=0.0), default=0.0, show_default=True),
+        click.option("--weight-decay", type=FiniteFloatRange(min=0.0), default=0.0, show_default=True),
         click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True),
         click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True),
         *([click.option("--patience", type=click.IntRange(min=1),

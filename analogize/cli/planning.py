@@ -7,8 +7,8 @@ import click
 from .. import noise_model
 from ..model_io import refuse_overwrites
 from ..planning.metrics import METRICS
-from .options import (bits_option, chain_options, csv_file_option, ep_option, fidelity_option, files_read,
-                      json_file_option, json_output_file, noise_draws_option, output_scoring_options,
+from .options import (FiniteFloatRange, bits_option, chain_options, csv_file_option, ep_option, fidelity_option,
+                      files_read, json_file_option, json_output_file, noise_draws_option, output_scoring_options,
                       plot_file_option, quiet_option, range_options, report_option, scoring_data_options, seed_option,
                       session_device_option, shard_option, std_option, torch_options, workers_option)
 
@@ -92,11 +92,11 @@ def write_sensitivity(result: dict, json_path, csv_path, plot_path, report_path)
 @output_scoring_options
 @click.option("-o", "--output", "plan_path", callback=json_output_file, required=True,
               help="The plan file to write (JSON, as convert's --plan reads it; '-': to stdout, no table).")
-@click.option("--target-agreement", type=click.FloatRange(0.0, 1.0, min_open=True),
+@click.option("--target-agreement", type=FiniteFloatRange(0.0, 1.0, min_open=True),
               help="Top-1 agreement with the clean model to reach (a fraction, e.g. 0.99); needs no labels.")
-@click.option("--target-accuracy", type=click.FloatRange(0.0, 1.0, min_open=True),
+@click.option("--target-accuracy", type=FiniteFloatRange(0.0, 1.0, min_open=True),
               help="Accuracy against the labels to reach (a fraction).")
-@click.option("--target-rel-error", type=click.FloatRange(0.0, 1.0, min_open=True),
+@click.option("--target-rel-error", type=FiniteFloatRange(0.0, 1.0, min_open=True),
               help="Relative error of the primary output against the clean model's to stay at or below (for outputs "
                    "without classes: regressions, detectors' boxes, states).")
 @click.option("--bits-choices", callback=lambda context, parameter, text: None if text is None else tuple(

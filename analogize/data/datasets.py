@@ -171,9 +171,9 @@ def _load_npz(path: Path, split, image_size, channels) -> Dataset:
             raise AnalogizeError(f"{path} holds arrays {', '.join(names) or '(none)'}; expected '{INPUTS}' "
                                  f"(inputs) and optionally '{LABELS}' (labels)")
         x, y = arrays[INPUTS], arrays[LABELS] if LABELS in names else None
-    if not 2 <= x.ndim <= 4 or not len(x):
+    if not 2 <= x.ndim <= 4 or 0 in x.shape:  # no samples, or samples of nothing (resized, they were made up)
         raise AnalogizeError(f"{path}: 'x' has shape {x.shape}; expected (N, C, H, W), (N, H, W, C), (N, H, W) "
-                             f"or (N, features)")
+                             f"or (N, features), none of them 0")
     layout = "flat" if x.ndim == 2 else _guess_layout(x.shape)
     if x.ndim == 3:
         x = x[:, None]
@@ -353,6 +353,9 @@ def class_labels(y: np.ndarray, samples: int, name: str) -> np.ndarray:
             raise AnalogizeError(f"{name}: labels must be whole class indices, got dtype {y.dtype}")
     if len(y) and y.min() < 0:
         raise AnalogizeError(f"{name}: labels must be class indices >= 0, found {y.min():g}")
+    if len(y) and y.max() >= 2**63:  # past int64 (uint64, or floats): the cast would wrap them, or make garbage
+        raise AnalogizeError(f"{name}: labels go up to {y.max():g}, past any class index; check that 'y' holds "
+                             f"class indices")
     return y.astype(np.int64)
 
 
@@ -481,8 +484,8 @@ def _resize(x: np.ndarray, size) -> np.ndarray:
 
 
 def _normalise(x: np.ndarray, preprocessing: Preprocessing, channel_axis: int | None) -> np.ndarray:
-    mean = np.asarray(preprocessing.mean if preprocessing.mean is not None else (0.0,), np.float32)
-    std = np.asarray(preprocessing.std if preprocessing.std is not None else (1.0,), np.float32)
+    mean = _float32_values(preprocessing.mean, 0.0, "mean")
+    std = _float32_values(preprocessing.std, 1.0, "std")
     if np.any(std <= 0):
         raise AnalogizeError(f"normalisation std must be > 0, got {tuple(std.tolist())}")
     if preprocessing.mean is None and preprocessing.std is None:
@@ -494,4 +497,24 @@ def _normalise(x: np.ndarray, preprocessing: Preprocessing, channel_axis: int | 
         shape = [1] * x.ndim
         shape[channel_axis] = -1
         mean, std = mean.reshape(shape), std.reshape(shape)
-    return ((x - mean) / std).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below, in words, rather than warned about
+        normalised = ((x - mean) / std).astype(np.float32)
+    if not np.isfinite(normalised).all() and np.isfinite(x).all():
+        given = {what: ",".join(f"{value:g}" for value in values.ravel()) for what, values in (("mean", mean),
+                                                                                              ("std", std))}
+        raise AnalogizeError(f"--input-mean {given['mean']} and --input-std {given['std']} make inputs too large for "
+                             f"float32; give a larger std or a mean closer to the data")
+    return normalised
+
+
+def _float32_values(values, default: float, what: str) -> np.ndarray:
+    """--input-mean or --input-std as float32, refused when a value has no float32 of its size (a std too small
+    becomes 0, a value too large infinite)."""
+    given = np.asarray(values if values is not None else (default,), np.float64)
+    with np.errstate(over="ignore"):
+        stored = given.astype(np.float32)
+    lost = (~np.isfinite(stored) | ((stored == 0) & (given != 0))) if what == "std" else ~np.isfinite(stored)
+    if np.any(lost):
+        raise AnalogizeError(f"--input-{what} {given[lost][0]:g} has no float32 of its size (float32 spans about "
+                             f"1.2e-38 to 3.4e38); give a value within that")
+    return stored

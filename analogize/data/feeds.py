@@ -68,6 +68,11 @@ def model_feeds(spec: str, model: onnx.ModelProto, preprocessing: Preprocessing 
     inputs = fed_inputs(model)
     if not inputs:
         raise AnalogizeError("the model has no graph input to feed data to")
+    for value in inputs:
+        kind = value.type.WhichOneof("value")
+        if kind != "tensor_type":
+            raise AnalogizeError(f"the model's input {value.name!r} is a {(kind or 'untyped').replace('_type', '')}"
+                                 f", not a tensor; analogize feeds tensors only: give the model tensor inputs")
     if _takes_images(inputs) and not _names_its_input(spec, inputs[0].name):
         feeds = dataset_feeds(load_for_model(spec, model, preprocessing, split=split, limit=limit), model,
                               preprocessing)

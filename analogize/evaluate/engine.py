@@ -639,6 +639,9 @@ class Evaluation:
             self.adaptations.append(f"fed in batches of {fixed_batch}, the model's fixed batch size")
             batch_size = fixed_batch
         output_names = [value.name for value in model.graph.output]
+        if not output_names:
+            raise AnalogizeError("the model has no graph output, so nothing to score; list the tensors it computes "
+                                 "as outputs of its graph")
         if output is not None and output not in output_names:
             raise AnalogizeError(f"the model has no output {output!r}; its outputs are {', '.join(output_names)}")
         floating = [value.name for value in model.graph.output

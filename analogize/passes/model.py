@@ -21,7 +21,7 @@ from ..errors import AnalogizeError
 from ..model_io import check_graph_structure
 from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
-from ..ops.spec import DOMAIN, DOMAIN_VERSION
+from ..ops.spec import DOMAIN, DOMAIN_VERSION, OPS
 from .graph import export_model
 
 
@@ -136,6 +136,10 @@ def sync_analog_functions(model: onnx.ModelProto) -> None:
     used = _ops_by_domain(model.graph)
     in_use = used.get(DOMAIN, set()) | {node.op_type for function in model.functions if function.domain != DOMAIN
                                          for node in function.node if node.domain == DOMAIN}
+    unknown = sorted(in_use - set(OPS))
+    if unknown:
+        raise AnalogizeError(f"the model has a node of op {unknown[0]!r} in the {DOMAIN} domain, which is not one of "
+                             f"its ops ({', '.join(OPS)}); convert the original model with this version of analogize")
     ours = {(f.name, f.SerializeToString()) for f in function_protos(sorted(in_use), default_opset(model))}
     for function in [f for f in model.functions if f.domain == DOMAIN and
                      (f.name, f.SerializeToString()) not in ours]:

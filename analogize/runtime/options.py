@@ -9,7 +9,9 @@ ORT_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name i
 
 def session_options(threads: int | None, library, optimise: bool = True) -> ort.SessionOptions:
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # fatal only: a failing run or load is an exception the caller words as one line; ONNX Runtime's own log of
+    # it (severity 3) was a second, longer line on stderr
+    options.log_severity_level = 4
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -109,7 +109,7 @@ def check_cuda_usable(device: str) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])]),
         opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options.log_severity_level = 3  # not 4 as elsewhere: its logged errors, captured below, are the only cause given
     failure = None
     with _captured_output() as messages:
         if hasattr(ort, "preload_dlls"):  # the CUDA and cuDNN libraries of pip's nvidia packages (torch's)

@@ -199,6 +199,11 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
             convert_options.refuse_on_converted("finetune", varied=("seed",))
         converted = unfuse_model_chains(model)  # a fast-form file trains, and is written, node by node
     converted = constants_as_initializers(converted)
+    outputs = [value.name for value in converted.graph.output]
+    if len(outputs) != 1:
+        raise AnalogizeError(f"finetune trains a model with one output, the class scores its loss reads; this one "
+                             f"has {len(outputs)}{' (' + ', '.join(outputs) + ')' if outputs else ''}: save a "
+                             f"model whose graph lists only that output")
     x_train, _ = fit_to_input(train, converted, preprocessing)
     x_valid, _ = fit_to_input(validation, converted, preprocessing)
     torch.manual_seed(options.seed + distributed.rank)  # each process draws its own noise
@@ -219,11 +224,7 @@ def _finetune(model, train, validation, options, convert_options, preprocessing,
     history, start, best = [], 0, (-1.0, None)
     checkpoint = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
     if checkpoint is not None and not resume:
-        try:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            raise AnalogizeError(f"cannot make the checkpoint directory {checkpoint.parent}: "
-                                 f"{error.strerror or error}") from None
+        _check_checkpoint_directory(checkpoint.parent)
     if resume:
         if checkpoint is None or not checkpoint.exists():
             raise AnalogizeError(f"nothing to resume: no checkpoint at {checkpoint or '(no --checkpoint-dir given)'}")
@@ -385,9 +386,26 @@ def _model_signature(module, converted: onnx.ModelProto) -> dict:
             "settings": stored_settings(converted)}
 
 
+def _check_checkpoint_directory(directory: Path) -> None:
+    """Fail before training, not after its first epoch, where the checkpoint directory cannot be made; what this
+    makes goes again, so that a run that fails before its first checkpoint leaves no empty directory behind."""
+    missing = [folder for folder in (directory, *directory.parents) if not folder.exists()]
+    _make_checkpoint_directory(directory)
+    for folder in missing:  # the innermost first
+        folder.rmdir()
+
+
+def _make_checkpoint_directory(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise AnalogizeError(f"cannot make the checkpoint directory {directory}: {error.strerror or error}") from None
+
+
 def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, best, options, model) -> None:
     from ..model_io import atomic_output
 
+    _make_checkpoint_directory(path.parent)
     with atomic_output(path, keep_on_failure=True) as temporary, open(temporary, "wb") as handle:
         try:
             torch.save({"model": model, "module": module.state_dict(), "optimizer": optimizer.state_dict(),
