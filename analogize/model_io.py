@@ -333,12 +333,14 @@ def _node_name(node: onnx.NodeProto) -> str:
     return f"{node.name!r} ({node.op_type})" if node.name else node.op_type
 
 
-def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str | None = None) -> None:
+def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str | None = None,
+                      overwrite: bool = False) -> None:
     """Refuse, before any work, outputs that would replace an input or each other: ``inputs`` and ``outputs`` map
     what to call each path in the message (a flag, "the model") to the path (None or "-": not a file). Paths are
     the same when they resolve to the same place or are the same file (a hard link). ``models`` names the inputs
     that are ONNX models: the files their external weights are kept in are inputs too. ``replaceable`` names the
-    input that --overwrite would let the command replace, which the message then offers."""
+    input that --overwrite lets ``-o`` replace: with ``overwrite``, ``-o`` may be that very file, and then the
+    weight file written beside it may be one of that input's weight files; nothing else is ever replaced."""
     seen: dict = {}  # identity -> (what to call it, the input it belongs to)
     for label, path in inputs.items():
         if path not in (None, "-"):
@@ -352,14 +354,19 @@ def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str |
     to_stdout = [label for label, path in outputs.items() if path == "-"]
     if len(to_stdout) > 1:
         raise AnalogizeError(f"{' and '.join(to_stdout)} would both write to stdout ('-'); send one to a file")
+    replaced_by_output = overwrite and replaceable is not None and \
+        outputs.get("-o") not in (None, "-") and inputs.get(replaceable) not in (None, "-") and \
+        _identity(outputs["-o"]) == _identity(inputs[replaceable])
+    may_replace = {"-o", f"{_owner('-o')} weight file"} if replaced_by_output else set()
     for label, path in outputs.items():
         if path in (None, "-"):
             continue
         identity = _identity(path)
         if identity in seen:
             replaced, owner = seen[identity]
-            remedy = " (or pass --overwrite)" if owner == replaceable else ""
-            raise AnalogizeError(f"{label} {path} would replace {replaced}; choose another path{remedy}")
+            if not (owner == replaceable and label in may_replace):
+                remedy = " (or pass --overwrite)" if owner == replaceable and label == "-o" and not overwrite else ""
+                raise AnalogizeError(f"{label} {path} would replace {replaced}; choose another path{remedy}")
         seen[identity] = (label, label)
 
 

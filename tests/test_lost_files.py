@@ -169,6 +169,11 @@ def files_read(tmp_path, monkeypatch):
     # the weight file written beside a model is an output too
     (["finetune", "m.onnx", "--data", "digits", *TRAINING_ONCE, "-o", "t.onnx", "--json", "t.onnx.data"],
      "-o's weight file"),
+    # --overwrite lets -o replace the model, never its weight files (nor its weight file the model)
+    (["convert", "ext.onnx", "--overwrite", "-o", "b.onnx.data"], "the model's weight file"),
+    (["fast", "ext.onnx", "--overwrite", "-o", "b.onnx.data"], "the model's weight file"),
+    (["export", "ext.onnx", "--overwrite", "-o", "b.onnx.data"], "the model's weight file"),
+    (["convert", "ext.onnx", "--overwrite", "-o", "b.onnx"], "the model's weight file b.onnx.data"),
 ], ids=lambda value: " ".join(value[:1] + value[-2:]) if isinstance(value, list) else None)
 def test_an_output_never_replaces_a_file_the_command_reads(argv, replaced, files_read, capsys):
     """Issue 17's guard knew only MODEL: data, calibration and verification npz files, plans, specs, a model's
@@ -177,6 +182,21 @@ def test_an_output_never_replaces_a_file_the_command_reads(argv, replaced, files
     code, _, err = analogize(capsys, *argv)
     assert code == 2 and f"would replace {replaced}" in err and len(err.splitlines()) == 1, err
     assert contents(files_read) == before
+
+
+def test_overwrite_replaces_a_model_with_its_weight_file(files_read, capsys):
+    """convert --overwrite -o MODEL, where MODEL keeps its weights in MODEL.data: the model and its weight file are
+    replaced together by the converted model and the weights written beside it."""
+    onnx.save(onnx.load(DEFAULT_MODEL), "own.onnx", save_as_external_data=True, location="own.onnx.data",
+              size_threshold=0)
+    code, _, err = analogize(capsys, "convert", "own.onnx", "--overwrite", "-o", "own.onnx", "--no-noise",
+                             "--no-quantize", "--no-clamp")
+    assert code == 0, err
+    written = onnx.load("own.onnx")
+    assert any(entry.key == "analogize.settings" for entry in written.metadata_props)
+    expected = {t.name: numpy_helper.to_array(t) for t in onnx.load(DEFAULT_MODEL).graph.initializer}
+    assert all(np.array_equal(numpy_helper.to_array(t), expected[t.name]) for t in written.graph.initializer
+               if t.name in expected)
 
 
 def test_a_model_with_external_weights_is_written_again_where_it_lies(files_read, capsys):

@@ -40,9 +40,8 @@ def convert(model, output, overwrite, bits, ep, std, activation, factor, seed, i
 
     inputs = files_read(model, calibrate=ranges["calibrate"], torch_import=torch_import)
     destination = output or (default_output(model) if os.path.isfile(model) else None)
-    if overwrite:  # -o may replace the model, its weight files with it
-        inputs.pop("the model")
-    refuse_overwrites(inputs, model_output("-o", destination), models=("the model",), replaceable="the model")
+    refuse_overwrites(inputs, model_output("-o", destination), models=("the model",), replaceable="the model",
+                      overwrite=overwrite)
     options = ConvertOptions(bits=bits, ep=ep, std=std, activation=activation, factor=factor, seed=seed,
                              inline=inline, **chain, **ranges)
     report = convert_file(model, output, options, overwrite=overwrite, torch_import=torch_import)

@@ -20,11 +20,8 @@ def export_file(source, destination, format: str = "qdq", spec=None, keep_noise:
     source, destination = Path(source), Path(destination)
     spec_path = Path(spec) if spec else destination.with_suffix(".spec.json")
     inputs = {"the model": source, "--verify-data": spec_file(verify_data)}
-    refuse_overwrites(inputs, {"--spec": spec_path}, models=("the model",))
-    if overwrite:  # -o may replace the model, its weight files with it; --spec may not
-        inputs.pop("the model")
     refuse_overwrites(inputs, {**model_output("-o", destination), "--spec": spec_path}, models=("the model",),
-                      replaceable="the model")
+                      replaceable="the model", overwrite=overwrite)
     model, external = load_model(source)
     exported, analog = export(model, format, keep_noise)
     report = {"input": str(source), "output": str(destination), "spec": str(spec_path), "format": format,

@@ -91,8 +91,8 @@ def machine_form(fast: onnx.ModelProto) -> onnx.ModelProto:
 def fast_file(source, destination, for_this_machine: bool = False, overwrite: bool = False) -> dict:
     """The fast form (or, ``for_this_machine``, ONNX Runtime's optimised graph of it) of the converted model at
     ``source`` written to ``destination``; returns what was written."""
-    refuse_overwrites({} if overwrite else {"the model": source}, model_output("-o", destination),
-                      models=("the model",), replaceable="the model")
+    refuse_overwrites({"the model": source}, model_output("-o", destination), models=("the model",),
+                      replaceable="the model", overwrite=overwrite)
     model, external = load_model(source)
     fast, fused = fast_form(model)
     written = machine_form(fast) if for_this_machine else fast
