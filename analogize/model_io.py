@@ -245,9 +245,9 @@ def _sparse_problem(sparse: onnx.SparseTensorProto) -> str | None:
 
 def check_graph_structure(graph: onnx.GraphProto, where: str) -> None:
     """Refuse in one line a graph (or body, at any depth) that reads a tensor nothing produces, produces a tensor
-    twice, lists an output twice or loops back on itself: passes and ONNX's version converter (a segfault) take
-    such a graph on trust. A body may read the names of the graphs around it."""
-    pending = [(graph, frozenset())]
+    twice or loops back on itself: passes and ONNX's version converter (a segfault) take such a graph on trust.
+    A body may read the names of the graphs around it."""
+    pending = [(graph, ())]
     while pending:  # a loop, not recursion: the nesting of bodies is the file's to choose
         body, outer = pending.pop()
         problem, inner = _structure_problem(body, outer)
@@ -256,18 +256,18 @@ def check_graph_structure(graph: onnx.GraphProto, where: str) -> None:
         pending.extend(inner)
 
 
-def _structure_problem(graph: onnx.GraphProto, outer: frozenset) -> tuple[str | None, list]:
+def _structure_problem(graph: onnx.GraphProto, outer: tuple) -> tuple[str | None, list]:
     """What is wrong with ``graph``'s own nodes and outputs (None: nothing), and its bodies with the names they may
-    read."""
-    given = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer} | \
-        {tensor.values.name for tensor in graph.sparse_initializer}
+    read. ``outer`` holds the name sets of the graphs around it, shared, not merged: a merged copy per body made
+    models with thousands of If nodes take minutes."""
+    given, defined = _names_defined(graph)
     producer: dict[str, int] = {}
     for index, node in enumerate(graph.node):
         for name in filter(None, node.output):  # "": an optional output left out
             if name in producer or name in given:
                 return f"tensor {name!r} is produced twice (node {_node_name(node)} produces it again)", []
             producer[name] = index
-    visible = outer | given | producer.keys() | {""}  # "": an optional input left out
+    scope = (defined, *outer)
     needs, bodies = [], []
     for node in graph.node:
         reads = set(node.input)
@@ -275,40 +275,49 @@ def _structure_problem(graph: onnx.GraphProto, outer: frozenset) -> tuple[str | 
             for body in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else \
                     attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else ():
                 bodies.append(body)
-                reads |= _names_read_in(body)
-        missing = next((name for name in node.input if name not in visible), None)
+                reads |= _names_read_from_outside(body)
+        missing = next((name for name in node.input if not _in_scope(name, scope)), None)
         if missing is not None:
             return f"node {_node_name(node)} reads {missing!r}, which no node, initializer or graph input produces", []
         needs.append({producer[name] for name in reads if name in producer})
-    listed = set()
-    for value in graph.output:
-        if value.name in listed:
-            return f"graph output {value.name!r} is listed twice", []
-        if not value.name or value.name not in visible:
-            return f"graph output {value.name!r} is produced by no node, initializer or graph input", []
-        listed.add(value.name)
+    unproduced = next((value.name for value in graph.output if not value.name or not _in_scope(value.name, scope)),
+                      None)
+    if unproduced is not None:
+        return f"graph output {unproduced!r} is produced by no node, initializer or graph input", []
     cycle = _node_in_cycle(needs)
     if cycle is not None:
         return f"the nodes form a cycle (node {_node_name(graph.node[cycle])} reads what it helps produce, or " \
                f"comes after such a node)", []
-    scope = frozenset(visible)
     return None, [(body, scope) for body in bodies]
 
 
-def _names_read_in(body: onnx.GraphProto) -> set:
-    """Every tensor name the nodes of ``body`` and of its own bodies read: those from outside tie a node with a
-    body to the nodes that produce them."""
-    names, pending = set(), [body]
+def _names_defined(graph: onnx.GraphProto) -> tuple[set, set]:
+    """The names a graph gives its nodes (inputs, initializers), and all it defines: those, its nodes' outputs and
+    "" (an optional input left out)."""
+    given = {value.name for value in graph.input} | {tensor.name for tensor in graph.initializer} | \
+        {tensor.values.name for tensor in graph.sparse_initializer}
+    return given, given | {name for node in graph.node for name in node.output} | {""}
+
+
+def _in_scope(name: str, scope: tuple) -> bool:
+    return any(name in names for names in scope)
+
+
+def _names_read_from_outside(body: onnx.GraphProto) -> set:
+    """The names the nodes of ``body`` and of its own bodies read (and its outputs name) that none of them defines:
+    those tie the node that holds ``body`` to the nodes around it that produce them."""
+    names, pending = set(), [(body, ())]
     while pending:
-        graph = pending.pop()
-        names.update(value.name for value in graph.output)
+        graph, inside = pending.pop()
+        scope = (_names_defined(graph)[1], *inside)
+        names.update(value.name for value in graph.output if not _in_scope(value.name, scope))
         for node in graph.node:
-            names.update(node.input)
+            names.update(name for name in node.input if not _in_scope(name, scope))
             for attribute in node.attribute:
                 if attribute.type == onnx.AttributeProto.GRAPH:
-                    pending.append(attribute.g)
+                    pending.append((attribute.g, scope))
                 elif attribute.type == onnx.AttributeProto.GRAPHS:
-                    pending.extend(attribute.graphs)
+                    pending.extend((sub, scope) for sub in attribute.graphs)
     return names
 
 
@@ -471,33 +480,42 @@ def _hand_over(staging: Path, moves: list, now: bool = False) -> None:
 
 
 def _commit(staged: list) -> None:
-    """Move each staged file to its final path, all or nothing: on a failure the files already moved are removed
-    and the ones they replaced are put back.
-
-    A file already at a final path is first moved into the staging directory, not renamed over: ext4 writes a
-    file renamed over another back to disk at once (its auto_da_alloc guard against empty files after a power
-    cut), which took 20 ms of a 29 MB model's 60 ms save here; moved aside, the old file is removed with the
-    staging directory."""
-    done, displaced = [], []
+    """Move each staged file to its final path, all or nothing: on a failure (an interrupt too) the files already
+    moved are taken back, and the ones they replaced are put back. Each file goes in with one rename, so a final
+    path holds the old file or the new one at every moment, even if the process is killed; a hard link to the old
+    file, kept in the staging directory until the end, is what puts it back."""
+    done = []  # (final path, the link to the file it held, or None)
     try:
         for staging, moves in staged:
             for source, target in moves:
-                if target.is_file():
-                    aside = staging / f".replaced-{len(displaced)}"
-                    os.replace(target, aside)
-                    displaced.append((aside, target))
+                kept = _linked_aside(target, staging / f".replaced-{len(done)}")
                 os.replace(source, target)
-                done.append(target)
-    except OSError as error:
-        for moved in done:  # all or nothing: they were written together
-            moved.unlink(missing_ok=True)
-        for aside, replaced in displaced:
+                done.append((target, kept))
+    except BaseException as error:
+        for moved, kept in reversed(done):  # all or nothing: they were written together
             with contextlib.suppress(OSError):
-                os.replace(aside, replaced)
-        raise AnalogizeError(f"cannot write {target}: {error.strerror or error}") from None
+                if kept is None:
+                    moved.unlink(missing_ok=True)
+                else:
+                    os.replace(kept, moved)
+        if isinstance(error, OSError):
+            raise AnalogizeError(f"cannot write {target}: {error.strerror or error}") from None
+        raise
     finally:
         for staging, _ in staged:
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _linked_aside(path: Path, aside: Path) -> Path | None:
+    """A hard link at ``aside`` to the file at ``path``, or None where there is none (or links are not to be had:
+    then a failed commit cannot put it back)."""
+    if not path.is_file():
+        return None
+    try:
+        os.link(path, aside)
+    except OSError:
+        return None
+    return aside
 
 
 # how much of the output's name the staging directory's holds: the whole, with this host and process added, went

@@ -275,9 +275,12 @@ def test_plan_writes_the_plan_alone_to_stdout(files_read, capsys):
     assert plan["format"] == "analogize.plan" and plan["layers"] and not Path("-").exists()
 
 
-def test_outputs_that_fail_to_move_in_put_back_the_files_they_replaced(tmp_path, monkeypatch):
-    """Outputs written together replace files already there; if a later one cannot be moved into place, the
-    earlier ones are taken back and the files they replaced are restored as they were, with no staging left."""
+@pytest.mark.parametrize("failure, raised", [(OSError(errno.EACCES, os.strerror(errno.EACCES)), AnalogizeError),
+                                             (KeyboardInterrupt(), KeyboardInterrupt)])
+def test_outputs_that_fail_to_move_in_put_back_the_files_they_replaced(failure, raised, tmp_path, monkeypatch):
+    """Outputs written together replace files already there; if a later one cannot be moved into place (or the
+    user interrupts), the earlier ones are taken back and the files they replaced are restored as they were, with
+    no staging left."""
     first, second = tmp_path / "first.json", tmp_path / "second.json"
     first.write_text("old first")
     second.write_text("old second")
@@ -285,7 +288,7 @@ def test_outputs_that_fail_to_move_in_put_back_the_files_they_replaced(tmp_path,
 
     def replace_failing_onto_second(source, target):
         if Path(target) == second and Path(source).name == second.name:  # the new file, not the old one back
-            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+            raise failure
         return real_replace(source, target)
 
     def write_both():
@@ -295,7 +298,8 @@ def test_outputs_that_fail_to_move_in_put_back_the_files_they_replaced(tmp_path,
                     staged.write_text("new")
 
     monkeypatch.setattr(os, "replace", replace_failing_onto_second)
-    with pytest.raises(AnalogizeError, match="cannot write .*second.json: Permission denied"):
+    with pytest.raises(raised, match="cannot write .*second.json: Permission denied" if raised is AnalogizeError
+                       else None):
         write_both()
     assert (first.read_text(), second.read_text()) == ("old first", "old second")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
