@@ -51,7 +51,9 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         except (OSError, ValueError, onnx.checker.ValidationError) as error:
             raise AnalogizeError(f"{path}: cannot read its external weight data ({str(error).splitlines()[0]}); "
                                  f"keep the data file next to the model") from None
-        _check_tensors(external, [], path)  # a length in the model's own record need not fit the shape
+        # a length in the model's own record need not fit the shape; onnx leaves a sparse tensor's parts unread
+        _check_tensors([tensor for tensor in external if not external_data_helper.uses_external_data(tensor)], [],
+                       path)
     return model, has_external
 
 
@@ -236,6 +238,8 @@ def _sparse_problem(sparse: onnx.SparseTensorProto) -> str | None:
         return (f"has {count} values but indices of shape {list(indices.dims)} and type "
                 f"{onnx.helper.tensor_dtype_to_string(indices.data_type)}; ONNX wants int64 indices of shape "
                 f"[{count}] or [{count}, {len(shape)}]")
+    if external_data_helper.uses_external_data(indices):  # onnx loads no sparse tensor's external data: nor do we
+        return None
     at = onnx.numpy_helper.to_array(indices)
     bounds = np.array(shape if at.ndim == 2 else [min(math.prod(shape), np.iinfo(np.int64).max)], np.int64)
     if at.size and ((at < 0).any() or (at >= bounds).any()):
@@ -421,15 +425,15 @@ def check_output_target(path) -> None:
     rename would replace the node itself: as root, -o /dev/null destroyed it), or a symbolic link (the rename
     replaces the link, not the file it names; which of the two was meant is the user's to say)."""
     path = Path(path)
-    if path.is_symlink():
-        raise AnalogizeError(f"{path} is a symbolic link (to {os.readlink(path)}); give the path of the file itself, "
-                             f"or remove the link")
     try:
-        mode = os.stat(path).st_mode
+        mode = os.lstat(path).st_mode
     except FileNotFoundError:
         return
-    except OSError as error:
+    except OSError as error:  # a name too long, a directory not searchable
         raise AnalogizeError(f"cannot write {path}: {error.strerror or error}") from None
+    if stat.S_ISLNK(mode):
+        raise AnalogizeError(f"{path} is a symbolic link (to {os.readlink(path)}); give the path of the file itself, "
+                             f"or remove the link")
     if stat.S_ISDIR(mode):
         raise AnalogizeError(f"{path} is a directory; give a file name")
     if not stat.S_ISREG(mode):

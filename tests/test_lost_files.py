@@ -307,3 +307,10 @@ def test_outputs_that_fail_to_move_in_put_back_the_files_they_replaced(failure, 
     write_both()
     assert (first.read_text(), second.read_text()) == ("new", "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
+
+
+def test_an_output_name_too_long_is_one_line_from_the_library(tmp_path):
+    """save_model's check of the output read the name with is_symlink, which raised ENAMETOOLONG as a traceback."""
+    with pytest.raises(AnalogizeError, match="cannot write .*: File name too long"):
+        save_model(onnx.load(DEFAULT_MODEL), tmp_path / ("a" * 300 + ".onnx"))
+    assert not list(tmp_path.iterdir())
