@@ -22,6 +22,7 @@ from onnx import external_data_helper
 from .errors import AnalogizeError
 from .native.build import FUSED_DOMAIN
 from .untrusted import check_regular_file
+from .weight_files import external_weight_files
 
 
 def load_model(path) -> tuple[onnx.ModelProto, bool]:
@@ -359,8 +360,8 @@ def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str |
         if path not in (None, "-"):
             seen.setdefault(_identity(path), (label, label))
     if any(path not in (None, "-") and os.path.isfile(path) for path in outputs.values()):
-        # only a file that exists can be replaced, and a model's weight files must exist for it to load: its
-        # header (a full parse of the model) is read only when an output exists
+        # only a file that exists can be replaced, and a model's weight files must exist for it to load: where
+        # they are is read (off the model's wire format) only when an output exists
         for label in models:
             for weights in external_weight_files(inputs.get(label)):
                 seen.setdefault(_identity(weights), (f"{_owner(label)} weight file {weights}", label))
@@ -391,24 +392,6 @@ def model_output(label: str, path) -> dict:
 
 def _owner(label: str) -> str:
     return f"{label}'" if label.endswith("s") else f"{label}'s"
-
-
-def external_weight_files(path) -> list[Path]:
-    """The files the ONNX model at ``path`` keeps external weights in (none when it is no readable model: its
-    loader says what is wrong)."""
-    if path is None or not os.path.isfile(path):
-        return []
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # a torch file, or a damaged one (protobuf raises many types): its loader reports it
-        return []
-    locations = set()
-    for tensor in external_data_helper._get_initializer_tensors(model):
-        if external_data_helper.uses_external_data(tensor):
-            location = next((entry.value for entry in tensor.external_data if entry.key == "location"), None)
-            if isinstance(location, str) and location:
-                locations.add(Path(path).parent / location)
-    return sorted(locations)
 
 
 def _identity(path):

@@ -314,3 +314,38 @@ def test_an_output_name_too_long_is_one_line_from_the_library(tmp_path):
     with pytest.raises(AnalogizeError, match="cannot write .*: File name too long"):
         save_model(onnx.load(DEFAULT_MODEL), tmp_path / ("a" * 300 + ".onnx"))
     assert not list(tmp_path.iterdir())
+
+
+def test_weight_files_are_read_off_the_wire_format_as_onnx_finds_them(tmp_path):
+    """The guard reads where a model keeps its weights without parsing it (analogize.weight_files): the same files
+    onnx's own walk finds, for weights in a subfolder, in an If branch and in a Constant node; none for a file that
+    is no model (cut short, empty, random bytes)."""
+    from analogize.weight_files import external_weight_files
+
+    def tensor(name, shape):
+        return numpy_helper.from_array(np.arange(np.prod(shape), dtype=np.float32).reshape(shape), name)
+
+    branch = helper.make_graph([helper.make_node("Add", ["y", "b"], ["z"])], "then", [],
+                               [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4])], [tensor("b", [4])])
+    nodes = [helper.make_node("Constant", [], ["k"], value=tensor("k", [4, 4])),
+             helper.make_node("MatMul", ["x", "k"], ["m"]), helper.make_node("MatMul", ["m", "w"], ["y"]),
+             helper.make_node("Constant", [], ["c"], value=helper.make_tensor("c", TensorProto.BOOL, [], [True])),
+             helper.make_node("If", ["c"], ["out"], then_branch=branch, else_branch=branch)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])], [tensor("w", [4, 4])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    tensors = [item for item in onnx.external_data_helper._get_all_tensors(model) if item.name != "c"]
+    assert len(tensors) == 4  # w, k, and b in each branch
+    (tmp_path / "weights").mkdir()
+    for index, item in enumerate(tensors):
+        onnx.external_data_helper.set_external_data(item, f"weights/part{index % 3}.bin")
+    onnx.external_data_helper.write_external_data_tensors(model, str(tmp_path))
+    onnx.save(model, tmp_path / "m.onnx")
+    expected = sorted({tmp_path / entry.value for item in onnx.external_data_helper._get_all_tensors(onnx.load(
+        tmp_path / "m.onnx", load_external_data=False)) for entry in item.external_data if entry.key == "location"})
+    assert len(expected) == 3 and external_weight_files(tmp_path / "m.onnx") == expected
+    data = (tmp_path / "m.onnx").read_bytes()
+    for name, content in (("cut.onnx", data[:len(data) // 2]), ("empty.onnx", b""),
+                          ("random.onnx", np.random.default_rng(0).bytes(4096))):
+        (tmp_path / name).write_bytes(content)
+        assert external_weight_files(tmp_path / name) == []
