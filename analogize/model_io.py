@@ -124,50 +124,62 @@ _TENSOR_TEXT_AND_MESSAGE_FIELDS = tuple(field for field in _TENSOR.fields
                                         if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_MESSAGE))
 
 
-def _set_fields(message) -> list:
-    """(field, value) of each field set in ``message``, for a tensor its text and message fields only:
-    ListFields, one call for all (three times faster than a field-by-field walk), would copy its weights out."""
-    if message.DESCRIPTOR is not _TENSOR:
-        return message.ListFields()
-    return [(field, getattr(message, field.name)) for field in _TENSOR_TEXT_AND_MESSAGE_FIELDS
-            if _field_kind(field)[1] or message.HasField(field.name)]
+def _tensor_fields(tensor: onnx.TensorProto) -> list:
+    """(field, value) of each text or message field set in ``tensor``: ListFields, one call for all the fields of
+    other messages, would copy its weights out."""
+    return [(field, getattr(tensor, field.name)) for field in _TENSOR_TEXT_AND_MESSAGE_FIELDS
+            if _field_kind(field)[1] or tensor.HasField(field.name)]
+
+
+_NODE, _GRAPH, _SPARSE_TENSOR = onnx.NodeProto.DESCRIPTOR, onnx.GraphProto.DESCRIPTOR, onnx.SparseTensorProto.DESCRIPTOR
 
 
 def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> tuple[list, list]:
     """Refuse text that is not UTF-8 (protobuf hands such a name over as bytes, which every pass trips on),
     nodes without outputs and unnamed initializers, anywhere in the model, before any pass reads it; the dense
     and sparse tensors found on the way (initializers, attribute values such as a Constant's, at any depth) are
-    returned for :func:`_check_tensors`."""
+    returned for :func:`_check_tensors`. (Message types are told apart by descriptor, and text lists checked by
+    one join: a model's shape annotations alone can be tens of thousands of messages.)"""
     pending, tensors, sparse_tensors = [model], [], []
     while pending:  # a loop, not recursion: the nesting of subgraphs is the file's to choose
         message = pending.pop()
-        if isinstance(message, onnx.NodeProto) and not message.output:
-            raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which no ONNX "
-                                 f"op allows; the file is damaged or was written wrongly, re-export it")
-        if isinstance(message, onnx.GraphProto) and (any(not tensor.name for tensor in message.initializer) or
-                                                     any(not t.values.name for t in message.sparse_initializer)):
-            raise AnalogizeError(f"{path}: graph {message.name!r} has an initializer without a name, which would "
-                                 f"stand for every input left out (named ''); re-export the model")
-        if isinstance(message, onnx.TensorProto):
+        descriptor = message.DESCRIPTOR
+        if descriptor is _TENSOR:
             tensors.append(message)
-        elif isinstance(message, onnx.SparseTensorProto):
-            sparse_tensors.append(message)
-        for field, value in _set_fields(message):
+            fields = _tensor_fields(message)
+        else:
+            if descriptor is _NODE and not message.output:
+                raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which no "
+                                     f"ONNX op allows; the file is damaged or was written wrongly, re-export it")
+            if descriptor is _GRAPH and (any(not tensor.name for tensor in message.initializer) or
+                                         any(not t.values.name for t in message.sparse_initializer)):
+                raise AnalogizeError(f"{path}: graph {message.name!r} has an initializer without a name, which "
+                                     f"would stand for every input left out (named ''); re-export the model")
+            if descriptor is _SPARSE_TENSOR:
+                sparse_tensors.append(message)
+            fields = message.ListFields()
+        for field, value in fields:
             kind, repeated = _field_kind(field)
             if kind == FieldDescriptor.TYPE_MESSAGE:
                 if repeated:
                     pending.extend(value)
                 else:
                     pending.append(value)
-                continue
-            if kind != FieldDescriptor.TYPE_STRING:
-                continue
-            text = next((item for item in value if isinstance(item, bytes)), None) if repeated \
-                else value if isinstance(value, bytes) else None
-            if text is not None:
-                raise AnalogizeError(f"{path}: a {message.DESCRIPTOR.name} {field.name} is not UTF-8 text "
-                                     f"({text[:40]!r}); the file is damaged, re-export it")
+            elif kind == FieldDescriptor.TYPE_STRING and not _all_text(value, repeated):
+                text = next(item for item in value if isinstance(item, bytes)) if repeated else value
+                raise AnalogizeError(f"{path}: a {descriptor.name} {field.name} is not UTF-8 text ({text[:40]!r}); "
+                                     f"the file is damaged, re-export it")
     return tensors, sparse_tensors
+
+
+def _all_text(value, repeated: bool) -> bool:
+    if not repeated:
+        return type(value) is str
+    try:
+        "".join(value)
+    except TypeError:  # bytes among them
+        return False
+    return True
 
 
 def _check_tensors(tensors: list, sparse_tensors: list, path: Path) -> None:
@@ -275,15 +287,19 @@ def _structure_problem(graph: onnx.GraphProto, outer: tuple) -> tuple[str | None
     scope = (defined, *outer)
     needs, bodies = [], []
     for node in graph.node:
-        reads = set(node.input)
+        inputs = set(node.input)
+        unknown = inputs - defined  # set arithmetic: a generator per node took most of the check's time
+        if unknown and outer:
+            unknown = {name for name in unknown if not _in_scope(name, outer)}
+        if unknown:
+            missing = next(name for name in node.input if name in unknown)
+            return f"node {_node_name(node)} reads {missing!r}, which no node, initializer or graph input produces", []
+        reads = inputs
         for attribute in node.attribute:
             for body in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else \
                     attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else ():
                 bodies.append(body)
-                reads |= _names_read_from_outside(body)
-        missing = next((name for name in node.input if not _in_scope(name, scope)), None)
-        if missing is not None:
-            return f"node {_node_name(node)} reads {missing!r}, which no node, initializer or graph input produces", []
+                reads = reads | _names_read_from_outside(body)
         needs.append({producer[name] for name in reads if name in producer})
     unproduced = next((value.name for value in graph.output if not value.name or not _in_scope(value.name, scope)),
                       None)
