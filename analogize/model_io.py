@@ -251,8 +251,9 @@ def _sparse_problem(sparse: onnx.SparseTensorProto) -> str | None:
         return (f"has {count} values but indices of shape {list(indices.dims)} and type "
                 f"{onnx.helper.tensor_dtype_to_string(indices.data_type)}; ONNX wants int64 indices of shape "
                 f"[{count}] or [{count}, {len(shape)}]")
-    if external_data_helper.uses_external_data(indices):  # onnx loads no sparse tensor's external data: nor do we
-        return None
+    if external_data_helper.uses_external_data(values) or external_data_helper.uses_external_data(indices):
+        return ("keeps its values or indices in an external file, which neither onnx nor ONNX Runtime reads for a "
+                "sparse tensor")
     at = onnx.numpy_helper.to_array(indices)
     bounds = np.array(shape if at.ndim == 2 else [min(math.prod(shape), np.iinfo(np.int64).max)], np.int64)
     if at.size and ((at < 0).any() or (at >= bounds).any()):
@@ -384,9 +385,11 @@ def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str |
     to_stdout = [label for label, path in outputs.items() if path == "-"]
     if len(to_stdout) > 1:
         raise AnalogizeError(f"{' and '.join(to_stdout)} would both write to stdout ('-'); send one to a file")
+    # -o must name the model itself: a hard link to it is replaced by the rename while the model, unchanged, still
+    # reads the weight file that would go with it
     replaced_by_output = overwrite and replaceable is not None and \
         outputs.get("-o") not in (None, "-") and inputs.get(replaceable) not in (None, "-") and \
-        _identity(outputs["-o"]) == _identity(inputs[replaceable])
+        Path(outputs["-o"]).resolve() == Path(inputs[replaceable]).resolve()
     may_replace = {"-o", f"{_owner('-o')} weight file"} if replaced_by_output else set()
     for label, path in outputs.items():
         if path in (None, "-"):
@@ -483,42 +486,25 @@ def _hand_over(staging: Path, moves: list, now: bool = False) -> None:
 
 
 def _commit(staged: list) -> None:
-    """Move each staged file to its final path, all or nothing: on a failure (an interrupt too) the files already
-    moved are taken back, and the ones they replaced are put back. Each file goes in with one rename, so a final
-    path holds the old file or the new one at every moment, even if the process is killed; a hard link to the old
-    file, kept in the staging directory until the end, is what puts it back."""
-    done = []  # (final path, the link to the file it held, or None)
+    """Move each staged file to its final path, one rename each (a final path holds the old file or the new one at
+    every moment), all or nothing: on a failure or an interrupt the files already moved are removed again. What
+    they replaced is not kept: a hard link kept for it made onnx refuse the model's weight file ("multiple hard
+    links") to every reader while a save ran, and a copy costs what the file weighs."""
+    done = []
     try:
-        for staging, moves in staged:
+        for _, moves in staged:
             for source, target in moves:
-                kept = _linked_aside(target, staging / f".replaced-{len(done)}")
                 os.replace(source, target)
-                done.append((target, kept))
+                done.append(target)
     except BaseException as error:
-        for moved, kept in reversed(done):  # all or nothing: they were written together
-            with contextlib.suppress(OSError):
-                if kept is None:
-                    moved.unlink(missing_ok=True)
-                else:
-                    os.replace(kept, moved)
+        for moved in done:  # all or nothing: they were written together
+            moved.unlink(missing_ok=True)
         if isinstance(error, OSError):
             raise AnalogizeError(f"cannot write {target}: {error.strerror or error}") from None
         raise
     finally:
         for staging, _ in staged:
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _linked_aside(path: Path, aside: Path) -> Path | None:
-    """A hard link at ``aside`` to the file at ``path``, or None where there is none (or links are not to be had:
-    then a failed commit cannot put it back)."""
-    if not path.is_file():
-        return None
-    try:
-        os.link(path, aside)
-    except OSError:
-        return None
-    return aside
 
 
 # how much of the output's name the staging directory's holds: the whole, with this host and process added, went

@@ -517,9 +517,9 @@ def test_a_forged_machine_form_record_is_one_line(record, problem, tmp_path, cap
     assert len(err.strip().splitlines()) == 1
 
 
-def test_a_sparse_tensor_with_external_indices_loads(tmp_path, monkeypatch):
-    """Its indices' bound check read the external file relative to the working directory (or died in a traceback):
-    onnx loads no sparse tensor's external data, and the check now leaves such indices alone, as before it."""
+def test_a_sparse_tensor_with_external_indices_is_one_line(tmp_path, monkeypatch):
+    """Its indices' bound check read the external file relative to the working directory (or died in a traceback),
+    and neither onnx nor ONNX Runtime reads a sparse tensor's external parts: refused in one line."""
     from analogize.model_io import load_model
 
     indices = onnx.numpy_helper.from_array(np.array([0, 5], np.int64), "S_indices")
@@ -535,5 +535,17 @@ def test_a_sparse_tensor_with_external_indices_loads(tmp_path, monkeypatch):
     path = tmp_path / "sparse.onnx"
     onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)]), path)
     monkeypatch.chdir(tmp_path.parent)
-    model, _ = load_model(path)
-    assert model.graph.sparse_initializer[0].values.name == "S"
+    with pytest.raises(AnalogizeError, match="sparse tensor 'S' keeps its values or indices in an external file"):
+        load_model(path)
+
+
+def test_export_of_a_graph_out_of_order_is_one_line(tmp_path, capsys):
+    """ONNX wants nodes in topological order; convert takes such a graph as it is, and export's check of its result
+    was a ValidationError traceback."""
+    path = tmp_path / "unsorted.onnx"
+    onnx.save(_matmul_model([onnx.helper.make_node("Relu", ["y"], ["z"]), _MATMUL], ["z"]), path)
+    code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / "c.onnx")
+    assert code == 0, err
+    code, _, err = analogize(capsys, "export", tmp_path / "c.onnx", "-o", tmp_path / "e.onnx")
+    assert code == 2 and "the exported model is not valid ONNX" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e.onnx").exists()

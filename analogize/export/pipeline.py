@@ -54,7 +54,11 @@ def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False
     exported = model_steps(export_model(graph, model), state)
     exported.metadata_props.add(key=EXPORT_KEY, value=format)
     spec["export"] = {"format": format, "noise": "kept" if keep_noise else "removed"}
-    onnx.checker.check_model(exported)
+    try:
+        onnx.checker.check_model(exported)
+    except onnx.checker.ValidationError as error:  # a source graph out of order, which convert took as it was
+        raise AnalogizeError(f"the exported model is not valid ONNX ({str(error).splitlines()[0]}); check that the "
+                             f"source model is (onnx.checker.check_model), re-export it and convert it again") from None
     return exported, spec
 
 
