@@ -40,9 +40,10 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
     if not model.HasField("graph") or not model.graph.node:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
     tensors, sparse_tensors = _check_text_and_nodes(model, path)
-    external = [tensor for tensor in tensors if external_data_helper.uses_external_data(tensor)]
-    _check_tensors([tensor for tensor in tensors if not external_data_helper.uses_external_data(tensor)],
-                   sparse_tensors, path)
+    stored, external = [], []
+    for tensor in tensors:
+        (external if external_data_helper.uses_external_data(tensor) else stored).append(tensor)
+    _check_tensors(stored, sparse_tensors, path)  # refuses a sparse tensor's external parts, which onnx leaves
     check_graph_structure(model.graph, str(path))
     _check_fused_chain_calls(model, path)
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
@@ -52,9 +53,7 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         except (OSError, ValueError, onnx.checker.ValidationError) as error:
             raise AnalogizeError(f"{path}: cannot read its external weight data ({str(error).splitlines()[0]}); "
                                  f"keep the data file next to the model") from None
-        # a length in the model's own record need not fit the shape; onnx leaves a sparse tensor's parts unread
-        _check_tensors([tensor for tensor in external if not external_data_helper.uses_external_data(tensor)], [],
-                       path)
+        _check_tensors(external, [], path)  # a length in the model's own record need not fit the shape
     return model, has_external
 
 
