@@ -264,19 +264,20 @@ def check_graph_structure(graph: onnx.GraphProto, where: str) -> None:
     """Refuse in one line a graph (or body, at any depth) that reads a tensor nothing produces, produces a tensor
     twice or loops back on itself: passes and ONNX's version converter (a segfault) take such a graph on trust.
     A body may read the names of the graphs around it."""
-    pending = [(graph, ())]
+    pending, read_from_outside = [(graph, ())], {}
     while pending:  # a loop, not recursion: the nesting of bodies is the file's to choose
         body, outer = pending.pop()
-        problem, inner = _structure_problem(body, outer)
+        problem, inner = _structure_problem(body, outer, read_from_outside)
         if problem:
             raise AnalogizeError(f"{where}: {problem}; the file is damaged or was written wrongly, re-export it")
         pending.extend(inner)
 
 
-def _structure_problem(graph: onnx.GraphProto, outer: tuple) -> tuple[str | None, list]:
+def _structure_problem(graph: onnx.GraphProto, outer: tuple, read_from_outside: dict) -> tuple[str | None, list]:
     """What is wrong with ``graph``'s own nodes and outputs (None: nothing), and its bodies with the names they may
     read. ``outer`` holds the name sets of the graphs around it, shared, not merged: a merged copy per body made
-    models with thousands of If nodes take minutes."""
+    models with thousands of If nodes take minutes. ``read_from_outside`` is :func:`_names_read_from_outside`'s
+    memo, shared by the whole check."""
     given, defined = _names_defined(graph)
     producer: dict[str, int] = {}
     for index, node in enumerate(graph.node):
@@ -295,11 +296,9 @@ def _structure_problem(graph: onnx.GraphProto, outer: tuple) -> tuple[str | None
             missing = next(name for name in node.input if name in unknown)
             return f"node {_node_name(node)} reads {missing!r}, which no node, initializer or graph input produces", []
         reads = inputs
-        for attribute in node.attribute:
-            for body in (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else \
-                    attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else ():
-                bodies.append(body)
-                reads = reads | _names_read_from_outside(body)
+        for body in _bodies_of(node):
+            bodies.append(body)
+            reads = reads | _names_read_from_outside(body, read_from_outside)
         needs.append({producer[name] for name in reads if name in producer})
     unproduced = next((value.name for value in graph.output if not value.name or not _in_scope(value.name, scope)),
                       None)
@@ -324,22 +323,32 @@ def _in_scope(name: str, scope: tuple) -> bool:
     return any(name in names for names in scope)
 
 
-def _names_read_from_outside(body: onnx.GraphProto) -> set:
+def _bodies_of(node: onnx.NodeProto) -> list:
+    return [body for attribute in node.attribute for body in (
+        (attribute.g,) if attribute.type == onnx.AttributeProto.GRAPH else
+        attribute.graphs if attribute.type == onnx.AttributeProto.GRAPHS else ())]
+
+
+def _names_read_from_outside(body: onnx.GraphProto, memo: dict) -> set:
     """The names the nodes of ``body`` and of its own bodies read (and its outputs name) that none of them defines:
-    those tie the node that holds ``body`` to the nodes around it that produce them."""
-    names, pending = set(), [(body, ())]
-    while pending:
-        graph, inside = pending.pop()
-        scope = (_names_defined(graph)[1], *inside)
-        names.update(value.name for value in graph.output if not _in_scope(value.name, scope))
-        for node in graph.node:
-            names.update(name for name in node.input if not _in_scope(name, scope))
-            for attribute in node.attribute:
-                if attribute.type == onnx.AttributeProto.GRAPH:
-                    pending.append((attribute.g, scope))
-                elif attribute.type == onnx.AttributeProto.GRAPHS:
-                    pending.extend((sub, scope) for sub in attribute.graphs)
-    return names
+    those tie the node that holds ``body`` to the nodes around it that produce them. Found bottom up, each body's
+    once: ``memo`` maps a body's id to (the body, kept alive so that its id stays its own, its names), and a body
+    nested n deep was walked n times over without it."""
+    pending = [(body, False)]
+    while pending:  # a loop, not recursion: the nesting of bodies is the file's to choose
+        graph, children_done = pending.pop()
+        if id(graph) in memo:
+            continue
+        children = [child for node in graph.node for child in _bodies_of(node)]
+        if not children_done:
+            pending.append((graph, True))
+            pending.extend((child, False) for child in children)
+            continue
+        reads = {name for node in graph.node for name in node.input} | {value.name for value in graph.output}
+        for child in children:
+            reads |= memo[id(child)][1]
+        memo[id(graph)] = (graph, reads - _names_defined(graph)[1])
+    return memo[id(body)][1]
 
 
 def _node_in_cycle(needs: list) -> int | None:

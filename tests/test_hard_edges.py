@@ -549,3 +549,28 @@ def test_export_of_a_graph_out_of_order_is_one_line(tmp_path, capsys):
     code, _, err = analogize(capsys, "export", tmp_path / "c.onnx", "-o", tmp_path / "e.onnx")
     assert code == 2 and "the exported model is not valid ONNX" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e.onnx").exists()
+
+
+def test_nested_bodies_are_walked_once_each(monkeypatch):
+    """Finding what a body reads from outside walked a body nested n deep n times over (a 100 k-node body under
+    30 If levels took 25 s): each graph's names are now taken twice at most, once to check it and once bottom up."""
+    from analogize import model_io
+
+    def value(name):
+        return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [4])
+
+    body = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["leaf"])], "leaf", [], [value("leaf")])
+    depth = 12
+    for level in range(depth):
+        other = onnx.helper.make_graph([onnx.helper.make_node("Neg", ["x"], [f"n{level}"])], "other", [],
+                                       [value(f"n{level}")])
+        body = onnx.helper.make_graph([onnx.helper.make_node("If", ["c"], [f"d{level}"], then_branch=body,
+                                                             else_branch=other)], f"d{level}", [], [value(f"d{level}")])
+    graph = onnx.helper.make_graph(list(body.node), "g", [value("x"), onnx.helper.make_tensor_value_info(
+        "c", onnx.TensorProto.BOOL, [])], [value(f"d{depth - 1}")])
+    calls = []
+    real = model_io._names_defined
+    monkeypatch.setattr(model_io, "_names_defined", lambda g: calls.append(g.name) or real(g))
+    model_io.check_graph_structure(graph, "nested")
+    graphs = 1 + 2 * depth  # the main graph, and two branches per If
+    assert len(calls) <= 2 * graphs  # 181 before
