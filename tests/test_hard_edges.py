@@ -554,7 +554,7 @@ def test_export_of_a_graph_out_of_order_is_one_line(tmp_path, capsys):
 def test_nested_bodies_are_walked_once_each(monkeypatch):
     """Finding what a body reads from outside walked a body nested n deep n times over (a 100 k-node body under
     30 If levels took 25 s): each graph's names are now taken twice at most, once to check it and once bottom up."""
-    from analogize import model_io
+    from analogize import model_checks
 
     def value(name):
         return onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [4])
@@ -569,8 +569,8 @@ def test_nested_bodies_are_walked_once_each(monkeypatch):
     graph = onnx.helper.make_graph(list(body.node), "g", [value("x"), onnx.helper.make_tensor_value_info(
         "c", onnx.TensorProto.BOOL, [])], [value(f"d{depth - 1}")])
     calls = []
-    real = model_io._names_defined
-    monkeypatch.setattr(model_io, "_names_defined", lambda g: calls.append(g.name) or real(g))
-    model_io.check_graph_structure(graph, "nested")
+    real = model_checks._names_defined
+    monkeypatch.setattr(model_checks, "_names_defined", lambda g: calls.append(g.name) or real(g))
+    model_checks.check_graph_structure(graph, "nested")
     graphs = 1 + 2 * depth  # the main graph, and two branches per If
     assert len(calls) <= 2 * graphs  # 181 before

@@ -18,7 +18,7 @@ from onnx import helper, inliner, version_converter
 
 from .. import untrusted
 from ..errors import AnalogizeError
-from ..model_io import check_graph_structure
+from ..model_checks import check_graph_structure
 from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
 from ..ops.spec import DOMAIN, DOMAIN_VERSION, OPS
