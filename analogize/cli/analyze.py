@@ -3,7 +3,6 @@ mini-batch bias, effective bits, critical initialisation), each printed as a tab
 where it has one, a figure."""
 from __future__ import annotations
 
-import json
 
 import click
 
@@ -130,11 +129,7 @@ def _write_and_print(result: dict, json_path, plot_path) -> None:
     refuse_overwrites({}, {"--json": json_path, "--plot": plot_path})
 
     if json_path:
-        document = analysis.to_json(result)
-        if json_path == "-":
-            click.echo(json.dumps(document, indent=2, allow_nan=False))
-        else:
-            results.write_json(document, json_path)
+        results.write_json(analysis.to_json(result), json_path)
     if plot_path:
         analysis.plot(result, plot_path)
     if json_path == "-":

@@ -2,7 +2,6 @@
 that it and ``analogize train`` print."""
 from __future__ import annotations
 
-import json
 
 import click
 
@@ -56,12 +55,11 @@ def print_training_report(report: dict, json_path, report_path=None) -> None:
 
         write_html_report([report], report_path)
     if json_path:
-        from ..training.finetune import write_report
+        from ..evaluate.results import write_json
 
+        write_json(report, json_path)
         if json_path == "-":
-            click.echo(json.dumps(report, indent=2, default=float, allow_nan=False))
             return
-        write_report(report, json_path)
     before, after = report["before"], report["after"]
     click.echo(f"noisy accuracy {100 * before['noisy_mean']:.1f} ± {100 * before['noisy_std']:.1f} % -> "
                f"{100 * after['noisy_mean']:.1f} ± {100 * after['noisy_std']:.1f} % ({after['repeats']} draws); "

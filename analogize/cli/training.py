@@ -2,7 +2,6 @@
 a resumable grid of activations x depths x bits x EP x seeds."""
 from __future__ import annotations
 
-import json
 
 import click
 
@@ -109,9 +108,7 @@ def sweep(directory, name, activations, factors, smooth, alphas, depths, depth_k
     result = sweeping.sweep(directory, data, grid, TrainSetup(name, config, init), FinetuneOptions(**training),
                             ConvertOptions(**chain, **PAPER_RANGES), eval_data=eval_data, limit=limit,
                             shard=parse_shard(shard) if shard else (0, 1), progress=not quiet)
-    if json_path == "-":
-        click.echo(json.dumps(result, indent=1, allow_nan=False))
-    elif json_path:
+    if json_path:
         write_json(result, json_path)
     if plot_path and result["points"]:
         sweeping.plot(result, plot_path)

@@ -7,7 +7,6 @@ numbers are the tuned file's own. Every epoch is checkpointed; ``resume`` contin
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import asdict, dataclass, replace
@@ -416,13 +415,6 @@ def _save_checkpoint(path: Path, module, optimizer, schedule, history, epoch, be
             if isinstance(error.__context__, OSError):
                 raise error.__context__ from None
             raise
-
-
-def write_report(report: dict, path) -> None:
-    from ..model_io import atomic_output
-
-    with atomic_output(path) as temporary:
-        temporary.write_text(json.dumps(report, indent=2, allow_nan=False) + "\n")
 
 
 def split_data(spec: str, limit: int | None = None, validation_spec: str | None = None, seed: int = 0,
