@@ -18,6 +18,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from analogize import model_io
 from analogize.errors import AnalogizeError
 from analogize.model_io import atomic_output, outputs_together, save_model
 from conftest import DEFAULT_MODEL, ROOT
@@ -278,35 +279,65 @@ def test_plan_writes_the_plan_alone_to_stdout(files_read, capsys):
     assert plan["format"] == "analogize.plan" and plan["layers"] and not Path("-").exists()
 
 
+@pytest.mark.parametrize("mechanism", ["exchange", "rename"])
 @pytest.mark.parametrize("failure, raised", [(OSError(errno.EACCES, os.strerror(errno.EACCES)), AnalogizeError),
                                              (KeyboardInterrupt(), KeyboardInterrupt)])
-def test_outputs_that_fail_to_move_in_take_the_moved_ones_with_them(failure, raised, tmp_path, monkeypatch):
+def test_outputs_that_fail_to_move_in_take_the_moved_ones_with_them(failure, raised, mechanism, tmp_path,
+                                                                    monkeypatch):
     """Outputs written together: if a later one cannot be moved into place (or the user interrupts), the earlier
-    ones go again (all or nothing), the later one's old file stays as it was, and no staging is left."""
-    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    ones go again (all or nothing), the later one's old file stays as it was, and no staging is left. Where names
+    can be swapped (Linux), a file an earlier output had replaced comes back; where outputs go in by rename, it is
+    gone."""
+    if mechanism == "exchange" and model_io._renameat2 is None:
+        pytest.skip("this system cannot swap two names (renameat2)")
+    first, fresh, second = tmp_path / "first.json", tmp_path / "fresh.json", tmp_path / "second.json"
+    first.write_text("old first")
     second.write_text("old second")
-    real_replace = os.replace
+    real_exchange, real_replace = model_io._exchange, os.replace
 
-    def replace_failing_onto_second(source, target):
-        if Path(target) == second:
-            raise failure
-        return real_replace(source, target)
+    def failing_onto_second(real):
+        def move(source, target):
+            if Path(target) == second:
+                raise failure
+            return real(source, target)
+        return move
 
-    def write_both():
+    def write_all():
         with outputs_together():
-            for path in (first, second):
+            for path in (first, fresh, second):
                 with atomic_output(path) as staged:
                     staged.write_text("new")
 
-    monkeypatch.setattr(os, "replace", replace_failing_onto_second)
+    if mechanism == "exchange":
+        monkeypatch.setattr(model_io, "_exchange", failing_onto_second(real_exchange))
+    else:
+        monkeypatch.setattr(model_io, "_renameat2", None)
+        monkeypatch.setattr(os, "replace", failing_onto_second(real_replace))
     with pytest.raises(raised, match="cannot write .*second.json: Permission denied" if raised is AnalogizeError
                        else None):
-        write_both()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["second.json"] and second.read_text() == "old second"
-    monkeypatch.setattr(os, "replace", real_replace)
-    write_both()
-    assert (first.read_text(), second.read_text()) == ("new", "new")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["first.json", "second.json"]
+        write_all()
+    left = {path.name: path.read_text() for path in tmp_path.iterdir()}
+    assert left == ({"first.json": "old first", "second.json": "old second"} if mechanism == "exchange"
+                    else {"second.json": "old second"})
+    monkeypatch.undo()
+    write_all()
+    assert {path.name: path.read_text() for path in tmp_path.iterdir()} == \
+        {"first.json": "new", "fresh.json": "new", "second.json": "new"}
+
+
+def test_an_output_that_became_a_directory_is_refused_and_kept(tmp_path, monkeypatch):
+    """The final path is checked before the write; one that is a directory by the time the output goes in (the
+    swap of names would take any kind of file) is swapped back and refused, and nothing inside it is removed."""
+    if model_io._renameat2 is None:
+        pytest.skip("this system cannot swap two names (renameat2)")
+    target = tmp_path / "out.json"
+    monkeypatch.setattr(model_io, "check_output_target", lambda path: None)  # it changes after the check
+    target.mkdir()
+    (target / "kept.txt").write_text("mine")
+    with pytest.raises(AnalogizeError, match="out.json: it is no longer a regular file"):
+        with atomic_output(target) as staged:
+            staged.write_text("new")
+    assert (target / "kept.txt").read_text() == "mine" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
 
 
 def test_an_output_name_too_long_is_one_line_from_the_library(tmp_path):
