@@ -16,16 +16,18 @@ from onnx import external_data_helper
 
 from .errors import AnalogizeError
 from .native.build import FUSED_DOMAIN
+from .weight_files import initializer_data_sizes
 
 
-def check_model(model: onnx.ModelProto, path: Path) -> list:
+def check_model(model: onnx.ModelProto, path: Path, data: bytes | None = None) -> list:
     """Refuse in one line a model (as read, its external data not yet) that breaks what passes take on trust;
-    returns the tensors whose data is external, for :func:`check_tensors` once that is read."""
+    returns the tensors whose data is external, for :func:`check_tensors` once that is read. ``data``, the bytes
+    the model was parsed from, tells the sizes of its initializers' stored bytes without copying them out."""
     tensors, sparse_tensors = _check_text_and_nodes(model, path)
     stored, external = [], []
     for tensor in tensors:
         (external if external_data_helper.uses_external_data(tensor) else stored).append(tensor)
-    check_tensors(stored, path, sparse_tensors)  # refuses a sparse tensor's external parts, which onnx leaves
+    check_tensors(stored, path, sparse_tensors, _stored_sizes(model, data))  # and a sparse tensor's external parts
     check_graph_structure(model.graph, str(path))
     _check_fused_chain_calls(model, path)
     return external
@@ -106,11 +108,14 @@ def _all_text(value, repeated: bool) -> bool:
     return True
 
 
-def check_tensors(tensors: list, path: Path, sparse_tensors: list = ()) -> None:
+def check_tensors(tensors: list, path: Path, sparse_tensors: list = (), sizes: dict | None = None) -> None:
     """Refuse tensors whose stored values do not fill their declared shape and sparse tensors whose indices
-    leave it (a damaged file), before any pass reads them."""
+    leave it (a damaged file), before any pass reads them. ``sizes``: the bytes of ``raw_data`` of tensors where
+    they are known (:func:`_stored_sizes`)."""
+    sizes = sizes or {}
     for tensor in tensors:
-        problem = _tensor_problem(tensor)
+        known, size = sizes.get(id(tensor), (None, None))
+        problem = _tensor_problem(tensor, size if known is tensor else None)
         if problem:
             raise AnalogizeError(f"{path}: tensor {tensor.name!r} {problem}; the file is damaged, re-export it")
     for sparse in sparse_tensors:
@@ -133,7 +138,23 @@ def _check_fused_chain_calls(model: onnx.ModelProto, path: Path) -> None:
                                  f"written wrongly, write it again (analogize fast)")
 
 
-def _tensor_problem(tensor: onnx.TensorProto) -> str | None:
+def _stored_sizes(model: onnx.ModelProto, data: bytes | None) -> dict:
+    """(message, bytes of its ``raw_data``) of each graph initializer, by the message's ``id``, read off ``data``
+    (:func:`analogize.weight_files.initializer_data_sizes`); none where ``data`` is not given or its initializers
+    are not the model's, name for name."""
+    listed = initializer_data_sizes(data) if data is not None else None
+    held = model.graph.initializer
+    if listed is None or len(listed) != len(held):
+        return {}
+    sizes = {}
+    for tensor, (name, size) in zip(held, listed):
+        if name != tensor.name.encode():
+            return {}
+        sizes[id(tensor)] = tensor, size
+    return sizes
+
+
+def _tensor_problem(tensor: onnx.TensorProto, stored: int | None = None) -> str | None:
     if tensor.HasField("segment"):  # a part of a tensor split over several messages: onnx cannot read one
         return "is one segment of a tensor split over several messages, which ONNX's readers do not take"
     if tensor.data_type in _SUB_BYTE_TYPES:
@@ -144,7 +165,8 @@ def _tensor_problem(tensor: onnx.TensorProto) -> str | None:
     width = _item_width(tensor.data_type)
     if width is None:  # a type numpy has no width for: left to the reader
         return None
-    stored = len(tensor.raw_data)  # read once: protobuf (upb) copies the bytes out on every read
+    if stored is None:
+        stored = len(tensor.raw_data)  # read once: protobuf (upb) copies the bytes out on every read
     if stored:
         held = stored // width if stored % width == 0 else f"{stored} bytes of {width}-byte"
     else:

@@ -27,7 +27,8 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
     path = Path(path)
     check_regular_file(path, "the model", "give the path of an .onnx file")
     try:
-        model = onnx.load(str(path), load_external_data=False)
+        data = path.read_bytes()  # as onnx.load reads it; kept for the checks to read sizes off
+        model = onnx.load_model_from_string(data)
     except (DecodeError, RuntimeWarning, ValueError) as error:
         raise AnalogizeError(f"{path} is not a readable ONNX model (truncated or another format: {error}); "
                              f"re-export it, or give a torch model (.pt2, TorchScript, module.path:factory with "
@@ -36,7 +37,8 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
-    external = check_model(model, path)
+    external = check_model(model, path, data)
+    del data
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if external:
         try:

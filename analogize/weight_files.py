@@ -1,6 +1,8 @@
-"""Where an ONNX model keeps its external weights, read off the file's protobuf wire format: the commands that
-must not write over those files ask before any work, and a full parse of the model (every weight copied out) took
-as long as loading it, for a model the command then loads again.
+"""Where an ONNX model keeps its weights, read off the file's protobuf wire format: the files of its external
+weights (:func:`external_weight_files`: the commands that must not write over those files ask before any work, and
+a full parse of the model, every weight copied out, took as long as loading it, for a model the command then loads
+again), and how many bytes each initializer stores in the file (:func:`initializer_data_sizes`: protobuf copies a
+weight's bytes out just to say how many there are).
 
 Only the messages on the way to a tensor are entered (the model's graph, its initializers and nodes, their
 attributes' tensors and graphs, at any depth: the tensors onnx loads external data for); every other field,
@@ -17,6 +19,7 @@ _ENTERED = {("model", 7): "graph",
             ("node", 5): "attribute",
             ("attribute", 5): "tensor", ("attribute", 6): "graph", ("attribute", 10): "graph",
             ("attribute", 11): "tensor"}
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_NAME, _TENSOR_RAW_DATA = 7, 5, 8, 9
 _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
@@ -33,6 +36,34 @@ def external_weight_files(path) -> list[Path]:
     except (OSError, ValueError):  # unreadable, empty, or not the wire format of a model
         return []
     return sorted({Path(path).parent / location for location in locations})
+
+
+def initializer_data_sizes(data) -> list[tuple[bytes, int]] | None:
+    """(name, bytes of ``raw_data``: 0 where it has none) of each initializer of the model's graph, in the order
+    protobuf parses them from ``data``, the model file's bytes (fields read as protobuf merges them: graphs given
+    twice add their initializers, a field given twice in a tensor keeps its last value, a field of another wire
+    type is left as unknown); None where the bytes are no well-formed model."""
+    sizes = []
+    try:
+        for number, wire, _, (graph_start, graph_end) in _fields(data, 0, len(data)):
+            if number != _MODEL_GRAPH or wire != _LENGTH:
+                continue
+            for field, field_wire, _, (start, end) in _fields(data, graph_start, graph_end):
+                if field == _GRAPH_INITIALIZER and field_wire == _LENGTH:
+                    sizes.append(_name_and_data_size(data, start, end))
+    except ValueError:
+        return None
+    return sizes
+
+
+def _name_and_data_size(data, start: int, end: int) -> tuple[bytes, int]:
+    name, size = b"", 0
+    for number, wire, _, (field_start, field_end) in _fields(data, start, end):
+        if wire == _LENGTH and number == _TENSOR_NAME:
+            name = bytes(data[field_start:field_end])
+        elif wire == _LENGTH and number == _TENSOR_RAW_DATA:
+            size = field_end - field_start
+    return name, size
 
 
 def _external_locations(data) -> set[str]:

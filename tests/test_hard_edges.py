@@ -574,3 +574,33 @@ def test_nested_bodies_are_walked_once_each(monkeypatch):
     model_checks.check_graph_structure(graph, "nested")
     graphs = 1 + 2 * depth  # the main graph, and two branches per If
     assert len(calls) <= 2 * graphs  # 181 before
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """A length-delimited protobuf field (numbers and lengths below 128 here: one byte each)."""
+    assert number < 16 and len(payload) < 128
+    return bytes([number << 3 | 2, len(payload)]) + payload
+
+
+def test_initializer_sizes_are_read_off_the_wire_format_as_protobuf_merges_them(tmp_path):
+    """The load check reads how many bytes each initializer stores off the file (protobuf copies them out to tell):
+    the same names and sizes as protobuf's own parse where the file gives a second graph (merged: its initializers
+    follow), a tensor's raw_data twice (the last counts), an initializer of the wrong wire type (an unknown field,
+    no initializer); and a tensor whose last raw_data is short is refused by the load, as onnx would read it."""
+    from analogize.model_io import load_model
+    from analogize.weight_files import initializer_data_sizes
+
+    model = _matmul_model([_MATMUL], ["y"])
+    second = onnx.numpy_helper.from_array(np.ones((2, 2), np.float32), "v")
+    twice = second.SerializeToString() + _field(9, b"\0" * 12)  # 3 floats of the 4 that [2, 2] declares
+    wrong_wire_type = bytes([5 << 3 | 0, 1])  # field 5 (initializer) as a varint
+    data = model.SerializeToString() + _field(7, _field(5, twice) + wrong_wire_type)
+    parsed = onnx.ModelProto.FromString(data)
+    assert [t.name for t in parsed.graph.initializer] == ["w", "v"]
+    assert initializer_data_sizes(data) == [(t.name.encode(), len(t.raw_data)) for t in parsed.graph.initializer] \
+        == [(b"w", 64), (b"v", 12)]
+    (tmp_path / "m.onnx").write_bytes(data)
+    with pytest.raises(AnalogizeError, match="tensor 'v' declares 4 values but holds 3"):
+        load_model(tmp_path / "m.onnx")
+    for cut in (b"", data[:len(data) - 3], b"\xff" * 8):
+        assert initializer_data_sizes(cut) in ([], None)

@@ -33,7 +33,8 @@ from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS, OpSpec
-from ..passes.graph import Names, UniqueNames, bodies, constant_values, export_model, import_model, is_default_domain
+from ..passes.graph import (Names, UniqueNames, bodies, constant_values, export_model, graph_tensors, import_model,
+                            is_default_domain)
 from ..passes.model import export_with_functions, refuse_machine_form
 from .build import FUSED_DOMAIN, MAX_CHAIN_STEPS, MAX_STEP_ATTRIBUTES, StepKind, _kernel_source
 
@@ -357,7 +358,7 @@ def unfuse_chains(graph: gs.Graph) -> int:
     those bodies; returns how many chains it took apart. A FusedChain without a body is refused: only a
     session makes those."""
     chain_bodies = {function.overload: function for function in graph.functions if _is_chain_body(function)}
-    tensors = graph.tensors()
+    tensors = graph_tensors(graph)
     names = Names(graph, tensors)
     constants = {name: tensor for name, tensor in tensors.items() if isinstance(tensor, gs.Constant)}
     restored, used = [], set()

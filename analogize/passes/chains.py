@@ -16,8 +16,8 @@ from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS
 from ..ranges.mapping import (RECURRENT_OPS, UNIT_RANGES, WHOLE_TENSOR, RangeBuilder, RangeSettings, Scope,
                               activation_scope, is_range_node, per_sample, weight_scope)
-from .graph import (Names, bodies, constant_tensors, is_default_domain, known_values, new_node, new_variable,
-                    node_bodies)
+from .graph import (STANDARD_OPS_WITH_BODIES, Names, bodies, constant_tensors, graph_tensors, is_default_domain,
+                    known_values, new_node, new_variable, node_bodies)
 
 PLACEMENTS = ("input", "layer-inputs", "layer-outputs", "weights", "biases")
 LAYER_OP_TYPES = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Einsum", *RECURRENT_OPS)
@@ -183,7 +183,7 @@ class _Scope:
 
     def __init__(self, graph: gs.Graph, path: str = "", outer: tuple[set, set] = (set(), set())):
         self.graph, self.path = graph, path
-        self.tensors = graph.tensors()
+        self.tensors = graph_tensors(graph)
         self.constants, self.float_constants = constant_tensors(graph, self.tensors, outer)
         self.consumers: dict[str, list] = {}  # name: [(position, node, slot)] of this graph's nodes
         self.nested_reads: dict[str, list] = {}  # the same for reads by nodes in bodies, at the body's holder
@@ -209,7 +209,7 @@ class _Scope:
 
 def _standard_bodies(node: gs.Node):
     """The bodies of a standard node at any depth, those of custom-domain nodes (which convert leaves alone) aside."""
-    if is_default_domain(node):
+    if node.op in STANDARD_OPS_WITH_BODIES and is_default_domain(node):
         for _, body in node_bodies(node):
             yield body
             for inner in body.nodes:

@@ -22,7 +22,7 @@ from ..model_checks import check_graph_structure
 from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
 from ..ops.spec import DOMAIN, DOMAIN_VERSION, OPS
-from .graph import export_model
+from .graph import export_model, may_hold_bodies
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -163,7 +163,10 @@ def _ops_by_domain(graph: onnx.GraphProto, used: dict | None = None) -> dict[str
     """The op types of the graph's nodes and of its bodies' nodes, by domain, in one walk of the nodes."""
     used = {} if used is None else used
     for node in graph.node:
-        used.setdefault(node.domain, set()).add(node.op_type)
+        op, domain = node.op_type, node.domain
+        used.setdefault(domain, set()).add(op)
+        if not may_hold_bodies(op, domain):
+            continue
         for attribute in node.attribute:
             kind = attribute.type  # read first: protobuf builds a wrapper for every field read, g and graphs too
             if kind == onnx.AttributeProto.GRAPH:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 
 from ..errors import AnalogizeError
+from ..passes.graph import graph_tensors
 from .modes import (CALIBRATION_METHODS, CLIP_WARNING_FRACTION, DEFAULT_CALIBRATION_METHOD,
                     DEFAULT_CALIBRATION_SAMPLES, DEFAULT_PERCENTILE, MIN_RANGE, UNSEEN_RANGE)
 
@@ -189,7 +190,7 @@ def choose_calibrated_ranges(graph, sites: list[dict], seen: dict, options: Cali
                              precision: float | None, std: float) -> None:
     """A graph pass: set each calibrated site's r (its ``range_tensor``) from the values seen at its tensor, for
     the chains' ``precision`` and noise ``std`` (the ``mse`` choice depends on both), and record it."""
-    tensors = graph.tensors()
+    tensors = graph_tensors(graph)
     for site in sites:
         record = site["range"]
         if record["mode"] != "calibrated" or site["tensor"] not in seen:
@@ -221,7 +222,7 @@ def apply_recorded_ranges(graph, sites: list[dict], recorded: list[dict]) -> Non
     except (KeyError, TypeError, ValueError, AttributeError):
         raise AnalogizeError("the recorded ranges (the spec's settings.ranges) are not a list of sites with "
                              "'site' and 'range' entries as convert writes them") from None
-    tensors = graph.tensors()
+    tensors = graph_tensors(graph)
     for site, key in zip(sites, site_keys(sites)):
         record = site["range"]
         if record["mode"] != "calibrated":
