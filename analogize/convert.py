@@ -19,7 +19,7 @@ from .passes.attributes import seed_random_ops
 from .passes.chains import (CLAMP_RANGE, KEPT_DIGITAL, PLACEMENTS, ChainSettings, check_placements,
                             insert_analog_chains)
 from .plans import Plan, read_plan
-from .passes.graph import bodies, export_model, import_model
+from .passes.graph import bodies, cycle_collection_paused, export_model, import_model
 from .passes.model import (MAX_OPSET_WITH_RANDOM_OPS, METADATA_KEY, export_with_functions, fit_opset,
                            inline_analog_functions, is_converted, raise_ir_version, store_settings,
                            sync_analog_functions)
@@ -271,6 +271,7 @@ class ConversionResult:
     calibration_values: dict | None = None
 
 
+@cycle_collection_paused()
 def convert(model: onnx.ModelProto, options: ConvertOptions | None = None, reuse_input: bool = False,
             recorded_ranges: list | None = None, **overrides) -> ConversionResult:
     """Rewrite ``model`` into its analog simulation; ``overrides`` replace option fields. ``model`` is left
@@ -404,6 +405,7 @@ def default_output(source) -> Path:
     return source.with_name(f"{source.stem}.analog.onnx")
 
 
+@cycle_collection_paused()
 def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,
                  torch_import=None, **overrides) -> dict:
     """Convert the model ``source`` (an ONNX file, or a torch model exported with ``torch_import``: see

@@ -5,7 +5,7 @@ import onnx
 
 from ..errors import AnalogizeError
 from ..native.fusion import unfuse_chains
-from ..passes.graph import export_model, import_model
+from ..passes.graph import cycle_collection_paused, export_model, import_model
 from .plain import plain_model_steps, plain_passes
 from .qdq import qdq_model_steps, qdq_passes
 from .qonnx import qonnx_model_steps, qonnx_passes
@@ -27,6 +27,7 @@ def check_request(format: str, keep_noise: bool) -> None:
         raise AnalogizeError("--keep-noise applies to --format plain only; hardware formats are deterministic")
 
 
+@cycle_collection_paused()
 def export(model: onnx.ModelProto, format: str = "qdq", keep_noise: bool = False) -> tuple[onnx.ModelProto, dict]:
     """The deterministic graph in ``format`` and the spec of the analog settings it came from.
 

@@ -33,8 +33,8 @@ from onnx_graphsurgeon.ir.tensor import SparseValues
 
 from ..errors import AnalogizeError
 from ..ops.spec import DOMAIN, OPS, OpSpec
-from ..passes.graph import (Names, UniqueNames, bodies, constant_values, export_model, graph_tensors, import_model,
-                            is_default_domain)
+from ..passes.graph import (Names, UniqueNames, bodies, constant_values, cycle_collection_paused, export_model,
+                            graph_tensors, import_model, is_default_domain)
 from ..passes.model import export_with_functions, refuse_machine_form
 from .build import FUSED_DOMAIN, MAX_CHAIN_STEPS, MAX_STEP_ATTRIBUTES, StepKind, _kernel_source
 
@@ -405,6 +405,7 @@ def _body_nodes(body: gs.Function, call: gs.Node, names: Names, constants: dict)
     return copies
 
 
+@cycle_collection_paused()
 def fuse_model_chains(model: onnx.ModelProto, straight_through_only: bool = False) -> tuple[onnx.ModelProto, int]:
     """The pipeline of :func:`fuse_elementwise_chains` for a model: the fused model (a new one; ``model`` itself,
     untouched, where nothing fuses) and how many chains were fused."""
