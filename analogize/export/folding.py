@@ -106,12 +106,16 @@ def _plan(normalise: gs.Node, elements: list[gs.Node], output: gs.Tensor) -> tup
     return r, precision, varying[0] if varying else None
 
 
+_RANGE_OPS = ("Abs", "Max", "ReduceMax")  # what a range expression is made of
+
 
 def _static_values(tensor: gs.Tensor) -> np.ndarray | None:
     """The values of a range the graph computes from constants alone (Abs, ReduceMax, Max of a weight), or of
-    a calibrated constant; None when they depend on the data."""
+    a calibrated constant; None when they depend on the data. Only those three ops are followed up: following
+    every producer walked each path up a dynamic range's activation, which never ended on a residual network
+    (2^blocks paths)."""
     values = known_values(tensor)
-    if values is not None or len(tensor.inputs) != 1:
+    if values is not None or len(tensor.inputs) != 1 or tensor.inputs[0].op not in _RANGE_OPS:
         return values
     node = tensor.inputs[0]
     arguments = [_static_values(value) for value in node.inputs]
