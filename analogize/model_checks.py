@@ -42,7 +42,12 @@ _COMPLEX_TYPES = {onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128}
 @functools.cache
 def _field_kind(field) -> tuple[int, bool]:
     """(type, repeated) of a field, cached: a walk meets the same few dozen fields thousands of times."""
-    return field.type, field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
+    return field.type, is_repeated(field)
+
+
+def is_repeated(field) -> bool:
+    """Whether a protobuf field descriptor is of a repeated field (``label`` is deprecated in protobuf 6)."""
+    return field.is_repeated if hasattr(field, "is_repeated") else field.label == field.LABEL_REPEATED
 
 
 _TENSOR = onnx.TensorProto.DESCRIPTOR

@@ -11,6 +11,7 @@ holds, so it runs before :func:`analogize.passes.graph.import_model` or after
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 
 import onnx
@@ -18,7 +19,7 @@ from onnx import helper, inliner, version_converter
 
 from .. import untrusted
 from ..errors import AnalogizeError
-from ..model_checks import check_graph_structure
+from ..model_checks import check_graph_structure, is_repeated
 from ..native.build import FUSED_DOMAIN
 from ..ops.onnx_functions import MIN_OPSET, function_protos
 from ..ops.spec import DOMAIN, DOMAIN_VERSION, OPS
@@ -63,32 +64,57 @@ def fit_opset(model: onnx.ModelProto, minimum: int = MIN_OPSET, maximum: int | N
 # Float tensors at least this large are weights: no adapter of ONNX's version converter reads them (those that
 # read initializers read shapes, axes, split sizes: integers; and Upsample's scales: a few floats).
 _LEAST_WEIGHT_BYTES = 4096
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+_FLOAT_WIDTHS = {onnx.TensorProto.FLOAT: 4, onnx.TensorProto.FLOAT16: 2, onnx.TensorProto.BFLOAT16: 2,
+                 onnx.TensorProto.DOUBLE: 8}
 
 
 def _convert_version_without_weights(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     """``version_converter.convert_version``, with the weights' bytes kept out of it: the converter serialises
     the whole model into its own IR and back, which took most of a convert's time on a 54 MB opset-12 model.
-    Each weight goes back into the moved model under its name where the converter left its type and shape."""
-    weights, counts = {}, Counter(tensor.name for tensor in model.graph.initializer)
-    for index, tensor in enumerate(model.graph.initializer):
-        if tensor.data_type in _FLOAT_TYPES and tensor.HasField("raw_data") and counts[tensor.name] == 1:
-            data = tensor.raw_data  # protobuf copies the bytes on each read: once here
-            if len(data) >= _LEAST_WEIGHT_BYTES:
-                weights[index] = data
-                tensor.ClearField("raw_data")
-    try:
-        converted = version_converter.convert_version(model, target)
-    finally:
-        for index, data in weights.items():
-            model.graph.initializer[index].raw_data = data
-    moved = {model.graph.initializer[index].name: index for index in weights}
+    It is given a copy of the model whose weights are stand-ins (every field but the bytes), and each weight
+    comes back, copied once, under its name where the converter left its type and shape."""
+    counts = Counter(tensor.name for tensor in model.graph.initializer)
+    weights = {tensor.name: tensor for tensor in model.graph.initializer
+               if tensor.data_type in _FLOAT_WIDTHS and tensor.HasField("raw_data") and counts[tensor.name] == 1
+               and math.prod(tensor.dims) * _FLOAT_WIDTHS[tensor.data_type] >= _LEAST_WEIGHT_BYTES}
+    converted = version_converter.convert_version(_without_bytes_of(model, weights), target)
     for tensor in converted.graph.initializer:
-        source = model.graph.initializer[moved[tensor.name]] if tensor.name in moved else None
+        source = weights.get(tensor.name)
         if source is not None and not tensor.HasField("raw_data") and \
                 (source.data_type, source.dims) == (tensor.data_type, tensor.dims):
-            tensor.raw_data = weights[moved[tensor.name]]
+            tensor.CopyFrom(source)
     return converted
+
+
+def _without_bytes_of(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:
+    """A copy of ``model`` in which the initializers ``weights`` names hold every field but ``raw_data`` (the
+    model is read, never changed: a caller may still need it)."""
+    copy = onnx.ModelProto()
+    _copy_fields(model, copy, skip="graph")
+    _copy_fields(model.graph, copy.graph, skip="initializer")
+    for tensor in model.graph.initializer:
+        if tensor.name in weights:
+            _copy_fields(tensor, copy.graph.initializer.add(), skip="raw_data")
+        else:
+            copy.graph.initializer.add().CopyFrom(tensor)
+    return copy
+
+
+def _copy_fields(source, target, skip: str) -> None:
+    """Every field set in ``source`` but ``skip``, copied into ``target`` (a message of the same type). Fields
+    are found by descriptor: ``ListFields`` would copy ``skip``'s bytes out too."""
+    for field in source.DESCRIPTOR.fields:
+        if field.name == skip:
+            continue
+        value = getattr(source, field.name)
+        if is_repeated(field):
+            if value:
+                getattr(target, field.name).extend(value)
+        elif source.HasField(field.name):
+            if field.type == field.TYPE_MESSAGE:
+                getattr(target, field.name).CopyFrom(value)
+            else:
+                setattr(target, field.name, value)
 
 
 def _interface_change(declared: onnx.GraphProto, moved: onnx.GraphProto) -> str | None:
