@@ -8,10 +8,11 @@ import onnx_graphsurgeon as gs
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from analogize import convert
 from analogize.cli import main
-from analogize.passes.graph import export_model, import_model, new_node, new_variable
+from analogize.passes.graph import bodies, export_model, graph_tensors, import_model, new_node, new_variable
 from conftest import DEFAULT_MODEL
 
 
@@ -210,8 +211,12 @@ def test_the_quick_node_and_variable_are_graphsurgeons_own():
 
 
 def _tensor_state(tensor):
+    values = getattr(tensor, "_values", None)  # a constant's values as graphsurgeon holds them, not yet loaded
+    stored = (type(values), getattr(values.tensor, "name", None), tuple(values.shape), str(values.dtype), values.nbytes) \
+        if isinstance(values, LazyValues) else type(values)
     return (type(tensor), tensor.name, str(tensor.dtype), tensor.shape, getattr(tensor, "type", None),
-            [node.name for node in tensor.inputs], [node.name for node in tensor.outputs])
+            [node.name for node in tensor.inputs], [node.name for node in tensor.outputs],
+            getattr(tensor, "data_location", None), getattr(tensor, "_export_dtype", None), stored)
 
 
 def _graph_state(graph):
@@ -239,8 +244,22 @@ def test_the_import_builds_what_graphsurgeons_import_builds():
     branch = helper.make_graph([helper.make_node("Add", ["x", "w"], ["b"])], "branch", [], [float_input("b", [2])])
     body = helper.make_function("local", "twice", ["t"], ["u"], [helper.make_node("Add", ["t", "t"], ["u"])],
                                 [helper.make_opsetid("", 17)])
+    half = helper.make_tensor("half", TensorProto.BFLOAT16, [2], [1, 2])
+    external = numpy_helper.from_array(np.ones(2, np.float32), "outside")
+    onnx.external_data_helper.set_external_data(external, "weights.bin")  # only its record is imported
+    external.ClearField("raw_data")
     nodes = [helper.make_node("Clip", ["x", "", "high"], ["c"], name="clip", doc_string="kept"),
              helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.ones(2, np.float32))),
+             helper.make_node("Constant", [], ["words"], value_strings=["a", "b"]),
+             helper.make_node("Constant", [], ["scale"], value_float=0.5),
+             helper.make_node("Constant", [], ["steps"], value_floats=[0.5, 1.5]),
+             helper.make_node("Constant", [], ["sizes"], value_ints=[2, 3]),
+             helper.make_node("Cast", ["half"], ["wide"], to=TensorProto.FLOAT),
+             helper.make_node("Add", ["wide", "outside"], ["sum"]),
+             helper.make_node("LeakyRelu", ["sum"], ["leaky"], alpha=0.25),
+             helper.make_node("Resize", ["leaky", "", "scales"], ["big"], mode="linear",
+                              coordinate_transformation_mode="align_corners"),
+             helper.make_node("Pad", ["big", "pads"], ["padded"], mode="reflect"),
              helper.make_node("If", ["flag"], ["i"], then_branch=branch, else_branch=branch),
              helper.make_node("twice", ["c"], ["d"], domain="local"),
              helper.make_node("Add", ["d", "unmade"], ["e"], domain=""),
@@ -249,11 +268,17 @@ def test_the_import_builds_what_graphsurgeons_import_builds():
                                            float_input("x", [2]), float_input("w", [2])],
                               [float_input("y", None)],
                               [numpy_helper.from_array(np.ones(2, np.float32), "w"),
-                               numpy_helper.from_array(np.array(1.0, np.float32), "high")],
+                               numpy_helper.from_array(np.array(1.0, np.float32), "high"), half, external,
+                               numpy_helper.from_array(np.array([2.0], np.float32), "scales"),
+                               numpy_helper.from_array(np.array([1, 1], np.int64), "pads"),
+                               numpy_helper.from_array(np.ones(3, np.float16), "unused_half")],
                               doc_string="doc", value_info=[helper.make_value_info("c", onnx.TypeProto()),
                                                             float_input("c", ["n"]), float_input("e", [2])],
                               sparse_initializer=[sparse])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("local", 1)],
                               functions=[body], producer_name="test")
     for source in (model, onnx.load(DEFAULT_MODEL)):
-        assert _graph_state(import_model(source)) == _graph_state(gs.import_onnx(source))
+        imported = import_model(source)
+        assert _graph_state(imported) == _graph_state(gs.import_onnx(source))
+        for graph in (imported, *bodies(imported)):  # graph_tensors: graphsurgeon's tensors(), entry for entry
+            assert list(graph_tensors(graph).items()) == list(graph.tensors().items())
