@@ -212,8 +212,8 @@ def test_the_quick_node_and_variable_are_graphsurgeons_own():
 
 def _tensor_state(tensor):
     values = getattr(tensor, "_values", None)  # a constant's values as graphsurgeon holds them, not yet loaded
-    stored = (type(values), getattr(values.tensor, "name", None), tuple(values.shape), str(values.dtype), values.nbytes) \
-        if isinstance(values, LazyValues) else type(values)
+    stored = (type(values), getattr(values.tensor, "name", None), tuple(values.shape), str(values.dtype),
+              values.nbytes) if isinstance(values, LazyValues) else type(values)
     return (type(tensor), tensor.name, str(tensor.dtype), tensor.shape, getattr(tensor, "type", None),
             [node.name for node in tensor.inputs], [node.name for node in tensor.outputs],
             getattr(tensor, "data_location", None), getattr(tensor, "_export_dtype", None), stored)
