@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 from ..convert import ConvertOptions, convert, stored_settings
 from ..errors import AnalogizeError
 from ..passes.chains import remove_analog_chains
-from ..passes.graph import Names, export_model, import_model, known_values
+from ..passes.graph import Names, cycle_collection_paused, export_model, import_model, known_values
 from ..passes.model import METADATA_KEY
 from .qonnx import QONNX_DOMAIN
 from .spec import EXPORT_KEY, SPEC_FORMAT, SPEC_SCHEMA, SPEC_VERSION
@@ -100,6 +100,7 @@ def forget_export(model: onnx.ModelProto) -> None:
         model.metadata_props.remove(entry)
 
 
+@cycle_collection_paused()
 def rebuild(exported: onnx.ModelProto, spec: dict) -> onnx.ModelProto:
     """The analog simulation again, from a ``qdq`` or ``qonnx`` export and its spec: QDQ pairs or Quant nodes
     and clamps come out, and convert puts the chains back with the recorded settings (activations stay as

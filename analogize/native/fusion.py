@@ -416,6 +416,7 @@ def fuse_model_chains(model: onnx.ModelProto, straight_through_only: bool = Fals
     return export_model(graph, model), count
 
 
+@cycle_collection_paused()
 def unfuse_model_chains(model: onnx.ModelProto) -> onnx.ModelProto:
     """The pipeline of :func:`unfuse_chains`: ``model`` with the fused chains of its fast form node by node again
     (a new model), or ``model`` itself where it has none."""

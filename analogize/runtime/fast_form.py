@@ -33,12 +33,13 @@ from ..errors import AnalogizeError
 from ..model_io import load_model, model_output, refuse_overwrites, save_model
 from ..native.build import FUSED_DOMAIN, native_library_path
 from ..native.fusion import fuse_elementwise_chains
-from ..passes.graph import import_model
+from ..passes.graph import cycle_collection_paused, import_model
 from ..passes.model import FORM_KEY, export_with_functions, is_converted, machine_form_record, refuse_machine_form
 from .blocked_layout import blocked_layout_model
 from .options import ORT_ERRORS, session_options
 
 
+@cycle_collection_paused()
 def fast_form(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
     """The fast form of the converted ``model`` (a new model) and how many chains it fused."""
     refuse_machine_form(model)
