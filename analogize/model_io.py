@@ -101,9 +101,10 @@ def _store_weights_in(model: onnx.ModelProto, location: str, size_threshold: int
 
 def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str | None = None,
                       overwrite: bool = False) -> None:
-    """Refuse, before any work, outputs that would replace an input or each other: ``inputs`` and ``outputs`` map
-    what to call each path in the message (a flag, "the model") to the path (None or "-": not a file). Paths are
-    the same when they resolve to the same place or are the same file (a hard link). ``models`` names the inputs
+    """Refuse, before any work, outputs that would replace an input or each other, or be written inside a folder
+    that is an input: ``inputs`` and ``outputs`` map what to call each path in the message (a flag, "the model") to
+    the path (None or "-": not a file). Paths are the same when they resolve to the same place or are the same
+    file (a hard link). ``models`` names the inputs
     that are ONNX models: the files their external weights are kept in are inputs too. ``replaceable`` names the
     input that --overwrite lets ``-o`` replace: with ``overwrite``, ``-o`` may be that very file, and then the
     weight file written beside it may be one of that input's weight files; nothing else is ever replaced."""
@@ -117,6 +118,14 @@ def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str |
         for label in models:
             for weights in external_weight_files(inputs.get(label)):
                 seen.setdefault(_identity(weights), (f"{_owner(label)} weight file {weights}", label))
+    folders = {label: Path(path).resolve() for label, path in inputs.items()
+               if path not in (None, "-") and os.path.isdir(path)}
+    for label, path in outputs.items():
+        inside = next((folder for folder in folders.items() if path not in (None, "-") and
+                       folder[1] in Path(path).resolve().parents), None)
+        if inside is not None:
+            raise AnalogizeError(f"{label} {path} would be written inside {inside[1]}, the folder {inside[0]} reads; "
+                                 f"choose a path outside it")
     to_stdout = [label for label, path in outputs.items() if path == "-"]
     if len(to_stdout) > 1:
         raise AnalogizeError(f"{' and '.join(to_stdout)} would both write to stdout ('-'); send one to a file")

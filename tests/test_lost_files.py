@@ -188,6 +188,28 @@ def test_an_output_never_replaces_a_file_the_command_reads(argv, replaced, files
     assert contents(files_read) == before
 
 
+@pytest.mark.parametrize("argv", [
+    ["evaluate", "m.onnx", "--data", "imagefolder:images", "--json", "images/cat/0.png"],
+    ["evaluate", "m.onnx", "--data", "imagefolder:images", "--csv", "images/results.csv"],
+    ["convert", "m.onnx", "--calibrate", "imagefolder:images", "-o", "images/cat/m.onnx"],
+    ["export", "e.onnx", "--verify-data", "imagefolder:./images/../images", "-o", "images/e.onnx"],
+])
+def test_an_output_is_never_written_inside_a_folder_the_command_reads(argv, files_read, capsys):
+    """Image folders were left out of the guard: -o inside one replaced an image, or left a file among them."""
+    from PIL import Image
+
+    (files_read / "images" / "cat").mkdir(parents=True)
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(files_read / "images" / "cat" / "0.png")
+    def everything():
+        return {str(path.relative_to(files_read)): path.read_bytes() if path.is_file() else None
+                for path in files_read.rglob("*")}
+
+    before = everything()
+    code, _, err = analogize(capsys, *argv)
+    assert code == 2 and "would be written inside" in err and "choose a path outside it" in err, err
+    assert len(err.splitlines()) == 1 and everything() == before
+
+
 def test_overwrite_replaces_a_model_with_its_weight_file(files_read, capsys):
     """convert --overwrite -o MODEL, where MODEL keeps its weights in MODEL.data: the model and its weight file are
     replaced together by the converted model and the weights written beside it."""

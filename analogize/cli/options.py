@@ -182,8 +182,8 @@ def json_output_file(ctx, param, value):
 
 def files_read(model=None, *, data=None, eval_data=None, calibrate=None, torch_import=None) -> dict:
     """The files a command reads, by what to call them, for :func:`~analogize.model_io.refuse_overwrites` (with
-    ``models=("the model",)`` for MODEL's weight files): MODEL, the npz files its data specs name, the --plan file
-    (:func:`plan_path`) and torch's --state-dict."""
+    ``models=("the model",)`` for MODEL's weight files): MODEL, the files and folders its data specs name, the
+    --plan file (:func:`plan_path`) and torch's --state-dict."""
     from ..data import spec_file
 
     read = {"the model": model, "--plan": plan_path(),

@@ -159,9 +159,10 @@ def digits(split: str = "test", seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spec_file(spec: str | None) -> Path | None:
-    """The file a data spec reads, when it names one (npz:PATH): an output must not replace it."""
+    """The file or folder a data spec reads, when it names one (``npz:PATH``, ``cifar10:DIR``,
+    ``imagefolder:DIR``): an output must not replace it, nor be written inside it."""
     kind, _, argument = (spec or "").partition(":")
-    return Path(argument).expanduser() if kind == "npz" and argument else None
+    return Path(argument).expanduser() if kind in _LOADERS and argument else None
 
 
 def _load_npz(path: Path, split, image_size, channels) -> Dataset:
