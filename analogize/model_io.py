@@ -13,8 +13,11 @@ import tempfile
 from pathlib import Path
 
 import onnx
+import onnx.parser
+from google.protobuf import json_format as google_json_format
+from google.protobuf import text_format as google_text_format
 from google.protobuf.message import DecodeError, EncodeError
-from onnx import external_data_helper
+from onnx import external_data_helper, serialization
 
 from .errors import AnalogizeError
 from .model_checks import check_model, check_tensors
@@ -26,10 +29,13 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
     """The model at ``path`` with its weights, and whether it stored them as external data."""
     path = Path(path)
     check_regular_file(path, "the model", "give the path of an .onnx file")
+    # the format as onnx.load takes it from the name (.onnx, .pb: protobuf; .textproto, .onnxtxt, .json: text)
+    form = serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf"
     try:
         data = path.read_bytes()  # as onnx.load reads it; kept for the checks to read sizes off
-        model = onnx.load_model_from_string(data)
-    except (DecodeError, RuntimeWarning, ValueError) as error:
+        model = onnx.load_model_from_string(data, format=form)
+    except (DecodeError, RuntimeWarning, ValueError, *_TEXT_PARSE_ERRORS) as error:
+        error = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise AnalogizeError(f"{path} is not a readable ONNX model (truncated or another format: {error}); "
                              f"re-export it, or give a torch model (.pt2, TorchScript, module.path:factory with "
                              f"--state-dict)") from None
@@ -37,7 +43,7 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
         raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
     if not model.HasField("graph") or not model.graph.node:
         raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
-    external = check_model(model, path, data)
+    external = check_model(model, path, data if form == "protobuf" else None)  # a text form has no sizes to read
     del data
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if external:
@@ -48,6 +54,10 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
                                  f"keep the data file next to the model") from None
         check_tensors(external, path)  # a length in the model's own record need not fit the shape
     return model, has_external
+
+
+# what onnx's text formats raise on text that is no model
+_TEXT_PARSE_ERRORS = (google_text_format.ParseError, google_json_format.ParseError, onnx.parser.ParseError)
 
 
 def save_model(model: onnx.ModelProto, path, external_data: bool = False, overwrite_input=None) -> Path:

@@ -182,7 +182,7 @@ def test_opset_is_fitted_and_reported(mlp):
 def test_the_opset_move_without_weights_gives_the_version_converters_model(source, target, rng):
     """fit_opset keeps large float weights out of ONNX's version converter and puts them back: the moved model is
     the converter's own, byte for byte, whatever its adapters read (here Reshape's shape, Split's sizes, a small
-    float tensor, two weights of one name), and the caller's model is left as it was."""
+    float tensor, two weights of one name, a weight's doc_string), and the caller's model is left as it was."""
     from analogize.passes.model import fit_opset
     weight = rng.normal(size=(64, 32)).astype(np.float32)
     split_sizes = [8, 24] if source >= 13 else None
@@ -191,7 +191,10 @@ def test_the_opset_move_without_weights_gives_the_version_converters_model(sourc
              helper.make_node("Split", ["r", "sizes"] if split_sizes else ["r"], ["s0", "s1"], axis=1,
                               **({} if split_sizes else {"split": [8, 24]})),
              helper.make_node("Add", ["s1", "W2"], ["y"]), helper.make_node("MatMul", ["h", "W3"], ["z"])]
-    initializers = [numpy_helper.from_array(weight, "W"), numpy_helper.from_array(np.ones(32, np.float32), "small"),
+    documented = numpy_helper.from_array(weight, "W")
+    documented.doc_string = "the converter drops a tensor's doc_string and metadata_props"
+    documented.metadata_props.add(key="k", value="v")
+    initializers = [documented, numpy_helper.from_array(np.ones(32, np.float32), "small"),
                     numpy_helper.from_array(np.array([-1, 32], np.int64), "shape"),
                     numpy_helper.from_array(rng.normal(size=(1, 24)).astype(np.float32), "W2"),
                     *(numpy_helper.from_array(rng.normal(size=(32, 32)).astype(np.float32), "W3") for _ in range(2))]

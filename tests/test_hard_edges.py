@@ -2,6 +2,7 @@
 ends of [0, 1) give a std or one line, and checkpoints are read as data, so a crafted one runs no code."""
 import math
 import os
+import warnings
 
 import numpy as np
 import onnx
@@ -604,3 +605,25 @@ def test_initializer_sizes_are_read_off_the_wire_format_as_protobuf_merges_them(
         load_model(tmp_path / "m.onnx")
     for cut in (b"", data[:len(data) - 3], b"\xff" * 8):
         assert initializer_data_sizes(cut) in ([], None)
+
+
+@pytest.mark.parametrize("suffix", [".onnxtxt", ".textproto", ".json"])
+def test_a_model_in_a_text_format_loads_as_onnx_load_reads_it(suffix, tmp_path, capsys):
+    """onnx.load takes the format from the file's name; reading the bytes for the size check parsed every file as
+    binary protobuf, and a model in one of onnx's text formats was refused as unreadable. A damaged one is one
+    line, not a parser's traceback."""
+    from analogize.model_io import load_model
+
+    model, path = _matmul_model([_MATMUL], ["y"]), tmp_path / f"m{suffix}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # onnxtxt: "experimental"
+        onnx.save(model, path)
+        loaded, external = load_model(path)
+        assert [node.op_type for node in loaded.graph.node] == ["MatMul"] and not external
+        assert np.array_equal(*(onnx.numpy_helper.to_array(m.graph.initializer[0]) for m in (loaded, model)))
+        code, _, err = analogize(capsys, "convert", path, "-o", tmp_path / "out.onnx")
+        assert code == 0, err
+        path.write_text(path.read_text()[:-12])
+        with pytest.raises(AnalogizeError, match="is not a readable ONNX model") as refused:
+            load_model(path)
+    assert len(str(refused.value).splitlines()) == 1

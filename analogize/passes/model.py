@@ -82,8 +82,22 @@ def _convert_version_without_weights(model: onnx.ModelProto, target: int) -> onn
         source = weights.get(tensor.name)
         if source is not None and not tensor.HasField("raw_data") and \
                 (source.data_type, source.dims) == (tensor.data_type, tensor.dims):
-            tensor.CopyFrom(source)
+            _put_bytes_back(tensor, source)
     return converted
+
+
+def _put_bytes_back(tensor: onnx.TensorProto, source: onnx.TensorProto) -> None:
+    """``source``'s ``raw_data`` into the converter's stand-in ``tensor``, every other field kept as the converter
+    left it (it drops a tensor's doc_string and metadata_props, as it does for the tensors it was given whole):
+    one copy of the bytes, by CopyFrom, the stand-in's fields over them."""
+    stand_in = onnx.TensorProto()
+    stand_in.CopyFrom(tensor)  # no bytes in it
+    tensor.CopyFrom(source)
+    for field in tensor.DESCRIPTOR.fields:
+        if field.name != "raw_data":
+            tensor.ClearField(field.name)
+    tensor.DiscardUnknownFields()
+    tensor.MergeFrom(stand_in)
 
 
 def _without_bytes_of(model: onnx.ModelProto, weights: dict) -> onnx.ModelProto:
