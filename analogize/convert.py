@@ -405,7 +405,6 @@ def default_output(source) -> Path:
     return source.with_name(f"{source.stem}.analog.onnx")
 
 
-@cycle_collection_paused()
 def convert_file(source, destination=None, options: ConvertOptions | None = None, overwrite: bool = False,
                  torch_import=None, **overrides) -> dict:
     """Convert the model ``source`` (an ONNX file, or a torch model exported with ``torch_import``: see

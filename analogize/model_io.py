@@ -223,12 +223,15 @@ def outputs_together():
     block completes, all at once: a command that fails leaves none of its outputs, not the first few."""
     global _held
     outer, _held = _held, []
+    committing = False
     try:
         yield
+        committing = True  # from here _commit clears the staging directories: they may hold replaced files
         _commit(_held)
     finally:
-        for staging, _ in _held:
-            shutil.rmtree(staging, ignore_errors=True)
+        if not committing:
+            for staging, _ in _held:
+                shutil.rmtree(staging, ignore_errors=True)
         _held = outer
 
 
@@ -257,17 +260,40 @@ def _commit(staged: list) -> None:
                     done.append((target, None))
     except BaseException as error:
         for moved, old in reversed(done):  # all or nothing: they were written together
-            try:
-                if old is None or not _exchange(old, moved):
-                    moved.unlink(missing_ok=True)
-            except (OSError, AnalogizeError):
-                moved.unlink(missing_ok=True)
+            _put_back(moved, old)
         if isinstance(error, OSError):
             raise AnalogizeError(f"cannot write {target}: {error.strerror or error}") from None
         raise
     finally:
-        for staging, _ in staged:
-            shutil.rmtree(staging, ignore_errors=True)
+        for staging, moves in staged:
+            _clear_staging(staging, moves)
+
+
+def _put_back(moved: Path, old: Path | None) -> None:
+    """Undo one move of :func:`_commit`: the new file goes, and the file it replaced (at ``old``, if any) comes
+    back, swapped in, or renamed in where the final path has gone meanwhile."""
+    try:
+        if old is None:
+            moved.unlink(missing_ok=True)
+        elif not _exchange(old, moved):
+            os.replace(old, moved)
+    except (OSError, AnalogizeError):
+        moved.unlink(missing_ok=True)
+
+
+def _clear_staging(staging: Path, moves: list) -> None:
+    """Remove a staging directory after :func:`_commit`, but for a directory at a staged file's place: in a race,
+    what a swap of names took from a final path may be one (someone's folder), which then stays there."""
+    swapped = {Path(source) for source, _ in moves}
+    with contextlib.suppress(OSError), os.scandir(staging) as entries:
+        for entry in list(entries):
+            if not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+            elif Path(entry.path) not in swapped:
+                shutil.rmtree(entry.path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        os.rmdir(staging)
 
 
 def _load_renameat2():
@@ -303,7 +329,9 @@ def _exchange(source: Path, target: Path) -> bool:
             return False
         raise OSError(code, os.strerror(code), str(target))
     if not stat.S_ISREG(os.lstat(source).st_mode):
-        _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE)
+        if _renameat2(_AT_FDCWD, os.fsencode(source), _AT_FDCWD, os.fsencode(target), _RENAME_EXCHANGE) != 0:
+            raise AnalogizeError(f"cannot write {target}: it is no longer a regular file (it changed while the "
+                                 f"command ran), and it could not be put back: it is now {source}")
         raise AnalogizeError(f"cannot write {target}: it is no longer a regular file (it changed while the command "
                              f"ran); give a file path")
     return True

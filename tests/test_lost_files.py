@@ -402,3 +402,34 @@ def test_weight_files_are_read_off_the_wire_format_as_onnx_finds_them(tmp_path):
                           ("random.onnx", np.random.default_rng(0).bytes(4096))):
         (tmp_path / name).write_bytes(content)
         assert external_weight_files(tmp_path / name) == []
+
+
+def test_a_failed_swap_back_keeps_what_it_took_and_puts_back_a_replaced_file(tmp_path, monkeypatch):
+    """Where the final path is gone when a failing command puts back the file it replaced, the file is renamed
+    in; and a directory a swap took from a final path (a race) is never removed with the staging directory."""
+    if model_io._renameat2 is None:
+        pytest.skip("this system cannot swap two names (renameat2)")
+    first, second = tmp_path / "first.json", tmp_path / "second.json"
+    first.write_text("old first")
+    real_exchange = model_io._exchange
+
+    def failing_onto_second(source, target):
+        if Path(target) == second:
+            first.unlink()  # someone removed the final path meanwhile: swapping back fails
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES))
+        return real_exchange(source, target)
+
+    monkeypatch.setattr(model_io, "_exchange", failing_onto_second)
+    with pytest.raises(AnalogizeError, match="cannot write .*second.json"):
+        with outputs_together():
+            for path in (first, second):
+                with atomic_output(path) as staged:
+                    staged.write_text("new")
+    assert {path.name: path.read_text() for path in tmp_path.iterdir()} == {"first.json": "old first"}
+
+    staging = tmp_path / ".staging"
+    (staging / "taken").mkdir(parents=True)
+    (staging / "taken" / "kept.txt").write_text("mine")
+    (staging / "stray.tmp").write_text("a writer's")
+    model_io._clear_staging(staging, [(staging / "taken", tmp_path / "out")])
+    assert (staging / "taken" / "kept.txt").read_text() == "mine" and not (staging / "stray.tmp").exists()
