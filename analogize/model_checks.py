@@ -23,12 +23,12 @@ def check_model(model: onnx.ModelProto, path: Path, data: bytes | None = None) -
     """Refuse in one line a model (as read, its external data not yet) that breaks what passes take on trust;
     returns the tensors whose data is external, for :func:`check_tensors` once that is read. ``data``, the bytes
     the model was parsed from, tells the sizes of its initializers' stored bytes without copying them out."""
-    tensors, sparse_tensors = _check_text_and_nodes(model, path)
+    tensors, sparse_tensors, has_bodies = _check_text_and_nodes(model, path)
     stored, external = [], []
     for tensor in tensors:
         (external if external_data_helper.uses_external_data(tensor) else stored).append(tensor)
     check_tensors(stored, path, sparse_tensors, _stored_sizes(model, data))  # and a sparse tensor's external parts
-    check_graph_structure(model.graph, str(path))
+    check_graph_structure(model.graph, str(path), has_bodies)
     _check_fused_chain_calls(model, path)
     return external
 
@@ -65,13 +65,16 @@ def _tensor_fields(tensor: onnx.TensorProto) -> list:
 _NODE, _GRAPH, _SPARSE_TENSOR = onnx.NodeProto.DESCRIPTOR, onnx.GraphProto.DESCRIPTOR, onnx.SparseTensorProto.DESCRIPTOR
 
 
-def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> tuple[list, list]:
+def _check_text_and_nodes(model: onnx.ModelProto, path: Path, precise: bool = False) -> tuple[list, list, bool]:
     """Refuse text that is not UTF-8 (protobuf hands such a name over as bytes, which every pass trips on),
     nodes without outputs and unnamed initializers, anywhere in the model, before any pass reads it; the dense
     and sparse tensors found on the way (initializers, attribute values such as a Constant's, at any depth) are
-    returned for :func:`check_tensors`. (Message types are told apart by descriptor, and text lists checked by
-    one join: a model's shape annotations alone can be tens of thousands of messages.)"""
-    pending, tensors, sparse_tensors = [model], [], []
+    returned for :func:`check_tensors`, with whether the model holds graphs besides its own (bodies).
+
+    Message types are told apart by descriptor, what to do with each field is looked up once per field, and the
+    text is gathered and checked by one join at the end: a model's shape annotations alone can be tens of
+    thousands of messages. Where the join fails, the walk is made again, ``precise``, to name the field."""
+    pending, tensors, sparse_tensors, texts, graphs = [model], [], [], [], 0
     while pending:  # a loop, not recursion: the nesting of subgraphs is the file's to choose
         message = pending.pop()
         descriptor = message.DESCRIPTOR
@@ -82,25 +85,52 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path) -> tuple[list, lis
             if descriptor is _NODE and not message.output:
                 raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which no "
                                      f"ONNX op allows; the file is damaged or was written wrongly, re-export it")
-            if descriptor is _GRAPH and (any(not tensor.name for tensor in message.initializer) or
-                                         any(not t.values.name for t in message.sparse_initializer)):
-                raise AnalogizeError(f"{path}: graph {message.name!r} has an initializer without a name, which "
-                                     f"would stand for every input left out (named ''); re-export the model")
+            if descriptor is _GRAPH:
+                graphs += 1
+                if any(not tensor.name for tensor in message.initializer) or \
+                        any(not t.values.name for t in message.sparse_initializer):
+                    raise AnalogizeError(f"{path}: graph {message.name!r} has an initializer without a name, which "
+                                         f"would stand for every input left out (named ''); re-export the model")
             if descriptor is _SPARSE_TENSOR:
                 sparse_tensors.append(message)
             fields = message.ListFields()
         for field, value in fields:
-            kind, repeated = _field_kind(field)
-            if kind == FieldDescriptor.TYPE_MESSAGE:
-                if repeated:
-                    pending.extend(value)
+            action = _ACTIONS.get(field)
+            if action is None:
+                action = _ACTIONS[field] = _action(field)
+            if action == _ONE_MESSAGE:
+                pending.append(value)
+            elif action == _MESSAGES:
+                pending.extend(value)
+            elif action:
+                if precise and not _all_text(value, action == _TEXTS):
+                    text = next(item for item in value if isinstance(item, bytes)) if action == _TEXTS else value
+                    raise AnalogizeError(f"{path}: a {descriptor.name} {field.name} is not UTF-8 text "
+                                         f"({text[:40]!r}); the file is damaged, re-export it")
+                if action == _TEXTS:
+                    texts.extend(value)
                 else:
-                    pending.append(value)
-            elif kind == FieldDescriptor.TYPE_STRING and not _all_text(value, repeated):
-                text = next(item for item in value if isinstance(item, bytes)) if repeated else value
-                raise AnalogizeError(f"{path}: a {descriptor.name} {field.name} is not UTF-8 text ({text[:40]!r}); "
-                                     f"the file is damaged, re-export it")
-    return tensors, sparse_tensors
+                    texts.append(value)
+    try:
+        "".join(texts)
+    except TypeError:  # bytes among them: which field, the precise walk says
+        _check_text_and_nodes(model, path, precise=True)
+        raise
+    return tensors, sparse_tensors, graphs > 1
+
+
+# what the walk does with a field: nothing, walk the message or messages it holds, check its text or texts
+_OTHER, _ONE_MESSAGE, _MESSAGES, _ONE_TEXT, _TEXTS = range(5)
+_ACTIONS: dict = {}
+
+
+def _action(field) -> int:
+    kind, repeated = _field_kind(field)
+    if kind == FieldDescriptor.TYPE_MESSAGE:
+        return _MESSAGES if repeated else _ONE_MESSAGE
+    if kind == FieldDescriptor.TYPE_STRING:
+        return _TEXTS if repeated else _ONE_TEXT
+    return _OTHER
 
 
 def _all_text(value, repeated: bool) -> bool:
@@ -212,20 +242,22 @@ def _sparse_problem(sparse: onnx.SparseTensorProto) -> str | None:
     return None
 
 
-def check_graph_structure(graph: onnx.GraphProto, where: str) -> None:
+def check_graph_structure(graph: onnx.GraphProto, where: str, has_bodies: bool = True) -> None:
     """Refuse in one line a graph (or body, at any depth) that reads a tensor nothing produces, produces a tensor
     twice or loops back on itself: passes and ONNX's version converter (a segfault) take such a graph on trust.
-    A body may read the names of the graphs around it."""
+    A body may read the names of the graphs around it. Without ``has_bodies`` (the caller's walk found no graph
+    in any attribute) nodes' attributes are not searched for bodies."""
     pending, read_from_outside = [(graph, ())], {}
     while pending:  # a loop, not recursion: the nesting of bodies is the file's to choose
         body, outer = pending.pop()
-        problem, inner = _structure_problem(body, outer, read_from_outside)
+        problem, inner = _structure_problem(body, outer, read_from_outside, has_bodies)
         if problem:
             raise AnalogizeError(f"{where}: {problem}; the file is damaged or was written wrongly, re-export it")
         pending.extend(inner)
 
 
-def _structure_problem(graph: onnx.GraphProto, outer: tuple, read_from_outside: dict) -> tuple[str | None, list]:
+def _structure_problem(graph: onnx.GraphProto, outer: tuple, read_from_outside: dict, has_bodies: bool = True
+                       ) -> tuple[str | None, list]:
     """What is wrong with ``graph``'s own nodes and outputs (None: nothing), and its bodies with the names they may
     read. ``outer`` holds the name sets of the graphs around it, shared, not merged: a merged copy per body made
     models with thousands of If nodes take minutes. ``read_from_outside`` is :func:`_names_read_from_outside`'s
@@ -248,7 +280,7 @@ def _structure_problem(graph: onnx.GraphProto, outer: tuple, read_from_outside: 
             missing = next(name for name in node.input if name in unknown)
             return f"node {_node_name(node)} reads {missing!r}, which no node, initializer or graph input produces", []
         reads = inputs
-        for body in _bodies_of(node):
+        for body in _bodies_of(node) if has_bodies else ():
             bodies.append(body)
             reads = reads | _names_read_from_outside(body, read_from_outside)
         needs.append({producer[name] for name in reads if name in producer})
