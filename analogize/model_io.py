@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import mmap
 import os
 import shutil
 import socket
@@ -32,8 +33,12 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
     # the format as onnx.load takes it from the name (.onnx, .pb: protobuf; .textproto, .onnxtxt, .json: text)
     form = serialization.registry.get_format_from_file_extension(path.suffix) or "protobuf"
     try:
-        data = path.read_bytes()  # as onnx.load reads it; kept for the checks to read sizes off
-        model = onnx.load_model_from_string(data, format=form)
+        with _file_bytes(path, mapped=form == "protobuf") as data:
+            model = _parsed(data, form)
+            if not model.HasField("graph") or not model.graph.node:
+                raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
+            # the check reads the initializers' sizes off the file's bytes (a text form has none to read)
+            external = check_model(model, path, data if form == "protobuf" else None)
     except (DecodeError, RuntimeWarning, ValueError, *_TEXT_PARSE_ERRORS) as error:
         error = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise AnalogizeError(f"{path} is not a readable ONNX model (truncated or another format: {error}); "
@@ -41,10 +46,6 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
                              f"--state-dict)") from None
     except OSError as error:
         raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
-    if not model.HasField("graph") or not model.graph.node:
-        raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
-    external = check_model(model, path, data if form == "protobuf" else None)  # a text form has no sizes to read
-    del data
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if external:
         try:
@@ -54,6 +55,45 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
                                  f"keep the data file next to the model") from None
         check_tensors(external, path)  # a length in the model's own record need not fit the shape
     return model, has_external
+
+
+@contextlib.contextmanager
+def _file_bytes(path: Path, mapped: bool):
+    """The bytes of the file at ``path``: with ``mapped``, its pages mapped into memory for the block (read into a
+    new buffer, as onnx.load reads a model, they cost a page fault each: reading a 29 MB model took longer than
+    parsing it), else read. A file that cannot be mapped (empty, or on a file system without mmap) is read. The
+    mapping reads the file as it is while the block runs: another process cutting it short meanwhile would stop
+    this one (SIGBUS), as it would stop onnx's own readers of external data."""
+    pages = _mapped(path) if mapped else None
+    if pages is None:
+        yield path.read_bytes()
+        return
+    view = memoryview(pages)
+    try:
+        yield view
+    finally:
+        with contextlib.suppress(BufferError):  # a slice still held (by a traceback): the collector closes it
+            view.release()
+            pages.close()
+
+
+def _mapped(path: Path) -> mmap.mmap | None:
+    try:
+        with open(path, "rb") as handle:
+            return mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)  # the mapping outlives the handle
+    except (ValueError, OSError):  # empty, or no mmap here: the caller reads the file (and reports its errors)
+        return None
+
+
+def _parsed(data, form: str) -> onnx.ModelProto:
+    """The model in ``data`` (bytes, or a buffer of them for the protobuf form), as onnx.load parses it."""
+    if form != "protobuf":
+        return onnx.load_model_from_string(bytes(data), format=form)
+    model = onnx.ModelProto()
+    decoded = model.ParseFromString(data)
+    if decoded is not None and decoded != len(data):
+        raise DecodeError(f"Protobuf decoding consumed too few bytes: {decoded} out of {len(data)}")
+    return model
 
 
 # what onnx's text formats raise on text that is no model
