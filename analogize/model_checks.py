@@ -16,6 +16,7 @@ from onnx import external_data_helper
 
 from .errors import AnalogizeError
 from .native.build import FUSED_DOMAIN
+from .ops.spec import DOMAIN
 from .weight_files import initializer_data_sizes
 
 
@@ -63,6 +64,8 @@ def _tensor_fields(tensor: onnx.TensorProto) -> list:
 
 
 _NODE, _GRAPH, _SPARSE_TENSOR = onnx.NodeProto.DESCRIPTOR, onnx.GraphProto.DESCRIPTOR, onnx.SparseTensorProto.DESCRIPTOR
+_GRAPH_KINDS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+_OPS_WITH_BODIES = {"If", "Loop", "Scan", "SequenceMap"}  # passes.graph.STANDARD_OPS_WITH_BODIES (graphsurgeon aside)
 
 
 def _check_text_and_nodes(model: onnx.ModelProto, path: Path, precise: bool = False) -> tuple[list, list, bool]:
@@ -82,9 +85,17 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path, precise: bool = Fa
             tensors.append(message)
             fields = _tensor_fields(message)
         else:
-            if descriptor is _NODE and not message.output:
-                raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which no "
-                                     f"ONNX op allows; the file is damaged or was written wrongly, re-export it")
+            if descriptor is _NODE:
+                if not message.output:
+                    raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which "
+                                         f"no ONNX op allows; the file is damaged or was written wrongly, re-export it")
+                if message.domain == DOMAIN and message.op_type not in _OPS_WITH_BODIES and \
+                        any(attribute.type in _GRAPH_KINDS for attribute in message.attribute):
+                    # passes take the analog ops' nodes to hold no bodies (passes.graph.may_hold_bodies): one that
+                    # did would keep reading names they renamed or removed, and its attributes would not export
+                    raise AnalogizeError(f"{path}: {DOMAIN} node {message.name or message.op_type!r} holds a graph, "
+                                         f"which none of the analog ops takes; the file is damaged or was written "
+                                         f"wrongly, convert the original model again")
             if descriptor is _GRAPH:
                 graphs += 1
                 if any(not tensor.name for tensor in message.initializer) or \

@@ -318,7 +318,8 @@ def _put_back(moved: Path, old: Path | None) -> None:
         elif not _exchange(old, moved):
             os.replace(old, moved)
     except (OSError, AnalogizeError):
-        moved.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a directory made there meanwhile is someone's: the undo goes on
+            moved.unlink(missing_ok=True)
 
 
 def _clear_staging(staging: Path, moves: list) -> None:

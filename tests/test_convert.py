@@ -247,6 +247,28 @@ def test_tensor_names_not_utf8_are_refused(where, tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
+@pytest.mark.parametrize("kind", ["graph", "graphs"])
+def test_an_analog_node_holding_a_graph_is_refused(kind, tmp_path):
+    """Passes take the analog ops' nodes to hold no bodies: a file whose analog node holds one (its body reading
+    an outer tensor) is refused in one line as it loads, not fused away under it or crashed on in export."""
+    from analogize.model_checks import _OPS_WITH_BODIES
+    from analogize.model_io import load_model
+    from analogize.passes.graph import STANDARD_OPS_WITH_BODIES
+
+    assert _OPS_WITH_BODIES == STANDARD_OPS_WITH_BODIES
+    body = helper.make_graph([helper.make_node("Identity", ["x"], ["b"])], "body", [],
+                             [helper.make_tensor_value_info("b", TensorProto.FLOAT, [1, 2])])
+    node = helper.make_node("ReducePrecision", ["x"], ["y"], domain=DOMAIN, precision=0.1)
+    node.attribute.append(helper.make_attribute("extra", body if kind == "graph" else [body]))
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])])
+    source = tmp_path / "held.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)]),
+              source)
+    with pytest.raises(AnalogizeError, match=f"{DOMAIN} node .* holds a graph"):
+        load_model(source)
+
+
 @pytest.mark.parametrize("exporter", zoo.EXPORTERS)
 @pytest.mark.parametrize("name,config,shape", [
     ("convnet", dict(width=0.125), (3, 32, 32)),

@@ -183,3 +183,15 @@ def test_limit_spreads_over_the_dataset_and_integer_inputs_are_noted(tmp_path):
     assert "int64 inputs used as they are" in notes[0] and x.max() > 1
     with pytest.raises(AnalogizeError, match="image models only"):
         fit_to_input(dataset, input_model(["n", 4]), Preprocessing(size=(2, 2)))
+
+
+@pytest.mark.parametrize("spec", ["imagefolder:~no-such-user-here/images", "npz:~no-such-user-here/x.npz",
+                                  "cifar10:~no-such-user-here"])
+def test_a_home_directory_that_does_not_exist_is_one_line(spec):
+    """``~user`` of no such user: pathlib raises a bare RuntimeError, which reached the command line as a traceback
+    (from the check that outputs stay out of the data's folder, before any data was read)."""
+    from analogize.data.datasets import spec_file
+
+    for read in (spec_file, load_dataset):
+        with pytest.raises(AnalogizeError, match="names no home directory"):
+            read(spec)

@@ -433,3 +433,31 @@ def test_a_failed_swap_back_keeps_what_it_took_and_puts_back_a_replaced_file(tmp
     (staging / "stray.tmp").write_text("a writer's")
     model_io._clear_staging(staging, [(staging / "taken", tmp_path / "out")])
     assert (staging / "taken" / "kept.txt").read_text() == "mine" and not (staging / "stray.tmp").exists()
+
+
+def test_undoing_a_commit_goes_on_past_a_final_path_that_became_a_directory(tmp_path, monkeypatch):
+    """Where a final path became a directory while a failing commit ran, putting its file back fails: the undo
+    must still put back the files replaced before it (they were deleted with the staging directories, their new
+    versions left in place) and end in the one-line error, not an IsADirectoryError."""
+    if model_io._renameat2 is None:
+        pytest.skip("this system cannot swap two names (renameat2)")
+    a, b, c = (tmp_path / f"{name}.json" for name in "abc")
+    for path in (a, b, c):
+        path.write_text(f"old {path.name}")
+    real_exchange = model_io._exchange
+
+    def racing(source, target):
+        if Path(target) == c and Path(source).parent.name.startswith(".c.json"):
+            b.unlink()
+            b.mkdir()  # someone's folder at b.json now
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_exchange(source, target)
+
+    monkeypatch.setattr(model_io, "_exchange", racing)
+    with pytest.raises(AnalogizeError, match="cannot write .*c.json"):
+        with outputs_together():
+            for path in (a, b, c):
+                with atomic_output(path) as staged:
+                    staged.write_text("new")
+    assert a.read_text() == "old a.json" and c.read_text() == "old c.json" and b.is_dir()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]

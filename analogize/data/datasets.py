@@ -113,7 +113,7 @@ def load_dataset(spec: str, split: str | None = None, limit: int | None = None, 
         x, y = digits(split, seed)
         dataset = Dataset("digits", x, y, "nchw", tuple(str(k) for k in range(10)))
     elif kind in _LOADERS and argument:
-        path = Path(argument).expanduser()
+        path = data_path(argument)
         if not path.exists():
             raise AnalogizeError(f"data path {path} does not exist; check the --data spec {spec!r}")
         dataset = _LOADERS[kind](path, split, image_size, channels)
@@ -162,7 +162,17 @@ def spec_file(spec: str | None) -> Path | None:
     """The file or folder a data spec reads, when it names one (``npz:PATH``, ``cifar10:DIR``,
     ``imagefolder:DIR``): an output must not replace it, nor be written inside it."""
     kind, _, argument = (spec or "").partition(":")
-    return Path(argument).expanduser() if kind in _LOADERS and argument else None
+    return data_path(argument) if kind in _LOADERS and argument else None
+
+
+def data_path(argument: str) -> Path:
+    """The path a data spec names, ``~`` expanded (pathlib raises a bare RuntimeError for ``~user`` of no such
+    user, or where there is no home directory)."""
+    try:
+        return Path(argument).expanduser()
+    except RuntimeError:
+        raise AnalogizeError(f"data path {argument}: '~' names no home directory here (no such user); give the "
+                             f"path in full") from None
 
 
 def _load_npz(path: Path, split, image_size, channels) -> Dataset:

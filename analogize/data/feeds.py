@@ -18,8 +18,8 @@ import onnx
 
 from ..errors import AnalogizeError
 from ..passes.model import fed_inputs
-from .datasets import (INPUTS, LABELS, Dataset, Preprocessing, class_labels, evenly_spaced, fit_to_input, input_dims,
-                       load_for_model, npz_archive)
+from .datasets import (INPUTS, LABELS, Dataset, Preprocessing, class_labels, data_path, evenly_spaced, fit_to_input,
+                       input_dims, load_for_model, npz_archive)
 
 
 
@@ -97,10 +97,10 @@ def _names_its_input(spec: str, name: str) -> bool:
     """Whether ``spec`` is an npz holding an array named after the model's lone input (other than ``x``, the
     name datasets give images): then it is fed as it is, not adapted as images."""
     kind, _, argument = spec.partition(":")
-    if kind != "npz" or name == INPUTS or not Path(argument).expanduser().is_file():
+    if kind != "npz" or name == INPUTS or not data_path(argument).is_file():
         return False
     try:
-        with npz_archive(Path(argument).expanduser(), spec) as stored:
+        with npz_archive(data_path(argument), spec) as stored:
             return name in stored.files
     except AnalogizeError:  # the loader that reads it next says what is wrong
         return False
@@ -202,7 +202,7 @@ def _named_arrays(spec: str, inputs: list, what: str) -> tuple[dict, np.ndarray 
             if tensor_type.elem_type != onnx.TensorProto.FLOAT else f"rank-{len(input_dims(inputs[0]))} float32"
         raise AnalogizeError(f"the model's input {names[0]!r} takes {element} values, not images; give {what} as "
                              f"npz:PATH holding an array named {names[0]!r} (or 'x'; optionally y: labels)")
-    path = Path(argument).expanduser()
+    path = data_path(argument)
     with npz_archive(path, spec, what) as stored:
         present = set(stored.files)
         if len(names) == 1 and names[0] not in present and INPUTS in present:
