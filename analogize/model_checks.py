@@ -17,18 +17,18 @@ from onnx import external_data_helper
 from .errors import AnalogizeError
 from .native.build import FUSED_DOMAIN
 from .ops.spec import DOMAIN
-from .weight_files import initializer_data_sizes
 
 
-def check_model(model: onnx.ModelProto, path: Path, data: bytes | None = None) -> list:
+def check_model(model: onnx.ModelProto, path: Path, sizes: list | None = None) -> list:
     """Refuse in one line a model (as read, its external data not yet) that breaks what passes take on trust;
-    returns the tensors whose data is external, for :func:`check_tensors` once that is read. ``data``, the bytes
-    the model was parsed from, tells the sizes of its initializers' stored bytes without copying them out."""
+    returns the tensors whose data is external, for :func:`check_tensors` once that is read. ``sizes``: what
+    :func:`analogize.weight_files.initializer_data_sizes` read off the bytes the model was parsed from (the sizes
+    of its initializers' stored bytes, known without copying them out)."""
     tensors, sparse_tensors, has_bodies = _check_text_and_nodes(model, path)
     stored, external = [], []
     for tensor in tensors:
         (external if external_data_helper.uses_external_data(tensor) else stored).append(tensor)
-    check_tensors(stored, path, sparse_tensors, _stored_sizes(model, data))  # and a sparse tensor's external parts
+    check_tensors(stored, path, sparse_tensors, _stored_sizes(model, sizes))  # and a sparse tensor's external parts
     check_graph_structure(model.graph, str(path), has_bodies)
     _check_fused_chain_calls(model, path)
     return external
@@ -65,7 +65,7 @@ def _tensor_fields(tensor: onnx.TensorProto) -> list:
 
 _NODE, _GRAPH, _SPARSE_TENSOR = onnx.NodeProto.DESCRIPTOR, onnx.GraphProto.DESCRIPTOR, onnx.SparseTensorProto.DESCRIPTOR
 _GRAPH_KINDS = (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-_OPS_WITH_BODIES = {"If", "Loop", "Scan", "SequenceMap"}  # passes.graph.STANDARD_OPS_WITH_BODIES (graphsurgeon aside)
+STANDARD_OPS_WITH_BODIES = {"If", "Loop", "Scan", "SequenceMap"}  # the standard ops that hold graphs
 
 
 def _check_text_and_nodes(model: onnx.ModelProto, path: Path, precise: bool = False) -> tuple[list, list, bool]:
@@ -89,7 +89,7 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path, precise: bool = Fa
                 if not message.output:
                     raise AnalogizeError(f"{path}: node {message.name or message.op_type!r} has no output, which "
                                          f"no ONNX op allows; the file is damaged or was written wrongly, re-export it")
-                if message.domain == DOMAIN and message.op_type not in _OPS_WITH_BODIES and \
+                if message.domain == DOMAIN and message.op_type not in STANDARD_OPS_WITH_BODIES and \
                         any(attribute.type in _GRAPH_KINDS for attribute in message.attribute):
                     # passes take the analog ops' nodes to hold no bodies (passes.graph.may_hold_bodies): one that
                     # did would keep reading names they renamed or removed, and its attributes would not export
@@ -184,11 +184,10 @@ def _check_fused_chain_calls(model: onnx.ModelProto, path: Path) -> None:
                                  f"written wrongly, write it again (analogize fast)")
 
 
-def _stored_sizes(model: onnx.ModelProto, data: bytes | None) -> dict:
-    """(message, bytes of its ``raw_data``) of each graph initializer, by the message's ``id``, read off ``data``
-    (:func:`analogize.weight_files.initializer_data_sizes`); none where ``data`` is not given or its initializers
-    are not the model's, name for name."""
-    listed = initializer_data_sizes(data) if data is not None else None
+def _stored_sizes(model: onnx.ModelProto, listed: list | None) -> dict:
+    """(message, bytes of its ``raw_data``) of each graph initializer, by the message's ``id``, from ``listed``
+    (:func:`analogize.weight_files.initializer_data_sizes`); none where it is not given or its initializers are
+    not the model's, name for name."""
     held = model.graph.initializer
     if listed is None or len(listed) != len(held):
         return {}

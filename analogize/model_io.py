@@ -23,7 +23,7 @@ from onnx import external_data_helper, serialization
 from .errors import AnalogizeError
 from .model_checks import check_model, check_tensors
 from .untrusted import check_regular_file
-from .weight_files import external_weight_files
+from .weight_files import external_weight_files, initializer_data_sizes
 
 
 def load_model(path) -> tuple[onnx.ModelProto, bool]:
@@ -35,10 +35,8 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
     try:
         with _file_bytes(path, mapped=form == "protobuf") as data:
             model = _parsed(data, form)
-            if not model.HasField("graph") or not model.graph.node:
-                raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
-            # the check reads the initializers' sizes off the file's bytes (a text form has none to read)
-            external = check_model(model, path, data if form == "protobuf" else None)
+            # for the check, off the file's bytes while they are at hand (a text form has none to read)
+            sizes = initializer_data_sizes(data) if form == "protobuf" else None
     except (DecodeError, RuntimeWarning, ValueError, *_TEXT_PARSE_ERRORS) as error:
         error = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise AnalogizeError(f"{path} is not a readable ONNX model (truncated or another format: {error}); "
@@ -46,6 +44,9 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
                              f"--state-dict)") from None
     except OSError as error:
         raise AnalogizeError(f"cannot read {path}: {error.strerror or error}") from None
+    if not model.HasField("graph") or not model.graph.node:
+        raise AnalogizeError(f"{path} is not an ONNX model with a graph (no nodes found); re-export it")
+    external = check_model(model, path, sizes)
     has_external = any(external_data_helper.uses_external_data(t) for t in model.graph.initializer)
     if external:
         try:
@@ -61,9 +62,9 @@ def load_model(path) -> tuple[onnx.ModelProto, bool]:
 def _file_bytes(path: Path, mapped: bool):
     """The bytes of the file at ``path``: with ``mapped``, its pages mapped into memory for the block (read into a
     new buffer, as onnx.load reads a model, they cost a page fault each: reading a 29 MB model took longer than
-    parsing it), else read. A file that cannot be mapped (empty, or on a file system without mmap) is read. The
-    mapping reads the file as it is while the block runs: another process cutting it short meanwhile would stop
-    this one (SIGBUS), as it would stop onnx's own readers of external data."""
+    parsing it), else read. A file that cannot be mapped (empty, or on a file system without mmap) is read. Keep
+    the block short (a parse): another process cutting the file short while it runs stops this one (SIGBUS),
+    where a read would have given bytes that fail to parse."""
     pages = _mapped(path) if mapped else None
     if pages is None:
         yield path.read_bytes()
@@ -322,16 +323,17 @@ def _put_back(moved: Path, old: Path | None) -> None:
             moved.unlink(missing_ok=True)
 
 
-def _clear_staging(staging: Path, moves: list) -> None:
+def _clear_staging(staging: Path, moves: list | None = None) -> None:
     """Remove a staging directory after :func:`_commit`, but for a directory at a staged file's place: in a race,
-    what a swap of names took from a final path may be one (someone's folder), which then stays there."""
-    swapped = {Path(source) for source, _ in moves}
+    what a swap of names took from a final path may be one (someone's folder), which then stays there. Without
+    ``moves`` (a staging directory a killed process left), every directory in it stays."""
+    swapped = None if moves is None else {Path(source) for source, _ in moves}
     with contextlib.suppress(OSError), os.scandir(staging) as entries:
         for entry in list(entries):
             if not entry.is_dir(follow_symlinks=False):
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-            elif Path(entry.path) not in swapped:
+            elif swapped is not None and Path(entry.path) not in swapped:
                 shutil.rmtree(entry.path, ignore_errors=True)
     with contextlib.suppress(OSError):
         os.rmdir(staging)
@@ -416,7 +418,7 @@ def _remove_abandoned_staging(directory: Path, prefix: str) -> None:
         owner = name[len(prefix):].rpartition("-")[0]  # HOST-PID, before mkdtemp's random part
         host, _, pid = owner.rpartition("-")
         if host == socket.gethostname() and pid.isdigit() and not _running(int(pid)):
-            shutil.rmtree(directory / name, ignore_errors=True)
+            _clear_staging(directory / name)  # a folder in it may be one a swap of names took: it stays
 
 
 def _running(pid: int) -> bool:

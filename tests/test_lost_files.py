@@ -461,3 +461,21 @@ def test_undoing_a_commit_goes_on_past_a_final_path_that_became_a_directory(tmp_
                     staged.write_text("new")
     assert a.read_text() == "old a.json" and c.read_text() == "old c.json" and b.is_dir()
     assert sorted(path.name for path in tmp_path.iterdir()) == ["a.json", "b.json", "c.json"]
+
+
+def test_abandoned_staging_is_removed_but_for_folders_in_it(tmp_path):
+    """A killed process's staging directory goes with the next write of the same output, its files with it; a
+    folder in it (one a swap of names took from a final path, which the error named) stays."""
+    import socket
+
+    abandoned = tmp_path / f".out.json.staging-{socket.gethostname()}-999999999-abc"
+    (abandoned / "folder").mkdir(parents=True)
+    (abandoned / "folder" / "kept.txt").write_text("mine")
+    (abandoned / "out.json").write_text("half")
+    left = tmp_path / f".out.json.staging-{socket.gethostname()}-999999998-def"
+    left.mkdir()
+    (left / "out.json").write_text("half")
+    with atomic_output(tmp_path / "out.json") as staged:
+        staged.write_text("new")
+    assert (abandoned / "folder" / "kept.txt").read_text() == "mine" and not (abandoned / "out.json").exists()
+    assert not left.exists() and (tmp_path / "out.json").read_text() == "new"

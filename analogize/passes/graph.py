@@ -38,13 +38,13 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 from onnx_graphsurgeon.util.misc import SynchronizedList
 
 from ..errors import AnalogizeError
+from ..model_checks import STANDARD_OPS_WITH_BODIES
 from ..ops.spec import DOMAIN
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _DOMAINS_WITHOUT_BODIES = {*_DEFAULT_DOMAINS, DOMAIN}  # the standard ops' bodies are those STANDARD_OPS_WITH_BODIES hold
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
-STANDARD_OPS_WITH_BODIES = _SUBGRAPH_OPS | {"SequenceMap"}
 
 # graphsurgeon prints its warnings (duplicate node names, which many exporters write) on stdout, where they
 # would break the commands' JSON
