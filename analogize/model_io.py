@@ -155,10 +155,10 @@ def refuse_overwrites(inputs: dict, outputs: dict, models=(), replaceable: str |
     """Refuse, before any work, outputs that would replace an input or each other, or be written inside a folder
     that is an input: ``inputs`` and ``outputs`` map what to call each path in the message (a flag, "the model") to
     the path (None or "-": not a file). Paths are the same when they resolve to the same place or are the same
-    file (a hard link). ``models`` names the inputs
-    that are ONNX models: the files their external weights are kept in are inputs too. ``replaceable`` names the
-    input that --overwrite lets ``-o`` replace: with ``overwrite``, ``-o`` may be that very file, and then the
-    weight file written beside it may be one of that input's weight files; nothing else is ever replaced."""
+    file (a hard link). ``models`` names the inputs that are ONNX models: the files their external weights are
+    kept in are inputs too. ``replaceable`` names the input that --overwrite lets ``-o`` replace: with
+    ``overwrite``, ``-o`` may be that very file, and then the weight file written beside it may be one of that
+    input's weight files; nothing else is ever replaced."""
     seen: dict = {}  # identity -> (what to call it, the input it belongs to)
     for label, path in inputs.items():
         if path not in (None, "-"):

@@ -42,7 +42,8 @@ from ..model_checks import STANDARD_OPS_WITH_BODIES
 from ..ops.spec import DOMAIN
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
-_DOMAINS_WITHOUT_BODIES = {*_DEFAULT_DOMAINS, DOMAIN}  # the standard ops' bodies are those STANDARD_OPS_WITH_BODIES hold
+# domains whose ops hold no bodies: the standard ops' are those of STANDARD_OPS_WITH_BODIES
+_DOMAINS_WITHOUT_BODIES = {*_DEFAULT_DOMAINS, DOMAIN}
 _RANDOM_OPS = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
 _SUBGRAPH_OPS = {"If", "Loop", "Scan"}
 
