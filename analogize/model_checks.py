@@ -106,9 +106,7 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path, precise: bool = Fa
                 sparse_tensors.append(message)
             fields = message.ListFields()
         for field, value in fields:
-            action = _ACTIONS.get(field)
-            if action is None:
-                action = _ACTIONS[field] = _action(field)
+            action = _action(field)
             if action == _ONE_MESSAGE:
                 pending.append(value)
             elif action == _MESSAGES:
@@ -132,9 +130,9 @@ def _check_text_and_nodes(model: onnx.ModelProto, path: Path, precise: bool = Fa
 
 # what the walk does with a field: nothing, walk the message or messages it holds, check its text or texts
 _OTHER, _ONE_MESSAGE, _MESSAGES, _ONE_TEXT, _TEXTS = range(5)
-_ACTIONS: dict = {}
 
 
+@functools.cache
 def _action(field) -> int:
     kind, repeated = _field_kind(field)
     if kind == FieldDescriptor.TYPE_MESSAGE:

@@ -13,13 +13,13 @@ from __future__ import annotations
 import mmap
 from pathlib import Path
 
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_NAME, _TENSOR_RAW_DATA = 7, 5, 8, 9
 # (message kind, field number) -> the kind of message that field holds, for the fields on the way to a tensor
-_ENTERED = {("model", 7): "graph",
-            ("graph", 1): "node", ("graph", 5): "tensor",
+_ENTERED = {("model", _MODEL_GRAPH): "graph",
+            ("graph", 1): "node", ("graph", _GRAPH_INITIALIZER): "tensor",
             ("node", 5): "attribute",
             ("attribute", 5): "tensor", ("attribute", 6): "graph", ("attribute", 10): "graph",
             ("attribute", 11): "tensor"}
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_NAME, _TENSOR_RAW_DATA = 7, 5, 8, 9
 _TENSOR_EXTERNAL_DATA, _TENSOR_DATA_LOCATION, _EXTERNAL = 13, 14, 1
 _ENTRY_KEY, _ENTRY_VALUE = 1, 2
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
